@@ -1,0 +1,54 @@
+"""Build the compiled core (``fastimg._core``) with Cython, -O3 and OpenMP.
+
+Environment switches (as in pyroaring's setup.py):
+
+* ``FASTIMG_ARCH=native`` (or any ``-march`` value) adds ``-march=...``; off by
+  default so wheels run on any x86-64 / aarch64 machine.
+* ``FASTIMG_DEBUG=1`` builds with ``-O0 -g`` and Cython bounds checks on.
+"""
+import os
+import sys
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+debug = os.environ.get("FASTIMG_DEBUG", "") not in ("", "0")
+arch = os.environ.get("FASTIMG_ARCH", "")
+
+if sys.platform == "win32":
+    compile_args = ["/O2", "/openmp"]
+    link_args = []
+elif sys.platform == "darwin":
+    compile_args = ["-O3", "-Xpreprocessor", "-fopenmp"]
+    link_args = ["-lomp"]
+else:
+    compile_args = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno"]
+    compile_args += ["-fopenmp"]
+    link_args = ["-fopenmp"]
+if arch and sys.platform != "win32":
+    compile_args.append(f"-march={arch}")
+
+extensions = [
+    Extension(
+        "fastimg._core",
+        ["src/fastimg/_core.pyx"],
+        include_dirs=[np.get_include()],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": debug,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": debug,
+        },
+    ),
+)

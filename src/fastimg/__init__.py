@@ -1,0 +1,74 @@
+"""fastimg: fast content-based image search.
+
+Import is cheap: heavy modules (numba, OpenCV, hnswlib, the compiled core) are
+loaded lazily, on first use of the name that needs them.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from fastimg._version import __version__
+from fastimg.errors import (
+    DescriptorError,
+    FastimgError,
+    ImageError,
+    IndexCorruptError,
+    IndexFormatError,
+    IndexLockedError,
+    IndexNotFoundError,
+    IndexReadOnlyError,
+)
+
+# public name -> module that defines it (imported on first access)
+_LAZY = {
+    # exact search (fastimg.search, fastimg.metrics)
+    "topk": "fastimg.search",
+    "ExactSearcher": "fastimg.search",
+    "METRICS": "fastimg.metrics",
+    "metric_names": "fastimg.metrics",
+    # image loading and descriptors (fastimg.image, fastimg.registry)
+    "load_image": "fastimg.image",
+    "describe": "fastimg.registry",
+    "describe_many": "fastimg.registry",
+    "descriptors": "fastimg.registry",
+    "get_descriptor": "fastimg.registry",
+    # the index (fastimg.index)
+    "Index": "fastimg.index",
+    "Hit": "fastimg.index",
+    "AddReport": "fastimg.index",
+}
+
+__all__ = [
+    "__version__",
+    "FastimgError",
+    "ImageError",
+    "DescriptorError",
+    "IndexNotFoundError",
+    "IndexFormatError",
+    "IndexCorruptError",
+    "IndexLockedError",
+    "IndexReadOnlyError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastimg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from fastimg.index import AddReport, Hit, Index
+    from fastimg.image import load_image
+    from fastimg.metrics import METRICS, metric_names
+    from fastimg.registry import describe, describe_many, descriptors, get_descriptor
+    from fastimg.search import ExactSearcher, topk

@@ -1,0 +1,3 @@
+from fastimg.cli import main
+
+raise SystemExit(main())
