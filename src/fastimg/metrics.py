@@ -1,0 +1,366 @@
+"""Metric definitions: one place for every comparison fastimg can rank by.
+
+Each metric is described by a :class:`Metric` record.  The histogram metrics are
+exactly OpenCV's :func:`cv2.compareHist` definitions, with the *query as the first
+histogram* (this matters for the asymmetric ``chisqr`` and ``kl_div``): the score
+of a database row ``x`` for a query ``q`` is ``cv2.compareHist(q, x, method)``.
+
+=============  ======================  =========  ========  =======
+name           OpenCV method           better     ip form   nonneg
+=============  ======================  =========  ========  =======
+pearson        HISTCMP_CORREL          higher     yes       no
+bhattacharyya  HISTCMP_BHATTACHARYYA   lower      yes       yes
+chisqr         HISTCMP_CHISQR          lower      no        yes
+chisqr_alt     HISTCMP_CHISQR_ALT      lower      no        yes
+intersect      HISTCMP_INTERSECT       higher     no        yes
+kl_div         HISTCMP_KL_DIV          lower      no        yes
+cosine         (none)                  higher     yes       no
+l2             (none)                  lower      yes       no
+l1             (none)                  lower      no        no
+=============  ======================  =========  ========  =======
+
+"ip form" metrics reduce to an inner product after a per-row preparation
+(:func:`prepare_rows` / :func:`prepare_query`): the *surrogate*
+``prepare_query(q) @ prepared_x + bias_x`` is a strictly increasing function of
+the metric's goodness, so ranking by it ranks by the metric.  The prepared
+matrix is derived data: callers may persist it and pass it back.
+
+:func:`exact_scores` is the float64 reference used to report final scores.
+
+Special cases (as in OpenCV, ``eps`` = ``DBL_EPSILON`` unless stated):
+
+* pearson: if ``var_q * var_x <= eps`` (e.g. a constant query or row) the score is 1.
+* bhattacharyya: if ``sum(q) * sum(x) <= FLT_EPSILON`` the sums are not used to
+  normalise (so a zero row scores 1, the largest distance).
+* chisqr: bins with ``|q_i| <= eps`` are skipped; chisqr_alt: bins with
+  ``|q_i + x_i| <= eps`` are skipped, and the sum is doubled.  As in OpenCV's
+  128-bit SIMD build, the last ``D mod 4`` bins use float32 differences/sums.
+* kl_div: ``sum q_i log(q_i / x_i)`` over bins with ``|q_i| > eps``, a row bin
+  ``|x_i| <= eps`` counts as ``1e-10``.
+* cosine (not an OpenCV method): ``q.x / (|q| |x|)``, 0 when either norm is 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Metric",
+    "METRICS",
+    "metric_names",
+    "get_metric",
+    "prepare_rows",
+    "prepare_query",
+    "exact_scores",
+    "aligned_empty",
+]
+
+_DBL_EPS = float(np.finfo(np.float64).eps)
+_FLT_EPS = float(np.finfo(np.float32).eps)
+_KL_FLOOR = 1e-10
+_ROW_CHUNK = 65536  # rows prepared / scored per step, bounds temporary float64 memory
+
+# cv2.HISTCMP_* values (stable since OpenCV 2.4); kept literal so that importing
+# this module does not import cv2.
+_CORREL, _CHISQR, _INTERSECT, _BHATTACHARYYA, _CHISQR_ALT, _KL_DIV = 0, 1, 2, 3, 4, 5
+
+
+@dataclass(frozen=True)
+class Metric:
+    """Description of one metric.
+
+    Attributes
+    ----------
+    name : str
+        Public name (``"pearson"``, ``"bhattacharyya"``, ...).
+    higher_is_better : bool
+        True for similarities (pearson, intersect, cosine), False for distances.
+    cv2_method : int or None
+        The ``cv2.HISTCMP_*`` constant the metric reproduces, or None.
+    ip_form : bool
+        True if the metric has an inner-product form after per-row preparation.
+    nonneg : bool
+        True if the metric requires non-negative data (histogram metrics).
+    doc : str
+        One-line description.
+    """
+
+    name: str
+    higher_is_better: bool
+    cv2_method: Optional[int]
+    ip_form: bool
+    nonneg: bool
+    doc: str = ""
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("pearson", True, _CORREL, True, False, "Pearson correlation (cv2 HISTCMP_CORREL)"),
+        Metric("bhattacharyya", False, _BHATTACHARYYA, True, True,
+               "Bhattacharyya/Hellinger distance (cv2 HISTCMP_BHATTACHARYYA)"),
+        Metric("chisqr", False, _CHISQR, False, True, "Chi-square, query as H1 (cv2 HISTCMP_CHISQR)"),
+        Metric("chisqr_alt", False, _CHISQR_ALT, False, True,
+               "Alternative (symmetric) chi-square (cv2 HISTCMP_CHISQR_ALT)"),
+        Metric("intersect", True, _INTERSECT, False, True, "Histogram intersection (cv2 HISTCMP_INTERSECT)"),
+        Metric("kl_div", False, _KL_DIV, False, True,
+               "Kullback-Leibler divergence of the query from the row (cv2 HISTCMP_KL_DIV)"),
+        Metric("cosine", True, None, True, False, "Cosine similarity"),
+        Metric("l2", False, None, True, False, "Euclidean distance"),
+        Metric("l1", False, None, False, False, "Manhattan (L1) distance"),
+    )
+}
+
+
+def metric_names() -> list[str]:
+    """Names of all metrics, in definition order (pearson first: the default)."""
+    return list(METRICS)
+
+
+def get_metric(name: "str | Metric") -> Metric:
+    """Look up a metric by name.
+
+    Parameters
+    ----------
+    name : str or Metric
+        Metric name (case-insensitive), or a :class:`Metric` (returned as is).
+
+    Returns
+    -------
+    Metric
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a known metric; the message lists the valid names.
+    """
+    if isinstance(name, Metric):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"metric must be a str, one of {metric_names()}; got {type(name).__name__}")
+    m = METRICS.get(name.strip().lower())
+    if m is None:
+        raise ValueError(f"unknown metric {name!r}; expected one of {metric_names()}")
+    return m
+
+
+def aligned_empty(shape: Tuple[int, ...], dtype: npt.DTypeLike = np.float32, align: int = 64) -> np.ndarray:
+    """A C-contiguous uninitialised array whose data pointer is ``align``-byte aligned.
+
+    Parameters
+    ----------
+    shape : tuple of int
+    dtype : dtype, default float32
+    align : int, default 64 (one cache line)
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes + align, dtype=np.uint8)
+    offset = (-buf.ctypes.data) % align
+    return buf[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+# ---------------------------------------------------------------------------
+# preparation to inner-product form
+# ---------------------------------------------------------------------------
+
+def _prepare_block(metric: Metric, x: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Prepare a (n, D) block in float64; returns (prepared float64, bias float64 or None)."""
+    x = x.astype(np.float64, copy=False)
+    n, d = x.shape
+    name = metric.name
+    if name == "pearson":
+        s1 = x.sum(axis=1)
+        s11 = np.einsum("ij,ij->i", x, x)
+        var = s11 - s1 * s1 / d  # OpenCV's form: sum (x - mean)^2
+        centred = x - (s1 / d)[:, None]
+        norm = np.sqrt(np.einsum("ij,ij->i", centred, centred))
+        const = ~(var > 0) | ~(norm > 0)
+        out = np.zeros_like(centred)
+        ok = ~const
+        out[ok] = centred[ok] / norm[ok, None]
+        # a constant row scores exactly 1 against any query (OpenCV's special case)
+        bias = np.where(const, 1.0, 0.0)
+        return out, bias
+    if name == "bhattacharyya":
+        s = x.sum(axis=1)
+        out = np.zeros_like(x)
+        ok = s > 0
+        out[ok] = np.sqrt(x[ok] / s[ok, None])
+        return out, None
+    if name == "cosine":
+        norm = np.sqrt(np.einsum("ij,ij->i", x, x))
+        out = np.zeros_like(x)
+        ok = norm > 0
+        out[ok] = x[ok] / norm[ok, None]
+        return out, None
+    if name == "l2":
+        # -|q - x|^2 = 2 q.x - |x|^2 - |q|^2: rows unchanged, bias -|x|^2, query doubled
+        return x, -np.einsum("ij,ij->i", x, x)
+    raise ValueError(f"metric {metric.name!r} has no inner-product form")
+
+
+def prepare_rows(metric: "str | Metric", data: npt.ArrayLike) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Prepare database rows so that the metric becomes an inner product.
+
+    Parameters
+    ----------
+    metric : str or Metric
+        An ``ip_form`` metric: pearson, bhattacharyya, cosine or l2.
+    data : array_like, shape (N, D)
+        Database rows (any real dtype; read in chunks, never modified).
+
+    Returns
+    -------
+    prepared : ndarray of float32, shape (N, D)
+        C-contiguous, 64-byte aligned.  Pearson: centred, unit-norm rows (zero for
+        a constant row); bhattacharyya: ``sqrt(x / sum(x))`` (zero for a zero row);
+        cosine: unit-norm rows; l2: the rows themselves.
+    bias : ndarray of float32, shape (N,), or None
+        Per-row additive term (pearson: 1 for constant rows else 0; l2: ``-|x|^2``).
+
+    Notes
+    -----
+    ``prepare_query(metric, q) @ prepared[i] + bias[i]`` ranks rows exactly like the
+    metric (higher surrogate = better), up to float32 rounding.
+    """
+    m = get_metric(metric)
+    if not m.ip_form:
+        raise ValueError(f"metric {m.name!r} has no inner-product form; ip-form metrics are "
+                         f"{[n for n, v in METRICS.items() if v.ip_form]}")
+    data = np.asarray(data)
+    if data.ndim != 2:
+        raise ValueError(f"data must be 2-D (N, D); got shape {data.shape}")
+    n, d = data.shape
+    prepared = aligned_empty((n, d), np.float32)
+    bias = None
+    if m.name in ("pearson", "l2"):
+        bias = np.zeros(n, dtype=np.float32)
+    for start in range(0, n, _ROW_CHUNK):
+        stop = min(n, start + _ROW_CHUNK)
+        p, b = _prepare_block(m, data[start:stop])
+        prepared[start:stop] = p
+        if bias is not None and b is not None:
+            bias[start:stop] = b
+    return prepared, bias
+
+
+def prepare_query(metric: "str | Metric", q: npt.ArrayLike) -> np.ndarray:
+    """Prepare one query vector for the inner-product surrogate.
+
+    Parameters
+    ----------
+    metric : str or Metric
+        An ``ip_form`` metric.
+    q : array_like, shape (D,)
+
+    Returns
+    -------
+    ndarray of float32, shape (D,)
+        Pearson/bhattacharyya/cosine: prepared like a row; l2: ``2 q``.
+        A constant pearson query or a zero bhattacharyya/cosine query gives zeros.
+    """
+    m = get_metric(metric)
+    q = np.asarray(q, dtype=np.float64).reshape(1, -1)
+    if m.name == "l2":
+        return (2.0 * q[0]).astype(np.float32)
+    p, _ = _prepare_block(m, q)
+    return p[0].astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# float64 reference (matches cv2.compareHist)
+# ---------------------------------------------------------------------------
+
+def exact_scores(metric: "str | Metric", query: npt.ArrayLike, rows: npt.ArrayLike) -> np.ndarray:
+    """The metric's exact value for one query against rows, in float64.
+
+    Parameters
+    ----------
+    metric : str or Metric
+    query : array_like, shape (D,)
+        The first histogram of ``cv2.compareHist``.
+    rows : array_like, shape (M, D)
+        Rows to score (e.g. the returned candidates).  float32 inputs are used as
+        float32 values, exactly as OpenCV reads them.
+
+    Returns
+    -------
+    ndarray of float64, shape (M,)
+        ``cv2.compareHist(query, rows[i], method)`` for the histogram metrics (up to
+        float64 summation order); cosine similarity, Euclidean or L1 distance otherwise.
+    """
+    m = get_metric(metric)
+    q = np.asarray(query, dtype=np.float64).ravel()
+    x = np.asarray(rows)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    if x.ndim != 2 or x.shape[1] != q.shape[0]:
+        raise ValueError(f"rows must have shape (M, {q.shape[0]}); got {x.shape}")
+    out = np.empty(x.shape[0], dtype=np.float64)
+    for start in range(0, x.shape[0], _ROW_CHUNK):
+        stop = min(x.shape[0], start + _ROW_CHUNK)
+        out[start:stop] = _exact_block(m, q, np.asarray(x[start:stop], dtype=np.float64))
+    return out
+
+
+def _exact_block(m: Metric, q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    name = m.name
+    d = q.shape[0]
+    if name == "pearson":
+        s1 = q.sum()
+        s11 = q @ q
+        s2 = x.sum(axis=1)
+        s22 = np.einsum("ij,ij->i", x, x)
+        s12 = x @ q
+        scale = 1.0 / d
+        num = s12 - s1 * s2 * scale
+        denom2 = (s11 - s1 * s1 * scale) * (s22 - s2 * s2 * scale)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            res = num / np.sqrt(np.abs(denom2))
+        return np.where(np.abs(denom2) > _DBL_EPS, res, 1.0)
+    if name == "bhattacharyya":
+        bc = np.sqrt(x * q).sum(axis=1)
+        s = q.sum() * x.sum(axis=1)
+        with np.errstate(divide="ignore"):
+            inv = np.where(np.abs(s) > _FLT_EPS, 1.0 / np.sqrt(np.abs(s)), 1.0)
+        return np.sqrt(np.maximum(1.0 - bc * inv, 0.0))
+    if name in ("chisqr", "chisqr_alt"):
+        # OpenCV runs a 4-lane SIMD loop in float64 and a scalar tail (the last
+        # D mod 4 bins) whose difference / sum are float32 operations; mirror it.
+        a = q - x
+        b = (q if name == "chisqr" else q + x) + np.zeros_like(x)
+        tail = d - d % 4 if d >= 4 else 0
+        if tail < d:
+            q32 = q[tail:].astype(np.float32)
+            x32 = x[:, tail:].astype(np.float32)
+            a[:, tail:] = (q32 - x32).astype(np.float64)
+            if name == "chisqr_alt":
+                b[:, tail:] = (q32 + x32).astype(np.float64)
+        keep = np.abs(b) > _DBL_EPS
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = np.where(keep, a * a / np.where(keep, b, 1.0), 0.0)
+        return (2.0 if name == "chisqr_alt" else 1.0) * t.sum(axis=1)
+    if name == "intersect":
+        return np.minimum(x, q).sum(axis=1)
+    if name == "kl_div":
+        keep = np.abs(q) > _DBL_EPS
+        p = q[keep]
+        r = x[:, keep]
+        r = np.where(np.abs(r) <= _DBL_EPS, _KL_FLOOR, r)
+        return (p * np.log(p / r)).sum(axis=1)
+    if name == "cosine":
+        nq = np.sqrt(q @ q)
+        nx = np.sqrt(np.einsum("ij,ij->i", x, x))
+        den = nq * nx
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, (x @ q) / np.where(den > 0, den, 1.0), 0.0)
+    if name == "l2":
+        diff = x - q
+        return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    if name == "l1":
+        return np.abs(x - q).sum(axis=1)
+    raise AssertionError(name)  # pragma: no cover - METRICS is closed
