@@ -437,6 +437,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             raise _CommandError(f"{d}: no such file or directory")
     path = _index_path(args)
     args.metric = _check_metric(args.metric)
+    _check_descriptor(args.descriptor)
     existed = os.path.exists(path)
     created = False
     try:
@@ -449,7 +450,6 @@ def cmd_index(args: argparse.Namespace) -> int:
             kwargs["descriptor"] = args.descriptor
         if args.metric is not None:
             kwargs["metric"] = args.metric
-        _check_descriptor(args.descriptor)
         index = Index.create(path, **kwargs)
         created = not existed
     try:
