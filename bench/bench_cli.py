@@ -1,0 +1,87 @@
+"""Start-up and end-to-end latency of the ``fastimg`` command line.
+
+* ``fastimg --help``: wall time of the whole process (target < 0.3 s; the test
+  suite checks separately that it imports neither numba, cv2 nor hnswlib);
+* ``fastimg query IMAGE``: wall time of the whole process against an index of N
+  synthetic vectors (target: well under a second at N = 100,000), for the
+  automatic mode and for ``--exact``.
+
+Sizes follow ``FASTIMG_BENCH_SCALE`` (bench/conftest.py): N = 1,000 / 20,000 /
+100,000. Run by hand with::
+
+    flock /tmp/fastimg-bench.lock env FASTIMG_BENCH_SCALE=full \\
+        .venv/bin/python -m pytest bench/bench_cli.py -p no:cacheprovider
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA, pick, scale
+
+BIN = Path(sys.executable).with_name("fastimg")
+N = pick(1_000, 20_000, 100_000)
+ROUNDS = pick(1, 5, 15)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "FASTIMG_INDEX"}
+    res = subprocess.run([str(BIN), *args], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return res
+
+
+def _query_image() -> Path:
+    corel = SHARED_DATA / "corel1k" / "beaches"
+    if corel.is_dir():
+        return sorted(corel.glob("*.jpg"))[0]
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    assert spec is not None and spec.origin, "needs ../shared/data/corel1k or scikit-image's sample images"
+    return Path(spec.origin).parent / "data" / "astronaut.png"
+
+
+@pytest.fixture(scope="module")
+def synthetic_index(tmp_path_factory) -> Path:
+    """An index of N random (non-negative, L1-normalised) vectors of the default descriptor."""
+    from fastimg.index import Index
+
+    path = tmp_path_factory.mktemp("bench-cli") / "synthetic.fastimg"
+    rng = np.random.default_rng(0)
+    with Index.create(path) as index:
+        dim = int(index.info()["dim"])
+        step = 50_000
+        for start in range(0, N, step):
+            n = min(step, N - start)
+            v = rng.gamma(0.3, size=(n, dim)).astype(np.float32)
+            v /= v.sum(axis=1, keepdims=True)
+            index.add_vectors(v, [f"/synthetic/{i:07d}.jpg" for i in range(start, start + n)])
+        assert len(index) == N
+    return path
+
+
+def test_help_startup(benchmark):
+    benchmark.group = "cli start-up"
+    benchmark.extra_info["scale"] = scale()
+    res = benchmark.pedantic(_run, args=("--help",), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    assert res.stdout.startswith("usage: fastimg")
+
+
+@pytest.mark.parametrize("mode", ["auto", "exact"])
+def test_query_end_to_end(benchmark, synthetic_index, mode):
+    benchmark.group = f"cli query end to end, N={N}"
+    benchmark.extra_info.update({"scale": scale(), "n": N, "mode": mode})
+    args = ["query", str(_query_image()), "--index", str(synthetic_index), "-k", "10", "--json"]
+    if mode == "exact":
+        args.append("--exact")
+    res = benchmark.pedantic(_run, args=tuple(args), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    import json
+
+    doc = json.loads(res.stdout)
+    assert [r["rank"] for r in doc["results"]] == list(range(1, 11))
+    benchmark.extra_info["took_ms_in_process"] = doc["took_ms"]
