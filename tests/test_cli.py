@@ -313,7 +313,8 @@ def test_index_descriptor_mismatch(built, photos):
 
     have = index_info(idx)["descriptor"]
     have = have["name"] if isinstance(have, dict) else have
-    other = next(d["name"] for d in descriptors() if d["name"] != have)
+    other = next(d["name"] for d in descriptors()
+                 if d["name"] != have and d["dim"] is not None and not d["name"].startswith("cnn"))
     before = index_len(idx)
     line = assert_one_line_error(run("index", photos[0], "--index", idx, "--descriptor", other))
     assert "descriptor mismatch" in line and repr(have) in line and repr(other) in line
@@ -736,7 +737,12 @@ def test_descriptors_listing():
     assert res.returncode == 0
     rows = [ln.split(None, 3) for ln in res.stdout.splitlines()]
     assert rows[0][:3] == ["name", "dim", "metric"]
-    assert [(r[0], int(r[1]), r[2]) for r in rows[1:]] == [(d["name"], d["dim"], d["default_metric"]) for d in want]
+    def cell(v):
+        return "-" if v is None else str(v)
+
+    assert [tuple(r[:3]) for r in rows[1:]] == [(d["name"], cell(d["dim"]), cell(d["default_metric"]))
+                                                for d in want]
+    assert len(rows) > 1
 
 
 def test_eval_command_is_wired(tmp_path):

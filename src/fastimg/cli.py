@@ -799,7 +799,10 @@ def cmd_descriptors(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(items)
         return EXIT_OK
-    rows = [(str(d.get("name", "")), str(d.get("dim", "")), str(d.get("default_metric", "")),
+    def cell(v: Any) -> str:
+        return "-" if v is None or v == "" else str(v)
+
+    rows = [(cell(d.get("name")), cell(d.get("dim")), cell(d.get("default_metric")),
              (str(d.get("doc") or "").strip().splitlines() or [""])[0]) for d in items]
     header = ("name", "dim", "metric", "description")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
