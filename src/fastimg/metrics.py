@@ -178,7 +178,8 @@ def _prepare_block(metric: Metric, x: np.ndarray) -> Tuple[np.ndarray, Optional[
         var = s11 - s1 * s1 / d  # OpenCV's form: sum (x - mean)^2
         centred = x - (s1 / d)[:, None]
         norm = np.sqrt(np.einsum("ij,ij->i", centred, centred))
-        const = ~(var > 0) | ~(norm > 0)
+        # constant rows (exactly equal values) have no direction: OpenCV scores them 1
+        const = (x.max(axis=1) == x.min(axis=1)) | ~(var > 0) | ~(norm > 0)
         out = np.zeros_like(centred)
         ok = ~const
         out[ok] = centred[ok] / norm[ok, None]

@@ -1,0 +1,461 @@
+"""Exact top-K search: validation and strategy in Python, kernels in ``fastimg._core``.
+
+Two entry points:
+
+* :class:`ExactSearcher` prepares a database matrix once for a metric and answers
+  many :meth:`ExactSearcher.search` calls;
+* :func:`topk` is the one-shot convenience over it.
+
+How a search runs:
+
+1. arguments are validated here, once (dtype, shape, finiteness, sign, ``k``,
+   ``exclude``, metric name), with messages that say what was expected and what
+   was received; the compiled kernels never validate;
+2. candidates are selected by a compiled kernel on float32 values:
+
+   * inner-product metrics (pearson, bhattacharyya, cosine, l2) scan the prepared
+     rows (:func:`fastimg.metrics.prepare_rows`) with a fused dot product + bounded
+     heap pass (OpenMP over row chunks, per-thread heaps merged at the end), or, for
+     large query batches, with BLAS GEMM over row blocks followed by a parallel heap
+     update (BLAS threads capped with threadpoolctl);
+   * the other metrics (chisqr, chisqr_alt, intersect, kl_div, l1) use a fused
+     direct kernel on the raw rows;
+
+3. a few extra candidates are kept, re-scored in float64 with
+   :func:`fastimg.metrics.exact_scores` (the values ``cv2.compareHist`` returns),
+   and sorted best first, ties broken by the lower row id.
+
+Results do not depend on the thread count.
+"""
+from __future__ import annotations
+
+import logging
+import numbers
+import os
+from typing import Any, Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+from fastimg.metrics import METRICS, Metric, exact_scores, get_metric, metric_names, prepare_query, prepare_rows
+
+__all__ = ["ExactSearcher", "topk", "resolve_threads", "METRICS", "metric_names"]
+
+log = logging.getLogger(__name__)
+
+_DBL_EPS = float(np.finfo(np.float64).eps)
+_KIND = {"chisqr": 1, "chisqr_alt": 2, "intersect": 3, "kl_div": 4, "l1": 5}
+_STRATEGIES = ("auto", "fused", "gemm")
+#: ip-form batches with at least this many queries use the GEMM path ("auto")
+GEMM_MIN_QUERIES = 32
+#: queries per kernel call (bounds per-thread heap memory)
+_FUSED_QUERY_BATCH = 256
+_GEMM_QUERY_BATCH = 1024
+#: bytes of data rows per GEMM block
+_GEMM_BLOCK_BYTES = 4 << 20
+#: rows of the database validated per step
+_CHECK_ROWS = 1 << 16
+
+
+def resolve_threads(threads: Optional[int] = None) -> int:
+    """Number of threads to use.
+
+    Parameters
+    ----------
+    threads : int or None
+        Explicit count (>= 1).  None means the ``FASTIMG_NUM_THREADS`` environment
+        variable if set, else every core available to this process.
+
+    Returns
+    -------
+    int
+    """
+    if threads is None:
+        env = os.environ.get("FASTIMG_NUM_THREADS", "").strip()
+        if env:
+            try:
+                value = int(env)
+            except ValueError:
+                raise ValueError(f"FASTIMG_NUM_THREADS must be a positive integer; got {env!r}") from None
+            if value < 1:
+                raise ValueError(f"FASTIMG_NUM_THREADS must be a positive integer; got {env!r}")
+            return value
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):  # pragma: no cover - non-Linux
+            return max(1, os.cpu_count() or 1)
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or None; got {threads!r}")
+    return int(threads)
+
+
+# ---------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------
+
+def _check_matrix(arr: Any, name: str, hint: str = "") -> np.ndarray:
+    """A float32 (N, D) C-contiguous ndarray, never copied."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray (or np.memmap) of float32 with shape (N, D); "
+                        f"got {type(arr).__name__}{hint}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D with shape (N, D); got {arr.ndim}-D array of shape {arr.shape}")
+    if arr.dtype != np.float32:
+        raise TypeError(f"{name} must have dtype float32; got {arr.dtype} (convert once with "
+                        f"{name}.astype(np.float32): fastimg never copies the database matrix)")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous; got a non-contiguous array of shape {arr.shape} "
+                         f"(use np.ascontiguousarray({name}) once: fastimg never copies the database matrix)")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one row and one column; got shape {arr.shape}")
+    return arr
+
+
+def _check_values(arr: np.ndarray, name: str, metric: Metric) -> None:
+    """Raise if ``arr`` holds NaN/inf, or negative values for a histogram metric."""
+    for start in range(0, arr.shape[0], _CHECK_ROWS):
+        block = arr[start:start + _CHECK_ROWS]
+        lo = block.min()
+        hi = block.max()
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            bad = np.nonzero(~np.isfinite(block).all(axis=1))[0]
+            raise ValueError(f"{name} must be finite; got NaN or inf in row {start + int(bad[0])}"
+                             f" ({len(bad)} such rows in rows {start}..{start + len(block) - 1})")
+        if metric.nonneg and lo < 0:
+            bad = np.nonzero((block < 0).any(axis=1))[0]
+            raise ValueError(f"metric {metric.name!r} compares histograms and needs non-negative values; "
+                             f"{name} row {start + int(bad[0])} has a negative value (min {float(lo)!r})")
+
+
+def _check_queries(queries: Any, dim: int, metric: Metric) -> np.ndarray:
+    try:
+        q = np.asarray(queries)
+    except Exception as exc:  # pragma: no cover - exotic inputs
+        raise TypeError(f"queries must be an array of shape (D,) or (Q, D); got {type(queries).__name__}") from exc
+    if q.dtype == object or not (np.issubdtype(q.dtype, np.floating) or np.issubdtype(q.dtype, np.integer)
+                                 or q.dtype == np.bool_):
+        raise TypeError(f"queries must hold real numbers (float32 preferred); got dtype {q.dtype}")
+    if q.ndim == 1:
+        q = q.reshape(1, -1)
+    elif q.ndim != 2:
+        raise ValueError(f"queries must have shape (D,) or (Q, D) with D={dim}; got shape {q.shape}")
+    if q.shape[1] != dim:
+        raise ValueError(f"query dimension mismatch: expected D={dim} (the data's), got {q.shape[1]} "
+                         f"(queries shape {q.shape})")
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    if q.shape[0]:
+        if not np.isfinite(q).all():
+            bad = int(np.nonzero(~np.isfinite(q).all(axis=1))[0][0])
+            raise ValueError(f"queries must be finite; query {bad} has NaN or inf")
+        if metric.nonneg and (q < 0).any():
+            bad = int(np.nonzero((q < 0).any(axis=1))[0][0])
+            raise ValueError(f"metric {metric.name!r} compares histograms and needs non-negative values; "
+                             f"query {bad} has a negative value")
+    return q
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k must be an integer >= 1; got {k!r} ({type(k).__name__})")
+    if k < 1:
+        raise ValueError(f"k must be >= 1; got k={int(k)}")
+    return int(k)
+
+
+def _build_mask(exclude: Any, n: int) -> Optional[np.ndarray]:
+    if exclude is None:
+        return None
+    ex = np.asarray(exclude)
+    if ex.size == 0:
+        return None
+    if not (np.issubdtype(ex.dtype, np.integer)):
+        raise TypeError(f"exclude must be row ids (integers); got dtype {ex.dtype}")
+    ex = ex.ravel()
+    lo, hi = int(ex.min()), int(ex.max())
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"exclude ids must be in [0, {n - 1}] (the data has N={n} rows); got {bad}")
+    mask = np.zeros(n, dtype=np.uint8)
+    mask[ex] = 1
+    return mask
+
+
+# ---------------------------------------------------------------------------
+# the searcher
+# ---------------------------------------------------------------------------
+
+class ExactSearcher:
+    """Exact top-K search over a fixed float32 matrix for one metric.
+
+    Parameters
+    ----------
+    data : ndarray of float32, shape (N, D)
+        Database rows, C-contiguous; an ``np.memmap`` (also read-only) is used in
+        place, never copied.
+    metric : str, default "pearson"
+        One of :func:`fastimg.metrics.metric_names`.
+    prepared : ndarray of float32, shape (N, D), optional
+        For inner-product metrics: the output of
+        ``fastimg.metrics.prepare_rows(metric, data)`` saved earlier (e.g. a memmap
+        of the index's cache).  Computed here when omitted.
+    bias : ndarray of float32, shape (N,), optional
+        The matching bias (pearson and l2 have one; must be given with ``prepared``).
+    threads : int, optional
+        Threads per search; default ``FASTIMG_NUM_THREADS`` or all cores.
+    check : bool, default True
+        Verify once that ``data`` is finite (and non-negative for histogram
+        metrics).  Pass False only for data validated before (costs one read pass).
+    strategy : {"auto", "fused", "gemm"}, default "auto"
+        Candidate selection for inner-product metrics: fused dot + heap pass, or
+        BLAS GEMM over row blocks (auto: GEMM from ``GEMM_MIN_QUERIES`` queries).
+    chunk_rows : int, optional
+        Rows per work unit of the fused kernel (tuning and testing knob).
+
+    Attributes
+    ----------
+    data : ndarray (N, D)
+    metric : Metric
+    prepared : ndarray of float32 (N, D) or None
+        The derived inner-product matrix (64-byte aligned when computed here);
+        persist it and pass it back to skip preparation.
+    bias : ndarray of float32 (N,) or None
+    threads : int
+
+    Notes
+    -----
+    Thread-safety: :meth:`search` does not modify the searcher and may be called
+    from several Python threads at once (the GIL is released while scanning).
+    """
+
+    def __init__(self, data: np.ndarray, metric: "str | Metric" = "pearson", *,
+                 prepared: Optional[np.ndarray] = None, bias: Optional[np.ndarray] = None,
+                 threads: Optional[int] = None, check: bool = True, strategy: str = "auto",
+                 chunk_rows: Optional[int] = None) -> None:
+        self.metric: Metric = get_metric(metric)
+        self.data: np.ndarray = _check_matrix(data, "data")
+        self.threads: int = resolve_threads(threads)
+        if strategy not in _STRATEGIES:
+            raise ValueError(f"strategy must be one of {_STRATEGIES}; got {strategy!r}")
+        if strategy == "gemm" and not self.metric.ip_form:
+            raise ValueError(f"strategy 'gemm' needs an inner-product metric; metric {self.metric.name!r} has none")
+        self.strategy = strategy
+        if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral)
+                                       or chunk_rows < 1):
+            raise ValueError(f"chunk_rows must be a positive integer or None; got {chunk_rows!r}")
+        self.chunk_rows = None if chunk_rows is None else int(chunk_rows)
+        n, d = self.data.shape
+        if check:
+            _check_values(self.data, "data", self.metric)
+
+        self.prepared: Optional[np.ndarray] = None
+        self.bias: Optional[np.ndarray] = None
+        if self.metric.ip_form:
+            needs_bias = self.metric.name in ("pearson", "l2")
+            if prepared is None:
+                if bias is not None:
+                    raise ValueError("bias was given without prepared; pass both or neither")
+                self.prepared, self.bias = prepare_rows(self.metric, self.data)
+            else:
+                self.prepared = _check_matrix(prepared, "prepared")
+                if self.prepared.shape != (n, d):
+                    raise ValueError(f"prepared must have the shape of data {(n, d)}; got {self.prepared.shape}")
+                if needs_bias:
+                    if bias is None:
+                        raise ValueError(f"metric {self.metric.name!r} needs the bias returned by prepare_rows "
+                                         f"together with prepared; got bias=None")
+                    if not isinstance(bias, np.ndarray) or bias.dtype != np.float32 or bias.shape != (n,) \
+                            or not bias.flags.c_contiguous:
+                        raise ValueError(f"bias must be a C-contiguous float32 array of shape ({n},); got "
+                                         f"{getattr(bias, 'dtype', type(bias).__name__)} "
+                                         f"{getattr(bias, 'shape', '')}")
+                    self.bias = bias
+                elif bias is not None:
+                    raise ValueError(f"metric {self.metric.name!r} has no bias; got a bias array")
+        elif prepared is not None or bias is not None:
+            raise ValueError(f"metric {self.metric.name!r} has no inner-product form; prepared/bias must be None")
+
+    # -- properties ---------------------------------------------------------
+    @property
+    def n(self) -> int:
+        """Number of rows N."""
+        return int(self.data.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension D."""
+        return int(self.data.shape[1])
+
+    def __repr__(self) -> str:
+        return f"ExactSearcher(n={self.n}, dim={self.dim}, metric={self.metric.name!r}, threads={self.threads})"
+
+    # -- search -------------------------------------------------------------
+    def search(self, queries: npt.ArrayLike, k: int = 10, *,
+               exclude: Optional[npt.ArrayLike] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best rows for each query.
+
+        Parameters
+        ----------
+        queries : array_like, shape (D,) or (Q, D)
+            Query vectors (coerced to float32).
+        k : int, default 10
+            Results per query, >= 1; if fewer rows are available (``k > N`` or rows
+            excluded) all available rows are returned.
+        exclude : array_like of int, optional
+            Row ids never returned (deleted rows, the query itself ...).
+
+        Returns
+        -------
+        ids : ndarray of int64, shape (Q, k')
+            Row ids, best first; ties broken by the lower id.  ``k' = min(k, rows
+            available)``; a 1-D query gives ``Q = 1``.
+        scores : ndarray of float32, shape (Q, k')
+            The metric's value (``cv2.compareHist(query, row, method)`` for
+            histogram metrics): descending for similarities, ascending for
+            distances.
+        """
+        k = _check_k(k)
+        q = _check_queries(queries, self.dim, self.metric)
+        mask = _build_mask(exclude, self.n)
+        n_avail = self.n - (int(np.count_nonzero(mask)) if mask is not None else 0)
+        nq = q.shape[0]
+        k_out = min(k, n_avail)
+        if nq == 0 or k_out == 0:
+            return np.zeros((nq, k_out), dtype=np.int64), np.zeros((nq, k_out), dtype=np.float32)
+        kk = min(n_avail, k_out + max(8, k_out // 8))
+
+        cand = np.empty((nq, kk), dtype=np.int64)
+        batch = _GEMM_QUERY_BATCH if self._use_gemm(nq) else _FUSED_QUERY_BATCH
+        for s in range(0, nq, batch):
+            cand[s:s + batch] = self._candidates(q[s:s + batch], kk, mask)
+        return self._rescore(q, cand, k_out)
+
+    def _use_gemm(self, nq: int) -> bool:
+        if not self.metric.ip_form:
+            return False
+        if self.strategy == "auto":
+            return nq >= GEMM_MIN_QUERIES
+        return self.strategy == "gemm"
+
+    def _chunk_rows(self, nq: int) -> int:
+        if self.chunk_rows is not None:
+            return self.chunk_rows
+        # keep a chunk of rows in L2 while a batch of queries passes over it
+        return int(max(16, min(4096, (256 << 10) // (4 * self.dim)))) if nq > 1 else 4096
+
+    def _candidates(self, q: np.ndarray, kk: int, mask: Optional[np.ndarray]) -> np.ndarray:
+        """Candidate ids (Q, kk) from the compiled kernels (surrogate order)."""
+        from fastimg import _core
+
+        m = self.metric
+        nq = q.shape[0]
+        if m.ip_form:
+            qp = np.ascontiguousarray(np.stack([prepare_query(m, row) for row in q]), dtype=np.float32)
+            if self._use_gemm(nq):
+                ids = self._gemm_candidates(qp, kk, mask)
+            else:
+                _, ids = _core.fused_topk(self.prepared, qp, kk, kind=_core.KIND_IP, bias=self.bias, mask=mask,
+                                          n_threads=self.threads, chunk_rows=self._chunk_rows(nq))
+            if m.name in ("pearson", "bhattacharyya", "cosine"):
+                # a constant (pearson) or zero query scores every row alike: the
+                # first ids win the tie
+                degenerate = ~np.any(qp != 0, axis=1)
+                if degenerate.any():
+                    avail = np.arange(self.n) if mask is None else np.flatnonzero(mask == 0)
+                    ids[degenerate] = avail[:kk]
+            return ids
+        kind = _KIND[m.name]
+        d = self.dim
+        aux = np.zeros((nq, d), dtype=np.float32)
+        active = np.zeros((nq, d), dtype=np.int32)
+        n_active = np.zeros(nq, dtype=np.int64)
+        if m.name == "chisqr":
+            keep = np.abs(q) > _DBL_EPS
+            np.divide(1.0, q, out=aux, where=keep)
+        elif m.name == "kl_div":
+            keep = np.abs(q) > _DBL_EPS
+            aux[keep] = q[keep]
+            for i in range(nq):
+                idx = np.flatnonzero(keep[i])
+                active[i, :len(idx)] = idx
+                n_active[i] = len(idx)
+        _, ids = _core.fused_topk(self.data, q, kk, kind=kind, mask=mask, aux=aux, active=active,
+                                  n_active=n_active, n_threads=self.threads, chunk_rows=self._chunk_rows(nq))
+        return ids
+
+    def _gemm_candidates(self, qp: np.ndarray, kk: int, mask: Optional[np.ndarray]) -> np.ndarray:
+        """BLAS GEMM over row blocks, then a parallel heap update per block."""
+        from threadpoolctl import threadpool_limits
+
+        from fastimg import _core
+
+        nq = qp.shape[0]
+        rows = max(256, _GEMM_BLOCK_BYTES // (4 * self.dim))
+        hv, hi = _core.heap_new(nq, kk)
+        buf = np.empty((nq, rows), dtype=np.float32)
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            for r0 in range(0, self.n, rows):
+                block = self.prepared[r0:r0 + rows]
+                s = buf[:, :block.shape[0]]
+                np.matmul(qp, block.T, out=s)
+                _core.heap_push_block(s if s.flags.c_contiguous else np.ascontiguousarray(s), r0, hv, hi,
+                                      bias=self.bias, mask=mask, n_threads=self.threads)
+        _core.heap_finish(hv, hi, n_threads=self.threads)
+        return hi
+
+    def _rescore(self, q: np.ndarray, cand: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Exact float64 scores of the candidates; best first, ties by lower id."""
+        m = self.metric
+        nq = q.shape[0]
+        out_ids = np.empty((nq, k), dtype=np.int64)
+        out_scores = np.empty((nq, k), dtype=np.float32)
+        for i in range(nq):
+            ids = cand[i]
+            order_ids = np.sort(ids)  # sorted gather reads the memmap forward
+            exact = exact_scores(m, q[i], self.data[order_ids])
+            key = -exact if m.higher_is_better else exact
+            order = np.lexsort((order_ids, key))[:k]
+            out_ids[i] = order_ids[order]
+            out_scores[i] = exact[order]
+        return out_ids, out_scores
+
+
+def topk(data: np.ndarray, queries: npt.ArrayLike, k: int = 10, metric: "str | Metric" = "pearson", *,
+         exclude: Optional[npt.ArrayLike] = None,
+         threads: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` rows of ``data`` for each query (one-shot).
+
+    Parameters
+    ----------
+    data : ndarray of float32, shape (N, D)
+        C-contiguous rows (``np.memmap`` accepted, never copied).
+    queries : array_like, shape (D,) or (Q, D)
+    k : int, default 10
+        Results per query (>= 1); at most the number of available rows.
+    metric : str, default "pearson"
+        See :func:`fastimg.metrics.metric_names`.
+    exclude : array_like of int, optional
+        Row ids never returned.
+    threads : int, optional
+        Default ``FASTIMG_NUM_THREADS`` or all cores.
+
+    Returns
+    -------
+    ids : ndarray of int64, shape (Q, k')
+    scores : ndarray of float32, shape (Q, k')
+        Best first (see :meth:`ExactSearcher.search`).
+
+    Examples
+    --------
+    >>> import numpy as np, fastimg
+    >>> data = np.array([[1, 2, 3], [3, 2, 1], [1, 2, 4]], dtype=np.float32)
+    >>> ids, scores = fastimg.topk(data, [1, 2, 3], k=2)
+    >>> ids.tolist()
+    [[0, 2]]
+    """
+    metric_obj = get_metric(metric)
+    _check_k(k)
+    # validate the cheap arguments before preparing the whole matrix
+    searcher_data = _check_matrix(data, "data")
+    _check_queries(queries, searcher_data.shape[1], metric_obj)
+    _build_mask(exclude, searcher_data.shape[0])
+    return ExactSearcher(searcher_data, metric_obj, threads=threads).search(queries, k, exclude=exclude)
