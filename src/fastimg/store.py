@@ -1,0 +1,924 @@
+"""The on-disk format of a fastimg index (this module is its only owner).
+
+An index is **one directory**::
+
+    myindex/
+      manifest.json        what the index is (static: written at creation)
+      meta.sqlite          per-image metadata + the committed state (SQLite, WAL)
+      vectors.<G>.f32      the vectors: raw little-endian float32, shape (rows, dim)
+      lock                 writer lock file (``fcntl.flock``), holds the writer's pid
+      cache/               derived data, always rebuildable from the vectors
+        <metric>-prepared.g<G>.n<N>.npy   prepared matrix of an inner-product metric
+        <metric>-bias.g<G>.n<N>.npy       its per-row bias (when the metric has one)
+      ann/                 the HNSW graph (fastimg.ann's files); its state in ``meta``
+
+``manifest.json``
+    ``{"format": "fastimg-index", "format_version": 1, "descriptor": <spec>,
+    "dim": D, "dtype": "<f4", "metric": <default metric>, "root": <dir>,
+    "created": <ISO time>, "fastimg_version": <str>}``.  ``descriptor`` is the
+    descriptor's ``spec()`` (name, parameters, version) or
+    ``{"name": "custom", "dim": D, ...}``.  ``root`` is the directory image paths are
+    stored relative to, itself relative to the index directory when possible
+    (default ``".."``: the folder that contains the index), so a photo tree moved
+    together with its index keeps working.  The manifest is static: it is written
+    atomically (temp file + rename) at creation, compaction and migration only.
+
+``meta.sqlite``
+    ``meta(key, value)`` holds the **mutable state**: ``format_version``, ``dim``,
+    ``committed`` (the number of rows of the vector file that are valid),
+    ``generation`` (the vector file in use, bumped by compaction), ``version``
+    (bumped by every write transaction, so readers notice changes with one query),
+    and the ANN graph's state (``ann``: JSON).  The committed count lives here, not
+    in the manifest, so that it advances in **the same transaction** as the rows'
+    metadata: the two can never disagree.
+    ``images(id, path, is_file, size, mtime_ns, hash, added, deleted, metadata)``:
+    ``id`` is the row of the vector file (``0 <= id < committed``); ``path`` is
+    relative to ``root`` when the file lies under it, else absolute (``is_file=1``),
+    or the caller's name for vectors added with ``add_vectors`` (``is_file=0``);
+    ``size``/``mtime_ns`` detect modified files and ``hash`` (BLAKE2b-128 of the
+    file's bytes) detects renamed/moved ones; ``deleted=1`` rows stay in the vector
+    file (and are excluded from search) until :meth:`Store.compact`; ``metadata``
+    is the caller's JSON.  At most one live row per path (a partial unique index).
+
+``vectors.<G>.f32``
+    ``committed * dim * 4`` bytes of valid data, possibly followed by the remains
+    of an interrupted append, which readers ignore and the next writer truncates.
+    It has no header, so ``np.memmap`` maps it directly and opening an index of a
+    million vectors reads nothing but the manifest and two SQLite rows.
+
+Protocol
+--------
+* **Append** (crash safety): write the new rows after row ``committed``, ``fsync``
+  the file, *then* commit the SQLite transaction that inserts their metadata and
+  advances ``committed``.  A process killed at any point leaves either the old or
+  the new committed state, never a mix; at most the uncommitted batch is lost.
+* **One writer**: a writer holds an exclusive ``flock`` on ``lock`` (whose content
+  is its pid) for as long as it is open; a second writer gets
+  :class:`~fastimg.errors.IndexLockedError` naming that pid.  Readers take no lock:
+  SQLite's WAL mode gives them a consistent snapshot, and as the vector file only
+  grows (beyond what any reader has mapped) while the generation is unchanged, what
+  they mapped stays valid.
+* **Compaction** writes ``vectors.<G+1>.f32`` with the live rows only, ``fsync``s
+  it, then in one transaction renumbers ``images.id`` to ``0..live-1`` (in the old
+  order), sets ``generation = G+1`` and ``committed = live``, and finally unlinks the
+  old file (readers that mapped it keep their mapping).  **Ids are remapped** by
+  compaction; :meth:`Store.compact` returns the old-to-new mapping.
+* **Versions**: ``format_version`` newer than :data:`FORMAT_VERSION` is refused
+  (upgrade fastimg); an older one is refused in read mode and migrated in write
+  mode by the functions registered in :data:`MIGRATIONS` (``MIGRATIONS[v]``
+  upgrades an index from version ``v`` to ``v + 1``, inside one SQLite transaction).
+
+Every inconsistency raises a :mod:`fastimg.errors` exception naming the file.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from fastimg._version import __version__
+from fastimg.errors import (
+    IndexCorruptError,
+    IndexFormatError,
+    IndexLockedError,
+    IndexNotFoundError,
+    IndexReadOnlyError,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MIGRATIONS",
+    "MANIFEST",
+    "DATABASE",
+    "LOCKFILE",
+    "State",
+    "Row",
+    "NewRow",
+    "Store",
+    "file_hash",
+]
+
+log = logging.getLogger("fastimg.store")
+
+FORMAT_NAME = "fastimg-index"
+#: Version of the on-disk format written by this fastimg.
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DATABASE = "meta.sqlite"
+LOCKFILE = "lock"
+CACHE_DIR = "cache"
+ANN_DIR = "ann"
+DTYPE = "<f4"
+_ROW_CHUNK = 65536  # rows copied per step by compact()
+
+#: ``MIGRATIONS[v](store_dir, connection, manifest)`` upgrades a version-``v`` index
+#: to version ``v + 1``: it may alter the SQLite schema (inside the caller's
+#: transaction) and must return the updated manifest dict.
+MIGRATIONS: dict[int, Callable[[Path, sqlite3.Connection, dict], dict]] = {}
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    is_file INTEGER NOT NULL,
+    size INTEGER,
+    mtime_ns INTEGER,
+    hash TEXT,
+    added REAL NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT
+);
+CREATE UNIQUE INDEX images_live_path ON images(path) WHERE deleted = 0;
+CREATE INDEX images_hash ON images(hash) WHERE hash IS NOT NULL;
+CREATE INDEX images_deleted ON images(id) WHERE deleted = 1;
+"""
+_COLUMNS = "id, path, is_file, size, mtime_ns, hash, added, deleted, metadata"
+
+
+@dataclass(frozen=True)
+class State:
+    """The committed state of an index, as read from ``meta.sqlite``.
+
+    Attributes
+    ----------
+    committed : int
+        Number of valid rows in the vector file (ids ``0 .. committed-1``).
+    generation : int
+        Which vector file is current (bumped by compaction).
+    version : int
+        Bumped by every write transaction.
+    """
+
+    committed: int
+    generation: int
+    version: int
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the ``images`` table."""
+
+    id: int
+    path: str
+    is_file: bool
+    size: Optional[int]
+    mtime_ns: Optional[int]
+    hash: Optional[str]
+    added: float
+    deleted: bool
+    metadata: Optional[dict]
+
+
+@dataclass(frozen=True)
+class NewRow:
+    """Metadata of a row being appended (its id is assigned by :meth:`Store.commit_rows`)."""
+
+    path: str
+    is_file: bool = True
+    size: Optional[int] = None
+    mtime_ns: Optional[int] = None
+    hash: Optional[str] = None
+    metadata: Optional[dict] = None
+
+
+def file_hash(path: Union[str, os.PathLike], chunk: int = 1 << 20) -> str:
+    """BLAKE2b-128 hex digest of a file's bytes (the content hash stored per image)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def _row(t: Sequence[Any]) -> Row:
+    meta = json.loads(t[8]) if t[8] is not None else None
+    return Row(int(t[0]), t[1], bool(t[2]), t[3], t[4], t[5], float(t[6]), bool(t[7]), meta)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class Store:
+    """Low-level access to one index directory (see the module docstring).
+
+    Not meant to be used directly: :class:`fastimg.Index` wraps it.  A ``Store``
+    holds one SQLite connection and, when writable, the writer lock.  Methods are
+    serialised by an internal lock so one instance may be shared by threads.
+
+    Parameters
+    ----------
+    path : path-like
+        The index directory.
+    writable : bool
+        Take the writer lock and allow changes.
+    """
+
+    # ------------------------------------------------------------------ open
+    def __init__(self, path: Union[str, os.PathLike], writable: bool = False, *, _migrate: bool = True):
+        self.path = Path(path)
+        self.writable = writable
+        self._lock_fd: Optional[int] = None
+        self._conn: Optional[sqlite3.Connection] = None
+        self._mutex = threading.RLock()
+        self._pending = 0  # rows appended to the vector file but not committed yet
+        manifest_path = self.path / MANIFEST
+        if not self.path.is_dir():
+            raise IndexNotFoundError(f"{self.path}: no fastimg index here (directory not found)")
+        if not manifest_path.is_file():
+            raise IndexNotFoundError(f"{self.path}: no fastimg index here ({MANIFEST} not found)")
+        self.manifest = self._read_manifest(manifest_path)
+        try:
+            if writable:
+                self._acquire_lock()
+            self._connect()
+            version = int(self.manifest["format_version"])
+            if version < FORMAT_VERSION:
+                if not writable:
+                    raise IndexFormatError(
+                        f"{manifest_path}: index format version {version} is older than this fastimg's "
+                        f"({FORMAT_VERSION}); open it with mode='a' once to migrate it"
+                    )
+                if not _migrate:
+                    raise IndexFormatError(f"{manifest_path}: format version {version} needs a migration")
+                self._migrate(version)
+            self._check_consistency()
+            if writable:
+                self._discard_uncommitted_tail()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def create(
+        cls,
+        path: Union[str, os.PathLike],
+        *,
+        descriptor: dict,
+        dim: int,
+        metric: str,
+        root: Union[str, os.PathLike, None] = None,
+    ) -> "Store":
+        """Create an empty index directory and return it opened for writing.
+
+        Parameters
+        ----------
+        path : path-like
+            Directory to create (it may exist if it is empty or only holds the
+            remains of an interrupted ``create``).
+        descriptor : dict
+            The descriptor spec stored in the manifest.
+        dim : int
+            Vector dimension.
+        metric : str
+            Default metric name.
+        root : path-like, optional
+            Directory image paths are stored relative to (default: the parent of
+            ``path``).
+        """
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            raise FileExistsError(f"{path}: an index already exists here; open it with Index.open(path, mode='a')")
+        if path.exists():
+            if not path.is_dir():
+                raise FileExistsError(f"{path}: exists and is not a directory")
+            ours = re.compile(r"^(meta\.sqlite(-wal|-shm|-journal)?|vectors\.\d+\.f32|lock|cache|ann|\..*\.tmp)$")
+            foreign = [p.name for p in path.iterdir() if not ours.match(p.name)]
+            if foreign:
+                raise FileExistsError(
+                    f"{path}: directory is not empty ({', '.join(sorted(foreign)[:3])} ...); "
+                    "choose a new or empty directory for the index"
+                )
+            for p in path.iterdir():  # remains of an interrupted create
+                if p.is_dir():
+                    for q in p.iterdir():
+                        q.unlink()
+                    p.rmdir()
+                elif p.name != LOCKFILE:
+                    p.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        dim = int(dim)
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1; got {dim}")
+        root_abs = Path(os.path.abspath(root)) if root is not None else Path(os.path.abspath(path)).parent
+        try:
+            root_str = os.path.relpath(root_abs, os.path.abspath(path))
+        except ValueError:  # pragma: no cover - different drives on Windows
+            root_str = str(root_abs)
+        db = path / DATABASE
+        conn = sqlite3.connect(db, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+            conn.execute("BEGIN")
+            conn.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?)",
+                [
+                    ("format_version", str(FORMAT_VERSION)),
+                    ("dim", str(dim)),
+                    ("committed", "0"),
+                    ("generation", "0"),
+                    ("version", "0"),
+                ],
+            )
+            conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        with open(path / "vectors.0.f32", "wb") as f:
+            os.fsync(f.fileno())
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "descriptor": descriptor,
+            "dim": dim,
+            "dtype": DTYPE,
+            "metric": metric,
+            "root": root_str,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "fastimg_version": __version__,
+        }
+        _write_json_atomic(path / MANIFEST, manifest)  # the index exists from here on
+        return cls(path, writable=True)
+
+    def _read_manifest(self, manifest_path: Path) -> dict:
+        try:
+            text = manifest_path.read_text(encoding="utf-8")
+            manifest = json.loads(text)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise IndexFormatError(f"{manifest_path}: unreadable manifest ({exc})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+            raise IndexFormatError(f"{manifest_path}: not a fastimg index manifest (no \"format\": \"{FORMAT_NAME}\")")
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or version < 1:
+            raise IndexFormatError(f"{manifest_path}: invalid format_version {version!r}")
+        if version > FORMAT_VERSION:
+            raise IndexFormatError(
+                f"{manifest_path}: index format version {version} was written by a newer fastimg; "
+                f"this fastimg ({__version__}) reads format versions up to {FORMAT_VERSION}: upgrade fastimg"
+            )
+        for key, typ in (("dim", int), ("descriptor", dict), ("metric", str), ("root", str), ("dtype", str)):
+            if not isinstance(manifest.get(key), typ):
+                raise IndexFormatError(f"{manifest_path}: field {key!r} missing or not a {typ.__name__}")
+        if manifest["dim"] < 1:
+            raise IndexFormatError(f"{manifest_path}: invalid dim {manifest['dim']}")
+        if manifest["dtype"] != DTYPE:
+            raise IndexFormatError(f"{manifest_path}: unsupported dtype {manifest['dtype']!r} (expected {DTYPE!r})")
+        return manifest
+
+    def _connect(self) -> None:
+        db = self.path / DATABASE
+        if not db.is_file():
+            raise IndexCorruptError(f"{db}: metadata database is missing (the index cannot be used without it)")
+        # mode=rw / ro: never create a missing database behind the caller's back
+        uri = f"file:{db.absolute().as_posix()}?mode={'rw' if self.writable else 'ro'}"
+        try:
+            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0)
+            if self.writable:
+                self._conn.execute("PRAGMA synchronous=FULL")
+            rows = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+            cols = [r[1] for r in self._conn.execute("PRAGMA table_info(images)")]
+        except sqlite3.DatabaseError as exc:
+            raise IndexCorruptError(f"{db}: unreadable metadata database ({exc})") from None
+        for key in ("dim", "committed", "generation", "version"):
+            if key not in rows:
+                raise IndexCorruptError(f"{db}: metadata database lacks the {key!r} entry")
+        if "id" not in cols or "path" not in cols:
+            raise IndexCorruptError(f"{db}: metadata database lacks the images table")
+
+    def _check_consistency(self) -> None:
+        db = self.path / DATABASE
+        with self._read() as state:
+            dim = int(self._meta("dim"))
+            top = self._conn.execute("SELECT max(id) FROM images").fetchone()[0]
+        if dim != self.manifest["dim"]:
+            raise IndexCorruptError(
+                f"{self.path / MANIFEST}: manifest says dim={self.manifest['dim']} but {db} says dim={dim}"
+            )
+        expect = -1 if top is None else int(top)
+        if expect != state.committed - 1:
+            raise IndexCorruptError(
+                f"{db}: metadata has rows up to id {expect} but the committed count is {state.committed}"
+            )
+        self._check_vector_file(state)
+
+    def _check_vector_file(self, state: State) -> Path:
+        vpath = self.vectors_path(state.generation)
+        try:
+            size = vpath.stat().st_size
+        except FileNotFoundError:
+            raise IndexCorruptError(
+                f"{vpath}: vector file is missing ({state.committed} committed rows expected)"
+            ) from None
+        need = state.committed * self.row_bytes
+        if size < need:
+            raise IndexCorruptError(
+                f"{vpath}: vector file is truncated: {size} bytes holds {size // self.row_bytes} rows of dim "
+                f"{self.dim}, but {state.committed} rows are committed ({need} bytes)"
+            )
+        return vpath
+
+    def _discard_uncommitted_tail(self) -> None:
+        with self._read() as state:
+            pass
+        vpath = self.vectors_path(state.generation)
+        need = state.committed * self.row_bytes
+        if vpath.stat().st_size > need:
+            log.info("%s: discarding %d bytes of uncommitted rows", vpath, vpath.stat().st_size - need)
+            os.truncate(vpath, need)
+        # remains of an interrupted compaction / cache writes
+        for p in self.path.iterdir():
+            m = re.match(r"^vectors\.(\d+)\.f32$", p.name)
+            if (m and int(m.group(1)) != state.generation) or re.match(r"^\..*\.tmp$", p.name):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    def _acquire_lock(self) -> None:
+        lpath = self.path / LOCKFILE
+        try:
+            fd = os.open(lpath, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise IndexReadOnlyError(f"{lpath}: cannot open the writer lock file ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # pragma: no cover
+                os.close(fd)
+                raise
+            try:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise IndexLockedError(
+                f"{self.path}: another writer holds the index lock {lpath} (pid {holder}); "
+                "wait for it to finish or open the index with mode='r'"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Close the database and release the writer lock (idempotent)."""
+        with self._mutex:
+            if self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+                self._conn = None
+            if self._lock_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._lock_fd, 0)
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    # ------------------------------------------------------------- migration
+    def _migrate(self, version: int) -> None:
+        conn = self._conn
+        manifest = dict(self.manifest)
+        with self._mutex:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                while version < FORMAT_VERSION:
+                    step = MIGRATIONS.get(version)
+                    if step is None:
+                        raise IndexFormatError(
+                            f"{self.path / MANIFEST}: no migration from format version {version} to {version + 1}"
+                        )
+                    log.info("%s: migrating index format %d -> %d", self.path, version, version + 1)
+                    manifest = step(self.path, conn, manifest)
+                    version += 1
+                    manifest["format_version"] = version
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('format_version', ?)", (str(version),))
+                conn.execute(f"PRAGMA user_version={version}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        _write_json_atomic(self.path / MANIFEST, manifest)
+        self.manifest = manifest
+
+    # ----------------------------------------------------------------- state
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dim * 4
+
+    @property
+    def root(self) -> Path:
+        """Absolute directory that relative image paths are resolved against."""
+        return Path(os.path.normpath(os.path.join(os.path.abspath(self.path), self.manifest["root"])))
+
+    def vectors_path(self, generation: int) -> Path:
+        return self.path / f"vectors.{generation}.f32"
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ValueError(f"{self.path}: the index is closed")
+        return self._conn
+
+    def _meta(self, key: str) -> Optional[str]:
+        row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _state(self) -> State:
+        rows = dict(
+            self._db().execute(
+                "SELECT key, value FROM meta WHERE key IN ('committed', 'generation', 'version')"
+            ).fetchall()
+        )
+        return State(int(rows["committed"]), int(rows["generation"]), int(rows["version"]))
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[State]:
+        """A read transaction: everything read inside sees one committed snapshot."""
+        with self._mutex:
+            conn = self._db()
+            if conn.in_transaction:  # nested: already inside a snapshot or a write
+                yield self._state()
+                return
+            try:
+                conn.execute("BEGIN")
+            except sqlite3.DatabaseError as exc:
+                raise IndexCorruptError(f"{self.path / DATABASE}: {exc}") from None
+            try:
+                yield self._state()
+            finally:
+                conn.execute("COMMIT")
+
+    snapshot = _read
+
+    def state(self) -> State:
+        """The current committed state (one small query)."""
+        with self._read() as st:
+            return st
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._require_writable()
+        with self._mutex:
+            conn = self._db()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise IndexReadOnlyError(f"{self.path}: the index is open read-only (open it with mode='a' to change it)")
+        if self._conn is None:
+            raise ValueError(f"{self.path}: the index is closed")
+
+    # --------------------------------------------------------------- vectors
+    def map_vectors(self, state: State) -> np.ndarray:
+        """Read-only ``(state.committed, dim)`` float32 memmap of the committed rows."""
+        if state.committed == 0:
+            arr = np.zeros((0, self.dim), dtype=np.float32)
+            arr.flags.writeable = False
+            return arr
+        vpath = self._check_vector_file(state)
+        return np.memmap(vpath, dtype=DTYPE, mode="r", shape=(state.committed, self.dim))
+
+    def append_vectors(self, vectors: np.ndarray) -> int:
+        """Write rows after the committed ones (and any pending ones) and fsync.
+
+        The rows become visible only when :meth:`commit_rows` commits them.
+
+        Returns
+        -------
+        int
+            The id the first of these rows will get.
+        """
+        self._require_writable()
+        vectors = np.ascontiguousarray(vectors, dtype=DTYPE)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors must have shape (n, {self.dim}); got {vectors.shape}")
+        with self._mutex:
+            state = self.state()
+            first = state.committed + self._pending
+            with open(self.vectors_path(state.generation), "r+b") as f:
+                f.seek(first * self.row_bytes)
+                f.write(vectors.tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            self._pending += len(vectors)
+            return first
+
+    def commit_rows(self, rows: Sequence[NewRow], *, delete: Iterable[int] = ()) -> range:
+        """Commit the metadata of the pending appended rows (in order) and advance
+        the committed count, marking ``delete`` ids deleted in the same transaction.
+
+        Returns
+        -------
+        range
+            The ids given to ``rows``.
+        """
+        self._require_writable()
+        with self._mutex:
+            if len(rows) != self._pending:
+                raise ValueError(f"commit_rows: {len(rows)} rows given but {self._pending} vectors are pending")
+            now = time.time()
+            with self._write() as conn:
+                state = self._state()
+                ids = range(state.committed, state.committed + len(rows))
+                delete = [int(i) for i in delete]
+                if delete:
+                    conn.executemany("UPDATE images SET deleted = 1 WHERE id = ?", [(i,) for i in delete])
+                conn.executemany(
+                    f"INSERT INTO images({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                    [
+                        (i, r.path, int(r.is_file), r.size, r.mtime_ns, r.hash, now,
+                         None if r.metadata is None else json.dumps(r.metadata))
+                        for i, r in zip(ids, rows)
+                    ],
+                )
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'committed'", (str(ids.stop),))
+            self._pending = 0
+            return ids
+
+    def rollback_pending(self) -> None:
+        """Forget appended-but-uncommitted rows (they are overwritten by the next append)."""
+        self._pending = 0
+
+    # -------------------------------------------------------------- metadata
+    def rows(self, ids: Iterable[int]) -> list[Row]:
+        """Rows for ``ids`` in the given order (KeyError for an unknown id)."""
+        ids = [int(i) for i in ids]
+        with self._read():
+            found = self._fetch_ids(ids)
+        out = []
+        for i in ids:
+            if i not in found:
+                raise KeyError(f"{self.path}: no image with id {i}")
+            out.append(found[i])
+        return out
+
+    def _fetch_ids(self, ids: Sequence[int]) -> dict[int, Row]:
+        found: dict[int, Row] = {}
+        conn = self._db()
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            q = f"SELECT {_COLUMNS} FROM images WHERE id IN ({','.join('?' * len(chunk))})"
+            for t in conn.execute(q, chunk):
+                found[int(t[0])] = _row(t)
+        return found
+
+    def find_live(self, path: str) -> Optional[Row]:
+        """The live row stored under ``path`` (stored form), or None."""
+        with self._read():
+            t = self._db().execute(
+                f"SELECT {_COLUMNS} FROM images WHERE path = ? AND deleted = 0", (path,)
+            ).fetchone()
+        return None if t is None else _row(t)
+
+    def find_hash(self, digest: str) -> list[Row]:
+        """Rows (live first, then lower id first) whose content hash is ``digest``."""
+        with self._read():
+            ts = self._db().execute(
+                f"SELECT {_COLUMNS} FROM images WHERE hash = ? ORDER BY deleted, id", (digest,)
+            ).fetchall()
+        return [_row(t) for t in ts]
+
+    def live_files(self) -> list[Row]:
+        """All live rows added from files."""
+        with self._read():
+            ts = self._db().execute(f"SELECT {_COLUMNS} FROM images WHERE deleted = 0 AND is_file = 1").fetchall()
+        return [_row(t) for t in ts]
+
+    def live_count(self) -> int:
+        with self._read():
+            return int(self._db().execute("SELECT count(*) FROM images WHERE deleted = 0").fetchone()[0])
+
+    def deleted_ids(self) -> np.ndarray:
+        """Sorted int64 ids of the rows marked deleted."""
+        with self._read():
+            ids = [t[0] for t in self._db().execute("SELECT id FROM images WHERE deleted = 1 ORDER BY id")]
+        return np.asarray(ids, dtype=np.int64)
+
+    def mark_deleted(self, ids: Iterable[int]) -> int:
+        """Mark ids deleted; returns how many live rows changed."""
+        ids = [int(i) for i in ids]
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany("UPDATE images SET deleted = 1 WHERE id = ? AND deleted = 0", [(i,) for i in ids])
+            return conn.total_changes - before
+
+    def update_files(self, updates: Sequence[tuple[int, str, int, int]]) -> None:
+        """Set ``(path, size, mtime_ns)`` of live rows: ``[(id, path, size, mtime_ns), ...]``
+        (a moved/renamed or touched file), in one transaction."""
+        if not updates:
+            return
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
+                [(p, s, m, i) for i, p, s, m in updates],
+            )
+
+    def get_meta(self, key: str) -> Any:
+        """A JSON value stored in ``meta`` under ``key`` (None if absent)."""
+        with self._read():
+            value = self._meta(key)
+        return None if value is None else json.loads(value)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON value in ``meta`` (``None`` removes the key)."""
+        if key in ("dim", "committed", "generation", "version", "format_version"):
+            raise ValueError(f"meta key {key!r} is reserved")
+        with self._write() as conn:
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    # ------------------------------------------------------------ compaction
+    def compact(self, progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+        """Rewrite the vector file without deleted rows and renumber the ids.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64 array ``mapping`` of length = the old committed count, with
+            ``mapping[old_id] = new_id``, or -1 for a removed row.
+        """
+        self._require_writable()
+        with self._mutex:
+            state = self.state()
+            deleted = self.deleted_ids()
+            keep = np.ones(state.committed, dtype=bool)
+            keep[deleted] = False
+            mapping = np.full(state.committed, -1, dtype=np.int64)
+            live = int(keep.sum())
+            mapping[keep] = np.arange(live, dtype=np.int64)
+            if live == state.committed:
+                return mapping
+            old = self.map_vectors(state)
+            new_gen = state.generation + 1
+            new_path = self.vectors_path(new_gen)
+            with open(new_path, "wb") as f:
+                for start in range(0, state.committed, _ROW_CHUNK):
+                    block = np.asarray(old[start:start + _ROW_CHUNK])[keep[start:start + _ROW_CHUNK]]
+                    f.write(np.ascontiguousarray(block, dtype=DTYPE).tobytes())
+                    if progress is not None:
+                        progress(min(start + _ROW_CHUNK, state.committed), state.committed)
+                f.flush()
+                os.fsync(f.fileno())
+            del old
+            _fsync_dir(self.path)
+            with self._write() as conn:
+                conn.execute("DELETE FROM images WHERE deleted = 1")
+                conn.execute("CREATE TEMP TABLE _renum(old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
+                conn.execute("INSERT INTO _renum SELECT id, row_number() OVER (ORDER BY id) - 1 FROM images")
+                # two passes through negative ids so the primary key never collides
+                conn.execute("UPDATE images SET id = -1 - (SELECT new FROM _renum WHERE old = images.id)")
+                conn.execute("UPDATE images SET id = -1 - id")
+                conn.execute("DROP TABLE _renum")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'committed'", (str(live),))
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(new_gen),))
+            with contextlib.suppress(OSError):
+                self.vectors_path(state.generation).unlink()
+            self.clear_cache()
+            return mapping
+
+    # ---------------------------------------------------------------- caches
+    @property
+    def cache_dir(self) -> Path:
+        return self.path / CACHE_DIR
+
+    @property
+    def ann_dir(self) -> Path:
+        return self.path / ANN_DIR
+
+    def _cache_name(self, name: str, state: State) -> Path:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"invalid cache name {name!r}")
+        return self.cache_dir / f"{name}.g{state.generation}.n{state.committed}.npy"
+
+    def load_cache(self, name: str, state: State, shape: tuple[int, ...]) -> Optional[np.ndarray]:
+        """Memmap the cache ``name`` valid for ``state`` (None if absent or unusable)."""
+        p = self._cache_name(name, state)
+        if not p.is_file():
+            return None
+        try:
+            arr = np.load(p, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            log.warning("%s: ignoring unreadable cache (%s)", p, exc)
+            return None
+        if arr.shape != tuple(shape) or arr.dtype != np.float32:
+            log.warning("%s: ignoring cache of shape %s %s (expected %s float32)", p, arr.shape, arr.dtype, shape)
+            return None
+        return arr
+
+    def best_cache_prefix(self, name: str, state: State, row_shape: tuple[int, ...]) -> Optional[tuple[int, np.ndarray]]:
+        """The largest valid cache ``name`` of ``state``'s generation with at most
+        ``state.committed`` rows, as ``(rows, memmap)`` (rows are never rewritten
+        within a generation, so its rows are a prefix of the current ones)."""
+        best = None
+        if not self.cache_dir.is_dir():
+            return None
+        pat = re.compile(rf"^{re.escape(name)}\.g{state.generation}\.n(\d+)\.npy$")
+        for p in self.cache_dir.iterdir():
+            m = pat.match(p.name)
+            if m and 0 < int(m.group(1)) <= state.committed and (best is None or int(m.group(1)) > best):
+                best = int(m.group(1))
+        if best is None:
+            return None
+        arr = self.load_cache(name, State(best, state.generation, 0), (best, *row_shape))
+        return None if arr is None else (best, arr)
+
+    def new_cache(self, name: str, state: State, shape: tuple[int, ...]) -> Optional[tuple[Path, np.ndarray]]:
+        """A writable float32 ``.npy`` memmap under a temporary name, to be filled
+        and passed to :meth:`publish_cache`.  None if the directory is not writable
+        (caches are optional; the failure is logged)."""
+        p = self._cache_name(name, state)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            self.cache_dir.mkdir(exist_ok=True)
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(shape))
+        except OSError as exc:
+            log.warning("%s: could not write cache (%s)", p, exc)
+            self.discard_cache(tmp)
+            return None
+        return tmp, out
+
+    def publish_cache(self, name: str, state: State, made: tuple[Path, np.ndarray]) -> Optional[Path]:
+        """Flush a cache made by :meth:`new_cache` and give it its final name
+        (atomically); older versions of ``name`` are removed."""
+        tmp, out = made
+        p = self._cache_name(name, state)
+        try:
+            if isinstance(out, np.memmap):
+                out.flush()
+            del out
+            os.replace(tmp, p)
+        except OSError as exc:
+            log.warning("%s: could not write cache (%s)", p, exc)
+            self.discard_cache(tmp)
+            return None
+        for q in self.cache_dir.glob(f"{name}.g*.n*.npy"):
+            if q != p:
+                with contextlib.suppress(OSError):
+                    q.unlink()
+        return p
+
+    @staticmethod
+    def discard_cache(tmp: Path) -> None:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+    def clear_cache(self) -> None:
+        """Remove every cached derived array."""
+        if self.cache_dir.is_dir():
+            for q in self.cache_dir.iterdir():
+                with contextlib.suppress(OSError):
+                    q.unlink()
+
+    def cache_files(self) -> list[Path]:
+        return sorted(self.cache_dir.glob("*.npy")) if self.cache_dir.is_dir() else []
