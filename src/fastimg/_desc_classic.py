@@ -1,0 +1,378 @@
+"""The built-in classic descriptors (private; registered by :mod:`fastimg.registry`).
+
+Numba kernels (:mod:`fastimg._kernels`) and OpenCV are imported on first use,
+so importing the registry stays cheap.  Every ``compute`` here is thread-safe
+and spends its time in GIL-free code (Numba ``nogil`` kernels, OpenCV).
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from fastimg.errors import DescriptorError
+from fastimg.registry import Descriptor
+
+_KERNELS = None
+
+
+def _k():
+    """The compiled kernels module (imported lazily: numba is slow to import)."""
+    global _KERNELS
+    if _KERNELS is None:
+        from fastimg import _kernels
+
+        _KERNELS = _kernels
+    return _KERNELS
+
+
+def _normalise(counts: np.ndarray) -> np.ndarray:
+    v = np.asarray(counts, dtype=np.float64)
+    s = v.sum()
+    return v / s if s > 0 else v
+
+
+def _int_param(name: str, key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise DescriptorError(f"descriptor {name!r}: {key} must be an int in [{lo}, {hi}]; got {value!r}")
+    return int(value)
+
+
+def _int_list(name: str, key: str, value: Any, length: Optional[int], lo: int, hi: int) -> List[int]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and length is not None:
+        value = [value] * length
+    if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length) or not value:
+        want = f"{length} ints" if length is not None else "a non-empty list of ints"
+        raise DescriptorError(f"descriptor {name!r}: {key} must be {want}; got {value!r}")
+    return [_int_param(name, key, v, lo, hi) for v in value]
+
+
+# ---------------------------------------------------------------------------
+# hsv72
+# ---------------------------------------------------------------------------
+def make_hsv72() -> Descriptor:
+    """The original design's 72-bin HSV histogram (8 hue x 3 saturation x 3 value).
+
+    Hue (degrees, from the standard RGB->HSV formula on 0-1 scaled channels:
+    ``h = 60 (g - b) / (max - min)`` when red is the maximum, etc., 0 for greys)
+    falls in 8 uneven bins with edges 20, 40, 75, 155, 190, 270, 295, 315: bin 0
+    (red) is ``h <= 20 or h > 315``, bin ``k`` is ``(edge[k-1], edge[k]]``.
+    Saturation ``s = (max - min) / max`` and value ``v = max`` (0-1) each fall in
+    3 bins: ``<= 0.2``, ``<= 0.7``, above.  Bin index ``h * 9 + s * 3 + v``; the
+    histogram is normalised to sum 1.
+
+    Bug fix: the original code tested ``h <= 20 and h > 315`` for the red bin,
+    which is never true, so reds fell into bin 7; here reds are bin 0.
+
+    Bins are decided exactly from the 8-bit channel values with integer
+    comparisons (``h <= 20`` becomes ``H <= 20 d`` with integers ``H, d``): the
+    thresholds fall exactly on reachable values (``v = 51/255 = 0.2``), where a
+    float32 ``cvtColor`` path would disagree with the definition.
+    """
+
+    def compute(bgr: np.ndarray) -> np.ndarray:
+        return _normalise(_k().hsv72_hist(bgr))
+
+    return Descriptor("hsv72", 72, compute, default_metric=_METRIC["hsv72"], version=1,
+                      doc="original 72-bin HSV histogram (8 uneven hue x 3 sat x 3 value), red-bin bug fixed")
+
+
+# ---------------------------------------------------------------------------
+# rgbN
+# ---------------------------------------------------------------------------
+def make_rgb(name: str, **params: Any) -> Descriptor:
+    """Uniform RGB histogram ``rgbN``: ``N = L**3`` bins, ``L`` levels per channel (rgb512: L = 8).
+
+    Channel value ``c`` (0-255) falls in level ``c * L // 256``; bin index
+    ``(r * L + g) * L + b``; normalised to sum 1.  ``rgb`` alone means ``rgb512``.
+    """
+    if params:
+        raise DescriptorError(f"descriptor {name!r} takes no parameters (the name sets the bins); got {sorted(params)}")
+    m = re.fullmatch(r"rgb(\d*)", name)
+    if m is None:
+        raise DescriptorError(f"unknown descriptor {name!r}: expected rgbN with N = L**3, e.g. rgb64, rgb512")
+    n = int(m.group(1) or 512)
+    levels = round(n ** (1 / 3))
+    if levels ** 3 != n or not 2 <= levels <= 64:
+        raise DescriptorError(f"descriptor {name!r}: N must be a cube L**3 with 2 <= L <= 64 (8, 27, 64, 512, 4096 ...); got {n}")
+
+    def compute(bgr: np.ndarray) -> np.ndarray:
+        return _normalise(_k().rgb_hist(bgr, levels))
+
+    return Descriptor(f"rgb{n}", n, compute, default_metric=_METRIC["rgb"], version=1,
+                      doc=f"uniform RGB histogram, {levels} levels per channel")
+
+
+make_rgb.examples = ["rgb64", "rgb512"]  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------
+# hsv (cv2.calcHist)
+# ---------------------------------------------------------------------------
+def make_hsv(bins: Sequence[int] = (8, 12, 3)) -> Descriptor:
+    """HSV histogram with ``bins = (h, s, v)`` uniform bins, computed by :func:`cv2.calcHist`.
+
+    On OpenCV's 8-bit HSV (``H`` in 0-179, ``S`` and ``V`` in 0-255) with ranges
+    ``[0, 180) x [0, 256) x [0, 256)``; bin index ``(h * S + s) * V + v``;
+    normalised to sum 1.
+    """
+    b = _int_list("hsv", "bins", list(bins), 3, 1, 256)
+    dim = b[0] * b[1] * b[2]
+
+    def compute(bgr: np.ndarray) -> np.ndarray:
+        import cv2
+
+        hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+        hist = cv2.calcHist([hsv], [0, 1, 2], None, b, [0, 180, 0, 256, 0, 256])
+        return _normalise(hist.reshape(-1))
+
+    return Descriptor("hsv", dim, compute, default_metric=_METRIC["hsv"], version=1, params={"bins": b},
+                      doc="HSV histogram via cv2.calcHist, bins=(h, s, v)")
+
+
+# ---------------------------------------------------------------------------
+# spatial-<base>
+# ---------------------------------------------------------------------------
+def regions(h: int, w: int, grid: Sequence[int], center: bool) -> List[tuple]:
+    """Regions ``(r0, r1, c0, c1)`` used by ``spatial-*``: the grid cells in
+    row-major order (cell ``(i, j)`` spans rows ``[i H // gr, (i + 1) H // gr)``),
+    then, if ``center``, the centre rectangle ``[H // 4, 3 H // 4) x [W // 4, 3 W // 4)``."""
+    gr, gc = grid
+    out = [(i * h // gr, (i + 1) * h // gr, j * w // gc, (j + 1) * w // gc) for i in range(gr) for j in range(gc)]
+    if center:
+        out.append((h // 4, 3 * h // 4, w // 4, 3 * w // 4))
+    return out
+
+
+def make_spatial(name: str, grid: Any = (2, 2), center: bool = True, **base_params: Any) -> Descriptor:
+    """``spatial-<base>``: the base descriptor on each cell of a grid (default 2 x 2) plus a centre region.
+
+    The region vectors (see :func:`regions`) are concatenated and divided by the
+    number of regions, so a concatenation of histograms still sums to 1.  An
+    empty region (image smaller than the grid) contributes zeros.
+    """
+    base_name = name[len("spatial-"):]
+    if not base_name:
+        raise DescriptorError("descriptor 'spatial-': name the base descriptor, e.g. 'spatial-hsv'")
+    g = _int_list(name, "grid", list(grid) if isinstance(grid, (list, tuple)) else grid, 2, 1, 16)
+    if not isinstance(center, bool):
+        raise DescriptorError(f"descriptor {name!r}: center must be True or False; got {center!r}")
+    from fastimg.registry import get_descriptor
+
+    base = get_descriptor(base_name, **base_params)
+    nreg = g[0] * g[1] + (1 if center else 0)
+    dim = base.dim * nreg
+
+    def compute(bgr: np.ndarray) -> np.ndarray:
+        h, w = bgr.shape[:2]
+        out = np.zeros(dim, dtype=np.float64)
+        for n, (r0, r1, c0, c1) in enumerate(regions(h, w, g, center)):
+            if r1 > r0 and c1 > c0:
+                out[n * base.dim:(n + 1) * base.dim] = base._raw(bgr[r0:r1, c0:c1])
+        return out / nreg
+
+    params: Dict[str, Any] = {"grid": g, "center": center, **base.params}
+    return Descriptor(f"spatial-{base.name}", dim, compute, default_metric=base.default_metric,
+                      version=base.version, params=params,
+                      doc=f"{base.name} over a {g[0]}x{g[1]} grid{' plus centre' if center else ''}")
+
+
+make_spatial.examples = ["spatial-hsv72", "spatial-hsv"]  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------
+# correlogram
+# ---------------------------------------------------------------------------
+def make_correlogram(colors: str = "hsv72", distances: Sequence[int] = (1, 3, 5, 7)) -> Descriptor:
+    """Auto colour correlogram: for each quantised colour ``c`` and distance ``k``, the
+    probability that a pixel at chessboard distance ``k`` from a pixel of colour ``c``
+    has colour ``c`` too (Huang et al., 1997; LIRE's ``AutoColorCorrelogram``).
+
+    ``colors`` is the quantisation: ``"hsv72"`` (the hsv72 bins) or ``"rgbN"``
+    (uniform RGB, N = L**3).  All pixels on each full ring are counted (exact,
+    no sampling).  Vector layout ``[c * K + k]``, values in [0, 1].
+    """
+    if not isinstance(colors, str):
+        raise DescriptorError(f"descriptor 'correlogram': colors must be 'hsv72' or 'rgbN'; got {colors!r}")
+    if colors == "hsv72":
+        ncolors, levels = 72, 0
+    else:
+        m = re.fullmatch(r"rgb(\d+)", colors)
+        levels = round(int(m.group(1)) ** (1 / 3)) if m else 0
+        if m is None or levels ** 3 != int(m.group(1)) or not 2 <= levels <= 16:
+            raise DescriptorError(f"descriptor 'correlogram': colors must be 'hsv72' or 'rgbN' (N = L**3, L <= 16); got {colors!r}")
+        ncolors = levels ** 3
+    dist = _int_list("correlogram", "distances", list(distances) if isinstance(distances, (list, tuple)) else distances,
+                     None, 1, 64)
+    if len(set(dist)) != len(dist):
+        raise DescriptorError(f"descriptor 'correlogram': distances must be distinct; got {dist}")
+    dist_arr = np.asarray(dist, dtype=np.int64)
+    offsets = None
+
+    def compute(bgr: np.ndarray) -> np.ndarray:
+        nonlocal offsets
+        k = _k()
+        if offsets is None:
+            offsets = k.ring_offsets(dist)
+        idx = k.hsv72_index(bgr) if levels == 0 else k.rgb_index(bgr, levels)
+        return k.autocorrelogram(idx, ncolors, dist_arr, *offsets).reshape(-1)
+
+    return Descriptor("correlogram", ncolors * len(dist), compute, default_metric=_METRIC["correlogram"],
+                      version=1, params={"colors": colors, "distances": dist},
+                      doc="auto colour correlogram (quantised colours x distances)")
+
+
+# ---------------------------------------------------------------------------
+# lbp
+# ---------------------------------------------------------------------------
+def make_lbp(mapping: str = "u2") -> Descriptor:
+    """Histogram of 8-neighbour local binary patterns of the grey image (texture).
+
+    ``mapping="u2"``: 58 uniform patterns + 1 bin for the rest (59 bins);
+    ``"riu2"``: rotation-invariant uniform patterns (10 bins).  Grey levels from
+    :func:`cv2.cvtColor` (``COLOR_BGR2GRAY``); border pixels are not centres.
+    Normalised to sum 1 (zeros for images smaller than 3 x 3).
+    """
+    if mapping not in ("u2", "riu2"):
+        raise DescriptorError(f"descriptor 'lbp': mapping must be 'u2' or 'riu2'; got {mapping!r}")
+    riu = mapping == "riu2"
+    nbins = 10 if riu else 59
+    table = None
+
+    def compute(bgr: np.ndarray) -> np.ndarray:
+        nonlocal table
+        import cv2
+
+        k = _k()
+        if table is None:
+            table = k.uniform_lbp_table(riu)
+        grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        return _normalise(k.lbp_hist(grey, table, nbins))
+
+    return Descriptor("lbp", nbins, compute, default_metric=_METRIC["lbp"], version=1, params={"mapping": mapping},
+                      doc="uniform local binary pattern histogram (texture)")
+
+
+# ---------------------------------------------------------------------------
+# ehd
+# ---------------------------------------------------------------------------
+def ehd_block_size(h: int, w: int, blocks: int) -> int:
+    """MPEG-7 block size: ``floor(sqrt(H W / blocks) / 2) * 2``, at least 2."""
+    return max(2, int(math.sqrt(h * w / blocks) / 2) * 2)
+
+
+def make_ehd(threshold: float = 11.0, blocks: int = 1100) -> Descriptor:
+    """MPEG-7-style edge histogram: 4 x 4 sub-images x 5 edge types (80 bins).
+
+    Blocks of about ``H W / blocks`` pixels (see :func:`ehd_block_size`) are
+    classified by the strongest of five 2 x 2 filters if it exceeds
+    ``threshold`` (grey levels); each bin is the fraction of the sub-image's
+    blocks of that edge type (see :func:`fastimg._kernels.edge_histogram`).
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
+        raise DescriptorError(f"descriptor 'ehd': threshold must be a number >= 0; got {threshold!r}")
+    nb = _int_param("ehd", "blocks", blocks, 16, 1_000_000)
+
+    def compute(bgr: np.ndarray) -> np.ndarray:
+        import cv2
+
+        grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        h, w = grey.shape
+        return _k().edge_histogram(grey, ehd_block_size(h, w, nb), float(threshold))
+
+    return Descriptor("ehd", 80, compute, default_metric=_METRIC["ehd"], version=1,
+                      params={"threshold": float(threshold), "blocks": nb},
+                      doc="MPEG-7-style edge histogram (4x4 regions x 5 edge types)")
+
+
+# ---------------------------------------------------------------------------
+# combo / classic
+# ---------------------------------------------------------------------------
+def make_combo(parts: Any = None, metric: Optional[str] = None, _name: str = "combo") -> Descriptor:
+    """Weighted concatenation of descriptors.
+
+    ``parts`` is a list of ``{"name": str, "params": dict, "weight": float}``
+    (``params`` and ``weight`` optional; a bare name string is allowed).  Each
+    part's vector is scaled to sum 1 (if its sum is positive), then multiplied
+    by ``weight / sum(weights)``: with histogram parts the result sums to 1.
+    ``metric`` overrides the default metric (``"bhattacharyya"``).
+    """
+    from fastimg.registry import get_descriptor
+
+    if not isinstance(parts, (list, tuple)) or not parts:
+        raise DescriptorError(f"descriptor {_name!r}: parts must be a non-empty list of "
+                              f"{{'name': ..., 'params': {{...}}, 'weight': w}}; got {parts!r}")
+    descs: List[Descriptor] = []
+    weights: List[float] = []
+    canon = []
+    for p in parts:
+        if isinstance(p, str):
+            p = {"name": p}
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str) or set(p) - {"name", "params", "weight"}:
+            raise DescriptorError(f"descriptor {_name!r}: bad part {p!r}; expected {{'name', 'params', 'weight'}}")
+        w = p.get("weight", 1.0)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (w >= 0 and math.isfinite(w)):
+            raise DescriptorError(f"descriptor {_name!r}: weight of part {p['name']!r} must be a finite number >= 0; got {w!r}")
+        d = get_descriptor(p["name"], **dict(p.get("params") or {}))
+        descs.append(d)
+        weights.append(float(w))
+        canon.append({"name": d.name, "params": dict(d.params), "weight": float(w)})
+    total = sum(weights)
+    if total <= 0:
+        raise DescriptorError(f"descriptor {_name!r}: the part weights sum to 0")
+    scale = [w / total for w in weights]
+    offsets = np.cumsum([0] + [d.dim for d in descs])
+    dim = int(offsets[-1])
+
+    def compute(bgr: np.ndarray) -> np.ndarray:
+        out = np.empty(dim, dtype=np.float64)
+        for d, s, a, b in zip(descs, scale, offsets[:-1], offsets[1:]):
+            out[a:b] = _normalise(d._raw(bgr)) * s
+        return out
+
+    if metric is None:
+        metric = _METRIC["combo"]
+    params = {} if _name != "combo" else {"parts": canon, "metric": metric}
+    return Descriptor(_name, dim, compute, default_metric=metric, version=1, params=params,
+                      doc="weighted concatenation of descriptors")
+
+
+#: The best classic combination measured on Corel-1k (bench/quality_classic.py).
+CLASSIC_PARTS = [
+    {"name": "spatial-hsv", "params": {"bins": [8, 12, 3]}, "weight": 1.0},
+    {"name": "correlogram", "params": {"colors": "hsv72"}, "weight": 1.0},
+    {"name": "lbp", "weight": 0.5},
+]
+
+
+def make_classic() -> Descriptor:
+    """The best classic combination on Corel-1k (see ``bench/descriptors.md``)."""
+    return make_combo(CLASSIC_PARTS, metric=_METRIC["classic"], _name="classic")
+
+
+# default metric of each descriptor, chosen from Corel-1k mAP (bench/descriptors.md)
+_METRIC = {
+    "hsv72": "bhattacharyya",
+    "rgb": "bhattacharyya",
+    "hsv": "bhattacharyya",
+    "correlogram": "l1",
+    "lbp": "chisqr_alt",
+    "ehd": "l1",
+    "combo": "bhattacharyya",
+    "classic": "bhattacharyya",
+}
+
+
+def register_all(register: Callable[..., None]) -> None:
+    """Register the built-in descriptors (called once by :mod:`fastimg.registry`)."""
+    register("hsv72", make_hsv72)
+    register("rgb*", make_rgb)
+    register("hsv", make_hsv)
+    register("spatial-*", make_spatial)
+    register("correlogram", make_correlogram)
+    register("lbp", make_lbp)
+    register("ehd", make_ehd)
+    register("combo", make_combo)
+    register("classic", make_classic)

@@ -1,0 +1,661 @@
+"""Descriptor registry: image -> feature vector.
+
+A *descriptor* turns a BGR ``uint8`` image into a fixed-length ``float32``
+vector.  Descriptors are looked up by name (plus parameters) in a registry:
+
+>>> import fastimg
+>>> v = fastimg.describe("photo.jpg")                            # doctest: +SKIP
+>>> m, errors = fastimg.describe_many(paths, "spatial-hsv", workers=2)  # doctest: +SKIP
+
+Built-in descriptors (``fastimg.descriptors()`` lists them with their
+dimension and default metric; defaults were chosen from retrieval quality
+measured on Corel-1k, see ``bench/descriptors.md``):
+
+``hsv72``
+    The original design's 72-bin HSV histogram (8 hue x 3 saturation x 3 value).
+``rgbN`` (``rgb64``, ``rgb512``, ``rgb4096`` ...)
+    Uniform RGB quantisation, ``N = L**3`` bins for ``L`` levels per channel.
+``hsv``
+    HSV histogram with configurable ``bins=(h, s, v)`` through :func:`cv2.calcHist`.
+``spatial-<base>`` (e.g. ``spatial-hsv``)
+    The base descriptor over a grid of regions plus a centre region, concatenated.
+``correlogram``
+    Auto colour correlogram (LIRE's ``AutoColorCorrelogram`` idea).
+``lbp``
+    Histogram of uniform local binary patterns (texture).
+``ehd``
+    MPEG-7-style edge histogram (80 bins).
+``combo`` / ``classic``
+    Weighted concatenation of other descriptors; ``classic`` is the best
+    combination measured on Corel-1k.
+
+Other modules add descriptors with :func:`register`; names starting with
+``cnn`` load :mod:`fastimg.deep` on first use.
+
+Images are shrunk to a working size before description (``max_side``, a
+parameter every descriptor accepts; default 512 pixels on the longer side,
+``None`` for full resolution): histograms are normalised, so this costs little
+quality and makes large photos cheap (reduced JPEG decoding, see
+:mod:`fastimg.image`).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from fastimg.errors import DescriptorError, ImageError
+from fastimg.image import DEFAULT_MAX_PIXELS, ImageSource, load_image
+
+__all__ = [
+    "Descriptor",
+    "descriptors",
+    "get_descriptor",
+    "descriptor_from_spec",
+    "describe",
+    "describe_many",
+    "register",
+    "WORK_SIDE",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Default working size: images are shrunk so that their longer side is at most this.
+WORK_SIDE = 512
+
+_MISSING = object()
+
+
+def _jsonable(value: Any) -> Any:
+    """Canonical JSON-compatible form of a parameter value (tuples -> lists, numpy scalars -> Python)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise DescriptorError(f"descriptor parameter value {value!r} is not JSON-serialisable")
+
+
+class Descriptor:
+    """A named, parameterised image descriptor.
+
+    Parameters
+    ----------
+    name : str
+        Registry name (``"hsv72"``, ``"spatial-hsv"``, ``"cnn-resnet50"`` ...).
+    dim : int
+        Length of the vectors it produces.
+    compute : callable
+        ``compute(bgr) -> array (dim,)`` for one ``uint8`` ``(H, W, 3)`` BGR image.
+        Called from worker threads: it must be thread-safe (ideally it releases
+        the GIL: OpenCV calls and ``nogil`` Numba kernels do).
+    default_metric : str, optional
+        The metric an index uses when none is given (a :mod:`fastimg.metrics` name).
+    version : int, optional
+        Bumped whenever the vectors change for the same name and parameters; an
+        index built with another version cannot be extended with this one.
+    params : dict, optional
+        The full parameters (defaults included), JSON-serialisable.
+    doc : str, optional
+        One-line description for :func:`descriptors`.
+    compute_batch : callable, optional
+        ``compute_batch(list of bgr) -> array (n, dim)``; when present,
+        :func:`describe_many` decodes images in parallel and describes them in
+        batches with it (e.g. a neural network).
+    max_side : int or None, optional
+        Working size: images are shrunk to this longer side before ``compute``
+        (default :data:`WORK_SIDE`; ``None`` = full resolution).
+    batch_size : int, optional
+        Batch length used with ``compute_batch``.
+
+    Notes
+    -----
+    Subclasses may override :meth:`compute` instead of passing ``compute``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        dim: int,
+        compute: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+        *,
+        default_metric: str = "bhattacharyya",
+        version: int = 1,
+        params: Optional[Mapping[str, Any]] = None,
+        doc: str = "",
+        compute_batch: Optional[Callable[[List[np.ndarray]], np.ndarray]] = None,
+        max_side: Optional[int] = WORK_SIDE,
+        batch_size: int = 32,
+    ) -> None:
+        if not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise DescriptorError(f"descriptor {name!r}: dim must be a positive int; got {dim!r}")
+        self.name = str(name)
+        self.dim = int(dim)
+        self._compute = compute
+        self.default_metric = str(default_metric)
+        self.version = int(version)
+        self.params: Dict[str, Any] = _jsonable(dict(params or {}))
+        self.doc = doc
+        self.compute_batch = compute_batch
+        self.max_side = max_side
+        self.batch_size = int(batch_size)
+
+    # -- identity --------------------------------------------------------------
+    def spec(self) -> Dict[str, Any]:
+        """JSON-serialisable description, enough to rebuild the descriptor.
+
+        Returns
+        -------
+        dict
+            ``{"name", "params", "dim", "version", "default_metric", "max_side"}``;
+            :func:`descriptor_from_spec` inverts it.
+        """
+        return {
+            "name": self.name,
+            "params": dict(self.params),
+            "dim": self.dim,
+            "version": self.version,
+            "default_metric": self.default_metric,
+            "max_side": self.max_side,
+        }
+
+    def __repr__(self) -> str:
+        p = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"Descriptor({self.name!r}{', ' if p else ''}{p}; dim={self.dim}, metric={self.default_metric!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Descriptor) and self.spec() == other.spec()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.spec(), sort_keys=True))
+
+    # -- computation -----------------------------------------------------------
+    def _raw(self, bgr: np.ndarray) -> np.ndarray:
+        if self._compute is None:
+            raise NotImplementedError(f"descriptor {self.name!r} has no compute function")
+        return self._compute(bgr)
+
+    def compute(self, bgr: np.ndarray) -> np.ndarray:
+        """Describe one image.
+
+        Parameters
+        ----------
+        bgr : numpy.ndarray
+            ``uint8`` array of shape ``(H, W, 3)``, BGR (as from :func:`fastimg.image.load_image`).
+            It is used as given (no working-size reduction; :func:`describe` does that).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``float32`` array of shape ``(dim,)``.
+
+        Raises
+        ------
+        ImageError
+            If ``bgr`` is not a non-empty ``uint8`` ``(H, W, 3)`` array.
+        """
+        _check_bgr(bgr)
+        v = np.asarray(self._raw(bgr), dtype=np.float32).reshape(-1)
+        if v.shape[0] != self.dim:
+            raise DescriptorError(f"descriptor {self.name!r} produced {v.shape[0]} values; expected dim={self.dim}")
+        return v
+
+
+def _check_bgr(bgr: Any) -> None:
+    if not isinstance(bgr, np.ndarray) or bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] != 3:
+        what = f"{type(bgr).__name__}" if not isinstance(bgr, np.ndarray) else f"{bgr.dtype} array of shape {bgr.shape}"
+        raise ImageError("<array>", "invalid array", f"expected uint8 (H, W, 3) BGR; got {what} "
+                         "(use fastimg.load_image to convert)")
+    if bgr.shape[0] == 0 or bgr.shape[1] == 0:
+        raise ImageError("<array>", "invalid array", f"empty image of shape {bgr.shape}")
+
+
+# ----------------------------------------------------------------------------
+# registry
+# ----------------------------------------------------------------------------
+Factory = Callable[..., Descriptor]
+
+_lock = threading.RLock()
+_EXACT: Dict[str, Tuple[Factory, str]] = {}
+_PREFIX: Dict[str, Tuple[Factory, str]] = {}
+_CACHE: Dict[str, Descriptor] = {}
+_LAZY_PREFIXES = {"cnn": "fastimg.deep"}
+
+
+def register(name_or_prefix: str, factory: Factory, *, prefix: Optional[bool] = None,
+             doc: Optional[str] = None, replace: bool = False) -> None:
+    """Add a descriptor (or a family of descriptors) to the registry.
+
+    Parameters
+    ----------
+    name_or_prefix : str
+        An exact name (``"hsv72"``) or, for a family, a prefix written with a
+        trailing ``*`` (``"cnn-*"``); ``prefix=True`` marks a prefix without the star.
+    factory : callable
+        For an exact name: ``factory(**params) -> Descriptor``.  For a prefix:
+        ``factory(name, **params) -> Descriptor`` receiving the full requested
+        name (``"cnn-resnet50"``).  It should raise :class:`DescriptorError` for
+        bad parameters (a ``TypeError`` from unexpected keywords is converted).
+        The returned descriptor's ``name`` and ``params`` must rebuild it:
+        ``get_descriptor(d.name, **d.params)``.
+    prefix : bool, optional
+        Force prefix (True) or exact (False) interpretation.
+    doc : str, optional
+        One-line description (default: the first line of the factory's docstring).
+    replace : bool, optional
+        Allow replacing an existing registration (default: error).
+
+    Raises
+    ------
+    DescriptorError
+        If the name is empty or already registered (and ``replace`` is False).
+    """
+    if not isinstance(name_or_prefix, str) or not name_or_prefix.strip("*"):
+        raise DescriptorError(f"register: name must be a non-empty string; got {name_or_prefix!r}")
+    if not callable(factory):
+        raise DescriptorError(f"register: factory for {name_or_prefix!r} is not callable")
+    key = name_or_prefix.lower()
+    is_prefix = key.endswith("*") if prefix is None else bool(prefix)
+    key = key.rstrip("*")
+    if doc is None:
+        doc = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
+    with _lock:
+        table = _PREFIX if is_prefix else _EXACT
+        if key in table and not replace:
+            raise DescriptorError(f"descriptor {'prefix ' if is_prefix else ''}{key!r} is already registered")
+        table[key] = (factory, doc)
+        _CACHE.clear()
+
+
+def _known_names() -> List[str]:
+    return sorted(_EXACT) + sorted(p + "*" for p in _PREFIX)
+
+
+def _resolve(name: str) -> Tuple[Factory, bool]:
+    key = name.lower()
+    if key in _EXACT:
+        return _EXACT[key][0], False
+    matches = [p for p in _PREFIX if key.startswith(p)]
+    if matches:
+        return _PREFIX[max(matches, key=len)][0], True
+    raise KeyError(key)
+
+
+def _load_lazy(key: str) -> None:
+    for pre, module in _LAZY_PREFIXES.items():
+        if key.startswith(pre):
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name == module:
+                    raise DescriptorError(
+                        f"descriptor {key!r} needs {module}, which is not available in this fastimg installation"
+                    ) from None
+                raise DescriptorError(f"descriptor {key!r}: importing {module} failed: {exc}") from exc
+            except ImportError as exc:
+                raise DescriptorError(f"descriptor {key!r}: importing {module} failed: {exc}") from exc
+            return
+
+
+def get_descriptor(name: Union[str, Descriptor, Mapping[str, Any]] = "hsv72", **params: Any) -> Descriptor:
+    """Look up a descriptor by name and parameters.
+
+    Parameters
+    ----------
+    name : str, Descriptor or dict
+        A registered name (case-insensitive), a :class:`Descriptor` (returned
+        as is) or a spec dict (see :func:`descriptor_from_spec`).
+    **params
+        Descriptor parameters; every descriptor also accepts ``max_side``
+        (working size, default :data:`WORK_SIDE`; ``None`` = full resolution).
+
+    Returns
+    -------
+    Descriptor
+
+    Raises
+    ------
+    DescriptorError
+        Unknown name (the message lists the known ones) or invalid parameters.
+    """
+    if isinstance(name, Descriptor):
+        if params:
+            raise DescriptorError(f"parameters {sorted(params)} given with a Descriptor instance {name!r}")
+        return name
+    if isinstance(name, Mapping):
+        if params:
+            raise DescriptorError("parameters given together with a descriptor spec")
+        return descriptor_from_spec(name)
+    if not isinstance(name, str) or not name:
+        raise DescriptorError(f"descriptor name must be a non-empty string; got {name!r}")
+    max_side = params.pop("max_side", _MISSING)
+    if max_side is not _MISSING and max_side is not None:
+        if isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 8:
+            raise DescriptorError(f"max_side must be an int >= 8 or None; got {max_side!r}")
+        max_side = int(max_side)
+    key = name.lower()
+    cache_key = json.dumps([key, _jsonable(params), None if max_side is _MISSING else max_side,
+                            max_side is _MISSING], sort_keys=True)
+    with _lock:
+        cached = _CACHE.get(cache_key)
+    if cached is not None:
+        return cached
+    try:
+        factory, is_prefix = _resolve(key)
+    except KeyError:
+        _load_lazy(key)
+        try:
+            factory, is_prefix = _resolve(key)
+        except KeyError:
+            raise DescriptorError(
+                f"unknown descriptor {name!r}; known: {', '.join(_known_names())}"
+            ) from None
+    try:
+        desc = factory(key, **params) if is_prefix else factory(**params)
+    except DescriptorError:
+        raise
+    except TypeError as exc:
+        raise DescriptorError(f"descriptor {name!r}: invalid parameters {sorted(params)}: {exc}") from exc
+    if not isinstance(desc, Descriptor):
+        raise DescriptorError(f"factory for {name!r} returned {type(desc).__name__}, not a Descriptor")
+    if max_side is not _MISSING:
+        desc.max_side = max_side
+    with _lock:
+        _CACHE[cache_key] = desc
+    return desc
+
+
+def descriptor_from_spec(spec: Mapping[str, Any]) -> Descriptor:
+    """Rebuild a descriptor from :meth:`Descriptor.spec` output.
+
+    Parameters
+    ----------
+    spec : dict
+        Must hold ``name``; ``params``, ``max_side``, ``dim`` and ``version`` are
+        used when present.
+
+    Returns
+    -------
+    Descriptor
+
+    Raises
+    ------
+    DescriptorError
+        If the spec is malformed, or the descriptor this fastimg builds has a
+        different ``dim`` or ``version`` (vectors would not be comparable).
+    """
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        raise DescriptorError(f"descriptor spec must be a dict with a 'name' string; got {spec!r}")
+    params = dict(spec.get("params") or {})
+    if "max_side" in spec:
+        params["max_side"] = spec["max_side"]
+    desc = get_descriptor(spec["name"], **params)
+    for field in ("dim", "version"):
+        if field in spec and spec[field] != getattr(desc, field):
+            raise DescriptorError(
+                f"descriptor {spec['name']!r}: spec has {field}={spec[field]!r} but this fastimg builds "
+                f"{field}={getattr(desc, field)!r}; vectors are not comparable (rebuild the index)"
+            )
+    return desc
+
+
+def descriptors() -> List[Dict[str, Any]]:
+    """List the registered descriptors with their default parameters.
+
+    Returns
+    -------
+    list of dict
+        One dict per name: ``name``, ``dim``, ``default_metric``, ``version``,
+        ``params`` and ``doc``.  Families registered by prefix appear with
+        their documented representative names; a family without examples
+        appears as ``prefix*``, and a name that needs parameters (``combo``)
+        with ``dim`` None.
+    """
+    try:
+        _load_lazy("cnn")
+    except DescriptorError:
+        pass
+    rows = []
+    with _lock:
+        exact = dict(_EXACT)
+        prefixes = dict(_PREFIX)
+    for name, (_, doc) in sorted(exact.items()):
+        try:
+            rows.append(_row(get_descriptor(name), doc))
+        except DescriptorError:  # needs parameters (e.g. combo)
+            rows.append({"name": name, "dim": None, "default_metric": None, "version": None,
+                         "params": {}, "doc": doc})
+    for pre, (factory, doc) in sorted(prefixes.items()):
+        examples = getattr(factory, "examples", None) or []
+        if not examples:
+            rows.append({"name": pre + "*", "dim": None, "default_metric": None, "version": None,
+                         "params": {}, "doc": doc})
+        for ex in examples:
+            try:
+                rows.append(_row(get_descriptor(ex), doc))
+            except DescriptorError as exc:  # pragma: no cover - a broken plug-in
+                logger.warning("descriptor %s cannot be listed: %s", ex, exc)
+    return rows
+
+
+def _row(d: Descriptor, doc: str) -> Dict[str, Any]:
+    return {"name": d.name, "dim": d.dim, "default_metric": d.default_metric, "version": d.version,
+            "params": dict(d.params), "doc": d.doc or doc}
+
+
+# ----------------------------------------------------------------------------
+# describe / describe_many
+# ----------------------------------------------------------------------------
+def describe(image: ImageSource, descriptor: Union[str, Descriptor, Mapping[str, Any]] = "hsv72",
+             **params: Any) -> np.ndarray:
+    """Describe one image.
+
+    Parameters
+    ----------
+    image : str, os.PathLike, bytes or numpy.ndarray
+        Anything :func:`fastimg.image.load_image` accepts.
+    descriptor : str, Descriptor or dict
+        Descriptor name (default ``"hsv72"``), instance or spec.
+    **params
+        Descriptor parameters (see :func:`get_descriptor`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float32`` array of shape ``(dim,)``.
+
+    Raises
+    ------
+    ImageError
+        The image cannot be loaded.
+    DescriptorError
+        Unknown descriptor or bad parameters.
+    """
+    d = get_descriptor(descriptor, **params)
+    img = load_image(image, max_side=d.max_side)
+    return d.compute(img)
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _source_name(src: Any) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src) if isinstance(os.fspath(src), str) else os.fsdecode(src)
+    if isinstance(src, np.ndarray):
+        return "<array>"
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    return f"<{type(src).__name__}>"
+
+
+def _wrap_error(src: Any, exc: BaseException) -> ImageError:
+    if isinstance(exc, ImageError):
+        return exc
+    logger.warning("describing %s failed unexpectedly", _source_name(src), exc_info=exc)
+    err = ImageError(_source_name(src), "failed", f"{type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+def describe_many(
+    images: Iterable[ImageSource],
+    descriptor: Union[str, Descriptor, Mapping[str, Any]] = "hsv72",
+    *,
+    workers: Optional[int] = None,
+    progress: Union[bool, Callable[[int, int], Any]] = False,
+    **params: Any,
+) -> Tuple[np.ndarray, Dict[int, ImageError]]:
+    """Describe many images in parallel, collecting per-image errors.
+
+    Images are decoded and described on a pool of threads (OpenCV decoding and
+    the Numba kernels release the GIL, so threads scale over cores).  A file
+    that cannot be read never stops the run: its row is NaN and its error is
+    returned.
+
+    Parameters
+    ----------
+    images : iterable of str, os.PathLike, bytes or numpy.ndarray
+        The images (materialised into a list first).
+    descriptor : str, Descriptor or dict
+        Descriptor name (default ``"hsv72"``), instance or spec.
+    workers : int, optional
+        Number of threads (default: the CPUs available to this process; 1 runs
+        in the calling thread).
+    progress : bool or callable, optional
+        ``True`` shows a tqdm progress bar; a callable is called as
+        ``progress(done, total)`` from the calling thread after each chunk.
+    **params
+        Descriptor parameters (see :func:`get_descriptor`).
+
+    Returns
+    -------
+    matrix : numpy.ndarray
+        ``float32`` array of shape ``(len(images), dim)``; rows of failed images are NaN.
+    errors : dict of int to ImageError
+        Position in ``images`` -> the error for that image.
+    """
+    d = get_descriptor(descriptor, **params)
+    items = list(images)
+    n = len(items)
+    out = np.full((n, d.dim), np.nan, dtype=np.float32)
+    errors: Dict[int, ImageError] = {}
+    if workers is None:
+        workers = _default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be a positive int or None; got {workers!r}")
+    if n == 0:
+        return out, errors
+
+    bar = None
+    callback: Optional[Callable[[int, int], Any]] = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, unit="img", desc=f"describe {d.name}")
+    elif callable(progress):
+        callback = progress
+    elif progress not in (False, None):
+        raise ValueError(f"progress must be a bool or a callable(done, total); got {progress!r}")
+
+    # Compile / warm the kernels once in this thread so workers do not queue on numba's lock.
+    try:
+        d.compute(np.zeros((8, 8, 3), dtype=np.uint8))
+    except Exception:  # the per-image path reports real failures
+        pass
+
+    batched = d.compute_batch is not None
+    chunk = d.batch_size if batched else max(1, min(32, n // (workers * 8) or 1))
+    starts = list(range(0, n, chunk))
+
+    def load(i: int) -> Optional[np.ndarray]:
+        try:
+            return load_image(items[i], max_side=d.max_side)
+        except Exception as exc:  # noqa: BLE001 - collected per file
+            errors[i] = _wrap_error(items[i], exc)
+            return None
+
+    def one(i: int) -> None:
+        img = load(i)
+        if img is None:
+            return
+        try:
+            out[i] = d.compute(img)
+        except Exception as exc:  # noqa: BLE001
+            errors[i] = _wrap_error(items[i], exc)
+
+    def run_chunk(start: int) -> int:
+        stop = min(start + chunk, n)
+        for i in range(start, stop):
+            one(i)
+        return stop - start
+
+    def run_batch(start: int, pool: Optional[ThreadPoolExecutor]) -> int:
+        stop = min(start + chunk, n)
+        idx = list(range(start, stop))
+        imgs = list(pool.map(load, idx)) if pool is not None else [load(i) for i in idx]
+        ok = [(i, im) for i, im in zip(idx, imgs) if im is not None]
+        if ok:
+            try:
+                vecs = np.asarray(d.compute_batch([im for _, im in ok]), dtype=np.float32)  # type: ignore[misc]
+                if vecs.shape != (len(ok), d.dim):
+                    raise DescriptorError(f"compute_batch returned shape {vecs.shape}; expected {(len(ok), d.dim)}")
+                out[[i for i, _ in ok]] = vecs
+            except Exception:  # noqa: BLE001 - fall back to one by one to find the culprit
+                for i, im in ok:
+                    try:
+                        out[i] = d.compute(im)
+                    except Exception as exc:  # noqa: BLE001
+                        errors[i] = _wrap_error(items[i], exc)
+        return stop - start
+
+    done = 0
+
+    def report(k: int) -> None:
+        nonlocal done
+        done += k
+        if bar is not None:
+            bar.update(k)
+        if callback is not None:
+            callback(done, n)
+
+    try:
+        if workers == 1 or n == 1:
+            for s in starts:
+                report(run_batch(s, None) if batched else run_chunk(s))
+        elif batched:
+            with ThreadPoolExecutor(max_workers=min(workers, chunk)) as pool:
+                for s in starts:
+                    report(run_batch(s, pool))
+        else:
+            with ThreadPoolExecutor(max_workers=min(workers, len(starts))) as pool:
+                futures = [pool.submit(run_chunk, s) for s in starts]
+                for f in as_completed(futures):
+                    report(f.result())
+    finally:
+        if bar is not None:
+            bar.close()
+    return out, dict(sorted(errors.items()))
+
+
+# ----------------------------------------------------------------------------
+# built-in descriptors
+# ----------------------------------------------------------------------------
+from fastimg import _desc_classic  # noqa: E402  (registers the built-ins; needs Descriptor above)
+
+_desc_classic.register_all(register)
