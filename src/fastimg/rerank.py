@@ -1,0 +1,589 @@
+"""Re-ranking of a query's top candidates: query expansion, DBA, k-reciprocal.
+
+Every method works on the query's *top candidates* (from the exact or the
+approximate search), never on the full N x N similarity matrix, so a millisecond
+query stays a millisecond-scale query (costs in ``bench/bench_rerank.py``).
+
+=================  ==========================================================  =========================
+spec name          method                                                      extra work per query
+=================  ==========================================================  =========================
+``qe``, ``aqe``    average query expansion (Chum et al., ICCV 2007): mean of   1 search
+                   the query and its top ``n``, searched again
+``alpha-qe``       alpha-weighted QE (Radenovic et al., TPAMI 2018): weights   1 search
+                   ``sim^alpha``
+``dba``            database-side augmentation of the top ``depth``             1 search of ``depth`` rows
+                   candidates (each replaced by the ``sim^alpha``-weighted
+                   mean of itself and its ``n`` neighbours), then re-scored
+``k-reciprocal``   k-reciprocal encoding (Zhong et al., CVPR 2017): Jaccard    ``O(depth^2 D)`` local
+                   distance of k-reciprocal sets with local query expansion,   distances
+                   ``(1 - lambda) Jaccard + lambda original``
+=================  ==========================================================  =========================
+
+A spec is a name or ``"name:param=value,..."`` (e.g. ``"k-reciprocal:k1=20,lambda=0.3"``),
+parsed by :func:`parse_spec`.  :func:`augment_database` is the offline form of DBA
+over a whole matrix (it changes the database: re-index the returned vectors).
+
+Averaging happens in the metric's natural space (:func:`expansion_space`):
+pearson averages centred unit vectors, cosine unit vectors, the histogram
+metrics (bhattacharyya, chisqr, intersect, ...) L1-normalised histograms - the
+mean stays a non-negative histogram, rescaled to the query's mass - and l2/l1
+the raw vectors.  Similarities used as weights (``sim^alpha``) are in [0, 1]:
+the cosine of the metric's unit embedding (pearson: the correlation; histogram
+metrics: the Bhattacharyya coefficient of the L1-normalised histograms; l2/l1:
+the cosine), negative values clipped to 0.
+
+Defaults were chosen on Corel-1k (every image queries the other 999; HSV
+8x12x3 histograms; see ``bench/quality.md``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "RerankSpec",
+    "PARAMS",
+    "rerank_names",
+    "parse_spec",
+    "apply",
+    "expansion_space",
+    "similarity",
+    "expand",
+    "augment_database",
+    "k_reciprocal_distance",
+]
+
+GetVectors = Callable[[np.ndarray], np.ndarray]
+SearchFn = Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarray]]
+
+# name -> {param: (type, default, lower bound, inclusive, doc)}
+PARAMS: dict[str, dict[str, tuple]] = {
+    "qe": {
+        "n": (int, 5, 1, True, "top results averaged with the query"),
+    },
+    "alpha-qe": {
+        "n": (int, 10, 1, True, "top results averaged with the query"),
+        "alpha": (float, 3.0, 0.0, True, "weight exponent: weight = sim^alpha (0 = plain average)"),
+    },
+    "dba": {
+        "n": (int, 5, 1, True, "neighbours averaged into each candidate"),
+        "alpha": (float, 3.0, 0.0, True, "weight exponent: weight = sim^alpha (0 = plain average)"),
+        "depth": (int, 100, 1, True, "candidates augmented and re-scored"),
+    },
+    "k-reciprocal": {
+        "k1": (int, 20, 1, True, "size of the k-reciprocal neighbourhoods"),
+        "k2": (int, 6, 1, True, "neighbours of the local query expansion (1 = none)"),
+        "lambda": (float, 0.3, 0.0, True, "weight of the original distance, in [0, 1]"),
+        "depth": (int, 100, 2, True, "candidates re-ranked (the local graph has depth + 1 nodes)"),
+    },
+}
+_UPPER = {("k-reciprocal", "lambda"): 1.0}
+_ALIASES = {
+    "qe": "qe", "aqe": "qe", "average-qe": "qe",
+    "alpha-qe": "alpha-qe", "alphaqe": "alpha-qe", "aqe-alpha": "alpha-qe", "alpha_qe": "alpha-qe",
+    "dba": "dba",
+    "k-reciprocal": "k-reciprocal", "kreciprocal": "k-reciprocal", "k_reciprocal": "k-reciprocal",
+    "krr": "k-reciprocal",
+}
+
+
+def rerank_names() -> list[str]:
+    """Canonical re-ranking names (aliases: ``aqe`` = ``qe``, ``krr`` = ``k-reciprocal``)."""
+    return list(PARAMS)
+
+
+@dataclass(frozen=True)
+class RerankSpec:
+    """A parsed re-ranking specification.
+
+    Attributes
+    ----------
+    name : str
+        Canonical name, one of :func:`rerank_names`.
+    params : dict
+        Every parameter of the method, defaults filled in.
+    """
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        defaults = {p: d[1] for p, d in PARAMS[self.name].items()}
+        changed = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in self.params.items() if v != defaults[k]]
+        return self.name + (":" + ",".join(changed) if changed else "")
+
+
+def parse_spec(spec: "str | RerankSpec") -> RerankSpec:
+    """Parse ``"name"`` or ``"name:param=value,..."`` into a :class:`RerankSpec`.
+
+    Parameters
+    ----------
+    spec : str or RerankSpec
+        E.g. ``"qe"``, ``"alpha-qe:n=10,alpha=3"``, ``"dba:n=5"``,
+        ``"k-reciprocal:k1=20,k2=6,lambda=0.3"``.  Names are case-insensitive.
+
+    Returns
+    -------
+    RerankSpec
+
+    Raises
+    ------
+    ValueError
+        Unknown name (lists the names), unknown parameter (lists the parameters of
+        that method), a malformed ``param=value`` item, or a value of the wrong type
+        or out of range (names the parameter, the expectation and the value).
+    """
+    if isinstance(spec, RerankSpec):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"rerank spec must be a str like 'qe' or 'k-reciprocal:k1=20'; got {type(spec).__name__}")
+    text = spec.strip()
+    name, _, rest = text.partition(":")
+    key = name.strip().lower()
+    canon = _ALIASES.get(key)
+    if canon is None:
+        raise ValueError(f"unknown re-ranking {name.strip()!r} in spec {spec!r}; expected one of "
+                         f"{rerank_names()} (aliases: aqe, krr), optionally followed by ':param=value,...'")
+    table = PARAMS[canon]
+    params = {p: d[1] for p, d in table.items()}
+    if rest.strip():
+        for item in rest.split(","):
+            pname, eq, value = item.partition("=")
+            pname = pname.strip().lower()
+            if not eq or not pname or not value.strip():
+                raise ValueError(f"malformed re-ranking parameter {item.strip()!r} in spec {spec!r}; "
+                                 "expected 'param=value'")
+            if pname not in table:
+                raise ValueError(f"unknown parameter {pname!r} for re-ranking {canon!r}; expected one of "
+                                 f"{list(table)}")
+            typ, _default, lo, _inc, _doc = table[pname]
+            try:
+                parsed = typ(value.strip()) if typ is float else int(value.strip(), 10)
+            except ValueError:
+                raise ValueError(f"re-ranking {canon!r} parameter {pname!r} must be "
+                                 f"{'an integer' if typ is int else 'a number'}; got {value.strip()!r}") from None
+            if typ is float and not np.isfinite(parsed):
+                raise ValueError(f"re-ranking {canon!r} parameter {pname!r} must be finite; got {value.strip()!r}")
+            hi = _UPPER.get((canon, pname))
+            if parsed < lo or (hi is not None and parsed > hi):
+                rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+                raise ValueError(f"re-ranking {canon!r} parameter {pname!r} must be {rng}; got {parsed}")
+            params[pname] = parsed
+    return RerankSpec(canon, params)
+
+
+# ---------------------------------------------------------------------------
+# natural spaces and weights
+# ---------------------------------------------------------------------------
+
+def _metric(metric: Any):
+    from fastimg.metrics import get_metric
+    return get_metric(metric)
+
+
+def expansion_space(metric: Any, x: npt.ArrayLike) -> np.ndarray:
+    """Map vectors to the space where a metric's averages are taken.
+
+    Parameters
+    ----------
+    metric : str or Metric
+    x : array_like, shape (n, D) or (D,)
+
+    Returns
+    -------
+    ndarray of float64, same shape
+        pearson: centred unit vectors; cosine: unit vectors; histogram metrics
+        (``Metric.nonneg``): L1-normalised histograms; l2/l1: the vectors.  Zero
+        (or constant, for pearson) vectors map to zeros.
+    """
+    m = _metric(metric)
+    a = np.asarray(x, dtype=np.float64)
+    one = a.ndim == 1
+    a = np.atleast_2d(a)
+    if m.name == "pearson":
+        a = a - a.mean(axis=1, keepdims=True)
+    if m.name in ("pearson", "cosine"):
+        norm = np.sqrt(np.einsum("ij,ij->i", a, a))
+        a = np.divide(a, norm[:, None], out=np.zeros_like(a), where=norm[:, None] > 0)
+    elif m.nonneg:
+        s = a.sum(axis=1)
+        a = np.divide(a, s[:, None], out=np.zeros_like(a), where=s[:, None] > 0)
+    return a[0] if one else a
+
+
+def _unit_embedding(m: Any, x: np.ndarray) -> np.ndarray:
+    """Rows whose dot products are the [-1, 1] similarity used for weights."""
+    e = expansion_space(m, x)
+    if m.nonneg:
+        e = np.sqrt(np.maximum(e, 0.0))  # dot product = Bhattacharyya coefficient
+    elif m.name in ("l2", "l1"):
+        norm = np.sqrt(np.einsum("ij,ij->i", e, e))
+        e = np.divide(e, norm[:, None], out=np.zeros_like(e), where=norm[:, None] > 0)
+    return e
+
+
+def similarity(metric: Any, query: npt.ArrayLike, rows: npt.ArrayLike) -> np.ndarray:
+    """Similarity in [0, 1] of ``rows`` to ``query``, used for ``sim^alpha`` weights.
+
+    Parameters
+    ----------
+    metric : str or Metric
+    query : array_like, shape (D,)
+    rows : array_like, shape (n, D)
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+        pearson: correlation; cosine: cosine; histogram metrics: Bhattacharyya
+        coefficient of the L1-normalised histograms; l2/l1: cosine.  Clipped to [0, 1].
+    """
+    m = _metric(metric)
+    q = _unit_embedding(m, np.atleast_2d(np.asarray(query, dtype=np.float64)))[0]
+    r = _unit_embedding(m, np.atleast_2d(np.asarray(rows, dtype=np.float64)))
+    return np.clip(r @ q, 0.0, 1.0)
+
+
+def expand(metric: Any, base: npt.ArrayLike, neighbours: npt.ArrayLike, weights: npt.ArrayLike) -> np.ndarray:
+    """Weighted mean of ``base`` (weight 1) and ``neighbours``, in the metric's natural space.
+
+    Parameters
+    ----------
+    metric : str or Metric
+    base : array_like, shape (D,)
+        The query (QE) or the database vector (DBA).
+    neighbours : array_like, shape (n, D)
+    weights : array_like, shape (n,)
+        Non-negative weights of the neighbours.
+
+    Returns
+    -------
+    ndarray of float32, shape (D,)
+        ``(e(base) + sum_i w_i e(x_i)) / (1 + sum_i w_i)`` with ``e`` =
+        :func:`expansion_space`; for histogram metrics multiplied by ``sum(base)`` so
+        the result has the base's mass (it stays non-negative).
+    """
+    m = _metric(metric)
+    b = np.asarray(base, dtype=np.float64)
+    nb = np.atleast_2d(np.asarray(neighbours, dtype=np.float64))
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if nb.shape[0] != w.shape[0]:
+        raise ValueError(f"weights must have one value per neighbour ({nb.shape[0]}); got {w.shape[0]}")
+    if np.any(w < 0) or not np.all(np.isfinite(w)):
+        raise ValueError("weights must be finite and >= 0")
+    eb = expansion_space(m, b)
+    en = expansion_space(m, nb) if nb.shape[0] else np.zeros((0, b.shape[0]))
+    out = (eb + w @ en) / (1.0 + w.sum())
+    if m.nonneg:
+        out = np.maximum(out, 0.0) * b.sum()
+    return out.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# k-reciprocal (Zhong et al. 2017) on a small distance matrix
+# ---------------------------------------------------------------------------
+
+def k_reciprocal_distance(dist: npt.ArrayLike, k1: int = 20, k2: int = 6, lam: float = 0.3,
+                          n_probe: int = 1) -> np.ndarray:
+    r"""Zhong et al.'s re-ranked distance, vectorised, over a small distance matrix.
+
+    Follows the authors' reference implementation: each row is normalised by its
+    maximum; :math:`R(p, k_1)` = k-reciprocal neighbours (``j`` in the top
+    ``k1 + 1`` of ``p`` and ``p`` in the top ``k1 + 1`` of ``j``); each member's
+    :math:`R(j, \mathrm{round}(k_1/2))` is added when it shares more than 2/3 of its
+    elements with :math:`R(p, k_1)`; :math:`V_p` holds ``exp(-d)`` on that set,
+    normalised to sum 1; local query expansion replaces :math:`V_p` by the mean of
+    :math:`V` over the top ``k2`` of ``p``; then
+
+    .. math:: d_J(p, g) = 1 - \frac{\sum_l \min(V_{pl}, V_{gl})}{\sum_l \max(V_{pl}, V_{gl})},
+              \qquad d^* = (1 - \lambda) d_J + \lambda d.
+
+    Parameters
+    ----------
+    dist : array_like, shape (M, M)
+        Non-negative distances among probes and gallery (probes first); row ``i``
+        ranks the others for node ``i`` (need not be symmetric).
+    k1, k2 : int
+    lam : float in [0, 1]
+    n_probe : int, default 1
+        Number of leading rows that are probes.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_probe, M - n_probe)
+        Final distance of each probe to each gallery node.
+    """
+    d = np.asarray(dist, dtype=np.float64)
+    m = d.shape[0]
+    if d.ndim != 2 or d.shape[1] != m:
+        raise ValueError(f"dist must be a square matrix; got shape {d.shape}")
+    rowmax = d.max(axis=1, keepdims=True)
+    d = np.divide(d, rowmax, out=np.zeros_like(d), where=rowmax > 0)
+    rank = np.argsort(d, axis=1, kind="stable")
+    rows = np.arange(m)[:, None]
+
+    def reciprocal(k: int) -> np.ndarray:
+        top = np.zeros((m, m), dtype=bool)
+        top[rows, rank[:, :min(k + 1, m)]] = True
+        return top & top.T
+
+    r1 = reciprocal(k1)
+    r2 = reciprocal(int(np.around(k1 / 2.0)))
+    r1f, r2f = r1.astype(np.float64), r2.astype(np.float64)
+    shared = r1f @ r2f.T  # shared[p, j] = |R(p, k1) & R(j, k1/2)|
+    take = r1 & (shared > (2.0 / 3.0) * r2.sum(axis=1)[None, :])
+    expanded = r1 | ((take.astype(np.float64) @ r2f) > 0)
+    v = np.where(expanded, np.exp(-d), 0.0)
+    v /= v.sum(axis=1, keepdims=True)
+    if k2 != 1:
+        nn = np.zeros((m, m))
+        nn[rows, rank[:, :k2]] = 1.0
+        v = (nn @ v) / nn.sum(axis=1, keepdims=True)
+    vp = v[:n_probe]
+    inter = np.minimum(vp[:, None, :], v[None, n_probe:, :]).sum(axis=2)
+    jaccard = 1.0 - inter / (2.0 - inter)
+    return (1.0 - lam) * jaccard + lam * d[:n_probe, n_probe:]
+
+
+def _as_distance(m: Any, scores: np.ndarray, self_score: Optional[np.ndarray] = None) -> np.ndarray:
+    """Metric values -> non-negative dissimilarities on a squared-Euclidean-like scale."""
+    s = np.asarray(scores, dtype=np.float64)
+    if m.name in ("pearson", "cosine"):
+        d = 1.0 - s
+    elif m.name == "intersect":
+        d = (self_score if self_score is not None else s.max()) - s
+    elif m.name in ("bhattacharyya", "l2"):
+        d = s * s
+    else:
+        d = s
+    return np.maximum(d, 0.0)
+
+
+def _pairwise_distance(m: Any, z: np.ndarray) -> np.ndarray:
+    """(M, M) :func:`_as_distance` of the metric among rows of z (row = first argument)."""
+    if m.name in ("pearson", "cosine", "bhattacharyya"):
+        e = _unit_embedding(m, z)
+        g = e @ e.T
+        return np.maximum(1.0 - g, 0.0)  # pearson/cosine: 1 - s ; bhattacharyya: d^2 = 1 - BC
+    if m.name == "l2":
+        sq = np.einsum("ij,ij->i", z, z)
+        return np.maximum(sq[:, None] + sq[None, :] - 2.0 * (z @ z.T), 0.0)
+    from fastimg.metrics import exact_scores
+    out = np.empty((z.shape[0], z.shape[0]))
+    for i in range(z.shape[0]):
+        s = exact_scores(m, z[i], z)
+        out[i] = _as_distance(m, s, self_score=s[i] if m.name == "intersect" else None)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the query-time entry point
+# ---------------------------------------------------------------------------
+
+def _validate(query_vec: Any, ids: Any, scores: Any, k: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    q = np.asarray(query_vec, dtype=np.float32)
+    if q.ndim != 1:
+        raise ValueError(f"query_vec must be 1-D (D,); got shape {q.shape}")
+    if not np.all(np.isfinite(q)):
+        raise ValueError("query_vec contains NaN or inf")
+    i = np.asarray(ids)
+    s = np.asarray(scores, dtype=np.float32)
+    if i.ndim != 1 or not np.issubdtype(i.dtype, np.integer):
+        raise ValueError(f"ids must be a 1-D integer array; got {i.dtype} {i.shape}")
+    if s.shape != i.shape:
+        raise ValueError(f"scores must have the shape of ids {i.shape}; got {s.shape}")
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an int >= 1; got k={k!r}")
+    keep = i >= 0
+    return q, i[keep].astype(np.int64), s[keep], int(k)
+
+
+def _search1(search: SearchFn, v: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    ids, sc = search(np.asarray(v, dtype=np.float32).reshape(1, -1), k)
+    ids, sc = np.asarray(ids).reshape(-1).astype(np.int64), np.asarray(sc, dtype=np.float32).reshape(-1)
+    keep = ids >= 0
+    return ids[keep], sc[keep]
+
+
+def _candidates(search: SearchFn, q: np.ndarray, ids: np.ndarray, scores: np.ndarray, need: int
+                ) -> Tuple[np.ndarray, np.ndarray]:
+    if ids.shape[0] < need:
+        ids, scores = _search1(search, q, need)
+    return ids, scores
+
+
+_CONTROLLER: Any = None
+
+
+def _one_blas_thread() -> Any:
+    """Context manager capping BLAS to one thread: the matrices here are tiny, and a
+    multi-threaded BLAS on a busy machine makes a 100 x 100 product 20x slower."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def apply(spec: "str | RerankSpec", query_vec: npt.ArrayLike, ids: npt.ArrayLike, scores: npt.ArrayLike, *,
+          get_vectors: GetVectors, search: SearchFn, k: int, metric: Any = "pearson"
+          ) -> Tuple[np.ndarray, np.ndarray]:
+    """Re-rank one query's results.
+
+    Parameters
+    ----------
+    spec : str or RerankSpec
+        See :func:`parse_spec`.
+    query_vec : array_like, shape (D,)
+        The query's descriptor.
+    ids, scores : array_like, shape (L,)
+        The initial ranking, best first (``-1`` ids are ignored).  If it is shorter
+        than a method needs (``depth`` candidates, or ``n`` for QE), ``search`` is
+        called for more.
+    get_vectors : callable ``(ids (n,)) -> (n, D)``
+        Database vectors by id.
+    search : callable ``(vectors (m, D), k) -> (ids (m, k), scores (m, k))``
+        The same search that produced ``ids`` (exact or approximate), with the same
+        exclusions (e.g. the query's own id).
+    k : int
+        Number of results to return.
+    metric : str or Metric
+        The metric of ``scores`` and of ``search``.
+
+    Returns
+    -------
+    ids : ndarray of int64, shape (<= k,)
+        Best first.
+    scores : ndarray of float32, same shape
+        In the metric's orientation (higher is better iff the metric is a
+        similarity).  QE: the metric between the *expanded* query and each result;
+        DBA: between the query and the augmented candidate; k-reciprocal: ``1 - d*``
+        for similarity metrics, ``d*`` for distances.  Candidates past ``depth``
+        (DBA, k-reciprocal, when ``k > depth``) keep their initial order and score.
+    """
+    sp = parse_spec(spec)
+    m = _metric(metric)
+    q, ids_, sc_, k = _validate(query_vec, ids, scores, k)
+    with _one_blas_thread():
+        return _apply(sp, m, q, ids_, sc_, get_vectors, search, k)
+
+
+def _apply(sp: RerankSpec, m: Any, q: np.ndarray, ids_: np.ndarray, sc_: np.ndarray, get_vectors: GetVectors,
+           search: SearchFn, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    p = sp.params
+    if sp.name in ("qe", "alpha-qe"):
+        ids_, sc_ = _candidates(search, q, ids_, sc_, p["n"])
+        top = ids_[:p["n"]]
+        if top.shape[0] == 0:
+            return ids_[:k], sc_[:k]
+        x = np.asarray(get_vectors(top), dtype=np.float64)
+        alpha = p.get("alpha", 0.0)
+        w = similarity(m, q, x) ** alpha if alpha > 0 else np.ones(top.shape[0])
+        return _search1(search, expand(m, q, x, w), k)
+    if sp.name == "dba":
+        depth = max(p["depth"], 1)
+        ids_, sc_ = _candidates(search, q, ids_, sc_, max(depth, k))
+        head = ids_[:depth]
+        if head.shape[0] == 0:
+            return ids_[:k], sc_[:k]
+        x = np.asarray(get_vectors(head), dtype=np.float64)
+        nb_ids, _ = search(x.astype(np.float32), p["n"] + 1)
+        nb_ids = np.asarray(nb_ids).astype(np.int64)
+        aug = np.empty_like(x)
+        for r in range(head.shape[0]):
+            row = nb_ids[r]
+            row = row[(row >= 0) & (row != head[r])][:p["n"]]
+            if row.shape[0] == 0:
+                aug[r] = x[r]
+                continue
+            xn = np.asarray(get_vectors(row), dtype=np.float64)
+            w = similarity(m, x[r], xn) ** p["alpha"] if p["alpha"] > 0 else np.ones(row.shape[0])
+            aug[r] = expand(m, x[r], xn, w)
+        from fastimg.metrics import exact_scores
+        new = exact_scores(m, q, aug)
+        order = np.lexsort((head, -new if m.higher_is_better else new))
+        out_ids = np.concatenate([head[order], ids_[depth:]])[:k]
+        out_sc = np.concatenate([new[order].astype(np.float32), sc_[depth:]])[:k]
+        return out_ids, out_sc
+    # k-reciprocal
+    depth = p["depth"]
+    ids_, sc_ = _candidates(search, q, ids_, sc_, max(depth, k))
+    head = ids_[:depth]
+    if head.shape[0] < 2:
+        return ids_[:k], sc_[:k]
+    z = np.vstack([q.astype(np.float64)[None, :], np.asarray(get_vectors(head), dtype=np.float64)])
+    dist = _pairwise_distance(m, z)
+    final = k_reciprocal_distance(dist, p["k1"], p["k2"], p["lambda"])[0]
+    order = np.lexsort((head, final))
+    out = final[order]
+    new_sc = (1.0 - out) if m.higher_is_better else out
+    out_ids = np.concatenate([head[order], ids_[depth:]])[:k]
+    out_sc = np.concatenate([new_sc.astype(np.float32), sc_[depth:]])[:k]
+    return out_ids, out_sc
+
+
+# ---------------------------------------------------------------------------
+# offline DBA over a whole matrix
+# ---------------------------------------------------------------------------
+
+def augment_database(vectors: npt.ArrayLike, metric: Any = "pearson", *, n: int = 5, alpha: float = 3.0,
+                     search: Optional[SearchFn] = None, batch: int = 4096) -> np.ndarray:
+    """Database-side augmentation (DBA) of every row of a matrix.
+
+    Each row ``x`` is replaced by :func:`expand` ``(x, its n nearest other rows,
+    sim^alpha)``; the neighbours are those of the *original* matrix.
+
+    Parameters
+    ----------
+    vectors : array_like, shape (N, D)
+    metric : str or Metric
+    n : int >= 1
+        Neighbours per row (defaults as ``"dba"`` in :data:`PARAMS`).
+    alpha : float >= 0
+        Weight exponent (0 = uniform weights).
+    search : callable ``(vectors (m, D), k) -> (ids, scores)``, optional
+        Search over ``vectors``; default :func:`fastimg.topk` on ``vectors``.
+    batch : int
+        Rows searched per call.
+
+    Returns
+    -------
+    ndarray of float32, shape (N, D)
+        A new matrix (the input is not modified); index it instead of the original.
+    """
+    m = _metric(metric)
+    x = np.asarray(vectors)
+    if x.ndim != 2:
+        raise ValueError(f"vectors must be 2-D (N, D); got shape {x.shape}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an int >= 1; got n={n!r}")
+    if not (alpha >= 0 and np.isfinite(alpha)):
+        raise ValueError(f"alpha must be a finite number >= 0; got alpha={alpha!r}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("vectors contain NaN or inf (drop failed rows first)")
+    nrows = x.shape[0]
+    kk = min(n + 1, nrows)
+    if search is None:
+        from fastimg import topk
+
+        def search(v: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+            return topk(x, v, k, m.name)
+    out = np.empty(x.shape, dtype=np.float32)
+    for start in range(0, nrows, batch):
+        stop = min(nrows, start + batch)
+        nb_ids, _ = search(np.ascontiguousarray(x[start:stop], dtype=np.float32), kk)
+        nb_ids = np.asarray(nb_ids).astype(np.int64)
+        for r in range(start, stop):
+            row = nb_ids[r - start]
+            row = row[(row >= 0) & (row != r)][:n]
+            xr = np.asarray(x[r], dtype=np.float64)
+            if row.shape[0] == 0:
+                out[r] = xr
+                continue
+            xn = np.asarray(x[row], dtype=np.float64)
+            w = similarity(m, xr, xn) ** alpha if alpha > 0 else np.ones(row.shape[0])
+            out[r] = expand(m, xr, xn, w)
+    return out

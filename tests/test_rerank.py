@@ -1,0 +1,410 @@
+"""Tests of fastimg.rerank.
+
+Oracles: hand-computed expansions; brute-force NumPy searches written here (not
+fastimg's search); a line-by-line transcription of Zhong et al.'s published
+re-ranking code (CVPR 2017, github.com/zhunzhong07/person-re-ranking) for the
+k-reciprocal distance.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastimg import rerank
+from fastimg.metrics import exact_scores, get_metric
+
+
+# ---------------------------------------------------------------------------
+# oracles
+# ---------------------------------------------------------------------------
+
+def zhong_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
+    """The authors' re_ranking() (re_ranking_ranklist.py), transcribed verbatim."""
+    original_dist = np.concatenate(
+        [np.concatenate([q_q_dist, q_g_dist], axis=1),
+         np.concatenate([q_g_dist.T, g_g_dist], axis=1)],
+        axis=0)
+    original_dist = np.power(original_dist, 2).astype(np.float32)
+    original_dist = np.transpose(1. * original_dist / np.max(original_dist, axis=0))
+    V = np.zeros_like(original_dist).astype(np.float32)
+    initial_rank = np.argsort(original_dist).astype(np.int32)
+    query_num = q_g_dist.shape[0]
+    gallery_num = q_g_dist.shape[0] + q_g_dist.shape[1]
+    all_num = gallery_num
+    for i in range(all_num):
+        forward_k_neigh_index = initial_rank[i, :k1 + 1]
+        backward_k_neigh_index = initial_rank[forward_k_neigh_index, :k1 + 1]
+        fi = np.where(backward_k_neigh_index == i)[0]
+        k_reciprocal_index = forward_k_neigh_index[fi]
+        k_reciprocal_expansion_index = k_reciprocal_index
+        for j in range(len(k_reciprocal_index)):
+            candidate = k_reciprocal_index[j]
+            candidate_forward_k_neigh_index = initial_rank[candidate, :int(np.around(k1 / 2.)) + 1]
+            candidate_backward_k_neigh_index = initial_rank[candidate_forward_k_neigh_index,
+                                                            :int(np.around(k1 / 2.)) + 1]
+            fi_candidate = np.where(candidate_backward_k_neigh_index == candidate)[0]
+            candidate_k_reciprocal_index = candidate_forward_k_neigh_index[fi_candidate]
+            if len(np.intersect1d(candidate_k_reciprocal_index, k_reciprocal_index)) > \
+                    2. / 3 * len(candidate_k_reciprocal_index):
+                k_reciprocal_expansion_index = np.append(k_reciprocal_expansion_index,
+                                                         candidate_k_reciprocal_index)
+        k_reciprocal_expansion_index = np.unique(k_reciprocal_expansion_index)
+        weight = np.exp(-original_dist[i, k_reciprocal_expansion_index])
+        V[i, k_reciprocal_expansion_index] = 1. * weight / np.sum(weight)
+    original_dist = original_dist[:query_num, ]
+    if k2 != 1:
+        V_qe = np.zeros_like(V, dtype=np.float32)
+        for i in range(all_num):
+            V_qe[i, :] = np.mean(V[initial_rank[i, :k2], :], axis=0)
+        V = V_qe
+    invIndex = []
+    for i in range(gallery_num):
+        invIndex.append(np.where(V[:, i] != 0)[0])
+    jaccard_dist = np.zeros_like(original_dist, dtype=np.float32)
+    for i in range(query_num):
+        temp_min = np.zeros(shape=[1, gallery_num], dtype=np.float32)
+        indNonZero = np.where(V[i, :] != 0)[0]
+        indImages = [invIndex[ind] for ind in indNonZero]
+        for j in range(len(indNonZero)):
+            temp_min[0, indImages[j]] = temp_min[0, indImages[j]] + np.minimum(
+                V[i, indNonZero[j]], V[indImages[j], indNonZero[j]])
+        jaccard_dist[i] = 1 - temp_min / (2. - temp_min)
+    final_dist = jaccard_dist * (1 - lambda_value) + original_dist * lambda_value
+    return final_dist[:query_num, query_num:]
+
+
+def brute_search(data, metric, exclude=()):
+    """Search callback over `data` by full sort of exact_scores (ties by lower id)."""
+    m = get_metric(metric)
+    data = np.asarray(data, dtype=np.float32)
+
+    def search(vectors, k):
+        ids, scs = [], []
+        for v in np.atleast_2d(vectors):
+            s = exact_scores(m, v, data)
+            cand = [i for i in range(len(data)) if i not in exclude]
+            cand.sort(key=lambda i: ((-s[i] if m.higher_is_better else s[i]), i))
+            cand = cand[:k]
+            ids.append(cand)
+            scs.append(s[cand])
+        return np.array(ids, dtype=np.int64), np.array(scs, dtype=np.float32)
+    return search
+
+
+def clusters(seed=0, n_per=12, d=16, n_classes=4, noise=0.6, nonneg=True):
+    rng = np.random.default_rng(seed)
+    centres = rng.random((n_classes, d)) * 2
+    x = np.repeat(centres, n_per, axis=0) + noise * rng.random((n_classes * n_per, d))
+    labels = np.repeat(np.arange(n_classes), n_per)
+    if not nonneg:
+        x = x - 1.0
+    return x.astype(np.float32), labels
+
+
+# ---------------------------------------------------------------------------
+# parse_spec
+# ---------------------------------------------------------------------------
+
+def test_parse_spec_defaults_and_aliases():
+    assert rerank.parse_spec("qe").name == "qe"
+    assert rerank.parse_spec("AQE").name == "qe"
+    assert rerank.parse_spec("krr").name == "k-reciprocal"
+    sp = rerank.parse_spec("k-reciprocal:k1=25, lambda=0.5")
+    assert sp.params == {"k1": 25, "k2": rerank.PARAMS["k-reciprocal"]["k2"][1], "lambda": 0.5,
+                         "depth": rerank.PARAMS["k-reciprocal"]["depth"][1]}
+    assert isinstance(sp.params["k1"], int) and isinstance(sp.params["lambda"], float)
+    assert str(sp) == "k-reciprocal:k1=25,lambda=0.5"
+    assert rerank.parse_spec(sp) is sp
+    assert set(rerank.rerank_names()) == {"qe", "alpha-qe", "dba", "k-reciprocal"}
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("foo", r"unknown re-ranking 'foo'.*\['qe', 'alpha-qe', 'dba', 'k-reciprocal'\]"),
+    ("qe:m=3", r"unknown parameter 'm' for re-ranking 'qe'; expected one of \['n'\]"),
+    ("qe:n", "malformed re-ranking parameter 'n'"),
+    ("qe:n=", "malformed"),
+    ("qe:n=2.5", "parameter 'n' must be an integer; got '2.5'"),
+    ("qe:n=0", "parameter 'n' must be >= 1; got 0"),
+    ("alpha-qe:alpha=x", "parameter 'alpha' must be a number"),
+    ("alpha-qe:alpha=nan", "must be finite"),
+    ("k-reciprocal:lambda=1.5", r"'lambda' must be in \[0.0, 1.0\]; got 1.5"),
+    ("dba:depth=-1", "'depth' must be >= 1"),
+])
+def test_parse_spec_errors(spec, match):
+    with pytest.raises(ValueError, match=match):
+        rerank.parse_spec(spec)
+
+
+def test_parse_spec_type_error():
+    with pytest.raises(TypeError, match="rerank spec must be a str"):
+        rerank.parse_spec(3)
+
+
+# ---------------------------------------------------------------------------
+# natural spaces, weights, expansion (hand computed)
+# ---------------------------------------------------------------------------
+
+def test_expand_histogram_stays_a_histogram_with_base_mass():
+    # L1-normalised: [.5,.5,0] and [0,.5,.5]; mean [.25,.5,.25]; times sum(base)=4
+    out = rerank.expand("bhattacharyya", [2, 2, 0], [[0, 1, 1]], [1.0])
+    np.testing.assert_allclose(out, [1, 2, 1], rtol=1e-6)
+    out = rerank.expand("intersect", [1, 0, 0], [[0, 0, 5], [0, 3, 0]], [2.0, 1.0])
+    np.testing.assert_allclose(out, [0.25, 0.25, 0.5], rtol=1e-6)  # (e0 + 2 e2 + e1) / 4
+    assert out.dtype == np.float32
+
+
+def test_expand_pearson_averages_centred_unit_vectors():
+    # centred unit vectors: [-1,0,1]/sqrt2 and [1,0,-1]/sqrt2 ; (e_b + 3 e_n) / 4
+    out = rerank.expand("pearson", [1, 2, 3], [[30, 20, 10]], [3.0])
+    np.testing.assert_allclose(out, np.array([1, 0, -1]) / (2 * np.sqrt(2)), atol=1e-7)
+
+
+def test_expand_l2_is_plain_weighted_mean():
+    out = rerank.expand("l2", [0, 0], [[2, 0], [0, 4]], [1.0, 0.5])
+    np.testing.assert_allclose(out, [2 / 2.5, 2 / 2.5])
+
+
+def test_expand_rejects_bad_weights():
+    with pytest.raises(ValueError, match="one value per neighbour"):
+        rerank.expand("l2", [0, 0], [[1, 1]], [1.0, 2.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        rerank.expand("l2", [0, 0], [[1, 1]], [-1.0])
+
+
+def test_similarity_hand_computed():
+    np.testing.assert_allclose(rerank.similarity("bhattacharyya", [1, 0], [[1, 0], [0, 1], [1, 1]]),
+                               [1.0, 0.0, np.sqrt(0.5)])
+    rng = np.random.default_rng(3)
+    q, rows = rng.random(10), rng.random((5, 10))
+    corr = [np.corrcoef(q, r)[0, 1] for r in rows]
+    np.testing.assert_allclose(rerank.similarity("pearson", q, rows), np.clip(corr, 0, 1), atol=1e-12)
+    np.testing.assert_allclose(rerank.similarity("cosine", [1, 0], [[-1, 0], [1, 1]]), [0.0, np.sqrt(0.5)])
+
+
+# ---------------------------------------------------------------------------
+# k-reciprocal: vectorised version == the authors' code
+# ---------------------------------------------------------------------------
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(8, 40), st.integers(1, 3), st.integers(1, 12), st.integers(1, 6),
+       st.sampled_from([0.0, 0.3, 1.0]), st.integers(0, 2**32 - 1))
+def test_k_reciprocal_distance_matches_authors_code(m, n_probe, k1, k2, lam, seed):
+    rng = np.random.default_rng(seed)
+    pts = rng.normal(size=(m, 5))
+    pts[: m // 2] += 3.0  # two clusters
+    eu = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1))
+    k2 = min(k2, m)
+    expected = zhong_re_ranking(eu[:n_probe, n_probe:], eu[:n_probe, :n_probe], eu[n_probe:, n_probe:],
+                                k1=k1, k2=k2, lambda_value=lam)
+    got = rerank.k_reciprocal_distance(eu ** 2, k1=k1, k2=k2, lam=lam, n_probe=n_probe)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
+def test_k_reciprocal_distance_pure_original_when_lambda_is_one():
+    d = np.array([[0, 2, 4.0], [2, 0, 1], [4, 1, 0]])
+    np.testing.assert_allclose(rerank.k_reciprocal_distance(d, k1=1, k2=1, lam=1.0), [[0.5, 1.0]])
+
+
+# ---------------------------------------------------------------------------
+# apply(): query expansion
+# ---------------------------------------------------------------------------
+
+def test_aqe_on_a_hand_made_example():
+    # l2 in 2-D.  Query (0,0); class A along the x axis; distractors close to the query.
+    data = np.array([[1.0, 0], [1.3, 0], [1.6, 0], [1.9, 0], [-1.1, 0], [0, -1.2], [0, 1.25]], np.float32)
+    rel = np.array([1, 1, 1, 1, 0, 0, 0], bool)
+    q = np.zeros(2, np.float32)
+    search = brute_search(data, "l2")
+    ids0, sc0 = search(q, 7)
+    # initial ranking: 0 (1.0), 4 (1.1), 5 (1.2), 6 (1.25), 1 (1.3), 2, 3
+    np.testing.assert_array_equal(ids0[0], [0, 4, 5, 6, 1, 2, 3])
+    ids, sc = rerank.apply("qe:n=1", q, ids0[0], sc0[0], get_vectors=lambda i: data[i], search=search,
+                           k=7, metric="l2")
+    # expanded query = mean((0,0), (1,0)) = (0.5, 0): distances 0.5, .8, 1.1, 1.4, 1.6, 1.3, 1.346
+    np.testing.assert_array_equal(ids, [0, 1, 2, 5, 6, 3, 4])
+    np.testing.assert_allclose(sc, [0.5, 0.8, 1.1, np.hypot(.5, 1.2), np.hypot(.5, 1.25), 1.4, 1.6], rtol=1e-6)
+    from fastimg.eval import average_precision
+    assert average_precision(rel[ids]) > average_precision(rel[ids0[0]])
+
+
+@pytest.mark.parametrize("metric", ["pearson", "cosine", "bhattacharyya", "chisqr", "intersect", "l2", "l1"])
+@pytest.mark.parametrize("spec, alpha", [("qe:n=3", 0.0), ("alpha-qe:n=4,alpha=3", 3.0)])
+def test_query_expansion_equals_formula(metric, spec, alpha):
+    x, _ = clusters(seed=1, nonneg=get_metric(metric).nonneg)
+    q = x[5]
+    search = brute_search(x, metric, exclude={5})
+    ids0, sc0 = search(q, 20)
+    n = rerank.parse_spec(spec).params["n"]
+    # oracle: the formula written out here
+    m = get_metric(metric)
+
+    def space(v):
+        v = np.asarray(v, np.float64)
+        if metric == "pearson":
+            v = v - v.mean()
+        if metric in ("pearson", "cosine"):
+            return v / np.linalg.norm(v)
+        if m.nonneg:
+            return v / v.sum()
+        return v
+
+    def sim(a, b):
+        if m.nonneg:
+            return np.sqrt(space(a) * space(b)).sum()
+        a, b = space(a), space(b)
+        return max(0.0, a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    top = ids0[0][:n]
+    w = [sim(q, x[i]) ** alpha for i in top]
+    qe = (space(q) + sum(wi * space(x[i]) for wi, i in zip(w, top))) / (1 + sum(w))
+    if m.nonneg:
+        qe = qe * q.sum()
+    exp_ids, exp_sc = search(qe.astype(np.float32), 10)
+    ids, sc = rerank.apply(spec, q, ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=10,
+                           metric=metric)
+    np.testing.assert_array_equal(ids, exp_ids[0])
+    np.testing.assert_allclose(sc, exp_sc[0], rtol=1e-4, atol=1e-5)
+    assert 5 not in ids
+
+
+def test_qe_fetches_more_candidates_when_given_too_few():
+    x, _ = clusters(seed=2)
+    search = brute_search(x, "l2")
+    ids0, sc0 = search(x[0], 1)
+    full_ids, full_sc = search(x[0], 8)
+    a = rerank.apply("qe:n=5", x[0], ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=5,
+                     metric="l2")
+    b = rerank.apply("qe:n=5", x[0], full_ids[0], full_sc[0], get_vectors=lambda i: x[i], search=search, k=5,
+                     metric="l2")
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+# ---------------------------------------------------------------------------
+# DBA
+# ---------------------------------------------------------------------------
+
+def test_augment_database_hand_computed_1d():
+    x = np.array([[0.0], [1.0], [3.0], [10.0]], np.float32)
+    out = rerank.augment_database(x, "l2", n=1, alpha=0.0, search=brute_search(x, "l2"))
+    # nearest other row: 0->1, 1->0, 3->1, 10->3 ; plain mean with itself
+    np.testing.assert_allclose(out[:, 0], [0.5, 0.5, 2.0, 6.5])
+    assert out is not x and x[0, 0] == 0.0
+
+
+@pytest.mark.parametrize("metric", ["bhattacharyya", "cosine"])
+def test_augment_database_equals_brute_force(metric):
+    x, _ = clusters(seed=4, n_per=6)
+    out = rerank.augment_database(x, metric, n=3, alpha=2.0, search=brute_search(x, metric))
+    m = get_metric(metric)
+    for r in range(len(x)):
+        s = exact_scores(m, x[r], x)
+        others = sorted((i for i in range(len(x)) if i != r),
+                        key=lambda i: ((-s[i] if m.higher_is_better else s[i]), i))[:3]
+        w = rerank.similarity(metric, x[r], x[others]) ** 2.0
+        np.testing.assert_allclose(out[r], rerank.expand(metric, x[r], x[others], w), rtol=1e-6)
+    if m.nonneg:
+        assert (out >= 0).all()
+
+
+def test_augment_database_errors():
+    with pytest.raises(ValueError, match="2-D"):
+        rerank.augment_database(np.zeros(3), "l2")
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        rerank.augment_database(np.zeros((3, 2)), "l2", n=0)
+    with pytest.raises(ValueError, match="NaN"):
+        rerank.augment_database(np.full((3, 2), np.nan), "l2", search=lambda v, k: None)
+
+
+def test_query_time_dba_rescoring_matches_offline_dba():
+    metric = "bhattacharyya"
+    x, _ = clusters(seed=5, n_per=8)
+    q = x[3]
+    search = brute_search(x, metric, exclude={3})
+    ids0, sc0 = search(q, 31)
+    ids, sc = rerank.apply("dba:n=3,alpha=1,depth=12", q, ids0[0], sc0[0], get_vectors=lambda i: x[i],
+                           search=search, k=20, metric=metric)
+    # oracle: augment the whole database (neighbours exclude the query row, as the search does)
+    head = ids0[0][:12]
+    aug_head = []
+    for r in head:
+        s = exact_scores(metric, x[r], x)
+        others = sorted((i for i in range(len(x)) if i not in (r, 3)), key=lambda i: (s[i], i))[:3]
+        w = rerank.similarity(metric, x[r], x[others]) ** 1.0
+        aug_head.append(rerank.expand(metric, x[r], x[others], w))
+    new = exact_scores(metric, q, np.array(aug_head))
+    order = sorted(range(12), key=lambda j: (new[j], head[j]))
+    np.testing.assert_array_equal(ids[:12], head[order])
+    np.testing.assert_allclose(sc[:12], new[order], rtol=1e-5)
+    # past depth: the initial order and scores
+    np.testing.assert_array_equal(ids[12:], ids0[0][12:20])
+    np.testing.assert_allclose(sc[12:], sc0[0][12:20])
+
+
+# ---------------------------------------------------------------------------
+# apply(): k-reciprocal
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("metric", ["pearson", "bhattacharyya", "l2", "chisqr"])
+def test_apply_k_reciprocal_uses_local_graph(metric):
+    x, _ = clusters(seed=6, n_per=10, nonneg=get_metric(metric).nonneg)
+    q = x[0]
+    search = brute_search(x, metric, exclude={0})
+    ids0, sc0 = search(q, 39)
+    ids, sc = rerank.apply("k-reciprocal:k1=6,k2=3,lambda=0.3,depth=25", q, ids0[0], sc0[0],
+                           get_vectors=lambda i: x[i], search=search, k=30, metric=metric)
+    head = ids0[0][:25]
+    # oracle: local distances on the metric's squared scale, then the authors' code
+    m = get_metric(metric)
+    z = np.vstack([q, x[head]]).astype(np.float64)
+    s = np.array([exact_scores(m, a, z) for a in z])
+    if metric == "pearson":
+        d = 1 - s
+    elif metric in ("bhattacharyya", "l2"):
+        d = s ** 2
+    else:
+        d = s
+    d = np.maximum(d, 0)
+    if metric != "chisqr":  # the authors' code assumes a symmetric matrix
+        final = zhong_re_ranking(np.sqrt(d[:1, 1:]), np.sqrt(d[:1, :1]), np.sqrt(d[1:, 1:]), 6, 3, 0.3)[0]
+        order = sorted(range(25), key=lambda j: (final[j], head[j]))
+        np.testing.assert_array_equal(ids[:25], head[order])
+        exp_sc = 1 - final[order] if m.higher_is_better else final[order]
+        np.testing.assert_allclose(sc[:25], exp_sc, atol=1e-4)
+    assert sorted(ids[:25]) == sorted(head)
+    np.testing.assert_array_equal(ids[25:], ids0[0][25:30])
+
+
+def test_k_reciprocal_improves_ap_on_clustered_data():
+    x, labels = clusters(seed=7, n_per=15, noise=1.6, d=8)
+    metric = "l2"
+    from fastimg.eval import average_precision
+    gains = []
+    for qid in range(0, len(x), 5):
+        search = brute_search(x, metric, exclude={qid})
+        ids0, sc0 = search(x[qid], len(x) - 1)
+        ids, _ = rerank.apply("k-reciprocal:k1=10,k2=4,depth=40", x[qid], ids0[0], sc0[0],
+                              get_vectors=lambda i: x[i], search=search, k=len(x) - 1, metric=metric)
+        rel0 = labels[ids0[0]] == labels[qid]
+        rel1 = labels[ids] == labels[qid]
+        gains.append(average_precision(rel1) - average_precision(rel0))
+    assert np.mean(gains) > 0
+
+
+def test_apply_input_errors():
+    x = np.eye(3, dtype=np.float32)
+    kw = dict(get_vectors=lambda i: x[i], search=brute_search(x, "l2"), metric="l2")
+    with pytest.raises(ValueError, match="query_vec must be 1-D"):
+        rerank.apply("qe", x[:2], [0], [0.0], k=2, **kw)
+    with pytest.raises(ValueError, match="NaN"):
+        rerank.apply("qe", [np.nan, 0, 0], [0], [0.0], k=2, **kw)
+    with pytest.raises(ValueError, match="ids must be a 1-D integer"):
+        rerank.apply("qe", x[0], [[0]], [[0.0]], k=2, **kw)
+    with pytest.raises(ValueError, match="scores must have the shape of ids"):
+        rerank.apply("qe", x[0], [0, 1], [0.0], k=2, **kw)
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        rerank.apply("qe", x[0], [0], [0.0], k=0, **kw)
+    with pytest.raises(ValueError, match="unknown metric"):
+        rerank.apply("qe", x[0], [0], [0.0], k=1, get_vectors=kw["get_vectors"], search=kw["search"],
+                     metric="hamming")
