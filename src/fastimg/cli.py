@@ -25,9 +25,10 @@ EXIT_USAGE = 2
 PROG = "fastimg"
 
 _INDEX_RULE = (
-    "index location: --index PATH, else the environment variable FASTIMG_INDEX,\n"
-    "  else the default described by fastimg.index.default_index_path()\n"
-    "  (`fastimg info` prints the path it resolved)."
+    "index location (the same rule for every command, fastimg.index.default_index_path):\n"
+    "  --index PATH, else $FASTIMG_INDEX, else $FASTIMG_DATADIR/index, else\n"
+    "  $XDG_DATA_HOME/fastimg/index (~/.local/share/fastimg/index; macOS:\n"
+    "  ~/Library/Application Support/fastimg/index). `fastimg info` prints the path."
 )
 
 _EXIT_CODES = "exit status: 0 ok, 1 error (one line on stderr), 2 usage error."
@@ -89,7 +90,7 @@ def _common(debug_default: Any = argparse.SUPPRESS) -> argparse.ArgumentParser:
 def _index_opt() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--index", metavar="PATH", default=None,
-                   help="index directory (default: $FASTIMG_INDEX, else the documented default)")
+                   help="index directory (default: $FASTIMG_INDEX, else see 'index location' below)")
     return p
 
 
@@ -292,7 +293,10 @@ def _add_eval(sub: Any, with_eval: bool) -> None:
             return
     else:
         reason = None
-    p = _sub(sub, "eval", desc, desc.capitalize() + ".",
+    long = desc[0].upper() + desc[1:] + "."
+    if reason:
+        long += f"\n\nUnavailable in this installation: {reason}."
+    p = _sub(sub, "eval", desc, long,
              """\
 examples:
   fastimg eval ../shared/data/corel1k --layout folders
@@ -443,8 +447,6 @@ def cmd_index(args: argparse.Namespace) -> int:
     try:
         index = Index.open(path, mode="a")
     except IndexNotFoundError:
-        if existed and os.path.isdir(path) and os.listdir(path):
-            raise
         kwargs: dict[str, Any] = {}
         if args.descriptor is not None:
             kwargs["descriptor"] = args.descriptor
@@ -556,9 +558,6 @@ def cmd_query(args: argparse.Namespace) -> int:
     path = _index_path(args)
     docs = []
     with _open(args, "r") as index:
-        n = len(index)
-        if n == 0:
-            raise _CommandError(f"the index at {path} is empty (add images with `fastimg index DIR`)")
         metric = args.metric or _index_metric(index)
         kwargs: dict[str, Any] = {"exclude_self": not args.include_self, "mode": args.mode}
         if args.metric is not None:
@@ -567,10 +566,9 @@ def cmd_query(args: argparse.Namespace) -> int:
             kwargs["ef"] = args.ef
         if args.rerank is not None:
             kwargs["rerank"] = args.rerank
-        k = min(args.k, n)
         for img in args.images:
             t0 = time.perf_counter()
-            hits = index.search(img, k, **kwargs)
+            hits = index.search(img, args.k, **kwargs)
             took = (time.perf_counter() - t0) * 1000.0
             docs.append({"query": os.path.abspath(img), "index": path, "metric": metric,
                          "took_ms": round(took, 3), "results": [_hit_dict(h) for h in hits]})
@@ -642,7 +640,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     path = _index_path(args)
     with _open(args, "a") as index:
         before = len(index)
-        result = index.remove([os.path.abspath(p) for p in args.paths])
+        result = index.remove(list(args.paths))
         after = len(index)
     removed = before - after
     if removed == 0:
@@ -718,26 +716,28 @@ def _near_duplicate_pairs(index: Any, metric: str, threshold: float, higher: boo
                           batch: int) -> list[tuple[int, int, float]]:
     """Every pair (a < b) of indexed images whose score is within ``threshold``.
 
-    Exact search of every row against the whole index, ``batch`` rows at a time.
-    A row whose K-th neighbour is still within the threshold is searched again
-    with 4*K, so the pairs are complete whatever the size of a duplicate group.
+    Exact search of every live row against the whole index, ``batch`` rows at a
+    time. A row whose K-th neighbour is still within the threshold is searched
+    again with 4*K, so the pairs are complete whatever the size of a duplicate
+    group. For an asymmetric metric (chisqr, kl_div) a pair counts when either
+    direction is within the threshold; its score is the first direction found
+    within it (the lower id as the query when both are).
     """
     import numpy as np
 
-    vectors = index.vectors
-    n = int(vectors.shape[0])
-    if n < 2:
+    vectors = index.vectors  # row i is id i; deleted rows included, hence live_ids
+    live = np.asarray(index.live_ids(), dtype=np.int64)
+    if live.size < 2:
         return []
-    row_ids = _row_ids(index, n)
 
     def within(scores: Any) -> Any:
         return scores >= threshold if higher else scores <= threshold
 
+    n = int(live.size)
     found: dict[tuple[int, int], float] = {}
     k0 = min(n, 16)
-    for start in range(0, n, batch):
-        rows = np.arange(start, min(n, start + batch))
-        pending = rows
+    for start in range(0, live.size, batch):
+        pending = live[start:start + batch]
         k = k0
         while pending.size:
             ids, scores = index.search_batch(np.ascontiguousarray(vectors[pending]), k, metric=metric,
@@ -745,7 +745,7 @@ def _near_duplicate_pairs(index: Any, metric: str, threshold: float, higher: boo
             ids = np.asarray(ids)
             scores = np.asarray(scores, dtype=np.float64)
             ok = within(scores) & (ids >= 0)
-            for r, qid in enumerate(row_ids[pending]):
+            for r, qid in enumerate(pending.tolist()):
                 for j in np.flatnonzero(ok[r]):
                     other = int(ids[r, j])
                     if other == qid:
@@ -757,17 +757,6 @@ def _near_duplicate_pairs(index: Any, metric: str, threshold: float, higher: boo
             pending = pending[ok[:, -1]]  # rows whose every neighbour so far is a duplicate
             k = min(n, k * 4)
     return sorted((a, b, s) for (a, b), s in found.items())
-
-
-def _row_ids(index: Any, n: int) -> Any:
-    """Index ids of the rows of ``index.vectors`` (the row number unless the index says otherwise)."""
-    import numpy as np
-
-    ids = getattr(index, "ids", None)
-    if ids is not None:
-        ids = ids() if callable(ids) else ids
-        return np.asarray(ids, dtype=np.int64)
-    return np.arange(n, dtype=np.int64)
 
 
 def _union_find_groups(pairs: list[tuple[int, int, float]]) -> list[list[int]]:
