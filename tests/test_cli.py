@@ -77,6 +77,16 @@ def resolved(p: str) -> str:
     return str(Path(p).resolve())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_locations(tmp_path_factory):
+    """No test may touch the user's default index: FASTIMG_DATADIR points into tmp."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FASTIMG_DATADIR", str(tmp_path_factory.mktemp("datadir")))
+    mp.delenv("FASTIMG_INDEX", raising=False)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def photos(corel_dir: Path, tmp_path_factory) -> tuple[Path, list[Path]]:
     root = tmp_path_factory.mktemp("photos")
@@ -299,6 +309,40 @@ def test_index_location_from_environment(photos, tmp_path):
     res = ok_json("index", root / CLASSES[1], "--index", other, "--json", env={"FASTIMG_INDEX": str(env_idx)})
     assert res["index"] == str(other.resolve())
     assert index_len(env_idx) == PER_CLASS and index_len(other) == PER_CLASS
+
+
+def test_index_default_location(photos, tmp_path):
+    """Neither --index nor FASTIMG_INDEX: $FASTIMG_DATADIR/index."""
+    root, _ = photos
+    res = ok_json("index", root / CLASSES[2], "--json", env={"FASTIMG_DATADIR": str(tmp_path / "data")})
+    assert res["index"] == str((tmp_path / "data" / "index").resolve())
+    assert index_len(tmp_path / "data" / "index") == PER_CLASS
+
+
+def test_index_shows_progress_on_a_terminal(photos, tmp_path):
+    import pty
+
+    root, files = photos
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "FASTIMG_INDEX"}
+    proc = subprocess.Popen([str(BIN), "index", str(root), "--index", str(tmp_path / "i")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    tty = b"".join(chunks).decode("utf-8", "replace")
+    assert f"{len(files)}/{len(files)}" in tty  # tqdm's final count
+    assert out.decode().startswith(f"created {(tmp_path / 'i').resolve()}: {len(files)} images")
 
 
 def test_index_missing_folder_is_an_error(tmp_path):

@@ -412,20 +412,37 @@ def _skipped_items(report: Any) -> list[tuple[str, str]]:
 
 
 def _progress_bar(desc: str, enabled: bool) -> tuple[Any, Any]:
-    """A tqdm bar on stderr and a ``progress(done, total)`` callback feeding it."""
+    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr, and an
+    object whose ``close()`` removes the bar (``(False, None)`` when disabled)."""
     if not enabled:
         return False, None
-    from tqdm import tqdm
 
-    bar = tqdm(total=0, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
+    class _Bar:
+        bar: Any = None
 
-    def progress(done: int, total: int | None = None, *_: Any) -> None:
-        if total is not None and total != bar.total:
-            bar.total = total
-            bar.refresh()
-        bar.update(max(0, done - bar.n))
+        def __call__(self, done: int, total: int | None = None, *_: Any) -> None:
+            if self.bar is None:
+                from tqdm import tqdm
 
-    return progress, bar
+                try:  # a terminal that reports 0 columns would get an empty bar
+                    size = os.get_terminal_size(sys.stderr.fileno())
+                    sized = size.columns > 0 and size.lines > 0
+                except OSError:
+                    sized = False
+                self.bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=sized,
+                                ncols=None if sized else 80, nrows=None if sized else 24, leave=False,
+                                mininterval=0.2)
+            elif total is not None and total != self.bar.total:
+                self.bar.total = total
+            self.bar.update(max(0, done - self.bar.n))
+
+        def close(self) -> None:
+            if self.bar is not None:
+                self.bar.refresh()  # show the final count even if the last update was throttled
+                self.bar.close()
+
+    bar = _Bar()
+    return bar, bar
 
 
 # --------------------------------------------------------------------------- #
