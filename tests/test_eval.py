@@ -220,3 +220,231 @@ def test_parse_metric_accepts(name):
 def test_parse_metric_rejects(name):
     with pytest.raises(ValueError, match="evaluation metric|cut-off"):
         ev.parse_metric(name)
+
+
+# ---------------------------------------------------------------------------
+# dataset layouts
+# ---------------------------------------------------------------------------
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_load_folders_layout(tmp_path):
+    _touch(tmp_path / "b_cars" / "2.jpg")
+    _touch(tmp_path / "b_cars" / "1.PNG")
+    _touch(tmp_path / "a_dogs" / "sub" / "x.jpeg")
+    _touch(tmp_path / "a_dogs" / "y.jpg")
+    _touch(tmp_path / "a_dogs" / "notes.txt")
+    _touch(tmp_path / "a_dogs" / ".hidden.jpg")
+    (tmp_path / "empty").mkdir()
+    _touch(tmp_path / "top.jpg")  # a file at the root belongs to no class
+    ds = ev.load_dataset(tmp_path, "folders")
+    assert [p.relative_to(tmp_path).as_posix() for p in ds.paths] == [
+        "a_dogs/sub/x.jpeg", "a_dogs/y.jpg", "b_cars/1.PNG", "b_cars/2.jpg"]
+    np.testing.assert_array_equal(ds.labels, [0, 0, 1, 1])
+    np.testing.assert_array_equal(ds.queries, [0, 1, 2, 3])
+    assert ds.class_names == ["a_dogs", "b_cars"] and ds.exclude_query
+    np.testing.assert_array_equal(ds.n_relevant, [1, 1, 1, 1])
+
+
+def test_load_ukbench_layout_by_numbering(tmp_path):
+    for i in (7, 0, 3, 1, 2, 4, 6, 5):
+        _touch(tmp_path / "images" / f"ukbench{i:05d}.jpg")
+    ds = ev.load_dataset(tmp_path, "ukbench")
+    assert [p.name for p in ds.paths] == [f"ukbench{i:05d}.jpg" for i in range(8)]
+    np.testing.assert_array_equal(ds.labels, [0, 0, 0, 0, 1, 1, 1, 1])
+    assert not ds.exclude_query
+    np.testing.assert_array_equal(ds.n_relevant, [4] * 8)  # the query counts
+
+
+def test_load_ukbench_layout_groups_file(tmp_path):
+    for n in ("a.jpg", "b.jpg", "c.jpg"):
+        _touch(tmp_path / n)
+    (tmp_path / "groups.csv").write_text("file,group\nc.jpg,7\na.jpg,3\nb.jpg,7\n")
+    ds = ev.load_dataset(tmp_path, "ukbench")
+    assert [p.name for p in ds.paths] == ["c.jpg", "a.jpg", "b.jpg"]
+    np.testing.assert_array_equal(ds.labels, [1, 0, 1])
+    (tmp_path / "groups.csv").write_text("name,cls\na.jpg,1\n")
+    with pytest.raises(ValueError, match="expected the columns 'file,group'"):
+        ev.load_dataset(tmp_path, "ukbench")
+    (tmp_path / "groups.csv").write_text("file,group\nmissing.jpg,1\n")
+    with pytest.raises(ValueError, match="listed image not found"):
+        ev.load_dataset(tmp_path, "ukbench")
+
+
+def test_load_holidays_layout(tmp_path):
+    for n in (100001, 100000, 100100, 100002, 100101, 100200):
+        _touch(tmp_path / f"{n}.jpg")
+    ds = ev.load_dataset(tmp_path, "holidays")
+    assert [p.stem for p in ds.paths] == ["100000", "100001", "100002", "100100", "100101", "100200"]
+    np.testing.assert_array_equal(ds.labels, [0, 0, 0, 1, 1, 2])
+    np.testing.assert_array_equal(ds.queries, [0, 3, 5])
+    assert ds.exclude_query
+    np.testing.assert_array_equal(ds.n_relevant, [2, 1, 0])  # 100200 has no relevant image
+    _touch(tmp_path / "holiday.jpg")
+    with pytest.raises(ValueError, match="not named by its image number"):
+        ev.load_dataset(tmp_path, "holidays")
+
+
+def test_load_dataset_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"layout must be one of \['folders', 'ukbench', 'holidays'\]"):
+        ev.load_dataset(tmp_path, "wang")
+    with pytest.raises(FileNotFoundError, match="dataset directory not found"):
+        ev.load_dataset(tmp_path / "nope")
+    with pytest.raises(ValueError, match="no class sub-directory with images"):
+        ev.load_dataset(tmp_path, "folders")
+    _touch(tmp_path / "100001.jpg")
+    with pytest.raises(ValueError, match="no query image"):
+        ev.load_dataset(tmp_path, "holidays")
+
+
+def test_corel_layout_agrees_with_labels_csv(corel_dir):
+    import csv
+    ds = ev.load_dataset(corel_dir, "folders")
+    with open(corel_dir / "labels.csv", newline="") as fh:
+        truth = {r["path"]: r["class_name"] for r in csv.DictReader(fh)}
+    assert len(ds) == len(truth) == 1000
+    got = {p.relative_to(corel_dir).as_posix(): ds.class_names[l] for p, l in zip(ds.paths, ds.labels)}
+    assert got == truth
+    np.testing.assert_array_equal(ds.n_relevant, np.full(1000, 99))
+
+
+def test_ukbench_layout_agrees_with_readme_rule(ukbench_dir):
+    ds = ev.load_dataset(ukbench_dir, "ukbench")
+    nums = [int(p.stem[-5:]) for p in ds.paths]
+    assert nums == list(range(56))
+    np.testing.assert_array_equal(ds.labels, np.arange(56) // 4)
+    # the numbering rule gives the same groups as groups.csv
+    ds2 = ev.load_dataset(ukbench_dir, "ukbench", groups_file=None)
+    np.testing.assert_array_equal(ds2.labels, ds.labels)
+
+
+def test_parse_descriptor():
+    assert ev.parse_descriptor("hsv") == ("hsv", {})
+    assert ev.parse_descriptor("hsv:bins=8x12x3, max_side=256") == ("hsv", {"bins": (8, 12, 3), "max_side": 256})
+    assert ev.parse_descriptor("x:a=0.5,b=none,c=true,d=abc") == ("x", {"a": 0.5, "b": None, "c": True, "d": "abc"})
+    with pytest.raises(ValueError, match="malformed descriptor parameter"):
+        ev.parse_descriptor("hsv:bins")
+
+
+# ---------------------------------------------------------------------------
+# evaluate() end to end (registry descriptors, exact search, re-ranking)
+# ---------------------------------------------------------------------------
+
+def _brute_rankings(x, metric, queries, exclude_query):
+    from fastimg.metrics import exact_scores, get_metric
+    m = get_metric(metric)
+    out = []
+    for q in queries:
+        s = exact_scores(m, x[q], x)
+        ids = [i for i in range(len(x)) if not (exclude_query and i == q)]
+        ids.sort(key=lambda i: ((-s[i] if m.higher_is_better else s[i]), i))
+        out.append(ids)
+    return out
+
+
+def test_evaluate_ukbench_ns_matches_brute_force(ukbench_dir):
+    from fastimg.registry import describe_many
+    ds = ev.load_dataset(ukbench_dir, "ukbench")
+    cache = {}
+    rows = ev.evaluate(ds, descriptors=["hsv72"], metrics=["bhattacharyya", "l1"], measures=["ns", "map"],
+                       features=cache)
+    x, errors = describe_many([str(p) for p in ds.paths], "hsv72")
+    assert not errors
+    np.testing.assert_array_equal(cache["hsv72"][0], x)
+    for row in rows:
+        rankings = _brute_rankings(x, row["metric"], range(56), exclude_query=False)
+        ns = np.mean([sum(ds.labels[i] == ds.labels[q] for i in r[:4]) for q, r in enumerate(rankings)])
+        aps = [_ap_loop([ds.labels[i] == ds.labels[q] for i in r], 4) for q, r in enumerate(rankings)]
+        assert row["ns"] == pytest.approx(ns)
+        assert row["map"] == pytest.approx(np.mean(aps))
+        assert row["n_queries"] == 56 and row["n_failed"] == 0 and row["rerank"] == "none"
+        assert 1.0 <= row["ns"] <= 4.0
+
+
+def test_evaluate_folders_with_rerank_matches_manual_pipeline(corel_dir):
+    from fastimg import rerank
+    from fastimg.registry import describe_many
+    full = ev.load_dataset(corel_dir, "folders")
+    pick = np.concatenate([np.flatnonzero(full.labels == c)[:8] for c in range(10)])  # 80 images
+    ds = ev.Dataset(full.root, "folders", [full.paths[i] for i in pick], full.labels[pick],
+                    np.arange(pick.size), True, full.class_names)
+    spec = "k-reciprocal:k1=5,k2=2,depth=30"
+    rows = ev.evaluate(ds, descriptors=["hsv72"], metrics=["bhattacharyya"], reranks=[None, spec],
+                       measures=["map", "p@5"])
+    x, _ = describe_many([str(p) for p in ds.paths], "hsv72")
+    base = _brute_rankings(x, "bhattacharyya", range(80), exclude_query=True)
+    from fastimg.metrics import exact_scores
+    aps0, aps1 = [], []
+    for q, r in enumerate(base):
+        def search(v, k, q=q):  # brute force over the subset, the query left out
+            res = [[i for i in _brute_rankings(np.vstack([x, row]), "bhattacharyya", [80], True)[0]
+                    if i != q][:k] for row in np.atleast_2d(v)]
+            ids = np.array(res)
+            return ids, np.array([exact_scores("bhattacharyya", row, x[i]) for row, i in zip(np.atleast_2d(v), ids)])
+        s = exact_scores("bhattacharyya", x[q], x[r])
+        new, _ = rerank.apply(spec, x[q], np.array(r), s, get_vectors=lambda i: x[i], search=search, k=79,
+                              metric="bhattacharyya")
+        aps0.append(_ap_loop([ds.labels[i] == ds.labels[q] for i in r], 7))
+        aps1.append(_ap_loop([ds.labels[i] == ds.labels[q] for i in new], 7))
+    assert rows[0]["rerank"] == "none" and rows[1]["rerank"] == spec
+    assert rows[0]["map"] == pytest.approx(np.mean(aps0))
+    assert rows[1]["map"] == pytest.approx(np.mean(aps1), abs=1e-6)
+
+
+def _write_holidays(tmp_path):
+    import cv2
+    rng = np.random.default_rng(0)
+    colours = {1000: (0, 0, 220), 1001: (220, 0, 0), 1002: (0, 200, 0)}  # BGR red, blue, green scenes
+    for g, c in colours.items():
+        for j in range(3):
+            img = np.clip(np.array(c) + rng.integers(-25, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(tmp_path / f"{g * 100 + j}.png"), img)
+
+
+def test_evaluate_holidays_synthetic_groups(tmp_path):
+    _write_holidays(tmp_path)
+    rows = ev.evaluate(tmp_path, "holidays", descriptors=["hsv72"], measures=["map", "p@1"],
+                       reranks=[None, "qe:n=1"])
+    # each group is one colour: both group members rank first for its query
+    for row in rows:
+        assert row["n_queries"] == 3
+        assert row["map"] == pytest.approx(1.0) and row["p@1"] == pytest.approx(1.0)
+
+
+def test_evaluate_reports_failed_images_and_bad_metric(tmp_path):
+    _write_holidays(tmp_path)
+    (tmp_path / "100202.png").write_bytes(b"not an image")
+    rows = ev.evaluate(tmp_path, "holidays", descriptors=["hsv72"], metrics=["bhattacharyya"], measures=["map"])
+    assert rows[0]["n_failed"] == 1 and rows[0]["map"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown metric"):
+        ev.evaluate(tmp_path, "holidays", descriptors=["hsv72"], metrics=["hamming"])
+    with pytest.raises(ValueError, match="unknown evaluation metric"):
+        ev.evaluate(tmp_path, "holidays", descriptors=["hsv72"], measures=["ndcg"])
+    with pytest.raises(ValueError, match="unknown re-ranking"):
+        ev.evaluate(tmp_path, "holidays", descriptors=["hsv72"], reranks=["magic"])
+
+
+def test_cli_eval_table_and_json(tmp_path, capsys):
+    import json
+
+    from fastimg.cli import main
+    (tmp_path / "h").mkdir()
+    _write_holidays(tmp_path / "h")
+    out = tmp_path / "r.json"
+    assert main(["eval", str(tmp_path / "h"), "--layout", "holidays", "--descriptor", "hsv72",
+                 "--rerank", "none", "--rerank", "qe:n=1", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["layout"] == "holidays" and doc["n_queries"] == 3
+    assert [r["rerank"] for r in doc["results"]] == ["none", "qe:n=1"]
+    assert doc["results"][0]["map"] == pytest.approx(1.0)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "h"), "--layout", "holidays", "--descriptor", "hsv72",
+                 "--measure", "map"]) == 0
+    text = capsys.readouterr().out
+    assert "hsv72" in text and "1.0000" in text and "3 queries" in text
+    assert main(["eval", str(tmp_path / "h"), "--layout", "holidays", "--rerank", "nope"]) == 1
+    assert "unknown re-ranking 'nope'" in capsys.readouterr().err
