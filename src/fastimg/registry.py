@@ -51,7 +51,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from fastimg.errors import DescriptorError, ImageError
-from fastimg.image import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from fastimg.image import ImageSource, _shrink, load_image
 
 __all__ = [
     "Descriptor",
@@ -193,7 +193,9 @@ class Descriptor:
         ----------
         bgr : numpy.ndarray
             ``uint8`` array of shape ``(H, W, 3)``, BGR (as from :func:`fastimg.image.load_image`).
-            It is used as given (no working-size reduction; :func:`describe` does that).
+            If its longer side exceeds :attr:`max_side` it is first shrunk to the
+            working size (``cv2.INTER_AREA``), so ``compute(load_image(p))`` and
+            :func:`describe` agree up to JPEG reduced-decoding differences.
 
         Returns
         -------
@@ -206,6 +208,8 @@ class Descriptor:
             If ``bgr`` is not a non-empty ``uint8`` ``(H, W, 3)`` array.
         """
         _check_bgr(bgr)
+        if self.max_side is not None and max(bgr.shape[0], bgr.shape[1]) > self.max_side:
+            bgr = _shrink(bgr, self.max_side)
         v = np.asarray(self._raw(bgr), dtype=np.float32).reshape(-1)
         if v.shape[0] != self.dim:
             raise DescriptorError(f"descriptor {self.name!r} produced {v.shape[0]} values; expected dim={self.dim}")
