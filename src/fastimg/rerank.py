@@ -491,17 +491,7 @@ def _apply(sp: RerankSpec, m: Any, q: np.ndarray, ids_: np.ndarray, sc_: np.ndar
             return ids_[:k], sc_[:k]
         x = np.asarray(get_vectors(head), dtype=np.float64)
         nb_ids, _ = search(x.astype(np.float32), p["n"] + 1)
-        nb_ids = np.asarray(nb_ids).astype(np.int64)
-        aug = np.empty_like(x)
-        for r in range(head.shape[0]):
-            row = nb_ids[r]
-            row = row[(row >= 0) & (row != head[r])][:p["n"]]
-            if row.shape[0] == 0:
-                aug[r] = x[r]
-                continue
-            xn = np.asarray(get_vectors(row), dtype=np.float64)
-            w = similarity(m, x[r], xn) ** p["alpha"] if p["alpha"] > 0 else np.ones(row.shape[0])
-            aug[r] = expand(m, x[r], xn, w)
+        aug = _augment_rows(m, x, head, np.asarray(nb_ids), p["n"], p["alpha"], get_vectors)
         from fastimg.metrics import exact_scores
         new = exact_scores(m, q, aug)
         order = np.lexsort((head, -new if m.higher_is_better else new))
@@ -525,6 +515,33 @@ def _apply(sp: RerankSpec, m: Any, q: np.ndarray, ids_: np.ndarray, sc_: np.ndar
     return out_ids, out_sc
 
 
+def _augment_rows(m: Any, x: np.ndarray, self_ids: np.ndarray, nb_ids: np.ndarray, n: int, alpha: float,
+                  get_vectors: GetVectors) -> np.ndarray:
+    """DBA of rows ``x`` (ids ``self_ids``) from their search results ``nb_ids`` (self and -1 dropped)."""
+    nb = np.asarray(nb_ids).astype(np.int64).reshape(x.shape[0], -1)
+    ok = (nb >= 0) & (nb != self_ids[:, None])
+    order = np.argsort(~ok, axis=1, kind="stable")[:, :n]  # first n valid neighbours, in rank order
+    nb = np.take_along_axis(nb, order, axis=1)
+    ok = np.take_along_axis(ok, order, axis=1)
+    flat = nb[ok]
+    vecs = np.zeros(nb.shape + (x.shape[1],))
+    if flat.size:
+        vecs[ok] = np.asarray(get_vectors(flat), dtype=np.float64)
+    ex = expansion_space(m, x)
+    en = expansion_space(m, vecs.reshape(-1, x.shape[1])).reshape(vecs.shape)
+    if alpha > 0:
+        ue = _unit_embedding(m, x)
+        un = _unit_embedding(m, vecs.reshape(-1, x.shape[1])).reshape(vecs.shape)
+        w = np.clip(np.einsum("rnd,rd->rn", un, ue), 0.0, 1.0) ** alpha
+    else:
+        w = np.ones(nb.shape)
+    w = np.where(ok, w, 0.0)
+    out = (ex + np.einsum("rn,rnd->rd", w, en)) / (1.0 + w.sum(axis=1))[:, None]
+    if m.nonneg:
+        out = np.maximum(out, 0.0) * x.sum(axis=1)[:, None]
+    return out
+
+
 # ---------------------------------------------------------------------------
 # offline DBA over a whole matrix
 # ---------------------------------------------------------------------------
@@ -545,7 +562,8 @@ def augment_database(vectors: npt.ArrayLike, metric: Any = "pearson", *, n: int 
     alpha : float >= 0
         Weight exponent (0 = uniform weights).
     search : callable ``(vectors (m, D), k) -> (ids, scores)``, optional
-        Search over ``vectors``; default :func:`fastimg.topk` on ``vectors``.
+        Search over ``vectors``; default an exact
+        :class:`fastimg.search.ExactSearcher` over ``vectors``.
     batch : int
         Rows searched per call.
 
@@ -567,23 +585,16 @@ def augment_database(vectors: npt.ArrayLike, metric: Any = "pearson", *, n: int 
     nrows = x.shape[0]
     kk = min(n + 1, nrows)
     if search is None:
-        from fastimg import topk
+        from fastimg.search import ExactSearcher
+
+        searcher = ExactSearcher(np.ascontiguousarray(x, dtype=np.float32), m.name)
 
         def search(v: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-            return topk(x, v, k, m.name)
+            return searcher.search(v, k)
     out = np.empty(x.shape, dtype=np.float32)
     for start in range(0, nrows, batch):
         stop = min(nrows, start + batch)
         nb_ids, _ = search(np.ascontiguousarray(x[start:stop], dtype=np.float32), kk)
-        nb_ids = np.asarray(nb_ids).astype(np.int64)
-        for r in range(start, stop):
-            row = nb_ids[r - start]
-            row = row[(row >= 0) & (row != r)][:n]
-            xr = np.asarray(x[r], dtype=np.float64)
-            if row.shape[0] == 0:
-                out[r] = xr
-                continue
-            xn = np.asarray(x[row], dtype=np.float64)
-            w = similarity(m, xr, xn) ** alpha if alpha > 0 else np.ones(row.shape[0])
-            out[r] = expand(m, xr, xn, w)
+        out[start:stop] = _augment_rows(m, np.asarray(x[start:stop], dtype=np.float64),
+                                        np.arange(start, stop), np.asarray(nb_ids), n, alpha, lambda i: x[i])
     return out
