@@ -175,6 +175,10 @@ def test_reduced_jpeg_decode_close_to_full_decode_then_resize():
     diff = np.abs(out.astype(int) - ref.astype(int))
     assert diff.mean() < 2.0
     assert np.percentile(diff, 99) <= 8
+    # 1800 / 4 = 450 is at least 7/8 of 460: decoded at 1/4 and not enlarged
+    assert load_image(data, max_side=460).shape == (300, 450, 3)
+    # 1800 / 4 = 450 is below 7/8 of 520 = 455: decoded at 1/2 (900 x 600), then resized to 520
+    assert load_image(data, max_side=520).shape == (347, 520, 3)
 
 
 def test_max_side_validation():
