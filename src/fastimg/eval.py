@@ -813,6 +813,9 @@ def _evaluate_one(ds: Dataset, data: np.ndarray, labels: np.ndarray, qids: np.nd
         length = (n - 1 if excl else n) if depth is None else min(depth, n - 1 if excl else n)
         ids, scores = searcher.search(data[qids], length + (1 if excl else 0))
         t_base = time.perf_counter() - t0
+        # re-ranking callbacks search a few rows at a time: one thread avoids
+        # oversubscribing a busy machine (same prepared matrix, no copy)
+        searcher1 = ExactSearcher(data, mname, prepared=searcher.prepared, bias=searcher.bias, threads=1)
     except ValueError as exc:
         return [{**base, "rerank": str(s) if s else "none", "error": str(exc)} for s in specs]
     if excl:  # drop each query from its own ranking (ExactSearcher's exclude is global)
@@ -836,7 +839,7 @@ def _evaluate_one(ds: Dataset, data: np.ndarray, labels: np.ndarray, qids: np.nd
                 ex = [int(qid)] if excl else None
 
                 def search(v: np.ndarray, k: int, _ex: Any = ex) -> tuple:
-                    return searcher.search(v, k, exclude=_ex)
+                    return searcher1.search(v, k, exclude=_ex)
 
                 new_ids, _ = apply(spec, data[qid], ids[r], scores[r], get_vectors=lambda i: data[i],
                                    search=search, k=ids.shape[1], metric=mname)
