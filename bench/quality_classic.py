@@ -9,7 +9,7 @@ histogram metrics), ranked (ties by lower id) and evaluated with
 
 Usage::
 
-    nice .venv/bin/python bench/quality_classic.py [--quick] [--only NAME ...] [--combos]
+    nice .venv/bin/python bench/quality_classic.py [--quick] [--only NAME ...] [--search]
 
 Descriptor matrices are cached in ``$TMPDIR/fastimg-quality-cache`` (keyed by
 the descriptor spec) so re-runs only re-score.
@@ -50,6 +50,8 @@ CONFIGS = [
     ("lbp", {"mapping": "riu2"}),
     ("spatial-lbp", {}),
     ("ehd", {}),
+    ("cedd", {}),
+    ("spatial-cedd", {}),
     ("classic", {}),
 ]
 
@@ -141,28 +143,70 @@ def evaluate(metric: str, mat: np.ndarray, labels: np.ndarray) -> dict:
                            exclude_self=True, metrics=("map", "p@10"))
 
 
-def combos(paths, labels, cache, metrics):
-    """A small search over weighted concatenations (the 'combo' descriptor)."""
-    out = []
-    parts_sets = [
-        [("spatial-hsv", {"bins": [8, 12, 3]}, 1.0), ("correlogram", {"colors": "hsv72"}, 1.0)],
-        [("spatial-hsv", {"bins": [8, 12, 3]}, 1.0), ("correlogram", {"colors": "hsv72"}, 1.0), ("lbp", {}, 0.5)],
-        [("spatial-hsv", {"bins": [8, 12, 3]}, 1.0), ("correlogram", {"colors": "hsv72"}, 1.0), ("ehd", {}, 0.5)],
-        [("spatial-hsv", {"bins": [8, 12, 3]}, 1.0), ("correlogram", {"colors": "hsv72"}, 0.5), ("spatial-lbp", {}, 0.5)],
-        [("spatial-hsv", {"bins": [8, 12, 3]}, 1.0), ("correlogram", {"colors": "hsv72"}, 1.0), ("lbp", {}, 0.5), ("ehd", {}, 0.5)],
-        [("spatial-hsv", {"bins": [8, 12, 3]}, 1.0), ("lbp", {}, 0.5)],
-    ]
-    for ps in parts_sets:
-        parts = [{"name": n, "params": p, "weight": w} for n, p, w in ps]
-        out.append(("combo", {"parts": parts}))
-    return out
+# candidate parts for the weighted-concatenation search: label -> (name, params)
+PARTS = {
+    "shsv72": ("spatial-hsv72", {}),
+    "shsv": ("spatial-hsv", {"bins": [8, 12, 3]}),
+    "corr": ("correlogram", {"colors": "hsv72"}),
+    "lbp": ("lbp", {"mapping": "u2"}),
+    "slbp": ("spatial-lbp", {}),
+    "cedd": ("cedd", {}),
+    "ehd": ("ehd", {}),
+}
+
+# weighted combinations tried by --search (label -> weight)
+SEARCH = [
+    {"shsv72": 1, "lbp": 1},
+    {"shsv72": 1, "corr": 1},
+    {"shsv72": 1, "cedd": 1},
+    {"shsv72": 1, "corr": 1, "lbp": 1},
+    {"shsv72": 1, "corr": 0.5, "lbp": 0.5},
+    {"shsv72": 1, "corr": 1, "lbp": 0.5},
+    {"shsv72": 1, "corr": 0.5, "lbp": 1},
+    {"shsv72": 1, "corr": 1, "slbp": 1},
+    {"shsv72": 1, "corr": 1, "lbp": 1, "cedd": 1},
+    {"shsv72": 1, "corr": 1, "lbp": 1, "ehd": 0.5},
+    {"shsv72": 1, "corr": 0.5, "lbp": 0.5, "cedd": 0.5},
+    {"shsv": 1, "corr": 1, "lbp": 1},
+    {"shsv72": 2, "corr": 1, "lbp": 1, "cedd": 1},
+    {"shsv72": 1, "corr": 1, "lbp": 1.5, "cedd": 1},
+    {"shsv72": 1, "corr": 1.5, "lbp": 1, "cedd": 1},
+]
+
+
+def combine(mats: dict, weights: dict) -> np.ndarray:
+    """The ``combo`` descriptor from cached part matrices: each part row scaled to sum 1,
+    times ``weight / sum(weights)``, concatenated (as fastimg's combo computes it)."""
+    total = sum(weights.values())
+    cols = []
+    for label, w in weights.items():
+        m = mats[label].astype(np.float64)
+        s = m.sum(axis=1, keepdims=True)
+        cols.append(np.where(s > 0, m / np.where(s > 0, s, 1), 0) * (w / total))
+    return np.concatenate(cols, axis=1).astype(np.float32)
+
+
+def search(paths, labels, cache: Path, metrics) -> None:
+    mats = {}
+    for label, (name, params) in PARTS.items():
+        mats[label] = describe_cached(paths, name, params, cache)[1]
+    print("\n| combination (weights) | dim | " + " | ".join(metrics) + " | best (mAP / P@10) |")
+    print("|---|---|" + "---|" * len(metrics) + "---|")
+    for weights in SEARCH:
+        mat = combine(mats, weights)
+        res = {m: evaluate(m, mat, labels) for m in metrics}
+        best = max(res, key=lambda m: res[m]["map"])
+        cells = " | ".join(f"**{res[m]['map']:.3f}**" if m == best else f"{res[m]['map']:.3f}" for m in metrics)
+        label = " + ".join(f"{k}x{v:g}" for k, v in weights.items())
+        print(f"| {label} | {mat.shape[1]} | {cells} | {best}: {res[best]['map']:.3f} / {res[best]['p@10']:.3f} |",
+              flush=True)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only bhattacharyya, chisqr_alt, l1 and pearson")
     ap.add_argument("--only", nargs="*", help="descriptor names to run")
-    ap.add_argument("--combos", action="store_true", help="also search weighted combinations")
+    ap.add_argument("--search", action="store_true", help="only the weighted-combination search (from cached parts)")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "fastimg-quality-cache"))
     args = ap.parse_args(argv)
     if not (COREL / "labels.csv").exists():
@@ -170,9 +214,10 @@ def main(argv=None) -> int:
         return 2
     paths, labels = load_corel()
     metrics = ["bhattacharyya", "chisqr_alt", "l1", "pearson"] if args.quick else METRICS
+    if args.search:
+        search(paths, labels, Path(args.cache), ["bhattacharyya", "chisqr_alt", "l1"] if args.quick else metrics)
+        return 0
     configs = [c for c in CONFIGS if not args.only or c[0] in args.only]
-    if args.combos:
-        configs += combos(paths, labels, Path(args.cache), metrics)
     print("| descriptor | params | dim | " + " | ".join(metrics) + " | best (mAP / P@10) | ms/img (2 threads) |")
     print("|---|---|---|" + "---|" * len(metrics) + "---|---|")
     for name, params in configs:

@@ -621,3 +621,105 @@ def test_describe_many_on_corel_matches_describe(corel_dir):
     assert errors == {}
     for i in (0, len(paths) - 1):
         np.testing.assert_array_equal(mat[i], describe(paths[i], "correlogram"))
+
+
+# ---------------------------------------------------------------------------
+# cedd: pure-Python per-block reference (colorsys for HSV) and hand-computed cases
+# ---------------------------------------------------------------------------
+def _trap(x, a, b, c, d):
+    if x < a or x > d:
+        return 0.0
+    if x < b:
+        return (x - a) / (b - a)
+    if x <= c or d == c:
+        return 1.0
+    return (d - x) / (d - c)
+
+
+HUE_SETS = [(0, 0, 5, 10), (5, 10, 35, 50), (35, 50, 70, 85), (70, 85, 150, 165), (150, 165, 195, 205),
+            (195, 205, 265, 280), (265, 280, 315, 330), (315, 330, 360, 360)]
+
+
+def ref_colour24(h, s, v):
+    out = [0.0] * 24
+    s_lo, s_hi = _trap(s, 0, 0, 10, 75), _trap(s, 10, 75, 255, 255)
+    v_dk, v_md, v_br = _trap(v, 0, 0, 10, 75), _trap(v, 10, 75, 180, 220), _trap(v, 180, 220, 255, 255)
+    out[0] = v_dk * (s_lo + s_hi)
+    out[1] = s_lo * v_md
+    out[2] = s_lo * v_br
+    for k, hs in enumerate(HUE_SETS):
+        w = s_hi * (v_md + v_br) * _trap(h, *hs)
+        c = k % 7
+        out[3 + 3 * c] += w * _trap(v, 68, 188, 255, 255) * _trap(s, 68, 188, 255, 255)
+        out[4 + 3 * c] += w * _trap(v, 68, 188, 255, 255) * _trap(s, 0, 0, 68, 188)
+        out[5 + 3 * c] += w * _trap(v, 0, 0, 68, 188)
+    return out
+
+
+def ref_cedd(img, t0=14.0, t1=0.68, t2=0.98, t3=0.98):
+    import colorsys
+
+    H, W = img.shape[:2]
+    sx, sy = max(2, W // 40 - (W // 40) % 2), max(2, H // 40 - (H // 40) % 2)
+    f = img.astype(np.float64)
+    grey = 0.114 * f[..., 0] + 0.587 * f[..., 1] + 0.299 * f[..., 2]
+    out = np.zeros(144)
+    for y in range(0, H - sy, sy):
+        for x in range(0, W - sx, sx):
+            g = grey[y:y + sy, x:x + sx]
+            a0, a1 = g[:sy // 2, :sx // 2].mean(), g[:sy // 2, sx // 2:].mean()
+            a2, a3 = g[sy // 2:, :sx // 2].mean(), g[sy // 2:, sx // 2:].mean()
+            m = [abs(2 * (a0 - a1 - a2 + a3)), abs(a0 + a1 - a2 - a3), abs(a0 - a1 + a2 - a3),
+                 math.sqrt(2) * abs(a0 - a3), math.sqrt(2) * abs(a1 - a2)]
+            mx = max(m)
+            if mx < t0:
+                classes = [0]
+            else:
+                classes = [k + 1 for k, th in enumerate((t1, t2, t2, t3, t3)) if m[k] / mx > th]
+            b, gr, r = f[y:y + sy, x:x + sx].reshape(-1, 3).mean(axis=0)
+            hh, ss, vv = colorsys.rgb_to_hsv(r / 255, gr / 255, b / 255)
+            col = ref_colour24(hh * 360, ss * 255, vv * 255)
+            for c in classes:
+                out[24 * c:24 * c + 24] += col
+    return out / out.sum()
+
+
+@pytest.mark.parametrize("seed,shape", [(0, (90, 130)), (1, (161, 83))])
+def test_cedd_matches_python_reference(seed, shape):
+    rng = np.random.default_rng(seed)
+    img = cv2.resize(rng.integers(0, 256, (shape[0] // 7, shape[1] // 7, 3), dtype=np.uint8), shape[::-1],
+                     interpolation=cv2.INTER_LINEAR)
+    v = get_descriptor("cedd").compute(img)
+    ref = ref_cedd(img)
+    np.testing.assert_allclose(v, ref, rtol=1e-5, atol=1e-6)
+    assert (ref.reshape(6, 24).sum(axis=1) > 0).sum() >= 3  # several texture classes exercised
+
+
+def test_cedd_colour_memberships_sum_to_one():
+    from fastimg import _kernels
+
+    out = np.zeros(24)
+    rng = np.random.default_rng(0)
+    for h, s, v in rng.uniform([0, 0, 0], [360, 255, 255], size=(200, 3)):
+        _kernels.cedd_colour24(h, s, v, _kernels._CEDD_HUE, out)
+        assert out.sum() == pytest.approx(1.0)
+        np.testing.assert_allclose(out, ref_colour24(h, s, v), atol=1e-12)
+
+
+def test_cedd_hand_computed():
+    d = get_descriptor("cedd")
+    assert d.dim == 144
+    red = d.compute(np.full((100, 100, 3), (0, 0, 255), np.uint8))
+    assert red[3] == 1.0  # no edge (class 0), vivid red (bin 3)
+    grey = d.compute(np.full((100, 100, 3), 128, np.uint8))
+    assert grey[1] == 1.0  # no edge, grey
+    # 80 x 80, black up to column 40, white from 41: 2 x 2 blocks, 39 x 39 of them;
+    # block column x = 40 straddles the edge: vertical (class 3), mean grey 127.5 (bin 1)
+    img = np.zeros((80, 80, 3), np.uint8)
+    img[:, 41:] = 255
+    v = d.compute(img)
+    expected = np.zeros(144)
+    expected[0] = 20 * 39 / 1521   # black blocks, x = 0..38
+    expected[2] = 18 * 39 / 1521   # white blocks, x = 42..76
+    expected[3 * 24 + 1] = 39 / 1521
+    np.testing.assert_allclose(v, expected, atol=1e-7)
