@@ -535,3 +535,17 @@ def test_default_index_path(monkeypatch, tmp_path):
     assert default_index_path() == tmp_path / "data" / "index"
     monkeypatch.setenv("FASTIMG_INDEX", str(tmp_path / "mine"))
     assert default_index_path() == tmp_path / "mine"
+
+
+def test_histogram_metric_on_negative_vectors_is_a_clear_error(tmp_path):
+    with Index.create(tmp_path / "ix", descriptor="custom", dim=3) as ix:
+        ix.add_vectors(np.array([[0.2, 0.3, 0.5], [0.1, 0.1, 0.8]], np.float32), ["a", "b"])
+        assert ix._store.has_negative() is False  # tracked at commit: no validation pass needed
+        q = np.array([0.3, 0.3, 0.4], np.float32)
+        _check(ix.search(q, k=2, metric="bhattacharyya"), "bhattacharyya", q,
+               np.array([[0.2, 0.3, 0.5], [0.1, 0.1, 0.8]]), np.arange(2), 2)
+        ix.add_vectors(np.array([-1.0, 0.5, 0.5], np.float32), ["neg"])
+        assert ix._store.has_negative() is True
+        with pytest.raises(ValueError, match="negative"):
+            ix.search(q, k=2, metric="bhattacharyya")
+        assert len(ix.search(q, k=3, metric="cosine")) == 3

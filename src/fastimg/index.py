@@ -858,7 +858,8 @@ class Index:
         if arr.shape[0] == 0:
             return np.zeros(0, dtype=np.int64)
         with self._mutex:
-            old = [self._store.find_live(nm) for nm in names]
+            found = self._store.find_live_many(names)
+            old = [found.get(nm) for nm in names]
             self._store.append_vectors(arr)
             try:
                 ids = self._store.commit_rows(
@@ -1141,8 +1142,9 @@ class Index:
         if m.ip_form and view.state.committed > 0:
             prepared, bias = self._prepared(m.name, view)
         # rows were checked finite when added; histogram metrics also need them
-        # non-negative, which the searcher verifies once (one read pass)
-        check = bool(m.nonneg)
+        # non-negative, which the store tracks: the searcher verifies (one read
+        # pass over the matrix, and a clear error) only when negatives may exist
+        check = bool(m.nonneg) and self._store.has_negative() is not False
         if prepared is not None:
             searcher = ExactSearcher(view.vectors, m.name, prepared=prepared, bias=bias, threads=self.threads,
                                      check=check)

@@ -28,7 +28,9 @@ An index is **one directory**::
     ``committed`` (the number of rows of the vector file that are valid),
     ``generation`` (the vector file in use, bumped by compaction), ``version``
     (bumped by every write transaction, so readers notice changes with one query),
-    and the ANN graph's state (``ann``: JSON).  The committed count lives here, not
+    ``has_negative`` (JSON bool: may a committed row hold a negative value? lets
+    histogram metrics skip a validation pass over the matrix) and the ANN graph's
+    state (``ann``: JSON).  The committed count lives here, not
     in the manifest, so that it advances in **the same transaction** as the rows'
     metadata: the two can never disagree.
     ``images(id, path, is_file, size, mtime_ns, hash, added, deleted, metadata)``:
@@ -259,6 +261,7 @@ class Store:
         self._conn: Optional[sqlite3.Connection] = None
         self._mutex = threading.RLock()
         self._pending = 0  # rows appended to the vector file but not committed yet
+        self._pending_negative = False  # does any pending row hold a negative value?
         manifest_path = self.path / MANIFEST
         if not self.path.is_dir():
             raise IndexNotFoundError(f"{self.path}: no fastimg index here (directory not found)")
@@ -356,6 +359,7 @@ class Store:
                     ("committed", "0"),
                     ("generation", "0"),
                     ("version", "0"),
+                    ("has_negative", "false"),
                 ],
             )
             conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
@@ -650,6 +654,7 @@ class Store:
                 f.flush()
                 os.fsync(f.fileno())
             self._pending += len(vectors)
+            self._pending_negative |= bool((vectors < 0).any())
             return first
 
     def commit_rows(self, rows: Sequence[NewRow], *, delete: Iterable[int] = ()) -> range:
@@ -681,12 +686,23 @@ class Store:
                     ],
                 )
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'committed'", (str(ids.stop),))
+                if self._pending_negative:
+                    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('has_negative', 'true')")
             self._pending = 0
+            self._pending_negative = False
             return ids
 
     def rollback_pending(self) -> None:
         """Forget appended-but-uncommitted rows (they are overwritten by the next append)."""
         self._pending = 0
+        self._pending_negative = False
+
+    def has_negative(self) -> Optional[bool]:
+        """Whether any committed row may hold a negative value (None: unknown).
+
+        Maintained by :meth:`commit_rows` (JSON ``has_negative`` in ``meta``), so
+        histogram metrics need not scan the matrix to validate it."""
+        return self.get_meta("has_negative")
 
     # -------------------------------------------------------------- metadata
     def rows(self, ids: Iterable[int]) -> list[Row]:
@@ -718,6 +734,19 @@ class Store:
                 f"SELECT {_COLUMNS} FROM images WHERE path = ? AND deleted = 0", (path,)
             ).fetchone()
         return None if t is None else _row(t)
+
+    def find_live_many(self, paths: Sequence[str]) -> dict[str, Row]:
+        """Live rows stored under any of ``paths`` (stored form), keyed by path."""
+        out: dict[str, Row] = {}
+        paths = list(paths)
+        with self._read():
+            conn = self._db()
+            for start in range(0, len(paths), 900):
+                chunk = paths[start:start + 900]
+                q = f"SELECT {_COLUMNS} FROM images WHERE deleted = 0 AND path IN ({','.join('?' * len(chunk))})"
+                for t in conn.execute(q, chunk):
+                    out[t[1]] = _row(t)
+        return out
 
     def find_hash(self, digest: str) -> list[Row]:
         """Rows (live first, then lower id first) whose content hash is ``digest``."""
