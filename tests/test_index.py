@@ -549,3 +549,25 @@ def test_histogram_metric_on_negative_vectors_is_a_clear_error(tmp_path):
         with pytest.raises(ValueError, match="negative"):
             ix.search(q, k=2, metric="bhattacharyya")
         assert len(ix.search(q, k=3, metric="cosine")) == 3
+
+
+@pytest.mark.parametrize("spec", ["qe", "dba:depth=20", "k-reciprocal:k1=5,k2=2,depth=20"])
+def test_rerank_is_wired_with_the_index_vectors_and_exclusions(custom, data, spec):
+    from fastimg import rerank
+
+    custom.remove([7, 8])
+    live = np.setdiff1d(np.arange(300), [7, 8])
+    q = data[11]  # an indexed vector: row 11 is "self" and stays excluded in every search
+
+    def brute_search(vectors, kk):
+        vv = np.atleast_2d(vectors)
+        out = [_brute("cosine", v, data, np.setdiff1d(live, [11]), kk) for v in vv]
+        return np.stack([o[0] for o in out]), np.stack([o[1] for o in out]).astype(np.float32)
+
+    ids0, scores0 = brute_search(q, 10)
+    exp_ids, exp_scores = rerank.apply(spec, q, ids0[0], scores0[0], get_vectors=lambda ids: data[np.asarray(ids)],
+                                       search=brute_search, k=10, metric="cosine")
+    hits = custom.search(q, k=10, rerank=spec)
+    assert [h.id for h in hits] == np.asarray(exp_ids).tolist()
+    np.testing.assert_allclose([h.score for h in hits], exp_scores, rtol=1e-4, atol=1e-5)
+    assert 11 not in [h.id for h in hits] and not {7, 8} & {h.id for h in hits}

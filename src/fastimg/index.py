@@ -20,9 +20,11 @@ behaviour:
 * **Concurrency**: one writer (``mode="a"``) at a time per index, enforced by a
   lock file (a second writer gets :class:`~fastimg.errors.IndexLockedError`);
   any number of readers (``mode="r"``), each seeing the last committed state
-  (checked cheaply at every call).  One ``Index`` object may be used from several
-  threads for searching; there is no global state, so several indexes (or
-  several handles on one index) can be open in one process.
+  (checked cheaply at every call).  One ``Index`` object may be shared by
+  threads: its calls are serialised by an internal lock (for parallel searches
+  in one process, open one read-only handle per thread).  There is no global
+  state, so several indexes (or several handles on one index) can be open in
+  one process.
 * **Search** (:meth:`Index.search`): the query is a path, encoded bytes, a BGR
   array, or a vector of the index dimension.  The exact mode scans the
   memory-mapped matrix with :class:`fastimg.search.ExactSearcher`; the ``ann``
