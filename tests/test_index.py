@@ -571,3 +571,46 @@ def test_rerank_is_wired_with_the_index_vectors_and_exclusions(custom, data, spe
     assert [h.id for h in hits] == np.asarray(exp_ids).tolist()
     np.testing.assert_allclose([h.score for h in hits], exp_scores, rtol=1e-4, atol=1e-5)
     assert 11 not in [h.id for h in hits] and not {7, 8} & {h.id for h in hits}
+
+
+def test_corrupt_ann_graph_falls_back_to_exact_and_says_why(tmp_path):
+    pytest.importorskip("hnswlib")
+    X = _clustered(300, 8, seed=4)
+    with Index.create(tmp_path / "ix", descriptor="custom", dim=8, metric="l2") as ix:
+        ix.add_vectors(X, [f"x{i}" for i in range(300)])
+        ix.build_ann(M=8, ef_construction=32)
+    graph = tmp_path / "ix" / "ann" / "hnsw.bin"
+    raw = bytearray(graph.read_bytes())
+    raw[100:110] = b"\xff" * 10
+    graph.write_bytes(bytes(raw))
+    q = X[3] + 0.01
+    with Index.open(tmp_path / "ix") as ro:
+        _check(ro.search(q, k=5), "l2", q, X, np.arange(300), 5)  # auto: exact, still right
+        with pytest.raises(ValueError, match=r"mode='ann' unavailable: .*hnsw\.bin"):
+            ro.search(q, k=5, mode="ann")
+        assert "hnsw.bin" in ro.info()["ann"]["error"]
+
+
+def test_auto_mode_uses_the_graph_above_the_crossover(tmp_path, monkeypatch):
+    pytest.importorskip("hnswlib")
+    from fastimg import ann
+
+    X = _clustered(400, 8, seed=6)
+    calls = []
+    real = ann.HnswGraph.search
+    monkeypatch.setattr(ann.HnswGraph, "search", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    with Index.create(tmp_path / "ix", descriptor="custom", dim=8) as ix:
+        ix.add_vectors(X, [f"x{i}" for i in range(400)])
+        ix.build_ann(M=8, ef_construction=64)
+        monkeypatch.setattr(ann, "ANN_CROSSOVER", 1000)
+        assert ix.info()["ann"]["auto_mode"] == "exact"
+        ix.search(X[0], k=3)
+        assert calls == []
+        monkeypatch.setattr(ann, "ANN_CROSSOVER", 100)
+        assert ix.info()["ann"]["auto_mode"] == "ann"
+        assert ix.info()["ann"]["crossover"] == 100
+        auto = ix.search(X[0], k=3)
+        assert calls == [1]
+        assert auto == ix.search(X[0], k=3, mode="ann")
+        ix.search(X[0], k=3, metric="l2")  # the graph serves cosine: auto falls back to exact
+        assert calls == [1, 1]

@@ -1351,7 +1351,7 @@ class Index:
         extra = max([len(s) for s in selfs if s] + [0]) + (1 if any(ident) else 0)
         want = min(k + extra, v.live)
         graph, meta = (None, None)
-        if mode in ("auto", "ann"):
+        if mode == "ann" or (mode == "auto" and v.live >= self._ann_crossover()):
             graph, meta = self._load_graph(v)
             usable = graph is not None and meta is not None and meta.get("metric") == m.name
             if mode == "ann" and not usable:
