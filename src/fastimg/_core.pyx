@@ -11,7 +11,7 @@ the same arithmetic whatever thread processes it, results do not depend on the
 thread count.  Values are "higher is better": callers negate distances.
 
 Hot loops are plain C (GCC/Clang vector extensions) compiled twice through
-``target_clones`` on x86-64 Linux (Haswell: AVX2 + FMA, and a baseline), so a
+``target_clones`` on x86-64 Linux (x86-64-v3: AVX2 + FMA, and a baseline), so a
 portable build still runs AVX2 code where the CPU has it.
 """
 cimport openmp
@@ -32,7 +32,7 @@ cdef extern from *:
 
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
         && !defined(FASTIMG_NO_CLONES)
-    #  define FI_CLONES __attribute__((target_clones("arch=haswell", "default")))
+    #  define FI_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
     #else
     #  define FI_CLONES
     #endif

@@ -1,0 +1,168 @@
+"""fastimg.metrics against cv2.compareHist, scipy and hand-computed values."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from scipy.spatial import distance
+from scipy.stats import pearsonr
+
+from fastimg import metrics as M
+
+CV2_METHODS = {
+    "pearson": cv2.HISTCMP_CORREL,
+    "bhattacharyya": cv2.HISTCMP_BHATTACHARYYA,
+    "chisqr": cv2.HISTCMP_CHISQR,
+    "chisqr_alt": cv2.HISTCMP_CHISQR_ALT,
+    "intersect": cv2.HISTCMP_INTERSECT,
+    "kl_div": cv2.HISTCMP_KL_DIV,
+}
+
+
+def histograms(rng, n, d):
+    """Random non-negative rows with zero bins, a zero row, a constant row, a duplicate."""
+    x = rng.random((n, d), dtype=np.float32)
+    x[rng.random(x.shape) < 0.25] = 0
+    x[0] = 0
+    x[1] = 0.25
+    x[2] = x[3]
+    x[4] /= max(float(x[4].sum()), 1e-6)  # L1-normalised like a descriptor
+    return x
+
+
+def test_names_and_table():
+    assert M.metric_names() == ["pearson", "bhattacharyya", "chisqr", "chisqr_alt", "intersect",
+                                "kl_div", "cosine", "l2", "l1"]
+    for name, method in CV2_METHODS.items():
+        assert M.METRICS[name].cv2_method == method
+        assert M.METRICS[name].name == name
+    assert {n for n, m in M.METRICS.items() if m.ip_form} == {"pearson", "bhattacharyya", "cosine", "l2"}
+    assert {n for n, m in M.METRICS.items() if m.higher_is_better} == {"pearson", "intersect", "cosine"}
+    assert {n for n, m in M.METRICS.items() if m.nonneg} == {"bhattacharyya", "chisqr", "chisqr_alt",
+                                                              "intersect", "kl_div"}
+
+
+def test_get_metric():
+    assert M.get_metric("Pearson") is M.METRICS["pearson"]
+    assert M.get_metric(M.METRICS["l1"]) is M.METRICS["l1"]
+    with pytest.raises(ValueError, match=r"unknown metric 'euclid'; expected one of \['pearson'"):
+        M.get_metric("euclid")
+    with pytest.raises(TypeError, match="metric must be a str"):
+        M.get_metric(3)
+
+
+@pytest.mark.parametrize("name", sorted(CV2_METHODS))
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 8, 13, 72, 256])
+def test_exact_scores_match_compareHist(name, d):
+    rng = np.random.default_rng(d)
+    x = histograms(rng, 40, d) if d >= 2 else rng.random((40, 1), dtype=np.float32)
+    method = CV2_METHODS[name]
+    for qi in (5, 0, 1, 3, 4):
+        q = x[qi]
+        expected = np.array([cv2.compareHist(q, row, method) for row in x])
+        got = M.exact_scores(name, q, x)
+        assert got.dtype == np.float64 and got.shape == (40,)
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_query_is_the_first_histogram():
+    """chisqr and kl_div are asymmetric: the query plays cv2's H1."""
+    q = np.array([0.5, 0.25, 0.25, 0.0], dtype=np.float32)
+    x = np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    # hand computed: sum over bins with q > 0 of (q - x)^2 / q
+    assert M.exact_scores("chisqr", q, x)[0] == pytest.approx(0.16 / 0.5 + 0.0025 / 0.25 + 0.0025 / 0.25, rel=1e-6)
+    assert M.exact_scores("chisqr", x[0], q[None])[0] != pytest.approx(M.exact_scores("chisqr", q, x)[0])
+    kl = 0.5 * np.log(0.5 / 0.1) + 0.25 * np.log(0.25 / 0.2) + 0.25 * np.log(0.25 / 0.3)
+    assert M.exact_scores("kl_div", q, x)[0] == pytest.approx(kl, rel=1e-6)
+
+
+def test_pearson_against_scipy():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(20, 30)).astype(np.float32)
+    q = rng.normal(size=30).astype(np.float32)
+    expected = [pearsonr(q.astype(np.float64), row.astype(np.float64))[0] for row in x]
+    np.testing.assert_allclose(M.exact_scores("pearson", q, x), expected, rtol=1e-10)
+
+
+def test_non_cv2_metrics_against_scipy():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(25, 17)).astype(np.float32)
+    x[0] = 0
+    q = rng.normal(size=17).astype(np.float32)
+    x64, q64 = x.astype(np.float64), q.astype(np.float64)
+    np.testing.assert_allclose(M.exact_scores("l2", q, x), [distance.euclidean(q64, r) for r in x64], rtol=1e-12)
+    np.testing.assert_allclose(M.exact_scores("l1", q, x), [distance.cityblock(q64, r) for r in x64], rtol=1e-12)
+    cos = M.exact_scores("cosine", q, x)
+    assert cos[0] == 0.0  # zero row: defined as 0
+    np.testing.assert_allclose(cos[1:], [1 - distance.cosine(q64, r) for r in x64[1:]], rtol=1e-10)
+
+
+def test_special_cases_hand_computed():
+    zero = np.zeros(4, dtype=np.float32)
+    h = np.array([[1, 2, 3, 4]], dtype=np.float32)
+    const = np.full((1, 4), 3.0, dtype=np.float32)
+    assert M.exact_scores("pearson", h[0], const)[0] == 1.0      # zero variance -> 1
+    assert M.exact_scores("bhattacharyya", h[0], zero[None])[0] == 1.0
+    assert M.exact_scores("chisqr", zero, h)[0] == 0.0           # every query bin skipped
+    assert M.exact_scores("kl_div", h[0], zero[None])[0] == pytest.approx(
+        sum(p * np.log(p / 1e-10) for p in (1, 2, 3, 4)))
+    assert M.exact_scores("intersect", h[0], const)[0] == 1 + 2 + 3 + 3
+
+
+def test_exact_scores_shape_checked():
+    with pytest.raises(ValueError, match=r"rows must have shape \(M, 3\)"):
+        M.exact_scores("l2", np.zeros(3), np.zeros((2, 4)))
+
+
+@pytest.mark.parametrize("name", ["pearson", "bhattacharyya", "cosine", "l2"])
+def test_prepared_layout(name):
+    rng = np.random.default_rng(1)
+    x = histograms(rng, 70, 9)
+    prepared, bias = M.prepare_rows(name, x)
+    assert prepared.dtype == np.float32 and prepared.shape == x.shape
+    assert prepared.flags.c_contiguous and prepared.ctypes.data % 64 == 0
+    assert (bias is not None) == (name in ("pearson", "l2"))
+    if bias is not None:
+        assert bias.dtype == np.float32 and bias.shape == (70,)
+
+
+def test_surrogates_reproduce_the_metric():
+    """Hand-derived relations between the inner product and the oracle metric."""
+    rng = np.random.default_rng(2)
+    x = histograms(rng, 200, 72)
+    for q in (x[5], x[4], x[10]):
+        # pearson: the surrogate *is* the correlation (constant rows via bias = 1)
+        p, b = M.prepare_rows("pearson", x)
+        sur = p @ M.prepare_query("pearson", q) + b
+        ref = [cv2.compareHist(q, r, cv2.HISTCMP_CORREL) for r in x]
+        np.testing.assert_allclose(sur, ref, atol=2e-6)
+        # bhattacharyya: distance = sqrt(1 - surrogate)
+        p, b = M.prepare_rows("bhattacharyya", x)
+        assert b is None
+        sur = p @ M.prepare_query("bhattacharyya", q)
+        ref = [cv2.compareHist(q, r, cv2.HISTCMP_BHATTACHARYYA) for r in x]
+        np.testing.assert_allclose(np.sqrt(np.maximum(1 - sur, 0)), ref, atol=2e-3)
+        np.testing.assert_allclose(1 - sur, np.square(ref), atol=5e-6)
+        # l2: |q - x|^2 = |q|^2 - surrogate
+        p, b = M.prepare_rows("l2", x)
+        sur = p @ M.prepare_query("l2", q) + b
+        ref = [distance.sqeuclidean(q.astype(np.float64), r.astype(np.float64)) for r in x]
+        np.testing.assert_allclose(float(q.astype(np.float64) @ q) - sur, ref, atol=1e-4)
+        # cosine
+        p, _ = M.prepare_rows("cosine", x)
+        sur = p @ M.prepare_query("cosine", q)
+        ref = [0.0 if not r.any() else 1 - distance.cosine(q.astype(np.float64), r) for r in x]
+        np.testing.assert_allclose(sur, ref, atol=2e-6)
+
+
+def test_prepare_rows_rejects_direct_metrics():
+    with pytest.raises(ValueError, match="'chisqr' has no inner-product form"):
+        M.prepare_rows("chisqr", np.ones((2, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"data must be 2-D \(N, D\)"):
+        M.prepare_rows("pearson", np.ones(3, dtype=np.float32))
+
+
+def test_aligned_empty():
+    for shape in [(3, 5), (1, 1), (100, 72)]:
+        a = M.aligned_empty(shape)
+        assert a.shape == shape and a.dtype == np.float32 and a.ctypes.data % 64 == 0 and a.flags.c_contiguous
