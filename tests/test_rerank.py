@@ -346,7 +346,7 @@ def test_query_time_dba_rescoring_matches_offline_dba():
 # apply(): k-reciprocal
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("metric", ["pearson", "bhattacharyya", "l2", "chisqr"])
+@pytest.mark.parametrize("metric", ["pearson", "bhattacharyya", "l2", "l1", "chisqr", "intersect"])
 def test_apply_k_reciprocal_uses_local_graph(metric):
     x, _ = clusters(seed=6, n_per=10, nonneg=get_metric(metric).nonneg)
     q = x[0]
@@ -363,15 +363,19 @@ def test_apply_k_reciprocal_uses_local_graph(metric):
         d = 1 - s
     elif metric in ("bhattacharyya", "l2"):
         d = s ** 2
+    elif metric == "intersect":
+        d = np.diag(s)[:, None] - s  # sum(z_i) - intersection(z_i, z_j)
     else:
         d = s
     d = np.maximum(d, 0)
-    if metric != "chisqr":  # the authors' code assumes a symmetric matrix
+    if metric not in ("chisqr", "intersect"):  # the authors' code assumes a symmetric matrix
         final = zhong_re_ranking(np.sqrt(d[:1, 1:]), np.sqrt(d[:1, :1]), np.sqrt(d[1:, 1:]), 6, 3, 0.3)[0]
-        order = sorted(range(25), key=lambda j: (final[j], head[j]))
-        np.testing.assert_array_equal(ids[:25], head[order])
-        exp_sc = 1 - final[order] if m.higher_is_better else final[order]
-        np.testing.assert_allclose(sc[:25], exp_sc, atol=1e-4)
+    else:  # asymmetric: the vectorised distance (checked against the authors' code above) on d
+        final = rerank.k_reciprocal_distance(d, 6, 3, 0.3)[0]
+    order = sorted(range(25), key=lambda j: (final[j], head[j]))
+    np.testing.assert_array_equal(ids[:25], head[order])
+    exp_sc = 1 - final[order] if m.higher_is_better else final[order]
+    np.testing.assert_allclose(sc[:25], exp_sc, atol=1e-4)
     assert sorted(ids[:25]) == sorted(head)
     np.testing.assert_array_equal(ids[25:], ids0[0][25:30])
 
