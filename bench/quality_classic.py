@@ -171,6 +171,14 @@ SEARCH = [
     {"shsv72": 2, "corr": 1, "lbp": 1, "cedd": 1},
     {"shsv72": 1, "corr": 1, "lbp": 1.5, "cedd": 1},
     {"shsv72": 1, "corr": 1.5, "lbp": 1, "cedd": 1},
+    {"shsv72": 1, "lbp": 1.5},
+    {"shsv72": 1, "lbp": 2},
+    {"shsv72": 1, "corr": 1, "lbp": 1.5},
+    {"shsv72": 1, "corr": 1, "lbp": 2},
+    {"shsv72": 1, "corr": 0.5, "lbp": 1.5},
+    {"shsv72": 1, "corr": 1, "lbp": 1.5, "ehd": 0.5},
+    {"shsv72": 1, "corr": 1, "lbp": 1.5, "ehd": 1},
+    {"shsv72": 1, "corr": 1, "slbp": 1.5},
 ]
 
 
@@ -186,13 +194,13 @@ def combine(mats: dict, weights: dict) -> np.ndarray:
     return np.concatenate(cols, axis=1).astype(np.float32)
 
 
-def search(paths, labels, cache: Path, metrics) -> None:
+def search(paths, labels, cache: Path, metrics, start: int = 0) -> None:
     mats = {}
     for label, (name, params) in PARTS.items():
         mats[label] = describe_cached(paths, name, params, cache)[1]
     print("\n| combination (weights) | dim | " + " | ".join(metrics) + " | best (mAP / P@10) |")
     print("|---|---|" + "---|" * len(metrics) + "---|")
-    for weights in SEARCH:
+    for weights in SEARCH[start:]:
         mat = combine(mats, weights)
         res = {m: evaluate(m, mat, labels) for m in metrics}
         best = max(res, key=lambda m: res[m]["map"])
@@ -207,6 +215,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="only bhattacharyya, chisqr_alt, l1 and pearson")
     ap.add_argument("--only", nargs="*", help="descriptor names to run")
     ap.add_argument("--search", action="store_true", help="only the weighted-combination search (from cached parts)")
+    ap.add_argument("--start", type=int, default=0, help="skip the first START combinations of the search")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "fastimg-quality-cache"))
     args = ap.parse_args(argv)
     if not (COREL / "labels.csv").exists():
@@ -215,7 +224,8 @@ def main(argv=None) -> int:
     paths, labels = load_corel()
     metrics = ["bhattacharyya", "chisqr_alt", "l1", "pearson"] if args.quick else METRICS
     if args.search:
-        search(paths, labels, Path(args.cache), ["bhattacharyya", "chisqr_alt", "l1"] if args.quick else metrics)
+        search(paths, labels, Path(args.cache), ["bhattacharyya", "chisqr_alt", "l1"] if args.quick else metrics,
+               args.start)
         return 0
     configs = [c for c in CONFIGS if not args.only or c[0] in args.only]
     print("| descriptor | params | dim | " + " | ".join(metrics) + " | best (mAP / P@10) | ms/img (2 threads) |")

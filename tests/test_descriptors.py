@@ -377,13 +377,20 @@ def test_combo_is_weighted_concatenation():
     assert d.compute(img).sum() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_classic_is_a_combo_of_its_parts():
-    from fastimg._desc_classic import CLASSIC_PARTS
-
+@pytest.mark.parametrize("name,parts", [
+    ("classic", [("spatial-hsv72", {}, 1.0), ("correlogram", {}, 1.0), ("lbp", {}, 1.5)]),
+    ("classic-fast", [("spatial-hsv72", {}, 1.0), ("lbp", {}, 1.5)]),
+])
+def test_classic_presets_are_weighted_concatenations(name, parts):
     img = _rand(40, 50, 9)
-    np.testing.assert_array_equal(get_descriptor("classic").compute(img),
-                                  get_descriptor("combo", parts=CLASSIC_PARTS,
-                                                 metric=get_descriptor("classic").default_metric).compute(img))
+    total = sum(w for _, _, w in parts)
+    ref = []
+    for pname, params, w in parts:
+        v = get_descriptor(pname, **params).compute(img).astype(np.float64)
+        ref.append(v / v.sum() * w / total)
+    d = get_descriptor(name)
+    assert d.default_metric == "l1" and d.dim == sum(len(r) for r in ref)
+    np.testing.assert_allclose(d.compute(img), np.concatenate(ref), rtol=1e-6, atol=1e-8)
 
 
 # ---------------------------------------------------------------------------
@@ -392,7 +399,7 @@ def test_classic_is_a_combo_of_its_parts():
 def test_descriptors_listing_is_consistent():
     rows = descriptors()
     names = {r["name"] for r in rows}
-    assert {"hsv72", "rgb512", "hsv", "spatial-hsv", "correlogram", "lbp", "ehd", "classic", "combo"} <= names
+    assert {"hsv72", "rgb512", "hsv", "spatial-hsv", "correlogram", "lbp", "ehd", "cedd", "classic", "classic-fast", "combo"} <= names
     from fastimg.metrics import metric_names
 
     img = _rand(30, 40, 1)
@@ -496,13 +503,17 @@ def test_lazy_plugin_module_missing_gives_clear_error(monkeypatch):
         get_descriptor("zzq-net")
 
 
-def test_cnn_names_never_leak_import_errors():
-    try:
-        d = get_descriptor("cnn-surely-not-a-model-name")
-    except DescriptorError as exc:
-        assert "cnn-surely-not-a-model-name" in str(exc) or "fastimg.deep" in str(exc)
-    else:  # pragma: no cover - a plug-in accepted it
-        assert isinstance(d, Descriptor)
+def test_cnn_names_are_routed_to_fastimg_deep():
+    import importlib.util
+    import sys
+
+    with pytest.raises(DescriptorError) as info:  # never an ImportError or a KeyError
+        get_descriptor("cnn-surely-not-a-model-name")
+    if importlib.util.find_spec("fastimg.deep") is None:  # pragma: no cover - plug-in not installed
+        assert "needs fastimg.deep" in str(info.value)
+    else:
+        assert "fastimg.deep" in sys.modules  # loaded on demand by the cnn prefix
+        assert "cnn" in str(info.value)
 
 
 def test_compute_rejects_bad_arrays():

@@ -25,9 +25,12 @@ measured on Corel-1k, see ``bench/descriptors.md``):
     Histogram of uniform local binary patterns (texture).
 ``ehd``
     MPEG-7-style edge histogram (80 bins).
-``combo`` / ``classic``
+``cedd``
+    CEDD-style colour and edge directivity descriptor (144 bins).
+``combo`` / ``classic`` / ``classic-fast``
     Weighted concatenation of other descriptors; ``classic`` is the best
-    combination measured on Corel-1k.
+    combination measured on Corel-1k (spatial-hsv72 + correlogram + lbp,
+    mAP 0.64 with L1), ``classic-fast`` the same without the correlogram.
 
 Other modules add descriptors with :func:`register`; names starting with
 ``cnn`` load :mod:`fastimg.deep` on first use.
