@@ -1364,8 +1364,16 @@ class Index:
             if not usable:
                 graph = None
         if graph is not None:
-            ids, scores = self._ann_candidates(graph, meta, v, q, want, m, ef, candidates)
-        else:
+            from fastimg.ann import AnnSearchError
+
+            try:
+                ids, scores = self._ann_candidates(graph, meta, v, q, want, m, ef, candidates)
+            except AnnSearchError as exc:
+                # e.g. a graph file saved by a writer after this reader's snapshot, or
+                # too many deletions for ef: the exact scan still answers correctly
+                log.warning("%s: HNSW search failed, searching exactly (%s)", self.path, exc)
+                graph = None
+        if graph is None:
             searcher = self._searcher(m.name, v)
             excl = v.deleted if v.deleted.size else None
             ids, scores = searcher.search(q, want, exclude=excl)
