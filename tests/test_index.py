@@ -614,3 +614,30 @@ def test_auto_mode_uses_the_graph_above_the_crossover(tmp_path, monkeypatch):
         assert auto == ix.search(X[0], k=3, mode="ann")
         ix.search(X[0], k=3, metric="l2")  # the graph serves cosine: auto falls back to exact
         assert calls == [1, 1]
+
+
+def test_set_metadata_by_id_path_or_name(custom, photos):
+    custom.set_metadata(3, {"label": "cat"})
+    custom.set_metadata("item4", {"tags": ["a", "b"]})
+    assert custom.metadata(3)["metadata"] == {"label": "cat"}
+    assert custom.metadata(4)["metadata"] == {"tags": ["a", "b"]}
+    custom.set_metadata(3, None)
+    assert custom.metadata(3)["metadata"] is None
+    custom.remove([5])
+    with pytest.raises(KeyError):
+        custom.set_metadata(5, {"x": 1})
+    with pytest.raises(KeyError, match="nope"):
+        custom.set_metadata("nope", {"x": 1})
+    with pytest.raises(ValueError, match="JSON"):
+        custom.set_metadata(3, {"x": {1, 2}})
+    root, files = photos
+    with Index.create(root / ".fastimg") as ix:
+        ix.add(files[:2])
+        ix.set_metadata(files[1], {"label": "beach"})
+        con = sqlite3.connect(root / ".fastimg" / "meta.sqlite")  # stored as JSON text
+        try:
+            text = con.execute("SELECT metadata FROM images WHERE path = ?",
+                               (os.path.relpath(files[1], root),)).fetchone()[0]
+        finally:
+            con.close()
+        assert text == '{"label": "beach"}'

@@ -563,6 +563,34 @@ class Index:
                 "mtime_ns": r.mtime_ns, "hash": r.hash, "added": r.added, "deleted": r.deleted,
                 "metadata": r.metadata}
 
+    def set_metadata(self, item: Union[int, PathLike], metadata: Optional[Mapping[str, Any]]) -> None:
+        """Attach JSON-able metadata (labels ...) to one live image, by id, path or name.
+
+        Raises
+        ------
+        KeyError
+            ``item`` is not a live image of the index.
+        ValueError
+            ``metadata`` is not JSON-able.
+        """
+        self._require_writable()
+        import json
+
+        value = None if metadata is None else dict(metadata)
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"metadata is not JSON-able: {exc}") from None
+        if isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_)):
+            id_ = int(item)
+        else:
+            s = os.fspath(item)
+            row = self._store.find_live(s) or self._store.find_live(self._stored_path(s))
+            if row is None:
+                raise KeyError(f"{self.path}: not in the index: {s}")
+            id_ = row.id
+        self._store.set_row_metadata(id_, value)
+
     # ------------------------------------------------------------------ adding
     def _scan(self, items: Sequence[PathLike], recursive: bool, exclude: Sequence[str],
               report: AddReport) -> tuple[list[tuple[str, os.stat_result]], list[str]]:

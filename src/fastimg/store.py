@@ -791,6 +791,14 @@ class Store:
                 [(p, s, m, i) for i, p, s, m in updates],
             )
 
+    def set_row_metadata(self, id: int, metadata: Optional[dict]) -> None:
+        """Replace the caller's JSON metadata of one live row."""
+        text = None if metadata is None else json.dumps(metadata)
+        with self._write() as conn:
+            if conn.execute("UPDATE images SET metadata = ? WHERE id = ? AND deleted = 0",
+                            (text, int(id))).rowcount != 1:
+                raise KeyError(f"{self.path}: no live image with id {id}")
+
     def get_meta(self, key: str) -> Any:
         """A JSON value stored in ``meta`` under ``key`` (None if absent)."""
         with self._read():
