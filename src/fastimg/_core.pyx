@@ -351,6 +351,8 @@ def fused_topk(
     const int64_t[::1] n_active=None,
     int n_threads=1,
     Py_ssize_t chunk_rows=2048,
+    float[:, ::1] out_values=None,
+    int64_t[:, ::1] out_ids=None,
 ):
     """Top-``kk`` rows per query in one fused scoring + selection pass.
 
@@ -374,6 +376,8 @@ def fused_topk(
         OpenMP threads; the rows are cut into ``chunk_rows`` chunks, statically
         distributed, each thread keeping its own heaps (merged at the end).
     chunk_rows : int
+    out_values, out_ids : (Q, kk) arrays, optional
+        Written in place (at the very end) and returned instead of new arrays.
 
     Returns
     -------
@@ -409,6 +413,11 @@ def fused_topk(
     cdef int64_t[:, :, ::1] hi = heap_i_arr
     cdef const float* X = &data[0, 0] if n > 0 else NULL
     cdef const float* Qp = &queries[0, 0] if nq > 0 else NULL
+    cdef bint has_out = out_values is not None
+    if has_out:
+        if out_ids is None or out_values.shape[0] != nq or out_values.shape[1] != kk \
+                or out_ids.shape[0] != nq or out_ids.shape[1] != kk:
+            raise ValueError(f"out_values and out_ids must both have shape ({nq}, {kk})")
     if nq == 0 or kk == 0:
         return heap_v_arr[0], heap_i_arr[0]
 
@@ -440,6 +449,12 @@ def fused_topk(
                 for e in range(kk):
                     fi_heap_push(&hv[0, qi, 0], &hi[0, qi, 0], kk, hv[t, qi, e], hi[t, qi, e])
             fi_heap_sort(&hv[0, qi, 0], &hi[0, qi, 0], kk)
+            if has_out:
+                for e in range(kk):
+                    out_values[qi, e] = hv[0, qi, e]
+                    out_ids[qi, e] = hi[0, qi, e]
+    if has_out:
+        return out_values.base, out_ids.base
     return heap_v_arr[0], heap_i_arr[0]
 
 
