@@ -25,7 +25,10 @@ def fused_topk(
     n_active: Optional[npt.NDArray[np.int64]] = ...,
     n_threads: int = ...,
     chunk_rows: int = ...,
+    out_values: Optional[npt.NDArray[np.float32]] = ...,
+    out_ids: Optional[npt.NDArray[np.int64]] = ...,
 ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def read_sum(data: npt.NDArray[np.float32], n_threads: int = ..., chunk_rows: int = ...) -> float: ...
 def heap_new(nq: int, kk: int) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 def heap_push_block(
     scores: npt.NDArray[np.float32],

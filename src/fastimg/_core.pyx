@@ -283,6 +283,23 @@ cdef extern from *:
         }
     }
 
+    /* sum of rows [r0, r1): the memory-read ceiling (same access pattern as the scan) */
+    FI_CLONES static double fi_sum_rows(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1) {
+        const float* p = X + r0 * d;
+        Py_ssize_t n = (r1 - r0) * d, j = 0;
+        float s = 0.0f;
+    #if FI_HAVE_VEC
+        fi_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (; j + 32 <= n; j += 32) {
+            a0 += fi_load(p + j); a1 += fi_load(p + j + 8);
+            a2 += fi_load(p + j + 16); a3 += fi_load(p + j + 24);
+        }
+        s = fi_hsum((a0 + a1) + (a2 + a3));
+    #endif
+        for (; j < n; ++j) s += p[j];
+        return (double)s;
+    }
+
     /* push a block of precomputed scores S (nq, c) for rows row0 .. row0+c-1 */
     static inline void fi_push_block(const float* s, Py_ssize_t c, Py_ssize_t row0, const float* bias,
                                      const uint8_t* mask, float* hv, int64_t* hi, Py_ssize_t kk) {
@@ -308,6 +325,7 @@ cdef extern from *:
     void fi_direct_rows(int kind, const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1,
                         const float* Q, const float* AUX, const int32_t* ACT, const int64_t* NACT,
                         Py_ssize_t nq, const uint8_t* mask, float* hv, int64_t* hi, Py_ssize_t kk) nogil
+    double fi_sum_rows(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1) nogil
     void fi_push_block(const float* s, Py_ssize_t c, Py_ssize_t row0, const float* bias,
                        const uint8_t* mask, float* hv, int64_t* hi, Py_ssize_t kk) nogil
 
@@ -456,6 +474,26 @@ def fused_topk(
     if has_out:
         return out_values.base, out_ids.base
     return heap_v_arr[0], heap_i_arr[0]
+
+
+def read_sum(const float[:, ::1] data, int n_threads=1, Py_ssize_t chunk_rows=4096) -> float:
+    """Sum of all elements, read like :func:`fused_topk` reads rows (OpenMP over
+    row chunks, vector loads).  The memory-read ceiling of the benchmarks.
+
+    NumPy equivalent: ``float(data.sum(dtype=np.float64))`` (up to float32 rounding).
+    """
+    cdef Py_ssize_t n = data.shape[0], d = data.shape[1], c, r0
+    cdef Py_ssize_t n_chunks = (n + chunk_rows - 1) // chunk_rows
+    cdef int nt = <int>max(1, min(<Py_ssize_t>n_threads, n_chunks))
+    cdef double total = 0.0
+    if n == 0 or d == 0:
+        return 0.0
+    cdef const float* X = &data[0, 0]
+    with nogil:
+        for c in prange(n_chunks, num_threads=nt, schedule="static"):
+            r0 = c * chunk_rows
+            total += fi_sum_rows(X, d, r0, min(n, r0 + chunk_rows))
+    return total
 
 
 def heap_new(Py_ssize_t nq, Py_ssize_t kk):

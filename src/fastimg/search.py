@@ -53,6 +53,10 @@ _FUSED_QUERY_BATCH = 256
 _GEMM_QUERY_BATCH = 1024
 #: bytes of data rows per GEMM block
 _GEMM_BLOCK_BYTES = 4 << 20
+#: element operations (rows x dim x queries) per extra thread: smaller jobs use
+#: fewer threads (a thread team costs more than it saves on tiny scans, and a lot
+#: on a loaded machine where a second thread may wait for a time slice)
+_WORK_PER_THREAD = 1 << 21
 #: rows of the database validated per step
 _CHECK_ROWS = 1 << 16
 
@@ -336,6 +340,10 @@ class ExactSearcher:
             return nq >= GEMM_MIN_QUERIES
         return self.strategy == "gemm"
 
+    def _kernel_threads(self, nq: int) -> int:
+        work = self.n * self.dim * max(1, nq)
+        return int(max(1, min(self.threads, work // _WORK_PER_THREAD)))
+
     def _chunk_rows(self, nq: int) -> int:
         if self.chunk_rows is not None:
             return self.chunk_rows
@@ -354,7 +362,7 @@ class ExactSearcher:
                 ids = self._gemm_candidates(qp, kk, mask)
             else:
                 _, ids = _core.fused_topk(self.prepared, qp, kk, kind=_core.KIND_IP, bias=self.bias, mask=mask,
-                                          n_threads=self.threads, chunk_rows=self._chunk_rows(nq))
+                                          n_threads=self._kernel_threads(nq), chunk_rows=self._chunk_rows(nq))
             if m.name in ("pearson", "bhattacharyya", "cosine"):
                 # a constant (pearson) or zero query scores every row alike: the
                 # first ids win the tie
@@ -379,7 +387,8 @@ class ExactSearcher:
                 active[i, :len(idx)] = idx
                 n_active[i] = len(idx)
         _, ids = _core.fused_topk(self.data, q, kk, kind=kind, mask=mask, aux=aux, active=active,
-                                  n_active=n_active, n_threads=self.threads, chunk_rows=self._chunk_rows(nq))
+                                  n_active=n_active, n_threads=self._kernel_threads(nq),
+                                  chunk_rows=self._chunk_rows(nq))
         return ids
 
     def _gemm_candidates(self, qp: np.ndarray, kk: int, mask: Optional[np.ndarray]) -> np.ndarray:
@@ -389,17 +398,18 @@ class ExactSearcher:
         from fastimg import _core
 
         nq = qp.shape[0]
+        threads = self._kernel_threads(nq)
         rows = max(256, _GEMM_BLOCK_BYTES // (4 * self.dim))
         hv, hi = _core.heap_new(nq, kk)
         buf = np.empty((nq, rows), dtype=np.float32)
-        with threadpool_limits(limits=self.threads, user_api="blas"):
+        with threadpool_limits(limits=threads, user_api="blas"):
             for r0 in range(0, self.n, rows):
                 block = self.prepared[r0:r0 + rows]
                 s = buf[:, :block.shape[0]]
                 np.matmul(qp, block.T, out=s)
                 _core.heap_push_block(s if s.flags.c_contiguous else np.ascontiguousarray(s), r0, hv, hi,
-                                      bias=self.bias, mask=mask, n_threads=self.threads)
-        _core.heap_finish(hv, hi, n_threads=self.threads)
+                                      bias=self.bias, mask=mask, n_threads=threads)
+        _core.heap_finish(hv, hi, n_threads=threads)
         return hi
 
     def _rescore(self, q: np.ndarray, cand: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,227 @@
+"""Exact top-K search: fastimg against its baselines, side by side.
+
+Sizes follow ``FASTIMG_BENCH_SCALE`` (bench/conftest.py):
+
+=====  =========  ==========  ========  ===================
+scale  N          D           Q         loop subset (cv2)
+=====  =========  ==========  ========  ===================
+tiny   2,000      72          1, 8      200
+small  100,000    72, 256     1, 100    2,000
+full   1,000,000  72, 256     1, 100    20,000
+=====  =========  ==========  ========  ===================
+
+Competitors (same float32 data, same thread count, k = 10):
+
+* ``fastimg``     - ``ExactSearcher(data, metric).search`` (prepared once, as an index does);
+* ``numpy``       - prepared rows: ``P @ q`` (+ bias) then ``argpartition`` + sort of the top k;
+* ``faiss``       - ``faiss.IndexFlatIP`` on the same prepared rows (for Q > 1 with
+  ``faiss.cvar.distance_compute_blas_threshold = 0``: its BLAS path);
+* ``read``        - the memory-read ceiling: a parallel sum over the same matrix
+  (``fastimg._core.read_sum``), and NumPy's single-threaded ``sum``;
+* ``cv2_loop``    - ``cv2.compareHist`` per row on a subset, extrapolated to N;
+* ``pearsonr_loop`` - the original design: ``scipy.stats.pearsonr`` per row and list
+  insertion into a top-5, on a subset, extrapolated to N.
+
+Each parametrised case times every competitor round-robin in the same rounds
+(fair on a shared machine) inside ``test_interleaved``; ratios and the
+threadpoolctl report are stored in ``benchmark.extra_info`` and printed.  The
+pytest-benchmark timing of that test is fastimg's.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import pick, scale
+
+N = pick(2_000, 100_000, 1_000_000)
+DIMS = pick((72,), (72, 256), (72, 256))
+QS = pick((1, 8), (1, 100), (1, 100))
+SUBSET = pick(200, 2_000, 20_000)
+ROUNDS = pick(1, 5, 7)
+K = 10
+METRICS = ("pearson", "bhattacharyya")
+THREADS = int(os.environ.get("FASTIMG_NUM_THREADS", "0")) or (len(os.sched_getaffinity(0))
+                                                                if hasattr(os, "sched_getaffinity") else os.cpu_count())
+
+_cache: dict = {}
+
+
+def _data(d: int) -> np.ndarray:
+    """L1-normalised random histograms, (N, d) float32, 64-byte aligned; cached per d."""
+    from fastimg.metrics import aligned_empty
+
+    if _cache.get("d") != d:
+        _cache.clear()
+        rng = np.random.default_rng(d)
+        x = aligned_empty((N, d))
+        for s in range(0, N, 65536):
+            block = rng.random((min(65536, N - s), d), dtype=np.float32)
+            block[block < 0.3] = 0
+            block /= np.maximum(block.sum(axis=1, keepdims=True), 1e-12)
+            x[s:s + len(block)] = block
+        _cache["d"] = d
+        _cache["x"] = x
+        _cache["queries"] = x[rng.choice(N, max(QS), replace=False)].copy()
+    return _cache["x"]
+
+
+def _searcher(d: int, metric: str):
+    from fastimg.search import ExactSearcher
+
+    key = ("searcher", metric)
+    if key not in _cache:
+        _cache[key] = ExactSearcher(_data(d), metric, threads=THREADS)
+    return _cache[key]
+
+
+def _faiss_index(d: int, metric: str):
+    faiss = pytest.importorskip("faiss", reason="faiss-cpu not installed: competitor skipped")
+    key = ("faiss", metric)
+    if key not in _cache:
+        s = _searcher(d, metric)
+        index = faiss.IndexFlatIP(d)
+        index.add(np.asarray(s.prepared))
+        _cache[key] = index
+    return _cache[key]
+
+
+def _prepared_queries(metric: str, q: np.ndarray) -> np.ndarray:
+    from fastimg.metrics import prepare_query
+
+    return np.ascontiguousarray(np.stack([prepare_query(metric, row) for row in q]), dtype=np.float32)
+
+
+def _numpy_topk(prepared, bias, qp, k):
+    s = qp @ prepared.T
+    if bias is not None:
+        s += bias
+    part = np.argpartition(-s, k, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(s, part, 1), axis=1)
+    return np.take_along_axis(part, order, 1)
+
+
+def _cv2_loop(x, q, method, k):
+    import cv2
+
+    scores = np.array([cv2.compareHist(q, row, method) for row in x])
+    return np.argsort(scores)[:k]
+
+
+def _pearsonr_loop(x, q):
+    """The seed design: pearsonr per row, list insertion into a top-5."""
+    from scipy.stats import pearsonr
+
+    top: list = []
+    q64 = q.astype(np.float64)
+    for i, row in enumerate(x):
+        r = pearsonr(q64, row.astype(np.float64))[0]
+        top.append((r, i))
+        top.sort(reverse=True)
+        del top[5:]
+    return top
+
+
+def _blas_info() -> list:
+    from threadpoolctl import threadpool_info
+
+    return [{k: v for k, v in lib.items() if k in ("internal_api", "version", "architecture", "num_threads",
+                                                   "threading_layer")} for lib in threadpool_info()]
+
+
+def _interleave(fns: dict, rounds: int) -> dict:
+    """Best and median seconds of each function, all timed in the same rounds."""
+    times: dict = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up (page-in, faiss/BLAS thread start)
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: (min(t), float(np.median(t))) for name, t in times.items()}
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("q", QS)
+@pytest.mark.parametrize("d", DIMS)
+def test_interleaved(benchmark, d, q, metric):
+    import cv2
+
+    from fastimg import _core
+
+    x = _data(d)
+    queries = _cache["queries"][:q]
+    s = _searcher(d, metric)
+    qp = _prepared_queries(metric, queries)
+    index = _faiss_index(d, metric)
+    import faiss
+
+    faiss.omp_set_num_threads(THREADS)
+    faiss.cvar.distance_compute_blas_threshold = 0 if q > 1 else 20
+
+    # the same answers first (fastimg re-scores exactly; compare ids with numpy's)
+    ids, _ = s.search(queries, K)
+    ref = _numpy_topk(s.prepared, s.bias, qp, K)
+    agree = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(ids.tolist(), ref.tolist())]))
+    assert agree >= 0.9, f"fastimg and numpy disagree on the top-{K}: overlap {agree:.2f}"
+
+    fns = {
+        "fastimg": lambda: s.search(queries, K),
+        "numpy": lambda: _numpy_topk(s.prepared, s.bias, qp, K),
+        "faiss": lambda: index.search(qp, K),
+        "read_parallel": lambda: _core.read_sum(s.prepared, THREADS),
+        "read_numpy_sum": lambda: s.prepared.sum(dtype=np.float32),
+    }
+    res = _interleave(fns, ROUNDS)
+    sub = x[:SUBSET]
+    method = cv2.HISTCMP_CORREL if metric == "pearson" else cv2.HISTCMP_BHATTACHARYYA
+    t0 = time.perf_counter()
+    _cv2_loop(sub, queries[0], method, K)
+    cv2_per_query = (time.perf_counter() - t0) * N / SUBSET
+    loops = {"cv2_loop": cv2_per_query}
+    if metric == "pearson":
+        sub_p = x[:max(SUBSET // 10, 100)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            _pearsonr_loop(sub_p, queries[0])
+        loops["pearsonr_loop"] = (time.perf_counter() - t0) * N / len(sub_p)
+
+    per_q = {name: best / q for name, (best, _) in res.items()}
+    per_q_median = {name: med / q for name, (_, med) in res.items()}
+    fast = per_q["fastimg"]
+    info = {
+        "scale": scale(), "N": N, "D": d, "Q": q, "k": K, "metric": metric, "threads": THREADS,
+        "ms_per_query_best": {n: round(v * 1e3, 3) for n, v in per_q.items()},
+        "ms_per_query_median": {n: round(v * 1e3, 3) for n, v in per_q_median.items()},
+        "ms_per_query_extrapolated_loops": {n: round(v * 1e3, 1) for n, v in loops.items()},
+        # ratio > 1: fastimg is faster; read ratio: fraction of the read ceiling reached
+        "speedup_vs": {n: round(v / fast, 2) for n, v in {**per_q, **loops}.items() if n != "fastimg"},
+        "read_ceiling_fraction": round(per_q["read_parallel"] * q / (fast * q) if q == 1 else
+                                       per_q["read_parallel"] / fast, 3),
+        "blas": _blas_info(),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", ""),
+    }
+    benchmark.extra_info.update(info)
+    benchmark.group = f"search N={N} D={d} Q={q} {metric}"
+    print(f"\n[{benchmark.group}] ms/query best {info['ms_per_query_best']} "
+          f"loops {info['ms_per_query_extrapolated_loops']} speedup {info['speedup_vs']}")
+    benchmark.pedantic(lambda: s.search(queries, K), rounds=1, iterations=1)
+
+
+@pytest.mark.parametrize("metric", ("chisqr", "intersect", "l1"))
+def test_direct_metrics(benchmark, metric):
+    """The metrics without an inner-product form (fused direct kernel), D = 72, Q = 1."""
+    from fastimg.search import ExactSearcher
+
+    d = DIMS[0]
+    x = _data(d)
+    s = ExactSearcher(x, metric, threads=THREADS)
+    q = _cache["queries"][:1]
+    benchmark.group = f"direct metrics N={N} D={d} Q=1"
+    benchmark.pedantic(lambda: s.search(q, K), rounds=ROUNDS, iterations=1, warmup_rounds=1)
