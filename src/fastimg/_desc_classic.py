@@ -69,14 +69,11 @@ def make_hsv72() -> Descriptor:
     Bins are decided exactly from the 8-bit channel values with integer
     comparisons (``h <= 20`` becomes ``H <= 20 d`` with integers ``H, d``): the
     thresholds fall exactly on reachable values (``v = 51/255 = 0.2``), where a
-    float32 ``cvtColor`` path would disagree with the definition.  The bins of
-    all 2**24 colours are tabulated once per process (16 MiB, ~0.2 s) and
-    looked up per pixel.
+    float32 ``cvtColor`` path would disagree with the definition.
     """
 
     def compute(bgr: np.ndarray) -> np.ndarray:
-        k = _k()
-        return _normalise(k.hsv72_hist_lut(bgr, k.hsv72_lut()))
+        return _normalise(_k().hsv72_hist(bgr))
 
     return Descriptor("hsv72", 72, compute, default_metric=_METRIC["hsv72"], version=1,
                       doc="original 72-bin HSV histogram (8 uneven hue x 3 sat x 3 value), red-bin bug fixed")
@@ -219,7 +216,7 @@ def make_correlogram(colors: str = "hsv72", distances: Sequence[int] = (1, 3, 5,
         k = _k()
         if offsets is None:
             offsets = k.ring_offsets(dist)
-        idx = k.hsv72_index_lut(bgr, k.hsv72_lut()) if levels == 0 else k.rgb_index(bgr, levels)
+        idx = k.hsv72_index(bgr) if levels == 0 else k.rgb_index(bgr, levels)
         return k.autocorrelogram(idx, ncolors, dist_arr, *offsets).reshape(-1)
 
     return Descriptor("correlogram", ncolors * len(dist), compute, default_metric=_METRIC["correlogram"],
