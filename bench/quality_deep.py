@@ -49,10 +49,12 @@ CONFIGS = pick(
 )
 # whitening variants for the per-pooling table: (label, PCAWhitening kwargs)
 WHITENINGS = [
-    ("whiten (default)", {}),
-    ("whiten 0.5, dim 128", {"power": 0.5, "eps": 1e-3, "dim": 128}),
-    ("PCA (power 0)", {"power": 0.0}),
-    ("PCA, dim 128", {"power": 0.0, "dim": 128}),
+    ("PCA (the default)", {}),
+    ("PCA, dim 128", {"dim": 128}),
+    ("PCA, dim 32", {"dim": 32}),
+    ("whitening, power 0.5", {"power": 0.5}),
+    ("whitening, power 0.5, eps 0.1", {"power": 0.5, "eps": 0.1}),
+    ("whitening, power 0.25, eps 0.1", {"power": 0.25, "eps": 0.1}),
 ]
 SWEEP_DIMS = [16, 32, 64, 128, 256, 512, None]
 SWEEP_POWERS = [0.0, 0.25, 0.5]

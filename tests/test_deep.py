@@ -52,7 +52,7 @@ def test_whitening_axes_and_eigenvalues_match_svd():
 
 def test_whitening_power_zero_is_a_rotation():
     x = correlated(200, 6, seed=2)
-    w = PCAWhitening(power=0.0).fit(x)  # full-rank PCA projection: distances preserved
+    w = PCAWhitening().fit(x)  # default power 0, full rank: a rotation, distances preserved
     y = w.transform(x, normalize=False).astype(np.float64)
     d_in = np.linalg.norm(x[:, None] - x[None], axis=-1)
     d_out = np.linalg.norm(y[:, None] - y[None], axis=-1)
