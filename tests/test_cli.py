@@ -223,8 +223,8 @@ def test_index_summary_and_contents(built, photos):
     root, files = photos
     assert summary["index"] == str(idx.resolve())
     assert summary["created"] is True
-    assert (summary["added"], summary["unchanged"], summary["updated"], summary["removed"],
-            summary["skipped"]) == (len(files), 0, 0, 0, 0)
+    assert (summary["added"], summary["unchanged"], summary["updated"], summary["moved"], summary["removed"],
+            summary["skipped"]) == (len(files), 0, 0, 0, 0, 0)
     assert summary["count"] == len(files) == index_len(idx)
     from fastimg.index import Index
 
@@ -253,6 +253,12 @@ def test_index_again_is_incremental(photos, tmp_path):
     third = ok_json("index", work, "--index", idx, "--json")
     assert (third["added"], third["updated"], third["removed"]) == (1, 1, 1)
     assert third["count"] == len(files) == index_len(idx)
+    # a renamed file keeps its row: "moved", nothing added or removed
+    a.rename(a.with_name("renamed.jpg"))
+    fourth = ok_json("index", work, "--index", idx, "--json")
+    assert (fourth["added"], fourth["moved"], fourth["removed"], fourth["count"]) == (0, 1, 0, len(files))
+    res = run("index", work, "--index", idx)
+    assert res.stdout.startswith(f"updated {idx.resolve()}: {len(files)} images (0 added, {len(files)} unchanged,")
 
 
 def test_index_is_quiet_when_piped(photos, tmp_path):
@@ -423,6 +429,38 @@ def test_query_exact_mode(built, photos):
     q = photos[1][7]
     doc = ok_json("query", q, "--index", idx, "-k", "4", "--exact", "--json")
     assert doc["results"] == library_hits(idx, q, 4, mode="exact")
+
+
+def test_query_rerank(built, photos):
+    idx, _ = built
+    q = photos[1][6]
+    for spec in ("qe", "k-reciprocal"):
+        doc = ok_json("query", q, "--index", idx, "-k", "5", "--rerank", spec, "--json")
+        assert doc["results"] == library_hits(idx, q, 5, rerank=spec)
+
+
+def test_ann_index_info_and_query(photos, tmp_path):
+    root, files = photos
+    idx = tmp_path / "ann.fastimg"
+    summary = ok_json("index", root, "--index", idx, "--json", "--ann")
+    assert summary["ann"] is True
+    info = ok_json("info", "--index", idx, "--json")
+    assert info["ann"]["built"] is True and info["ann"]["metric"] == info["metric"]
+    assert info["ann"] == index_info(idx)["ann"]
+    q = files[3]
+    doc = ok_json("query", q, "--index", idx, "--ann", "--ef", "20", "-k", "5", "--json")
+    assert doc["results"] == library_hits(idx, q, 5, mode="ann", ef=20)
+    # scores are re-scored exactly: every reported score is the exact metric for that id
+    exact = {r["id"]: r["score"] for r in library_hits(idx, q, len(files), mode="exact")}
+    assert all(r["score"] == pytest.approx(exact[r["id"]], rel=1e-6) for r in doc["results"])
+    line = assert_one_line_error(run("query", q, "--index", idx, "--ann", "--metric", "pearson"))
+    assert "--exact" in line
+
+
+def test_query_ann_without_a_graph(built, photos):
+    idx, _ = built
+    line = assert_one_line_error(run("query", photos[1][0], "--index", idx, "--ann"))
+    assert "fastimg index DIR --ann" in line
 
 
 def test_query_several_images_gives_a_list(built, photos):

@@ -485,7 +485,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                         f"metric mismatch: the index at {path} has default metric {have_m!r}, not "
                         f"{args.metric!r} (choose the metric per query: fastimg query --metric)")
             show = not args.quiet and not args.json and sys.stderr.isatty()
-            totals = {"added": 0, "unchanged": 0, "updated": 0, "removed": 0, "skipped": 0}
+            totals = {"added": 0, "unchanged": 0, "updated": 0, "moved": 0, "removed": 0, "skipped": 0}
             skipped: list[tuple[str, str]] = []
             per_dir = []
             for d in args.dirs:
@@ -502,7 +502,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                 items = _skipped_items(report)
                 skipped.extend(items)
                 per_dir.append({"dir": os.path.abspath(d), **counts})
-                if counts["added"] + counts["unchanged"] + counts["updated"] + counts["skipped"] == 0 \
+                if counts["added"] + counts["unchanged"] + counts["updated"] + counts["moved"] + counts["skipped"] == 0 \
                         and os.path.isdir(d):
                     raise _CommandError(f"{d}: no images found")
             ann = None
@@ -531,7 +531,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         verb = "created" if created else "updated"
         print(f"{verb} {path}: {count} images "
               f"({totals['added']} added, {totals['unchanged']} unchanged, {totals['updated']} updated, "
-              f"{totals['removed']} removed, {totals['skipped']} skipped)")
+              + (f"{totals['moved']} moved, " if totals["moved"] else "")
+              + f"{totals['removed']} removed, {totals['skipped']} skipped)")
         if skipped:
             reasons: dict[str, int] = {}
             for _, r in skipped:
@@ -575,7 +576,15 @@ def cmd_query(args: argparse.Namespace) -> int:
     path = _index_path(args)
     docs = []
     with _open(args, "r") as index:
-        metric = args.metric or _index_metric(index)
+        info = _info(index)
+        metric = args.metric or _index_metric(index, info)
+        ann = info.get("ann") or {}
+        if args.mode == "ann" and not ann.get("built"):
+            raise _CommandError(f"--ann: the index at {path} has no HNSW graph (build it with "
+                                f"`fastimg index DIR --ann`)")
+        if args.mode == "ann" and ann.get("metric") not in (None, metric):
+            raise _CommandError(f"--ann: the HNSW graph of {path} serves metric {ann.get('metric')!r}, "
+                                f"not {metric!r} (use --exact, or --metric {ann.get('metric')})")
         kwargs: dict[str, Any] = {"exclude_self": not args.include_self, "mode": args.mode}
         if args.metric is not None:
             kwargs["metric"] = args.metric
