@@ -293,6 +293,8 @@ def test_descriptor_parameter_errors():
         get_descriptor("cnn-rmac", levels=0)
     with pytest.raises(DescriptorError, match="n_parts"):
         get_descriptor("cnn-pwa", n_parts=0)
+    with pytest.raises(DescriptorError, match="channels must be < 1024"):
+        get_descriptor("cnn-pwa", channels=[3, 1024])
     with pytest.raises(DescriptorError, match="layout"):
         get_descriptor("cnn-mac", layout="chw")
     d = get_descriptor("cnn-mac", input_size=224)

@@ -808,6 +808,10 @@ class CnnDescriptor(Descriptor):
             self.whitening = PCAWhitening.load(whitening)
         channels = self.extractor.channels()
         raw_dim = channels
+        chans = self.pooling_params.get("channels")
+        if chans is not None and max(chans) >= channels:
+            raise DescriptorError(f"cnn-pwa: channels must be < {channels} (the tensor's channel count); "
+                                  f"got {max(chans)}")
         if self.whitening is not None:
             if self.whitening.input_dim != raw_dim:
                 raise DescriptorError(
