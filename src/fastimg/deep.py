@@ -28,8 +28,8 @@ the global average pool).  Any other ONNX model works by passing ``model``,
 
 (``Relu_45:0``, the block before, is 1024 x 7 x 7 too for a 224 x 224 input, but
 measured 0.77 against 0.86 mAP on Corel-1k.)  OpenCV's classic DNN engine is
-used: the OpenCV 5 "new" engine fuses layers and returns wrong tensors for
-most intermediate names.
+used: the OpenCV 5 "new" engine fuses layers, and for some intermediate names
+it returned tensors of the wrong shape (or those of a previous call).
 
 Images are resized keeping their aspect ratio so that the longer side is
 ``input_size`` pixels (default 384) - larger inputs give larger maps, which
