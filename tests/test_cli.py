@@ -33,13 +33,14 @@ HEAVY = ("numba", "cv2", "hnswlib")
 # --------------------------------------------------------------------------- #
 
 def run(*args: str | os.PathLike, env: dict | None = None, cwd: Path | None = None,
-        python_m: bool = False) -> subprocess.CompletedProcess:
+        python_m: bool = False, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     """Run the installed console script (or ``python -m fastimg``)."""
     full_env = {k: v for k, v in os.environ.items() if k != "FASTIMG_INDEX"}
     full_env.update(env or {})
     cmd = [sys.executable, "-m", "fastimg"] if python_m else [str(BIN)]
-    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, env=full_env,
-                          cwd=cwd, timeout=300, stdin=subprocess.DEVNULL)
+    res = subprocess.run([*cmd, *map(str, args)], capture_output=True, env=full_env, cwd=cwd, timeout=300,
+                         **({"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}))
+    return subprocess.CompletedProcess(res.args, res.returncode, res.stdout.decode(), res.stderr.decode())
 
 
 def ok_json(*args: str | os.PathLike, **kw) -> object:
@@ -106,7 +107,7 @@ def library_hits(idx: Path, query, k: int, **kw) -> list[dict]:
     from fastimg.index import Index
 
     with Index.open(idx, mode="r") as index:
-        hits = index.search(str(query), k, **kw)
+        hits = index.search(query if isinstance(query, bytes) else str(query), k, **kw)
     return [{"rank": int(h.rank), "id": int(h.id), "path": str(h.path), "score": float(h.score)}
             for h in hits]
 
@@ -461,6 +462,21 @@ def test_query_ann_without_a_graph(built, photos):
     idx, _ = built
     line = assert_one_line_error(run("query", photos[1][0], "--index", idx, "--ann"))
     assert "fastimg index DIR --ann" in line
+
+
+def test_query_from_standard_input(built, photos, corel_dir):
+    idx, _ = built
+    outside = sorted((corel_dir / "elephants").glob("*.jpg"))[0].read_bytes()
+    doc = ok_json("query", "-", "--index", idx, "-k", "4", "--json", stdin=outside)
+    assert doc["query"] == "-"
+    assert doc["results"] == library_hits(idx, outside, 4)
+    # an indexed image piped in: the identical row is left out, as for a path
+    inside = photos[1][2]
+    doc = ok_json("query", "-", "--index", idx, "-k", "4", "--json", stdin=inside.read_bytes())
+    assert doc["results"] == library_hits(idx, inside, 4)
+    assert str(inside) not in {resolved(r["path"]) for r in doc["results"]}
+    assert_one_line_error(run("query", "-", "--index", idx, stdin=b""))
+    assert_one_line_error(run("query", "-", "-", "--index", idx, stdin=b"x"), code=2)
 
 
 def test_query_several_images_gives_a_list(built, photos):

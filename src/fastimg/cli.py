@@ -166,6 +166,7 @@ examples:
   fastimg query a.jpg b.jpg --json > hits.json
   fastimg query photo.jpg --ann --ef 100
   fastimg query photo.jpg --html results.html
+  curl -s https://example.org/cat.jpg | fastimg query - -k 5
 
 --json prints one JSON document. For one query image it is the object
   {"query": PATH, "index": PATH, "metric": NAME, "took_ms": FLOAT,
@@ -177,8 +178,10 @@ metric's own values: higher is better for similarities (pearson, cosine,
 intersect), lower is better for distances (bhattacharyya, chisqr, chisqr_alt,
 kl_div, l2, l1).
 A query image that is itself in the index is left out of its own results unless
---include-self is given.""", [ix])
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="query image file(s)")
+--include-self is given (for '-', the first indexed image with the identical
+descriptor vector is left out).""", [ix])
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="query image file(s); '-' reads one encoded image from standard input")
     p.add_argument("-k", type=_positive_int, default=10, metavar="K",
                    help="number of results per query (default 10; capped at the index size)")
     p.add_argument("--metric", metavar="NAME", default=None,
@@ -568,7 +571,11 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.ef is not None and args.mode == "exact":
         raise UsageError("--ef applies to approximate search; it cannot be combined with --exact")
     args.metric = _check_metric(args.metric)
+    if args.images.count("-") > 1:
+        raise UsageError("standard input ('-') can be given once")
     for img in args.images:
+        if img == "-":
+            continue
         if not os.path.exists(img):
             raise _CommandError(f"{img}: no such file")
         if os.path.isdir(img):
@@ -593,10 +600,15 @@ def cmd_query(args: argparse.Namespace) -> int:
         if args.rerank is not None:
             kwargs["rerank"] = args.rerank
         for img in args.images:
+            query: Any = img
+            if img == "-":
+                query = sys.stdin.buffer.read()
+                if not query:
+                    raise _CommandError("-: standard input is empty (expected an encoded image)")
             t0 = time.perf_counter()
-            hits = index.search(img, args.k, **kwargs)
+            hits = index.search(query, args.k, **kwargs)
             took = (time.perf_counter() - t0) * 1000.0
-            docs.append({"query": os.path.abspath(img), "index": path, "metric": metric,
+            docs.append({"query": "-" if img == "-" else os.path.abspath(img), "index": path, "metric": metric,
                          "took_ms": round(took, 3), "results": [_hit_dict(h) for h in hits]})
     if args.html:
         from fastimg._html import write_results_page
@@ -609,9 +621,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     for i, doc in enumerate(docs):
         if len(docs) > 1:
             out.write(("\n" if i else "") + f"==> {doc['query']} <==\n")
-        width = max([len(f"{r['score']:.6g}") for r in doc["results"]] or [1])
-        for r in doc["results"]:
-            out.write(f"{r['rank']:>3}  {r['score']:>{width}.6g}  {r['path']}\n")
+        scores = [r["score"] for r in doc["results"]]
+        fixed = all(s == 0 or 1e-4 <= abs(s) < 1e6 for s in scores)
+        cells = [f"{s:.6f}" if fixed else f"{s:.6g}" for s in scores]
+        width = max([len(c) for c in cells] or [1])
+        for r, cell in zip(doc["results"], cells):
+            out.write(f"{r['rank']:>3}  {cell:>{width}}  {r['path']}\n")
         if not doc["results"]:
             out.write("(no results)\n")
     if args.html:
@@ -863,6 +878,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     func: Callable[[argparse.Namespace], int] = args.func
+    if not args.debug:  # OpenCV's native warnings (e.g. on a skipped corrupt file) are noise here
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     try:
         rc = func(args)
         sys.stdout.flush()
