@@ -137,6 +137,15 @@ def test_exif_orientation_is_applied(orientation, rot):
     np.testing.assert_array_equal(out, expected)
 
 
+def test_exif_orientation_is_applied_with_reduced_decoding():
+    big = cv2.resize(_photo(24, 40), (1600, 960), interpolation=cv2.INTER_LINEAR)
+    data = _with_exif_orientation(_jpeg(big), 6)
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION)
+    out = load_image(data, max_side=200)  # 1600 / 8 = 200: decoded at 1/8, then rotated
+    assert out.shape == (200, 120, 3)
+    np.testing.assert_array_equal(out, np.rot90(raw, k=-1))
+
+
 def test_gif_is_decoded():
     img = np.zeros((6, 8, 3), np.uint8)
     img[:, 4:] = (0, 0, 255)
