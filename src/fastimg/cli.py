@@ -366,19 +366,14 @@ def _info(index: Any) -> dict:
     return dict(info) if info is not None else {}
 
 
-def _index_metric(index: Any, info: dict | None = None) -> str | None:
-    info = _info(index) if info is None else info
-    metric = info.get("metric")
-    if isinstance(metric, dict):
-        metric = metric.get("name")
-    return metric
+def _index_metric(index: Any, info: dict | None = None) -> str:
+    """The index's default metric (``info()["metric"]``)."""
+    return str((_info(index) if info is None else info)["metric"])
 
 
-def _index_descriptor(info: dict) -> str | None:
-    desc = info.get("descriptor")
-    if isinstance(desc, dict):
-        desc = desc.get("name")
-    return desc
+def _index_descriptor(info: dict) -> str:
+    """The index's descriptor name (``info()["descriptor"]`` is its spec dict)."""
+    return str(info["descriptor"]["name"])
 
 
 def _check_metric(name: str | None) -> str | None:
@@ -394,24 +389,10 @@ def _check_metric(name: str | None) -> str | None:
     return canon
 
 
-def _count(report: Any, name: str) -> int:
-    value = getattr(report, name, 0)
-    if value is None:
-        return 0
-    if isinstance(value, int):
-        return value
-    return len(value)
-
-
-def _skipped_items(report: Any) -> list[tuple[str, str]]:
-    """(path, reason) pairs of the files an AddReport skipped."""
-    for attr in ("skipped_reasons", "skip_reasons", "reasons", "errors", "skipped"):
-        value = getattr(report, attr, None)
-        if isinstance(value, dict):
-            return [(str(k), str(getattr(v, "reason", v))) for k, v in value.items()]
-        if isinstance(value, (list, tuple)) and value and isinstance(value[0], (tuple, list)):
-            return [(str(a), str(getattr(b, "reason", b))) for a, b in value]
-    return []
+def _report_counts(report: Any) -> dict[str, int]:
+    """The counts of an :class:`fastimg.index.AddReport` (``skipped`` is a dict path -> reason)."""
+    return {"added": report.added, "unchanged": report.unchanged, "updated": report.updated,
+            "moved": report.moved, "removed": report.removed, "skipped": len(report.skipped)}
 
 
 def _progress_bar(desc: str, enabled: bool) -> tuple[Any, Any]:
@@ -499,11 +480,10 @@ def cmd_index(args: argparse.Namespace) -> int:
                 finally:
                     if bar is not None:
                         bar.close()
-                counts = {k: _count(report, k) for k in totals}
+                counts = _report_counts(report)
                 for k, v in counts.items():
                     totals[k] += v
-                items = _skipped_items(report)
-                skipped.extend(items)
+                skipped.extend((str(p), str(r)) for p, r in report.skipped.items())
                 per_dir.append({"dir": os.path.abspath(d), **counts})
                 if counts["added"] + counts["unchanged"] + counts["updated"] + counts["moved"] + counts["skipped"] == 0 \
                         and os.path.isdir(d):
@@ -680,15 +660,11 @@ def _human(key: str, value: Any) -> str:
 def cmd_remove(args: argparse.Namespace) -> int:
     path = _index_path(args)
     with _open(args, "a") as index:
-        before = len(index)
-        result = index.remove(list(args.paths))
+        # a path that is not in the index raises (and nothing is removed)
+        removed = int(index.remove(list(args.paths)))
         after = len(index)
-    removed = before - after
-    if removed == 0:
-        raise _CommandError(f"none of the given paths is in the index at {path}")
     if not args.quiet:
         print(f"removed {removed} image{'s' if removed != 1 else ''} from {path} ({after} left)")
-    del result
     return EXIT_OK
 
 
@@ -700,17 +676,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
         after = _info(index)
         count = len(index)
     if not args.quiet:
-        b, a = _size(before), _size(after)
-        sizes = f", {b} -> {a} bytes" if a is not None and b is not None else ""
-        print(f"compacted {path}: {count} images{sizes}")
+        print(f"compacted {path}: {count} images, {before['size_bytes']} -> {after['size_bytes']} bytes on disk")
     return EXIT_OK
-
-
-def _size(info: dict) -> int | None:
-    for key in ("size_bytes", "bytes", "disk_bytes", "size_on_disk", "size"):
-        if isinstance(info.get(key), int):
-            return info[key]
-    return None
 
 
 # default --threshold per metric (only where a universal default makes sense)
