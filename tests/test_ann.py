@@ -405,6 +405,8 @@ def test_save_load_round_trip(tmp_path, dense):
     p = dict(h.params, threads=g.threads)
     assert p == g.params
     assert h.ef == 37 and h.M == 10 and h.ef_construction == 80 and len(h) == len(g)
+    with pytest.raises(AnnSearchError, match="holds id 3999"):
+        h.search(q, 10, data=x[:3999])
     # the loaded graph keeps growing and deleting
     h.add(q[:3] * 1.0, [4000, 4001, 4002])
     both = np.vstack([x, q[:3]])

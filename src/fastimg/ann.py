@@ -509,7 +509,7 @@ class HnswGraph:
         with self._lock.write():
             self._index.save_index(str(tmp_graph))
             meta = dict(self.params, deleted=sorted(self._deleted),
-                        constant_ids=self._constant.tolist(),
+                        constant_ids=self._constant.tolist(), max_id=self._max_label,
                         count=int(self._index.element_count),
                         file_size=tmp_graph.stat().st_size, crc32=_crc32(tmp_graph))
             tmp_meta.write_text(json.dumps(meta, indent=1))
@@ -574,8 +574,10 @@ class HnswGraph:
         graph = cls(index, metric=meta["metric"], dim=meta["dim"], M=meta["M"],
                     ef_construction=meta["ef_construction"], ef=meta["ef"], threads=resolve_threads(threads),
                     deleted=meta["deleted"], constant_ids=meta["constant_ids"])
-        labels = graph._sorted_labels()
-        graph._max_label = int(labels[-1]) if labels.size else -1
+        graph._max_label = int(meta.get("max_id", -1))
+        if "max_id" not in meta or (graph._max_label < 0 < index.element_count):
+            labels = graph._sorted_labels()
+            graph._max_label = int(labels[-1]) if labels.size else -1
         return graph
 
     # -- introspection ------------------------------------------------------
