@@ -33,24 +33,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import REPO, SHARED_DATA, pick, scale  # noqa: E402
 
 RERANKS = [None, "qe", "alpha-qe", "dba", "k-reciprocal"]
-_SMALL = [("hsv72", "bhattacharyya"), ("hsv72", "pearson"), ("hsv", "bhattacharyya"), ("hsv", "pearson"),
-          ("spatial-hsv72", "bhattacharyya"), ("spatial-hsv72", "chisqr_alt")]
-_FULL = _SMALL + [("hsv", "chisqr_alt"), ("spatial-hsv", "bhattacharyya"), ("rgb512", "bhattacharyya"),
-                  ("correlogram", "l1"), ("lbp", "chisqr_alt"), ("ehd", "l1"), ("classic", "bhattacharyya")]
+_SMALL = [("hsv72", "bhattacharyya"), ("hsv72", "pearson"), ("hsv", "bhattacharyya"), ("hsv", "pearson")]
+_FULL = _SMALL + [("spatial-hsv72", "bhattacharyya"), ("correlogram", "l1"), ("lbp", "chisqr_alt"),
+                  ("ehd", "l1"), ("classic", "bhattacharyya"), ("classic", "l1")]
 COMBOS = pick([("hsv72", "bhattacharyya")], _SMALL, _FULL)
 
 # parameter sweeps behind the defaults (--tune), run on the best plain configuration
 TUNE = {
-    "qe": ["qe:n=2", "qe:n=3", "qe:n=5", "qe:n=8", "qe:n=12"],
-    "alpha-qe": ["alpha-qe:n=5,alpha=3", "alpha-qe:n=10,alpha=1", "alpha-qe:n=10,alpha=3",
-                 "alpha-qe:n=10,alpha=5", "alpha-qe:n=20,alpha=3", "alpha-qe:n=20,alpha=5"],
-    "dba": ["dba:n=3,alpha=3,depth=50", "dba:n=5,alpha=0,depth=50", "dba:n=5,alpha=3,depth=50",
-            "dba:n=10,alpha=3,depth=50", "dba:n=5,alpha=3,depth=100"],
-    "k-reciprocal": ["k-reciprocal:k1=20,k2=6,lambda=0.3,depth=100", "k-reciprocal:k1=20,k2=6,lambda=0.3,depth=200",
-                     "k-reciprocal:k1=30,k2=6,lambda=0.3,depth=200", "k-reciprocal:k1=40,k2=6,lambda=0.3,depth=200",
-                     "k-reciprocal:k1=60,k2=6,lambda=0.3,depth=200", "k-reciprocal:k1=40,k2=3,lambda=0.3,depth=200",
-                     "k-reciprocal:k1=40,k2=10,lambda=0.3,depth=200", "k-reciprocal:k1=40,k2=6,lambda=0.1,depth=200",
-                     "k-reciprocal:k1=40,k2=6,lambda=0.5,depth=200", "k-reciprocal:k1=40,k2=6,lambda=0.3,depth=300"],
+    "qe": ["qe:n=2", "qe:n=3", "qe:n=8", "qe:n=12"],
+    "alpha-qe": ["alpha-qe:n=10,alpha=3", "alpha-qe:n=5,alpha=1", "alpha-qe:n=5,alpha=5", "alpha-qe:n=20,alpha=3"],
+    "dba": ["dba:n=5,alpha=0,depth=50", "dba:n=10,alpha=3,depth=50", "dba:n=5,alpha=3,depth=100"],
+    "k-reciprocal": ["k-reciprocal:k1=20,depth=100", "k-reciprocal:k1=20,depth=200", "k-reciprocal:k1=40,depth=200",
+                     "k-reciprocal:k1=30,k2=3,depth=200", "k-reciprocal:k1=30,lambda=0.1,depth=200",
+                     "k-reciprocal:k1=30,lambda=0.5,depth=200", "k-reciprocal:k1=40,depth=300"],
 }
 
 

@@ -32,8 +32,15 @@ the cosine of the metric's unit embedding (pearson: the correlation; histogram
 metrics: the Bhattacharyya coefficient of the L1-normalised histograms; l2/l1:
 the cosine), negative values clipped to 0.
 
-Defaults were chosen on Corel-1k (every image queries the other 999; HSV
-8x12x3 histograms; see ``bench/quality.md``).
+Defaults (:data:`PARAMS`) were chosen from sweeps on Corel-1k (every image
+queries the other 999, mAP over the full ranking; ``bench/quality.py --tune``):
+``qe`` n=5; ``alpha-qe`` n=5, alpha=3; ``dba`` n=5, alpha=3, depth=50;
+``k-reciprocal`` k1=30, k2=6, lambda=0.3, depth=200.  On the best plain
+configuration (``classic`` + l1, mAP 0.609) k-reciprocal reaches 0.684 and QE
+0.634; see ``bench/quality.md`` for the table and ``bench/bench_rerank.py`` for
+the cost per query.  Candidates past ``depth`` keep their initial order, so a
+larger ``depth`` lifts mAP over long rankings further (k-reciprocal depth=300:
+0.714) at a higher cost.
 """
 from __future__ import annotations
 
@@ -60,24 +67,33 @@ GetVectors = Callable[[np.ndarray], np.ndarray]
 SearchFn = Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarray]]
 
 # name -> {param: (type, default, lower bound, inclusive, doc)}
+# Defaults measured on Corel-1k (leave-one-out mAP over the full ranking; sweeps in
+# bench/quality.md).  On the best plain configuration (classic + l1, mAP 0.609):
+#   qe      n=2/3/5/8/12 -> 0.630/0.633/0.634/0.636/0.636 (P@10 best at n<=5)
+#   alpha-qe n=5/10/20 (alpha=3) -> 0.632/0.634/0.629; on UKBench-56 (4 relevant)
+#           n=10 loses 0.2 N-S, hence n=5
+#   k-reciprocal (k1, depth) = (20, 200)/(30, 200)/(40, 200)/(40, 300) -> 0.673/0.684/0.689/0.714;
+#           k1=30 is better than 40 on UKBench-56; depth 300 costs ~2x depth 200
+#   dba     depth 50/100 -> +0.005/+0.011 on spatial-hsv72; query-time cost is one
+#           search of `depth` rows, hence the small default depth
 PARAMS: dict[str, dict[str, tuple]] = {
     "qe": {
         "n": (int, 5, 1, True, "top results averaged with the query"),
     },
     "alpha-qe": {
-        "n": (int, 10, 1, True, "top results averaged with the query"),
+        "n": (int, 5, 1, True, "top results averaged with the query"),
         "alpha": (float, 3.0, 0.0, True, "weight exponent: weight = sim^alpha (0 = plain average)"),
     },
     "dba": {
         "n": (int, 5, 1, True, "neighbours averaged into each candidate"),
         "alpha": (float, 3.0, 0.0, True, "weight exponent: weight = sim^alpha (0 = plain average)"),
-        "depth": (int, 100, 1, True, "candidates augmented and re-scored"),
+        "depth": (int, 50, 1, True, "candidates augmented and re-scored"),
     },
     "k-reciprocal": {
-        "k1": (int, 20, 1, True, "size of the k-reciprocal neighbourhoods"),
+        "k1": (int, 30, 1, True, "size of the k-reciprocal neighbourhoods"),
         "k2": (int, 6, 1, True, "neighbours of the local query expansion (1 = none)"),
         "lambda": (float, 0.3, 0.0, True, "weight of the original distance, in [0, 1]"),
-        "depth": (int, 100, 2, True, "candidates re-ranked (the local graph has depth + 1 nodes)"),
+        "depth": (int, 200, 2, True, "candidates re-ranked (the local graph has depth + 1 nodes)"),
     },
 }
 _UPPER = {("k-reciprocal", "lambda"): 1.0}
