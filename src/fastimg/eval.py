@@ -761,8 +761,6 @@ def evaluate(root: "str | os.PathLike[str] | Dataset", layout: str = "folders", 
         database), ``ms_per_query`` (search + re-ranking, wall clock) and, when the
         metric does not apply to the descriptor's values, ``error``.
     """
-    import time
-
     from fastimg.metrics import get_metric
     from fastimg.registry import describe_many, get_descriptor
     from fastimg.rerank import apply, parse_spec
@@ -902,6 +900,7 @@ examples:
   fastimg eval ../shared/data/corel1k --layout folders --descriptor hsv --metric bhattacharyya \\
       --rerank none --rerank k-reciprocal
   fastimg eval ../shared/data/ukbench56 --layout ukbench --json
+  fastimg eval DIR --layout holidays --rerank none --rerank qe -o results.json
 
 exit status: 0 ok, 1 error (one line on stderr), 2 usage error.""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -918,8 +917,9 @@ exit status: 0 ok, 1 error (one line on stderr), 2 usage error.""",
     p.add_argument("-k", "--depth", type=int, default=None, metavar="K",
                    help="evaluate the top K of each ranking (default: the whole collection)")
     p.add_argument("--workers", type=int, default=None, help="feature extraction threads")
-    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
-                   help="print JSON instead of the table, or write it to FILE")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    p.add_argument("-o", "--output", metavar="FILE", default=None,
+                   help="also write the JSON document to FILE")
     p.add_argument("--progress", action="store_true", help="progress bar during feature extraction")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show the Python traceback on errors")
@@ -938,15 +938,13 @@ def run_cli(args: Any) -> int:
     rows = evaluate(ds, descriptors=args.descriptor or ["hsv"], metrics=args.metric,
                     reranks=args.rerank or [None], measures=args.measure, depth=args.depth,
                     workers=args.workers, progress=args.progress)
-    if args.json is not None:
-        doc = {"dataset": str(ds.root), "layout": ds.layout, "n_images": len(ds), "n_queries": int(len(ds.queries)),
-               "results": rows}
-        text = json.dumps(doc, indent=2)
-        if args.json == "-":
-            sys.stdout.write(text + "\n")
-        else:
-            Path(args.json).write_text(text + "\n")
-            sys.stdout.write(f"wrote {args.json}\n")
+    clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]  # NaN -> null
+    doc = {"dataset": str(ds.root), "layout": ds.layout, "n_images": len(ds), "n_queries": int(len(ds.queries)),
+           "results": clean}
+    if args.output:
+        Path(args.output).write_text(json.dumps(doc, indent=2) + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0
     sys.stdout.write(ds.describe() + "\n\n")
     sys.stdout.write(format_table(rows, args.measure or DEFAULT_MEASURES[ds.layout]) + "\n")
