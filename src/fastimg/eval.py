@@ -716,7 +716,7 @@ def parse_descriptor(spec: str) -> tuple:
 
 
 def evaluate(root: "str | os.PathLike[str] | Dataset", layout: str = "folders", *,
-             descriptors: Sequence[str] = ("hsv",), metrics: Optional[Sequence[Optional[str]]] = None,
+             descriptors: Sequence[str] = ("hsv72",), metrics: Optional[Sequence[Optional[str]]] = None,
              reranks: Sequence[Optional[str]] = (None,), measures: Optional[Sequence[str]] = None,
              depth: Optional[int] = None, workers: Optional[int] = None, progress: bool = False,
              features: Optional[dict] = None) -> list:
@@ -907,7 +907,7 @@ exit status: 0 ok, 1 error (one line on stderr), 2 usage error.""",
     p.add_argument("dir", metavar="DIR", help="the labelled image collection")
     p.add_argument("--layout", choices=LAYOUTS, default="folders", help="dataset layout (default: folders)")
     p.add_argument("--descriptor", action="append", metavar="SPEC", default=None,
-                   help="descriptor name or name:param=value,... (repeatable; default: hsv)")
+                   help="descriptor name or name:param=value,... (repeatable; default: hsv72, the index default)")
     p.add_argument("--metric", action="append", metavar="NAME", default=None,
                    help="metric (repeatable; default: each descriptor's own)")
     p.add_argument("--rerank", action="append", metavar="SPEC", default=None,
@@ -935,7 +935,7 @@ def run_cli(args: Any) -> int:
     if args.depth is not None and args.depth < 1:
         raise ValueError(f"-k/--depth must be >= 1; got {args.depth}")
     ds = load_dataset(args.dir, args.layout)
-    rows = evaluate(ds, descriptors=args.descriptor or ["hsv"], metrics=args.metric,
+    rows = evaluate(ds, descriptors=args.descriptor or ["hsv72"], metrics=args.metric,
                     reranks=args.rerank or [None], measures=args.measure, depth=args.depth,
                     workers=args.workers, progress=args.progress)
     clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]  # NaN -> null
