@@ -304,6 +304,7 @@ def _decode(data: bytes, source: str, max_pixels: Optional[int], max_side: Optio
             raise ImageError(source, "not an image", "unrecognised file signature and OpenCV cannot decode it")
         if fmt == "png" and data.rfind(b"IEND") < 0:
             raise ImageError(source, "truncated", "PNG data ends before the IEND chunk")
+        logger.debug("%s: OpenCV cannot decode this %s data; trying Pillow", source, fmt)
         img = _pillow_decode(data, source)
         if img is None:
             if fmt in ("heif", "jp2", "ico"):
