@@ -209,14 +209,16 @@ def _check_vectors(name: str, x: npt.ArrayLike, dim: Optional[int], nonneg: bool
     if arr.shape[1] < 1:
         raise AnnSearchError(f"{name} must have at least one column; got shape {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if arr.size:
-        if not np.isfinite(arr).all():
-            bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
+    for start in range(0, arr.shape[0], _ADD_CHUNK):  # chunked: no N x D temporaries
+        block = arr[start:start + _ADD_CHUNK]
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            bad = start + int(np.flatnonzero(~finite)[0])
             raise AnnSearchError(f"{name} contains NaN or infinity (first at row {bad}); "
                                  "drop or fix failed rows before building or searching the graph")
-        if nonneg and arr.min() < 0:
+        if nonneg and block.size and block.min() < 0:
             raise AnnSearchError(f"metric {metric!r} needs non-negative data (histograms); "
-                                 f"{name} has a minimum of {float(arr.min())}")
+                                 f"{name} has a minimum of {float(block.min())} (row block from {start})")
     return arr
 
 
