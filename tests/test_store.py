@@ -214,6 +214,9 @@ def test_lock_held_by_another_process(tmp_path):
 def test_missing_directory_or_manifest(tmp_path):
     with pytest.raises(IndexNotFoundError, match="nope"):
         Store(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(IndexNotFoundError, match="not a directory"):
+        Store(tmp_path / "file")
     (tmp_path / "empty").mkdir()
     with pytest.raises(IndexNotFoundError, match="manifest.json not found"):
         Store(tmp_path / "empty")

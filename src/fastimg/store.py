@@ -264,7 +264,8 @@ class Store:
         self._pending_negative = False  # does any pending row hold a negative value?
         manifest_path = self.path / MANIFEST
         if not self.path.is_dir():
-            raise IndexNotFoundError(f"{self.path}: no fastimg index here (directory not found)")
+            what = "not a directory" if self.path.exists() else "directory not found"
+            raise IndexNotFoundError(f"{self.path}: no fastimg index here ({what})")
         if not manifest_path.is_file():
             raise IndexNotFoundError(f"{self.path}: no fastimg index here ({MANIFEST} not found)")
         self.manifest = self._read_manifest(manifest_path)
