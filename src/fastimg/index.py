@@ -60,7 +60,6 @@ from fastimg.errors import (
     ImageError,
     IndexCorruptError,
     IndexFormatError,
-    IndexNotFoundError,
     IndexReadOnlyError,
 )
 from fastimg.store import NewRow, Row, State, Store, file_hash
