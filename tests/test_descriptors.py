@@ -232,6 +232,16 @@ def test_correlogram_hsv72_matches_python_loop():
     np.testing.assert_allclose(d.compute(img), ref_correlogram(idx, 72, [1, 3]), rtol=1e-6, atol=1e-7)
 
 
+def test_correlogram_side_shrinks_first():
+    img = _rand(40, 30, 3, levels=[0, 90, 200, 255])
+    small = cv2.resize(img, (15, 20), interpolation=cv2.INTER_AREA)
+    idx = (small[:, :, 2] >= 128) * 4 + (small[:, :, 1] >= 128) * 2 + (small[:, :, 0] >= 128)
+    d = get_descriptor("correlogram", colors="rgb8", distances=[1, 2], side=20)
+    np.testing.assert_allclose(d.compute(img), ref_correlogram(idx, 8, [1, 2]), rtol=1e-6, atol=1e-7)
+    with pytest.raises(DescriptorError, match="side"):
+        get_descriptor("correlogram", side=4)
+
+
 def test_correlogram_hand_computed():
     # uniform image: a present colour always sees itself
     v = get_descriptor("correlogram", colors="rgb8", distances=[1, 2]).compute(np.full((6, 6, 3), 255, np.uint8))
@@ -375,7 +385,8 @@ def test_combo_is_weighted_concatenation():
 
 
 @pytest.mark.parametrize("name,parts", [
-    ("classic", [("spatial-hsv72", {}, 1.0), ("correlogram", {}, 1.0), ("lbp", {}, 1.5)]),
+    ("classic", [("spatial-hsv72", {}, 1.0), ("correlogram", {"distances": [1, 2, 3, 4], "side": 256}, 1.0),
+                 ("lbp", {}, 1.5)]),
     ("classic-fast", [("spatial-hsv72", {}, 1.0), ("lbp", {}, 1.5)]),
 ])
 def test_classic_presets_are_weighted_concatenations(name, parts):

@@ -185,14 +185,18 @@ make_spatial.examples = ["spatial-hsv72", "spatial-hsv"]  # type: ignore[attr-de
 # ---------------------------------------------------------------------------
 # correlogram
 # ---------------------------------------------------------------------------
-def make_correlogram(colors: str = "hsv72", distances: Sequence[int] = (1, 3, 5, 7)) -> Descriptor:
+def make_correlogram(colors: str = "hsv72", distances: Sequence[int] = (1, 3, 5, 7),
+                     side: Optional[int] = None) -> Descriptor:
     """Auto colour correlogram: for each quantised colour ``c`` and distance ``k``, the
     probability that a pixel at chessboard distance ``k`` from a pixel of colour ``c``
     has colour ``c`` too (Huang et al., 1997; LIRE's ``AutoColorCorrelogram``).
 
     ``colors`` is the quantisation: ``"hsv72"`` (the hsv72 bins) or ``"rgbN"``
     (uniform RGB, N = L**3).  All pixels on each full ring are counted (exact,
-    no sampling).  Vector layout ``[c * K + k]``, values in [0, 1].
+    no sampling).  Vector layout ``[c * K + k]``, values in [0, 1].  ``side``:
+    if given, the image is first shrunk (``cv2.INTER_AREA``) to at most ``side``
+    pixels on its longer side (the cost grows with the pixel count times the
+    sum of the distances).
     """
     if not isinstance(colors, str):
         raise DescriptorError(f"descriptor 'correlogram': colors must be 'hsv72' or 'rgbN'; got {colors!r}")
@@ -209,6 +213,8 @@ def make_correlogram(colors: str = "hsv72", distances: Sequence[int] = (1, 3, 5,
     if len(set(dist)) != len(dist):
         raise DescriptorError(f"descriptor 'correlogram': distances must be distinct; got {dist}")
     dist_arr = np.asarray(dist, dtype=np.int64)
+    if side is not None:
+        side = _int_param("correlogram", "side", side, 16, 1 << 16)
     offsets = None
 
     def compute(bgr: np.ndarray) -> np.ndarray:
@@ -216,11 +222,15 @@ def make_correlogram(colors: str = "hsv72", distances: Sequence[int] = (1, 3, 5,
         k = _k()
         if offsets is None:
             offsets = k.ring_offsets(dist)
+        if side is not None:
+            from fastimg.image import _shrink
+
+            bgr = _shrink(bgr, side)
         idx = k.hsv72_index(bgr) if levels == 0 else k.rgb_index(bgr, levels)
         return k.autocorrelogram(idx, ncolors, dist_arr, *offsets).reshape(-1)
 
     return Descriptor("correlogram", ncolors * len(dist), compute, default_metric=_METRIC["correlogram"],
-                      version=1, params={"colors": colors, "distances": dist},
+                      version=1, params={"colors": colors, "distances": dist, "side": side},
                       doc="auto colour correlogram (quantised colours x distances)")
 
 
@@ -374,10 +384,12 @@ def make_combo(parts: Any = None, metric: Optional[str] = None, _name: str = "co
 
 
 #: The best classic combination measured on Corel-1k (bench/quality_classic.py --search):
-#: mAP 0.642, P@10 0.841 with the L1 metric.
+#: mAP 0.641, P@10 0.841 with the L1 metric.  The correlogram part uses distances
+#: 1-4 on a 256-pixel image: as good in the combination as the default (1, 3, 5, 7)
+#: at full size (0.642) and about 3.5x cheaper.
 CLASSIC_PARTS = [
     {"name": "spatial-hsv72", "weight": 1.0},
-    {"name": "correlogram", "params": {"colors": "hsv72", "distances": [1, 3, 5, 7]}, "weight": 1.0},
+    {"name": "correlogram", "params": {"colors": "hsv72", "distances": [1, 2, 3, 4], "side": 256}, "weight": 1.0},
     {"name": "lbp", "params": {"mapping": "u2"}, "weight": 1.5},
 ]
 
