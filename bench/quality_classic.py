@@ -68,7 +68,11 @@ def describe_cached(paths, name, params, cache: Path):
     from fastimg.registry import describe_many, get_descriptor
 
     d = get_descriptor(name, **params)
-    key = hashlib.sha1(json.dumps(d.spec(), sort_keys=True).encode()).hexdigest()[:16]
+    from fastimg import _desc_classic
+
+    presets = {"classic": _desc_classic.CLASSIC_PARTS, "classic-fast": _desc_classic.CLASSIC_FAST_PARTS}
+    ident = [d.spec(), presets.get(d.name)]  # presets' parts are not in their spec
+    key = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     f = cache / f"{d.name}-{key}.npy"
     if f.exists():
         return d, np.load(f), None

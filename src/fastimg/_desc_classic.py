@@ -332,7 +332,7 @@ def make_cedd(t0: float = 14.0, t1: float = 0.68, t2: float = 0.98, t3: float = 
 # ---------------------------------------------------------------------------
 # combo / classic
 # ---------------------------------------------------------------------------
-def make_combo(parts: Any = None, metric: Optional[str] = None, _name: str = "combo") -> Descriptor:
+def make_combo(parts: Any = None, metric: Optional[str] = None, _name: str = "combo", _version: int = 1) -> Descriptor:
     """Weighted concatenation of descriptors.
 
     ``parts`` is a list of ``{"name": str, "params": dict, "weight": float}``
@@ -379,7 +379,7 @@ def make_combo(parts: Any = None, metric: Optional[str] = None, _name: str = "co
     if metric is None:
         metric = _METRIC["combo"]
     params = {} if _name != "combo" else {"parts": canon, "metric": metric}
-    return Descriptor(_name, dim, compute, default_metric=metric, version=1, params=params,
+    return Descriptor(_name, dim, compute, default_metric=metric, version=_version, params=params,
                       doc="weighted concatenation of descriptors")
 
 
@@ -402,7 +402,8 @@ CLASSIC_FAST_PARTS = [
 
 def make_classic() -> Descriptor:
     """Best classic combination on Corel-1k: spatial-hsv72 + correlogram + 1.5 x lbp (mAP 0.64, L1)."""
-    return make_combo(CLASSIC_PARTS, metric=_METRIC["classic"], _name="classic")
+    # version 2: the correlogram part became 256-pixel, distances 1-4 (version 1: full size, 1, 3, 5, 7)
+    return make_combo(CLASSIC_PARTS, metric=_METRIC["classic"], _name="classic", _version=2)
 
 
 def make_classic_fast() -> Descriptor:
