@@ -43,6 +43,7 @@ quality and makes large photos cheap (reduced JPEG decoding, see
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import logging
@@ -376,7 +377,8 @@ def get_descriptor(name: Union[str, Descriptor, Mapping[str, Any]] = "hsv72", **
         raise DescriptorError(f"descriptor {name!r}: invalid parameters {sorted(params)}: {exc}") from exc
     if not isinstance(desc, Descriptor):
         raise DescriptorError(f"factory for {name!r} returned {type(desc).__name__}, not a Descriptor")
-    if max_side is not _MISSING:
+    if max_side is not _MISSING and max_side != desc.max_side:
+        desc = copy.copy(desc)  # the factory may share instances: never mutate its object
         desc.max_side = max_side
     with _lock:
         _CACHE[cache_key] = desc
