@@ -449,3 +449,23 @@ def test_cli_eval_table_and_json(tmp_path, capsys):
     assert "hsv72" in text and "1.0000" in text and "3 queries" in text
     assert main(["eval", str(tmp_path / "h"), "--layout", "holidays", "--rerank", "nope"]) == 1
     assert "unknown re-ranking 'nope'" in capsys.readouterr().err
+
+
+def test_evaluate_needs_two_describable_images(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"broken")
+    (tmp_path / "a" / "y.png").write_bytes(b"broken")
+    with pytest.raises(ValueError, match=r"described 0 image\(s\) \(2 failed\)"):
+        ev.evaluate(tmp_path, "folders", descriptors=["hsv72"])
+
+
+def test_format_table_lists_every_row():
+    rows = [{"descriptor": "hsv72", "metric": "l1", "rerank": "none", "map": 0.51234, "p@10": 0.7,
+             "n_queries": 3, "n_skipped": 0, "n_failed": 0, "ms_per_query": 1.234},
+            {"descriptor": "hsv72", "metric": "pearson", "rerank": "qe", "error": "negative values"}]
+    text = ev.format_table(rows, ["map", "p@10"])
+    lines = text.splitlines()
+    assert lines[0].split() == ["descriptor", "metric", "rerank", "map", "p@10", "ms/query"]
+    assert lines[2].split() == ["hsv72", "l1", "none", "0.5123", "0.7000", "1.23"]
+    assert "error: negative values" in lines[3]
+    assert ev.format_table([]) == "(no results)"

@@ -804,6 +804,9 @@ def _evaluate_one(ds: Dataset, data: np.ndarray, labels: np.ndarray, qids: np.nd
 
     base = {"descriptor": dspec, "metric": mname, "n_failed": n_failed}
     n = data.shape[0]
+    if n < 2 or qids.size == 0:
+        raise ValueError(f"{ds.root}: descriptor {dspec!r} described {n} image(s) ({n_failed} failed) and "
+                         f"{qids.size} query image(s); need at least 2 images and 1 query")
     try:
         t0 = time.perf_counter()
         searcher = ExactSearcher(data, mname)
