@@ -340,3 +340,15 @@ def test_describe_many_reports_bad_files(tmp_path, corel_dir):
     assert list(errors) == [1] and isinstance(errors[1], ImageError)
     assert np.isnan(m[1]).all() and np.isfinite(m[[0, 2]]).all()
     np.testing.assert_allclose(m[0], m[2], rtol=1e-5)
+
+
+@needs_model
+def test_fixed_input_size_resizes_once(corel_images):
+    import cv2
+
+    img = corel_images[0][0]  # 384 x 256
+    d = get_descriptor("cnn-spoc", input_size=[224, 224])
+    direct = cv2.resize(img, (224, 224), interpolation=cv2.INTER_AREA)
+    x = d.extractor.forward(direct[None].astype(np.float32) - MEAN)[0].astype(np.float64)
+    v = x.sum(axis=(1, 2))
+    np.testing.assert_allclose(d.compute(img), v / np.linalg.norm(v), rtol=2e-4, atol=2e-6)

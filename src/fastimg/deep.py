@@ -848,8 +848,10 @@ class CnnDescriptor(Descriptor):
             "whitening": None if whitening is None else os.path.abspath(os.fspath(whitening)),
             **self.pooling_params,
         }
+        # working size: the network's longer side; for a fixed (width, height) twice the larger
+        # value, so that the image is not shrunk (aspect kept) below the size it is then stretched to
         side = self.extractor.input_size if isinstance(self.extractor.input_size, int) \
-            else max(self.extractor.input_size)
+            else 2 * max(self.extractor.input_size)
         super().__init__(
             f"cnn-{pooling}",
             dim,
