@@ -73,7 +73,7 @@ def make_hsv72() -> Descriptor:
     """
 
     def compute(bgr: np.ndarray) -> np.ndarray:
-        return _normalise(_k().hsv72_hist(bgr))
+        return _normalise(_k().hsv72_hist(np.ascontiguousarray(bgr)))
 
     return Descriptor("hsv72", 72, compute, default_metric=_METRIC["hsv72"], version=1,
                       doc="original 72-bin HSV histogram (8 uneven hue x 3 sat x 3 value), red-bin bug fixed")

