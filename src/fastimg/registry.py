@@ -582,13 +582,14 @@ def describe_many(
     elif progress not in (False, None):
         raise ValueError(f"progress must be a bool or a callable(done, total); got {progress!r}")
 
-    # Compile / warm the kernels once in this thread so workers do not queue on numba's lock.
-    try:
-        d.compute(np.zeros((8, 8, 3), dtype=np.uint8))
-    except Exception:  # the per-image path reports real failures
-        pass
-
     batched = d.compute_batch is not None
+    if not batched and workers > 1 and n > 1:
+        # Compile / warm the kernels once in this thread so workers do not queue on numba's lock.
+        try:
+            d.compute(np.zeros((8, 8, 3), dtype=np.uint8))
+        except Exception:  # noqa: BLE001 - the per-image path reports real failures
+            pass
+
     chunk = d.batch_size if batched else max(1, min(32, n // (workers * 8) or 1))
     starts = list(range(0, n, chunk))
 
