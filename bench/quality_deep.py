@@ -26,6 +26,7 @@ and the classic baselines through ``fastimg.eval.evaluate``.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import sys
@@ -306,7 +307,10 @@ def report(rows, rates, pool_ms, best, sweep, classic_rows, ds_c, ds_u, seconds)
     for cname, (rc_, ru_) in rates.items():
         md.append(f"| {cname} | {'cached' if np.isnan(rc_) else f'{rc_:.1f}'} | "
                   f"{'cached' if np.isnan(ru_) else f'{ru_:.1f}'} |")
-    md += ["", "Pooling itself costs the `pooling ms/img` above (NumPy, one thread).  "
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    md += ["", f"The machine was shared (1-minute load average {load:.1f} on {os.cpu_count()} CPUs when this "
+           "report was written), so these rates are lower bounds.  "
+           "Pooling itself costs the `pooling ms/img` above (NumPy, one thread).  "
            "`bench/bench_deep.py` times the forward pass per batch size and `describe_many` end to end.", ""]
     return "\n".join(md)
 
