@@ -641,3 +641,25 @@ def test_set_metadata_by_id_path_or_name(custom, photos):
         finally:
             con.close()
         assert text == '{"label": "beach"}'
+
+
+def test_large_images_are_described_the_same_way_when_indexed_and_queried(tmp_path, corel_dir):
+    import cv2
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    src = sorted((corel_dir / "beaches").iterdir())[:3]
+    for i, f in enumerate(src):  # larger than the descriptor's working size: reduced decoding kicks in
+        img = cv2.resize(cv2.imread(str(f)), (1600, 1064), interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(root / f"big{i}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    outside = tmp_path / "query.jpg"
+    shutil.copy2(root / "big1.jpg", outside)
+    with Index.create(root / ".fastimg") as ix:
+        assert ix.add(root).added == 3
+        big1 = ix.search(root / "big1.jpg", k=1, exclude_self=False)[0]
+        assert big1.path == str(root / "big1.jpg") and big1.score == pytest.approx(0, abs=1e-6)
+        # a copy that is not indexed, its bytes: described exactly as add() did
+        for query in (outside, outside.read_bytes()):
+            hit = ix.search(query, k=1, exclude_self=False)[0]
+            assert hit.id == big1.id and hit.score == pytest.approx(0, abs=1e-6)
+        assert big1.id not in [h.id for h in ix.search(outside.read_bytes(), k=2)]

@@ -1149,10 +1149,10 @@ class Index:
             raise DescriptorError(
                 "a descriptor='custom' index cannot describe images: query it by vector or by an indexed name"
             )
-        from fastimg.image import load_image
+        from fastimg.registry import describe
 
-        img = load_image(src)
-        vec = np.asarray(self.descriptor.compute(img), dtype=np.float32).reshape(-1)
+        # the same path as describe_many in add(): same decoding, same working size
+        vec = np.asarray(describe(src, self.descriptor), dtype=np.float32).reshape(-1)
         if vec.shape[0] != self.dim or not np.isfinite(vec).all():
             src_name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else "<query>"
             raise ImageError(src_name, "descriptor failed", f"got {vec.shape[0]} values, non-finite or wrong size")
