@@ -128,37 +128,34 @@ cdef extern from *:
     #endif
     }
 
-    /* one query, rows [r0, r1) */
+    /* one query: each row is read as one forward stream with four 8-lane
+       accumulators (j mod 32), combined in a fixed order, then the scalar tail */
+    static inline float fi_dot1_stream(const float* x, const float* q, Py_ssize_t d) {
+    #if FI_HAVE_VEC
+        Py_ssize_t j = 0;
+        fi_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (; j + 32 <= d; j += 32) {
+            a0 += fi_load(x + j) * fi_load(q + j);
+            a1 += fi_load(x + j + 8) * fi_load(q + j + 8);
+            a2 += fi_load(x + j + 16) * fi_load(q + j + 16);
+            a3 += fi_load(x + j + 24) * fi_load(q + j + 24);
+        }
+        for (; j + 8 <= d; j += 8) a0 += fi_load(x + j) * fi_load(q + j);
+        return fi_dot_tail(x, q, j, d, fi_hsum((a0 + a1) + (a2 + a3)));
+    #else
+        return fi_dot_tail(x, q, 0, d, 0.0f);
+    #endif
+    }
+
     FI_CLONES static void fi_ip_rows_q1(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1,
                                         const float* q, const float* bias, const uint8_t* mask,
                                         float* hv, int64_t* hi, Py_ssize_t kk) {
-        Py_ssize_t r = r0;
+        for (Py_ssize_t r = r0; r < r1; ++r) {
+            const float* x = X + r * d;
     #if FI_HAVE_VEC
-        Py_ssize_t dv = d - d % 8;
-        for (; r + 4 <= r1; r += 4) {
-            const float* x0 = X + r * d; const float* x1 = x0 + d;
-            const float* x2 = x1 + d;    const float* x3 = x2 + d;
-            fi_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-            for (Py_ssize_t j = 0; j < dv; j += 8) {
-                fi_v8 qv = fi_load(q + j);
-                a0 += fi_load(x0 + j) * qv;
-                a1 += fi_load(x1 + j) * qv;
-                a2 += fi_load(x2 + j) * qv;
-                a3 += fi_load(x3 + j) * qv;
-            }
-            float s0 = fi_dot_tail(x0, q, dv, d, fi_hsum(a0));
-            float s1 = fi_dot_tail(x1, q, dv, d, fi_hsum(a1));
-            float s2 = fi_dot_tail(x2, q, dv, d, fi_hsum(a2));
-            float s3 = fi_dot_tail(x3, q, dv, d, fi_hsum(a3));
-            if (bias) { s0 += bias[r]; s1 += bias[r + 1]; s2 += bias[r + 2]; s3 += bias[r + 3]; }
-            fi_push_row(hv, hi, kk, mask, r, s0);
-            fi_push_row(hv, hi, kk, mask, r + 1, s1);
-            fi_push_row(hv, hi, kk, mask, r + 2, s2);
-            fi_push_row(hv, hi, kk, mask, r + 3, s3);
-        }
+            __builtin_prefetch(x + 64 * 16, 0, 0);
     #endif
-        for (; r < r1; ++r) {
-            float s = fi_dot1(X + r * d, q, d);
+            float s = fi_dot1_stream(x, q, d);
             if (bias) s += bias[r];
             fi_push_row(hv, hi, kk, mask, r, s);
         }
