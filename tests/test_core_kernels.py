@@ -1,0 +1,71 @@
+"""Direct tests of fastimg._core kernels against NumPy equivalents."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+_core = pytest.importorskip("fastimg._core", reason="compiled core not built (run `make install`)")
+
+
+def lexsort_topk(values: np.ndarray, k: int, ids=None):
+    ids = np.arange(len(values)) if ids is None else ids
+    order = np.lexsort((ids, -values))[:k]
+    return values[order], ids[order]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (1000, 72), (333, 257)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_read_sum_equals_numpy_sum(shape, threads):
+    x = np.random.default_rng(sum(shape)).random(shape, dtype=np.float32)
+    assert _core.read_sum(x, threads, chunk_rows=50) == pytest.approx(float(x.sum(dtype=np.float64)), rel=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_heap_push_block_matches_lexsort(threads):
+    rng = np.random.default_rng(3)
+    n, nq, kk = 1000, 5, 13
+    scores = rng.integers(0, 20, size=(nq, n)).astype(np.float32)  # many ties
+    bias = rng.integers(0, 3, size=n).astype(np.float32)
+    mask = (rng.random(n) < 0.1).astype(np.uint8)
+    hv, hi = _core.heap_new(nq, kk)
+    for r0 in range(0, n, 300):  # several blocks, as the GEMM path feeds them
+        _core.heap_push_block(np.ascontiguousarray(scores[:, r0:r0 + 300]), r0, hv, hi, bias=bias, mask=mask,
+                              n_threads=threads)
+    _core.heap_finish(hv, hi, n_threads=threads)
+    keep = np.flatnonzero(mask == 0)
+    for q in range(nq):
+        v, i = lexsort_topk((scores[q] + bias)[keep], kk, keep)
+        np.testing.assert_array_equal(hi[q], i)
+        np.testing.assert_array_equal(hv[q], v)
+
+
+def test_fused_topk_bias_mask_and_padding():
+    rng = np.random.default_rng(4)
+    x = rng.random((50, 9), dtype=np.float32)
+    q = rng.random((3, 9), dtype=np.float32)
+    bias = rng.random(50, dtype=np.float32)
+    mask = np.zeros(50, np.uint8)
+    mask[::2] = 1
+    vals, ids = _core.fused_topk(x, q, 30, bias=bias, mask=mask, n_threads=2, chunk_rows=4)
+    s = q.astype(np.float64) @ x.T.astype(np.float64) + bias
+    keep = np.flatnonzero(mask == 0)  # 25 rows: 5 empty slots
+    for i in range(3):
+        ref_v, ref_i = lexsort_topk(s[i][keep], 25, keep)
+        np.testing.assert_array_equal(ids[i, :25], ref_i)
+        np.testing.assert_allclose(vals[i, :25], ref_v, rtol=1e-5)
+        assert (ids[i, 25:] == -1).all() and np.isneginf(vals[i, 25:]).all()
+
+
+def test_fused_topk_out_arrays_checked():
+    x = np.ones((4, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"out_values and out_ids must both have shape \(1, 2\)"):
+        _core.fused_topk(x, x[:1], 2, out_values=np.empty((1, 3), np.float32), out_ids=np.empty((1, 3), np.int64))
+
+
+def test_kernels_reject_wrong_layout_instead_of_crashing():
+    """The typed memoryviews refuse non-contiguous / wrong-dtype buffers."""
+    x = np.ones((4, 6), dtype=np.float32)
+    with pytest.raises(ValueError, match="contiguous"):
+        _core.fused_topk(x[:, ::2], x[:1, ::2].copy(), 2)
+    with pytest.raises(ValueError, match="Buffer dtype mismatch"):
+        _core.fused_topk(x.astype(np.float64), x[:1], 2)
