@@ -229,6 +229,16 @@ class ExactSearcher:
     -----
     Thread-safety: :meth:`search` does not modify the searcher and may be called
     from several Python threads at once (the GIL is released while scanning).
+
+    Candidates are ranked on float32 values (the inner-product surrogate or the
+    direct kernel's float32 sum); ``k + max(8, k // 8)`` of them are re-scored in
+    float64, so near-ties at the k boundary resolve as the exact metric says.
+    OpenCV's epsilon special cases are reproduced exactly for constant pearson
+    rows/queries and zero bhattacharyya/cosine rows/queries; the *query-dependent*
+    ones (pearson ``var_q * var_x <= DBL_EPSILON`` with both variances non-zero,
+    bhattacharyya ``sum_q * sum_x <= FLT_EPSILON`` with both sums non-zero: rows of
+    values around 1e-8 and below) are applied to the returned scores but not to
+    the candidate ranking.
     """
 
     def __init__(self, data: np.ndarray, metric: "str | Metric" = "pearson", *,
