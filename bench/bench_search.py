@@ -12,7 +12,9 @@ full   1,000,000  72, 256     1, 100    20,000
 
 Competitors (same float32 data, same thread count, k = 10):
 
-* ``fastimg``     - ``ExactSearcher(data, metric).search`` (prepared once, as an index does);
+* ``fastimg``     - ``ExactSearcher(data, metric).search`` (prepared once, as an index does;
+  strategy "auto": the GEMM path for Q >= 32), and for Q > 1 ``fastimg_fused``, the
+  query-blocked fused kernel forced;
 * ``numpy``       - prepared rows: ``P @ q`` (+ bias) then ``argpartition`` + sort of the top k;
 * ``faiss``       - ``faiss.IndexFlatIP`` on the same prepared rows (for Q > 1 with
   ``faiss.cvar.distance_compute_blas_threshold = 0``: its BLAS path);
@@ -177,6 +179,12 @@ def test_interleaved(benchmark, d, q, metric):
         "read_parallel": lambda: _core.read_sum(s.prepared, THREADS),
         "read_numpy_sum": lambda: s.prepared.sum(dtype=np.float32),
     }
+    if q > 1:
+        from fastimg.search import ExactSearcher
+
+        fused = ExactSearcher(x, metric, prepared=s.prepared, bias=s.bias, threads=THREADS, check=False,
+                              strategy="fused")
+        fns["fastimg_fused"] = lambda: fused.search(queries, K)
     res = _interleave(fns, ROUNDS)
     sub = x[:SUBSET]
     method = cv2.HISTCMP_CORREL if metric == "pearson" else cv2.HISTCMP_BHATTACHARYYA
