@@ -69,3 +69,24 @@ def test_kernels_reject_wrong_layout_instead_of_crashing():
         _core.fused_topk(x[:, ::2], x[:1, ::2].copy(), 2)
     with pytest.raises(ValueError, match="Buffer dtype mismatch"):
         _core.fused_topk(x.astype(np.float64), x[:1], 2)
+
+
+def test_direct_calls_with_inconsistent_shapes_raise():
+    x = np.ones((4, 3), dtype=np.float32)
+    q = np.ones((2, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="queries must have 3 columns; got 2"):
+        _core.fused_topk(x, q[:, :2].copy(), 2)
+    with pytest.raises(ValueError, match="the direct kinds need aux, active and n_active"):
+        _core.fused_topk(x, q, 2, kind=_core.KIND_CHISQR)
+    with pytest.raises(ValueError, match="kind must be in 0..5"):
+        _core.fused_topk(x, q, 2, kind=9)
+    with pytest.raises(ValueError, match="bias must have 4 entries; got 3"):
+        _core.fused_topk(x, q, 2, bias=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="active ids in"):
+        _core.fused_topk(x, q, 2, kind=_core.KIND_KL_DIV, aux=q, active=np.full((2, 3), 7, np.int32),
+                         n_active=np.full(2, 3, np.int64))
+    hv, hi = _core.heap_new(2, 5)
+    with pytest.raises(ValueError, match="bias and mask must cover rows 2..5"):
+        _core.heap_push_block(q.copy(), 2, hv, hi, mask=np.zeros(4, np.uint8))
+    with pytest.raises(ValueError, match=r"heaps must have shape \(1, 5\)"):
+        _core.heap_push_block(q[:1].copy(), 0, hv, hi)

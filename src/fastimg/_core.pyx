@@ -408,6 +408,28 @@ def fused_topk(
         order = np.lexsort((ids, -s)) per query, first kk
     """
     cdef Py_ssize_t n = data.shape[0], d = data.shape[1], nq = queries.shape[0]
+    # shape checks only (O(1)): they keep a direct call from crashing the process
+    if queries.shape[1] != d:
+        raise ValueError(f"queries must have {d} columns; got {queries.shape[1]}")
+    if kk < 0 or chunk_rows < 1 or n_threads < 1:
+        raise ValueError(f"need kk >= 0, chunk_rows >= 1, n_threads >= 1; got {kk}, {chunk_rows}, {n_threads}")
+    if kind < 0 or kind > 5:
+        raise ValueError(f"kind must be in 0..5; got {kind}")
+    if bias is not None and bias.shape[0] < n:
+        raise ValueError(f"bias must have {n} entries; got {bias.shape[0]}")
+    if mask is not None and mask.shape[0] < n:
+        raise ValueError(f"mask must have {n} entries; got {mask.shape[0]}")
+    if kind != 0:
+        if aux is None or active is None or n_active is None:
+            raise ValueError("the direct kinds need aux, active and n_active")
+        if aux.shape[0] != nq or aux.shape[1] != d or active.shape[0] != nq or active.shape[1] != d \
+                or n_active.shape[0] != nq:
+            raise ValueError(f"aux and active must have shape ({nq}, {d}) and n_active ({nq},)")
+        if kind == 4 and nq > 0:
+            na = np.asarray(n_active)
+            act = np.asarray(active)
+            if na.min() < 0 or na.max() > d or act.min() < 0 or act.max() >= d:
+                raise ValueError(f"n_active must be in [0, {d}] and active ids in [0, {d - 1}]")
     cdef Py_ssize_t n_chunks = (n + chunk_rows - 1) // chunk_rows if n > 0 else 0
     cdef int nt = <int>max(1, min(<Py_ssize_t>n_threads, n_chunks))
     cdef Py_ssize_t c, r0, r1, t, qi, e, qb
@@ -527,6 +549,10 @@ def heap_push_block(
         Threads over queries.
     """
     cdef Py_ssize_t nq = scores.shape[0], c = scores.shape[1], kk = heap_values.shape[1], qi
+    if heap_values.shape[0] != nq or heap_ids.shape[0] != nq or heap_ids.shape[1] != kk:
+        raise ValueError(f"heaps must have shape ({nq}, {kk}) like heap_new({nq}, kk)")
+    if row0 < 0 or (bias is not None and bias.shape[0] < row0 + c) or (mask is not None and mask.shape[0] < row0 + c):
+        raise ValueError(f"bias and mask must cover rows {row0}..{row0 + c - 1}")
     cdef const float* pbias = _fptr(bias) if bias is not None else NULL
     cdef const uint8_t* pmask = _mptr(mask) if mask is not None else NULL
     cdef int nt = <int>max(1, min(<Py_ssize_t>n_threads, nq))
@@ -541,6 +567,8 @@ def heap_finish(float[:, ::1] heap_values, int64_t[:, ::1] heap_ids, int n_threa
     """Sort heaps in place, best first (higher value, then lower id); empty slots get id -1."""
     cdef Py_ssize_t nq = heap_values.shape[0], kk = heap_values.shape[1], qi
     cdef int nt = <int>max(1, min(<Py_ssize_t>n_threads, nq))
+    if heap_ids.shape[0] != nq or heap_ids.shape[1] != kk:
+        raise ValueError(f"heap_ids must have shape ({nq}, {kk}); got ({heap_ids.shape[0]}, {heap_ids.shape[1]})")
     if nq == 0 or kk == 0:
         return
     with nogil:
