@@ -86,7 +86,7 @@ def test_direct_calls_with_inconsistent_shapes_raise():
         _core.fused_topk(x, q, 2, kind=_core.KIND_KL_DIV, aux=q, active=np.full((2, 3), 7, np.int32),
                          n_active=np.full(2, 3, np.int64))
     hv, hi = _core.heap_new(2, 5)
-    with pytest.raises(ValueError, match="bias and mask must cover rows 2..5"):
+    with pytest.raises(ValueError, match="bias and mask must cover rows 2..4"):
         _core.heap_push_block(q.copy(), 2, hv, hi, mask=np.zeros(4, np.uint8))
     with pytest.raises(ValueError, match=r"heaps must have shape \(1, 5\)"):
         _core.heap_push_block(q[:1].copy(), 0, hv, hi)
