@@ -215,12 +215,35 @@ def search(paths, labels, cache: Path, metrics, start: int = 0) -> None:
               flush=True)
 
 
+def ukbench(cache: Path) -> None:
+    """N-S score on the 56-image UKBench sample (every image queries all 56, itself included)."""
+    from fastimg.eval import evaluate_scores
+    from fastimg.metrics import get_metric
+
+    root = REPO.parent / "shared" / "data" / "ukbench56"
+    rows = list(csv.DictReader(open(root / "groups.csv", newline="")))
+    paths = [str(root / r["file"]) for r in rows]
+    labels = np.array([int(r["group"]) for r in rows])
+    print("\n| descriptor | metric | N-S (max 4) |\n|---|---|---|")
+    for name in ["hsv72", "hsv", "spatial-hsv72", "correlogram", "lbp", "cedd", "classic-fast", "classic"]:
+        from fastimg.registry import describe_many, get_descriptor
+
+        d = get_descriptor(name)
+        mat, errors = describe_many(paths, d, workers=2)
+        assert not errors, errors
+        s = score_matrix(d.default_metric, mat)
+        r = evaluate_scores(s, labels, higher_is_better=get_metric(d.default_metric).higher_is_better,
+                            exclude_self=False, metrics=("ns",))
+        print(f"| {name} | {d.default_metric} | {r['ns']:.2f} |", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only bhattacharyya, chisqr_alt, l1 and pearson")
     ap.add_argument("--only", nargs="*", help="descriptor names to run")
     ap.add_argument("--search", action="store_true", help="only the weighted-combination search (from cached parts)")
     ap.add_argument("--start", type=int, default=0, help="skip the first START combinations of the search")
+    ap.add_argument("--ukbench", action="store_true", help="only the N-S score on the 56-image UKBench sample")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "fastimg-quality-cache"))
     args = ap.parse_args(argv)
     if not (COREL / "labels.csv").exists():
@@ -228,6 +251,9 @@ def main(argv=None) -> int:
         return 2
     paths, labels = load_corel()
     metrics = ["bhattacharyya", "chisqr_alt", "l1", "pearson"] if args.quick else METRICS
+    if args.ukbench:
+        ukbench(Path(args.cache))
+        return 0
     if args.search:
         search(paths, labels, Path(args.cache), ["bhattacharyya", "chisqr_alt", "l1"] if args.quick else metrics,
                args.start)
