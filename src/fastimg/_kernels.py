@@ -228,6 +228,9 @@ def autocorrelogram(idx, ncolors, distances, di, dj, which):  # pragma: no cover
             b = ri[i]
             for j in range(w):
                 total[kk, idx[i, j]] += a * co[j] - b * ci[j]
+    # branch-free counting into two interleaved counter sets (even / odd columns):
+    # no mispredicted branches, no store->load chain on runs of one colour
+    pairs = np.zeros((nk, 2, ncolors), dtype=np.int64)
     for t in range(di.shape[0]):
         a = di[t]
         b = dj[t]
@@ -235,10 +238,19 @@ def autocorrelogram(idx, ncolors, distances, di, dj, which):  # pragma: no cover
         j0 = max(0, -b)
         j1 = min(w, w - b)
         for i in range(h - a):
-            for j in range(j0, j1):
-                c = idx[i, j]
-                if idx[i + a, j + b] == c:
-                    same[kk, c] += 2
+            j = j0
+            while j + 2 <= j1:
+                c0 = idx[i, j]
+                c1 = idx[i, j + 1]
+                pairs[kk, 0, c0] += np.int64(idx[i + a, j + b] == c0)
+                pairs[kk, 1, c1] += np.int64(idx[i + a, j + 1 + b] == c1)
+                j += 2
+            if j < j1:
+                c0 = idx[i, j]
+                pairs[kk, 0, c0] += np.int64(idx[i + a, j + b] == c0)
+    for kk in range(nk):
+        for c in range(ncolors):
+            same[kk, c] = 2 * (pairs[kk, 0, c] + pairs[kk, 1, c])
     out = np.zeros((ncolors, nk), dtype=np.float64)
     for c in range(ncolors):
         for kk in range(nk):
