@@ -4,7 +4,8 @@
   suite checks separately that it imports neither numba, cv2 nor hnswlib);
 * ``fastimg query IMAGE``: wall time of the whole process against an index of N
   synthetic vectors (target: well under a second at N = 100,000), for the
-  automatic mode and for ``--exact``.
+  automatic mode and for ``--exact``, with a new image (decoded and described)
+  and with an indexed one (its stored vector is used).
 
 Sizes follow ``FASTIMG_BENCH_SCALE`` (bench/conftest.py): N = 1,000 / 20,000 /
 100,000. Run by hand with::
@@ -15,6 +16,7 @@ Sizes follow ``FASTIMG_BENCH_SCALE`` (bench/conftest.py): N = 1,000 / 20,000 /
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +51,7 @@ def _query_image() -> Path:
 @pytest.fixture(scope="module")
 def synthetic_index(tmp_path_factory) -> Path:
     """An index of N random (non-negative, L1-normalised) vectors of the default descriptor."""
+    from fastimg.image import load_image
     from fastimg.index import Index
 
     path = tmp_path_factory.mktemp("bench-cli") / "synthetic.fastimg"
@@ -61,7 +64,11 @@ def synthetic_index(tmp_path_factory) -> Path:
             v = rng.gamma(0.3, size=(n, dim)).astype(np.float32)
             v /= v.sum(axis=1, keepdims=True)
             index.add_vectors(v, [f"/synthetic/{i:07d}.jpg" for i in range(start, start + n)])
-        assert len(index) == N
+        # the query image under its own path, as an indexed item: querying by it uses the
+        # stored vector (no decoding, no descriptor start-up)
+        q = str(_query_image())
+        index.add_vectors(index.descriptor.compute(load_image(q))[None, :], [q])
+        assert len(index) == N + 1
     return path
 
 
@@ -72,11 +79,16 @@ def test_help_startup(benchmark):
     assert res.stdout.startswith("usage: fastimg")
 
 
-@pytest.mark.parametrize("mode", ["auto", "exact"])
-def test_query_end_to_end(benchmark, synthetic_index, mode):
+@pytest.mark.parametrize("mode,query", [("auto", "new"), ("exact", "new"), ("auto", "indexed")])
+def test_query_end_to_end(benchmark, synthetic_index, tmp_path, mode, query):
+    """``new``: an image not in the index (decoded and described: the descriptor's
+    start-up is included); ``indexed``: an indexed path (its stored vector is used)."""
     benchmark.group = f"cli query end to end, N={N}"
-    benchmark.extra_info.update({"scale": scale(), "n": N, "mode": mode})
-    args = ["query", str(_query_image()), "--index", str(synthetic_index), "-k", "10", "--json"]
+    benchmark.extra_info.update({"scale": scale(), "n": N, "mode": mode, "query": query})
+    img = _query_image()
+    if query == "new":  # same pixels under another path: not found in the index
+        img = Path(shutil.copy(img, tmp_path / ("new" + img.suffix)))
+    args = ["query", str(img), "--index", str(synthetic_index), "-k", "10", "--json"]
     if mode == "exact":
         args.append("--exact")
     res = benchmark.pedantic(_run, args=tuple(args), rounds=ROUNDS, iterations=1, warmup_rounds=1)
