@@ -663,3 +663,73 @@ def test_large_images_are_described_the_same_way_when_indexed_and_queried(tmp_pa
             hit = ix.search(query, k=1, exclude_self=False)[0]
             assert hit.id == big1.id and hit.score == pytest.approx(0, abs=1e-6)
         assert big1.id not in [h.id for h in ix.search(outside.read_bytes(), k=2)]
+
+
+# --------------------------------------------------------------------------- state machine
+def test_random_operation_sequences_match_a_dict_oracle(tmp_path):
+    """add_vectors / remove / compact / reopen in random order; after every step the
+    index equals a plain dict name -> vector (pyroaring-style oracle)."""
+    pytest.importorskip("hypothesis")
+    from hypothesis import settings, strategies as st
+    from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+    counter = iter(range(10**9))
+
+    class Machine(RuleBasedStateMachine):
+        @initialize()
+        def setup(self):
+            self.path = tmp_path / f"ix{next(counter)}"
+            self.ix = Index.create(self.path, descriptor="custom", dim=4, metric="l2")
+            self.oracle: dict = {}
+
+        @rule(n=st.integers(1, 5), seed=st.integers(0, 2**16), replace=st.booleans())
+        def add(self, n, seed, replace):
+            rng = np.random.default_rng(seed)
+            names = [f"n{seed}_{i}" for i in range(n)]
+            if replace and self.oracle:
+                names[0] = sorted(self.oracle)[seed % len(self.oracle)]
+            vecs = rng.integers(0, 4, (n, 4)).astype(np.float32)  # small ints: ties happen
+            self.ix.add_vectors(vecs, names)
+            self.oracle.update(zip(names, vecs))
+
+        @rule(data=st.data())
+        def remove(self, data):
+            if not self.oracle:
+                return
+            name = data.draw(st.sampled_from(sorted(self.oracle)))
+            assert self.ix.remove(name) == 1
+            del self.oracle[name]
+
+        @rule()
+        def compact(self):
+            self.ix.compact()
+            assert self.ix.info()["deleted"] == 0
+
+        @rule()
+        def reopen(self):
+            self.ix.close()
+            self.ix = Index.open(self.path, mode="a")
+
+        @invariant()
+        def same_as_oracle(self):
+            if not hasattr(self, "ix"):
+                return
+            live = self.ix.live_ids()
+            names = self.ix.paths(live)
+            assert sorted(names) == sorted(self.oracle)
+            V = np.asarray(self.ix.vectors)
+            for i, nm in zip(live, names):
+                np.testing.assert_array_equal(V[i], self.oracle[nm])
+            if self.oracle:
+                q = np.array([1.5, 0.5, 2.5, 1.0], np.float32)
+                hits = self.ix.search(q, k=3)
+                d = np.sqrt(((V[live].astype(np.float64) - q) ** 2).sum(axis=1))
+                order = np.lexsort((live, d))[:3]
+                assert [h.id for h in hits] == live[order].tolist()
+
+        def teardown(self):
+            if hasattr(self, "ix"):
+                self.ix.close()
+
+    Machine.TestCase.settings = settings(max_examples=10, stateful_step_count=12, deadline=None)
+    Machine.TestCase().runTest()
