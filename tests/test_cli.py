@@ -367,6 +367,30 @@ def test_index_empty_folder_is_an_error_and_leaves_nothing(tmp_path):
     assert not (tmp_path / "i").exists()
 
 
+def test_index_one_empty_folder_among_others_is_a_warning(photos, tmp_path):
+    root, _ = photos
+    (tmp_path / "empty").mkdir()
+    res = run("index", root / CLASSES[0], tmp_path / "empty", "--index", tmp_path / "i", "--json")
+    assert res.returncode == 0
+    assert res.stderr == f"fastimg: warning: {tmp_path / 'empty'}: no images found\n"
+    doc = json.loads(res.stdout)
+    assert [d["added"] for d in doc["dirs"]] == [PER_CLASS, 0]
+    assert index_len(tmp_path / "i") == PER_CLASS
+
+
+def test_index_locked_by_another_writer(built, photos, tmp_path):
+    src_idx, _ = built
+    idx = tmp_path / "copy.fastimg"
+    shutil.copytree(src_idx, idx)
+    from fastimg.index import Index
+
+    with Index.open(idx, mode="a"):  # this process holds the writer lock
+        line = assert_one_line_error(run("index", photos[0], "--index", idx))
+        assert str(os.getpid()) in line  # the message names the holder
+        res = run("query", photos[1][0], "--index", idx, "--json")  # readers are not blocked
+        assert res.returncode == 0, res.stderr
+
+
 def test_index_descriptor_mismatch(built, photos):
     idx, _ = built
     from fastimg.registry import descriptors

@@ -454,7 +454,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         if args.metric is not None:
             kwargs["metric"] = args.metric
         index = Index.create(path, **kwargs)
-        created = not existed
+        created = True
+    empty: list[str] = []
     try:
         with index:
             info = _info(index)
@@ -485,9 +486,12 @@ def cmd_index(args: argparse.Namespace) -> int:
                     totals[k] += v
                 skipped.extend((str(p), str(r)) for p, r in report.skipped.items())
                 per_dir.append({"dir": os.path.abspath(d), **counts})
-                if counts["added"] + counts["unchanged"] + counts["updated"] + counts["moved"] + counts["skipped"] == 0 \
+                if sum(counts[k] for k in ("added", "unchanged", "updated", "moved", "skipped")) == 0 \
                         and os.path.isdir(d):
-                    raise _CommandError(f"{d}: no images found")
+                    empty.append(d)
+            if len(empty) == len(args.dirs):
+                raise _CommandError(f"{empty[0]}: no images found" if len(empty) == 1 else
+                                    f"no images found in {', '.join(empty)}")
             ann = None
             if args.ann:
                 progress, bar = _progress_bar("HNSW graph", show)
@@ -499,11 +503,15 @@ def cmd_index(args: argparse.Namespace) -> int:
                 ann = True
             count = len(index)
     except BaseException:
-        if created:  # do not leave a half-made index behind that we created ourselves
+        # an index this command created and left without a single row is removed;
+        # one with committed rows is kept (re-running the command resumes)
+        if created and not existed and _has_no_rows(path):
             import shutil
 
             shutil.rmtree(path, ignore_errors=True)
         raise
+    for d in empty:
+        sys.stderr.write(f"{PROG}: warning: {d}: no images found\n")
 
     if args.json:
         _emit_json({"index": path, "count": count, "created": created, **totals,
@@ -528,6 +536,16 @@ def cmd_index(args: argparse.Namespace) -> int:
         if ann:
             print("HNSW graph built")
     return EXIT_OK
+
+
+def _has_no_rows(path: str) -> bool:
+    from fastimg.index import Index
+
+    try:
+        with Index.open(path, mode="r") as index:
+            return int(index.info()["rows"]) == 0
+    except Exception:
+        return False
 
 
 def _check_descriptor(name: str | None) -> None:
