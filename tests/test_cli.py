@@ -814,6 +814,18 @@ def test_dedup_large_groups_are_complete(dup_index):
     assert [len(g) for g in doc["groups"]] == [n]
 
 
+def test_dedup_ignores_removed_images(dup_index, tmp_path):
+    src, root, files = dup_index
+    idx = tmp_path / "copy"
+    shutil.copytree(src, idx)
+    assert run("remove", root / "copy_of_first.jpg", "--index", idx).returncode == 0
+    doc = ok_json("dedup", "--index", idx, "--json")
+    assert index_deleted(idx)  # the row is still in the vector file, marked deleted
+    _check_dedup(doc, idx, doc["metric"], doc["threshold"])
+    listed = {resolved(g["path"]) for group in doc["groups"] for g in group}
+    assert str((root / "copy_of_first.jpg").resolve()) not in listed
+
+
 def test_dedup_text_output(dup_index):
     idx, _, _ = dup_index
     doc = ok_json("dedup", "--index", idx, "--json")
