@@ -317,26 +317,28 @@ def test_augment_database_errors():
         rerank.augment_database(np.full((3, 2), np.nan), "l2", search=lambda v, k: None)
 
 
-def test_query_time_dba_rescoring_matches_offline_dba():
-    metric = "bhattacharyya"
-    x, _ = clusters(seed=5, n_per=8)
+@pytest.mark.parametrize("metric", ["bhattacharyya", "pearson", "l1", "chisqr"])
+def test_query_time_dba_augments_candidates_from_their_neighbours_among_candidates(metric):
+    m = get_metric(metric)
+    x, _ = clusters(seed=5, n_per=8, nonneg=m.nonneg)
     q = x[3]
     search = brute_search(x, metric, exclude={3})
     ids0, sc0 = search(q, 31)
     ids, sc = rerank.apply("dba:n=3,alpha=1,depth=12", q, ids0[0], sc0[0], get_vectors=lambda i: x[i],
                            search=search, k=20, metric=metric)
-    # oracle: augment the whole database (neighbours exclude the query row, as the search does)
-    head = ids0[0][:12]
+    # oracle: each of the 12 candidates, averaged with its 3 nearest other candidates
+    head = list(ids0[0][:12])
     aug_head = []
     for r in head:
-        s = exact_scores(metric, x[r], x)
-        others = sorted((i for i in range(len(x)) if i not in (r, 3)), key=lambda i: (s[i], i))[:3]
+        s = exact_scores(m, x[r], x)
+        others = sorted((i for i in head if i != r),
+                        key=lambda i: ((-s[i] if m.higher_is_better else s[i]), head.index(i)))[:3]
         w = rerank.similarity(metric, x[r], x[others]) ** 1.0
         aug_head.append(rerank.expand(metric, x[r], x[others], w))
-    new = exact_scores(metric, q, np.array(aug_head))
-    order = sorted(range(12), key=lambda j: (new[j], head[j]))
-    np.testing.assert_array_equal(ids[:12], head[order])
-    np.testing.assert_allclose(sc[:12], new[order], rtol=1e-5)
+    new = exact_scores(m, q, np.array(aug_head))
+    order = sorted(range(12), key=lambda j: ((-new[j] if m.higher_is_better else new[j]), head[j]))
+    np.testing.assert_array_equal(ids[:12], np.array(head)[order])
+    np.testing.assert_allclose(sc[:12], new[order], rtol=1e-5, atol=1e-6)
     # past depth: the initial order and scores
     np.testing.assert_array_equal(ids[12:], ids0[0][12:20])
     np.testing.assert_allclose(sc[12:], sc0[0][12:20])
