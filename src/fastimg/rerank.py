@@ -42,11 +42,11 @@ Defaults (:data:`PARAMS`) were chosen from sweeps on Corel-1k (every image
 queries the other 999, mAP over the full ranking; ``bench/quality.py --tune``):
 ``qe`` n=5; ``alpha-qe`` n=5, alpha=3; ``dba`` n=5, alpha=3, depth=200;
 ``k-reciprocal`` k1=30, k2=6, lambda=0.3, depth=200.  On the best plain
-configuration (``classic`` + l1, mAP 0.609) k-reciprocal reaches 0.684 and QE
-0.634; see ``bench/quality.md`` for the table and ``bench/bench_rerank.py`` for
+configuration (``classic`` + l1, mAP 0.641) k-reciprocal reaches 0.709 and QE
+0.671; see ``bench/quality.md`` for the table and ``bench/bench_rerank.py`` for
 the cost per query.  Candidates past ``depth`` keep their initial order, so a
-larger ``depth`` lifts mAP over long rankings further (k-reciprocal depth=300:
-0.714) at a higher cost.
+larger ``depth`` lifts mAP over long rankings further (k-reciprocal depth=300
+added about +0.025 mAP over depth=200 in the sweep) at about twice the cost.
 """
 from __future__ import annotations
 
@@ -74,7 +74,8 @@ SearchFn = Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarray]]
 
 # name -> {param: (type, default, lower bound, inclusive, doc)}
 # Defaults measured on Corel-1k (leave-one-out mAP over the full ranking; sweeps in
-# bench/quality.md).  On the best plain configuration (classic + l1, mAP 0.609):
+# bench/quality.md).  On the best plain configuration (classic + l1; mAP 0.609 with
+# the first version of `classic`, 0.641 since):
 #   qe      n=2/3/5/8/12 -> 0.630/0.633/0.634/0.636/0.636 (P@10 best at n<=5)
 #   alpha-qe n=5/10/20 (alpha=3) -> 0.632/0.634/0.629; on UKBench-56 (4 relevant)
 #           n=10 loses 0.2 N-S, hence n=5
