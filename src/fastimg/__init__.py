@@ -33,6 +33,9 @@ _LAZY = {
     "describe_many": "fastimg.registry",
     "descriptors": "fastimg.registry",
     "get_descriptor": "fastimg.registry",
+    "descriptor_from_spec": "fastimg.registry",
+    "register": "fastimg.registry",
+    "Descriptor": "fastimg.registry",
     # the index (fastimg.index)
     "Index": "fastimg.index",
     "Hit": "fastimg.index",
@@ -70,5 +73,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from fastimg.index import AddReport, Hit, Index
     from fastimg.image import load_image
     from fastimg.metrics import METRICS, metric_names
-    from fastimg.registry import describe, describe_many, descriptors, get_descriptor
+    from fastimg.registry import (
+        Descriptor,
+        describe,
+        describe_many,
+        descriptor_from_spec,
+        descriptors,
+        get_descriptor,
+        register,
+    )
     from fastimg.search import ExactSearcher, topk
