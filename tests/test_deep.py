@@ -352,3 +352,13 @@ def test_fixed_input_size_resizes_once(corel_images):
     x = d.extractor.forward(direct[None].astype(np.float32) - MEAN)[0].astype(np.float64)
     v = x.sum(axis=(1, 2))
     np.testing.assert_allclose(d.compute(img), v / np.linalg.norm(v), rtol=2e-4, atol=2e-6)
+
+
+@needs_model
+def test_max_side_override_applies_to_batches(corel_images):
+    img = corel_images[0][0]  # 384 x 256
+    d = get_descriptor("cnn-spoc", max_side=300)  # the registry copies the descriptor
+    assert d.max_side == 300 and get_descriptor("cnn-spoc").max_side == 384
+    a, b = d.compute_batch([img])[0], d.compute(img)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert float(a @ get_descriptor("cnn-spoc").compute(img)) < 0.9999  # really a different working size
