@@ -28,6 +28,57 @@ def _k():
     return _KERNELS
 
 
+# ---------------------------------------------------------------------------
+# single-image twins of the kernels (NumPy only: no Numba start-up)
+# ---------------------------------------------------------------------------
+# Describing ONE image (``describe``, a query) with a Numba kernel costs about a
+# second of start-up (importing numba, loading its cached machine code) for a
+# few milliseconds of work.  These twins make the same integer decisions as the
+# kernels in :mod:`fastimg._kernels`, vectorised with NumPy, and count with
+# ``np.bincount``: the counts, hence the vectors, are identical bit for bit
+# (tests/test_descriptors.py checks them against the kernels).  They are slower
+# per image than the kernels once started, so ``describe_many`` keeps the kernels.
+
+#: hue edges of hsv72 below 315 degrees (see :func:`fastimg._kernels.hsv72_bin`)
+_HSV72_HUE_EDGES = (20, 40, 75, 155, 190, 270, 295)
+
+
+def hsv72_index_np(bgr: np.ndarray) -> np.ndarray:
+    """Per-pixel hsv72 bin (uint8 (H, W)) by NumPy: :func:`fastimg._kernels.hsv72_bin` vectorised.
+
+    The same exact integer tests: with ``d = max - min`` and the integer hue
+    numerator ``H`` (``h = H / d`` degrees), ``h > e`` is ``H > e d``, ``s > 0.2``
+    is ``5 d > max``, ``s > 0.7`` is ``10 d > 7 max``, ``v > 0.2`` is ``max > 51``,
+    ``v > 0.7`` is ``max > 178``.  Red is the maximum first, then green (as the kernel).
+    """
+    b = bgr[..., 0].astype(np.int32)
+    g = bgr[..., 1].astype(np.int32)
+    r = bgr[..., 2].astype(np.int32)
+    mx = np.maximum(r, np.maximum(g, b))
+    d = mx - np.minimum(r, np.minimum(g, b))
+    hh = np.where(mx == r, 60 * (g - b) + np.where(g < b, 360 * d, 0),
+                  np.where(mx == g, 120 * d + 60 * (b - r), 240 * d + 60 * (r - g)))
+    hb = np.zeros(hh.shape, dtype=np.int32)
+    for e in _HSV72_HUE_EDGES:
+        hb += hh > e * d
+    hb *= hh <= 315 * d  # h > 315: red again (d = 0 gives hh = 0: bin 0)
+    sb = (5 * d > mx).astype(np.int32) + (10 * d > 7 * mx)
+    vb = (mx > 51).astype(np.int32) + (mx > 178)
+    return (hb * 9 + sb * 3 + vb).astype(np.uint8)
+
+
+def hsv72_hist_np(bgr: np.ndarray) -> np.ndarray:
+    """Counts of the 72 hsv72 bins -> int64 (72,), equal to :func:`fastimg._kernels.hsv72_hist` (any strides)."""
+    return np.bincount(hsv72_index_np(bgr).reshape(-1), minlength=72).astype(np.int64, copy=False)
+
+
+def rgb_hist_np(bgr: np.ndarray, levels: int) -> np.ndarray:
+    """Uniform RGB counts -> int64 (levels**3,), equal to :func:`fastimg._kernels.rgb_hist`."""
+    q = (bgr.astype(np.int32) * levels) >> 8
+    idx = (q[..., 2] * levels + q[..., 1]) * levels + q[..., 0]
+    return np.bincount(idx.reshape(-1), minlength=levels ** 3).astype(np.int64, copy=False)
+
+
 def _normalise(counts: np.ndarray) -> np.ndarray:
     v = np.asarray(counts, dtype=np.float64)
     s = v.sum()
@@ -75,8 +126,12 @@ def make_hsv72() -> Descriptor:
     def compute(bgr: np.ndarray) -> np.ndarray:
         return _normalise(_k().hsv72_hist(np.ascontiguousarray(bgr)))
 
+    def compute_single(bgr: np.ndarray) -> np.ndarray:
+        return _normalise(hsv72_hist_np(bgr))
+
     return Descriptor("hsv72", 72, compute, default_metric=_METRIC["hsv72"], version=1,
-                      doc="original 72-bin HSV histogram (8 uneven hue x 3 sat x 3 value), red-bin bug fixed")
+                      doc="original 72-bin HSV histogram (8 uneven hue x 3 sat x 3 value), red-bin bug fixed",
+                      compute_single=compute_single)
 
 
 # ---------------------------------------------------------------------------
@@ -101,8 +156,11 @@ def make_rgb(name: str, **params: Any) -> Descriptor:
     def compute(bgr: np.ndarray) -> np.ndarray:
         return _normalise(_k().rgb_hist(bgr, levels))
 
+    def compute_single(bgr: np.ndarray) -> np.ndarray:
+        return _normalise(rgb_hist_np(bgr, levels))
+
     return Descriptor(f"rgb{n}", n, compute, default_metric=_METRIC["rgb"], version=1,
-                      doc=f"uniform RGB histogram, {levels} levels per channel")
+                      doc=f"uniform RGB histogram, {levels} levels per channel", compute_single=compute_single)
 
 
 make_rgb.examples = ["rgb64", "rgb512"]  # type: ignore[attr-defined]
@@ -165,18 +223,20 @@ def make_spatial(name: str, grid: Any = (2, 2), center: bool = True, **base_para
     nreg = g[0] * g[1] + (1 if center else 0)
     dim = base.dim * nreg
 
-    def compute(bgr: np.ndarray) -> np.ndarray:
+    def run(bgr: np.ndarray, single: bool) -> np.ndarray:
         h, w = bgr.shape[:2]
         out = np.zeros(dim, dtype=np.float64)
+        raw = base._raw_single if single else base._raw
         for n, (r0, r1, c0, c1) in enumerate(regions(h, w, g, center)):
             if r1 > r0 and c1 > c0:
-                out[n * base.dim:(n + 1) * base.dim] = base._raw(bgr[r0:r1, c0:c1])
+                out[n * base.dim:(n + 1) * base.dim] = raw(bgr[r0:r1, c0:c1])
         return out / nreg
 
     params: Dict[str, Any] = {"grid": g, "center": center, **base.params}
-    return Descriptor(f"spatial-{base.name}", dim, compute, default_metric=base.default_metric,
+    return Descriptor(f"spatial-{base.name}", dim, lambda bgr: run(bgr, False), default_metric=base.default_metric,
                       version=base.version, params=params,
-                      doc=f"{base.name} over a {g[0]}x{g[1]} grid{' plus centre' if center else ''}")
+                      doc=f"{base.name} over a {g[0]}x{g[1]} grid{' plus centre' if center else ''}",
+                      compute_single=lambda bgr: run(bgr, True))
 
 
 make_spatial.examples = ["spatial-hsv72", "spatial-hsv"]  # type: ignore[attr-defined]
@@ -370,17 +430,18 @@ def make_combo(parts: Any = None, metric: Optional[str] = None, _name: str = "co
     offsets = np.cumsum([0] + [d.dim for d in descs])
     dim = int(offsets[-1])
 
-    def compute(bgr: np.ndarray) -> np.ndarray:
+    def run(bgr: np.ndarray, single: bool) -> np.ndarray:
         out = np.empty(dim, dtype=np.float64)
         for d, s, a, b in zip(descs, scale, offsets[:-1], offsets[1:]):
-            out[a:b] = _normalise(d._raw(bgr)) * s
+            out[a:b] = _normalise(d._raw_single(bgr) if single else d._raw(bgr)) * s
         return out
 
     if metric is None:
         metric = _METRIC["combo"]
     params = {} if _name != "combo" else {"parts": canon, "metric": metric}
-    return Descriptor(_name, dim, compute, default_metric=metric, version=_version, params=params,
-                      doc="weighted concatenation of descriptors")
+    return Descriptor(_name, dim, lambda bgr: run(bgr, False), default_metric=metric, version=_version,
+                      params=params, doc="weighted concatenation of descriptors",
+                      compute_single=lambda bgr: run(bgr, True))
 
 
 #: The best classic combination measured on Corel-1k (bench/quality_classic.py --search):

@@ -122,10 +122,18 @@ class Descriptor:
         (default :data:`WORK_SIDE`; ``None`` = full resolution).
     batch_size : int, optional
         Batch length used with ``compute_batch``.
+    compute_single : callable, optional
+        A start-up-free twin of ``compute`` for describing one image (NumPy /
+        OpenCV, no Numba: importing numba and loading its cached kernels costs
+        about a second, far more than one image's description).  It must
+        return exactly the same values as ``compute`` (bit for bit);
+        :func:`describe` uses it (``compute(bgr, single=True)``), while
+        :func:`describe_many` keeps ``compute``, faster per image in bulk.
 
     Notes
     -----
-    Subclasses may override :meth:`compute` instead of passing ``compute``.
+    Subclasses may override :meth:`_raw` (and :meth:`_raw_single`) instead of
+    passing ``compute``.
     """
 
     def __init__(
@@ -141,6 +149,7 @@ class Descriptor:
         compute_batch: Optional[Callable[[List[np.ndarray]], np.ndarray]] = None,
         max_side: Optional[int] = WORK_SIDE,
         batch_size: int = 32,
+        compute_single: Optional[Callable[[np.ndarray], np.ndarray]] = None,
     ) -> None:
         if not isinstance(dim, (int, np.integer)) or dim < 1:
             raise DescriptorError(f"descriptor {name!r}: dim must be a positive int; got {dim!r}")
@@ -154,6 +163,7 @@ class Descriptor:
         self.compute_batch = compute_batch
         self.max_side = max_side
         self.batch_size = int(batch_size)
+        self._compute_single = compute_single
 
     # -- identity --------------------------------------------------------------
     def spec(self) -> Dict[str, Any]:
@@ -190,7 +200,13 @@ class Descriptor:
             raise NotImplementedError(f"descriptor {self.name!r} has no compute function")
         return self._compute(bgr)
 
-    def compute(self, bgr: np.ndarray) -> np.ndarray:
+    def _raw_single(self, bgr: np.ndarray) -> np.ndarray:
+        """The raw vector by the single-image path (``compute_single``), else by :meth:`_raw`."""
+        if self._compute_single is not None:
+            return self._compute_single(bgr)
+        return self._raw(bgr)
+
+    def compute(self, bgr: np.ndarray, *, single: bool = False) -> np.ndarray:
         """Describe one image.
 
         Parameters
@@ -200,6 +216,11 @@ class Descriptor:
             If its longer side exceeds :attr:`max_side` it is first shrunk to the
             working size (``cv2.INTER_AREA``), so ``compute(load_image(p))`` and
             :func:`describe` agree up to JPEG reduced-decoding differences.
+        single : bool, optional
+            Use the descriptor's start-up-free single-image implementation
+            (``compute_single``) when it has one: the same values, bit for bit,
+            without importing Numba (what :func:`describe` does).  The default
+            path is the faster one per image once started (:func:`describe_many`).
 
         Returns
         -------
@@ -214,7 +235,8 @@ class Descriptor:
         _check_bgr(bgr)
         if self.max_side is not None and max(bgr.shape[0], bgr.shape[1]) > self.max_side:
             bgr = _shrink(bgr, self.max_side)
-        v = np.asarray(self._raw(bgr), dtype=np.float32).reshape(-1)
+        raw = self._raw_single(bgr) if single else self._raw(bgr)
+        v = np.asarray(raw, dtype=np.float32).reshape(-1)
         if v.shape[0] != self.dim:
             raise DescriptorError(f"descriptor {self.name!r} produced {v.shape[0]} values; expected dim={self.dim}")
         return v
@@ -493,7 +515,8 @@ def describe(image: ImageSource, descriptor: Union[str, Descriptor, Mapping[str,
     """
     d = get_descriptor(descriptor, **params)
     img = load_image(image, max_side=d.max_side)
-    return d.compute(img)
+    # one image: the start-up-free path (no Numba import / kernel loading), same values
+    return d.compute(img, single=True)
 
 
 def _default_workers() -> int:
