@@ -742,3 +742,90 @@ def test_cedd_hand_computed():
     expected[2] = 18 * 39 / 1521   # white blocks, x = 42..76
     expected[3 * 24 + 1] = 39 / 1521
     np.testing.assert_allclose(v, expected, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------
+# single-image path (describe): NumPy twins of the Numba kernels, bit for bit
+# ---------------------------------------------------------------------------
+SINGLE_PATH = ["hsv72", "rgb8", "rgb64", "rgb512", "rgb4096", "spatial-hsv72", "spatial-rgb64", "classic-fast"]
+
+
+def test_hsv72_single_path_bins_equal_kernel_on_every_colour():
+    """All 2**24 BGR colours: the NumPy bin decision equals the Numba kernel's (itself
+    checked against the pure-Python definition above), so the counts are equal for any image."""
+    from fastimg import _desc_classic, _kernels
+
+    lo = np.arange(1 << 16, dtype=np.uint32)
+    for r in range(256):
+        img = np.empty((256, 256, 3), dtype=np.uint8)
+        img[..., 0] = (lo & 255).reshape(256, 256)       # b
+        img[..., 1] = (lo >> 8).reshape(256, 256)        # g
+        img[..., 2] = r
+        got = _desc_classic.hsv72_index_np(img)
+        want = _kernels.hsv72_index(img)
+        if not np.array_equal(got, want):
+            bad = np.argwhere(got != want)[0]
+            pytest.fail(f"bgr {tuple(img[tuple(bad)])}: numpy bin {got[tuple(bad)]}, kernel {want[tuple(bad)]}")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hsv72_single_path_matches_python_reference(seed):
+    img = _rand(13, 17, seed)
+    np.testing.assert_array_equal(get_descriptor("hsv72").compute(img, single=True), ref_hsv72(img).astype(np.float32))
+
+
+@pytest.mark.parametrize("name", SINGLE_PATH)
+def test_single_path_equals_kernel_path_on_random_images(name):
+    """Random sizes (1 x 1 up), boundary colour levels, and non-contiguous views."""
+    d = get_descriptor(name)
+    rng = np.random.default_rng(7)
+    for n in range(12):
+        h, w = (1, 1) if n == 0 else (int(rng.integers(1, 70)), int(rng.integers(1, 70)))
+        img = _rand(h, w, n, BOUNDARY_LEVELS if n % 2 else None)
+        a, b = d.compute(img), d.compute(img, single=True)
+        assert a.dtype == b.dtype == np.float32
+        np.testing.assert_array_equal(a, b, err_msg=f"{name} on {h}x{w}")
+    big = _rand(90, 120, 3)
+    view = big[5:80:2, 120:7:-3]  # strided, reversed columns
+    np.testing.assert_array_equal(d.compute(view), d.compute(view, single=True))
+    np.testing.assert_array_equal(d.compute(view), d.compute(np.ascontiguousarray(view)))
+
+
+@pytest.mark.parametrize("name", SINGLE_PATH)
+def test_describe_equals_describe_many_on_corel(corel_dir, name):
+    """describe() (single-image path) and describe_many() (Numba kernels) agree bit for bit on real photos."""
+    paths = sorted(corel_dir.glob("*/*.jpg"))[::50]  # 20 images, two per class
+    mat, errors = describe_many(paths, name, workers=1)
+    assert errors == {}
+    for i, p in enumerate(paths):
+        np.testing.assert_array_equal(describe(p, name), mat[i], err_msg=f"{name} on {p.name}")
+
+
+def test_hsv_descriptor_single_path_falls_back_to_compute():
+    d = get_descriptor("hsv", bins=[4, 4, 4])
+    assert d._compute_single is None
+    img = _rand(20, 30, 5)
+    np.testing.assert_array_equal(d.compute(img, single=True), d.compute(img))
+
+
+def test_describe_one_image_does_not_import_numba(tmp_path):
+    """A query describes one image: hsv72, rgbN and spatial-hsv72 must not start Numba
+    (about a second of import and cache loading); describe_many still uses the kernels."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "q.png"
+    cv2.imwrite(str(path), _rand(40, 60, 11))
+    code = (
+        "import sys, fastimg\n"
+        f"p = {str(path)!r}\n"
+        "for name in ('hsv72', 'rgb512', 'spatial-hsv72'):\n"
+        "    v = fastimg.describe(p, name)\n"
+        "    assert abs(float(v.sum()) - 1) < 1e-5, (name, v.sum())\n"
+        "print('numba' in sys.modules)\n"
+        "fastimg.describe_many([p, p], 'hsv72', workers=1)\n"
+        "print('numba' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "True"]
