@@ -609,3 +609,15 @@ def test_import_does_not_load_hnswlib():
     code = "import sys, fastimg.ann; print('hnswlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_threads_from_environment_and_progress_bar(monkeypatch, capsys):
+    x, q = clustered(300, 8, 3, seed=8)
+    monkeypatch.setenv("FASTIMG_NUM_THREADS", "1")
+    g = HnswGraph.build(x, "l2", progress=True)
+    assert g.threads == 1 and g.params["threads"] == 1
+    assert "300" in capsys.readouterr().err  # tqdm reports the rows inserted
+    assert HnswGraph.build(x, "l2", threads=2).threads == 2
+    monkeypatch.setenv("FASTIMG_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="FASTIMG_NUM_THREADS"):
+        HnswGraph.build(x, "l2")
