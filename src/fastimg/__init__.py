@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastimg._version import __version__
 from fastimg.errors import (
+    AnnSearchError,
     DescriptorError,
     FastimgError,
     ImageError,
@@ -40,6 +41,8 @@ _LAZY = {
     "Index": "fastimg.index",
     "Hit": "fastimg.index",
     "AddReport": "fastimg.index",
+    # approximate search (fastimg.ann)
+    "HnswGraph": "fastimg.ann",
 }
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "IndexCorruptError",
     "IndexLockedError",
     "IndexReadOnlyError",
+    "AnnSearchError",
     *_LAZY,
 ]
 
@@ -70,6 +74,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from fastimg.ann import HnswGraph
     from fastimg.index import AddReport, Hit, Index
     from fastimg.image import load_image
     from fastimg.metrics import METRICS, metric_names

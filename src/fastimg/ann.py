@@ -56,7 +56,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
-from fastimg.errors import FastimgError, IndexCorruptError, IndexFormatError, IndexNotFoundError
+from fastimg.errors import AnnSearchError, FastimgError, IndexCorruptError, IndexFormatError, IndexNotFoundError
 
 __all__ = [
     "ANN_CROSSOVER",
@@ -116,11 +116,6 @@ _MAPPING: Dict[str, Tuple[str, str, str]] = {
     "kl_div": ("ip", "bhattacharyya", "surrogate"),
     "l1": ("l2", "raw", "surrogate"),
 }
-
-
-class AnnSearchError(FastimgError, ValueError):
-    """Bad argument to the HNSW graph (shape, dimension, ``k``, ids, parameters),
-    or a graph that cannot answer (too many deletions for ``ef``)."""
 
 
 # ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ __all__ = [
     "IndexCorruptError",
     "IndexLockedError",
     "IndexReadOnlyError",
+    "AnnSearchError",
 ]
 
 
@@ -78,3 +79,8 @@ class IndexLockedError(IndexError_, RuntimeError):
 
 class IndexReadOnlyError(IndexError_, PermissionError):
     """A write was attempted on an index opened with ``mode="r"``."""
+
+
+class AnnSearchError(FastimgError, ValueError):
+    """Bad argument to the HNSW graph (shape, dimension, ``k``, ids, parameters),
+    or a graph that cannot answer (too many deletions for ``ef``)."""
