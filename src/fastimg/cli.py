@@ -132,6 +132,7 @@ examples:
   fastimg index photos/ scans/ --index /data/photos.fastimg --descriptor hsv72
   fastimg index photos/ --exclude '*/thumbnails/*' --exclude '*.gif' --ann
   fastimg index photos/ -q --json          # no progress bar; the summary as JSON
+  fastimg index photos/ --whiten 128       # then fit PCA-whitening (128 dims) on the index
 
 {_INDEX_RULE}
 An existing index keeps the descriptor and metric it was created with; asking for
@@ -149,6 +150,10 @@ another with --descriptor/--metric is an error (use a new --index).""", [ix])
                    help="do not descend into sub-folders")
     p.add_argument("--ann", action="store_true",
                    help="build/update the HNSW graph for approximate search afterwards")
+    p.add_argument("--whiten", type=_positive_int, nargs="?", const=0, default=None, metavar="DIM",
+                   help="after indexing, fit (or re-fit) PCA-whitening on the indexed vectors, "
+                        "optionally to DIM dimensions; searches then run in the whitened space "
+                        "(needs a signed metric: cosine, pearson, l2, l1; put it after the folders)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     p.add_argument("--show-skipped", action="store_true",
                    help="list every skipped file with the reason")
@@ -469,6 +474,13 @@ def cmd_index(args: argparse.Namespace) -> int:
                     raise _CommandError(
                         f"metric mismatch: the index at {path} has default metric {have_m!r}, not "
                         f"{args.metric!r} (choose the metric per query: fastimg query --metric)")
+            if args.whiten is not None:
+                from fastimg.metrics import get_metric
+
+                if get_metric(index.metric).nonneg:
+                    raise _CommandError(
+                        f"--whiten: the index's metric {index.metric!r} needs non-negative vectors but whitened "
+                        "vectors are signed; use an index created with --metric cosine (or pearson, l2, l1)")
             show = not args.quiet and not args.json and sys.stderr.isatty()
             totals = {"added": 0, "unchanged": 0, "updated": 0, "moved": 0, "removed": 0, "skipped": 0}
             skipped: list[tuple[str, str]] = []
@@ -492,6 +504,9 @@ def cmd_index(args: argparse.Namespace) -> int:
             if len(empty) == len(args.dirs):
                 raise _CommandError(f"{empty[0]}: no images found" if len(empty) == 1 else
                                     f"no images found in {', '.join(empty)}")
+            whitening = None
+            if args.whiten is not None:
+                whitening = index.fit_whitening(dim=args.whiten or None)
             ann = None
             if args.ann:
                 progress, bar = _progress_bar("HNSW graph", show)
@@ -516,7 +531,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json({"index": path, "count": count, "created": created, **totals,
                     "skipped_files": [{"path": p, "reason": r} for p, r in skipped],
-                    "dirs": per_dir, "ann": ann})
+                    "dirs": per_dir, "ann": ann, "whitening": whitening})
         return EXIT_OK
     if not args.quiet:
         verb = "created" if created else "updated"
@@ -533,6 +548,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         if args.show_skipped:
             for p, r in skipped:
                 print(f"  {p}: {r}")
+        if whitening:
+            print(f"whitening fitted on {whitening['n_fit']} images ({whitening['dim']} dimensions)")
         if ann:
             print("HNSW graph built")
     return EXIT_OK
