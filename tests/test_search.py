@@ -255,12 +255,14 @@ def test_kernel_candidates_identical_across_threads():
         np.testing.assert_allclose(ref[0][i], s[i, order], rtol=1e-5)
 
 
-def test_auto_strategy_switches_to_gemm_and_agrees(data):
-    queries = np.repeat(data[[100, 7, 3]], GEMM_MIN_QUERIES // 3 + 1, axis=0)
+def test_gemm_and_fused_strategies_agree(data):
+    queries = np.repeat(data[[100, 7, 3]], 12, axis=0)
     auto = ExactSearcher(data, "bhattacharyya")
-    assert auto._use_gemm(len(queries)) and not auto._use_gemm(1)
+    assert auto._use_gemm(len(queries)) == (len(queries) >= GEMM_MIN_QUERIES)
+    gemm = ExactSearcher(data, "bhattacharyya", strategy="gemm")
+    assert gemm._use_gemm(1)
     fused = ExactSearcher(data, "bhattacharyya", strategy="fused")
-    a, b = auto.search(queries, 9), fused.search(queries, 9)
+    a, b = gemm.search(queries, 9), fused.search(queries, 9)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
 

@@ -15,9 +15,10 @@ How a search runs:
 
    * inner-product metrics (pearson, bhattacharyya, cosine, l2) scan the prepared
      rows (:func:`fastimg.metrics.prepare_rows`) with a fused dot product + bounded
-     heap pass (OpenMP over row chunks, per-thread heaps merged at the end), or, for
-     large query batches, with BLAS GEMM over row blocks followed by a parallel heap
-     update (BLAS threads capped with threadpoolctl);
+     heap pass (OpenMP over row chunks, per-thread heaps merged at the end; query
+     batches in blocks of 4 so each row read serves 4 queries), or, on request
+     (``strategy="gemm"``), with BLAS GEMM over row blocks followed by a parallel
+     heap update (BLAS threads capped with threadpoolctl);
    * the other metrics (chisqr, chisqr_alt, intersect, kl_div, l1) use a fused
      direct kernel on the raw rows;
 
@@ -46,8 +47,11 @@ log = logging.getLogger(__name__)
 _DBL_EPS = float(np.finfo(np.float64).eps)
 _KIND = {"chisqr": 1, "chisqr_alt": 2, "intersect": 3, "kl_div": 4, "l1": 5}
 _STRATEGIES = ("auto", "fused", "gemm")
-#: ip-form batches with at least this many queries use the GEMM path ("auto")
-GEMM_MIN_QUERIES = 32
+#: ip-form batches with at least this many queries use the GEMM path ("auto").
+#: Disabled: on the reference machine (2 cores, OpenBLAS Haswell kernel) the
+#: query-blocked fused kernel was 2.5-3.3x faster per query than this GEMM path at
+#: N = 1e6, Q = 100 (bench/search.md), so "auto" always takes the fused kernel.
+GEMM_MIN_QUERIES: float = float("inf")
 #: queries per kernel call (bounds per-thread heap memory)
 _FUSED_QUERY_BATCH = 256
 _GEMM_QUERY_BATCH = 1024
@@ -211,7 +215,8 @@ class ExactSearcher:
         metrics).  Pass False only for data validated before (costs one read pass).
     strategy : {"auto", "fused", "gemm"}, default "auto"
         Candidate selection for inner-product metrics: fused dot + heap pass, or
-        BLAS GEMM over row blocks (auto: GEMM from ``GEMM_MIN_QUERIES`` queries).
+        BLAS GEMM over row blocks.  "auto" uses GEMM from ``GEMM_MIN_QUERIES``
+        queries (currently never: the fused kernel measured faster).
     chunk_rows : int, optional
         Rows per work unit of the fused kernel (tuning and testing knob).
 
