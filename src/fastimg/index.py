@@ -33,6 +33,10 @@ behaviour:
   metric and the index holds at least :data:`fastimg.ann.ANN_CROSSOVER` live
   rows.  Rows added after the graph was last updated are scanned exactly and
   merged, so results never miss new rows.  Deleted rows are never returned.
+* **Whitening** (:meth:`Index.fit_whitening`): an optional PCA-whitening fitted
+  on the collection and stored in the index; while it is fitted, every search
+  compares whitened vectors (the raw vectors are kept unchanged; the whitened
+  matrix is a rebuildable cache).
 * **Ids**: an image's id is its row in the vector file.  Ids are stable across
   ``add`` and ``remove``; :meth:`Index.compact` renumbers them (it returns the
   old-to-new mapping).

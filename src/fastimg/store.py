@@ -11,6 +11,9 @@ An index is **one directory**::
         <metric>-prepared.g<G>.n<N>.npy   prepared matrix of an inner-product metric
         <metric>-bias.g<G>.n<N>.npy       its per-row bias (when the metric has one)
       ann/                 the HNSW graph (fastimg.ann's files); its state in ``meta``
+      whitening.npz        optional PCA-whitening fitted by ``Index.fit_whitening`` (its
+                           record, with the file's checksum, in ``meta`` key ``whitening``);
+                           its whitened matrix is a cache: ``cache/whitened-<fit>.g<G>.n<N>.npy``
 
 ``manifest.json``
     ``{"format": "fastimg-index", "format_version": 1, "descriptor": <spec>,
@@ -29,8 +32,8 @@ An index is **one directory**::
     ``generation`` (the vector file in use, bumped by compaction), ``version``
     (bumped by every write transaction, so readers notice changes with one query),
     ``has_negative`` (JSON bool: may a committed row hold a negative value? lets
-    histogram metrics skip a validation pass over the matrix) and the ANN graph's
-    state (``ann``: JSON).  The committed count lives here, not
+    histogram metrics skip a validation pass over the matrix), the ANN graph's
+    state (``ann``: JSON) and the whitening's (``whitening``: JSON).  The committed count lives here, not
     in the manifest, so that it advances in **the same transaction** as the rows'
     metadata: the two can never disagree.
     ``images(id, path, is_file, size, mtime_ns, hash, added, deleted, metadata)``:
