@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastimg.errors import DescriptorError, IndexLockedError, IndexNotFoundError, IndexReadOnlyError
+from fastimg.errors import DescriptorError, IndexLockedError, IndexNotFoundError, IndexReadOnlyError, NotInIndexError
 from fastimg.index import AddReport, Hit, Index, data_dir, default_index_path
 
 D = 12
@@ -123,7 +123,7 @@ def test_removed_rows_are_never_returned(custom, data):
     np.testing.assert_array_equal(custom.deleted_ids(), removed)
     # by name too, and unknown items are an error that removes nothing
     assert custom.remove("item1") == 1
-    with pytest.raises(ValueError, match=r"not in the index: item0, nope"):
+    with pytest.raises(NotInIndexError, match=r"not in the index: item0, nope"):
         custom.remove(["item2", "item0", "nope"])
     assert len(custom) == 199
 
@@ -178,7 +178,7 @@ def test_vectors_property_is_the_committed_matrix(custom, data):
     assert v.shape == (300, D) and not v.flags.writeable
     np.testing.assert_array_equal(np.asarray(v), data)
     assert custom.paths([0, 299]) == ["item0", "item299"]
-    with pytest.raises(KeyError):
+    with pytest.raises(NotInIndexError):
         custom.paths([300])
 
 
@@ -520,7 +520,7 @@ def test_remove_by_path_and_folder(photos):
         assert len(ix) == 5
         left = set(ix.paths(ix.live_ids()))
         assert str(files[0]) not in left and not any("horses" in p for p in left)
-        with pytest.raises(ValueError, match="not in the index"):
+        with pytest.raises(NotInIndexError, match="not in the index"):
             ix.remove(files[0])
 
 
@@ -624,9 +624,9 @@ def test_set_metadata_by_id_path_or_name(custom, photos):
     custom.set_metadata(3, None)
     assert custom.metadata(3)["metadata"] is None
     custom.remove([5])
-    with pytest.raises(KeyError):
+    with pytest.raises(NotInIndexError):
         custom.set_metadata(5, {"x": 1})
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(NotInIndexError, match="nope"):
         custom.set_metadata("nope", {"x": 1})
     with pytest.raises(ValueError, match="JSON"):
         custom.set_metadata(3, {"x": {1, 2}})

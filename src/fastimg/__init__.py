@@ -19,6 +19,7 @@ from fastimg.errors import (
     IndexLockedError,
     IndexNotFoundError,
     IndexReadOnlyError,
+    NotInIndexError,
 )
 
 # public name -> module that defines it (imported on first access)
@@ -55,6 +56,7 @@ __all__ = [
     "IndexCorruptError",
     "IndexLockedError",
     "IndexReadOnlyError",
+    "NotInIndexError",
     "AnnSearchError",
     *_LAZY,
 ]

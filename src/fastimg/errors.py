@@ -20,6 +20,7 @@ __all__ = [
     "IndexCorruptError",
     "IndexLockedError",
     "IndexReadOnlyError",
+    "NotInIndexError",
     "AnnSearchError",
 ]
 
@@ -79,6 +80,13 @@ class IndexLockedError(IndexError_, RuntimeError):
 
 class IndexReadOnlyError(IndexError_, PermissionError):
     """A write was attempted on an index opened with ``mode="r"``."""
+
+
+class NotInIndexError(IndexError_, KeyError):
+    """An id, path or name that the index does not hold (nothing was changed)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
 
 
 class AnnSearchError(FastimgError, ValueError):

@@ -65,6 +65,7 @@ from fastimg.errors import (
     IndexCorruptError,
     IndexFormatError,
     IndexReadOnlyError,
+    NotInIndexError,
 )
 from fastimg.store import NewRow, Row, State, Store, file_hash
 
@@ -615,7 +616,7 @@ class Index:
             s = os.fspath(item)
             row = self._store.find_live(s) or self._store.find_live(self._stored_path(s))
             if row is None:
-                raise KeyError(f"{self.path}: not in the index: {s}")
+                raise NotInIndexError(f"{self.path}: not in the index: {s}")
             id_ = row.id
         self._store.set_row_metadata(id_, value)
 
@@ -988,7 +989,7 @@ class Index:
                         continue
                 missing.append(s)
             if missing:
-                raise ValueError(
+                raise NotInIndexError(
                     f"{self.path}: not in the index: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
                     + " (nothing was removed)"
                 )

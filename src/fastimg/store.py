@@ -101,6 +101,7 @@ from fastimg.errors import (
     IndexLockedError,
     IndexNotFoundError,
     IndexReadOnlyError,
+    NotInIndexError,
 )
 
 __all__ = [
@@ -717,7 +718,7 @@ class Store:
         out = []
         for i in ids:
             if i not in found:
-                raise KeyError(f"{self.path}: no image with id {i}")
+                raise NotInIndexError(f"{self.path}: no image with id {i}")
             out.append(found[i])
         return out
 
@@ -801,7 +802,7 @@ class Store:
         with self._write() as conn:
             if conn.execute("UPDATE images SET metadata = ? WHERE id = ? AND deleted = 0",
                             (text, int(id))).rowcount != 1:
-                raise KeyError(f"{self.path}: no live image with id {id}")
+                raise NotInIndexError(f"{self.path}: no live image with id {id}")
 
     def get_meta(self, key: str) -> Any:
         """A JSON value stored in ``meta`` under ``key`` (None if absent)."""
