@@ -84,8 +84,10 @@ cdef extern from *:
 
     static inline void fi_push_row(float* hv, int64_t* hi, Py_ssize_t kk, const uint8_t* mask,
                                    Py_ssize_t r, float val) {
+        if (!fi_better(val, (int64_t)r, hv[0], hi[0])) return;  /* the common case, inline */
         if (mask != NULL && mask[r]) return;
-        fi_heap_push(hv, hi, kk, val, (int64_t)r);
+        hv[0] = val; hi[0] = (int64_t)r;
+        fi_sift_down(hv, hi, kk, 0);
     }
 
     /* ------------------------------------------------------------------ */
@@ -161,6 +163,46 @@ cdef extern from *:
         }
     }
 
+    #if FI_HAVE_VEC
+    #if defined(__clang__)
+    #define FI_EVENS(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
+    #define FI_ODDS(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15)
+    #else
+    static const fi_v8i fi_even_idx = {0, 2, 4, 6, 8, 10, 12, 14};
+    static const fi_v8i fi_odd_idx = {1, 3, 5, 7, 9, 11, 13, 15};
+    #define FI_EVENS(a, b) __builtin_shuffle(a, b, fi_even_idx)
+    #define FI_ODDS(a, b) __builtin_shuffle(a, b, fi_odd_idx)
+    #endif
+    /* [a0+a1, a2+a3, a4+a5, a6+a7, b0+b1, b2+b3, b4+b5, b6+b7] */
+    static inline fi_v8 fi_pairsum(fi_v8 a, fi_v8 b) { return FI_EVENS(a, b) + FI_ODDS(a, b); }
+
+    /* dot products of 2 rows x 4 queries (out[4 * row + query]); every pair is
+       computed by the same operation sequence, whichever rows are paired (a lone
+       tail row is paired with itself) */
+    static inline void fi_tile_2x4(const float* x0, const float* x1, const float* q0, const float* q1,
+                                   const float* q2, const float* q3, Py_ssize_t d, float* out) {
+        Py_ssize_t dv = d - d % 8;
+        fi_v8 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0};
+        fi_v8 a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
+        for (Py_ssize_t j = 0; j < dv; j += 8) {
+            fi_v8 xa = fi_load(x0 + j), xb = fi_load(x1 + j);
+            fi_v8 v0 = fi_load(q0 + j), v1 = fi_load(q1 + j), v2 = fi_load(q2 + j), v3 = fi_load(q3 + j);
+            a00 += xa * v0; a01 += xa * v1; a02 += xa * v2; a03 += xa * v3;
+            a10 += xb * v0; a11 += xb * v1; a12 += xb * v2; a13 += xb * v3;
+        }
+        /* 8 horizontal sums at once: lane i of r = sum of lanes of the i-th accumulator */
+        fi_v8 r = fi_pairsum(fi_pairsum(fi_pairsum(a00, a01), fi_pairsum(a02, a03)),
+                             fi_pairsum(fi_pairsum(a10, a11), fi_pairsum(a12, a13)));
+        memcpy(out, &r, sizeof(r));
+        if (dv < d) {
+            out[0] = fi_dot_tail(x0, q0, dv, d, out[0]); out[1] = fi_dot_tail(x0, q1, dv, d, out[1]);
+            out[2] = fi_dot_tail(x0, q2, dv, d, out[2]); out[3] = fi_dot_tail(x0, q3, dv, d, out[3]);
+            out[4] = fi_dot_tail(x1, q0, dv, d, out[4]); out[5] = fi_dot_tail(x1, q1, dv, d, out[5]);
+            out[6] = fi_dot_tail(x1, q2, dv, d, out[6]); out[7] = fi_dot_tail(x1, q3, dv, d, out[7]);
+        }
+    }
+    #endif
+
     /* four queries (rows of Q starting at q, stride d), rows [r0, r1) */
     FI_CLONES static void fi_ip_rows_q4(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1,
                                         const float* q, const float* bias, const uint8_t* mask,
@@ -168,31 +210,27 @@ cdef extern from *:
         const float* q0 = q; const float* q1 = q + d; const float* q2 = q + 2 * d; const float* q3 = q + 3 * d;
         float* h0 = hv; float* h1 = hv + kk; float* h2 = hv + 2 * kk; float* h3 = hv + 3 * kk;
         int64_t* i0 = hi; int64_t* i1 = hi + kk; int64_t* i2 = hi + 2 * kk; int64_t* i3 = hi + 3 * kk;
-        Py_ssize_t r = r0;
     #if FI_HAVE_VEC
-        Py_ssize_t dv = d - d % 8;
-        for (; r + 2 <= r1; r += 2) {
-            const float* x0 = X + r * d; const float* x1 = x0 + d;
-            fi_v8 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0};
-            fi_v8 a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
-            for (Py_ssize_t j = 0; j < dv; j += 8) {
-                fi_v8 xa = fi_load(x0 + j), xb = fi_load(x1 + j);
-                fi_v8 v0 = fi_load(q0 + j), v1 = fi_load(q1 + j), v2 = fi_load(q2 + j), v3 = fi_load(q3 + j);
-                a00 += xa * v0; a01 += xa * v1; a02 += xa * v2; a03 += xa * v3;
-                a10 += xb * v0; a11 += xb * v1; a12 += xb * v2; a13 += xb * v3;
+        float s[8];
+        for (Py_ssize_t r = r0; r < r1; r += 2) {
+            const float* x0 = X + r * d;
+            int two = (r + 1 < r1);
+            fi_tile_2x4(x0, two ? x0 + d : x0, q0, q1, q2, q3, d, s);
+            float b0 = bias ? bias[r] : 0.0f;
+            fi_push_row(h0, i0, kk, mask, r, s[0] + b0);
+            fi_push_row(h1, i1, kk, mask, r, s[1] + b0);
+            fi_push_row(h2, i2, kk, mask, r, s[2] + b0);
+            fi_push_row(h3, i3, kk, mask, r, s[3] + b0);
+            if (two) {
+                float b1 = bias ? bias[r + 1] : 0.0f;
+                fi_push_row(h0, i0, kk, mask, r + 1, s[4] + b1);
+                fi_push_row(h1, i1, kk, mask, r + 1, s[5] + b1);
+                fi_push_row(h2, i2, kk, mask, r + 1, s[6] + b1);
+                fi_push_row(h3, i3, kk, mask, r + 1, s[7] + b1);
             }
-            float b0 = bias ? bias[r] : 0.0f, b1 = bias ? bias[r + 1] : 0.0f;
-            fi_push_row(h0, i0, kk, mask, r, fi_dot_tail(x0, q0, dv, d, fi_hsum(a00)) + b0);
-            fi_push_row(h1, i1, kk, mask, r, fi_dot_tail(x0, q1, dv, d, fi_hsum(a01)) + b0);
-            fi_push_row(h2, i2, kk, mask, r, fi_dot_tail(x0, q2, dv, d, fi_hsum(a02)) + b0);
-            fi_push_row(h3, i3, kk, mask, r, fi_dot_tail(x0, q3, dv, d, fi_hsum(a03)) + b0);
-            fi_push_row(h0, i0, kk, mask, r + 1, fi_dot_tail(x1, q0, dv, d, fi_hsum(a10)) + b1);
-            fi_push_row(h1, i1, kk, mask, r + 1, fi_dot_tail(x1, q1, dv, d, fi_hsum(a11)) + b1);
-            fi_push_row(h2, i2, kk, mask, r + 1, fi_dot_tail(x1, q2, dv, d, fi_hsum(a12)) + b1);
-            fi_push_row(h3, i3, kk, mask, r + 1, fi_dot_tail(x1, q3, dv, d, fi_hsum(a13)) + b1);
         }
-    #endif
-        for (; r < r1; ++r) {
+    #else
+        for (Py_ssize_t r = r0; r < r1; ++r) {
             const float* x = X + r * d;
             float b = bias ? bias[r] : 0.0f;
             fi_push_row(h0, i0, kk, mask, r, fi_dot1(x, q0, d) + b);
@@ -200,6 +238,7 @@ cdef extern from *:
             fi_push_row(h2, i2, kk, mask, r, fi_dot1(x, q2, d) + b);
             fi_push_row(h3, i3, kk, mask, r, fi_dot1(x, q3, d) + b);
         }
+    #endif
     }
 
     /* ------------------------------------------------------------------ */
