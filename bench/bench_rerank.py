@@ -3,7 +3,7 @@
 One query at a time (the interactive case), exact search (ExactSearcher) over N
 random hsv72-like histograms (D = 72, bhattacharyya, the default descriptor and
 metric).  Each benchmark times the whole pipeline: the initial search (``k = 10``
-for the plain query and QE, ``depth`` candidates for DBA / k-reciprocal) plus
+for the plain query and QE, ``depth`` = 200 candidates for DBA / k-reciprocal) plus
 ``fastimg.rerank.apply``.
 
 * pytest-benchmark, group per N::
@@ -11,7 +11,7 @@ for the plain query and QE, ``depth`` candidates for DBA / k-reciprocal) plus
       FASTIMG_BENCH_SCALE=full flock /tmp/fastimg-bench.lock \
           .venv/bin/python -m pytest bench/bench_rerank.py --benchmark-columns=min,median,mean
 
-* side-by-side table with the ratio to the plain query (what bench/quality.md quotes)::
+* side-by-side markdown table, ms per query and the ratio to the plain query::
 
       FASTIMG_BENCH_SCALE=full flock /tmp/fastimg-bench.lock .venv/bin/python bench/bench_rerank.py
 
