@@ -287,7 +287,7 @@ def ref_lbp_hist(grey: np.ndarray, rotation_invariant: bool) -> np.ndarray:
 
 
 def test_uniform_lbp_table_has_58_uniform_codes():
-    from fastimg._kernels import uniform_lbp_table
+    from fastimg._desc_classic import uniform_lbp_table
 
     t = uniform_lbp_table(False)
     assert sorted(set(t.tolist())) == list(range(59))
@@ -747,7 +747,8 @@ def test_cedd_hand_computed():
 # ---------------------------------------------------------------------------
 # single-image path (describe): NumPy twins of the Numba kernels, bit for bit
 # ---------------------------------------------------------------------------
-SINGLE_PATH = ["hsv72", "rgb8", "rgb64", "rgb512", "rgb4096", "spatial-hsv72", "spatial-rgb64", "classic-fast"]
+SINGLE_PATH = ["hsv72", "rgb8", "rgb64", "rgb512", "rgb4096", "spatial-hsv72", "spatial-rgb64", "lbp", "spatial-lbp",
+               "classic-fast"]
 
 
 def test_hsv72_single_path_bins_equal_kernel_on_every_colour():
@@ -809,7 +810,7 @@ def test_hsv_descriptor_single_path_falls_back_to_compute():
 
 
 def test_describe_one_image_does_not_import_numba(tmp_path):
-    """A query describes one image: hsv72, rgbN and spatial-hsv72 must not start Numba
+    """A query describes one image: hsv72, rgbN, spatial-hsv72, lbp, classic-fast must not start Numba
     (about a second of import and cache loading); describe_many still uses the kernels."""
     import subprocess
     import sys
@@ -819,7 +820,7 @@ def test_describe_one_image_does_not_import_numba(tmp_path):
     code = (
         "import sys, fastimg\n"
         f"p = {str(path)!r}\n"
-        "for name in ('hsv72', 'rgb512', 'spatial-hsv72'):\n"
+        "for name in ('hsv72', 'rgb512', 'spatial-hsv72', 'lbp', 'classic-fast'):\n"
         "    v = fastimg.describe(p, name)\n"
         "    assert abs(float(v.sum()) - 1) < 1e-5, (name, v.sum())\n"
         "print('numba' in sys.modules)\n"

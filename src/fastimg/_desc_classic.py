@@ -79,6 +79,20 @@ def rgb_hist_np(bgr: np.ndarray, levels: int) -> np.ndarray:
     return np.bincount(idx.reshape(-1), minlength=levels ** 3).astype(np.int64, copy=False)
 
 
+def lbp_hist_np(grey: np.ndarray, table: np.ndarray, nbins: int) -> np.ndarray:
+    """``table[LBP code]`` counts over the interior pixels of ``grey`` -> int64 (nbins,),
+    equal to :func:`fastimg._kernels.lbp_hist` (same neighbour order and ``>=`` test)."""
+    h, w = grey.shape
+    if h < 3 or w < 3:
+        return np.zeros(nbins, dtype=np.int64)
+    c = grey[1:-1, 1:-1]
+    code = np.zeros(c.shape, dtype=np.uint8)
+    # bit p: neighbour (di, dj), counter-clockwise from the right, as in _kernels.lbp_codes
+    for p, (di, dj) in enumerate(((0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1), (1, 0), (1, 1))):
+        code |= (grey[1 + di:h - 1 + di, 1 + dj:w - 1 + dj] >= c).astype(np.uint8) * np.uint8(1 << p)
+    return np.bincount(table[code].reshape(-1), minlength=nbins).astype(np.int64, copy=False)
+
+
 def _normalise(counts: np.ndarray) -> np.ndarray:
     v = np.asarray(counts, dtype=np.float64)
     s = v.sum()
@@ -297,6 +311,38 @@ def make_correlogram(colors: str = "hsv72", distances: Sequence[int] = (1, 3, 5,
 # ---------------------------------------------------------------------------
 # lbp
 # ---------------------------------------------------------------------------
+def uniform_lbp_table(rotation_invariant: bool) -> np.ndarray:
+    """Map the 256 8-neighbour LBP codes to uniform-pattern bins.
+
+    A code is *uniform* when its circular bit string has at most two 0/1
+    transitions.  ``rotation_invariant=False`` (the "u2" mapping): the 58
+    uniform codes get bins 0..57 in increasing code order, every other code bin
+    58 (59 bins).  ``True`` (the "riu2" mapping): a uniform code maps to its
+    number of 1 bits (0..8), others to 9 (10 bins).
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 (256,)
+    """
+    table = np.empty(256, dtype=np.int32)
+    nxt = 0
+    for code in range(256):
+        bits = [(code >> p) & 1 for p in range(8)]
+        transitions = sum(bits[p] != bits[(p + 1) % 8] for p in range(8))
+        if rotation_invariant:
+            table[code] = sum(bits) if transitions <= 2 else 9
+        elif transitions <= 2:
+            table[code] = nxt
+            nxt += 1
+        else:
+            table[code] = -1
+    if not rotation_invariant:
+        table[table < 0] = nxt  # 58
+    return table
+
+
+
 def make_lbp(mapping: str = "u2") -> Descriptor:
     """Histogram of 8-neighbour local binary patterns of the grey image (texture).
 
@@ -309,20 +355,21 @@ def make_lbp(mapping: str = "u2") -> Descriptor:
         raise DescriptorError(f"descriptor 'lbp': mapping must be 'u2' or 'riu2'; got {mapping!r}")
     riu = mapping == "riu2"
     nbins = 10 if riu else 59
-    table = None
+    table = uniform_lbp_table(riu)
 
     def compute(bgr: np.ndarray) -> np.ndarray:
-        nonlocal table
         import cv2
 
-        k = _k()
-        if table is None:
-            table = k.uniform_lbp_table(riu)
         grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-        return _normalise(k.lbp_hist(grey, table, nbins))
+        return _normalise(_k().lbp_hist(grey, table, nbins))
+
+    def compute_single(bgr: np.ndarray) -> np.ndarray:
+        import cv2
+
+        return _normalise(lbp_hist_np(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), table, nbins))
 
     return Descriptor("lbp", nbins, compute, default_metric=_METRIC["lbp"], version=1, params={"mapping": mapping},
-                      doc="uniform local binary pattern histogram (texture)")
+                      doc="uniform local binary pattern histogram (texture)", compute_single=compute_single)
 
 
 # ---------------------------------------------------------------------------

@@ -22,7 +22,6 @@ __all__ = [
     "ring_offsets",
     "lbp_codes",
     "lbp_hist",
-    "uniform_lbp_table",
     "edge_histogram",
     "cedd",
     "cedd_colour24",
@@ -259,37 +258,6 @@ def autocorrelogram(idx, ncolors, distances, di, dj, which):  # pragma: no cover
     return out
 
 
-def uniform_lbp_table(rotation_invariant: bool) -> np.ndarray:
-    """Map the 256 8-neighbour LBP codes to uniform-pattern bins.
-
-    A code is *uniform* when its circular bit string has at most two 0/1
-    transitions.  ``rotation_invariant=False`` (the "u2" mapping): the 58
-    uniform codes get bins 0..57 in increasing code order, every other code bin
-    58 (59 bins).  ``True`` (the "riu2" mapping): a uniform code maps to its
-    number of 1 bits (0..8), others to 9 (10 bins).
-
-    Returns
-    -------
-    numpy.ndarray
-        int32 (256,)
-    """
-    table = np.empty(256, dtype=np.int32)
-    nxt = 0
-    for code in range(256):
-        bits = [(code >> p) & 1 for p in range(8)]
-        transitions = sum(bits[p] != bits[(p + 1) % 8] for p in range(8))
-        if rotation_invariant:
-            table[code] = sum(bits) if transitions <= 2 else 9
-        elif transitions <= 2:
-            table[code] = nxt
-            nxt += 1
-        else:
-            table[code] = -1
-    if not rotation_invariant:
-        table[table < 0] = nxt  # 58
-    return table
-
-
 @njit(cache=True, nogil=True)
 def lbp_codes(grey):  # pragma: no cover - compiled
     """8-neighbour LBP codes of the interior pixels of ``grey`` (uint8 (H, W)).
@@ -326,7 +294,10 @@ def lbp_codes(grey):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def lbp_hist(grey, table, nbins):  # pragma: no cover - compiled
-    """Histogram of ``table[lbp_code]`` over the interior pixels -> int64 (nbins,)."""
+    """Histogram of ``table[lbp_code]`` over the interior pixels -> int64 (nbins,).
+
+    ``table`` maps the 256 codes to bins: :func:`fastimg._desc_classic.uniform_lbp_table`.
+    """
     codes = lbp_codes(grey)
     out = np.zeros(nbins, dtype=np.int64)
     for i in range(codes.shape[0]):
