@@ -7,6 +7,12 @@
   automatic mode and for ``--exact``, with a new image (decoded and described)
   and with an indexed one (its stored vector is used).
 
+* ``fastimg query NEW_IMAGE`` side by side: the current code, whose
+  ``describe`` takes the NumPy single-image path (no Numba start-up), against
+  the same process forced onto the Numba kernel for the one image (the code
+  before that path existed); rounds alternate, ``extra_info`` holds the ratio
+  of the medians (``test_query_new_image_single_path_vs_kernel``).
+
 Sizes follow ``FASTIMG_BENCH_SCALE`` (bench/conftest.py): N = 1,000 / 20,000 /
 100,000. Run by hand with::
 
@@ -97,3 +103,74 @@ def test_query_end_to_end(benchmark, synthetic_index, tmp_path, mode, query):
     doc = json.loads(res.stdout)
     assert [r["rank"] for r in doc["results"]] == list(range(1, 11))
     benchmark.extra_info["took_ms_in_process"] = doc["took_ms"]
+
+
+# The console script's own code, run with ``python -c``; the baseline first forces every
+# Descriptor.compute onto the Numba kernel path (single=False), as before the single-image path.
+_CLI = "import sys; from fastimg.cli import main; sys.argv[0] = 'fastimg'; sys.exit(main())"
+_CLI_KERNEL = ("import fastimg.registry as r; _c = r.Descriptor.compute; "
+               "r.Descriptor.compute = lambda self, bgr, single=False: _c(self, bgr); " + _CLI)
+
+
+def _run_py(code: str, *args: str) -> tuple[float, subprocess.CompletedProcess]:
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "FASTIMG_INDEX"}
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
+    wall = time.perf_counter() - t0
+    assert res.returncode == 0, res.stderr
+    return wall, res
+
+
+@pytest.fixture(scope="module")
+def corel_index(tmp_path_factory) -> Path:
+    """A real index: 300 Corel-1k images (3 classes x 100; the query image's class is not among them)."""
+    from fastimg.index import Index
+
+    corel = SHARED_DATA / "corel1k"
+    if not (corel / "bus").is_dir():
+        pytest.skip("needs ../shared/data/corel1k")
+    path = tmp_path_factory.mktemp("bench-cli-corel") / "corel300.fastimg"
+    with Index.create(path) as index:
+        index.add([corel / c for c in ("bus", "dinosaurs", "horses")], workers=1)
+        assert len(index) == 300
+    return path
+
+
+@pytest.mark.parametrize("which", ["synthetic", "corel300"])
+def test_query_new_image_single_path_vs_kernel(benchmark, request, tmp_path, which):
+    """End-to-end ``fastimg query NEW_IMAGE`` (auto mode), current code vs the Numba-kernel
+    baseline, interleaved round by round; both print the same results.  ``synthetic``: N
+    vectors (see the module docstring); ``corel300``: 300 real Corel images."""
+    import json
+    import statistics
+
+    index = request.getfixturevalue("synthetic_index" if which == "synthetic" else "corel_index")
+    n = N + 1 if which == "synthetic" else 300
+    benchmark.group = f"cli query new image, single-image path vs kernel, {which}"
+    img = _query_image()
+    img = Path(shutil.copy(img, tmp_path / ("new" + img.suffix)))
+    args = ("query", str(img), "--index", str(index), "-k", "10", "--json")
+    rounds = max(3, ROUNDS)
+    walls: dict[str, list[float]] = {"kernel": [], "single": []}
+    out = {}
+    for r in range(rounds + 1):  # round 0 warms the OS cache and numba's on-disk cache
+        for name, code in (("kernel", _CLI_KERNEL), ("single", _CLI)):
+            wall, res = _run_py(code, *args)
+            doc = json.loads(res.stdout)
+            out[name] = [(h["id"], h["score"]) for h in doc["results"]]
+            if r:
+                walls[name].append(wall)
+    assert out["kernel"] == out["single"]
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    benchmark.extra_info.update({
+        "scale": scale(), "n": n, "rounds": rounds,
+        "kernel_median_s": round(med["kernel"], 3), "single_median_s": round(med["single"], 3),
+        "kernel_min_s": round(min(walls["kernel"]), 3), "single_min_s": round(min(walls["single"]), 3),
+        "speedup_median": round(med["kernel"] / med["single"], 2),
+    })
+    print(f"\nquery new image, {which} N={n}: kernel median {med['kernel']:.3f} s (min {min(walls['kernel']):.3f}), "
+          f"single-image path median {med['single']:.3f} s (min {min(walls['single']):.3f}), "
+          f"ratio {med['kernel'] / med['single']:.2f}x")
+    benchmark.pedantic(_run_py, args=(_CLI, *args), rounds=1, iterations=1)
