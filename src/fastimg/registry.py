@@ -512,6 +512,15 @@ def describe(image: ImageSource, descriptor: Union[str, Descriptor, Mapping[str,
         The image cannot be loaded.
     DescriptorError
         Unknown descriptor or bad parameters.
+
+    Notes
+    -----
+    One image is described by the descriptor's single-image path when it has
+    one (``hsv72``, ``rgbN``, ``lbp``, and ``spatial-*`` / ``combo`` /
+    ``classic-fast`` built on them): NumPy code that returns exactly the
+    vector of the Numba kernel used by :func:`describe_many`, without
+    numba's start-up (about a second to import it and load its cached
+    kernels; a query of a new image no longer pays it).
     """
     d = get_descriptor(descriptor, **params)
     img = load_image(image, max_side=d.max_side)
