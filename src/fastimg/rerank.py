@@ -74,8 +74,9 @@ SearchFn = Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarray]]
 
 # name -> {param: (type, default, lower bound, inclusive, doc)}
 # Defaults measured on Corel-1k (leave-one-out mAP over the full ranking; sweeps in
-# bench/quality.md).  On the best plain configuration (classic + l1; mAP 0.609 with
-# the first version of `classic`, 0.641 since):
+# bench/quality.md, which has the current sweep on classic + l1, plain mAP 0.641).
+# The figures below are from the first sweep, made with the first version of the
+# `classic` descriptor (classic + l1, plain mAP 0.609):
 #   qe      n=2/3/5/8/12 -> 0.630/0.633/0.634/0.636/0.636 (P@10 best at n<=5)
 #   alpha-qe n=5/10/20 (alpha=3) -> 0.632/0.634/0.629; on UKBench-56 (4 relevant)
 #           n=10 loses 0.2 N-S, hence n=5
