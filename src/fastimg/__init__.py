@@ -42,6 +42,9 @@ _LAZY = {
     "Index": "fastimg.index",
     "Hit": "fastimg.index",
     "AddReport": "fastimg.index",
+    # evaluation (fastimg.eval)
+    "evaluate": "fastimg.eval",
+    "load_dataset": "fastimg.eval",
     # approximate search (fastimg.ann)
     "HnswGraph": "fastimg.ann",
 }
@@ -77,6 +80,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from fastimg.ann import HnswGraph
+    from fastimg.eval import evaluate, load_dataset
     from fastimg.index import AddReport, Hit, Index
     from fastimg.image import load_image
     from fastimg.metrics import METRICS, metric_names
