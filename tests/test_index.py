@@ -616,6 +616,32 @@ def test_auto_mode_uses_the_graph_above_the_crossover(tmp_path, monkeypatch):
         assert calls == [1, 1]
 
 
+def test_auto_mode_scans_exactly_for_chisqr_even_with_a_graph(tmp_path, monkeypatch):
+    pytest.importorskip("hnswlib")
+    from fastimg import ann
+
+    rng = np.random.default_rng(7)
+    H = rng.dirichlet(np.ones(12), size=300).astype(np.float32)
+    calls = []
+    real = ann.HnswGraph.search
+    monkeypatch.setattr(ann.HnswGraph, "search", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    monkeypatch.setattr(ann, "ANN_CROSSOVER", 100)
+    with Index.create(tmp_path / "ix", descriptor="custom", dim=12, metric="chisqr") as ix:
+        ix.add_vectors(H, [f"h{i}" for i in range(300)])
+        ix.build_ann(M=8, ef_construction=64)
+        assert ix.info()["ann"]["auto_mode"] == "exact"
+        hits = ix.search(H[0], k=5)
+        assert calls == []
+        # oracle: cv2.compareHist(query, row, HISTCMP_CHISQR) by brute force, query row left out
+        import cv2
+
+        d = np.array([cv2.compareHist(H[0], H[j], cv2.HISTCMP_CHISQR) for j in range(300)])
+        order = [j for j in np.lexsort((np.arange(300), d)) if j != 0][:5]
+        assert [h.id for h in hits] == order
+        ix.search(H[0], k=5, mode="ann")  # asked for explicitly, the graph still answers
+        assert calls == [1]
+
+
 def test_set_metadata_by_id_path_or_name(custom, photos):
     custom.set_metadata(3, {"label": "cat"})
     custom.set_metadata("item4", {"tags": ["a", "b"]})

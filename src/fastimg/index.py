@@ -535,6 +535,7 @@ class Index:
         ann["auto_mode"] = (
             "ann" if ann_meta is not None and ann_meta.get("metric") == self.metric and v.live >= crossover
             and self._ann_error is None and ann_meta.get("whitening") == (wmeta or {}).get("fit_id")
+            and not self._auto_exact(self.metric)
             else "exact"
         )
         return {
@@ -1264,6 +1265,13 @@ class Index:
         return out
 
     # ------------------------------------------------------------------ ANN
+    @staticmethod
+    def _auto_exact(metric: str) -> bool:
+        """Does ``mode="auto"`` scan exactly for ``metric`` even with a graph?"""
+        from fastimg.ann import AUTO_EXACT_METRICS
+
+        return metric in AUTO_EXACT_METRICS
+
     def _ann_crossover(self) -> int:
         try:
             from fastimg.ann import ANN_CROSSOVER
@@ -1563,7 +1571,9 @@ class Index:
             ``exact`` scans every row; ``ann`` uses the HNSW graph (error if none
             is built for ``metric``); ``auto`` uses the graph when it is built for
             ``metric`` and the index has at least ``info()["ann"]["crossover"]``
-            live images, else the exact scan.
+            live images (and the metric is not in
+            ``fastimg.ann.AUTO_EXACT_METRICS``: chisqr, whose graph recall stays low),
+            else the exact scan.
         ef, candidates : int, optional
             Graph search parameters (see :meth:`fastimg.ann.HnswGraph.search`).
         rerank : str, optional
@@ -1699,7 +1709,7 @@ class Index:
                        else f"the graph serves metric {meta.get('metric')!r}, not {m.name!r}" if meta is not None
                        else "no HNSW graph is built (Index.build_ann)")
                 raise ValueError(f"{self.path}: mode='ann' unavailable: {why}")
-            if mode == "auto" and (not usable or v.live < self._ann_crossover()):
+            if mode == "auto" and (not usable or v.live < self._ann_crossover() or self._auto_exact(m.name)):
                 graph = None
             if not usable:
                 graph = None
