@@ -839,6 +839,16 @@ def test_dedup_text_output(dup_index):
         assert [ln.strip() for ln in lines[1:]] == [g["path"] for g in group]
 
 
+@pytest.mark.parametrize("metric", ["l1", "intersect"])
+def test_dedup_histogram_defaults_for_l1_and_intersect(dup_index, metric):
+    idx, root, files = dup_index
+    doc = ok_json("dedup", "--index", idx, "--json", "--metric", metric)
+    assert doc["threshold"] == cli.DEDUP_HISTOGRAM_DEFAULTS[metric]
+    _check_dedup(doc, idx, metric, doc["threshold"])
+    pair = {str(files[0]), str((root / "copy_of_first.jpg").resolve())}
+    assert any(pair <= {resolved(g["path"]) for g in group} for group in doc["groups"])
+
+
 def test_dedup_needs_a_threshold_for_metrics_without_default(dup_index):
     idx, _, _ = dup_index
     line = assert_one_line_error(run("dedup", "--index", idx, "--metric", "chisqr"), code=2)

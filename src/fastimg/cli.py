@@ -258,8 +258,9 @@ The threshold's meaning follows the metric's direction:
       a pair is a duplicate when score >= T
   distance metrics (lower is better: bhattacharyya, chisqr, chisqr_alt, kl_div, l2, l1):
       a pair is a duplicate when score <= T
-Default T per metric: pearson 0.99, cosine 0.99, bhattacharyya 0.1; other metrics
-need --threshold.
+Default T per metric: pearson 0.99, cosine 0.99, bhattacharyya 0.1; and, for the
+built-in histogram descriptors (not a descriptor='custom' index), l1 0.05 and
+intersect 0.975. Other metrics need --threshold.
 
 --json prints {"index", "metric", "threshold", "higher_is_better",
   "groups": [[{"id", "path"}, ...], ...],   largest group first
@@ -717,6 +718,9 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 # default --threshold per metric (only where a universal default makes sense)
 DEDUP_DEFAULTS = {"pearson": 0.99, "cosine": 0.99, "bhattacharyya": 0.1}
+# ... and for metrics whose scale is fixed only for L1-normalised histograms (every
+# built-in descriptor but cnn-*; not a descriptor='custom' index's own vectors)
+DEDUP_HISTOGRAM_DEFAULTS = {"l1": 0.05, "intersect": 0.975}
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
@@ -725,9 +729,13 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     with _open(args, "r") as index:
         metric = args.metric or _index_metric(index)
         if args.threshold is None:
-            if metric not in DEDUP_DEFAULTS:
-                raise UsageError(f"metric {metric!r} has no default duplicate threshold; give --threshold")
-            threshold = DEDUP_DEFAULTS[metric]
+            defaults = dict(DEDUP_DEFAULTS)
+            if index.info()["descriptor"].get("name", "custom") != "custom":
+                defaults.update(DEDUP_HISTOGRAM_DEFAULTS)
+            if metric not in defaults:
+                raise UsageError(f"metric {metric!r} has no default duplicate threshold for this index; "
+                                 "give --threshold")
+            threshold = defaults[metric]
         else:
             threshold = args.threshold
         from fastimg.metrics import get_metric
