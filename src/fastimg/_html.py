@@ -37,22 +37,14 @@ def thumbnail_data_uri(path: str | os.PathLike, side: int = THUMB_SIDE) -> str |
     """A ``data:image/jpeg;base64,...`` thumbnail of the image at ``path``
     (longest side at most ``side`` pixels), or ``None`` if it cannot be read."""
     import cv2
-    import numpy as np
 
-    try:
-        raw = np.fromfile(os.fspath(path), dtype=np.uint8)  # works with non-ASCII paths
-    except OSError:
+    from fastimg.errors import ImageError
+    from fastimg.image import load_image
+
+    try:  # the shared loader: reduced JPEG decode, EXIF, alpha, pixel limit
+        img = load_image(path, max_side=side)
+    except ImageError:
         return None
-    if raw.size == 0:
-        return None
-    img = cv2.imdecode(raw, cv2.IMREAD_COLOR)
-    if img is None:
-        return None
-    h, w = img.shape[:2]
-    scale = side / max(h, w)
-    if scale < 1.0:
-        img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
-                         interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not ok:  # pragma: no cover - encoding a decoded image does not fail
         return None

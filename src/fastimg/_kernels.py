@@ -27,11 +27,6 @@ __all__ = [
     "cedd_colour24",
 ]
 
-# Hue edges of hsv72 in degrees: bin k (k = 1..7) is (E[k-1], E[k]]; bin 0 is
-# h <= 20 or h > 315 (red wraps around).
-_HUE_EDGES = (20, 40, 75, 155, 190, 270, 295, 315)
-
-
 @njit(cache=True, nogil=True, inline="always")
 def hsv72_bin(b_, g_, r_):
     """hsv72 bin (0..71) of one 8-bit BGR pixel, decided with exact integer arithmetic.

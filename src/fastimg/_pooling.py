@@ -362,12 +362,8 @@ def pwa(
     flat = x64.reshape(c, -1)
     parts = []
     for k in chans:
-        m = np.maximum(flat[k], 0.0)
-        z = np.sum(m**a) ** (1.0 / a)
-        if z > 0:
-            wgt = m / z
-            if b != 1:
-                wgt = wgt ** (1.0 / b)
+        wgt = crow_spatial_weights(x64[k:k + 1], a, b).reshape(-1)  # one part's weights
+        if wgt.any():
             v = flat @ wgt
             n = float(np.sqrt(v @ v))
             parts.append(v / n if n > 0 else v)

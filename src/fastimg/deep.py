@@ -59,9 +59,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from fastimg._pooling import POOLINGS, check_map, l2_normalize
-from fastimg.errors import DescriptorError, ImageError
+from fastimg.errors import DescriptorError
 from fastimg.image import _shrink
-from fastimg.registry import Descriptor, register
+from fastimg.registry import Descriptor, _check_bgr, register
 
 __all__ = [
     "CnnFeatureExtractor",
@@ -411,10 +411,10 @@ def _model_lock(path: Path) -> threading.Lock:
         return _NET_LOCKS.setdefault(key, threading.Lock())
 
 
-def _shared_net(path: Path) -> Tuple[Any, threading.Lock]:
-    """Load (once) the ONNX model at ``path`` with OpenCV's classic DNN engine."""
+def _shared_net(path: Path) -> Any:
+    """Load (once) the ONNX model at ``path`` with OpenCV's classic DNN engine
+    (callers serialise forward passes with :func:`_model_lock`)."""
     key = os.path.realpath(path)
-    lock = _model_lock(path)
     with _NETS_GUARD:
         net = _NETS.get(key)
     if net is None:
@@ -430,7 +430,7 @@ def _shared_net(path: Path) -> Tuple[Any, threading.Lock]:
                                   f"{str(exc).strip().splitlines()[-1]}") from None
         with _NETS_GUARD:
             net = _NETS.setdefault(key, net)
-    return net, lock
+    return net
 
 
 def _layer_candidates(name: str) -> List[str]:
@@ -555,7 +555,7 @@ class CnnFeatureExtractor:
     def _load(self) -> Tuple[Any, str]:
         """The (shared) network and the resolved layer name (caller holds :attr:`_lock`)."""
         if self._net is None:
-            net, _ = _shared_net(self.model_path)
+            net = _shared_net(self.model_path)
             names = list(net.getLayerNames())
             known = set(names)
             resolved = next((c for c in _layer_candidates(self.layer) if c in known), None)
@@ -598,7 +598,7 @@ class CnnFeatureExtractor:
         """
         import cv2
 
-        _check_image(bgr)
+        _check_bgr(bgr)
         w, h = self.target_size(bgr.shape[0], bgr.shape[1])
         if (w, h) == (bgr.shape[1], bgr.shape[0]):
             return bgr
@@ -706,11 +706,9 @@ class CnnFeatureExtractor:
             stem = _layer_candidates(self.layer)[2].lower()
             if stem in _DEFAULT_MODEL_CHANNELS:
                 return _DEFAULT_MODEL_CHANNELS[stem]
-        probe = np.full((64, 64, 3), 128, dtype=np.uint8)
         w, h = self.target_size(64, 64)
-        import cv2
-
-        return int(self.forward(self.blob([cv2.resize(probe, (w, h))])).shape[1])
+        probe = np.full((h, w, 3), 128, dtype=np.uint8)
+        return int(self.forward(self.blob([probe])).shape[1])
 
 
 def _check_input_size(value: Any) -> Union[int, Tuple[int, int]]:
@@ -726,14 +724,6 @@ def _check_input_size(value: Any) -> Union[int, Tuple[int, int]]:
             raise DescriptorError(f"input_size (width, height) must both be >= {_MIN_SIDE}; got {value!r}")
         return (w, h)
     raise DescriptorError(f"input_size must be an int (longer side) or (width, height); got {value!r}")
-
-
-def _check_image(bgr: Any) -> None:
-    if not isinstance(bgr, np.ndarray) or bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] != 3:
-        what = type(bgr).__name__ if not isinstance(bgr, np.ndarray) else f"{bgr.dtype} array of shape {bgr.shape}"
-        raise ImageError("<array>", "invalid array", f"expected uint8 (H, W, 3) BGR; got {what}")
-    if bgr.shape[0] == 0 or bgr.shape[1] == 0:
-        raise ImageError("<array>", "invalid array", f"empty image of shape {bgr.shape}")
 
 
 def _progress(progress: Union[bool, Callable[[int, int], Any], None], total: int) -> Tuple[Any, Any]:
@@ -896,7 +886,7 @@ class CnnDescriptor(Descriptor):
         does, so ``compute_batch([im])[0]`` equals ``compute(im)``.
         """
         for im in images:
-            _check_image(im)
+            _check_bgr(im)
         images = [_shrink(im, self.max_side) for im in images]
         maps = self.extractor.maps(images, batch_size=self.batch_size, progress=progress)
         if not maps:
