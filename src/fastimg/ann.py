@@ -56,7 +56,8 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
-from fastimg.errors import AnnSearchError, FastimgError, IndexCorruptError, IndexFormatError, IndexNotFoundError
+from fastimg.errors import AnnSearchError, IndexCorruptError, IndexFormatError, IndexNotFoundError
+from fastimg.search import resolve_threads
 
 __all__ = [
     "ANN_CROSSOVER",
@@ -179,14 +180,6 @@ def default_candidates(metric: str, k: int) -> int:
     ``"surrogate"`` (see the module table).
     """
     return max(k, CANDIDATE_FACTOR[_mapping(metric)[2]] * k)
-
-
-def resolve_threads(threads: Optional[int] = None) -> int:
-    """Thread count: ``threads`` if given, else ``FASTIMG_NUM_THREADS``, else all cores
-    (:func:`fastimg.search.resolve_threads`, the one definition)."""
-    from fastimg.search import resolve_threads as _resolve
-
-    return _resolve(threads)
 
 
 def _check_int(name: str, value: Any, lo: int, hi: Optional[int] = None) -> int:
@@ -445,10 +438,9 @@ class HnswGraph:
                 rows, constant = self._prepare(x[start:stop])
                 index.add_items(rows, ids[start:stop], num_threads=self.threads)
                 chunk_ids = ids[start:stop]
-                if constant is not None and constant.any():
-                    self._constant = np.union1d(self._constant, chunk_ids[constant])
-                elif self._constant.size:  # a replaced row may no longer be constant
-                    self._constant = np.setdiff1d(self._constant, chunk_ids, assume_unique=True)
+                # a replaced row may no longer be constant: drop the chunk's ids, add back its constants
+                now_constant = chunk_ids[constant] if constant is not None else chunk_ids[:0]
+                self._constant = np.union1d(np.setdiff1d(self._constant, chunk_ids), now_constant)
                 if bar is not None:
                     bar.update(stop - start)
         finally:

@@ -816,7 +816,8 @@ def _evaluate_one(ds: Dataset, data: np.ndarray, labels: np.ndarray, qids: np.nd
         t_base = time.perf_counter() - t0
         # re-ranking callbacks search a few rows at a time: one thread avoids
         # oversubscribing a busy machine (same prepared matrix, no copy)
-        searcher1 = ExactSearcher(data, mname, prepared=searcher.prepared, bias=searcher.bias, threads=1)
+        searcher1 = ExactSearcher(data, mname, prepared=searcher.prepared, bias=searcher.bias, threads=1,
+                                  check=False)  # the same data, checked by `searcher` above
     except ValueError as exc:
         return [{**base, "rerank": str(s) if s else "none", "error": str(exc)} for s in specs]
     if excl:  # drop each query from its own ranking (ExactSearcher's exclude is global)

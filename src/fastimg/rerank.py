@@ -373,20 +373,6 @@ def k_reciprocal_distance(dist: npt.ArrayLike, k1: int = 20, k2: int = 6, lam: f
     return (1.0 - lam) * jaccard + lam * d[:n_probe, n_probe:]
 
 
-def _as_distance(m: Any, scores: np.ndarray, self_score: Optional[np.ndarray] = None) -> np.ndarray:
-    """Metric values -> non-negative dissimilarities on a squared-Euclidean-like scale."""
-    s = np.asarray(scores, dtype=np.float64)
-    if m.name in ("pearson", "cosine"):
-        d = 1.0 - s
-    elif m.name == "intersect":
-        d = (self_score if self_score is not None else s.max()) - s
-    elif m.name in ("bhattacharyya", "l2"):
-        d = s * s
-    else:
-        d = s
-    return np.maximum(d, 0.0)
-
-
 _PAIRWISE: Any = None
 
 
@@ -427,7 +413,9 @@ def _pairwise_kernel() -> Any:
 
 
 def _pairwise_distance(m: Any, z: np.ndarray) -> np.ndarray:
-    """(M, M) :func:`_as_distance` of the metric among rows of z (row = first argument)."""
+    """(M, M) non-negative dissimilarities of the metric among rows of z (row = first
+    argument), on a squared-Euclidean-like scale: 1 - s (pearson, cosine), d^2
+    (bhattacharyya, l2), self-similarity - s (intersect), the value itself (others)."""
     if m.name in ("pearson", "cosine", "bhattacharyya"):
         e = _unit_embedding(m, z)
         g = e @ e.T
@@ -440,8 +428,7 @@ def _pairwise_distance(m: Any, z: np.ndarray) -> np.ndarray:
     from fastimg.metrics import exact_scores
     out = np.empty((z.shape[0], z.shape[0]))
     for i in range(z.shape[0]):
-        s = exact_scores(m, z[i], z)
-        out[i] = _as_distance(m, s, self_score=s[i] if m.name == "intersect" else None)
+        out[i] = np.maximum(exact_scores(m, z[i], z), 0.0)  # chisqr, chisqr_alt, kl_div: distances
     return out
 
 

@@ -45,7 +45,6 @@ __all__ = ["ExactSearcher", "topk", "resolve_threads", "METRICS", "metric_names"
 log = logging.getLogger(__name__)
 
 _DBL_EPS = float(np.finfo(np.float64).eps)
-_KIND = {"chisqr": 1, "chisqr_alt": 2, "intersect": 3, "kl_div": 4, "l1": 5}
 _STRATEGIES = ("auto", "fused", "gemm")
 #: ip-form batches with at least this many queries use the GEMM path ("auto").
 #: Disabled: on the reference machine (2 cores, OpenBLAS Haswell kernel) the
@@ -386,7 +385,7 @@ class ExactSearcher:
                     avail = np.arange(self.n) if mask is None else np.flatnonzero(mask == 0)
                     ids[degenerate] = avail[:kk]
             return ids
-        kind = _KIND[m.name]
+        kind = getattr(_core, "KIND_" + m.name.upper())  # the kernel's own codes
         d = self.dim
         aux = np.zeros((nq, d), dtype=np.float32)
         active = np.zeros((nq, d), dtype=np.int32)
