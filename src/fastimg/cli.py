@@ -368,8 +368,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def _info(index: Any) -> dict:
-    info = index.info()
-    return dict(info) if info is not None else {}
+    return dict(index.info())
 
 
 def _index_metric(index: Any, info: dict | None = None) -> str:
@@ -386,13 +385,12 @@ def _check_metric(name: str | None) -> str | None:
     """The canonical metric name (usage error if unknown)."""
     if name is None:
         return None
-    from fastimg.metrics import metric_names
+    from fastimg.metrics import get_metric, metric_names
 
-    names = list(metric_names())
-    canon = name.strip().lower()
-    if canon not in names:
-        raise UsageError(f"unknown metric {name!r}; choose one of: {', '.join(names)}")
-    return canon
+    try:
+        return get_metric(name).name
+    except ValueError:
+        raise UsageError(f"unknown metric {name!r}; choose one of: {', '.join(metric_names())}") from None
 
 
 def _report_counts(report: Any) -> dict[str, int]:

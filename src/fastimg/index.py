@@ -1273,10 +1273,8 @@ class Index:
         return metric in AUTO_EXACT_METRICS
 
     def _ann_crossover(self) -> int:
-        try:
-            from fastimg.ann import ANN_CROSSOVER
-        except ImportError:  # pragma: no cover
-            return 50_000
+        from fastimg.ann import ANN_CROSSOVER  # read at call time: tests patch it
+
         return int(ANN_CROSSOVER)
 
     def build_ann(
@@ -1452,7 +1450,7 @@ class Index:
         if wh is None:
             data, prefix = view.vectors, ""
         else:  # the whitened matrix (signed: the histogram metrics were refused before)
-            data, prefix = data, f"whitened-{wh.fit_id}-"
+            prefix = f"whitened-{wh.fit_id}-"
         prepared = bias = None
         if m.ip_form and view.state.committed > 0:
             prepared, bias = self._prepared(m.name, view, data, prefix)
@@ -1460,11 +1458,7 @@ class Index:
         # non-negative, which the store tracks: the searcher verifies (one read
         # pass over the matrix, and a clear error) only when negatives may exist
         check = bool(m.nonneg) and (wh is not None or self._store.has_negative() is not False)
-        if prepared is not None:
-            searcher = ExactSearcher(data, m.name, prepared=prepared, bias=bias, threads=self.threads,
-                                     check=check)
-        else:
-            searcher = ExactSearcher(data, m.name, threads=self.threads, check=check)
+        searcher = ExactSearcher(data, m.name, prepared=prepared, bias=bias, threads=self.threads, check=check)
         self._searchers[metric] = (key, searcher)
         return searcher
 
@@ -1697,9 +1691,14 @@ class Index:
         extra = max([len(s) for s in selfs if s] + [0]) + (1 if any(ident) else 0)
         want = min(k + extra, v.live)
         graph, meta = (None, None)
-        if mode == "ann" or (mode == "auto" and v.live >= self._ann_crossover()):
+        fit = None if wh is None else wh.fit_id
+        use_graph = mode == "ann"
+        if mode == "auto" and v.live >= self._ann_crossover() and not self._auto_exact(m.name):
+            # decide from the stored meta before paying for a graph load (CRC + hnswlib)
+            pre = self._store.get_meta("ann")
+            use_graph = pre is not None and pre.get("metric") == m.name and pre.get("whitening") == fit
+        if use_graph:
             graph, meta = self._load_graph(v)
-            fit = None if wh is None else wh.fit_id
             same_space = meta is not None and meta.get("whitening") == fit
             usable = graph is not None and meta is not None and meta.get("metric") == m.name and same_space
             if mode == "ann" and not usable:
@@ -1709,8 +1708,6 @@ class Index:
                        else f"the graph serves metric {meta.get('metric')!r}, not {m.name!r}" if meta is not None
                        else "no HNSW graph is built (Index.build_ann)")
                 raise ValueError(f"{self.path}: mode='ann' unavailable: {why}")
-            if mode == "auto" and (not usable or v.live < self._ann_crossover() or self._auto_exact(m.name)):
-                graph = None
             if not usable:
                 graph = None
         if graph is not None:

@@ -767,10 +767,6 @@ class Store:
             ts = self._db().execute(f"SELECT {_COLUMNS} FROM images WHERE deleted = 0 AND is_file = 1").fetchall()
         return [_row(t) for t in ts]
 
-    def live_count(self) -> int:
-        with self._read():
-            return int(self._db().execute("SELECT count(*) FROM images WHERE deleted = 0").fetchone()[0])
-
     def deleted_ids(self) -> np.ndarray:
         """Sorted int64 ids of the rows marked deleted."""
         with self._read():
