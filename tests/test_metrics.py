@@ -114,6 +114,67 @@ def test_exact_scores_shape_checked():
         M.exact_scores("l2", np.zeros(3), np.zeros((2, 4)))
 
 
+def _oracle(name, q, row):
+    """Independent reference value: cv2.compareHist, or scipy for the other metrics."""
+    if name in CV2_METHODS:
+        return cv2.compareHist(q, row, CV2_METHODS[name])
+    q64, r64 = q.astype(np.float64), row.astype(np.float64)
+    if name == "cosine":
+        return 0.0 if not (q64.any() and r64.any()) else 1 - distance.cosine(q64, r64)
+    return distance.euclidean(q64, r64) if name == "l2" else distance.cityblock(q64, r64)
+
+
+@pytest.mark.parametrize("name", M.metric_names())
+@pytest.mark.parametrize("d", [1, 3, 8, 72])
+@pytest.mark.parametrize("nq,nc", [(1, 1), (1, 9), (7, 1), (13, 6)])
+def test_exact_scores_many_matches_oracles(name, d, nq, nc):
+    """exact_scores_many == cv2.compareHist / scipy per (query, row), and == the
+    per-query exact_scores; zero and constant rows and queries included."""
+    rng = np.random.default_rng(100 * d + 10 * nq + nc)
+    pool = histograms(rng, 40, d) if d >= 2 else rng.random((40, 1), dtype=np.float32)
+    if not M.METRICS[name].nonneg:
+        pool = pool - np.float32(0.3) * (np.arange(40) % 2)[:, None].astype(np.float32)  # signed rows too
+    qi = rng.integers(0, 40, nq)
+    qi[0] = 0                      # a zero query (histogram pool row 0)
+    if nq > 1:
+        qi[1] = 1                  # a constant query
+    queries = pool[qi]
+    rows = pool[rng.integers(0, 40, (nq, nc))]
+    rows[0, 0] = pool[0]           # a zero row
+    if nc > 1:
+        rows[-1, 1] = pool[1]      # a constant row
+    got = M.exact_scores_many(name, queries, rows)
+    assert got.dtype == np.float64 and got.shape == (nq, nc)
+    expected = np.array([[_oracle(name, queries[i], rows[i, j]) for j in range(nc)] for i in range(nq)])
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    per_query = np.stack([M.exact_scores(name, queries[i], rows[i]) for i in range(nq)])
+    np.testing.assert_allclose(got, per_query, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", M.metric_names())
+def test_exact_scores_many_blocks(name, monkeypatch):
+    """Splitting into blocks (over queries, or over one query's rows) changes nothing."""
+    rng = np.random.default_rng(3)
+    pool = histograms(rng, 64, 72)
+    queries, rows = pool[rng.integers(0, 64, 11)], pool[rng.integers(0, 64, (11, 20, 1))][:, :, 0]
+    whole = M.exact_scores_many(name, queries, rows)
+    for elems in (72 * 20 * 3, 72 * 7, 1):  # 3 queries per block; 7 rows per block; one row per block
+        monkeypatch.setattr(M, "_SCORE_ELEMS", elems)
+        np.testing.assert_allclose(M.exact_scores_many(name, queries, rows), whole, rtol=1e-12, atol=1e-15)
+
+
+def test_exact_scores_many_shapes():
+    assert M.exact_scores_many("l2", np.zeros((0, 3)), np.zeros((0, 5, 3))).shape == (0, 5)
+    assert M.exact_scores_many("l2", np.zeros((2, 3)), np.zeros((2, 0, 3))).shape == (2, 0)
+    with pytest.raises(ValueError, match=r"queries must have shape \(Q, D\); got \(3,\)"):
+        M.exact_scores_many("l2", np.zeros(3), np.zeros((1, 2, 3)))
+    with pytest.raises(ValueError, match=r"rows must have shape \(Q, C, D\) = \(2, C, 3\) for queries of "
+                                         r"shape \(2, 3\); got \(2, 4\)"):
+        M.exact_scores_many("l2", np.zeros((2, 3)), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"got \(3, 4, 3\)"):
+        M.exact_scores_many("l2", np.zeros((2, 3)), np.zeros((3, 4, 3)))
+
+
 @pytest.mark.parametrize("name", ["pearson", "bhattacharyya", "cosine", "l2"])
 def test_prepared_layout(name):
     rng = np.random.default_rng(1)

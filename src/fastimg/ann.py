@@ -1,9 +1,10 @@
 """Approximate search: an HNSW graph (hnswlib) behind the same search call.
 
 The graph only *proposes* candidates.  Every candidate is re-scored with
-:func:`fastimg.metrics.exact_scores`, so the scores reported are exactly the
-metric's values (the ``cv2.compareHist`` numbers for the histogram metrics) and
-the final order is exact among the candidates; the only approximation is which
+:func:`fastimg.metrics.exact_scores_many` (through :func:`fastimg.search.rescore`,
+the re-scoring step shared with the exact scan), so the scores reported are
+exactly the metric's values (the ``cv2.compareHist`` numbers for the histogram
+metrics) and the final order is exact among the candidates; the only approximation is which
 rows become candidates (measured as recall@k against the exact scan).
 
 Metric mapping (the one place it is defined; see :func:`metric_space`):
@@ -57,7 +58,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastimg.errors import AnnSearchError, IndexCorruptError, IndexFormatError, IndexNotFoundError
-from fastimg.search import resolve_threads
+from fastimg.search import rescore, resolve_threads
 
 __all__ = [
     "ANN_CROSSOVER",
@@ -276,21 +277,6 @@ def _crc32(path: Path) -> int:
             if not block:
                 return crc
             crc = zlib.crc32(block, crc)
-
-
-def _exact_scores_many(metric: Any, queries: np.ndarray, data: Any, cand: np.ndarray) -> np.ndarray:
-    """float64 (Q, C): ``exact_scores(metric, queries[i], data[cand[i]])`` for each query.
-
-    The one place re-scoring happens; rows are gathered once for the whole batch.
-    """
-    from fastimg.metrics import exact_scores
-
-    nq, nc = cand.shape
-    rows = np.asarray(data[cand.ravel()]).reshape(nq, nc, -1)
-    out = np.empty((nq, nc), dtype=np.float64)
-    for i in range(nq):
-        out[i] = exact_scores(metric, queries[i], rows[i])
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -728,19 +714,18 @@ class HnswGraph:
         else:
             keep, full = None, np.full(nq, labels.shape[1] >= candidates)
         regular = full & ~degenerate & (extra.size == 0)
+        if regular.all():  # the common case: no padding, no per-query work
+            cand = labels[:, :candidates] if keep is None else labels[keep].reshape(nq, candidates)
+            return rescore(m, q, data, cand, k)
         out_ids = np.full((nq, k), -1, dtype=np.int64)
         out_scores = np.full((nq, k), np.nan, dtype=np.float32)
-        sign = -1.0 if m.higher_is_better else 1.0
         rows_idx = np.flatnonzero(regular)
         if rows_idx.size:
             if keep is None:
                 cand = labels[rows_idx, :candidates]
             else:
                 cand = labels[rows_idx][keep[rows_idx]].reshape(rows_idx.size, candidates)
-            scores = _exact_scores_many(m, q[rows_idx], data, cand)
-            order = np.lexsort((cand, sign * scores), axis=1)[:, :k]
-            out_ids[rows_idx] = np.take_along_axis(cand, order, axis=1)
-            out_scores[rows_idx] = np.take_along_axis(scores, order, axis=1)
+            out_ids[rows_idx], out_scores[rows_idx] = rescore(m, q[rows_idx], data, cand, k)
 
         # the rest, one query at a time: too many exclusions, pearson constant rows,
         # degenerate queries
@@ -759,10 +744,9 @@ class HnswGraph:
                     cand = np.union1d(cand, extra)
             if not cand.size:
                 continue
-            scores = _exact_scores_many(m, q[i:i + 1], data, cand[None, :])[0]
-            order = np.lexsort((cand, sign * scores))[:k]
-            out_ids[i, :order.size] = cand[order]
-            out_scores[i, :order.size] = scores[order]
+            ids, scores = rescore(m, q[i:i + 1], data, cand[None, :], min(k, cand.size))
+            out_ids[i, :ids.shape[1]] = ids[0]
+            out_scores[i, :ids.shape[1]] = scores[0]
         return out_ids, out_scores
 
     def _knn(self, gq: np.ndarray, k_graph: int) -> np.ndarray:

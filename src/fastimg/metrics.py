@@ -25,7 +25,9 @@ l1             (none)                  lower      no        no
 the metric's goodness, so ranking by it ranks by the metric.  The prepared
 matrix is derived data: callers may persist it and pass it back.
 
-:func:`exact_scores` is the float64 reference used to report final scores.
+:func:`exact_scores` is the float64 reference used to report final scores;
+:func:`exact_scores_many` is the same definition for a batch of queries, each
+with its own rows (the re-scoring of a search batch).
 
 Special cases (as in OpenCV, ``eps`` = ``DBL_EPSILON`` unless stated):
 
@@ -55,13 +57,15 @@ __all__ = [
     "prepare_rows",
     "prepare_query",
     "exact_scores",
+    "exact_scores_many",
     "aligned_empty",
 ]
 
 _DBL_EPS = float(np.finfo(np.float64).eps)
 _FLT_EPS = float(np.finfo(np.float32).eps)
 _KL_FLOOR = 1e-10
-_ROW_CHUNK = 65536  # rows prepared / scored per step, bounds temporary float64 memory
+_ROW_CHUNK = 65536  # rows prepared per step, bounds temporary float64 memory
+_SCORE_ELEMS = 1 << 17  # values (rows x D) scored per step: float64 temporaries of ~1 MB stay in cache
 
 # cv2.HISTCMP_* values (stable since OpenCV 2.4); kept literal so that importing
 # this module does not import cv2.
@@ -293,6 +297,11 @@ def exact_scores(metric: "str | Metric", query: npt.ArrayLike, rows: npt.ArrayLi
     ndarray of float64, shape (M,)
         ``cv2.compareHist(query, rows[i], method)`` for the histogram metrics (up to
         float64 summation order); cosine similarity, Euclidean or L1 distance otherwise.
+
+    See Also
+    --------
+    exact_scores_many : the same for a batch of queries, each with its own rows
+        (one definition serves both: this is ``exact_scores_many`` with Q = 1).
     """
     m = get_metric(metric)
     q = np.asarray(query, dtype=np.float64).ravel()
@@ -301,22 +310,90 @@ def exact_scores(metric: "str | Metric", query: npt.ArrayLike, rows: npt.ArrayLi
         x = x.reshape(1, -1)
     if x.ndim != 2 or x.shape[1] != q.shape[0]:
         raise ValueError(f"rows must have shape (M, {q.shape[0]}); got {x.shape}")
-    out = np.empty(x.shape[0], dtype=np.float64)
-    for start in range(0, x.shape[0], _ROW_CHUNK):
-        stop = min(x.shape[0], start + _ROW_CHUNK)
-        out[start:stop] = _exact_block(m, q, np.asarray(x[start:stop], dtype=np.float64))
+    return _exact_many(m, q[None, :], x[None])[0]
+
+
+def exact_scores_many(metric: "str | Metric", queries: npt.ArrayLike, rows: npt.ArrayLike) -> np.ndarray:
+    """The metric's exact values for many queries, each against its own rows, in float64.
+
+    ``exact_scores_many(metric, Q, R)[i] == exact_scores(metric, Q[i], R[i])`` (the
+    same definition, vectorised over the queries: re-scoring the candidates of a
+    batch costs a few NumPy calls instead of a few per query).
+
+    Parameters
+    ----------
+    metric : str or Metric
+    queries : array_like, shape (Q, D)
+        Query ``i`` is the first histogram of ``cv2.compareHist``.
+    rows : array_like, shape (Q, C, D)
+        ``rows[i]`` are the C rows to score against ``queries[i]`` (e.g. its
+        candidates).  float32 inputs are used as float32 values.
+
+    Returns
+    -------
+    ndarray of float64, shape (Q, C)
+        ``cv2.compareHist(queries[i], rows[i, j], method)`` for the histogram
+        metrics (up to float64 summation order); cosine similarity, Euclidean or
+        L1 distance otherwise.
+
+    Raises
+    ------
+    ValueError
+        ``queries`` not 2-D, or ``rows`` not of shape (Q, C, D) for the queries' Q and D.
+    """
+    m = get_metric(metric)
+    q = np.asarray(queries, dtype=np.float64)
+    x = np.asarray(rows)
+    if q.ndim != 2:
+        raise ValueError(f"queries must have shape (Q, D); got {q.shape}")
+    if x.ndim != 3 or x.shape[0] != q.shape[0] or x.shape[2] != q.shape[1]:
+        raise ValueError(f"rows must have shape (Q, C, D) = ({q.shape[0]}, C, {q.shape[1]}) for queries of "
+                         f"shape {q.shape}; got {x.shape}")
+    return _exact_many(m, q, x)
+
+
+def _exact_many(m: Metric, q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(Q, C) float64 scores of q (Q, D) float64 against x (Q, C, D), in blocks of
+    about ``_SCORE_ELEMS`` values (float64 temporaries stay in cache)."""
+    nq, nc, d = x.shape
+    out = np.empty((nq, nc), dtype=np.float64)
+    if not out.size:
+        return out
+    rows = max(1, _SCORE_ELEMS // max(d, 1))  # rows per block
+    if nc >= rows:  # few queries with many rows each: split the rows
+        for i in range(nq):
+            for start in range(0, nc, rows):
+                stop = min(nc, start + rows)
+                out[i:i + 1, start:stop] = _exact_block(m, q[i:i + 1], np.asarray(x[i:i + 1, start:stop],
+                                                                                   dtype=np.float64))
+        return out
+    step = max(1, rows // nc)
+    for start in range(0, nq, step):
+        stop = min(nq, start + step)
+        out[start:stop] = _exact_block(m, q[start:stop], np.asarray(x[start:stop], dtype=np.float64))
     return out
 
 
+def _dot(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """(Q, C): x[i, j] . q[i] for x (Q, C, D), q (Q, D)."""
+    return np.matmul(x, q[:, :, None])[:, :, 0]
+
+
+def _sumsq(x: np.ndarray) -> np.ndarray:
+    return np.einsum("...d,...d->...", x, x)
+
+
 def _exact_block(m: Metric, q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Scores (Q, C) of q (Q, D) against x (Q, C, D), both float64."""
     name = m.name
-    d = q.shape[0]
+    d = q.shape[1]
+    qb = q[:, None, :]
     if name == "pearson":
-        s1 = q.sum()
-        s11 = q @ q
-        s2 = x.sum(axis=1)
-        s22 = np.einsum("ij,ij->i", x, x)
-        s12 = x @ q
+        s1 = q.sum(axis=1)[:, None]
+        s11 = _sumsq(q)[:, None]
+        s2 = x.sum(axis=2)
+        s22 = _sumsq(x)
+        s12 = _dot(x, q)
         scale = 1.0 / d
         num = s12 - s1 * s2 * scale
         denom2 = (s11 - s1 * s1 * scale) * (s22 - s2 * s2 * scale)
@@ -324,44 +401,41 @@ def _exact_block(m: Metric, q: np.ndarray, x: np.ndarray) -> np.ndarray:
             res = num / np.sqrt(np.abs(denom2))
         return np.where(np.abs(denom2) > _DBL_EPS, res, 1.0)
     if name == "bhattacharyya":
-        bc = np.sqrt(x * q).sum(axis=1)
-        s = q.sum() * x.sum(axis=1)
+        bc = np.sqrt(x * qb).sum(axis=2)
+        s = q.sum(axis=1)[:, None] * x.sum(axis=2)
         with np.errstate(divide="ignore"):
             inv = np.where(np.abs(s) > _FLT_EPS, 1.0 / np.sqrt(np.abs(s)), 1.0)
         return np.sqrt(np.maximum(1.0 - bc * inv, 0.0))
     if name in ("chisqr", "chisqr_alt"):
         # OpenCV runs a 4-lane SIMD loop in float64 and a scalar tail (the last
         # D mod 4 bins) whose difference / sum are float32 operations; mirror it.
-        a = q - x
-        b = (q if name == "chisqr" else q + x) + np.zeros_like(x)
+        a = qb - x
+        b = qb + x if name == "chisqr_alt" else np.broadcast_to(qb, x.shape).copy()
         tail = d - d % 4 if d >= 4 else 0
         if tail < d:
-            q32 = q[tail:].astype(np.float32)
-            x32 = x[:, tail:].astype(np.float32)
-            a[:, tail:] = (q32 - x32).astype(np.float64)
+            q32 = qb[:, :, tail:].astype(np.float32)
+            x32 = x[:, :, tail:].astype(np.float32)
+            a[:, :, tail:] = q32 - x32
             if name == "chisqr_alt":
-                b[:, tail:] = (q32 + x32).astype(np.float64)
+                b[:, :, tail:] = q32 + x32
         keep = np.abs(b) > _DBL_EPS
         with np.errstate(invalid="ignore", divide="ignore"):
             t = np.where(keep, a * a / np.where(keep, b, 1.0), 0.0)
-        return (2.0 if name == "chisqr_alt" else 1.0) * t.sum(axis=1)
+        return (2.0 if name == "chisqr_alt" else 1.0) * t.sum(axis=2)
     if name == "intersect":
-        return np.minimum(x, q).sum(axis=1)
+        return np.minimum(x, qb).sum(axis=2)
     if name == "kl_div":
-        keep = np.abs(q) > _DBL_EPS
-        p = q[keep]
-        r = x[:, keep]
-        r = np.where(np.abs(r) <= _DBL_EPS, _KL_FLOOR, r)
-        return (p * np.log(p / r)).sum(axis=1)
+        keep = np.abs(q) > _DBL_EPS  # query bins that count (per query)
+        p = np.where(keep, q, 1.0)[:, None, :]
+        r = np.where(np.abs(x) <= _DBL_EPS, _KL_FLOOR, x)
+        return np.where(keep[:, None, :], p * np.log(p / r), 0.0).sum(axis=2)
     if name == "cosine":
-        nq = np.sqrt(q @ q)
-        nx = np.sqrt(np.einsum("ij,ij->i", x, x))
-        den = nq * nx
+        den = np.sqrt(_sumsq(q))[:, None] * np.sqrt(_sumsq(x))
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, (x @ q) / np.where(den > 0, den, 1.0), 0.0)
+            return np.where(den > 0, _dot(x, q) / np.where(den > 0, den, 1.0), 0.0)
     if name == "l2":
-        diff = x - q
-        return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        diff = x - qb
+        return np.sqrt(_sumsq(diff))
     if name == "l1":
-        return np.abs(x - q).sum(axis=1)
+        return np.abs(x - qb).sum(axis=2)
     raise AssertionError(name)  # pragma: no cover - METRICS is closed

@@ -23,8 +23,9 @@ How a search runs:
      direct kernel on the raw rows;
 
 3. a few extra candidates are kept, re-scored in float64 with
-   :func:`fastimg.metrics.exact_scores` (the values ``cv2.compareHist`` returns),
-   and sorted best first, ties broken by the lower row id.
+   :func:`fastimg.metrics.exact_scores_many` (the values ``cv2.compareHist``
+   returns), and sorted best first, ties broken by the lower row id
+   (:func:`rescore`, shared with the HNSW graph's search).
 
 Results do not depend on the thread count.
 """
@@ -38,9 +39,10 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
-from fastimg.metrics import METRICS, Metric, exact_scores, get_metric, metric_names, prepare_query, prepare_rows
+from fastimg.metrics import (METRICS, Metric, exact_scores_many, get_metric, metric_names, prepare_query,
+                             prepare_rows)
 
-__all__ = ["ExactSearcher", "topk", "resolve_threads", "METRICS", "metric_names"]
+__all__ = ["ExactSearcher", "topk", "rescore", "resolve_threads", "METRICS", "metric_names"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ _GEMM_BLOCK_BYTES = 4 << 20
 _WORK_PER_THREAD = 1 << 21
 #: rows of the database validated per step
 _CHECK_ROWS = 1 << 16
+#: candidate values (queries x candidates x D) gathered and re-scored per step
+_RESCORE_ELEMS = 1 << 20
 
 
 def resolve_threads(threads: Optional[int] = None) -> int:
@@ -428,19 +432,52 @@ class ExactSearcher:
 
     def _rescore(self, q: np.ndarray, cand: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """Exact float64 scores of the candidates; best first, ties by lower id."""
-        m = self.metric
-        nq = q.shape[0]
-        out_ids = np.empty((nq, k), dtype=np.int64)
-        out_scores = np.empty((nq, k), dtype=np.float32)
-        for i in range(nq):
-            ids = cand[i]
-            order_ids = np.sort(ids)  # sorted gather reads the memmap forward
-            exact = exact_scores(m, q[i], self.data[order_ids])
-            key = -exact if m.higher_is_better else exact
-            order = np.lexsort((order_ids, key))[:k]
-            out_ids[i] = order_ids[order]
-            out_scores[i] = exact[order]
-        return out_ids, out_scores
+        return rescore(self.metric, q, self.data, cand, k)
+
+
+def rescore(metric: "str | Metric", queries: np.ndarray, data: Any, cand: np.ndarray,
+            k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each query's candidates by the metric's exact value.
+
+    The one re-scoring step of fastimg's searches (:class:`ExactSearcher` and
+    :meth:`fastimg.ann.HnswGraph.search`): candidates proposed on float32 values
+    (a kernel's surrogate, a graph's distance) are scored with
+    :func:`fastimg.metrics.exact_scores_many` and ordered best first, ties broken
+    by the lower id.  No validation (callers validate once).
+
+    Parameters
+    ----------
+    metric : str or Metric
+    queries : ndarray, shape (Q, D)
+        Raw query rows.
+    data : ndarray or np.memmap, shape (N, D)
+        Raw rows; row ``i`` is id ``i``.  Only the candidates' rows are read.
+    cand : ndarray of int, shape (Q, C)
+        Distinct ids >= 0 per query.
+    k : int
+        Results per query, in [1, C].
+
+    Returns
+    -------
+    ids : ndarray of int64, shape (Q, k)
+    scores : ndarray of float32, shape (Q, k)
+        Descending for similarities, ascending for distances.
+    """
+    m = get_metric(metric)
+    nq, nc = cand.shape
+    # ascending ids per query: a stable sort by score then breaks ties by the lower id
+    cand = np.sort(cand.astype(np.int64, copy=False), axis=1)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    step = max(1, _RESCORE_ELEMS // max(1, nc * queries.shape[1]))  # bounds the gathered rows
+    for s in range(0, nq, step):
+        c = cand[s:s + step]
+        rows = np.asarray(data[c.ravel()]).reshape(c.shape[0], nc, -1)
+        exact = exact_scores_many(m, queries[s:s + step], rows)
+        order = np.argsort(-exact if m.higher_is_better else exact, axis=1, kind="stable")[:, :k]
+        out_ids[s:s + step] = np.take_along_axis(c, order, axis=1)
+        out_scores[s:s + step] = np.take_along_axis(exact, order, axis=1)
+    return out_ids, out_scores
 
 
 def topk(data: np.ndarray, queries: npt.ArrayLike, k: int = 10, metric: "str | Metric" = "pearson", *,
