@@ -90,3 +90,60 @@ def test_direct_calls_with_inconsistent_shapes_raise():
         _core.heap_push_block(q.copy(), 2, hv, hi, mask=np.zeros(4, np.uint8))
     with pytest.raises(ValueError, match=r"heaps must have shape \(1, 5\)"):
         _core.heap_push_block(q[:1].copy(), 0, hv, hi)
+
+
+# ---------------------------------------------------------------------------
+# the query-panel batch kernel (KIND_IP, panels of PANEL_WIDTH queries)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, d, nq, kk", [
+    (1, 1, 6, 1),        # one row, one column
+    (5, 3, 7, 9),        # kk > n: padding slots
+    (97, 8, 16, 10),     # exactly one panel, n not a multiple of the 6-row tile
+    (250, 17, 17, 18),   # one query into a second panel, odd d
+    (1000, 72, 100, 18), # the hsv72 shape, 7 panels
+])
+@pytest.mark.parametrize("with_bias_mask", [False, True])
+def test_panel_kernel_equals_numpy_lexsort_exactly(n, d, nq, kk, with_bias_mask):
+    """Small integers make every float32 sum exact, so the oracle is exact and
+    full of ties: ids must come out in (value desc, id asc) order."""
+    rng = np.random.default_rng(n + d + nq)
+    x = rng.integers(0, 4, size=(n, d)).astype(np.float32)
+    q = rng.integers(0, 4, size=(nq, d)).astype(np.float32)
+    bias = rng.integers(0, 3, size=n).astype(np.float32) if with_bias_mask else None
+    mask = (rng.random(n) < 0.2).astype(np.uint8) if with_bias_mask else None
+    s = q.astype(np.float64) @ x.T.astype(np.float64) + (0.0 if bias is None else bias)
+    keep = np.arange(n) if mask is None else np.flatnonzero(mask == 0)
+    m = min(kk, keep.size)
+    for threads in (1, 2):
+        vals, ids = _core.fused_topk(x, q, kk, bias=bias, mask=mask, n_threads=threads, chunk_rows=7, panels=1)
+        for i in range(nq):
+            ref_v, ref_i = lexsort_topk(s[i][keep], m, keep)
+            np.testing.assert_array_equal(ids[i, :m], ref_i)
+            np.testing.assert_array_equal(vals[i, :m], ref_v.astype(np.float32))
+            assert (ids[i, m:] == -1).all() and np.isneginf(vals[i, m:]).all()
+
+
+def test_panel_kernel_independent_of_threads_and_chunks_on_real_valued_data():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3001, 256)).astype(np.float32)
+    q = rng.standard_normal((40, 256)).astype(np.float32)
+    runs = [_core.fused_topk(x, q, 25, n_threads=t, chunk_rows=c, panels=1) for t, c in ((1, 3001), (2, 64), (2, 6))]
+    for v, i in runs[1:]:
+        np.testing.assert_array_equal(i, runs[0][1])
+        np.testing.assert_array_equal(v, runs[0][0])
+    # and it agrees with float64 brute force up to float32 rounding
+    s = q.astype(np.float64) @ x.T.astype(np.float64)
+    ref = np.sort(s, axis=1)[:, ::-1][:, :25]
+    np.testing.assert_allclose(runs[0][0], ref, rtol=1e-4, atol=1e-3)
+
+
+def test_panel_and_tile_kernels_pick_the_same_rows():
+    rng = np.random.default_rng(12)
+    x = rng.integers(0, 5, size=(2000, 40)).astype(np.float32)
+    q = rng.integers(0, 5, size=(13, 40)).astype(np.float32)
+    v1, i1 = _core.fused_topk(x, q, 12, n_threads=2, panels=1)
+    v0, i0 = _core.fused_topk(x, q, 12, n_threads=2, panels=0)
+    np.testing.assert_array_equal(i1, i0)
+    np.testing.assert_array_equal(v1, v0)
+    assert _core.PANEL_WIDTH == 16 and 1 <= _core.PANEL_MIN_QUERIES <= _core.PANEL_WIDTH

@@ -10,6 +10,8 @@ KIND_CHISQR_ALT: int
 KIND_INTERSECT: int
 KIND_KL_DIV: int
 KIND_L1: int
+PANEL_WIDTH: int
+PANEL_MIN_QUERIES: int
 
 def openmp_max_threads() -> int: ...
 def openmp_num_procs() -> int: ...
@@ -27,6 +29,7 @@ def fused_topk(
     chunk_rows: int = ...,
     out_values: Optional[npt.NDArray[np.float32]] = ...,
     out_ids: Optional[npt.NDArray[np.int64]] = ...,
+    panels: int = ...,
 ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 def read_sum(data: npt.NDArray[np.float32], n_threads: int = ..., chunk_rows: int = ...) -> float: ...
 def heap_new(nq: int, kk: int) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...

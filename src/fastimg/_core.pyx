@@ -242,6 +242,108 @@ cdef extern from *:
     }
 
     /* ------------------------------------------------------------------ */
+    /* query panels: batches of queries, register-blocked.  Queries are    */
+    /* packed transposed in panels of FI_PW (QT[p][j][l] = Q[p*FI_PW+l][j], */
+    /* zero padded); a tile of FI_PR rows x FI_PW queries is accumulated in */
+    /* 12 vector registers (outer products: one row value broadcast times  */
+    /* 16 query values per step j), so each row value loaded serves 16     */
+    /* queries and each query value loaded serves FI_PR rows.  Every       */
+    /* (row, query) value is the same sequential sum over j whichever tile */
+    /* computes it (a short tail tile repeats its last row).  thr[q] holds */
+    /* the value of query q's heap root (+inf for padding lanes): a tile   */
+    /* whose 96 values are all below their roots costs one vector compare. */
+    /* ------------------------------------------------------------------ */
+    #define FI_PR 6
+    #define FI_PW 16
+    #if FI_HAVE_VEC
+    static inline int fi_any(fi_v8i m) {
+        int64_t u[4];
+        memcpy(u, &m, sizeof(u));
+        return (u[0] | u[1] | u[2] | u[3]) != 0;
+    }
+
+    FI_CLONES static void fi_ip_rows_panels(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1,
+                                            const float* QT, Py_ssize_t npan, Py_ssize_t nq,
+                                            const float* bias, const uint8_t* mask,
+                                            float* hv, int64_t* hi, Py_ssize_t kk, float* thr) {
+        float s[FI_PR][FI_PW];
+        for (Py_ssize_t r = r0; r < r1; r += FI_PR) {
+            Py_ssize_t nr = (r1 - r < FI_PR) ? r1 - r : FI_PR;
+            const float* x0 = X + r * d;
+            const float* x1 = X + (r + (nr > 1 ? 1 : nr - 1)) * d;
+            const float* x2 = X + (r + (nr > 2 ? 2 : nr - 1)) * d;
+            const float* x3 = X + (r + (nr > 3 ? 3 : nr - 1)) * d;
+            const float* x4 = X + (r + (nr > 4 ? 4 : nr - 1)) * d;
+            const float* x5 = X + (r + (nr > 5 ? 5 : nr - 1)) * d;
+            float b0 = 0, b1 = 0, b2 = 0, b3 = 0, b4 = 0, b5 = 0;
+            if (bias) {
+                const float* bb = bias + r;
+                b0 = bb[0]; b1 = bb[nr > 1 ? 1 : nr - 1]; b2 = bb[nr > 2 ? 2 : nr - 1];
+                b3 = bb[nr > 3 ? 3 : nr - 1]; b4 = bb[nr > 4 ? 4 : nr - 1]; b5 = bb[nr > 5 ? 5 : nr - 1];
+            }
+            if (r + 2 * FI_PR <= r1) {  /* the next tile's rows, while this one computes */
+                const float* nx = X + (r + FI_PR) * d;
+                for (Py_ssize_t j = 0; j < FI_PR * d; j += 16) __builtin_prefetch(nx + j, 0, 3);
+            }
+            for (Py_ssize_t p = 0; p < npan; ++p) {
+                const float* qt = QT + p * d * FI_PW;
+                fi_v8 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0};
+                fi_v8 a30 = {0}, a31 = {0}, a40 = {0}, a41 = {0}, a50 = {0}, a51 = {0};
+                for (Py_ssize_t j = 0; j < d; ++j) {
+                    fi_v8 u = fi_load(qt + j * FI_PW), v = fi_load(qt + j * FI_PW + 8);
+                    float w;
+                    w = x0[j]; a00 += w * u; a01 += w * v;
+                    w = x1[j]; a10 += w * u; a11 += w * v;
+                    w = x2[j]; a20 += w * u; a21 += w * v;
+                    w = x3[j]; a30 += w * u; a31 += w * v;
+                    w = x4[j]; a40 += w * u; a41 += w * v;
+                    w = x5[j]; a50 += w * u; a51 += w * v;
+                }
+                a00 += b0; a01 += b0; a10 += b1; a11 += b1; a20 += b2; a21 += b2;
+                a30 += b3; a31 += b3; a40 += b4; a41 += b4; a50 += b5; a51 += b5;
+                float* th = thr + p * FI_PW;
+                fi_v8 t0 = fi_load(th), t1 = fi_load(th + 8);
+                fi_v8i hit = (a00 >= t0) | (a01 >= t1) | (a10 >= t0) | (a11 >= t1)
+                           | (a20 >= t0) | (a21 >= t1) | (a30 >= t0) | (a31 >= t1)
+                           | (a40 >= t0) | (a41 >= t1) | (a50 >= t0) | (a51 >= t1);
+                if (!fi_any(hit)) continue;
+                memcpy(s[0], &a00, 32); memcpy(s[0] + 8, &a01, 32);
+                memcpy(s[1], &a10, 32); memcpy(s[1] + 8, &a11, 32);
+                memcpy(s[2], &a20, 32); memcpy(s[2] + 8, &a21, 32);
+                memcpy(s[3], &a30, 32); memcpy(s[3] + 8, &a31, 32);
+                memcpy(s[4], &a40, 32); memcpy(s[4] + 8, &a41, 32);
+                memcpy(s[5], &a50, 32); memcpy(s[5] + 8, &a51, 32);
+                Py_ssize_t lanes = nq - p * FI_PW < FI_PW ? nq - p * FI_PW : FI_PW;
+                for (Py_ssize_t i = 0; i < nr; ++i) {
+                    for (Py_ssize_t l = 0; l < lanes; ++l) {
+                        if (s[i][l] < th[l]) continue;
+                        Py_ssize_t q = p * FI_PW + l;
+                        fi_push_row(hv + q * kk, hi + q * kk, kk, mask, r + i, s[i][l]);
+                        th[l] = hv[q * kk];
+                    }
+                }
+            }
+        }
+    }
+    #else
+    static void fi_ip_rows_panels(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1,
+                                  const float* QT, Py_ssize_t npan, Py_ssize_t nq,
+                                  const float* bias, const uint8_t* mask,
+                                  float* hv, int64_t* hi, Py_ssize_t kk, float* thr) {
+        for (Py_ssize_t r = r0; r < r1; ++r) {
+            const float* x = X + r * d;
+            for (Py_ssize_t q = 0; q < nq; ++q) {
+                const float* qt = QT + (q / FI_PW) * d * FI_PW + q % FI_PW;
+                float v = 0.0f;
+                for (Py_ssize_t j = 0; j < d; ++j) v += x[j] * qt[j * FI_PW];
+                if (bias) v += bias[r];
+                fi_push_row(hv + q * kk, hi + q * kk, kk, mask, r, v);
+            }
+        }
+    }
+    #endif
+
+    /* ------------------------------------------------------------------ */
     /* direct kernels (metrics without an inner-product form).  Score is  */
     /* "higher is better"; aux is the per-query auxiliary vector:          */
     /*   1 chisqr:     aux = 1/q (0 where |q| <= DBL_EPSILON) -> -sum d^2*aux */
@@ -358,6 +460,12 @@ cdef extern from *:
                        const float* bias, const uint8_t* mask, float* hv, int64_t* hi, Py_ssize_t kk) nogil
     void fi_ip_rows_q4(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1, const float* q,
                        const float* bias, const uint8_t* mask, float* hv, int64_t* hi, Py_ssize_t kk) nogil
+    void fi_ip_rows_panels(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1, const float* QT,
+                           Py_ssize_t npan, Py_ssize_t nq, const float* bias, const uint8_t* mask,
+                           float* hv, int64_t* hi, Py_ssize_t kk, float* thr) nogil
+    int FI_PR
+    int FI_PW
+    int FI_HAVE_VEC
     void fi_direct_rows(int kind, const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1,
                         const float* Q, const float* AUX, const int32_t* ACT, const int64_t* NACT,
                         Py_ssize_t nq, const uint8_t* mask, float* hv, int64_t* hi, Py_ssize_t kk) nogil
@@ -365,6 +473,11 @@ cdef extern from *:
     void fi_push_block(const float* s, Py_ssize_t c, Py_ssize_t row0, const float* bias,
                        const uint8_t* mask, float* hv, int64_t* hi, Py_ssize_t kk) nogil
 
+
+#: queries per panel of the batch kernel, and the batch size from which
+#: ``fused_topk`` uses panels (measured in bench/search.md)
+PANEL_WIDTH = FI_PW
+PANEL_MIN_QUERIES = 6
 
 # kind codes shared with fastimg.search
 KIND_IP = 0
@@ -407,6 +520,7 @@ def fused_topk(
     Py_ssize_t chunk_rows=2048,
     float[:, ::1] out_values=None,
     int64_t[:, ::1] out_ids=None,
+    int panels=-1,
 ):
     """Top-``kk`` rows per query in one fused scoring + selection pass.
 
@@ -432,6 +546,10 @@ def fused_topk(
     chunk_rows : int
     out_values, out_ids : (Q, kk) arrays, optional
         Written in place (at the very end) and returned instead of new arrays.
+    panels : int
+        ``KIND_IP`` batches only: 1 uses the register-blocked query-panel kernel
+        (queries packed in panels of ``PANEL_WIDTH``), 0 the 4-query tiles, -1
+        (default) the panels from ``PANEL_MIN_QUERIES`` queries on.
 
     Returns
     -------
@@ -483,6 +601,24 @@ def fused_topk(
         pact = &active[0, 0]
         pnact = &n_active[0]
 
+    cdef bint use_panels = kind == 0 and nq > 0 and FI_HAVE_VEC and (
+        panels == 1 or (panels < 0 and nq >= PANEL_MIN_QUERIES))
+    cdef Py_ssize_t npan = (nq + FI_PW - 1) // FI_PW
+    cdef float[:, :, ::1] qt
+    cdef float[:, ::1] thr
+    if use_panels:
+        # queries transposed into zero-padded panels: qt[p, j, l] = queries[p * FI_PW + l, j]
+        qpad = np.zeros((npan * FI_PW, d), dtype=np.float32)
+        qpad[:nq] = queries
+        qt = np.ascontiguousarray(qpad.reshape(npan, FI_PW, d).transpose(0, 2, 1))
+        # per-thread heap-root values; padding lanes never admit a row
+        thr_arr = np.full((nt, npan * FI_PW), np.inf, dtype=np.float32)
+        thr_arr[:, :nq] = -np.inf
+        thr = thr_arr
+        if chunk_rows % FI_PR:
+            chunk_rows += FI_PR - chunk_rows % FI_PR
+            n_chunks = (n + chunk_rows - 1) // chunk_rows if n > 0 else 0
+            nt = <int>max(1, min(<Py_ssize_t>n_threads, n_chunks))
     heap_v_arr = np.empty((nt, nq, kk), dtype=np.float32)
     heap_i_arr = np.empty((nt, nq, kk), dtype=np.int64)
     cdef float[:, :, ::1] hv = heap_v_arr
@@ -506,7 +642,10 @@ def fused_topk(
             for c in prange(n_chunks, schedule="static"):
                 r0 = c * chunk_rows
                 r1 = min(n, r0 + chunk_rows)
-                if kind == 0:
+                if use_panels:
+                    fi_ip_rows_panels(X, d, r0, r1, &qt[0, 0, 0], npan, nq, pbias, pmask,
+                                      &hv[tid, 0, 0], &hi[tid, 0, 0], kk, &thr[tid, 0])
+                elif kind == 0:
                     qb = 0
                     while qb + 4 <= nq:
                         fi_ip_rows_q4(X, d, r0, r1, Qp + qb * d, pbias, pmask,
