@@ -13,11 +13,14 @@ full   1,000,000  72, 256     1, 100    20,000
 Competitors (same float32 data, same thread count, k = 10):
 
 * ``fastimg``     - ``ExactSearcher(data, metric).search`` (prepared once, as an index does;
-  strategy "auto": the GEMM path for Q >= 32), and for Q > 1 ``fastimg_fused``, the
-  query-blocked fused kernel forced;
+  strategy "auto"), and for Q > 1 the candidate kernel alone (``_core.fused_topk``, no
+  re-scoring) twice: ``kernel_panels`` (the query-panel kernel ``auto`` uses) and
+  ``kernel_tiles`` (the older 4-query tiles), for the before/after;
 * ``numpy``       - prepared rows: ``P @ q`` (+ bias) then ``argpartition`` + sort of the top k;
 * ``faiss``       - ``faiss.IndexFlatIP`` on the same prepared rows (for Q > 1 with
-  ``faiss.cvar.distance_compute_blas_threshold = 0``: its BLAS path);
+  ``faiss.cvar.distance_compute_blas_threshold = 0``: its BLAS path; bench/conftest.py sets
+  ``OPENBLAS_CORETYPE=Haswell`` on AVX2 machines so its bundled OpenBLAS and numpy's use
+  the same kernel);
 * ``read``        - the memory-read ceiling: a parallel sum over the same matrix
   (``fastimg._core.read_sum``), and NumPy's single-threaded ``sum``;
 * ``cv2_loop``    - ``cv2.compareHist`` per row on a subset, extrapolated to N;
@@ -180,11 +183,14 @@ def test_interleaved(benchmark, d, q, metric):
         "read_numpy_sum": lambda: s.prepared.sum(dtype=np.float32),
     }
     if q > 1:
-        from fastimg.search import ExactSearcher
-
-        fused = ExactSearcher(x, metric, prepared=s.prepared, bias=s.bias, threads=THREADS, check=False,
-                              strategy="fused")
-        fns["fastimg_fused"] = lambda: fused.search(queries, K)
+        # the candidate kernel alone (no re-scoring), query panels against the
+        # older 4-query tiles: the before/after of the batch kernel in one run
+        kk = K + max(8, K // 8)
+        cr = max(16, min(4096, (256 << 10) // (4 * d)))
+        fns["kernel_panels"] = lambda: _core.fused_topk(s.prepared, qp, kk, bias=s.bias, n_threads=THREADS,
+                                                        chunk_rows=cr, panels=1)
+        fns["kernel_tiles"] = lambda: _core.fused_topk(s.prepared, qp, kk, bias=s.bias, n_threads=THREADS,
+                                                       chunk_rows=cr, panels=0)
     res = _interleave(fns, ROUNDS)
     sub = x[:SUBSET]
     method = cv2.HISTCMP_CORREL if metric == "pearson" else cv2.HISTCMP_BHATTACHARYYA
@@ -217,7 +223,7 @@ def test_interleaved(benchmark, d, q, metric):
     }
     benchmark.extra_info.update(info)
     benchmark.group = f"search N={N} D={d} Q={q} {metric}"
-    print(f"\n[{benchmark.group}] ms/query best {info['ms_per_query_best']} "
+    print(f"\n[{benchmark.group}] OPENBLAS_CORETYPE={info['OPENBLAS_CORETYPE']!r} ms/query best {info['ms_per_query_best']} "
           f"loops {info['ms_per_query_extrapolated_loops']} speedup {info['speedup_vs']}")
     benchmark.pedantic(lambda: s.search(queries, K), rounds=1, iterations=1)
 
