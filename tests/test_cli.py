@@ -318,6 +318,11 @@ def test_index_location_from_environment(photos, tmp_path):
     res = ok_json("index", root / CLASSES[1], "--index", other, "--json", env={"FASTIMG_INDEX": str(env_idx)})
     assert res["index"] == str(other.resolve())
     assert index_len(env_idx) == PER_CLASS and index_len(other) == PER_CLASS
+    # -i is the short form of --index
+    short = tmp_path / "short"
+    res = ok_json("index", root / CLASSES[2], "-i", short, "--json", env={"FASTIMG_INDEX": str(env_idx)})
+    assert res["index"] == str(short.resolve()) and index_len(short) == PER_CLASS
+    assert ok_json("info", "-i", short, "--json")["count"] == PER_CLASS
 
 
 def test_index_default_location(photos, tmp_path):

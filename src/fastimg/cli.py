@@ -89,7 +89,7 @@ def _common(debug_default: Any = argparse.SUPPRESS) -> argparse.ArgumentParser:
 
 def _index_opt() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--index", metavar="PATH", default=None,
+    p.add_argument("-i", "--index", metavar="PATH", default=None,
                    help="index directory (default: $FASTIMG_INDEX, else see 'index location' below)")
     return p
 
