@@ -443,12 +443,7 @@ cdef extern from *:
                                      const uint8_t* mask, float* hv, int64_t* hi, Py_ssize_t kk) {
         for (Py_ssize_t j = 0; j < c; ++j) {
             Py_ssize_t r = row0 + j;
-            float val = s[j];
-            if (bias) val += bias[r];
-            if (!fi_better(val, (int64_t)r, hv[0], hi[0])) continue;
-            if (mask != NULL && mask[r]) continue;
-            hv[0] = val; hi[0] = (int64_t)r;
-            fi_sift_down(hv, hi, kk, 0);
+            fi_push_row(hv, hi, kk, mask, r, bias ? s[j] + bias[r] : s[j]);
         }
     }
     """
