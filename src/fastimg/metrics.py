@@ -184,23 +184,25 @@ def _prepare_block(metric: Metric, x: np.ndarray) -> Tuple[np.ndarray, Optional[
         norm = np.sqrt(np.einsum("ij,ij->i", centred, centred))
         # constant rows (exactly equal values) have no direction: OpenCV scores them 1
         const = (x.max(axis=1) == x.min(axis=1)) | ~(var > 0) | ~(norm > 0)
-        out = np.zeros_like(centred)
-        ok = ~const
-        out[ok] = centred[ok] / norm[ok, None]
+        out = np.divide(centred, np.where(const, 1.0, norm)[:, None], out=centred)
+        if const.any():
+            out[const] = 0.0
         # a constant row scores exactly 1 against any query (OpenCV's special case)
         bias = np.where(const, 1.0, 0.0)
         return out, bias
     if name == "bhattacharyya":
         s = x.sum(axis=1)
-        out = np.zeros_like(x)
         ok = s > 0
-        out[ok] = np.sqrt(x[ok] / s[ok, None])
+        out = np.sqrt(x / np.where(ok, s, 1.0)[:, None])
+        if not ok.all():
+            out[~ok] = 0.0
         return out, None
     if name == "cosine":
         norm = np.sqrt(np.einsum("ij,ij->i", x, x))
-        out = np.zeros_like(x)
         ok = norm > 0
-        out[ok] = x[ok] / norm[ok, None]
+        out = x / np.where(ok, norm, 1.0)[:, None]
+        if not ok.all():
+            out[~ok] = 0.0
         return out, None
     if name == "l2":
         # -|q - x|^2 = 2 q.x - |x|^2 - |q|^2: rows unchanged, bias -|x|^2, query doubled
@@ -401,7 +403,8 @@ def _exact_block(m: Metric, q: np.ndarray, x: np.ndarray) -> np.ndarray:
             res = num / np.sqrt(np.abs(denom2))
         return np.where(np.abs(denom2) > _DBL_EPS, res, 1.0)
     if name == "bhattacharyya":
-        bc = np.sqrt(x * qb).sum(axis=2)
+        prod = x * qb  # sqrt(q_i x_i) as OpenCV (not sqrt(q_i) sqrt(x_i): identical rows must give 0)
+        bc = np.sqrt(prod, out=prod).sum(axis=2)
         s = q.sum(axis=1)[:, None] * x.sum(axis=2)
         with np.errstate(divide="ignore"):
             inv = np.where(np.abs(s) > _FLT_EPS, 1.0 / np.sqrt(np.abs(s)), 1.0)

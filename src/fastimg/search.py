@@ -472,7 +472,7 @@ def rescore(metric: "str | Metric", queries: np.ndarray, data: Any, cand: np.nda
     step = max(1, _RESCORE_ELEMS // max(1, nc * queries.shape[1]))  # bounds the gathered rows
     for s in range(0, nq, step):
         c = cand[s:s + step]
-        rows = np.asarray(data[c.ravel()]).reshape(c.shape[0], nc, -1)
+        rows = np.take(data, c.ravel(), axis=0).reshape(c.shape[0], nc, -1)
         exact = exact_scores_many(m, queries[s:s + step], rows)
         order = np.argsort(-exact if m.higher_is_better else exact, axis=1, kind="stable")[:, :k]
         out_ids[s:s + step] = np.take_along_axis(c, order, axis=1)
