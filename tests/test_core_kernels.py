@@ -104,7 +104,8 @@ def test_direct_calls_with_inconsistent_shapes_raise():
     (1000, 72, 100, 18), # the hsv72 shape, 7 panels
 ])
 @pytest.mark.parametrize("with_bias_mask", [False, True])
-def test_panel_kernel_equals_numpy_lexsort_exactly(n, d, nq, kk, with_bias_mask):
+@pytest.mark.parametrize("width", [8, 16])
+def test_panel_kernel_equals_numpy_lexsort_exactly(n, d, nq, kk, with_bias_mask, width):
     """Small integers make every float32 sum exact, so the oracle is exact and
     full of ties: ids must come out in (value desc, id asc) order."""
     rng = np.random.default_rng(n + d + nq)
@@ -116,7 +117,7 @@ def test_panel_kernel_equals_numpy_lexsort_exactly(n, d, nq, kk, with_bias_mask)
     keep = np.arange(n) if mask is None else np.flatnonzero(mask == 0)
     m = min(kk, keep.size)
     for threads in (1, 2):
-        vals, ids = _core.fused_topk(x, q, kk, bias=bias, mask=mask, n_threads=threads, chunk_rows=7, panels=1)
+        vals, ids = _core.fused_topk(x, q, kk, bias=bias, mask=mask, n_threads=threads, chunk_rows=7, panels=width)
         for i in range(nq):
             ref_v, ref_i = lexsort_topk(s[i][keep], m, keep)
             np.testing.assert_array_equal(ids[i, :m], ref_i)
@@ -124,11 +125,13 @@ def test_panel_kernel_equals_numpy_lexsort_exactly(n, d, nq, kk, with_bias_mask)
             assert (ids[i, m:] == -1).all() and np.isneginf(vals[i, m:]).all()
 
 
-def test_panel_kernel_independent_of_threads_and_chunks_on_real_valued_data():
+@pytest.mark.parametrize("width", [8, 16])
+def test_panel_kernel_independent_of_threads_and_chunks_on_real_valued_data(width):
     rng = np.random.default_rng(11)
     x = rng.standard_normal((3001, 256)).astype(np.float32)
     q = rng.standard_normal((40, 256)).astype(np.float32)
-    runs = [_core.fused_topk(x, q, 25, n_threads=t, chunk_rows=c, panels=1) for t, c in ((1, 3001), (2, 64), (2, 6))]
+    runs = [_core.fused_topk(x, q, 25, n_threads=t, chunk_rows=c, panels=width)
+            for t, c in ((1, 3001), (2, 64), (2, 6))]
     for v, i in runs[1:]:
         np.testing.assert_array_equal(i, runs[0][1])
         np.testing.assert_array_equal(v, runs[0][0])
@@ -138,12 +141,20 @@ def test_panel_kernel_independent_of_threads_and_chunks_on_real_valued_data():
     np.testing.assert_allclose(runs[0][0], ref, rtol=1e-4, atol=1e-3)
 
 
-def test_panel_and_tile_kernels_pick_the_same_rows():
-    rng = np.random.default_rng(12)
+@pytest.mark.parametrize("nq", [1, 2, 5, 8, 9, 13])
+def test_every_batch_kernel_picks_the_same_rows(nq):
+    """Auto choice, both panel widths and the 4-query tiles agree (exact sums)."""
+    rng = np.random.default_rng(12 + nq)
     x = rng.integers(0, 5, size=(2000, 40)).astype(np.float32)
-    q = rng.integers(0, 5, size=(13, 40)).astype(np.float32)
-    v1, i1 = _core.fused_topk(x, q, 12, n_threads=2, panels=1)
-    v0, i0 = _core.fused_topk(x, q, 12, n_threads=2, panels=0)
-    np.testing.assert_array_equal(i1, i0)
-    np.testing.assert_array_equal(v1, v0)
-    assert _core.PANEL_WIDTH == 16 and 1 <= _core.PANEL_MIN_QUERIES <= _core.PANEL_WIDTH
+    q = rng.integers(0, 5, size=(nq, 40)).astype(np.float32)
+    ref_v, ref_i = _core.fused_topk(x, q, 12, n_threads=2, panels=0)
+    for panels in (-1, 8, 16):
+        v, i = _core.fused_topk(x, q, 12, n_threads=2, panels=panels)
+        np.testing.assert_array_equal(i, ref_i)
+        np.testing.assert_array_equal(v, ref_v)
+
+
+def test_panels_argument_is_checked():
+    x = np.ones((4, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="panels must be -1, 0, 8 or 16; got 4"):
+        _core.fused_topk(x, x[:2], 2, panels=4)

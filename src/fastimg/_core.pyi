@@ -10,8 +10,9 @@ KIND_CHISQR_ALT: int
 KIND_INTERSECT: int
 KIND_KL_DIV: int
 KIND_L1: int
-PANEL_WIDTH: int
+PANEL_WIDTHS: Tuple[int, int]
 PANEL_MIN_QUERIES: int
+PANEL_NARROW_MAX: int
 
 def openmp_max_threads() -> int: ...
 def openmp_num_procs() -> int: ...

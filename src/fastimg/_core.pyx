@@ -243,18 +243,19 @@ cdef extern from *:
 
     /* ------------------------------------------------------------------ */
     /* query panels: batches of queries, register-blocked.  Queries are    */
-    /* packed transposed in panels of FI_PW (QT[p][j][l] = Q[p*FI_PW+l][j], */
-    /* zero padded); a tile of FI_PR rows x FI_PW queries is accumulated in */
-    /* 12 vector registers (outer products: one row value broadcast times  */
-    /* 16 query values per step j), so each row value loaded serves 16     */
-    /* queries and each query value loaded serves FI_PR rows.  Every       */
-    /* (row, query) value is the same sequential sum over j whichever tile */
-    /* computes it (a short tail tile repeats its last row).  thr[q] holds */
-    /* the value of query q's heap root (+inf for padding lanes): a tile   */
-    /* whose 96 values are all below their roots costs one vector compare. */
+    /* packed transposed in panels of PW lanes (QT[p][j][l] =              */
+    /* Q[p*PW+l][j], zero padded); a tile of PR rows x PW queries is       */
+    /* accumulated in PR*PW/8 = 12 vector registers (outer products: one   */
+    /* row value broadcast times PW query values per step j), so each row  */
+    /* value loaded serves PW queries and each query value serves PR rows. */
+    /* Two shapes: 6 rows x 16 queries for big batches, 12 rows x 8        */
+    /* queries for small ones (half the padding work).  Every (row, query) */
+    /* value is the same sequential sum over j whichever tile computes it  */
+    /* (a short tail tile repeats its last row).  thr[q] holds the value   */
+    /* of query q's heap root (+inf for padding lanes): a tile whose       */
+    /* values are all below their roots costs a few vector compares.       */
     /* ------------------------------------------------------------------ */
-    #define FI_PR 6
-    #define FI_PW 16
+    #define FI_TILE_LCM 12  /* a multiple of every PR: chunk sizes round to it */
     #if FI_HAVE_VEC
     static inline int fi_any(fi_v8i m) {
         int64_t u[4];
@@ -262,84 +263,97 @@ cdef extern from *:
         return (u[0] | u[1] | u[2] | u[3]) != 0;
     }
 
-    FI_CLONES static void fi_ip_rows_panels(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1,
-                                            const float* QT, Py_ssize_t npan, Py_ssize_t nq,
-                                            const float* bias, const uint8_t* mask,
-                                            float* hv, int64_t* hi, Py_ssize_t kk, float* thr) {
-        float s[FI_PR][FI_PW];
-        for (Py_ssize_t r = r0; r < r1; r += FI_PR) {
-            Py_ssize_t nr = (r1 - r < FI_PR) ? r1 - r : FI_PR;
-            const float* x0 = X + r * d;
-            const float* x1 = X + (r + (nr > 1 ? 1 : nr - 1)) * d;
-            const float* x2 = X + (r + (nr > 2 ? 2 : nr - 1)) * d;
-            const float* x3 = X + (r + (nr > 3 ? 3 : nr - 1)) * d;
-            const float* x4 = X + (r + (nr > 4 ? 4 : nr - 1)) * d;
-            const float* x5 = X + (r + (nr > 5 ? 5 : nr - 1)) * d;
-            float b0 = 0, b1 = 0, b2 = 0, b3 = 0, b4 = 0, b5 = 0;
-            if (bias) {
-                const float* bb = bias + r;
-                b0 = bb[0]; b1 = bb[nr > 1 ? 1 : nr - 1]; b2 = bb[nr > 2 ? 2 : nr - 1];
-                b3 = bb[nr > 3 ? 3 : nr - 1]; b4 = bb[nr > 4 ? 4 : nr - 1]; b5 = bb[nr > 5 ? 5 : nr - 1];
-            }
-            if (r + 2 * FI_PR <= r1) {  /* the next tile's rows, while this one computes */
-                const float* nx = X + (r + FI_PR) * d;
-                for (Py_ssize_t j = 0; j < FI_PR * d; j += 16) __builtin_prefetch(nx + j, 0, 3);
-            }
-            for (Py_ssize_t p = 0; p < npan; ++p) {
-                const float* qt = QT + p * d * FI_PW;
-                fi_v8 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0};
-                fi_v8 a30 = {0}, a31 = {0}, a40 = {0}, a41 = {0}, a50 = {0}, a51 = {0};
-                for (Py_ssize_t j = 0; j < d; ++j) {
-                    fi_v8 u = fi_load(qt + j * FI_PW), v = fi_load(qt + j * FI_PW + 8);
-                    float w;
-                    w = x0[j]; a00 += w * u; a01 += w * v;
-                    w = x1[j]; a10 += w * u; a11 += w * v;
-                    w = x2[j]; a20 += w * u; a21 += w * v;
-                    w = x3[j]; a30 += w * u; a31 += w * v;
-                    w = x4[j]; a40 += w * u; a41 += w * v;
-                    w = x5[j]; a50 += w * u; a51 += w * v;
-                }
-                a00 += b0; a01 += b0; a10 += b1; a11 += b1; a20 += b2; a21 += b2;
-                a30 += b3; a31 += b3; a40 += b4; a41 += b4; a50 += b5; a51 += b5;
-                float* th = thr + p * FI_PW;
-                fi_v8 t0 = fi_load(th), t1 = fi_load(th + 8);
-                fi_v8i hit = (a00 >= t0) | (a01 >= t1) | (a10 >= t0) | (a11 >= t1)
-                           | (a20 >= t0) | (a21 >= t1) | (a30 >= t0) | (a31 >= t1)
-                           | (a40 >= t0) | (a41 >= t1) | (a50 >= t0) | (a51 >= t1);
-                if (!fi_any(hit)) continue;
-                memcpy(s[0], &a00, 32); memcpy(s[0] + 8, &a01, 32);
-                memcpy(s[1], &a10, 32); memcpy(s[1] + 8, &a11, 32);
-                memcpy(s[2], &a20, 32); memcpy(s[2] + 8, &a21, 32);
-                memcpy(s[3], &a30, 32); memcpy(s[3] + 8, &a31, 32);
-                memcpy(s[4], &a40, 32); memcpy(s[4] + 8, &a41, 32);
-                memcpy(s[5], &a50, 32); memcpy(s[5] + 8, &a51, 32);
-                Py_ssize_t lanes = nq - p * FI_PW < FI_PW ? nq - p * FI_PW : FI_PW;
-                for (Py_ssize_t i = 0; i < nr; ++i) {
-                    for (Py_ssize_t l = 0; l < lanes; ++l) {
-                        if (s[i][l] < th[l]) continue;
-                        Py_ssize_t q = p * FI_PW + l;
-                        fi_push_row(hv + q * kk, hi + q * kk, kk, mask, r + i, s[i][l]);
-                        th[l] = hv[q * kk];
-                    }
-                }
+    /* the rare path of a tile: push the values that reach their query's root */
+    static void fi_panel_push(const float* s, Py_ssize_t pw, Py_ssize_t nr, Py_ssize_t lanes, Py_ssize_t q0,
+                              Py_ssize_t r, const uint8_t* mask, float* hv, int64_t* hi, Py_ssize_t kk,
+                              float* th) {
+        for (Py_ssize_t i = 0; i < nr; ++i) {
+            for (Py_ssize_t l = 0; l < lanes; ++l) {
+                float v = s[i * pw + l];
+                if (v < th[l]) continue;
+                Py_ssize_t q = q0 + l;
+                fi_push_row(hv + q * kk, hi + q * kk, kk, mask, r + i, v);
+                th[l] = hv[q * kk];
             }
         }
     }
+
+    /* FI_PANEL_KERNEL(name, PR, NV): PR rows x (8 * NV) queries per tile */
+    #define FI_PANEL_KERNEL(NAME, PR, NV)                                                            \
+    FI_CLONES static void NAME(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1,             \
+                               const float* QT, Py_ssize_t npan, Py_ssize_t nq,                      \
+                               const float* bias, const uint8_t* mask,                               \
+                               float* hv, int64_t* hi, Py_ssize_t kk, float* thr) {                  \
+        const Py_ssize_t pw = 8 * NV;                                                                \
+        float s[PR * 8 * NV];                                                                        \
+        for (Py_ssize_t r = r0; r < r1; r += PR) {                                                   \
+            Py_ssize_t nr = (r1 - r < PR) ? r1 - r : PR;                                             \
+            const float* x[PR];                                                                      \
+            float b[PR];                                                                             \
+            for (int i = 0; i < PR; ++i) {                                                           \
+                Py_ssize_t ri = r + (i < nr ? i : nr - 1);                                           \
+                x[i] = X + ri * d;                                                                   \
+                b[i] = bias ? bias[ri] : 0.0f;                                                       \
+            }                                                                                        \
+            if (r + 2 * PR <= r1) {  /* the next tile's rows, while this one computes */             \
+                const float* nx = X + (r + PR) * d;                                                  \
+                for (Py_ssize_t j = 0; j < PR * d; j += 16) __builtin_prefetch(nx + j, 0, 3);       \
+            }                                                                                        \
+            for (Py_ssize_t p = 0; p < npan; ++p) {                                                  \
+                const float* qt = QT + p * d * pw;                                                   \
+                fi_v8 a[PR][NV];                                                                     \
+                for (int i = 0; i < PR; ++i) for (int v = 0; v < NV; ++v) a[i][v] = (fi_v8){0};      \
+                for (Py_ssize_t j = 0; j < d; ++j) {                                                 \
+                    fi_v8 u[NV];                                                                     \
+                    for (int v = 0; v < NV; ++v) u[v] = fi_load(qt + j * pw + 8 * v);                \
+                    for (int i = 0; i < PR; ++i) {                                                   \
+                        float w = x[i][j];                                                           \
+                        for (int v = 0; v < NV; ++v) a[i][v] += w * u[v];                            \
+                    }                                                                                \
+                }                                                                                    \
+                float* th = thr + p * pw;                                                            \
+                fi_v8 t[NV];                                                                         \
+                for (int v = 0; v < NV; ++v) t[v] = fi_load(th + 8 * v);                             \
+                fi_v8i hit = {0};                                                                    \
+                for (int i = 0; i < PR; ++i) for (int v = 0; v < NV; ++v) {                          \
+                    a[i][v] += b[i];                                                                 \
+                    hit |= a[i][v] >= t[v];                                                          \
+                }                                                                                    \
+                if (!fi_any(hit)) continue;                                                          \
+                for (int i = 0; i < PR; ++i) for (int v = 0; v < NV; ++v)                            \
+                    memcpy(s + i * pw + 8 * v, &a[i][v], sizeof(fi_v8));                             \
+                Py_ssize_t lanes = nq - p * pw < pw ? nq - p * pw : pw;                              \
+                fi_panel_push(s, pw, nr, lanes, p * pw, r, mask, hv, hi, kk, th);                    \
+            }                                                                                        \
+        }                                                                                            \
+    }
+    FI_PANEL_KERNEL(fi_ip_rows_panels16, 6, 2)
+    FI_PANEL_KERNEL(fi_ip_rows_panels8, 12, 1)
+
     #else
-    static void fi_ip_rows_panels(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1,
-                                  const float* QT, Py_ssize_t npan, Py_ssize_t nq,
-                                  const float* bias, const uint8_t* mask,
-                                  float* hv, int64_t* hi, Py_ssize_t kk, float* thr) {
+    static void fi_panels_scalar(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t pw,
+                                 const float* QT, Py_ssize_t nq, const float* bias, const uint8_t* mask,
+                                 float* hv, int64_t* hi, Py_ssize_t kk) {
         for (Py_ssize_t r = r0; r < r1; ++r) {
             const float* x = X + r * d;
             for (Py_ssize_t q = 0; q < nq; ++q) {
-                const float* qt = QT + (q / FI_PW) * d * FI_PW + q % FI_PW;
+                const float* qt = QT + (q / pw) * d * pw + q % pw;
                 float v = 0.0f;
-                for (Py_ssize_t j = 0; j < d; ++j) v += x[j] * qt[j * FI_PW];
+                for (Py_ssize_t j = 0; j < d; ++j) v += x[j] * qt[j * pw];
                 if (bias) v += bias[r];
                 fi_push_row(hv + q * kk, hi + q * kk, kk, mask, r, v);
             }
         }
+    }
+    static void fi_ip_rows_panels16(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1,
+                                    const float* QT, Py_ssize_t npan, Py_ssize_t nq, const float* bias,
+                                    const uint8_t* mask, float* hv, int64_t* hi, Py_ssize_t kk, float* thr) {
+        fi_panels_scalar(X, d, r0, r1, 16, QT, nq, bias, mask, hv, hi, kk);
+    }
+    static void fi_ip_rows_panels8(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1,
+                                   const float* QT, Py_ssize_t npan, Py_ssize_t nq, const float* bias,
+                                   const uint8_t* mask, float* hv, int64_t* hi, Py_ssize_t kk, float* thr) {
+        fi_panels_scalar(X, d, r0, r1, 8, QT, nq, bias, mask, hv, hi, kk);
     }
     #endif
 
@@ -455,11 +469,13 @@ cdef extern from *:
                        const float* bias, const uint8_t* mask, float* hv, int64_t* hi, Py_ssize_t kk) nogil
     void fi_ip_rows_q4(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1, const float* q,
                        const float* bias, const uint8_t* mask, float* hv, int64_t* hi, Py_ssize_t kk) nogil
-    void fi_ip_rows_panels(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1, const float* QT,
-                           Py_ssize_t npan, Py_ssize_t nq, const float* bias, const uint8_t* mask,
-                           float* hv, int64_t* hi, Py_ssize_t kk, float* thr) nogil
-    int FI_PR
-    int FI_PW
+    void fi_ip_rows_panels16(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1, const float* QT,
+                             Py_ssize_t npan, Py_ssize_t nq, const float* bias, const uint8_t* mask,
+                             float* hv, int64_t* hi, Py_ssize_t kk, float* thr) nogil
+    void fi_ip_rows_panels8(const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1, const float* QT,
+                            Py_ssize_t npan, Py_ssize_t nq, const float* bias, const uint8_t* mask,
+                            float* hv, int64_t* hi, Py_ssize_t kk, float* thr) nogil
+    int FI_TILE_LCM
     int FI_HAVE_VEC
     void fi_direct_rows(int kind, const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1,
                         const float* Q, const float* AUX, const int32_t* ACT, const int64_t* NACT,
@@ -469,10 +485,12 @@ cdef extern from *:
                        const uint8_t* mask, float* hv, int64_t* hi, Py_ssize_t kk) nogil
 
 
-#: queries per panel of the batch kernel, and the batch size from which
-#: ``fused_topk`` uses panels (measured in bench/search.md)
-PANEL_WIDTH = FI_PW
+#: panel widths of the batch kernel; ``fused_topk`` (``panels=-1``) uses narrow
+#: panels for batches of ``PANEL_MIN_QUERIES`` .. ``PANEL_NARROW_MAX`` queries and
+#: wide panels above (measured in bench/search.md)
+PANEL_WIDTHS = (8, 16)
 PANEL_MIN_QUERIES = 6
+PANEL_NARROW_MAX = 8
 
 # kind codes shared with fastimg.search
 KIND_IP = 0
@@ -542,9 +560,10 @@ def fused_topk(
     out_values, out_ids : (Q, kk) arrays, optional
         Written in place (at the very end) and returned instead of new arrays.
     panels : int
-        ``KIND_IP`` batches only: 1 uses the register-blocked query-panel kernel
-        (queries packed in panels of ``PANEL_WIDTH``), 0 the 4-query tiles, -1
-        (default) the panels from ``PANEL_MIN_QUERIES`` queries on.
+        ``KIND_IP`` only: the register-blocked query-panel kernel with panels of
+        8 or 16 queries (12 x 8 or 6 x 16 tiles), 0 for the older 4-query tiles,
+        -1 (default) to choose by batch size (``PANEL_MIN_QUERIES``,
+        ``PANEL_NARROW_MAX``; a single query streams each row once).
 
     Returns
     -------
@@ -596,22 +615,27 @@ def fused_topk(
         pact = &active[0, 0]
         pnact = &n_active[0]
 
-    cdef bint use_panels = kind == 0 and nq > 0 and FI_HAVE_VEC and (
-        panels == 1 or (panels < 0 and nq >= PANEL_MIN_QUERIES))
-    cdef Py_ssize_t npan = (nq + FI_PW - 1) // FI_PW
+    if panels not in (-1, 0, 8, 16):
+        raise ValueError(f"panels must be -1, 0, 8 or 16; got {panels}")
+    cdef int pw = panels
+    if panels < 0:
+        pw = 0 if nq < PANEL_MIN_QUERIES else (8 if nq <= PANEL_NARROW_MAX else 16)
+    if kind != 0 or nq == 0 or not FI_HAVE_VEC:
+        pw = 0
+    cdef Py_ssize_t npan = (nq + pw - 1) // pw if pw else 0
     cdef float[:, :, ::1] qt
     cdef float[:, ::1] thr
-    if use_panels:
-        # queries transposed into zero-padded panels: qt[p, j, l] = queries[p * FI_PW + l, j]
-        qpad = np.zeros((npan * FI_PW, d), dtype=np.float32)
+    if pw:
+        # queries transposed into zero-padded panels: qt[p, j, l] = queries[p * pw + l, j]
+        qpad = np.zeros((npan * pw, d), dtype=np.float32)
         qpad[:nq] = queries
-        qt = np.ascontiguousarray(qpad.reshape(npan, FI_PW, d).transpose(0, 2, 1))
+        qt = np.ascontiguousarray(qpad.reshape(npan, pw, d).transpose(0, 2, 1))
         # per-thread heap-root values; padding lanes never admit a row
-        thr_arr = np.full((nt, npan * FI_PW), np.inf, dtype=np.float32)
+        thr_arr = np.full((nt, npan * pw), np.inf, dtype=np.float32)
         thr_arr[:, :nq] = -np.inf
         thr = thr_arr
-        if chunk_rows % FI_PR:
-            chunk_rows += FI_PR - chunk_rows % FI_PR
+        if chunk_rows % FI_TILE_LCM:  # whole tiles per chunk
+            chunk_rows += FI_TILE_LCM - chunk_rows % FI_TILE_LCM
             n_chunks = (n + chunk_rows - 1) // chunk_rows if n > 0 else 0
             nt = <int>max(1, min(<Py_ssize_t>n_threads, n_chunks))
     heap_v_arr = np.empty((nt, nq, kk), dtype=np.float32)
@@ -637,9 +661,12 @@ def fused_topk(
             for c in prange(n_chunks, schedule="static"):
                 r0 = c * chunk_rows
                 r1 = min(n, r0 + chunk_rows)
-                if use_panels:
-                    fi_ip_rows_panels(X, d, r0, r1, &qt[0, 0, 0], npan, nq, pbias, pmask,
-                                      &hv[tid, 0, 0], &hi[tid, 0, 0], kk, &thr[tid, 0])
+                if pw == 16:
+                    fi_ip_rows_panels16(X, d, r0, r1, &qt[0, 0, 0], npan, nq, pbias, pmask,
+                                        &hv[tid, 0, 0], &hi[tid, 0, 0], kk, &thr[tid, 0])
+                elif pw == 8:
+                    fi_ip_rows_panels8(X, d, r0, r1, &qt[0, 0, 0], npan, nq, pbias, pmask,
+                                       &hv[tid, 0, 0], &hi[tid, 0, 0], kk, &thr[tid, 0])
                 elif kind == 0:
                     qb = 0
                     while qb + 4 <= nq:
