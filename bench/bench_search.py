@@ -188,7 +188,7 @@ def test_interleaved(benchmark, d, q, metric):
         kk = K + max(8, K // 8)
         cr = max(16, min(4096, (256 << 10) // (4 * d)))
         fns["kernel_panels"] = lambda: _core.fused_topk(s.prepared, qp, kk, bias=s.bias, n_threads=THREADS,
-                                                        chunk_rows=cr, panels=1)
+                                                        chunk_rows=cr, panels=-1)
         fns["kernel_tiles"] = lambda: _core.fused_topk(s.prepared, qp, kk, bias=s.bias, n_threads=THREADS,
                                                        chunk_rows=cr, panels=0)
     res = _interleave(fns, ROUNDS)
