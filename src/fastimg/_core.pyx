@@ -630,8 +630,9 @@ def fused_topk(
         qpad = np.zeros((npan * pw, d), dtype=np.float32)
         qpad[:nq] = queries
         qt = np.ascontiguousarray(qpad.reshape(npan, pw, d).transpose(0, 2, 1))
-        # per-thread heap-root values; padding lanes never admit a row
-        thr_arr = np.full((nt, npan * pw), np.inf, dtype=np.float32)
+        # per-thread heap-root values; padding lanes never admit a row (rows
+        # padded to 64 bytes so two threads never share a cache line)
+        thr_arr = np.full((nt, (npan * pw + 15) // 16 * 16), np.inf, dtype=np.float32)
         thr_arr[:, :nq] = -np.inf
         thr = thr_arr
         if chunk_rows % FI_TILE_LCM:  # whole tiles per chunk
