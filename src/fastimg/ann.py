@@ -50,6 +50,7 @@ import json
 import os
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
@@ -71,6 +72,7 @@ __all__ = [
     "HnswGraph",
     "metric_space",
     "default_candidates",
+    "saved_meta",
 ]
 
 #: Number of live rows from which ``Index.search(mode="auto")`` uses the graph
@@ -108,7 +110,7 @@ GRAPH_FILE = "hnsw.bin"
 #: fastimg's metadata file (parameters hnswlib does not save, checksum).
 META_FILE = "hnsw.json"
 
-_ADD_CHUNK = 65_536  # rows prepared and inserted per step (bounds the prepared copy)
+_ADD_CHUNK = 65_536  # rows prepared and inserted per step (bounds the prepared copies: two blocks)
 _CRC_CHUNK = 16 << 20
 
 # metric -> (hnsw space, row preparation, graph order); "raw" = rows as given,
@@ -279,6 +281,17 @@ def _crc32(path: Path) -> int:
             crc = zlib.crc32(block, crc)
 
 
+def saved_meta(directory: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+    """fastimg's metadata of the graph saved in ``directory`` (the :data:`META_FILE`
+    dict, ``extra`` included), or None if there is none or it is unreadable.
+    Cheap: the graph itself is not read (use :meth:`HnswGraph.load` for that)."""
+    try:
+        meta = json.loads((Path(directory) / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 # ---------------------------------------------------------------------------
 # the graph
 # ---------------------------------------------------------------------------
@@ -316,6 +329,8 @@ class HnswGraph:
         self._labels: Optional[np.ndarray] = None  # sorted labels cache (incl. deleted)
         self._max_label = -1
         self._lock = _RWLock()
+        #: The ``extra`` dict given to :meth:`save` (read back by :meth:`load`).
+        self.extra: Dict[str, Any] = {}
         # hnswlib searches with max(index.ef, k); search() passes k = max(ef, candidates)
         # so the per-call ef is honoured without mutating shared state.
         self._index.set_ef(1)
@@ -418,11 +433,19 @@ class HnswGraph:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=ids.size, desc="hnsw build", unit="rows")
+        starts = range(0, ids.size, _ADD_CHUNK)
+        # the next block is prepared (NumPy, GIL released) while hnswlib inserts this one
+        # (add_items releases the GIL too): the serial preparation no longer idles the other cores
+        pool = ThreadPoolExecutor(max_workers=1) if len(starts) > 1 else None
         try:
-            for start in range(0, ids.size, _ADD_CHUNK):
+            pending = self._prepare(x[:_ADD_CHUNK]) if pool is None else pool.submit(self._prepare, x[:_ADD_CHUNK])
+            for start in starts:
                 stop = min(ids.size, start + _ADD_CHUNK)
-                rows, constant = self._prepare(x[start:stop])
+                rows, constant = pending if pool is None else pending.result()
+                if pool is not None and stop < ids.size:
+                    pending = pool.submit(self._prepare, x[stop:stop + _ADD_CHUNK])
                 index.add_items(rows, ids[start:stop], num_threads=self.threads)
+                del rows
                 chunk_ids = ids[start:stop]
                 # a replaced row may no longer be constant: drop the chunk's ids, add back its constants
                 now_constant = chunk_ids[constant] if constant is not None else chunk_ids[:0]
@@ -430,6 +453,8 @@ class HnswGraph:
                 if bar is not None:
                     bar.update(stop - start)
         finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             if bar is not None:
                 bar.close()
         self._deleted.difference_update(ids.tolist())
@@ -448,11 +473,16 @@ class HnswGraph:
         constant = bias != 0 if (self.rows == "pearson" and bias is not None) else None
         return prepared, constant
 
-    def mark_deleted(self, ids: npt.ArrayLike) -> None:
+    def mark_deleted(self, ids: npt.ArrayLike) -> int:
         """Hide ids from every later search (the graph keeps them as waypoints).
 
         Already-deleted ids are ignored; re-adding an id with :meth:`add`
         brings it back.
+
+        Returns
+        -------
+        int
+            How many ids were newly marked (0: the graph did not change).
 
         Raises
         ------
@@ -468,21 +498,33 @@ class HnswGraph:
             if unknown.size:
                 raise AnnSearchError(f"cannot delete ids that are not in the graph: {unknown[:10].tolist()}"
                                      + (" ..." if unknown.size > 10 else ""))
-            for i in arr.tolist():
-                if i not in self._deleted:
-                    self._index.mark_deleted(i)
-                    self._deleted.add(i)
-            self._deleted_arr = None
+            fresh = [i for i in arr.tolist() if i not in self._deleted]
+            for i in fresh:
+                self._index.mark_deleted(i)
+                self._deleted.add(i)
+            if fresh:
+                self._deleted_arr = None
+            return len(fresh)
 
     # -- persistence --------------------------------------------------------
 
-    def save(self, directory: Union[str, os.PathLike]) -> None:
+    def save(self, directory: Union[str, os.PathLike], *, extra: Optional[Dict[str, Any]] = None) -> None:
         """Write the graph to ``directory`` (created if needed).
 
         Writes hnswlib's file (:data:`GRAPH_FILE`) and fastimg's metadata
         (:data:`META_FILE`: format version, metric, space, dim, M,
-        ef_construction, ef, counts, deleted ids, file size and CRC-32).  Both are
-        written to temporary names and renamed, metadata last.
+        ef_construction, ef, counts, deleted ids, file size and CRC-32, and the
+        caller's ``extra``).  Both are written to temporary names and renamed,
+        metadata last (a crash between the two renames leaves a checksum
+        mismatch, which :meth:`load` reports).
+
+        Parameters
+        ----------
+        directory : path-like
+        extra : dict, optional
+            JSON-able facts the caller keeps with the graph (the index records
+            which rows and which generation the saved graph covers); read back
+            as :attr:`extra` after :meth:`load`.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -491,13 +533,14 @@ class HnswGraph:
         tmp_meta = directory / (META_FILE + ".tmp")
         with self._lock.write():
             self._index.save_index(str(tmp_graph))
-            meta = dict(self.params, deleted=sorted(self._deleted),
+            meta = dict(self.params, extra=dict(extra or {}), deleted=sorted(self._deleted),
                         constant_ids=self._constant.tolist(), max_id=self._max_label,
                         count=int(self._index.element_count),
                         file_size=tmp_graph.stat().st_size, crc32=_crc32(tmp_graph))
             tmp_meta.write_text(json.dumps(meta, indent=1))
             os.replace(tmp_graph, graph_path)
             os.replace(tmp_meta, directory / META_FILE)
+            self.extra = dict(meta["extra"])
 
     @classmethod
     def load(cls, directory: Union[str, os.PathLike], *, threads: Optional[int] = None) -> "HnswGraph":
@@ -557,6 +600,7 @@ class HnswGraph:
         graph = cls(index, metric=meta["metric"], dim=meta["dim"], M=meta["M"],
                     ef_construction=meta["ef_construction"], ef=meta["ef"], threads=resolve_threads(threads),
                     deleted=meta["deleted"], constant_ids=meta["constant_ids"])
+        graph.extra = dict(meta.get("extra") or {})
         graph._max_label = int(meta.get("max_id", -1))
         if "max_id" not in meta or (graph._max_label < 0 < index.element_count):
             labels = graph._sorted_labels()
@@ -587,6 +631,11 @@ class HnswGraph:
 
     def __len__(self) -> int:
         return int(self._index.element_count) - len(self._deleted)
+
+    @property
+    def max_id(self) -> int:
+        """The largest id ever added (deleted or not); -1 for an empty graph."""
+        return self._max_label
 
     def __repr__(self) -> str:
         return (f"HnswGraph(metric={self.metric!r}, space={self.space!r}, dim={self.dim}, live={len(self)}, "

@@ -88,6 +88,10 @@ WHITENING_FILE = "whitening.npz"
 #: Metric of ``descriptor="custom"`` indexes when none is given.
 CUSTOM_DEFAULT_METRIC = "cosine"
 _MODES = ("auto", "exact", "ann")
+#: A writer saves the HNSW graph once this many rows (or 5 % of the graph's rows,
+#: whichever is more) were inserted since the last save; otherwise on
+#: :meth:`Index.close` / :meth:`Index.flush` (see :meth:`Index.flush`).
+ANN_SAVE_ROWS = 20_000
 
 
 # --------------------------------------------------------------------------- locations
@@ -274,6 +278,10 @@ class Index:
         self._descriptor: Any = None
         self._graph: Any = None
         self._graph_key: Optional[tuple] = None
+        self._graph_rows = 0       # rows [0, n) the in-memory graph holds
+        self._graph_marked = 0     # deleted ids < _graph_rows marked in it
+        self._graph_unsaved = 0    # rows inserted since the graph was last saved
+        self._graph_dirty = False  # the in-memory graph differs from the saved one
         self._ann_error: Optional[str] = None
         self._whitening_model: Optional[_Whitening] = None
         self._whitened: Optional[tuple[tuple, np.ndarray]] = None
@@ -381,14 +389,38 @@ class Index:
         return cls(Store(path, writable=(mode == "a")), threads=threads)
 
     def close(self) -> None:
-        """Release the files (and the writer lock).  Idempotent."""
+        """Save the HNSW graph if it changed (see :meth:`flush`), then release the
+        files (and the writer lock).  Idempotent."""
         with self._mutex:
+            if self._graph_dirty and self._store.writable and not self._store.closed:
+                try:
+                    self._save_graph(self._view())
+                except Exception as exc:  # a cache: a stale graph is caught up on the next open
+                    log.warning("%s: could not save the HNSW graph (%s); it is caught up when the index is "
+                                "next changed", self.path, exc)
             self._searchers.clear()
             self._graph = None
+            self._graph_dirty = False
             self._view_cache = None
             self._whitening_model = None
             self._whitened = None
             self._store.close()
+
+    def flush(self) -> None:
+        """Write the HNSW graph's pending changes now (writer only).
+
+        A writer keeps the graph up to date in memory on every :meth:`add`,
+        :meth:`add_vectors` and :meth:`remove`, but saves it (``ann/``, about
+        1.2 KB per row at D=256) only when :data:`ANN_SAVE_ROWS` rows (or 5 % of
+        the graph) were inserted since the last save, on :meth:`close` and on
+        this call.  Not saving is safe: the saved graph records the rows it
+        covers, a reader scans later rows exactly and never returns deleted
+        rows, and the next writer catches the graph up.
+        """
+        self._require_writable()
+        with self._mutex:
+            if self._graph_dirty:
+                self._save_graph(self._view())
 
     def __enter__(self) -> "Index":
         return self
@@ -508,7 +540,9 @@ class Index:
         (committed rows, deleted included), ``deleted``, ``generation``,
         ``created``, ``size_bytes`` (all files), ``vectors_bytes``, ``caches``
         (file names), ``ann`` (``built``, ``metric``, ``M``, ``ef_construction``,
-        ``ef``, ``rows`` covered, ``pending_rows`` scanned exactly, ``error``,
+        ``ef``, ``rows`` the graph answers for, ``saved_rows`` the graph file
+        covers, ``unsaved``: a writer holds changes not saved yet (see
+        :meth:`flush`), ``pending_rows`` scanned exactly, ``error``,
         ``crossover``, ``auto_mode``: what ``mode="auto"`` uses now), ``whitening``
         (None, or the dict returned by :meth:`fit_whitening` plus ``stale_rows``:
         rows added since the fit, searched with that fit).
@@ -529,8 +563,17 @@ class Index:
         crossover = self._ann_crossover()
         ann: dict[str, Any] = {"built": ann_meta is not None, "crossover": crossover}
         if ann_meta is not None:
-            ann.update({k: ann_meta.get(k) for k in ("metric", "M", "ef_construction", "ef", "rows")})
-            ann["pending_rows"] = max(0, v.state.committed - int(ann_meta.get("rows", 0)))
+            from fastimg.ann import saved_meta
+
+            ann.update({k: ann_meta.get(k) for k in ("metric", "M", "ef_construction", "ef")})
+            saved = saved_meta(self._store.ann_dir)
+            saved_rows = 0 if saved is None else int((saved.get("extra") or {}).get("rows", ann_meta.get("rows", 0)))
+            held = self._graph is not None and self._graph_key == self._ann_key(ann_meta)
+            rows = self._graph_rows if held else saved_rows
+            ann["rows"] = rows                      # rows the graph answers for (this handle)
+            ann["saved_rows"] = saved_rows          # rows the graph file on disk covers
+            ann["unsaved"] = bool(held and self._graph_dirty)  # changes held in memory, saved on close/flush
+            ann["pending_rows"] = max(0, v.state.committed - rows)  # scanned exactly
             ann["error"] = self._ann_error
         ann["auto_mode"] = (
             "ann" if ann_meta is not None and ann_meta.get("metric") == self.metric and v.live >= crossover
@@ -1030,7 +1073,7 @@ class Index:
                     wmeta = dict(wmeta, rows=int((mapping[:fit_rows] >= 0).sum()), generation=after.generation)
                     self._store.set_meta("whitening", wmeta)
                 ann = self._store.get_meta("ann")
-                self._graph, self._graph_key = None, None
+                self._graph, self._graph_key, self._graph_dirty = None, None, False  # old ids: never saved
                 if ann is not None:
                     self._store.set_meta("ann", None)
                     shutil.rmtree(self._store.ann_dir, ignore_errors=True)
@@ -1329,40 +1372,84 @@ class Index:
                                     progress=bool(progress))
             if v.deleted.size:
                 graph.mark_deleted(v.deleted)
+            fit = None if wh is None else wh.fit_id
             tmp = self._store.ann_dir.with_name(".ann.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            graph.save(tmp)
+            graph.save(tmp, extra={"rows": n, "generation": v.state.generation, "whitening": fit})
             self._store.set_meta("ann", None)
             shutil.rmtree(self._store.ann_dir, ignore_errors=True)
             os.replace(tmp, self._store.ann_dir)
             meta = {"metric": metric_name, "M": int(M), "ef_construction": int(ef_construction),
-                    "ef": int(graph.ef), "rows": n, "generation": v.state.generation,
-                    "whitening": None if wh is None else wh.fit_id}
+                    "ef": int(graph.ef), "rows": n, "generation": v.state.generation, "whitening": fit, "saves": 0}
             self._store.set_meta("ann", meta)
-            self._graph, self._graph_key, self._ann_error = graph, (v.state.generation, n), None
-            return meta
+            self._graph, self._graph_key, self._ann_error = graph, self._ann_key(meta), None
+            self._graph_rows, self._graph_marked = n, int(v.deleted.size)
+            self._graph_unsaved, self._graph_dirty = 0, False
+            return {k: meta[k] for k in ("metric", "M", "ef_construction", "ef", "rows", "generation", "whitening")}
+
+    @staticmethod
+    def _ann_key(meta: dict) -> tuple:
+        """Identity of the saved graph (changes when a writer saves it again)."""
+        return (meta.get("generation"), int(meta.get("rows", 0)), int(meta.get("saves", 0)))
 
     def _load_graph(self, view: _View) -> tuple[Any, Optional[dict]]:
-        """The graph and its meta, or (None, meta/None) if absent or unusable."""
+        """The graph and its meta, or (None, meta/None) if absent or unusable.
+
+        The graph returned holds rows ``[0, self._graph_rows)`` and has every
+        deleted id below that marked deleted (in memory): a graph saved before
+        later changes (a crash, or a writer that has not saved yet) is still
+        never wrong, the rows it lacks are scanned exactly.
+        """
         meta = self._store.get_meta("ann")
         if meta is None or meta.get("generation") != view.state.generation:
             return None, None
-        key = (view.state.generation, int(meta["rows"]))
-        if self._graph is not None and self._graph_key == key:
-            return self._graph, meta
-        from fastimg.ann import HnswGraph
+        key = self._ann_key(meta)
+        if self._graph is None or self._graph_key != key:
+            from fastimg.ann import HnswGraph
 
-        try:
-            graph = HnswGraph.load(self._store.ann_dir, threads=self.threads)
-        except (FastimgError, OSError) as exc:
-            self._ann_error = str(exc)
-            log.warning("%s: HNSW graph unusable, searching exactly (%s)", self.path, exc)
-            return None, meta
-        self._graph, self._graph_key, self._ann_error = graph, key, None
-        return graph, meta
+            try:
+                graph = HnswGraph.load(self._store.ann_dir, threads=self.threads)
+                saved = graph.extra  # what the file covers (absent: saved by fastimg <= 0.x, trust meta)
+                rows = int(saved.get("rows", meta["rows"]))
+                if saved.get("generation", meta["generation"]) != view.state.generation:
+                    raise IndexCorruptError(f"{self._store.ann_dir}: the graph was saved for generation "
+                                            f"{saved.get('generation')} of the vectors, the index is at generation "
+                                            f"{view.state.generation}; rebuild it (Index.build_ann)")
+                if rows > view.state.committed or graph.max_id != rows - 1:
+                    raise IndexCorruptError(f"{self._store.ann_dir}: the graph holds ids up to {graph.max_id} "
+                                            f"but records {rows} rows (the index has {view.state.committed}); "
+                                            "rebuild it (Index.build_ann)")
+            except (FastimgError, OSError) as exc:
+                self._graph, self._ann_error = None, str(exc)
+                log.warning("%s: HNSW graph unusable, searching exactly (%s)", self.path, exc)
+                return None, meta
+            self._graph, self._graph_key, self._ann_error = graph, key, None
+            self._graph_rows, self._graph_marked, self._graph_unsaved, self._graph_dirty = rows, 0, 0, False
+        self._mark_deleted_in_graph(view)
+        return self._graph, meta
+
+    def _mark_deleted_in_graph(self, view: _View) -> None:
+        """Mark (in memory) the deleted ids below the graph's rows that it does not know yet."""
+        dead = view.deleted[:int(np.searchsorted(view.deleted, self._graph_rows))]
+        if dead.size != self._graph_marked:
+            if self._graph.mark_deleted(dead):  # ids already marked are ignored; the count is of new ones
+                self._graph_dirty = self._graph_dirty or self._store.writable
+            self._graph_marked = int(dead.size)
+
+    def _save_graph(self, view: _View) -> None:
+        """Writer: save the in-memory graph and record what it covers."""
+        meta = self._store.get_meta("ann")
+        if self._graph is None or meta is None:
+            return
+        self._graph.save(self._store.ann_dir, extra={"rows": self._graph_rows, "generation": view.state.generation,
+                                                     "whitening": meta.get("whitening")})
+        meta = dict(meta, rows=self._graph_rows, saves=int(meta.get("saves", 0)) + 1)
+        self._store.set_meta("ann", meta)
+        self._graph_key, self._graph_unsaved, self._graph_dirty = self._ann_key(meta), 0, False
 
     def _sync_ann(self) -> None:
-        """Writer: bring the saved graph up to date with new and deleted rows."""
+        """Writer: bring the in-memory graph up to date with new and deleted rows;
+        save it when enough rows were inserted since the last save (see :meth:`flush`)."""
         meta = self._store.get_meta("ann")
         if meta is None:
             return
@@ -1373,17 +1460,17 @@ class Index:
         wmeta = self._store.get_meta("whitening")
         if meta.get("whitening") != (None if wmeta is None else wmeta.get("fit_id")):
             return  # built in another space (whitening fitted or cleared since): unused until rebuilt
-        wh = self._whitening() if wmeta is not None else None
-        rows = int(meta["rows"])
+        rows = self._graph_rows
         if rows < v.state.committed:
+            wh = self._whitening() if wmeta is not None else None
             data = v.vectors if wh is None else self._whitened_data(v, wh)
             graph.add(data[rows:], np.arange(rows, v.state.committed, dtype=np.int64))
-        if v.deleted.size:
-            graph.mark_deleted(v.deleted)
-        graph.save(self._store.ann_dir)
-        meta = dict(meta, rows=v.state.committed)
-        self._store.set_meta("ann", meta)
-        self._graph_key = (v.state.generation, v.state.committed)
+            self._graph_rows = v.state.committed
+            self._graph_unsaved += v.state.committed - rows
+            self._graph_dirty = True
+            self._mark_deleted_in_graph(v)
+        if self._graph_unsaved >= max(ANN_SAVE_ROWS, self._graph_rows // 20):
+            self._save_graph(v)
 
     # ------------------------------------------------------------------ search
     def _query_vector(self, query: Any) -> tuple[np.ndarray, Optional[set], bool]:
@@ -1748,14 +1835,14 @@ class Index:
 
     def _ann_candidates(self, graph: Any, meta: dict, v: _View, data: Any, q: np.ndarray, want: int, m: Any,
                         ef: Optional[int], candidates: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
-        rows = min(int(meta["rows"]), v.state.committed)
+        rows = min(self._graph_rows, v.state.committed)  # the graph holds rows [0, rows), deletions marked
         deleted = v.deleted
         g_live = rows - int(np.searchsorted(deleted, rows))
         parts_i, parts_s = [], []
         if g_live > 0:
             kk = min(want, g_live)
             gi, gs = graph.search(q, kk, data=data, ef=ef, candidates=None if candidates is None
-                                  else max(candidates, kk), exclude=deleted[deleted < rows] if deleted.size else None)
+                                  else max(candidates, kk))
             parts_i.append(np.asarray(gi, np.int64))
             parts_s.append(np.asarray(gs, np.float32))
         if rows < v.state.committed:  # rows added after the graph was saved: scan them exactly

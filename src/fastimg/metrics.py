@@ -193,9 +193,10 @@ def _prepare_block(metric: Metric, x: np.ndarray) -> Tuple[np.ndarray, Optional[
     if name == "bhattacharyya":
         s = x.sum(axis=1)
         ok = s > 0
-        out = np.sqrt(x / np.where(ok, s, 1.0)[:, None])
-        if not ok.all():
-            out[~ok] = 0.0
+        if ok.all():
+            return np.sqrt(x / s[:, None]), None
+        out = np.zeros_like(x)
+        out[ok] = np.sqrt(x[ok] / s[ok, None])
         return out, None
     if name == "cosine":
         norm = np.sqrt(np.einsum("ij,ij->i", x, x))
