@@ -147,9 +147,9 @@ def test_every_batch_kernel_picks_the_same_rows(nq):
     rng = np.random.default_rng(12 + nq)
     x = rng.integers(0, 5, size=(2000, 40)).astype(np.float32)
     q = rng.integers(0, 5, size=(nq, 40)).astype(np.float32)
-    ref_v, ref_i = _core.fused_topk(x, q, 12, n_threads=2, panels=0)
+    ref_v, ref_i = _core.fused_topk(x, q, 12, n_threads=1, panels=0)
     for panels in (-1, 8, 16):
-        v, i = _core.fused_topk(x, q, 12, n_threads=2, panels=panels)
+        v, i = _core.fused_topk(x, q, 12, n_threads=2, chunk_rows=250, panels=panels)  # 8 chunks
         np.testing.assert_array_equal(i, ref_i)
         np.testing.assert_array_equal(v, ref_v)
 
@@ -158,3 +158,19 @@ def test_panels_argument_is_checked():
     x = np.ones((4, 3), dtype=np.float32)
     with pytest.raises(ValueError, match="panels must be -1, 0, 8 or 16; got 4"):
         _core.fused_topk(x, x[:2], 2, panels=4)
+
+
+def test_huge_chunk_rows_and_empty_requests():
+    x = np.arange(30, dtype=np.float32).reshape(10, 3)
+    q = np.ones((7, 3), dtype=np.float32)
+    for panels in (0, 8, 16):
+        _, ids = _core.fused_topk(x, q, 3, chunk_rows=2**63 - 5, panels=panels)
+        assert (ids == [9, 8, 7]).all()
+    ov, oi = np.empty((7, 0), np.float32), np.empty((7, 0), np.int64)
+    v, i = _core.fused_topk(x, q, 0, out_values=ov, out_ids=oi)
+    assert v is ov and i is oi
+
+
+def test_aligned_rows_are_64_byte_aligned_whole_lines():
+    a = _core._aligned_rows(3, 17, np.inf)
+    assert a.shape == (3, 32) and a.ctypes.data % 64 == 0 and np.isinf(a).all()

@@ -511,6 +511,15 @@ def openmp_num_procs() -> int:
     return openmp.omp_get_num_procs()
 
 
+def _aligned_rows(Py_ssize_t nrows, Py_ssize_t ncols, float fill):
+    """float32 (nrows, >= ncols) filled with ``fill``, each row whole 64-byte lines
+    starting on a 64-byte boundary."""
+    cdef Py_ssize_t stride = (ncols + 15) // 16 * 16
+    buf = np.full(nrows * stride + 16, fill, dtype=np.float32)
+    off = (-buf.ctypes.data % 64) // 4
+    return buf[off:off + nrows * stride].reshape(nrows, stride)
+
+
 cdef inline const float* _fptr(const float[::1] a) noexcept nogil:
     return &a[0] if a.shape[0] > 0 else NULL
 
@@ -544,7 +553,7 @@ def fused_topk(
     queries : float32 (Q, D), C-contiguous
         Queries (prepared queries for ``kind == KIND_IP``).
     kk : int
-        Number of results per query, ``1 <= kk``; slots beyond the available rows
+        Number of results per query, ``0 <= kk``; slots beyond the available rows
         come back with id -1 and value -inf.
     kind : int
         ``KIND_IP`` (value = query . row + bias[row]) or one of the direct kinds.
@@ -601,6 +610,7 @@ def fused_topk(
             act = np.asarray(active)
             if na.min() < 0 or na.max() > d or act.min() < 0 or act.max() >= d:
                 raise ValueError(f"n_active must be in [0, {d}] and active ids in [0, {d - 1}]")
+    chunk_rows = min(chunk_rows, max(n, 1))  # no overflow below, whatever was passed
     cdef Py_ssize_t n_chunks = (n + chunk_rows - 1) // chunk_rows if n > 0 else 0
     cdef int nt = <int>max(1, min(<Py_ssize_t>n_threads, n_chunks))
     cdef Py_ssize_t c, r0, r1, t, qi, e, qb
@@ -630,9 +640,9 @@ def fused_topk(
         qpad = np.zeros((npan * pw, d), dtype=np.float32)
         qpad[:nq] = queries
         qt = np.ascontiguousarray(qpad.reshape(npan, pw, d).transpose(0, 2, 1))
-        # per-thread heap-root values; padding lanes never admit a row (rows
-        # padded to 64 bytes so two threads never share a cache line)
-        thr_arr = np.full((nt, (npan * pw + 15) // 16 * 16), np.inf, dtype=np.float32)
+        # per-thread heap-root values; padding lanes never admit a row (rows of
+        # whole 64-byte lines from a 64-byte boundary: threads share no line)
+        thr_arr = _aligned_rows(nt, npan * pw, np.inf)
         thr_arr[:, :nq] = -np.inf
         thr = thr_arr
         if chunk_rows % FI_TILE_LCM:  # whole tiles per chunk
@@ -651,6 +661,8 @@ def fused_topk(
                 or out_ids.shape[0] != nq or out_ids.shape[1] != kk:
             raise ValueError(f"out_values and out_ids must both have shape ({nq}, {kk})")
     if nq == 0 or kk == 0:
+        if has_out:
+            return out_values.base, out_ids.base
         return heap_v_arr[0], heap_i_arr[0]
 
     with nogil:
