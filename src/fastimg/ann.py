@@ -50,7 +50,6 @@ import json
 import os
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
@@ -110,7 +109,7 @@ GRAPH_FILE = "hnsw.bin"
 #: fastimg's metadata file (parameters hnswlib does not save, checksum).
 META_FILE = "hnsw.json"
 
-_ADD_CHUNK = 65_536  # rows prepared and inserted per step (bounds the prepared copies: two blocks)
+_ADD_CHUNK = 65_536  # rows prepared and inserted per step (bounds the prepared copy)
 _CRC_CHUNK = 16 << 20
 
 # metric -> (hnsw space, row preparation, graph order); "raw" = rows as given,
@@ -433,19 +432,11 @@ class HnswGraph:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=ids.size, desc="hnsw build", unit="rows")
-        starts = range(0, ids.size, _ADD_CHUNK)
-        # the next block is prepared (NumPy, GIL released) while hnswlib inserts this one
-        # (add_items releases the GIL too): the serial preparation no longer idles the other cores
-        pool = ThreadPoolExecutor(max_workers=1) if len(starts) > 1 else None
         try:
-            pending = self._prepare(x[:_ADD_CHUNK]) if pool is None else pool.submit(self._prepare, x[:_ADD_CHUNK])
-            for start in starts:
+            for start in range(0, ids.size, _ADD_CHUNK):
                 stop = min(ids.size, start + _ADD_CHUNK)
-                rows, constant = pending if pool is None else pending.result()
-                if pool is not None and stop < ids.size:
-                    pending = pool.submit(self._prepare, x[stop:stop + _ADD_CHUNK])
+                rows, constant = self._prepare(x[start:stop])
                 index.add_items(rows, ids[start:stop], num_threads=self.threads)
-                del rows
                 chunk_ids = ids[start:stop]
                 # a replaced row may no longer be constant: drop the chunk's ids, add back its constants
                 now_constant = chunk_ids[constant] if constant is not None else chunk_ids[:0]
@@ -453,8 +444,6 @@ class HnswGraph:
                 if bar is not None:
                     bar.update(stop - start)
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
             if bar is not None:
                 bar.close()
         self._deleted.difference_update(ids.tolist())

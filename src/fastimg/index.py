@@ -33,6 +33,7 @@ behaviour:
   metric and the index holds at least :data:`fastimg.ann.ANN_CROSSOVER` live
   rows.  Rows added after the graph was last updated are scanned exactly and
   merged, so results never miss new rows.  Deleted rows are never returned.
+  A writer updates the graph in memory and saves it lazily (:meth:`Index.flush`).
 * **Whitening** (:meth:`Index.fit_whitening`): an optional PCA-whitening fitted
   on the collection and stored in the index; while it is fitted, every search
   compares whitened vectors (the raw vectors are kept unchanged; the whitened
@@ -1332,8 +1333,10 @@ class Index:
     ) -> dict:
         """Build (or rebuild) the HNSW graph over the committed rows and save it.
 
-        The graph is a cache beside the vectors (``ann/``); it is kept up to date
-        by later :meth:`add` / :meth:`remove` calls of a writer.  When a whitening
+        The graph is a cache beside the vectors (``ann/``), saved by this call; a
+        writer keeps it up to date in memory on later :meth:`add` /
+        :meth:`add_vectors` / :meth:`remove` calls and saves it lazily (see
+        :meth:`flush`).  When a whitening
         is fitted (:meth:`fit_whitening`) the graph is built on the whitened
         vectors and serves searches only while that fit is in force.
 
