@@ -621,3 +621,31 @@ def test_threads_from_environment_and_progress_bar(monkeypatch, capsys):
     monkeypatch.setenv("FASTIMG_NUM_THREADS", "zero")
     with pytest.raises(ValueError, match="FASTIMG_NUM_THREADS"):
         HnswGraph.build(x, "l2")
+
+
+# ---------------------------------------------------------------------------
+# the re-scoring step shared with the exact scan (fastimg.search.rescore)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("metric", ["pearson", "l2", "intersect"])
+def test_rescore_orders_by_exact_score_then_lower_id(metric):
+    """rescore == brute-force scores of the candidates, sorted best first with ties
+    (duplicated rows) broken by the lower id, whatever order the candidates come in."""
+    from fastimg.search import rescore
+
+    x, q = clustered(60, 6, 5, seed=9, nonneg=metric == "intersect")
+    x[10] = x[40] = x[25]  # exact ties: 10 < 25 < 40
+    q[0] = x[25]
+    rng = np.random.default_rng(1)
+    cand = np.stack([rng.permutation(np.r_[[40, 25, 10], rng.choice(np.r_[:10, 11:25, 26:40, 41:60], 9,
+                                                                       replace=False)]) for _ in range(5)])
+    ids, scores = rescore(metric, q, x, cand, 7)
+    assert ids.shape == scores.shape == (5, 7) and ids.dtype == np.int64 and scores.dtype == np.float32
+    for i in range(5):
+        s = brute_scores(metric, q[i:i + 1], x[cand[i]])[0]
+        key = -s if get_metric(metric).higher_is_better else s
+        order = np.lexsort((cand[i], np.round(key, 9)))[:7]
+        assert ids[i].tolist() == cand[i][order].tolist()
+        np.testing.assert_allclose(scores[i], s[order], rtol=1e-6, atol=1e-6)
+    tied = [j for j in ids[0].tolist() if j in (10, 25, 40)]
+    assert tied == [10, 25, 40]  # identical rows: lower id first

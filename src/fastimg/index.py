@@ -1467,7 +1467,13 @@ class Index:
         if rows < v.state.committed:
             wh = self._whitening() if wmeta is not None else None
             data = v.vectors if wh is None else self._whitened_data(v, wh)
-            graph.add(data[rows:], np.arange(rows, v.state.committed, dtype=np.int64))
+            try:
+                graph.add(data[rows:], np.arange(rows, v.state.committed, dtype=np.int64))
+            except BaseException:
+                # a partly inserted graph holds rows beyond _graph_rows: drop it, the saved one is
+                # still right (and is caught up by the next change)
+                self._graph, self._graph_key, self._graph_dirty = None, None, False
+                raise
             self._graph_rows = v.state.committed
             self._graph_unsaved += v.state.committed - rows
             self._graph_dirty = True
