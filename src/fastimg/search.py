@@ -472,11 +472,15 @@ def rescore(metric: "str | Metric", queries: np.ndarray, data: Any, cand: np.nda
     step = max(1, _RESCORE_ELEMS // max(1, nc * queries.shape[1]))  # bounds the gathered rows
     for s in range(0, nq, step):
         c = cand[s:s + step]
-        rows = np.take(data, c.ravel(), axis=0).reshape(c.shape[0], nc, -1)
+        flat = c.ravel()
+        # np.take is the fastest gather for arrays (memmaps too); other row containers are indexed
+        rows = np.take(data, flat, axis=0) if isinstance(data, np.ndarray) else np.asarray(data[flat])
+        rows = rows.reshape(c.shape[0], nc, -1)
         exact = exact_scores_many(m, queries[s:s + step], rows)
         order = np.argsort(-exact if m.higher_is_better else exact, axis=1, kind="stable")[:, :k]
-        out_ids[s:s + step] = np.take_along_axis(c, order, axis=1)
-        out_scores[s:s + step] = np.take_along_axis(exact, order, axis=1)
+        row = np.arange(c.shape[0])[:, None]
+        out_ids[s:s + step] = c[row, order]
+        out_scores[s:s + step] = exact[row, order]
     return out_ids, out_scores
 
 
