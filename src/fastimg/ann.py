@@ -4,8 +4,9 @@ The graph only *proposes* candidates.  Every candidate is re-scored with
 :func:`fastimg.metrics.exact_scores_many` (through :func:`fastimg.search.rescore`,
 the re-scoring step shared with the exact scan), so the scores reported are
 exactly the metric's values (the ``cv2.compareHist`` numbers for the histogram
-metrics) and the final order is exact among the candidates; the only approximation is which
-rows become candidates (measured as recall@k against the exact scan).
+metrics) and the final order is exact among the candidates; the only
+approximation is which rows become candidates (measured as recall@k against the
+exact scan).
 
 Metric mapping (the one place it is defined; see :func:`metric_space`):
 
