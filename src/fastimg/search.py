@@ -15,10 +15,14 @@ How a search runs:
 
    * inner-product metrics (pearson, bhattacharyya, cosine, l2) scan the prepared
      rows (:func:`fastimg.metrics.prepare_rows`) with a fused dot product + bounded
-     heap pass (OpenMP over row chunks, per-thread heaps merged at the end; query
-     batches in blocks of 4 so each row read serves 4 queries), or, on request
-     (``strategy="gemm"``), with BLAS GEMM over row blocks followed by a parallel
-     heap update (BLAS threads capped with threadpoolctl);
+     heap pass (OpenMP over row chunks, per-thread heaps merged at the end).  One
+     query streams each row once; 2-5 queries share each row read in 2-row x
+     4-query tiles; batches of 6 or more go through register-blocked query panels
+     (tiles of 12 rows x 8 queries or 6 rows x 16 queries held in vector
+     registers, a heap-root compare per tile) - see ``fastimg._core.fused_topk``.
+     On request (``strategy="gemm"``) a BLAS GEMM over row blocks followed by a
+     parallel heap update (BLAS threads capped with threadpoolctl) is used instead;
+     ``"auto"`` never picks it, the panels being faster (bench/search.md);
    * the other metrics (chisqr, chisqr_alt, intersect, kl_div, l1) use a fused
      direct kernel on the raw rows;
 
@@ -50,8 +54,9 @@ _DBL_EPS = float(np.finfo(np.float64).eps)
 _STRATEGIES = ("auto", "fused", "gemm")
 #: ip-form batches with at least this many queries use the GEMM path ("auto").
 #: Disabled: on the reference machine (2 cores, OpenBLAS Haswell kernel) the
-#: query-blocked fused kernel was 2.5-3.3x faster per query than this GEMM path at
-#: N = 1e6, Q = 100 (bench/search.md), so "auto" always takes the fused kernel.
+#: fused kernels were 2.5-3.3x faster per query than this GEMM path at N = 1e6,
+#: Q = 100 even before the query-panel kernel (bench/search.md), so "auto" always
+#: takes the fused kernels.
 GEMM_MIN_QUERIES: float = float("inf")
 #: queries per kernel call (bounds per-thread heap memory)
 _FUSED_QUERY_BATCH = 256
