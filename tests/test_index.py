@@ -573,6 +573,26 @@ def test_rerank_is_wired_with_the_index_vectors_and_exclusions(custom, data, spe
     assert 11 not in [h.id for h in hits] and not {7, 8} & {h.id for h in hits}
 
 
+@pytest.mark.parametrize("spec, searches", [("qe", 2), ("dba:depth=20", 1), ("k-reciprocal:k1=5,k2=2,depth=20", 1)])
+def test_rerank_fetches_its_candidates_in_the_first_search(custom, data, spec, searches, monkeypatch):
+    """The initial search returns the depth re-ranking needs: no second scan for more
+    candidates (QE's one extra search is the expanded query's own)."""
+    from fastimg import rerank
+    from fastimg.search import ExactSearcher
+
+    calls = []
+    real = ExactSearcher.search
+
+    def counting(self, queries, k, **kw):
+        calls.append(k)
+        return real(self, queries, k, **kw)
+
+    monkeypatch.setattr(ExactSearcher, "search", counting)
+    hits = custom.search(data[11], k=10, rerank=spec)
+    assert len(hits) == 10 and len(calls) == searches
+    assert calls[0] >= rerank.candidates_needed(spec, 10)
+
+
 def test_corrupt_ann_graph_falls_back_to_exact_and_says_why(tmp_path):
     pytest.importorskip("hnswlib")
     X = _clustered(300, 8, seed=4)

@@ -1768,6 +1768,12 @@ class Index:
         space (whitened when a whitening is fitted: re-ranking's expanded queries)."""
         from fastimg.metrics import get_metric
 
+        k_out = k
+        if rerank:
+            # fetch what re-ranking will use now, rather than searching twice
+            from fastimg.rerank import candidates_needed
+
+            k = candidates_needed(rerank, k)
         v = self._view()
         m = get_metric(metric)
         wh = self._whitening()
@@ -1783,7 +1789,7 @@ class Index:
         if v.live == 0:
             if mode == "ann":
                 raise ValueError(f"{self.path}: mode='ann' but the index is empty")
-            return out_ids, out_scores
+            return out_ids[:, :k_out], out_scores[:, :k_out]
         extra = max([len(s) for s in selfs if s] + [0]) + (1 if any(ident) else 0)
         want = min(k + extra, v.live)
         graph, meta = (None, None)
@@ -1838,8 +1844,7 @@ class Index:
             out_ids[r, :row_ids.size] = row_ids
             out_scores[r, :row_ids.size] = row_scores
         if rerank:
-            out_ids, out_scores = self._rerank(rerank, qs, out_ids, out_scores, k, m.name, mode, ef, candidates,
-                                               dropped, data)
+            return self._rerank(rerank, qs, out_ids, out_scores, k_out, m.name, mode, ef, candidates, dropped, data)
         return out_ids, out_scores
 
     def _ann_candidates(self, graph: Any, meta: dict, v: _View, data: Any, q: np.ndarray, want: int, m: Any,
@@ -1884,8 +1889,8 @@ class Index:
         def get_vectors(sel: Any) -> np.ndarray:
             return np.asarray(data[np.asarray(sel, dtype=np.int64)], dtype=np.float32)
 
-        out_i = np.full_like(ids, -1)
-        out_s = np.full_like(scores, np.nan)
+        out_i = np.full((len(q), k), -1, dtype=np.int64)
+        out_s = np.full((len(q), k), np.nan, dtype=np.float32)
         for r in range(len(q)):
             own = selfs[r]
 

@@ -62,6 +62,7 @@ __all__ = [
     "rerank_names",
     "parse_spec",
     "apply",
+    "candidates_needed",
     "expansion_space",
     "similarity",
     "expand",
@@ -459,6 +460,19 @@ def _search1(search: SearchFn, v: np.ndarray, k: int) -> Tuple[np.ndarray, np.nd
     ids, sc = np.asarray(ids).reshape(-1).astype(np.int64), np.asarray(sc, dtype=np.float32).reshape(-1)
     keep = ids >= 0
     return ids[keep], sc[keep]
+
+
+def candidates_needed(spec: "str | RerankSpec", k: int) -> int:
+    """How many initial results :func:`apply` uses for ``spec`` and ``k``.
+
+    A caller that searches this many in the first place (instead of ``k``) spares
+    :func:`apply` its second search for more candidates.
+    """
+    sp = parse_spec(spec)
+    p = sp.params
+    if sp.name in ("qe", "alpha-qe"):
+        return max(int(p["n"]), int(k))
+    return max(int(p["depth"]), 1, int(k))
 
 
 def _candidates(search: SearchFn, q: np.ndarray, ids: np.ndarray, scores: np.ndarray, need: int
