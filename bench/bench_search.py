@@ -96,9 +96,9 @@ def _faiss_index(d: int, metric: str):
 
 
 def _prepared_queries(metric: str, q: np.ndarray) -> np.ndarray:
-    from fastimg.metrics import prepare_query
+    from fastimg.metrics import prepare_queries
 
-    return np.ascontiguousarray(np.stack([prepare_query(metric, row) for row in q]), dtype=np.float32)
+    return prepare_queries(metric, q)
 
 
 def _numpy_topk(prepared, bias, qp, k):

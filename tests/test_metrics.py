@@ -227,3 +227,17 @@ def test_aligned_empty():
     for shape in [(3, 5), (1, 1), (100, 72)]:
         a = M.aligned_empty(shape)
         assert a.shape == shape and a.dtype == np.float32 and a.ctypes.data % 64 == 0 and a.flags.c_contiguous
+
+
+@pytest.mark.parametrize("metric", ["pearson", "bhattacharyya", "cosine", "l2"])
+def test_prepare_queries_is_prepare_query_per_row(metric):
+    rng = np.random.default_rng(5)
+    q = rng.random((9, 13)).astype(np.float32)
+    q[3] = 0.0          # zero query
+    q[4] = 0.25         # constant query
+    q[5, ::2] = 0.0     # sparse query
+    batch = M.prepare_queries(metric, q)
+    assert batch.dtype == np.float32 and batch.flags.c_contiguous and batch.shape == q.shape
+    np.testing.assert_array_equal(batch, np.stack([M.prepare_query(metric, row) for row in q]))
+    with pytest.raises(ValueError, match=r"queries must be 2-D \(Q, D\); got shape \(13,\)"):
+        M.prepare_queries(metric, q[0])

@@ -56,6 +56,7 @@ __all__ = [
     "get_metric",
     "prepare_rows",
     "prepare_query",
+    "prepare_queries",
     "exact_scores",
     "exact_scores_many",
     "aligned_empty",
@@ -271,12 +272,20 @@ def prepare_query(metric: "str | Metric", q: npt.ArrayLike) -> np.ndarray:
         Pearson/bhattacharyya/cosine: prepared like a row; l2: ``2 q``.
         A constant pearson query or a zero bhattacharyya/cosine query gives zeros.
     """
+    return prepare_queries(metric, np.asarray(q).reshape(1, -1))[0]
+
+
+def prepare_queries(metric: "str | Metric", queries: npt.ArrayLike) -> np.ndarray:
+    """:func:`prepare_query` of every row of ``queries`` (Q, D) at once: float32
+    (Q, D), C-contiguous, each row bit-identical to ``prepare_query`` of that row."""
     m = get_metric(metric)
-    q = np.asarray(q, dtype=np.float64).reshape(1, -1)
+    q = np.asarray(queries, dtype=np.float64)
+    if q.ndim != 2:
+        raise ValueError(f"queries must be 2-D (Q, D); got shape {q.shape}")
     if m.name == "l2":
-        return (2.0 * q[0]).astype(np.float32)
+        return np.ascontiguousarray(2.0 * q, dtype=np.float32)
     p, _ = _prepare_block(m, q)
-    return p[0].astype(np.float32)
+    return np.ascontiguousarray(p, dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------

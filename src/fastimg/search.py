@@ -43,7 +43,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
-from fastimg.metrics import (METRICS, Metric, exact_scores_many, get_metric, metric_names, prepare_query,
+from fastimg.metrics import (METRICS, Metric, exact_scores_many, get_metric, metric_names, prepare_queries,
                              prepare_rows)
 
 __all__ = ["ExactSearcher", "topk", "rescore", "resolve_threads", "METRICS", "metric_names"]
@@ -380,7 +380,7 @@ class ExactSearcher:
         m = self.metric
         nq = q.shape[0]
         if m.ip_form:
-            qp = np.ascontiguousarray(np.stack([prepare_query(m, row) for row in q]), dtype=np.float32)
+            qp = prepare_queries(m, q)
             if self._use_gemm(nq):
                 ids = self._gemm_candidates(qp, kk, mask)
             else:
