@@ -463,11 +463,16 @@ class Index:
         return "a" if self._store.writable else "r"
 
     @property
+    def _custom(self) -> bool:
+        """True for a ``descriptor="custom"`` index (the caller supplies the vectors)."""
+        return self._store.manifest["descriptor"].get("name") == "custom"
+
+    @property
     def descriptor(self) -> Any:
         """The descriptor object (``fastimg.registry`` Descriptor), created on first use."""
         if self._descriptor is None:
             spec = self._store.manifest["descriptor"]
-            if spec.get("name") == "custom":
+            if self._custom:
                 self._descriptor = _CustomDescriptor(self.dim)
             else:
                 from fastimg.registry import descriptor_from_spec
@@ -758,7 +763,7 @@ class Index:
             The index has ``descriptor="custom"`` (use :meth:`add_vectors`).
         """
         self._require_writable()
-        if self._store.manifest["descriptor"].get("name") == "custom":
+        if self._custom:
             raise DescriptorError(
                 f"{self.path}: this index stores custom vectors (descriptor='custom'); it cannot describe "
                 "images: add vectors with Index.add_vectors"
@@ -1500,7 +1505,7 @@ class Index:
                 if use_stored:
                     return np.array(self._view().vectors[row.id], dtype=np.float32), {row.id}, False
                 return self._describe(s), {row.id}, False
-            if self._store.manifest["descriptor"].get("name") == "custom":
+            if self._custom:
                 raise DescriptorError(
                     f"{s}: not in this index, and a descriptor='custom' index cannot describe images: "
                     "query it by vector or by an indexed name"
@@ -1521,7 +1526,7 @@ class Index:
         return self._describe(arr), None, True
 
     def _describe(self, src: Any) -> np.ndarray:
-        if self._store.manifest["descriptor"].get("name") == "custom":
+        if self._custom:
             raise DescriptorError(
                 "a descriptor='custom' index cannot describe images: query it by vector or by an indexed name"
             )
