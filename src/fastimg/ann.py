@@ -730,9 +730,9 @@ class HnswGraph:
         if self.rows == "raw":
             gq = q
         else:
-            from fastimg.metrics import prepare_rows
+            from fastimg.metrics import prepare_queries
 
-            gq, _ = prepare_rows(self.rows, q)
+            gq = prepare_queries(self.rows, q)  # the rows' preparation (bit-identical), without the bias
         labels = self._knn(gq, k_graph)[:, :want]
 
         # queries the graph cannot rank (zero prepared vector) tie with every row
