@@ -173,3 +173,34 @@ def test_graph_saved_for_other_rows_than_it_holds_is_refused(tmp_path):
         assert got == _brute(V, ro.live_ids(), V[7], 5)
         with pytest.raises(ValueError, match="records 100 rows"):
             ro.search(V[7], k=5, mode="ann")
+
+
+def test_reader_notices_a_rebuild_at_the_same_generation_and_size(tmp_path):
+    """A reader holding a loaded graph must not keep using it after a writer
+    rebuilt the graph (here for another metric) with the same rows."""
+    _new_index(tmp_path / "ix", 60)
+    with Index.open(tmp_path / "ix", mode="r") as reader:
+        q = _vec(3)
+        reader.search(q, k=5, mode="ann", ef=EF, metric="l2")  # loads the l2 graph
+        with Index.open(tmp_path / "ix", mode="a") as writer:
+            writer.build_ann(metric="cosine", M=8, ef_construction=64)
+        V, live = np.asarray(reader.vectors), reader.live_ids()
+        got = reader.search(q, k=5, mode="ann", ef=EF, metric="cosine", exclude_self=False)
+        cos = (V[live] @ q) / (np.linalg.norm(V[live], axis=1) * np.linalg.norm(q))
+        assert [h.id for h in got] == live[np.lexsort((live, -cos))[:5]].tolist()
+        np.testing.assert_allclose([h.score for h in got], np.sort(cos)[::-1][:5], rtol=1e-5)
+
+
+def test_reader_with_an_older_snapshot_than_the_saved_graph_scans_exactly(tmp_path):
+    """A graph saved by a writer after a reader's snapshot is not corruption: that
+    search scans exactly (mode='ann' included) and info() reports no error."""
+    _new_index(tmp_path / "ix", 60)
+    with Index.open(tmp_path / "ix", mode="r") as reader:
+        old_view = reader._view()
+        with Index.open(tmp_path / "ix", mode="a") as writer:
+            writer.add_vectors(_vecs(60, 70), [f"v{j}" for j in range(60, 70)])
+            writer.flush()
+        with pytest.raises(Exception, match="newer than this snapshot"):
+            reader._load_graph(old_view)
+        assert reader.info()["ann"]["error"] is None
+        _assert_searches_exact(reader)  # the reader's next snapshot sees all 70 rows and the graph

@@ -53,6 +53,7 @@ import os
 import shutil
 import sys
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -60,6 +61,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from fastimg.errors import (
+    AnnSearchError,
     DescriptorError,
     FastimgError,
     ImageError,
@@ -1388,7 +1390,8 @@ class Index:
             shutil.rmtree(self._store.ann_dir, ignore_errors=True)
             os.replace(tmp, self._store.ann_dir)
             meta = {"metric": metric_name, "M": int(M), "ef_construction": int(ef_construction),
-                    "ef": int(graph.ef), "rows": n, "generation": v.state.generation, "whitening": fit, "saves": 0}
+                    "ef": int(graph.ef), "rows": n, "generation": v.state.generation, "whitening": fit, "saves": 0,
+                    "build": uuid.uuid4().hex}
             self._store.set_meta("ann", meta)
             self._graph, self._graph_key, self._ann_error = graph, self._ann_key(meta), None
             self._graph_rows, self._graph_marked = n, int(v.deleted.size)
@@ -1397,8 +1400,9 @@ class Index:
 
     @staticmethod
     def _ann_key(meta: dict) -> tuple:
-        """Identity of the saved graph (changes when a writer saves it again)."""
-        return (meta.get("generation"), int(meta.get("rows", 0)), int(meta.get("saves", 0)))
+        """Identity of the saved graph: changes when a writer rebuilds it (a new
+        ``build`` id, even at the same generation and size) or saves it again."""
+        return (meta.get("build"), meta.get("generation"), int(meta.get("rows", 0)), int(meta.get("saves", 0)))
 
     def _load_graph(self, view: _View) -> tuple[Any, Optional[dict]]:
         """The graph and its meta, or (None, meta/None) if absent or unusable.
@@ -1423,10 +1427,19 @@ class Index:
                     raise IndexCorruptError(f"{self._store.ann_dir}: the graph was saved for generation "
                                             f"{saved.get('generation')} of the vectors, the index is at generation "
                                             f"{view.state.generation}; rebuild it (Index.build_ann)")
-                if rows > view.state.committed or graph.max_id != rows - 1:
+                if graph.max_id != rows - 1:
                     raise IndexCorruptError(f"{self._store.ann_dir}: the graph holds ids up to {graph.max_id} "
-                                            f"but records {rows} rows (the index has {view.state.committed}); "
-                                            "rebuild it (Index.build_ann)")
+                                            f"but records {rows} rows; rebuild it (Index.build_ann)")
+                if rows > view.state.committed:
+                    if not self._store.writable:
+                        # saved by a writer after this reader's snapshot: not an error,
+                        # this search scans exactly and the next snapshot uses the graph
+                        raise AnnSearchError(f"{self._store.ann_dir}: the graph covers {rows} rows, newer than "
+                                             f"this snapshot's {view.state.committed}")
+                    raise IndexCorruptError(f"{self._store.ann_dir}: the graph covers {rows} rows but the index "
+                                            f"has {view.state.committed}; rebuild it (Index.build_ann)")
+            except AnnSearchError:
+                raise
             except (FastimgError, OSError) as exc:
                 self._graph, self._ann_error = None, str(exc)
                 log.warning("%s: HNSW graph unusable, searching exactly (%s)", self.path, exc)
@@ -1805,7 +1818,12 @@ class Index:
             pre = self._store.get_meta("ann")
             use_graph = pre is not None and pre.get("metric") == m.name and pre.get("whitening") == fit
         if use_graph:
-            graph, meta = self._load_graph(v)
+            try:
+                graph, meta = self._load_graph(v)
+            except AnnSearchError as exc:  # a graph newer than this snapshot: scan exactly this time
+                log.info("%s: %s; searching exactly", self.path, exc)
+                graph, meta, use_graph = None, None, False
+        if use_graph:
             same_space = meta is not None and meta.get("whitening") == fit
             usable = graph is not None and meta is not None and meta.get("metric") == m.name and same_space
             if mode == "ann" and not usable:
@@ -1818,8 +1836,6 @@ class Index:
             if not usable:
                 graph = None
         if graph is not None:
-            from fastimg.ann import AnnSearchError
-
             try:
                 ids, scores = self._ann_candidates(graph, meta, v, data, qs, want, m, ef, candidates)
             except AnnSearchError as exc:
