@@ -1923,8 +1923,9 @@ class Index:
                                             None, in_space=True)
 
             keep = ids[r] >= 0
+            # fewer results than the first search asked for: they are all there is
             ri, rs = _rr.apply(spec, q[r], ids[r][keep], scores[r][keep], get_vectors=get_vectors, search=search,
-                               k=k, metric=metric)
+                               k=k, metric=metric, complete=bool(keep.sum() < ids.shape[1]))
             ri, rs = np.asarray(ri, np.int64)[:k], np.asarray(rs, np.float32)[:k]
             out_i[r, :ri.size] = ri
             out_s[r, :rs.size] = rs

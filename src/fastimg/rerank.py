@@ -471,13 +471,13 @@ def candidates_needed(spec: "str | RerankSpec", k: int) -> int:
     sp = parse_spec(spec)
     p = sp.params
     if sp.name in ("qe", "alpha-qe"):
-        return max(int(p["n"]), int(k))
+        return max(int(p["n"]), 1)  # QE searches again for its k results anyway
     return max(int(p["depth"]), 1, int(k))
 
 
-def _candidates(search: SearchFn, q: np.ndarray, ids: np.ndarray, scores: np.ndarray, need: int
-                ) -> Tuple[np.ndarray, np.ndarray]:
-    if ids.shape[0] < need:
+def _candidates(search: SearchFn, q: np.ndarray, ids: np.ndarray, scores: np.ndarray, need: int,
+                complete: bool) -> Tuple[np.ndarray, np.ndarray]:
+    if ids.shape[0] < need and not complete:
         ids, scores = _search1(search, q, need)
     return ids, scores
 
@@ -496,7 +496,7 @@ def _one_blas_thread() -> Any:
 
 
 def apply(spec: "str | RerankSpec", query_vec: npt.ArrayLike, ids: npt.ArrayLike, scores: npt.ArrayLike, *,
-          get_vectors: GetVectors, search: SearchFn, k: int, metric: Any = "pearson"
+          get_vectors: GetVectors, search: SearchFn, k: int, metric: Any = "pearson", complete: bool = False
           ) -> Tuple[np.ndarray, np.ndarray]:
     """Re-rank one query's results.
 
@@ -508,8 +508,8 @@ def apply(spec: "str | RerankSpec", query_vec: npt.ArrayLike, ids: npt.ArrayLike
         The query's descriptor.
     ids, scores : array_like, shape (L,)
         The initial ranking, best first (``-1`` ids are ignored).  If it is shorter
-        than a method needs (``depth`` candidates, or ``n`` for QE), ``search`` is
-        called for more.
+        than a method needs (:func:`candidates_needed`: ``depth`` candidates, or
+        ``n`` for QE), ``search`` is called for more, unless ``complete``.
     get_vectors : callable ``(ids (n,)) -> (n, D)``
         Database vectors by id.
     search : callable ``(vectors (m, D), k) -> (ids (m, k), scores (m, k))``
@@ -519,6 +519,9 @@ def apply(spec: "str | RerankSpec", query_vec: npt.ArrayLike, ids: npt.ArrayLike
         Number of results to return.
     metric : str or Metric
         The metric of ``scores`` and of ``search``.
+    complete : bool, default False
+        ``ids`` already holds every result ``search`` could return (the initial
+        search asked for more than it got): never search again for candidates.
 
     Returns
     -------
@@ -535,14 +538,14 @@ def apply(spec: "str | RerankSpec", query_vec: npt.ArrayLike, ids: npt.ArrayLike
     m = _metric(metric)
     q, ids_, sc_, k = _validate(query_vec, ids, scores, k)
     with _one_blas_thread():
-        return _apply(sp, m, q, ids_, sc_, get_vectors, search, k)
+        return _apply(sp, m, q, ids_, sc_, get_vectors, search, k, bool(complete))
 
 
 def _apply(sp: RerankSpec, m: Any, q: np.ndarray, ids_: np.ndarray, sc_: np.ndarray, get_vectors: GetVectors,
-           search: SearchFn, k: int) -> Tuple[np.ndarray, np.ndarray]:
+           search: SearchFn, k: int, complete: bool) -> Tuple[np.ndarray, np.ndarray]:
     p = sp.params
+    ids_, sc_ = _candidates(search, q, ids_, sc_, candidates_needed(sp, k), complete)
     if sp.name in ("qe", "alpha-qe"):
-        ids_, sc_ = _candidates(search, q, ids_, sc_, p["n"])
         top = ids_[:p["n"]]
         if top.shape[0] == 0:
             return ids_[:k], sc_[:k]
@@ -552,7 +555,6 @@ def _apply(sp: RerankSpec, m: Any, q: np.ndarray, ids_: np.ndarray, sc_: np.ndar
         return _search1(search, expand(m, q, x, w), k)
     if sp.name == "dba":
         depth = max(p["depth"], 1)
-        ids_, sc_ = _candidates(search, q, ids_, sc_, max(depth, k))
         head = ids_[:depth]
         if head.shape[0] == 0:
             return ids_[:k], sc_[:k]
@@ -568,7 +570,6 @@ def _apply(sp: RerankSpec, m: Any, q: np.ndarray, ids_: np.ndarray, sc_: np.ndar
         return out_ids, out_sc
     # k-reciprocal
     depth = p["depth"]
-    ids_, sc_ = _candidates(search, q, ids_, sc_, max(depth, k))
     head = ids_[:depth]
     if head.shape[0] < 2:
         return ids_[:k], sc_[:k]
