@@ -186,7 +186,7 @@ def test_interleaved(benchmark, d, q, metric):
         # the candidate kernel alone (no re-scoring), query panels against the
         # older 4-query tiles: the before/after of the batch kernel in one run
         kk = K + max(8, K // 8)
-        cr = max(16, min(4096, (256 << 10) // (4 * d)))
+        cr = s._chunk_rows(q)  # what "auto" passes
         fns["kernel_panels"] = lambda: _core.fused_topk(s.prepared, qp, kk, bias=s.bias, n_threads=THREADS,
                                                         chunk_rows=cr, panels=-1)
         fns["kernel_tiles"] = lambda: _core.fused_topk(s.prepared, qp, kk, bias=s.bias, n_threads=THREADS,

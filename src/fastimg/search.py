@@ -354,7 +354,7 @@ class ExactSearcher:
         batch = _GEMM_QUERY_BATCH if self._use_gemm(nq) else _FUSED_QUERY_BATCH
         for s in range(0, nq, batch):
             cand[s:s + batch] = self._candidates(q[s:s + batch], kk, mask)
-        return self._rescore(q, cand, k_out)
+        return rescore(self.metric, q, self.data, cand, k_out)
 
     def _use_gemm(self, nq: int) -> bool:
         if not self.metric.ip_form:
@@ -434,10 +434,6 @@ class ExactSearcher:
                                       bias=self.bias, mask=mask, n_threads=threads)
         _core.heap_finish(hv, hi, n_threads=threads)
         return hi
-
-    def _rescore(self, q: np.ndarray, cand: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-        """Exact float64 scores of the candidates; best first, ties by lower id."""
-        return rescore(self.metric, q, self.data, cand, k)
 
 
 def rescore(metric: "str | Metric", queries: np.ndarray, data: Any, cand: np.ndarray,
