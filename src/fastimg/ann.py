@@ -331,6 +331,8 @@ class HnswGraph:
         self._lock = _RWLock()
         #: The ``extra`` dict given to :meth:`save` (read back by :meth:`load`).
         self.extra: Dict[str, Any] = {}
+        #: True when rows were added or deleted since the last :meth:`save` / :meth:`load`.
+        self.changed = False
         # hnswlib searches with max(index.ef, k); search() passes k = max(ef, candidates)
         # so the per-call ef is honoured without mutating shared state.
         self._index.set_ef(1)
@@ -425,6 +427,7 @@ class HnswGraph:
 
     def _insert(self, x: np.ndarray, ids: np.ndarray, progress: bool) -> None:
         index = self._index
+        self.changed = True
         need = index.element_count + ids.size  # upper bound (updates need no room)
         if need > index.get_max_elements():
             index.resize_index(max(need, int(index.get_max_elements() * 1.5)))
@@ -494,6 +497,7 @@ class HnswGraph:
                 self._deleted.add(i)
             if fresh:
                 self._deleted_arr = None
+                self.changed = True
             return len(fresh)
 
     # -- persistence --------------------------------------------------------
@@ -531,6 +535,7 @@ class HnswGraph:
             os.replace(tmp_graph, graph_path)
             os.replace(tmp_meta, directory / META_FILE)
             self.extra = dict(meta["extra"])
+            self.changed = False
 
     @classmethod
     def load(cls, directory: Union[str, os.PathLike], *, threads: Optional[int] = None) -> "HnswGraph":

@@ -281,10 +281,6 @@ class Index:
         self._descriptor: Any = None
         self._graph: Any = None
         self._graph_key: Optional[tuple] = None
-        self._graph_rows = 0       # rows [0, n) the in-memory graph holds
-        self._graph_marked = 0     # deleted ids < _graph_rows marked in it
-        self._graph_unsaved = 0    # rows inserted since the graph was last saved
-        self._graph_dirty = False  # the in-memory graph differs from the saved one
         self._ann_error: Optional[str] = None
         self._whitening_model: Optional[_Whitening] = None
         self._whitened: Optional[tuple[tuple, np.ndarray]] = None
@@ -395,7 +391,8 @@ class Index:
         """Save the HNSW graph if it changed (see :meth:`flush`), then release the
         files (and the writer lock).  Idempotent."""
         with self._mutex:
-            if self._graph_dirty and self._store.writable and not self._store.closed:
+            if self._graph is not None and self._graph.changed and self._store.writable \
+                    and not self._store.closed:
                 try:
                     self._save_graph(self._view())
                 except Exception as exc:  # a cache: a stale graph is caught up on the next open
@@ -403,7 +400,6 @@ class Index:
                                 "next changed", self.path, exc)
             self._searchers.clear()
             self._graph = None
-            self._graph_dirty = False
             self._view_cache = None
             self._whitening_model = None
             self._whitened = None
@@ -422,7 +418,7 @@ class Index:
         """
         self._require_writable()
         with self._mutex:
-            if self._graph_dirty:
+            if self._graph is not None and self._graph.changed:
                 self._save_graph(self._view())
 
     def __enter__(self) -> "Index":
@@ -577,10 +573,11 @@ class Index:
             saved = saved_meta(self._store.ann_dir)
             saved_rows = 0 if saved is None else int((saved.get("extra") or {}).get("rows", ann_meta.get("rows", 0)))
             held = self._graph is not None and self._graph_key == self._ann_key(ann_meta)
-            rows = self._graph_rows if held else saved_rows
+            rows = self._graph.max_id + 1 if held else saved_rows
             ann["rows"] = rows                      # rows the graph answers for (this handle)
             ann["saved_rows"] = saved_rows          # rows the graph file on disk covers
-            ann["unsaved"] = bool(held and self._graph_dirty)  # changes held in memory, saved on close/flush
+            # changes held in memory by this writer, saved on close/flush
+            ann["unsaved"] = bool(held and self._store.writable and self._graph.changed)
             ann["pending_rows"] = max(0, v.state.committed - rows)  # scanned exactly
             ann["error"] = self._ann_error
         ann["auto_mode"] = (
@@ -1081,7 +1078,7 @@ class Index:
                     wmeta = dict(wmeta, rows=int((mapping[:fit_rows] >= 0).sum()), generation=after.generation)
                     self._store.set_meta("whitening", wmeta)
                 ann = self._store.get_meta("ann")
-                self._graph, self._graph_key, self._graph_dirty = None, None, False  # old ids: never saved
+                self._graph, self._graph_key = None, None  # old ids: never saved
                 if ann is not None:
                     self._store.set_meta("ann", None)
                     shutil.rmtree(self._store.ann_dir, ignore_errors=True)
@@ -1394,8 +1391,6 @@ class Index:
                     "build": uuid.uuid4().hex}
             self._store.set_meta("ann", meta)
             self._graph, self._graph_key, self._ann_error = graph, self._ann_key(meta), None
-            self._graph_rows, self._graph_marked = n, int(v.deleted.size)
-            self._graph_unsaved, self._graph_dirty = 0, False
             return {k: meta[k] for k in ("metric", "M", "ef_construction", "ef", "rows", "generation", "whitening")}
 
     @staticmethod
@@ -1407,7 +1402,7 @@ class Index:
     def _load_graph(self, view: _View) -> tuple[Any, Optional[dict]]:
         """The graph and its meta, or (None, meta/None) if absent or unusable.
 
-        The graph returned holds rows ``[0, self._graph_rows)`` and has every
+        The graph returned holds rows ``[0, graph.max_id + 1)`` and has every
         deleted id below that marked deleted (in memory): a graph saved before
         later changes (a crash, or a writer that has not saved yet) is still
         never wrong, the rows it lacks are scanned exactly.
@@ -1445,28 +1440,27 @@ class Index:
                 log.warning("%s: HNSW graph unusable, searching exactly (%s)", self.path, exc)
                 return None, meta
             self._graph, self._graph_key, self._ann_error = graph, key, None
-            self._graph_rows, self._graph_marked, self._graph_unsaved, self._graph_dirty = rows, 0, 0, False
         self._mark_deleted_in_graph(view)
         return self._graph, meta
 
     def _mark_deleted_in_graph(self, view: _View) -> None:
         """Mark (in memory) the deleted ids below the graph's rows that it does not know yet."""
-        dead = view.deleted[:int(np.searchsorted(view.deleted, self._graph_rows))]
-        if dead.size != self._graph_marked:
-            if self._graph.mark_deleted(dead):  # ids already marked are ignored; the count is of new ones
-                self._graph_dirty = self._graph_dirty or self._store.writable
-            self._graph_marked = int(dead.size)
+        rows = self._graph.max_id + 1  # the graph holds the ids [0, rows)
+        dead = view.deleted[:int(np.searchsorted(view.deleted, rows))]
+        if dead.size != rows - len(self._graph):  # len = live rows: some deletion is not marked yet
+            self._graph.mark_deleted(dead)  # ids already marked are ignored
 
     def _save_graph(self, view: _View) -> None:
         """Writer: save the in-memory graph and record what it covers."""
         meta = self._store.get_meta("ann")
         if self._graph is None or meta is None:
             return
-        self._graph.save(self._store.ann_dir, extra={"rows": self._graph_rows, "generation": view.state.generation,
+        rows = self._graph.max_id + 1
+        self._graph.save(self._store.ann_dir, extra={"rows": rows, "generation": view.state.generation,
                                                      "whitening": meta.get("whitening")})
-        meta = dict(meta, rows=self._graph_rows, saves=int(meta.get("saves", 0)) + 1)
+        meta = dict(meta, rows=rows, saves=int(meta.get("saves", 0)) + 1)
         self._store.set_meta("ann", meta)
-        self._graph_key, self._graph_unsaved, self._graph_dirty = self._ann_key(meta), 0, False
+        self._graph_key = self._ann_key(meta)
 
     def _sync_ann(self) -> None:
         """Writer: bring the in-memory graph up to date with new and deleted rows;
@@ -1481,22 +1475,20 @@ class Index:
         wmeta = self._store.get_meta("whitening")
         if meta.get("whitening") != (None if wmeta is None else wmeta.get("fit_id")):
             return  # built in another space (whitening fitted or cleared since): unused until rebuilt
-        rows = self._graph_rows
+        rows = graph.max_id + 1
         if rows < v.state.committed:
             wh = self._whitening() if wmeta is not None else None
             data = v.vectors if wh is None else self._whitened_data(v, wh)
             try:
                 graph.add(data[rows:], np.arange(rows, v.state.committed, dtype=np.int64))
             except BaseException:
-                # a partly inserted graph holds rows beyond _graph_rows: drop it, the saved one is
-                # still right (and is caught up by the next change)
-                self._graph, self._graph_key, self._graph_dirty = None, None, False
+                # a partly inserted graph: drop it, the saved one is still right
+                # (and is caught up by the next change)
+                self._graph, self._graph_key = None, None
                 raise
-            self._graph_rows = v.state.committed
-            self._graph_unsaved += v.state.committed - rows
-            self._graph_dirty = True
             self._mark_deleted_in_graph(v)
-        if self._graph_unsaved >= max(ANN_SAVE_ROWS, self._graph_rows // 20):
+        held = graph.max_id + 1
+        if held - int(graph.extra.get("rows", 0)) >= max(ANN_SAVE_ROWS, held // 20):  # rows inserted since saved
             self._save_graph(v)
 
     # ------------------------------------------------------------------ search
@@ -1870,7 +1862,7 @@ class Index:
 
     def _ann_candidates(self, graph: Any, meta: dict, v: _View, data: Any, q: np.ndarray, want: int, m: Any,
                         ef: Optional[int], candidates: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
-        rows = min(self._graph_rows, v.state.committed)  # the graph holds rows [0, rows), deletions marked
+        rows = min(graph.max_id + 1, v.state.committed)  # the graph holds rows [0, rows), deletions marked
         deleted = v.deleted
         g_live = rows - int(np.searchsorted(deleted, rows))
         parts_i, parts_s = [], []
