@@ -649,3 +649,19 @@ def test_rescore_orders_by_exact_score_then_lower_id(metric):
         np.testing.assert_allclose(scores[i], s[order], rtol=1e-6, atol=1e-6)
     tied = [j for j in ids[0].tolist() if j in (10, 25, 40)]
     assert tied == [10, 25, 40]  # identical rows: lower id first
+
+
+def test_changed_flag_follows_adds_deletions_and_saves(tmp_path):
+    x = np.random.default_rng(9).random((40, 6)).astype(np.float32)
+    g = HnswGraph.build(x[:30], "l2", M=8, ef_construction=32)
+    assert g.changed  # built, never saved
+    g.save(tmp_path / "g", extra={"rows": 30})
+    assert not g.changed and g.extra == {"rows": 30}
+    g.add(x[30:], np.arange(30, 40))
+    assert g.changed and g.max_id == 39
+    g.save(tmp_path / "g")
+    assert g.mark_deleted([3, 4]) == 2 and g.changed
+    g.save(tmp_path / "g")
+    assert g.mark_deleted([3]) == 0 and not g.changed  # nothing new: unchanged
+    loaded = HnswGraph.load(tmp_path / "g")
+    assert not loaded.changed and len(loaded) == 38
