@@ -260,6 +260,25 @@ def test_constant_query_ties_every_row_and_returns_lowest_ids():
     assert (scores == 1.0).all()
 
 
+def test_constant_query_with_rounding_noise_ranks_like_opencv():
+    """0.2 is not exact in float32: OpenCV's variance of the constant query is
+    rounding noise, not zero, so only the constant rows score 1; the rest follow."""
+    import cv2
+
+    x, _ = clustered(600, 72, 3, seed=5)
+    x[[40, 90]] = 0.7  # constant rows
+    g = HnswGraph.build(x, "pearson", threads=1)
+    g.mark_deleted([90])
+    q = np.full(72, 0.2, np.float32)  # at D = 72 OpenCV's variance of it is not 0 (at D = 16 it is)
+    ids, scores = g.search(q, 6, data=x, exclude=[3])
+    ref = np.array([cv2.compareHist(q, r, cv2.HISTCMP_CORREL) for r in x])
+    ref[[90, 3]] = -np.inf
+    assert ids[0, 0] == 40 and scores[0, 0] == 1.0  # the live constant row, then rounding-noise scores
+    np.testing.assert_allclose(scores[0], ref[ids[0]], rtol=1e-6, atol=1e-6)
+    rest = np.delete(ref, ids[0])
+    assert rest.max() <= scores[0].min() + 1e-6  # nothing better was left out (noise-level order aside)
+
+
 def test_search_does_not_depend_on_thread_count(dense):
     x, q = dense
     g = HnswGraph.build(x, "pearson", threads=2)

@@ -134,13 +134,19 @@ def data():
 # correctness against the oracle
 # ---------------------------------------------------------------------------
 
+# batch sizes that take each candidate kernel: 2x4 tiles (4), 12x8 panels (7), 6x16 panels (20)
+_BATCHES = {4: [100, 7, 3, 150], 7: [100, 7, 3, 150, 5, 37, 250],
+            20: [100, 7, 3, 150, 5, 37, 250, 0, 1, 2, 10, 11, 60, 61, 62, 63, 200, 201, 299, 298]}
+
+
+@pytest.mark.parametrize("nq", sorted(_BATCHES))
 @pytest.mark.parametrize("metric,strategy", [(m, "fused") for m in ALL] + [(m, "gemm") for m in IP])
-def test_every_metric_matches_oracle(data, metric, strategy):
-    queries = data[[100, 7, 3, 150]]
+def test_every_metric_matches_oracle(data, metric, strategy, nq):
+    queries = data[_BATCHES[nq]]  # zero rows, constant rows and duplicated rows among them
     k = 12
     s = ExactSearcher(data, metric, strategy=strategy, chunk_rows=64)
     ids, scores = s.search(queries, k)
-    assert ids.dtype == np.int64 and scores.dtype == np.float32 and ids.shape == (4, k)
+    assert ids.dtype == np.int64 and scores.dtype == np.float32 and ids.shape == (nq, k)
     for i, q in enumerate(queries):
         ref_ids, ref = oracle_topk(metric, q, data, k)
         assert_topk_equivalent(ids[i], scores[i], ref, M.METRICS[metric].higher_is_better, k)
@@ -437,3 +443,19 @@ def test_heap_update_releases_the_gil():
 
     assert _run_with_observer(call, lambda: not (hi == c - 1).any())
     assert (hi == c - 1).any()
+
+
+@pytest.mark.parametrize("nq", [1, 7])
+def test_constant_pearson_query_ranks_like_opencv(data, nq):
+    """A constant query has a zero prepared vector, but OpenCV's scores are not all
+    equal (constant and zero rows score 1, the rest float64 rounding noise): the
+    result must still be cv2's ranking, exclusions included."""
+    queries = np.repeat(data[[5]], nq, axis=0)
+    s = ExactSearcher(data, "pearson")
+    ids, scores = s.search(queries, 12, exclude=[0, 37])
+    ref = np.array([cv2.compareHist(data[5], r, cv2.HISTCMP_CORREL) for r in data])
+    ref[[0, 37]] = -np.inf
+    order = np.lexsort((np.arange(len(data)), -ref))[:12]
+    for i in range(nq):
+        np.testing.assert_array_equal(ids[i], order)
+        np.testing.assert_allclose(scores[i], ref[order], rtol=1e-6, atol=1e-6)

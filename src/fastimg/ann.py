@@ -780,7 +780,17 @@ class HnswGraph:
                     live_sorted = self._live_sorted()
                     if n_excl:
                         live_sorted = live_sorted[~np.isin(live_sorted, excl, assume_unique=True)]
-                cand = live_sorted[:k]
+                if m.name == "pearson" and np.any(q[i] != 0):
+                    # a constant query: OpenCV's scores are not all equal (see
+                    # search.exact_scan); rank the live rows exactly
+                    from fastimg.search import exact_scan
+
+                    skip = np.ones(self.max_id + 1, dtype=bool)
+                    skip[live_sorted] = False
+                    cand = np.sort(exact_scan(m, q[i], data[:self.max_id + 1], min(k, live_sorted.size),
+                                              skip=skip))
+                else:
+                    cand = live_sorted[:k]  # a zero query scores every row alike
             else:
                 cand = labels[i] if keep is None else labels[i][keep[i]]
                 cand = cand[:candidates]

@@ -46,7 +46,7 @@ import numpy.typing as npt
 from fastimg.metrics import (METRICS, Metric, exact_scores_many, get_metric, metric_names, prepare_queries,
                              prepare_rows)
 
-__all__ = ["ExactSearcher", "topk", "rescore", "resolve_threads", "METRICS", "metric_names"]
+__all__ = ["ExactSearcher", "topk", "rescore", "exact_scan", "resolve_threads", "METRICS", "metric_names"]
 
 log = logging.getLogger(__name__)
 
@@ -387,12 +387,17 @@ class ExactSearcher:
                 _, ids = _core.fused_topk(self.prepared, qp, kk, kind=_core.KIND_IP, bias=self.bias, mask=mask,
                                           n_threads=self._kernel_threads(nq), chunk_rows=self._chunk_rows(nq))
             if m.name in ("pearson", "bhattacharyya", "cosine"):
-                # a constant (pearson) or zero query scores every row alike: the
-                # first ids win the tie
+                # the prepared query is zero: the surrogate cannot rank.  A zero query
+                # scores every row alike (the first ids win the tie); a constant
+                # pearson query does not quite (OpenCV's float64 variance of a
+                # constant float32 vector is rounding noise): rank it exactly.
                 degenerate = ~np.any(qp != 0, axis=1)
-                if degenerate.any():
-                    avail = np.arange(self.n) if mask is None else np.flatnonzero(mask == 0)
-                    ids[degenerate] = avail[:kk]
+                for i in np.flatnonzero(degenerate):
+                    if m.name == "pearson" and np.any(q[i] != 0):
+                        ids[i] = exact_scan(m, q[i], self.data, kk, skip=None if mask is None else mask != 0)
+                    else:
+                        avail = np.arange(self.n) if mask is None else np.flatnonzero(mask == 0)
+                        ids[i] = avail[:kk]
             return ids
         kind = getattr(_core, "KIND_" + m.name.upper())  # the kernel's own codes
         d = self.dim
@@ -434,6 +439,28 @@ class ExactSearcher:
                                       bias=self.bias, mask=mask, n_threads=threads)
         _core.heap_finish(hv, hi, n_threads=threads)
         return hi
+
+
+def exact_scan(metric: "str | Metric", query: np.ndarray, data: Any, k: int, *,
+               skip: Optional[np.ndarray] = None) -> np.ndarray:
+    """Ids of the ``k`` best rows of ``data`` for one query by the metric's exact
+    float64 value over every row (NumPy, in blocks), ties by lower id.
+
+    For the rare queries a surrogate cannot rank (a constant pearson query, whose
+    OpenCV variance is float64 rounding noise rather than zero).  ``skip``: a
+    boolean mask (N,) of rows never returned.  No validation (callers validate).
+    """
+    m = get_metric(metric)
+    n = data.shape[0]
+    scores = np.empty(n, dtype=np.float64)
+    for start in range(0, n, _CHECK_ROWS):
+        block = np.asarray(data[start:start + _CHECK_ROWS])
+        scores[start:start + block.shape[0]] = exact_scores_many(m, query[None, :], block[None])[0]
+    if m.higher_is_better:
+        scores = -scores
+    if skip is not None:
+        scores[skip] = np.inf
+    return np.argsort(scores, kind="stable")[:k]  # stable: ties keep the lower id first
 
 
 def rescore(metric: "str | Metric", queries: np.ndarray, data: Any, cand: np.ndarray,
