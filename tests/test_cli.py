@@ -478,6 +478,9 @@ def test_ann_index_info_and_query(photos, tmp_path):
     assert summary["ann"] is True
     info = ok_json("info", "--index", idx, "--json")
     assert info["ann"]["built"] is True and info["ann"]["metric"] == info["metric"]
+    text = run("index", root, "--index", idx, "--ann").stdout  # a rebuild, summarised in words
+    assert (f"HNSW graph built: {info['count']} rows, metric {info['metric']}, M={info['ann']['M']}, "
+            f"ef_construction={info['ann']['ef_construction']}, search ef={info['ann']['ef']} (") in text
     assert info["ann"] == index_info(idx)["ann"]
     q = files[3]
     doc = ok_json("query", q, "--index", idx, "--ann", "--ef", "20", "-k", "5", "--json")

@@ -506,14 +506,16 @@ def cmd_index(args: argparse.Namespace) -> int:
             whitening = None
             if args.whiten is not None:
                 whitening = index.fit_whitening(dim=args.whiten or None)
-            ann = None
+            ann = ann_meta = None
             if args.ann:
                 progress, bar = _progress_bar("HNSW graph", show)
+                t0 = time.perf_counter()
                 try:
-                    index.build_ann(progress=progress)
+                    ann_meta = index.build_ann(progress=progress)
                 finally:
                     if bar is not None:
                         bar.close()
+                ann_meta = dict(ann_meta, seconds=time.perf_counter() - t0)
                 ann = True
             count = len(index)
     except BaseException:
@@ -549,8 +551,10 @@ def cmd_index(args: argparse.Namespace) -> int:
                 print(f"  {p}: {r}")
         if whitening:
             print(f"whitening fitted on {whitening['n_fit']} images ({whitening['dim']} dimensions)")
-        if ann:
-            print("HNSW graph built")
+        if ann_meta:
+            print(f"HNSW graph built: {ann_meta['rows']} rows, metric {ann_meta['metric']}, M={ann_meta['M']}, "
+                  f"ef_construction={ann_meta['ef_construction']}, search ef={ann_meta['ef']} "
+                  f"({ann_meta['seconds']:.1f} s)")
     return EXIT_OK
 
 
