@@ -174,3 +174,23 @@ def test_huge_chunk_rows_and_empty_requests():
 def test_aligned_rows_are_64_byte_aligned_whole_lines():
     a = _core._aligned_rows(3, 17, np.inf)
     assert a.shape == (3, 32) and a.ctypes.data % 64 == 0 and np.isinf(a).all()
+
+
+def test_panels_used_automatically_only_where_they_run_as_avx2():
+    """Without 16 ymm registers a panel tile spills (3-8x slower than the tiles), so
+    the automatic choice may use panels only where PANELS_FAST; on an x86-64 Linux
+    CPU with AVX2 + FMA the default build (GCC target_clones) has them."""
+    import platform
+
+    assert isinstance(_core.PANELS_FAST, bool)
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        flags = []
+    if platform.machine() == "x86_64" and {"avx2", "fma"} <= set(flags):
+        assert _core.PANELS_FAST
+    if not _core.PANELS_FAST:  # auto then equals the tiles, whatever the batch size
+        x = np.random.default_rng(1).random((500, 16), dtype=np.float32)
+        q = np.random.default_rng(2).random((20, 16), dtype=np.float32)
+        np.testing.assert_array_equal(_core.fused_topk(x, q, 5)[1], _core.fused_topk(x, q, 5, panels=0)[1])

@@ -13,6 +13,7 @@ KIND_L1: int
 PANEL_WIDTHS: Tuple[int, int]
 PANEL_MIN_QUERIES: int
 PANEL_NARROW_MAX: int
+PANELS_FAST: bool
 
 def openmp_max_threads() -> int: ...
 def openmp_num_procs() -> int: ...

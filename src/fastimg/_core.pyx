@@ -33,6 +33,7 @@ cdef extern from *:
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
         && !defined(FASTIMG_NO_CLONES)
     #  define FI_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+    #  define FI_CLONES_ON 1
     #else
     #  define FI_CLONES
     #endif
@@ -256,6 +257,20 @@ cdef extern from *:
     /* values are all below their roots costs a few vector compares.       */
     /* ------------------------------------------------------------------ */
     #define FI_TILE_LCM 12  /* a multiple of every PR: chunk sizes round to it */
+
+    /* 1 if the panel kernels run as AVX2 + FMA code here: 16 ymm registers hold a
+       tile.  Elsewhere (SSE2 baseline, no clones) a 6x16 tile spills and is 3-8x
+       slower than the 2x4 tiles, so the automatic choice must not use panels. */
+    static int fi_panels_fast(void) {
+    #if FI_HAVE_VEC && defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
+        return 1;
+    #elif FI_HAVE_VEC && defined(FI_CLONES_ON)
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    #else
+        return 0;
+    #endif
+    }
     #if FI_HAVE_VEC
     static inline int fi_any(fi_v8i m) {
         int64_t u[4];
@@ -476,6 +491,7 @@ cdef extern from *:
                             Py_ssize_t npan, Py_ssize_t nq, const float* bias, const uint8_t* mask,
                             float* hv, int64_t* hi, Py_ssize_t kk, float* thr) nogil
     int FI_TILE_LCM
+    int fi_panels_fast()
     int FI_HAVE_VEC
     void fi_direct_rows(int kind, const float* X, Py_ssize_t d, Py_ssize_t r0, Py_ssize_t r1,
                         const float* Q, const float* AUX, const int32_t* ACT, const int64_t* NACT,
@@ -489,6 +505,9 @@ cdef extern from *:
 #: panels for batches of ``PANEL_MIN_QUERIES`` .. ``PANEL_NARROW_MAX`` queries and
 #: wide panels above (measured in bench/search.md)
 PANEL_WIDTHS = (8, 16)
+#: True when the panel kernels run as AVX2 + FMA code on this CPU; otherwise the
+#: automatic choice keeps the 2 x 4 tiles (the panels spill without 16 ymm registers)
+PANELS_FAST = bool(fi_panels_fast())
 PANEL_MIN_QUERIES = 6
 PANEL_NARROW_MAX = 8
 
@@ -572,7 +591,8 @@ def fused_topk(
         ``KIND_IP`` only: the register-blocked query-panel kernel with panels of
         8 or 16 queries (12 x 8 or 6 x 16 tiles), 0 for the older 4-query tiles,
         -1 (default) to choose by batch size (``PANEL_MIN_QUERIES``,
-        ``PANEL_NARROW_MAX``; a single query streams each row once).
+        ``PANEL_NARROW_MAX``; a single query streams each row once), panels only
+        where ``PANELS_FAST``.
 
     Returns
     -------
@@ -629,7 +649,7 @@ def fused_topk(
         raise ValueError(f"panels must be -1, 0, 8 or 16; got {panels}")
     cdef int pw = panels
     if panels < 0:
-        pw = 0 if nq < PANEL_MIN_QUERIES else (8 if nq <= PANEL_NARROW_MAX else 16)
+        pw = 0 if nq < PANEL_MIN_QUERIES or not PANELS_FAST else (8 if nq <= PANEL_NARROW_MAX else 16)
     if kind != 0 or nq == 0 or not FI_HAVE_VEC:
         pw = 0
     cdef Py_ssize_t npan = (nq + pw - 1) // pw if pw else 0
