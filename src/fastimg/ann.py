@@ -168,12 +168,13 @@ def metric_space(metric: str) -> Tuple[str, str]:
 
 
 def _mapping(metric: str) -> Tuple[str, str, str]:
-    if not isinstance(metric, str):
-        raise AnnSearchError(f"metric must be a str, one of {list(_MAPPING)}; got {type(metric).__name__}")
-    entry = _MAPPING.get(metric.strip().lower())
-    if entry is None:
-        raise AnnSearchError(f"unknown metric {metric!r}; expected one of {list(_MAPPING)}")
-    return entry
+    from fastimg.metrics import get_metric
+
+    try:
+        name = get_metric(metric).name  # the one name check (same messages as everywhere)
+    except (TypeError, ValueError) as exc:
+        raise AnnSearchError(str(exc)) from None
+    return _MAPPING[name]
 
 
 def default_candidates(metric: str, k: int) -> int:
