@@ -392,12 +392,12 @@ class ExactSearcher:
                 # pearson query does not quite (OpenCV's float64 variance of a
                 # constant float32 vector is rounding noise): rank it exactly.
                 degenerate = ~np.any(qp != 0, axis=1)
+                first = None if mask is None else np.flatnonzero(mask == 0)[:kk]
                 for i in np.flatnonzero(degenerate):
                     if m.name == "pearson" and np.any(q[i] != 0):
                         ids[i] = exact_scan(m, q[i], self.data, kk, skip=None if mask is None else mask != 0)
                     else:
-                        avail = np.arange(self.n) if mask is None else np.flatnonzero(mask == 0)
-                        ids[i] = avail[:kk]
+                        ids[i] = np.arange(kk) if first is None else first
             return ids
         kind = getattr(_core, "KIND_" + m.name.upper())  # the kernel's own codes
         d = self.dim
