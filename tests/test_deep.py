@@ -1,4 +1,4 @@
-"""cnn-* descriptors: PCA-whitening against numpy linear algebra, the cv2.dnn extractor and the
+"""cnn-* descriptors: PCA-whitening against numpy linear algebra, the onnxruntime extractor and the
 descriptors against numpy re-implementations, and an end-to-end retrieval check on Corel images."""
 from __future__ import annotations
 
@@ -182,9 +182,54 @@ def test_default_model_layer_names_and_shapes(extractor):
 
 
 @needs_model
+def test_cut_graph_equals_the_whole_model_run_on_its_own(extractor):
+    """Oracle: the unmodified OpenNSFW model, run whole by onnxruntime at its native 224 x 224,
+    ends in global average pool -> fc -> softmax after Relu_48.  Our cut graph's Relu_48 map,
+    pooled and passed through the same fc weights in NumPy, must give the same probabilities."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load(str(MODEL))
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    fc_w = weights["fc_nsfw/MatMul/ReadVariableOp:0"].astype(np.float64)  # (1024, 2)
+    fc_b = weights["fc_nsfw/BiasAdd/ReadVariableOp:0"].astype(np.float64)
+    whole = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    imgs = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(3)]
+    imgs.append(np.zeros((224, 224, 3), np.uint8))
+    blob = extractor.blob(imgs)
+    expected = whole.run(None, {"input:0": blob})[0]
+    pooled = extractor.forward(blob).astype(np.float64).mean(axis=(2, 3))
+    logits = pooled @ fc_w + fc_b
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+
+
+@needs_model
+def test_session_uses_fastimg_thread_setting(monkeypatch):
+    monkeypatch.setenv("FASTIMG_NUM_THREADS", "1")
+    one = deep._session(MODEL, "Relu_45:0")
+    assert one.session.get_session_options().intra_op_num_threads == 1
+    assert one.layout == "nhwc" and one.output_name == "Relu_45:0"
+    monkeypatch.setenv("FASTIMG_NUM_THREADS", "2")
+    two = deep._session(MODEL, "Relu_45:0")
+    assert two is not one and two.session.get_session_options().intra_op_num_threads == 2
+    assert deep._session(MODEL, "Relu_45:0") is two  # shared per (model, tensor, threads)
+
+
+def test_feature_model_errors(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf at all")
+    with pytest.raises(DescriptorError, match="bad.onnx: not a readable ONNX model"):
+        deep.feature_model(bad, "x")
+
+
+@needs_model
 def test_unknown_layer_is_a_clear_error():
     ex = CnnFeatureExtractor(layer="Relu_99:0", input_size=224)
-    with pytest.raises(DescriptorError, match="no layer or tensor named 'Relu_99:0'"):
+    with pytest.raises(DescriptorError, match="no tensor named 'Relu_99:0'"):
         ex.maps([np.zeros((64, 64, 3), np.uint8)])
 
 

