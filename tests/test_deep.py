@@ -7,10 +7,11 @@ import pickle
 import numpy as np
 import pytest
 
-from fastimg import deep
-from fastimg.deep import CnnFeatureExtractor, PCAWhitening, default_model_path
+from fastimg.features import deep
+from fastimg.features.deep import CnnFeatureExtractor, default_model_path
+from fastimg.projection import PCAWhitening
 from fastimg.errors import DescriptorError, ImageError
-from fastimg.registry import descriptor_from_spec, describe_many, get_descriptor
+from fastimg.features.registry import descriptor_from_spec, describe_many, get_descriptor
 
 MODEL = default_model_path()
 needs_model = pytest.mark.skipif(

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 import fastimg
-from fastimg import registry
+from fastimg.features import registry
 from fastimg.errors import DescriptorError, ImageError
-from fastimg.registry import Descriptor, describe, describe_many, descriptor_from_spec, descriptors, get_descriptor
+from fastimg.features.registry import Descriptor, describe, describe_many, descriptor_from_spec, descriptors, get_descriptor
 
 
 def _rand(h, w, seed, levels=None):
@@ -88,7 +88,7 @@ def test_hsv72_matches_python_reference_on_random_images(seed):
 def test_hsv72_per_pixel_bins_on_threshold_colours():
     """Every combination of levels where hue/saturation/value thresholds are hit exactly
     (V = 51/255 = 0.2, S = 0.2 / 0.7, hue = 20, 40, 75, 315 degrees ...)."""
-    from fastimg import _kernels
+    from fastimg.features import _kernels
 
     lv = BOUNDARY_LEVELS
     img = np.array([[b, g, r] for b in lv for g in lv for r in lv], dtype=np.uint8).reshape(len(lv) ** 2, len(lv), 3)
@@ -99,7 +99,7 @@ def test_hsv72_per_pixel_bins_on_threshold_colours():
 
 
 def test_hsv72_matches_reference_on_sampled_colours():
-    from fastimg import _kernels
+    from fastimg.features import _kernels
 
     rng = np.random.default_rng(123)
     img = rng.integers(0, 256, size=(50, 80, 3), dtype=np.uint8)  # 4000 random colours
@@ -287,7 +287,7 @@ def ref_lbp_hist(grey: np.ndarray, rotation_invariant: bool) -> np.ndarray:
 
 
 def test_uniform_lbp_table_has_58_uniform_codes():
-    from fastimg._desc_classic import uniform_lbp_table
+    from fastimg.features.classic import uniform_lbp_table
 
     t = uniform_lbp_table(False)
     assert sorted(set(t.tolist())) == list(range(59))
@@ -349,7 +349,7 @@ def test_ehd_matches_python_reference(seed, shape, blocks):
     img = cv2.resize(rng.integers(0, 256, (shape[0] // 3, shape[1] // 3, 3), dtype=np.uint8), shape[::-1],
                      interpolation=cv2.INTER_NEAREST)
     grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-    from fastimg._desc_classic import ehd_block_size
+    from fastimg.features.classic import ehd_block_size
 
     block = ehd_block_size(*shape, blocks)
     assert block == max(2, int(math.sqrt(shape[0] * shape[1] / blocks) / 2) * 2)
@@ -517,10 +517,10 @@ def test_cnn_names_are_routed_to_fastimg_deep():
 
     with pytest.raises(DescriptorError) as info:  # never an ImportError or a KeyError
         get_descriptor("cnn-surely-not-a-model-name")
-    if importlib.util.find_spec("fastimg.deep") is None:  # pragma: no cover - plug-in not installed
-        assert "needs fastimg.deep" in str(info.value)
+    if importlib.util.find_spec("fastimg.features.deep") is None:  # pragma: no cover - plug-in not installed
+        assert "needs fastimg.features.deep" in str(info.value)
     else:
-        assert "fastimg.deep" in sys.modules  # loaded on demand by the cnn prefix
+        assert "fastimg.features.deep" in sys.modules  # loaded on demand by the cnn prefix
         assert "cnn" in str(info.value)
 
 
@@ -715,7 +715,7 @@ def test_cedd_matches_python_reference(seed, shape):
 
 
 def test_cedd_colour_memberships_sum_to_one():
-    from fastimg import _kernels
+    from fastimg.features import _kernels
 
     out = np.zeros(24)
     rng = np.random.default_rng(0)
@@ -754,7 +754,7 @@ SINGLE_PATH = ["hsv72", "rgb8", "rgb64", "rgb512", "rgb4096", "spatial-hsv72", "
 def test_hsv72_single_path_bins_equal_kernel_on_every_colour():
     """All 2**24 BGR colours: the NumPy bin decision equals the Numba kernel's (itself
     checked against the pure-Python definition above), so the counts are equal for any image."""
-    from fastimg import _desc_classic, _kernels
+    from fastimg.features import classic, _kernels
 
     lo = np.arange(1 << 16, dtype=np.uint32)
     for r in range(256):
@@ -762,7 +762,7 @@ def test_hsv72_single_path_bins_equal_kernel_on_every_colour():
         img[..., 0] = (lo & 255).reshape(256, 256)       # b
         img[..., 1] = (lo >> 8).reshape(256, 256)        # g
         img[..., 2] = r
-        got = _desc_classic.hsv72_index_np(img)
+        got = classic.hsv72_index_np(img)
         want = _kernels.hsv72_index(img)
         if not np.array_equal(got, want):
             bad = np.argwhere(got != want)[0]

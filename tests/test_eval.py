@@ -347,7 +347,7 @@ def _brute_rankings(x, metric, queries, exclude_query):
 
 
 def test_evaluate_ukbench_ns_matches_brute_force(ukbench_dir):
-    from fastimg.registry import describe_many
+    from fastimg.features.registry import describe_many
     ds = ev.load_dataset(ukbench_dir, "ukbench")
     cache = {}
     rows = ev.evaluate(ds, descriptors=["hsv72"], metrics=["bhattacharyya", "l1"], measures=["ns", "map"],
@@ -367,7 +367,7 @@ def test_evaluate_ukbench_ns_matches_brute_force(ukbench_dir):
 
 def test_evaluate_folders_with_rerank_matches_manual_pipeline(corel_dir):
     from fastimg import rerank
-    from fastimg.registry import describe_many
+    from fastimg.features.registry import describe_many
     full = ev.load_dataset(corel_dir, "folders")
     pick = np.concatenate([np.flatnonzero(full.labels == c)[:8] for c in range(10)])  # 80 images
     ds = ev.Dataset(full.root, "folders", [full.paths[i] for i in pick], full.labels[pick],

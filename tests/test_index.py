@@ -382,7 +382,7 @@ def _copy_images(corel_dir: Path, dest: Path, per_class: int = 3, classes=("beac
 
 
 def _describe(path) -> np.ndarray:
-    from fastimg.registry import describe
+    from fastimg.features.registry import describe
 
     return describe(str(path), "hsv72")
 

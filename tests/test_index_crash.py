@@ -162,7 +162,7 @@ print("done", flush=True)
 def test_sigkill_during_add_of_images_then_resume(tmp_path, corel_dir):
     import cv2
 
-    from fastimg.registry import describe
+    from fastimg.features.registry import describe
 
     root = tmp_path / "photos"
     files = []

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from fastimg import _pooling as P
+from fastimg.features import pooling as P
 from fastimg.errors import DescriptorError
 
 
@@ -244,5 +244,7 @@ def test_check_map_errors(bad, match):
 
 
 def test_l2_normalize():
+    from fastimg.projection import l2_normalize
+
     v = np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float32)
-    np.testing.assert_allclose(P.l2_normalize(v), [[0.6, 0.8], [0.0, 0.0]])
+    np.testing.assert_allclose(l2_normalize(v), [[0.6, 0.8], [0.0, 0.0]])

@@ -1,6 +1,6 @@
 """PCA-whitening of an index (``Index.fit_whitening`` / ``clear_whitening``, ``fastimg index --whiten``).
 
-Oracle, written here in NumPy independently of ``fastimg.deep.PCAWhitening``:
+Oracle, written here in NumPy independently of ``fastimg.projection.PCAWhitening``:
 centre with the mean of the live rows the fit saw, project on the top-``dim``
 right singular vectors of the centred matrix (``np.linalg.svd``), L2-normalise,
 then a brute-force top-k of the metric in float64.  The singular vectors are only
@@ -236,7 +236,7 @@ def test_missing_or_corrupt_whitening_file_is_a_clear_error(tmp_path, damage):
     elif damage == "garbage":
         path.write_bytes(b"not a whitening file")
     else:  # a valid whitening file, but not the fit recorded in the index
-        from fastimg.deep import PCAWhitening
+        from fastimg.projection import PCAWhitening
 
         PCAWhitening(dim=3).fit(clustered(50, seed=17)).save(path)
     with Index.open(tmp_path / "ix", mode="r") as reader:

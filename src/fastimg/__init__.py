@@ -29,15 +29,15 @@ _LAZY = {
     "ExactSearcher": "fastimg.search",
     "METRICS": "fastimg.metrics",
     "metric_names": "fastimg.metrics",
-    # image loading and descriptors (fastimg.image, fastimg.registry)
+    # image loading and descriptors (fastimg.image, fastimg.features.registry)
     "load_image": "fastimg.image",
-    "describe": "fastimg.registry",
-    "describe_many": "fastimg.registry",
-    "descriptors": "fastimg.registry",
-    "get_descriptor": "fastimg.registry",
-    "descriptor_from_spec": "fastimg.registry",
-    "register": "fastimg.registry",
-    "Descriptor": "fastimg.registry",
+    "describe": "fastimg.features.registry",
+    "describe_many": "fastimg.features.registry",
+    "descriptors": "fastimg.features.registry",
+    "get_descriptor": "fastimg.features.registry",
+    "descriptor_from_spec": "fastimg.features.registry",
+    "register": "fastimg.features.registry",
+    "Descriptor": "fastimg.features.registry",
     # the index (fastimg.index)
     "Index": "fastimg.index",
     "Hit": "fastimg.index",
@@ -47,6 +47,8 @@ _LAZY = {
     "load_dataset": "fastimg.eval",
     # approximate search (fastimg.ann)
     "HnswGraph": "fastimg.ann",
+    # post-processing (fastimg.projection)
+    "PCAWhitening": "fastimg.projection",
 }
 
 __all__ = [
@@ -84,7 +86,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from fastimg.index import AddReport, Hit, Index
     from fastimg.image import load_image
     from fastimg.metrics import METRICS, metric_names
-    from fastimg.registry import (
+    from fastimg.features.registry import (
         Descriptor,
         describe,
         describe_many,
@@ -93,4 +95,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
         get_descriptor,
         register,
     )
+    from fastimg.projection import PCAWhitening
     from fastimg.search import ExactSearcher, topk

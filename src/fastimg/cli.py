@@ -572,7 +572,7 @@ def _check_descriptor(name: str | None) -> None:
     if name is None:
         return
     from fastimg.errors import DescriptorError
-    from fastimg.registry import get_descriptor
+    from fastimg.features.registry import get_descriptor
 
     try:
         get_descriptor(name)
@@ -835,7 +835,7 @@ def _union_find_groups(pairs: list[tuple[int, int, float]]) -> list[list[int]]:
 
 
 def cmd_descriptors(args: argparse.Namespace) -> int:
-    from fastimg.registry import descriptors
+    from fastimg.features.registry import descriptors
 
     items = [dict(d) for d in descriptors()]
     if args.json:

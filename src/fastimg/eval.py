@@ -722,7 +722,7 @@ def evaluate(root: "str | os.PathLike[str] | Dataset", layout: str = "folders", 
              features: Optional[dict] = None) -> list:
     """Evaluate every descriptor x metric x re-ranking combination on a dataset.
 
-    Features are extracted once per descriptor (:func:`fastimg.registry.describe_many`)
+    Features are extracted once per descriptor (:func:`fastimg.features.registry.describe_many`)
     and shared by all its metrics and re-rankings; the initial rankings are computed
     once per (descriptor, metric) with :class:`fastimg.search.ExactSearcher`, and each
     re-ranking is applied per query through :func:`fastimg.rerank.apply` with the
@@ -762,7 +762,7 @@ def evaluate(root: "str | os.PathLike[str] | Dataset", layout: str = "folders", 
         metric does not apply to the descriptor's values, ``error``.
     """
     from fastimg.metrics import get_metric
-    from fastimg.registry import describe_many, get_descriptor
+    from fastimg.features.registry import describe_many, get_descriptor
     from fastimg.rerank import apply, parse_spec
 
     ds = root if isinstance(root, Dataset) else load_dataset(root, layout)

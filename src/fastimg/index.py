@@ -206,7 +206,7 @@ class _View:
 @dataclass(frozen=True)
 class _Whitening:
     meta: dict  # as stored in meta.sqlite under "whitening"
-    model: Any  # fastimg.deep.PCAWhitening
+    model: Any  # fastimg.projection.PCAWhitening
 
     @property
     def fit_id(self) -> str:
@@ -344,7 +344,7 @@ class Index:
                 raise DescriptorError(f"descriptor='custom' takes no parameters; got {sorted(descriptor_params)}")
             desc: Any = _CustomDescriptor(int(dim))
         else:
-            from fastimg.registry import get_descriptor
+            from fastimg.features.registry import get_descriptor
 
             desc = get_descriptor(descriptor, **descriptor_params)
             if dim is not None and int(dim) != int(desc.dim):
@@ -467,13 +467,13 @@ class Index:
 
     @property
     def descriptor(self) -> Any:
-        """The descriptor object (``fastimg.registry`` Descriptor), created on first use."""
+        """The descriptor object (``fastimg.features.registry`` Descriptor), created on first use."""
         if self._descriptor is None:
             spec = self._store.manifest["descriptor"]
             if self._custom:
                 self._descriptor = _CustomDescriptor(self.dim)
             else:
-                from fastimg.registry import descriptor_from_spec
+                from fastimg.features.registry import descriptor_from_spec
 
                 try:
                     self._descriptor = descriptor_from_spec(spec)
@@ -890,7 +890,7 @@ class Index:
                  report.added, report.updated, report.moved, report.removed, report.unchanged, len(report.skipped))
 
     def _describe_many(self, paths: list[str], workers: Optional[int]) -> tuple[np.ndarray, dict]:
-        from fastimg.registry import describe_many
+        from fastimg.features.registry import describe_many
 
         desc = self.descriptor
         mat, errors = describe_many(paths, desc, workers=workers, progress=False)
@@ -1098,7 +1098,7 @@ class Index:
         """Fit a PCA-whitening on the indexed vectors; every later search runs in its space.
 
         Post-processing of issue 9: L2 -> PCA-whitening -> L2.  A
-        :class:`fastimg.deep.PCAWhitening` is fitted on the live committed rows of
+        :class:`fastimg.projection.PCAWhitening` is fitted on the live committed rows of
         :attr:`vectors` and saved atomically as ``whitening.npz`` in the index;
         its parameters are recorded in ``meta.sqlite`` (key ``whitening``).  The
         raw vectors stay the source of truth and are never modified.  From then
@@ -1122,7 +1122,7 @@ class Index:
             Output dimension (default and cap: ``min(index dim, live rows - 1)``).
         power : float, default 0.0
             Eigenvalue exponent: 0 = centring + PCA projection (best measured on
-            Corel-1k), 0.5 = classical full whitening (see :class:`fastimg.deep.PCAWhitening`).
+            Corel-1k), 0.5 = classical full whitening (see :class:`fastimg.projection.PCAWhitening`).
         sample : int, optional
             Fit on at most this many live rows, evenly spaced (default: all;
             fitting holds ``rows x dim`` float64 values in memory).
@@ -1144,7 +1144,7 @@ class Index:
             The index's default metric needs non-negative vectors (histogram metrics).
         """
         self._require_writable()
-        from fastimg.deep import PCAWhitening
+        from fastimg.projection import PCAWhitening
         from fastimg.metrics import get_metric
 
         m = get_metric(self.metric)
@@ -1259,7 +1259,7 @@ class Index:
                     f"(checksum {digest}, expected {meta.get('fit_id')}); retry if a writer is re-fitting it, "
                     "else call Index.fit_whitening() again or clear_whitening()"
                 )
-            from fastimg.deep import PCAWhitening
+            from fastimg.projection import PCAWhitening
 
             try:
                 model = PCAWhitening.load(path)
@@ -1535,7 +1535,7 @@ class Index:
             raise DescriptorError(
                 "a descriptor='custom' index cannot describe images: query it by vector or by an indexed name"
             )
-        from fastimg.registry import describe
+        from fastimg.features.registry import describe
 
         # the same path as describe_many in add(): same decoding, same working size
         vec = np.asarray(describe(src, self.descriptor), dtype=np.float32).reshape(-1)

@@ -43,6 +43,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
+from fastimg._threads import resolve_threads
 from fastimg.metrics import (METRICS, Metric, exact_scores_many, get_metric, metric_names, prepare_queries,
                              prepare_rows)
 
@@ -71,38 +72,6 @@ _WORK_PER_THREAD = 1 << 21
 _CHECK_ROWS = 1 << 16
 #: candidate values (queries x candidates x D) gathered and re-scored per step
 _RESCORE_ELEMS = 1 << 20
-
-
-def resolve_threads(threads: Optional[int] = None) -> int:
-    """Number of threads to use.
-
-    Parameters
-    ----------
-    threads : int or None
-        Explicit count (>= 1).  None means the ``FASTIMG_NUM_THREADS`` environment
-        variable if set, else every core available to this process.
-
-    Returns
-    -------
-    int
-    """
-    if threads is None:
-        env = os.environ.get("FASTIMG_NUM_THREADS", "").strip()
-        if env:
-            try:
-                value = int(env)
-            except ValueError:
-                raise ValueError(f"FASTIMG_NUM_THREADS must be a positive integer; got {env!r}") from None
-            if value < 1:
-                raise ValueError(f"FASTIMG_NUM_THREADS must be a positive integer; got {env!r}")
-            return value
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except (AttributeError, OSError):  # pragma: no cover - non-Linux
-            return max(1, os.cpu_count() or 1)
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-        raise ValueError(f"threads must be a positive integer or None; got {threads!r}")
-    return int(threads)
 
 
 # ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ measured on Corel-1k, see ``bench/descriptors.md``):
     mAP 0.64 with L1), ``classic-fast`` the same without the correlogram.
 
 Other modules add descriptors with :func:`register`; names starting with
-``cnn`` load :mod:`fastimg.deep` on first use.
+``cnn`` load :mod:`fastimg.features.deep` on first use.
 
 Images are shrunk to a working size before description (``max_side``, a
 parameter every descriptor accepts; default 512 pixels on the longer side,
@@ -260,7 +260,7 @@ _lock = threading.RLock()
 _EXACT: Dict[str, Tuple[Factory, str]] = {}
 _PREFIX: Dict[str, Tuple[Factory, str]] = {}
 _CACHE: Dict[str, Descriptor] = {}
-_LAZY_PREFIXES = {"cnn": "fastimg.deep"}
+_LAZY_PREFIXES = {"cnn": "fastimg.features.deep"}
 
 
 def register(name_or_prefix: str, factory: Factory, *, prefix: Optional[bool] = None,
@@ -698,6 +698,6 @@ def describe_many(
 # ----------------------------------------------------------------------------
 # built-in descriptors
 # ----------------------------------------------------------------------------
-from fastimg import _desc_classic  # noqa: E402  (registers the built-ins; needs Descriptor above)
+from fastimg.features import classic  # noqa: E402  (registers the built-ins; needs Descriptor above)
 
-_desc_classic.register_all(register)
+classic.register_all(register)

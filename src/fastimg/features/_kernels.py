@@ -1,11 +1,11 @@
 """Numba per-pixel kernels behind the classic descriptors (private).
 
-Imported lazily by :mod:`fastimg.registry` (importing numba costs ~0.3 s).
+Imported lazily by :mod:`fastimg.features.registry` (importing numba costs ~0.3 s).
 Every kernel is ``@njit(cache=True, nogil=True)``: it releases the GIL, so
-:func:`fastimg.registry.describe_many` runs them on several threads at once.
+:func:`fastimg.features.registry.describe_many` runs them on several threads at once.
 Kernels take ``uint8`` images of shape ``(H, W, 3)`` in BGR order (any strides:
 region views are accepted) and return raw counts; normalisation, validation and
-naming live in :mod:`fastimg.registry`.  No kernel validates its input.
+naming live in :mod:`fastimg.features.registry`.  No kernel validates its input.
 """
 from __future__ import annotations
 
@@ -291,7 +291,7 @@ def lbp_codes(grey):  # pragma: no cover - compiled
 def lbp_hist(grey, table, nbins):  # pragma: no cover - compiled
     """Histogram of ``table[lbp_code]`` over the interior pixels -> int64 (nbins,).
 
-    ``table`` maps the 256 codes to bins: :func:`fastimg._desc_classic.uniform_lbp_table`.
+    ``table`` maps the 256 codes to bins: :func:`fastimg.features.classic.uniform_lbp_table`.
     """
     codes = lbp_codes(grey)
     out = np.zeros(nbins, dtype=np.int64)

@@ -1,6 +1,6 @@
-"""The built-in classic descriptors (private; registered by :mod:`fastimg.registry`).
+"""The built-in classic descriptors (private; registered by :mod:`fastimg.features.registry`).
 
-Numba kernels (:mod:`fastimg._kernels`) and OpenCV are imported on first use,
+Numba kernels (:mod:`fastimg.features._kernels`) and OpenCV are imported on first use,
 so importing the registry stays cheap.  Every ``compute`` here is thread-safe
 and spends its time in GIL-free code (Numba ``nogil`` kernels, OpenCV).
 """
@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from fastimg.errors import DescriptorError
-from fastimg.registry import Descriptor
+from fastimg.features.registry import Descriptor
 
 _KERNELS = None
 
@@ -22,7 +22,7 @@ def _k():
     """The compiled kernels module (imported lazily: numba is slow to import)."""
     global _KERNELS
     if _KERNELS is None:
-        from fastimg import _kernels
+        from fastimg.features import _kernels
 
         _KERNELS = _kernels
     return _KERNELS
@@ -34,17 +34,17 @@ def _k():
 # Describing ONE image (``describe``, a query) with a Numba kernel costs about a
 # second of start-up (importing numba, loading its cached machine code) for a
 # few milliseconds of work.  These twins make the same integer decisions as the
-# kernels in :mod:`fastimg._kernels`, vectorised with NumPy, and count with
+# kernels in :mod:`fastimg.features._kernels`, vectorised with NumPy, and count with
 # ``np.bincount``: the counts, hence the vectors, are identical bit for bit
 # (tests/test_descriptors.py checks them against the kernels).  They are slower
 # per image than the kernels once started, so ``describe_many`` keeps the kernels.
 
-#: hue edges of hsv72 below 315 degrees (see :func:`fastimg._kernels.hsv72_bin`)
+#: hue edges of hsv72 below 315 degrees (see :func:`fastimg.features._kernels.hsv72_bin`)
 _HSV72_HUE_EDGES = (20, 40, 75, 155, 190, 270, 295)
 
 
 def hsv72_index_np(bgr: np.ndarray) -> np.ndarray:
-    """Per-pixel hsv72 bin (uint8 (H, W)) by NumPy: :func:`fastimg._kernels.hsv72_bin` vectorised.
+    """Per-pixel hsv72 bin (uint8 (H, W)) by NumPy: :func:`fastimg.features._kernels.hsv72_bin` vectorised.
 
     The same exact integer tests: with ``d = max - min`` and the integer hue
     numerator ``H`` (``h = H / d`` degrees), ``h > e`` is ``H > e d``, ``s > 0.2``
@@ -68,12 +68,12 @@ def hsv72_index_np(bgr: np.ndarray) -> np.ndarray:
 
 
 def hsv72_hist_np(bgr: np.ndarray) -> np.ndarray:
-    """Counts of the 72 hsv72 bins -> int64 (72,), equal to :func:`fastimg._kernels.hsv72_hist` (any strides)."""
+    """Counts of the 72 hsv72 bins -> int64 (72,), equal to :func:`fastimg.features._kernels.hsv72_hist` (any strides)."""
     return np.bincount(hsv72_index_np(bgr).reshape(-1), minlength=72).astype(np.int64, copy=False)
 
 
 def rgb_hist_np(bgr: np.ndarray, levels: int) -> np.ndarray:
-    """Uniform RGB counts -> int64 (levels**3,), equal to :func:`fastimg._kernels.rgb_hist`."""
+    """Uniform RGB counts -> int64 (levels**3,), equal to :func:`fastimg.features._kernels.rgb_hist`."""
     q = (bgr.astype(np.int32) * levels) >> 8
     idx = (q[..., 2] * levels + q[..., 1]) * levels + q[..., 0]
     return np.bincount(idx.reshape(-1), minlength=levels ** 3).astype(np.int64, copy=False)
@@ -81,7 +81,7 @@ def rgb_hist_np(bgr: np.ndarray, levels: int) -> np.ndarray:
 
 def lbp_hist_np(grey: np.ndarray, table: np.ndarray, nbins: int) -> np.ndarray:
     """``table[LBP code]`` counts over the interior pixels of ``grey`` -> int64 (nbins,),
-    equal to :func:`fastimg._kernels.lbp_hist` (same neighbour order and ``>=`` test)."""
+    equal to :func:`fastimg.features._kernels.lbp_hist` (same neighbour order and ``>=`` test)."""
     h, w = grey.shape
     if h < 3 or w < 3:
         return np.zeros(nbins, dtype=np.int64)
@@ -231,7 +231,7 @@ def make_spatial(name: str, grid: Any = (2, 2), center: bool = True, **base_para
     g = _int_list(name, "grid", list(grid) if isinstance(grid, (list, tuple)) else grid, 2, 1, 16)
     if not isinstance(center, bool):
         raise DescriptorError(f"descriptor {name!r}: center must be True or False; got {center!r}")
-    from fastimg.registry import get_descriptor
+    from fastimg.features.registry import get_descriptor
 
     base = get_descriptor(base_name, **base_params)
     nreg = g[0] * g[1] + (1 if center else 0)
@@ -386,7 +386,7 @@ def make_ehd(threshold: float = 11.0, blocks: int = 1100) -> Descriptor:
     Blocks of about ``H W / blocks`` pixels (see :func:`ehd_block_size`) are
     classified by the strongest of five 2 x 2 filters if it exceeds
     ``threshold`` (grey levels); each bin is the fraction of the sub-image's
-    blocks of that edge type (see :func:`fastimg._kernels.edge_histogram`).
+    blocks of that edge type (see :func:`fastimg.features._kernels.edge_histogram`).
     """
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
         raise DescriptorError(f"descriptor 'ehd': threshold must be a number >= 0; got {threshold!r}")
@@ -415,8 +415,8 @@ def make_cedd(t0: float = 14.0, t1: float = 0.68, t2: float = 0.98, t3: float = 
     on its grey quadrants (thresholds ``t0`` = 14 grey levels for "no edge",
     then ``t1`` / ``t2`` / ``t3`` on the filter magnitudes relative to the
     largest) and described by the fuzzy 10-then-24-colour membership of its mean
-    HSV colour (see :func:`fastimg._kernels.cedd` and
-    :func:`fastimg._kernels.cedd_colour24`).  Differences from LIRE: the fuzzy
+    HSV colour (see :func:`fastimg.features._kernels.cedd` and
+    :func:`fastimg.features._kernels.cedd_colour24`).  Differences from LIRE: the fuzzy
     rules are a documented reading of the paper (membership products, which sum
     to 1 per block) and the final 3-bit quantisation is omitted (the histogram
     is normalised to sum 1), so vectors are not bit-compatible with LIRE's.
@@ -450,7 +450,7 @@ def make_combo(parts: Any = None, metric: Optional[str] = None, _name: str = "co
     combination measured on Corel-1k, equivalent to histogram intersection
     for vectors that sum to 1).
     """
-    from fastimg.registry import get_descriptor
+    from fastimg.features.registry import get_descriptor
 
     if not isinstance(parts, (list, tuple)) or not parts:
         raise DescriptorError(f"descriptor {_name!r}: parts must be a non-empty list of "
@@ -534,7 +534,7 @@ _METRIC = {
 
 
 def register_all(register: Callable[..., None]) -> None:
-    """Register the built-in descriptors (called once by :mod:`fastimg.registry`)."""
+    """Register the built-in descriptors (called once by :mod:`fastimg.features.registry`)."""
     register("hsv72", make_hsv72)
     register("rgb*", make_rgb)
     register("hsv", make_hsv)

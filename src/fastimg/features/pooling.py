@@ -2,7 +2,7 @@
 
 Every function takes one activation tensor ``x`` of shape ``(C, H, W)`` (channels
 first, as produced by the CNN runtime) and returns a float32 vector.  None of them
-normalises its output; the caller (:mod:`fastimg.deep`) applies L2 → optional
+normalises its output; the caller (:mod:`fastimg.features.deep`) applies L2 → optional
 PCA-whitening → L2.
 
 The poolings:
@@ -29,6 +29,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from fastimg.errors import DescriptorError
+from fastimg.projection import l2_normalize
 
 __all__ = [
     "POOLINGS",
@@ -43,7 +44,6 @@ __all__ = [
     "crow_channel_weights",
     "pwa",
     "select_pwa_channels",
-    "l2_normalize",
 ]
 
 _EPS = 1e-12
@@ -79,23 +79,6 @@ def check_map(x: np.ndarray) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise DescriptorError("convolution map contains NaN or infinite values")
     return arr
-
-
-def l2_normalize(v: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Divide ``v`` by its L2 norm along ``axis``; all-zero vectors stay zero.
-
-    Parameters
-    ----------
-    v : numpy.ndarray
-    axis : int, default -1
-
-    Returns
-    -------
-    numpy.ndarray of float32, same shape as ``v``
-    """
-    v = np.asarray(v, dtype=np.float32)
-    norm = np.sqrt(np.sum(v.astype(np.float64) ** 2, axis=axis, keepdims=True))
-    return (v / np.maximum(norm, _EPS)).astype(np.float32, copy=False)
 
 
 def mac(x: np.ndarray) -> np.ndarray:
