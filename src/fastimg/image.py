@@ -43,7 +43,7 @@ import numpy as np
 
 from fastimg.errors import ImageError
 
-__all__ = ["load_image", "image_size", "sniff_format", "DEFAULT_MAX_PIXELS", "ImageSource"]
+__all__ = ["load_image", "shrink_to", "image_size", "sniff_format", "DEFAULT_MAX_PIXELS", "ImageSource"]
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,14 @@ def _to_bgr8(img: np.ndarray, source: str, composite: bool = True) -> np.ndarray
     return np.ascontiguousarray(img)
 
 
-def _shrink(img: np.ndarray, max_side: Optional[int]) -> np.ndarray:
+def shrink_to(img: np.ndarray, max_side: Optional[int]) -> np.ndarray:
+    """Shrink an image so that its longer side is at most ``max_side`` pixels.
+
+    The aspect ratio is kept (each side rounded, at least 1 pixel) and the pixels
+    are averaged (``cv2.INTER_AREA``).  An image already small enough, or
+    ``max_side=None``, is returned as is (not copied).  The descriptors' working
+    size (``Descriptor.max_side``) and ``load_image(..., max_side=)`` use it.
+    """
     if max_side is None:
         return img
     h, w = img.shape[:2]
@@ -315,7 +322,7 @@ def _decode(data: bytes, source: str, max_pixels: Optional[int], max_side: Optio
         img = _to_bgr8(img, source, composite=composite)
     if size is None:
         _check_pixels(source, img.shape[1], img.shape[0], max_pixels)
-    return _shrink(img, max_side)
+    return shrink_to(img, max_side)
 
 
 def load_image(
@@ -360,7 +367,7 @@ def load_image(
     if isinstance(src, np.ndarray):
         img = _to_bgr8(src, "<array>")
         _check_pixels("<array>", img.shape[1], img.shape[0], max_pixels)
-        return _shrink(img, max_side)
+        return shrink_to(img, max_side)
     if isinstance(src, (bytes, bytearray, memoryview)):
         return _decode(bytes(src), "<bytes>", max_pixels, max_side)
     if isinstance(src, (str, os.PathLike)):

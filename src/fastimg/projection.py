@@ -212,10 +212,6 @@ class PCAWhitening:
         out = l2_normalize(y) if normalize else y.astype(np.float32)
         return out[0] if one else out
 
-    def fit_transform(self, matrix: np.ndarray, normalize: bool = True) -> np.ndarray:
-        """:meth:`fit` then :meth:`transform` the same matrix."""
-        return self.fit(matrix).transform(matrix, normalize=normalize)
-
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the fitted whitening to a plain ``.npz`` file (no pickle).
 

@@ -1,4 +1,5 @@
-"""The built-in classic descriptors (private; registered by :mod:`fastimg.features.registry`).
+"""The built-in classic descriptors, registered with :mod:`fastimg.features.registry`
+when this module is imported (the registry imports it on its first use).
 
 Numba kernels (:mod:`fastimg.features._kernels`) and OpenCV are imported on first use,
 so importing the registry stays cheap.  Every ``compute`` here is thread-safe
@@ -8,12 +9,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from fastimg.errors import DescriptorError
-from fastimg.features.registry import Descriptor
+from fastimg.features.base import Descriptor
+from fastimg.features.registry import get_descriptor, register
+from fastimg.image import shrink_to
 
 _KERNELS = None
 
@@ -231,8 +234,6 @@ def make_spatial(name: str, grid: Any = (2, 2), center: bool = True, **base_para
     g = _int_list(name, "grid", list(grid) if isinstance(grid, (list, tuple)) else grid, 2, 1, 16)
     if not isinstance(center, bool):
         raise DescriptorError(f"descriptor {name!r}: center must be True or False; got {center!r}")
-    from fastimg.features.registry import get_descriptor
-
     base = get_descriptor(base_name, **base_params)
     nreg = g[0] * g[1] + (1 if center else 0)
     dim = base.dim * nreg
@@ -240,10 +241,9 @@ def make_spatial(name: str, grid: Any = (2, 2), center: bool = True, **base_para
     def run(bgr: np.ndarray, single: bool) -> np.ndarray:
         h, w = bgr.shape[:2]
         out = np.zeros(dim, dtype=np.float64)
-        raw = base._raw_single if single else base._raw
         for n, (r0, r1, c0, c1) in enumerate(regions(h, w, g, center)):
             if r1 > r0 and c1 > c0:
-                out[n * base.dim:(n + 1) * base.dim] = raw(bgr[r0:r1, c0:c1])
+                out[n * base.dim:(n + 1) * base.dim] = base.raw(bgr[r0:r1, c0:c1], single=single)
         return out / nreg
 
     params: Dict[str, Any] = {"grid": g, "center": center, **base.params}
@@ -297,9 +297,7 @@ def make_correlogram(colors: str = "hsv72", distances: Sequence[int] = (1, 3, 5,
         if offsets is None:
             offsets = k.ring_offsets(dist)
         if side is not None:
-            from fastimg.image import _shrink
-
-            bgr = _shrink(bgr, side)
+            bgr = shrink_to(bgr, side)
         idx = k.hsv72_index(bgr) if levels == 0 else k.rgb_index(bgr, levels)
         return k.autocorrelogram(idx, ncolors, dist_arr, *offsets).reshape(-1)
 
@@ -450,8 +448,6 @@ def make_combo(parts: Any = None, metric: Optional[str] = None, _name: str = "co
     combination measured on Corel-1k, equivalent to histogram intersection
     for vectors that sum to 1).
     """
-    from fastimg.features.registry import get_descriptor
-
     if not isinstance(parts, (list, tuple)) or not parts:
         raise DescriptorError(f"descriptor {_name!r}: parts must be a non-empty list of "
                               f"{{'name': ..., 'params': {{...}}, 'weight': w}}; got {parts!r}")
@@ -480,7 +476,7 @@ def make_combo(parts: Any = None, metric: Optional[str] = None, _name: str = "co
     def run(bgr: np.ndarray, single: bool) -> np.ndarray:
         out = np.empty(dim, dtype=np.float64)
         for d, s, a, b in zip(descs, scale, offsets[:-1], offsets[1:]):
-            out[a:b] = _normalise(d._raw_single(bgr) if single else d._raw(bgr)) * s
+            out[a:b] = _normalise(d.raw(bgr, single=single)) * s
         return out
 
     if metric is None:
@@ -533,16 +529,15 @@ _METRIC = {
 }
 
 
-def register_all(register: Callable[..., None]) -> None:
-    """Register the built-in descriptors (called once by :mod:`fastimg.features.registry`)."""
-    register("hsv72", make_hsv72)
-    register("rgb*", make_rgb)
-    register("hsv", make_hsv)
-    register("spatial-*", make_spatial)
-    register("correlogram", make_correlogram)
-    register("lbp", make_lbp)
-    register("ehd", make_ehd)
-    register("cedd", make_cedd)
-    register("combo", make_combo)
-    register("classic", make_classic)
-    register("classic-fast", make_classic_fast)
+# the built-ins, registered on import (the registry imports this module on its first use)
+register("hsv72", make_hsv72)
+register("rgb*", make_rgb)
+register("hsv", make_hsv)
+register("spatial-*", make_spatial)
+register("correlogram", make_correlogram)
+register("lbp", make_lbp)
+register("ehd", make_ehd)
+register("cedd", make_cedd)
+register("combo", make_combo)
+register("classic", make_classic)
+register("classic-fast", make_classic_fast)

@@ -65,8 +65,9 @@ import numpy as np
 from fastimg._threads import resolve_threads
 from fastimg.errors import DescriptorError
 from fastimg.features.pooling import POOLINGS, check_map
-from fastimg.features.registry import Descriptor, _check_bgr, register
-from fastimg.image import _shrink
+from fastimg.features.base import Descriptor, check_bgr
+from fastimg.features.registry import register
+from fastimg.image import shrink_to
 from fastimg.projection import PCAWhitening, l2_normalize
 
 __all__ = [
@@ -430,7 +431,7 @@ class CnnFeatureExtractor:
         """
         import cv2
 
-        _check_bgr(bgr)
+        check_bgr(bgr)
         w, h = self.target_size(bgr.shape[0], bgr.shape[1])
         if (w, h) == (bgr.shape[1], bgr.shape[0]):
             return bgr
@@ -696,10 +697,6 @@ class CnnDescriptor(Descriptor):
         self.__dict__.update(state)
         self.compute_batch = self._compute_batch
 
-    def vector_from_map(self, x: np.ndarray) -> np.ndarray:
-        """Pool and post-process one ``(C, H, W)`` map into the descriptor (float32 ``(dim,)``)."""
-        return self._post(pool(x, self.pooling, **self.pooling_params)[None, :])[0]
-
     def _post(self, pooled: np.ndarray) -> np.ndarray:
         v = l2_normalize(pooled)
         if self.whitening is not None:
@@ -717,8 +714,8 @@ class CnnDescriptor(Descriptor):
         does, so ``compute_batch([im])[0]`` equals ``compute(im)``.
         """
         for im in images:
-            _check_bgr(im)
-        images = [_shrink(im, self.max_side) for im in images]
+            check_bgr(im)
+        images = [shrink_to(im, self.max_side) for im in images]
         maps = self.extractor.maps(images, batch_size=self.batch_size, progress=progress)
         if not maps:
             return np.zeros((0, self.dim), dtype=np.float32)

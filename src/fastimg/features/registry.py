@@ -32,8 +32,11 @@ measured on Corel-1k, see ``bench/descriptors.md``):
     combination measured on Corel-1k (spatial-hsv72 + correlogram + lbp,
     mAP 0.64 with L1), ``classic-fast`` the same without the correlogram.
 
-Other modules add descriptors with :func:`register`; names starting with
-``cnn`` load :mod:`fastimg.features.deep` on first use.
+Other modules add descriptors with :func:`register`.  The built-ins live in
+:mod:`fastimg.features.classic`, which registers them when the registry is
+first used; names starting with ``cnn`` load :mod:`fastimg.features.deep` on
+first use.  :class:`~fastimg.features.base.Descriptor` itself is defined in
+:mod:`fastimg.features.base` (re-exported here).
 
 Images are shrunk to a working size before description (``max_side``, a
 parameter every descriptor accepts; default 512 pixels on the longer side,
@@ -55,7 +58,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 
 from fastimg.errors import DescriptorError, ImageError
-from fastimg.image import ImageSource, _shrink, load_image
+from fastimg.features.base import WORK_SIDE, Descriptor, jsonable
+from fastimg.image import ImageSource, load_image
 
 __all__ = [
     "Descriptor",
@@ -70,185 +74,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Default working size: images are shrunk so that their longer side is at most this.
-WORK_SIDE = 512
-
 _MISSING = object()
-
-
-def _jsonable(value: Any) -> Any:
-    """Canonical JSON-compatible form of a parameter value (tuples -> lists, numpy scalars -> Python)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise DescriptorError(f"descriptor parameter value {value!r} is not JSON-serialisable")
-
-
-class Descriptor:
-    """A named, parameterised image descriptor.
-
-    Parameters
-    ----------
-    name : str
-        Registry name (``"hsv72"``, ``"spatial-hsv"``, ``"cnn-resnet50"`` ...).
-    dim : int
-        Length of the vectors it produces.
-    compute : callable
-        ``compute(bgr) -> array (dim,)`` for one ``uint8`` ``(H, W, 3)`` BGR image.
-        Called from worker threads: it must be thread-safe (ideally it releases
-        the GIL: OpenCV calls and ``nogil`` Numba kernels do).
-    default_metric : str, optional
-        The metric an index uses when none is given (a :mod:`fastimg.metrics` name).
-    version : int, optional
-        Bumped whenever the vectors change for the same name and parameters; an
-        index built with another version cannot be extended with this one.
-    params : dict, optional
-        The full parameters (defaults included), JSON-serialisable.
-    doc : str, optional
-        One-line description for :func:`descriptors`.
-    compute_batch : callable, optional
-        ``compute_batch(list of bgr) -> array (n, dim)``; when present,
-        :func:`describe_many` decodes images in parallel and describes them in
-        batches with it (e.g. a neural network).
-    max_side : int or None, optional
-        Working size: images are shrunk to this longer side before ``compute``
-        (default :data:`WORK_SIDE`; ``None`` = full resolution).
-    batch_size : int, optional
-        Batch length used with ``compute_batch``.
-    compute_single : callable, optional
-        A start-up-free twin of ``compute`` for describing one image (NumPy /
-        OpenCV, no Numba: importing numba and loading its cached kernels costs
-        about a second, far more than one image's description).  It must
-        return exactly the same values as ``compute`` (bit for bit);
-        :func:`describe` uses it (``compute(bgr, single=True)``), while
-        :func:`describe_many` keeps ``compute``, faster per image in bulk.
-
-    Notes
-    -----
-    Subclasses may override :meth:`_raw` (and :meth:`_raw_single`) instead of
-    passing ``compute``.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        dim: int,
-        compute: Optional[Callable[[np.ndarray], np.ndarray]] = None,
-        *,
-        default_metric: str = "bhattacharyya",
-        version: int = 1,
-        params: Optional[Mapping[str, Any]] = None,
-        doc: str = "",
-        compute_batch: Optional[Callable[[List[np.ndarray]], np.ndarray]] = None,
-        max_side: Optional[int] = WORK_SIDE,
-        batch_size: int = 32,
-        compute_single: Optional[Callable[[np.ndarray], np.ndarray]] = None,
-    ) -> None:
-        if not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise DescriptorError(f"descriptor {name!r}: dim must be a positive int; got {dim!r}")
-        self.name = str(name)
-        self.dim = int(dim)
-        self._compute = compute
-        self.default_metric = str(default_metric)
-        self.version = int(version)
-        self.params: Dict[str, Any] = _jsonable(dict(params or {}))
-        self.doc = doc
-        self.compute_batch = compute_batch
-        self.max_side = max_side
-        self.batch_size = int(batch_size)
-        self._compute_single = compute_single
-
-    # -- identity --------------------------------------------------------------
-    def spec(self) -> Dict[str, Any]:
-        """JSON-serialisable description, enough to rebuild the descriptor.
-
-        Returns
-        -------
-        dict
-            ``{"name", "params", "dim", "version", "default_metric", "max_side"}``;
-            :func:`descriptor_from_spec` inverts it.
-        """
-        return {
-            "name": self.name,
-            "params": dict(self.params),
-            "dim": self.dim,
-            "version": self.version,
-            "default_metric": self.default_metric,
-            "max_side": self.max_side,
-        }
-
-    def __repr__(self) -> str:
-        p = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
-        return f"Descriptor({self.name!r}{', ' if p else ''}{p}; dim={self.dim}, metric={self.default_metric!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Descriptor) and self.spec() == other.spec()
-
-    def __hash__(self) -> int:
-        return hash(json.dumps(self.spec(), sort_keys=True))
-
-    # -- computation -----------------------------------------------------------
-    def _raw(self, bgr: np.ndarray) -> np.ndarray:
-        if self._compute is None:
-            raise NotImplementedError(f"descriptor {self.name!r} has no compute function")
-        return self._compute(bgr)
-
-    def _raw_single(self, bgr: np.ndarray) -> np.ndarray:
-        """The raw vector by the single-image path (``compute_single``), else by :meth:`_raw`."""
-        if self._compute_single is not None:
-            return self._compute_single(bgr)
-        return self._raw(bgr)
-
-    def compute(self, bgr: np.ndarray, *, single: bool = False) -> np.ndarray:
-        """Describe one image.
-
-        Parameters
-        ----------
-        bgr : numpy.ndarray
-            ``uint8`` array of shape ``(H, W, 3)``, BGR (as from :func:`fastimg.image.load_image`).
-            If its longer side exceeds :attr:`max_side` it is first shrunk to the
-            working size (``cv2.INTER_AREA``), so ``compute(load_image(p))`` and
-            :func:`describe` agree up to JPEG reduced-decoding differences.
-        single : bool, optional
-            Use the descriptor's start-up-free single-image implementation
-            (``compute_single``) when it has one: the same values, bit for bit,
-            without importing Numba (what :func:`describe` does).  The default
-            path is the faster one per image once started (:func:`describe_many`).
-
-        Returns
-        -------
-        numpy.ndarray
-            ``float32`` array of shape ``(dim,)``.
-
-        Raises
-        ------
-        ImageError
-            If ``bgr`` is not a non-empty ``uint8`` ``(H, W, 3)`` array.
-        """
-        _check_bgr(bgr)
-        if self.max_side is not None and max(bgr.shape[0], bgr.shape[1]) > self.max_side:
-            bgr = _shrink(bgr, self.max_side)
-        raw = self._raw_single(bgr) if single else self._raw(bgr)
-        v = np.asarray(raw, dtype=np.float32).reshape(-1)
-        if v.shape[0] != self.dim:
-            raise DescriptorError(f"descriptor {self.name!r} produced {v.shape[0]} values; expected dim={self.dim}")
-        return v
-
-
-def _check_bgr(bgr: Any) -> None:
-    if not isinstance(bgr, np.ndarray) or bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] != 3:
-        what = f"{type(bgr).__name__}" if not isinstance(bgr, np.ndarray) else f"{bgr.dtype} array of shape {bgr.shape}"
-        raise ImageError("<array>", "invalid array", f"expected uint8 (H, W, 3) BGR; got {what} "
-                         "(use fastimg.load_image to convert)")
-    if bgr.shape[0] == 0 or bgr.shape[1] == 0:
-        raise ImageError("<array>", "invalid array", f"empty image of shape {bgr.shape}")
 
 
 # ----------------------------------------------------------------------------
@@ -260,7 +86,30 @@ _lock = threading.RLock()
 _EXACT: Dict[str, Tuple[Factory, str]] = {}
 _PREFIX: Dict[str, Tuple[Factory, str]] = {}
 _CACHE: Dict[str, Descriptor] = {}
+#: Modules that register descriptors when imported (they import this module, never the
+#: reverse): the built-ins, loaded on the registry's first use ...
+_BUILTIN_MODULES = ("fastimg.features.classic",)
+#: ... and plug-ins loaded when a name with one of these prefixes is asked for.
 _LAZY_PREFIXES = {"cnn": "fastimg.features.deep"}
+_builtins = 0  # 0: not loaded, 1: being loaded (by the thread holding _lock), 2: loaded
+
+
+def _load_builtins() -> None:
+    """Import :data:`_BUILTIN_MODULES` once (they call :func:`register`)."""
+    global _builtins
+    if _builtins == 2:
+        return
+    with _lock:
+        if _builtins:  # loaded, or this thread is loading them (a module's register() call)
+            return
+        _builtins = 1
+        try:
+            for module in _BUILTIN_MODULES:
+                importlib.import_module(module)
+        except BaseException:
+            _builtins = 0
+            raise
+        _builtins = 2
 
 
 def register(name_or_prefix: str, factory: Factory, *, prefix: Optional[bool] = None,
@@ -300,6 +149,7 @@ def register(name_or_prefix: str, factory: Factory, *, prefix: Optional[bool] = 
     key = key.rstrip("*")
     if doc is None:
         doc = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
+    _load_builtins()  # a name taken by a built-in is refused whatever the import order
     with _lock:
         table = _PREFIX if is_prefix else _EXACT
         if key in table and not replace:
@@ -313,6 +163,7 @@ def _known_names() -> List[str]:
 
 
 def _resolve(name: str) -> Tuple[Factory, bool]:
+    _load_builtins()
     key = name.lower()
     if key in _EXACT:
         return _EXACT[key][0], False
@@ -375,7 +226,7 @@ def get_descriptor(name: Union[str, Descriptor, Mapping[str, Any]] = "hsv72", **
             raise DescriptorError(f"max_side must be an int >= 8 or None; got {max_side!r}")
         max_side = int(max_side)
     key = name.lower()
-    cache_key = json.dumps([key, _jsonable(params), None if max_side is _MISSING else max_side,
+    cache_key = json.dumps([key, jsonable(params), None if max_side is _MISSING else max_side,
                             max_side is _MISSING], sort_keys=True)
     with _lock:
         cached = _CACHE.get(cache_key)
@@ -453,6 +304,7 @@ def descriptors() -> List[Dict[str, Any]]:
         appears as ``prefix*``, and a name that needs parameters (``combo``)
         with ``dim`` None.
     """
+    _load_builtins()
     try:
         _load_lazy("cnn")
     except DescriptorError:
@@ -694,10 +546,3 @@ def describe_many(
             bar.close()
     return out, dict(sorted(errors.items()))
 
-
-# ----------------------------------------------------------------------------
-# built-in descriptors
-# ----------------------------------------------------------------------------
-from fastimg.features import classic  # noqa: E402  (registers the built-ins; needs Descriptor above)
-
-classic.register_all(register)
