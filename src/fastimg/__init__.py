@@ -42,6 +42,9 @@ _LAZY = {
     "Index": "fastimg.index",
     "Hit": "fastimg.index",
     "AddReport": "fastimg.index",
+    # near-duplicates (fastimg.dedup)
+    "find_duplicates": "fastimg.dedup",
+    "DuplicateGroup": "fastimg.dedup",
     # evaluation (fastimg.eval)
     "evaluate": "fastimg.eval",
     "load_dataset": "fastimg.eval",
@@ -82,6 +85,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from fastimg.ann import HnswGraph
+    from fastimg.dedup import DuplicateGroup, find_duplicates
     from fastimg.eval import evaluate, load_dataset
     from fastimg.index import AddReport, Hit, Index
     from fastimg.image import load_image

@@ -1,4 +1,4 @@
-"""Retrieval quality: standard metrics, dataset layouts and ``fastimg eval``.
+"""Retrieval quality: standard metrics, dataset layouts, and :func:`evaluate` (behind ``fastimg eval``).
 
 Metrics (pure functions of a ranked relevance list, no I/O):
 
@@ -51,8 +51,6 @@ __all__ = [
     "evaluate",
     "parse_descriptor",
     "format_table",
-    "add_cli_parser",
-    "run_cli",
 ]
 
 ArrayLike = npt.ArrayLike
@@ -874,82 +872,3 @@ def format_table(rows: Sequence[dict], measures: Optional[Sequence[str]] = None)
              for line in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(x.rstrip() for x in lines)
-
-
-# ---------------------------------------------------------------------------
-# `fastimg eval`
-# ---------------------------------------------------------------------------
-
-def add_cli_parser(subparsers: Any) -> Any:
-    """Add the ``eval`` sub-command to an argparse sub-parsers object.
-
-    The command calls :func:`run_cli`.  Only ``argparse`` is imported here.
-    """
-    import argparse
-
-    p = subparsers.add_parser(
-        "eval", help="evaluate retrieval quality (mAP, P@k, N-S) on a labelled image collection",
-        description=("Evaluate every descriptor x metric x re-ranking combination on a labelled collection; "
-                     "features are extracted once per descriptor."),
-        epilog="""\
-layouts:
-  folders   one sub-directory per class (Corel/Wang); every image queries the rest
-  ukbench   groups.csv or groups of 4 consecutive numbers; the query counts (N-S score)
-  holidays  NNNNNN.jpg, group = NNNNNN // 100, the ...00 image is the query
-
-measures: map, map@K, p@K, r@K, ns
-re-rankings: qe, alpha-qe, dba, k-reciprocal, with parameters as name:param=value,...
-
-examples:
-  fastimg eval ../shared/data/corel1k --layout folders --descriptor hsv --metric bhattacharyya \\
-      --rerank none --rerank k-reciprocal
-  fastimg eval ../shared/data/ukbench56 --layout ukbench --json
-  fastimg eval DIR --layout holidays --rerank none --rerank qe -o results.json
-
-exit status: 0 ok, 1 error (one line on stderr), 2 usage error.""",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir", metavar="DIR", help="the labelled image collection")
-    p.add_argument("--layout", choices=LAYOUTS, default="folders", help="dataset layout (default: folders)")
-    p.add_argument("--descriptor", action="append", metavar="SPEC", default=None,
-                   help="descriptor name or name:param=value,... (repeatable; default: hsv72, the index default)")
-    p.add_argument("--metric", action="append", metavar="NAME", default=None,
-                   help="metric (repeatable; default: each descriptor's own)")
-    p.add_argument("--rerank", action="append", metavar="SPEC", default=None,
-                   help="re-ranking spec or 'none' (repeatable; default: none)")
-    p.add_argument("--measure", action="append", metavar="NAME", default=None,
-                   help="measure: map, map@K, p@K, r@K, ns (repeatable; default depends on the layout)")
-    p.add_argument("-k", "--depth", type=int, default=None, metavar="K",
-                   help="evaluate the top K of each ranking (default: the whole collection)")
-    p.add_argument("--workers", type=int, default=None, help="feature extraction threads")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
-    p.add_argument("-o", "--output", metavar="FILE", default=None,
-                   help="also write the JSON document to FILE")
-    p.add_argument("--progress", action="store_true", help="progress bar during feature extraction")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                   help="show the Python traceback on errors")
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def run_cli(args: Any) -> int:
-    """Run ``fastimg eval`` from parsed arguments; prints a table or JSON, returns 0."""
-    import json
-    import sys
-
-    if args.depth is not None and args.depth < 1:
-        raise ValueError(f"-k/--depth must be >= 1; got {args.depth}")
-    ds = load_dataset(args.dir, args.layout)
-    rows = evaluate(ds, descriptors=args.descriptor or ["hsv72"], metrics=args.metric,
-                    reranks=args.rerank or [None], measures=args.measure, depth=args.depth,
-                    workers=args.workers, progress=args.progress)
-    clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]  # NaN -> null
-    doc = {"dataset": str(ds.root), "layout": ds.layout, "n_images": len(ds), "n_queries": int(len(ds.queries)),
-           "results": clean}
-    if args.output:
-        Path(args.output).write_text(json.dumps(doc, indent=2) + "\n")
-    if args.json:
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-        return 0
-    sys.stdout.write(ds.describe() + "\n\n")
-    sys.stdout.write(format_table(rows, args.measure or DEFAULT_MEASURES[ds.layout]) + "\n")
-    return 0

@@ -29,7 +29,6 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from fastimg.errors import DescriptorError
-from fastimg.projection import l2_normalize
 
 __all__ = [
     "POOLINGS",

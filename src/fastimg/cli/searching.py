@@ -1,0 +1,243 @@
+"""``fastimg query`` and ``fastimg dedup``: searching the index."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from fastimg.cli.common import (
+    EXIT_OK,
+    CommandError,
+    UsageError,
+    add_command,
+    check_metric,
+    emit_json,
+    finite_float,
+    index_path,
+    open_index,
+    positive_int,
+    progress_bar,
+)
+
+__all__ = ["add_query_parser", "add_dedup_parser", "cmd_query", "cmd_dedup"]
+
+
+# --------------------------------------------------------------------------- #
+# parsers
+# --------------------------------------------------------------------------- #
+
+def add_query_parser(sub: Any, ix: argparse.ArgumentParser) -> None:
+    """``fastimg query IMAGE...``."""
+    p = add_command(sub, "query", "find the images most similar to one or more query images",
+                    "Print rank, score and path of the K most similar indexed images for each\n"
+                    "query image. With several queries, each block starts with '==> QUERY <=='.",
+                    """\
+examples:
+  fastimg query photo.jpg
+  fastimg query photo.jpg -k 20 --metric bhattacharyya
+  fastimg query a.jpg b.jpg --json > hits.json
+  fastimg query photo.jpg --ann --ef 100
+  fastimg query photo.jpg --html results.html
+  curl -s https://example.org/cat.jpg | fastimg query - -k 5
+
+--json prints one JSON document. For one query image it is the object
+  {"query": PATH, "index": PATH, "metric": NAME, "took_ms": FLOAT,
+   "results": [{"rank": 1, "id": INT, "path": PATH, "score": FLOAT}, ...]}
+and for several query images a JSON list of such objects, in argument order.
+"query" and "index" are absolute paths; took_ms is the time of the search call
+(describing the query image included, opening the index excluded). Scores are the
+metric's own values: higher is better for similarities (pearson, cosine,
+intersect), lower is better for distances (bhattacharyya, chisqr, chisqr_alt,
+kl_div, l2, l1).
+A query image that is itself in the index is left out of its own results unless
+--include-self is given (for '-', the first indexed image with the identical
+descriptor vector is left out).""", [ix])
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="query image file(s); '-' reads one encoded image from standard input")
+    p.add_argument("-k", type=positive_int, default=10, metavar="K",
+                   help="number of results per query (default 10; capped at the index size)")
+    p.add_argument("--metric", metavar="NAME", default=None,
+                   help="similarity/distance (default: the index's metric)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--exact", dest="mode", action="store_const", const="exact",
+                      help="exhaustive exact search")
+    mode.add_argument("--ann", dest="mode", action="store_const", const="ann",
+                      help="approximate search on the HNSW graph (fastimg index --ann)")
+    p.set_defaults(mode="auto")
+    p.add_argument("--ef", type=positive_int, metavar="N", default=None,
+                   help="HNSW search breadth (higher: better recall, slower)")
+    p.add_argument("--rerank", metavar="SPEC", default=None,
+                   help="re-ranking: qe, aqe, alpha-qe, dba, k-reciprocal[:param=value,...]")
+    p.add_argument("--include-self", action="store_true",
+                   help="keep the query image in its own results when it is indexed")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--html", metavar="FILE", default=None,
+                   help="also write a self-contained HTML page with thumbnails")
+    p.set_defaults(func=cmd_query)
+
+
+def _defaults(table: dict) -> str:
+    return ", ".join(f"{name} {value:g}" for name, value in table.items())
+
+
+def add_dedup_parser(sub: Any, ix: argparse.ArgumentParser) -> None:
+    """``fastimg dedup`` (the algorithm and the default thresholds: :mod:`fastimg.dedup`)."""
+    from fastimg.dedup import DEFAULT_THRESHOLDS, HISTOGRAM_THRESHOLDS  # light: no NumPy at import
+
+    p = add_command(sub, "dedup", "find groups of near-duplicate images",
+                    "Compare every indexed image with every other one (exact search, in batches)\n"
+                    "and print the groups of images linked by a pair within the threshold\n"
+                    "(connected components: A~B and B~C put A, B and C in one group).",
+                    f"""\
+examples:
+  fastimg dedup
+  fastimg dedup --metric pearson --threshold 0.995
+  fastimg dedup --json | jq '.groups[] | map(.path)'
+
+The threshold's meaning follows the metric's direction:
+  similarity metrics (higher is better: pearson, cosine, intersect):
+      a pair is a duplicate when score >= T
+  distance metrics (lower is better: bhattacharyya, chisqr, chisqr_alt, kl_div, l2, l1):
+      a pair is a duplicate when score <= T
+Default T per metric: {_defaults(DEFAULT_THRESHOLDS)}; and, for the
+built-in histogram descriptors (not a descriptor='custom' index), {_defaults(HISTOGRAM_THRESHOLDS)}.
+Other metrics need --threshold.
+
+--json prints {{"index", "metric", "threshold", "higher_is_better",
+  "groups": [[{{"id", "path"}}, ...], ...],   largest group first
+  "pairs": [{{"a": ID, "b": ID, "score": FLOAT}}, ...]}}   every pair within T, a < b""",
+                    [ix])
+    p.add_argument("--threshold", type=finite_float, metavar="T", default=None,
+                   help="duplicate threshold (see below)")
+    p.add_argument("--metric", metavar="NAME", default=None,
+                   help="metric (default: the index's metric)")
+    p.add_argument("--batch", type=positive_int, metavar="N", default=256,
+                   help="query rows per exact-search batch (default 256)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_dedup)
+
+
+# --------------------------------------------------------------------------- #
+# commands
+# --------------------------------------------------------------------------- #
+
+def _hit_dict(hit: Any) -> dict:
+    return {"rank": int(hit.rank), "id": int(hit.id), "path": os.fspath(hit.path),
+            "score": float(hit.score)}
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    if args.ef is not None and args.mode == "exact":
+        raise UsageError("--ef applies to approximate search; it cannot be combined with --exact")
+    args.metric = check_metric(args.metric)
+    if args.images.count("-") > 1:
+        raise UsageError("standard input ('-') can be given once")
+    for img in args.images:
+        if img == "-":
+            continue
+        if not os.path.exists(img):
+            raise CommandError(f"{img}: no such file")
+        if os.path.isdir(img):
+            raise CommandError(f"{img}: is a directory, not an image")
+    path = index_path(args)
+    docs = []
+    with open_index(args, "r") as index:
+        metric = args.metric or index.metric
+        if args.mode == "ann":  # the graph's status, for a message in the command line's terms
+            _check_graph(index, path, metric)
+        kwargs: dict[str, Any] = {"exclude_self": not args.include_self, "mode": args.mode}
+        if args.metric is not None:
+            kwargs["metric"] = args.metric
+        if args.ef is not None:
+            kwargs["ef"] = args.ef
+        if args.rerank is not None:
+            kwargs["rerank"] = args.rerank
+        for img in args.images:
+            query: Any = img
+            if img == "-":
+                query = sys.stdin.buffer.read()
+                if not query:
+                    raise CommandError("-: standard input is empty (expected an encoded image)")
+            t0 = time.perf_counter()
+            hits = index.search(query, args.k, **kwargs)
+            took = (time.perf_counter() - t0) * 1000.0
+            docs.append({"query": "-" if img == "-" else os.path.abspath(img), "index": path, "metric": metric,
+                         "took_ms": round(took, 3), "results": [_hit_dict(h) for h in hits]})
+    if args.html:
+        from fastimg._html import write_results_page
+
+        write_results_page(docs, args.html)
+    if args.json:
+        emit_json(docs[0] if len(docs) == 1 else docs)
+        return EXIT_OK
+    out = sys.stdout
+    for i, doc in enumerate(docs):
+        if len(docs) > 1:
+            out.write(("\n" if i else "") + f"==> {doc['query']} <==\n")
+        scores = [r["score"] for r in doc["results"]]
+        fixed = all(s == 0 or 1e-4 <= abs(s) < 1e6 for s in scores)
+        cells = [f"{s:.6f}" if fixed else f"{s:.6g}" for s in scores]
+        width = max([len(c) for c in cells] or [1])
+        for r, cell in zip(doc["results"], cells):
+            out.write(f"{r['rank']:>3}  {cell:>{width}}  {r['path']}\n")
+        if not doc["results"]:
+            out.write("(no results)\n")
+    if args.html:
+        sys.stderr.write(f"wrote {args.html}\n")
+    return EXIT_OK
+
+
+def _check_graph(index: Any, path: str, metric: str) -> None:
+    """``--ann``: an error naming the command to run when the graph cannot serve ``metric``."""
+    ann = dict(index.info().get("ann") or {})
+    if not ann.get("built"):
+        raise CommandError(f"--ann: the index at {path} has no HNSW graph (build it with "
+                           f"`fastimg index DIR --ann`)")
+    if ann.get("metric") not in (None, metric):
+        raise CommandError(f"--ann: the HNSW graph of {path} serves metric {ann.get('metric')!r}, "
+                           f"not {metric!r} (use --exact, or --metric {ann.get('metric')})")
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from fastimg.dedup import default_threshold, find_duplicates
+    from fastimg.metrics import get_metric
+
+    path = index_path(args)
+    args.metric = check_metric(args.metric)
+    with open_index(args, "r") as index:
+        metric = args.metric or index.metric
+        threshold = args.threshold
+        if threshold is None:
+            threshold = default_threshold(index, metric)
+            if threshold is None:
+                raise UsageError(f"metric {metric!r} has no default duplicate threshold for this index; "
+                                 "give --threshold")
+        higher = bool(get_metric(metric).higher_is_better)
+        show = not args.json and sys.stderr.isatty()
+        progress, bar = progress_bar("duplicates", show)
+        try:
+            groups = find_duplicates(index, threshold=threshold, metric=metric, batch=args.batch,
+                                     progress=progress or None)
+        finally:
+            if bar is not None:
+                bar.close()
+    pairs = sorted((p for g in groups for p in g.pairs), key=lambda p: (p.a, p.b))
+    doc = {
+        "index": path, "metric": metric, "threshold": threshold, "higher_is_better": higher,
+        "groups": [[{"id": i, "path": p} for i, p in zip(g.ids, g.paths)] for g in groups],
+        "pairs": [{"a": p.a, "b": p.b, "score": p.score} for p in pairs],
+    }
+    if args.json:
+        emit_json(doc)
+        return EXIT_OK
+    op = ">=" if higher else "<="
+    if not groups:
+        print(f"no near-duplicates ({metric} {op} {threshold:g})")
+    for i, g in enumerate(doc["groups"], 1):
+        print(("\n" if i > 1 else "") + f"group {i} ({len(g)} images, {metric} {op} {threshold:g}):")
+        for item in g:
+            print(f"  {item['path']}")
+    return EXIT_OK
+

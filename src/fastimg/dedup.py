@@ -1,0 +1,282 @@
+"""Near-duplicate images in an index: every pair within a threshold, grouped.
+
+>>> from fastimg.dedup import find_duplicates          # doctest: +SKIP
+>>> with fastimg.Index.open("photos.fastimg") as index:  # doctest: +SKIP
+...     for group in find_duplicates(index):
+...         print(group.paths)
+
+Every live row is searched against the whole index (``Index.search_batch``,
+``batch`` rows at a time).  A pair of images is a duplicate when its score is
+within the threshold in the metric's own direction (``score >= T`` for
+similarities, ``score <= T`` for distances); groups are the connected
+components of the duplicate pairs (A~B and B~C put A, B and C in one group,
+even if A and C are not within T of each other).
+
+A row starts with ``k`` neighbours; while its ``k``-th neighbour is still a
+duplicate it is searched again with ``4 k``, so no pair is missed whatever the
+size of a group (exact mode).  For an asymmetric metric (chisqr, kl_div) a pair
+counts when either direction is within the threshold; its score is the one with
+the lower id as the query when both directions are within it.
+
+Only the public ``Index`` API is used (``vectors``, ``live_ids``,
+``search_batch``, ``paths``, ``metric``), so any object offering it works.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Union
+
+from fastimg.errors import FastimgError
+
+__all__ = [
+    "DuplicateGroup",
+    "DuplicatePair",
+    "DedupError",
+    "DEFAULT_THRESHOLDS",
+    "HISTOGRAM_THRESHOLDS",
+    "default_threshold",
+    "find_duplicates",
+    "duplicate_pairs",
+    "connected_groups",
+]
+
+#: Default threshold per metric, for any index (scale-free metrics).
+DEFAULT_THRESHOLDS = {"pearson": 0.99, "cosine": 0.99, "bhattacharyya": 0.1}
+#: Defaults of metrics whose scale is fixed only for L1-normalised histograms: they apply
+#: to every built-in descriptor, not to a ``descriptor="custom"`` index's own vectors.
+HISTOGRAM_THRESHOLDS = {"l1": 0.05, "intersect": 0.975}
+
+Progress = Union[bool, None, Callable[[int, int], Any]]
+
+
+class DedupError(FastimgError, ValueError):
+    """A bad argument to :func:`find_duplicates`, or no default threshold for the metric."""
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    """Two duplicate images, ``a < b`` (ids), and the score that links them."""
+
+    a: int
+    b: int
+    score: float
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """A connected group of near-duplicate images.
+
+    Attributes
+    ----------
+    ids : tuple of int
+        Index ids, ascending.
+    paths : tuple of str
+        ``Index.paths(ids)``, in the same order.
+    pairs : tuple of DuplicatePair
+        Every pair of the group within the threshold, sorted by ``(a, b)`` (at
+        least ``len(ids) - 1`` of them: they connect the group).
+    """
+
+    ids: tuple[int, ...]
+    paths: tuple[str, ...]
+    pairs: tuple[DuplicatePair, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _metric(index: Any, metric: Optional[str]) -> Any:
+    from fastimg.metrics import get_metric
+
+    return get_metric(index.metric if metric is None else metric)
+
+
+def default_threshold(index: Any, metric: Optional[str] = None) -> Optional[float]:
+    """The default duplicate threshold of ``metric`` (default: the index's metric).
+
+    :data:`DEFAULT_THRESHOLDS`, plus :data:`HISTOGRAM_THRESHOLDS` unless the index
+    is a ``descriptor="custom"`` one.  ``None`` when the metric has no default
+    (chisqr, chisqr_alt, kl_div, l2; l1 and intersect on a custom index).
+    """
+    name = _metric(index, metric).name
+    if name in DEFAULT_THRESHOLDS:
+        return DEFAULT_THRESHOLDS[name]
+    if name in HISTOGRAM_THRESHOLDS:
+        # info() (it walks the index directory) only for these two metrics
+        descriptor = dict(index.info()["descriptor"]).get("name", "custom")
+        if descriptor != "custom":
+            return HISTOGRAM_THRESHOLDS[name]
+    return None
+
+
+def _check_threshold(threshold: Any) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
+        raise DedupError(f"threshold must be a finite number; got {threshold!r}")
+    return float(threshold)
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise DedupError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def _progress(progress: Progress, total: int) -> tuple[Optional[Callable[[int, int], Any]], Any]:
+    """``(callback, bar)``: a callable is used as is, ``True`` draws a tqdm bar."""
+    if progress is None or progress is False:
+        return None, None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="img", desc="duplicates")
+        return (lambda done, _total: bar.update(done - bar.n)), bar
+    if callable(progress):
+        return progress, None
+    raise DedupError(f"progress must be a bool or a callable(done, total); got {progress!r}")
+
+
+def duplicate_pairs(index: Any, threshold: float, *, metric: Optional[str] = None, k: int = 16,
+                    batch: int = 256, mode: str = "exact", ef: Optional[int] = None,
+                    progress: Progress = None) -> list[DuplicatePair]:
+    """Every pair ``(a < b)`` of live images whose score is within ``threshold``.
+
+    Parameters are those of :func:`find_duplicates` (``threshold`` required).
+
+    Returns
+    -------
+    list of DuplicatePair
+        Sorted by ``(a, b)``.
+    """
+    import numpy as np
+
+    threshold = _check_threshold(threshold)
+    k = _check_count("k", k)
+    batch = _check_count("batch", batch)
+    m = _metric(index, metric)
+    vectors = index.vectors  # row i is id i, deleted rows included: hence live_ids()
+    live = np.asarray(index.live_ids(), dtype=np.int64)
+    n = int(live.size)
+    callback, bar = _progress(progress, n)
+    found: dict[tuple[int, int], float] = {}
+    try:
+        if n < 2:
+            return []
+        extra = {} if ef is None else {"ef": ef}
+        k0 = min(n, k)
+        for start in range(0, n, batch):
+            pending = live[start:start + batch]
+            kk = k0
+            while pending.size:
+                ids, scores = index.search_batch(np.ascontiguousarray(vectors[pending]), kk, metric=m.name,
+                                                 exclude_self=False, mode=mode, **extra)
+                ids = np.asarray(ids, dtype=np.int64)
+                scores = np.asarray(scores, dtype=np.float64)
+                with np.errstate(invalid="ignore"):  # NaN scores pad missing results
+                    ok = (scores >= threshold if m.higher_is_better else scores <= threshold) & (ids >= 0)
+                for r, j in zip(*np.nonzero(ok & (ids != pending[:, None]))):
+                    q, other = int(pending[r]), int(ids[r, j])
+                    key = (q, other) if q < other else (other, q)
+                    if q < other:  # the lower id as the query wins (asymmetric metrics)
+                        found[key] = float(scores[r, j])
+                    else:
+                        found.setdefault(key, float(scores[r, j]))
+                if kk >= n:
+                    break
+                pending = pending[ok[:, -1]]  # rows whose every neighbour so far is a duplicate
+                kk = min(n, kk * 4)
+            if callback is not None:
+                callback(min(start + batch, n), n)
+    finally:
+        if bar is not None:
+            bar.close()
+    return [DuplicatePair(a, b, s) for (a, b), s in sorted(found.items())]
+
+
+def connected_groups(pairs: Iterable[Union[DuplicatePair, tuple]]) -> list[list[int]]:
+    """Connected components of the graph whose edges are ``pairs`` (union-find).
+
+    ``pairs`` holds :class:`DuplicatePair` objects or ``(a, b[, score])`` tuples.
+    Returns the components with at least one edge, each sorted ascending, largest
+    first (ties: lowest first id first).
+    """
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    for p in pairs:
+        a, b = (p.a, p.b) if isinstance(p, DuplicatePair) else (p[0], p[1])
+        ra, rb = find(int(a)), find(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for x in parent:
+        groups.setdefault(find(x), []).append(x)
+    return sorted((sorted(g) for g in groups.values()), key=lambda g: (-len(g), g[0]))
+
+
+def find_duplicates(index: Any, *, threshold: Optional[float] = None, metric: Optional[str] = None,
+                    k: int = 16, batch: int = 256, mode: str = "exact", ef: Optional[int] = None,
+                    progress: Progress = None) -> list[DuplicateGroup]:
+    """Groups of near-duplicate images in an index.
+
+    Parameters
+    ----------
+    index : fastimg.Index
+        An open index (read-only is enough).
+    threshold : float, optional
+        A pair is a duplicate when its score is ``>= threshold`` (similarity
+        metrics: pearson, cosine, intersect) or ``<= threshold`` (distances).
+        Default: :func:`default_threshold` (an error for metrics without one).
+    metric : str, optional
+        Default: the index's metric.  Scores are compared in the index's search
+        space (after its whitening, when one is fitted).
+    k : int, default 16
+        Neighbours fetched per row at first (raised 4x while they are all duplicates).
+    batch : int, default 256
+        Rows searched per ``search_batch`` call.
+    mode : {"exact", "auto", "ann"}, default "exact"
+        The search mode; ``"exact"`` finds every pair, the graph modes may miss
+        some (``ef`` sets the graph's search breadth).
+    ef : int, optional
+        HNSW search breadth for ``mode="ann"`` / ``"auto"``.
+    progress : bool or callable, optional
+        ``progress(done, total)`` after each batch of rows, or ``True`` for a tqdm bar.
+
+    Returns
+    -------
+    list of DuplicateGroup
+        Largest group first (ties: lowest first id first).
+
+    Raises
+    ------
+    DedupError
+        No ``threshold`` and no default for the metric, or a bad argument.
+    """
+    m = _metric(index, metric)
+    if threshold is None:
+        threshold = default_threshold(index, m.name)
+        if threshold is None:
+            raise DedupError(f"metric {m.name!r} has no default duplicate threshold for the index at "
+                             f"{getattr(index, 'path', '?')}; pass threshold=")
+    pairs = duplicate_pairs(index, threshold, metric=m.name, k=k, batch=batch, mode=mode, ef=ef,
+                            progress=progress)
+    groups = connected_groups(pairs)
+    if not groups:
+        return []
+    ids = [i for g in groups for i in g]
+    path_of = dict(zip(ids, index.paths(ids)))
+    group_of = {i: n for n, g in enumerate(groups) for i in g}
+    members: list[list[DuplicatePair]] = [[] for _ in groups]
+    for p in pairs:
+        members[group_of[p.a]].append(p)
+    return [DuplicateGroup(tuple(g), tuple(str(path_of[i]) for i in g), tuple(ps))
+            for g, ps in zip(groups, members)]
