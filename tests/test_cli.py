@@ -21,6 +21,8 @@ import pytest
 
 import fastimg
 from fastimg import cli
+from fastimg.cli.common import json_default
+from fastimg.dedup import DEFAULT_THRESHOLDS, HISTOGRAM_THRESHOLDS
 
 BIN = Path(sys.executable).with_name("fastimg")
 CLASSES = ("beaches", "dinosaurs", "horses")
@@ -130,14 +132,14 @@ def index_info(idx: Path) -> dict:
     from fastimg.index import Index
 
     with Index.open(idx, mode="r") as index:
-        return json.loads(json.dumps(index.info(), default=cli._json_default))
+        return json.loads(json.dumps(index.info(), default=json_default))
 
 
 # --------------------------------------------------------------------------- #
 # help, version, start-up
 # --------------------------------------------------------------------------- #
 
-COMMANDS = ("index", "query", "info", "remove", "compact", "dedup", "descriptors")
+COMMANDS = ("index", "query", "info", "remove", "compact", "dedup", "descriptors", "eval")
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -177,7 +179,8 @@ def _imported_modules(*args: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("args", [("--help",), ("query", "--help"), ("index", "--help"), ("--version",)])
+@pytest.mark.parametrize("args", [("--help",), ("query", "--help"), ("index", "--help"), ("dedup", "--help"),
+                                  ("--version",)])
 def test_help_does_not_import_heavy_modules(args):
     names = _imported_modules(*args)
     assert "fastimg.cli" in names  # the parse saw the CLI itself being imported
@@ -689,8 +692,15 @@ def test_info_json_and_text(built, photos):
     assert text.returncode == 0
     kv = dict(ln.split(": ", 1) for ln in text.stdout.splitlines())
     assert kv["count"] == str(len(photos[1]))
-    flat = dict(cli._flatten(lib))
-    assert set(kv) >= set(flat)
+    def flat(d, prefix=""):  # nested dicts as dotted keys, as the text output prints them
+        for key, value in d.items():
+            if isinstance(value, dict) and value:
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    assert set(kv) >= set(flat(lib))
+    assert kv["descriptor.name"] == lib["descriptor"]["name"] and kv["metric"] == lib["metric"]
 
 
 def test_info_missing_index(tmp_path):
@@ -796,7 +806,7 @@ def test_dedup_default_threshold_finds_the_copies(dup_index):
     idx, root, files = dup_index
     doc = ok_json("dedup", "--index", idx, "--json")
     metric = doc["metric"]
-    assert doc["threshold"] == cli.DEDUP_DEFAULTS[metric]
+    assert doc["threshold"] == DEFAULT_THRESHOLDS[metric]
     _check_dedup(doc, idx, metric, doc["threshold"])
     groups = [{resolved(g["path"]) for g in group} for group in doc["groups"]]
     assert {str(files[0]), str((root / "copy_of_first.jpg").resolve())} in [
@@ -851,7 +861,7 @@ def test_dedup_text_output(dup_index):
 def test_dedup_histogram_defaults_for_l1_and_intersect(dup_index, metric):
     idx, root, files = dup_index
     doc = ok_json("dedup", "--index", idx, "--json", "--metric", metric)
-    assert doc["threshold"] == cli.DEDUP_HISTOGRAM_DEFAULTS[metric]
+    assert doc["threshold"] == HISTOGRAM_THRESHOLDS[metric]
     _check_dedup(doc, idx, metric, doc["threshold"])
     pair = {str(files[0]), str((root / "copy_of_first.jpg").resolve())}
     assert any(pair <= {resolved(g["path"]) for g in group} for group in doc["groups"])
@@ -863,31 +873,6 @@ def test_dedup_needs_a_threshold_for_metrics_without_default(dup_index):
     assert "--threshold" in line
 
 
-def test_union_find_groups_against_scipy():
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        n = int(rng.integers(2, 30))
-        m = int(rng.integers(0, 2 * n))
-        a, b = rng.integers(0, n, m), rng.integers(0, n, m)
-        pairs = [(int(min(x, y)), int(max(x, y)), 0.0) for x, y in zip(a, b) if x != y]
-        got = cli._union_find_groups(pairs)
-        if pairs:
-            pa = np.array([p[0] for p in pairs]); pb = np.array([p[1] for p in pairs])
-            _, labels = connected_components(coo_matrix((np.ones(len(pa)), (pa, pb)), shape=(n, n)),
-                                             directed=False)
-        else:
-            labels = np.arange(n)
-        touched = {p[0] for p in pairs} | {p[1] for p in pairs}
-        want = {}
-        for i in sorted(touched):
-            want.setdefault(labels[i], []).append(i)
-        assert sorted(got) == sorted(want.values())
-        assert [len(g) for g in got] == sorted((len(g) for g in got), reverse=True)
-
-
 # --------------------------------------------------------------------------- #
 # descriptors, eval
 # --------------------------------------------------------------------------- #
@@ -895,7 +880,7 @@ def test_union_find_groups_against_scipy():
 def test_descriptors_listing():
     from fastimg.features.registry import descriptors
 
-    want = json.loads(json.dumps(descriptors(), default=cli._json_default))
+    want = json.loads(json.dumps(descriptors(), default=json_default))
     assert ok_json("descriptors", "--json") == want
     res = run("descriptors")
     assert res.returncode == 0
@@ -910,13 +895,17 @@ def test_descriptors_listing():
 
 
 def test_eval_command_is_wired(tmp_path):
-    """``fastimg eval`` is the evaluation module's own parser (fastimg.eval.add_cli_parser)."""
+    """``fastimg eval --help`` is the full parser (fastimg.cli.evaluating), with the layouts of fastimg.eval."""
     import re
+
+    from fastimg.eval import LAYOUTS
 
     res = run("eval", "--help")
     assert res.returncode == 0, res.stderr
     options = [ln for ln in res.stdout.splitlines() if re.match(r"\s+--layout\b", ln)]
-    assert options, res.stdout
+    assert options and "{" + ",".join(LAYOUTS) + "}" in options[0], res.stdout
+    res = run("eval", tmp_path, "--depth", "0")
+    assert_one_line_error(res, code=2)
 
 
 def test_eval_unavailable_says_so(monkeypatch, capsys):
@@ -930,5 +919,25 @@ def test_eval_unavailable_says_so(monkeypatch, capsys):
 
 
 def test_wants_eval():
-    assert cli._wants_eval(["eval", "x"]) and cli._wants_eval(["--debug", "eval"])
-    assert not cli._wants_eval(["query", "eval"]) and not cli._wants_eval(["--help"])
+    from fastimg.cli.evaluating import wants_eval
+
+    assert wants_eval(["eval", "x"]) and wants_eval(["--debug", "eval"])
+    assert not wants_eval(["query", "eval"]) and not wants_eval(["--help"]) and not wants_eval(["--", "eval"])
+
+
+def test_query_and_dedup_do_not_walk_the_index(dup_index, monkeypatch, capsys):
+    """``Index.info()`` walks the whole index directory: a plain query and a dedup with the
+    index's own metric (bhattacharyya, a scale-free default) read index.metric instead."""
+    from fastimg.index import Index
+
+    idx, root, files = dup_index
+
+    def no_info(self):
+        raise AssertionError("info() called")
+
+    monkeypatch.setattr(Index, "info", no_info)
+    assert cli.main(["query", str(files[0]), "--index", str(idx), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["metric"] == "bhattacharyya" and len(doc["results"]) == 9
+    assert cli.main(["dedup", "--index", str(idx), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["threshold"] == DEFAULT_THRESHOLDS["bhattacharyya"]

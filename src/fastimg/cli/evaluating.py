@@ -112,8 +112,7 @@ measures: map, map@K, p@K, r@K, ns
 re-rankings: qe, alpha-qe, dba, k-reciprocal, with parameters as name:param=value,...
 
 examples:
-  fastimg eval ../shared/data/corel1k --layout folders --descriptor hsv --metric bhattacharyya \\
-      --rerank none --rerank k-reciprocal
+  fastimg eval ../shared/data/corel1k --descriptor hsv --rerank none --rerank k-reciprocal
   fastimg eval ../shared/data/ukbench56 --layout ukbench --json
   fastimg eval DIR --layout holidays --rerank none --rerank qe -o results.json""")
     p.add_argument("dir", metavar="DIR", help="the labelled image collection")

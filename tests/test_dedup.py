@@ -1,0 +1,250 @@
+"""fastimg.dedup against a brute force: every ordered pair scored independently
+(NumPy for l1/l2/cosine, ``cv2.compareHist`` for the histogram metrics), the
+duplicate pairs listed by hand, and the groups from SciPy's connected components.
+
+The vectors are generated: random histograms, near-copies of some of them, a
+chain (A~B, B~C, A and C too far apart), a group larger than the first search's
+``k`` (so rows must be searched again), an exact duplicate, and a deleted row.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from fastimg import FastimgError
+from fastimg.dedup import (
+    DEFAULT_THRESHOLDS,
+    HISTOGRAM_THRESHOLDS,
+    DedupError,
+    DuplicatePair,
+    connected_groups,
+    default_threshold,
+    duplicate_pairs,
+    find_duplicates,
+)
+from fastimg.index import Index
+
+D = 72
+HIGHER = {"pearson": True, "cosine": True, "intersect": True}
+CV2 = {"pearson": cv2.HISTCMP_CORREL, "bhattacharyya": cv2.HISTCMP_BHATTACHARYYA, "intersect": cv2.HISTCMP_INTERSECT,
+       "chisqr": cv2.HISTCMP_CHISQR}
+
+
+def _vectors() -> tuple[np.ndarray, int]:
+    """Rows of L1-normalised histograms, and the row that gets deleted."""
+    rng = np.random.default_rng(7)
+
+    def hist(n):
+        return rng.dirichlet(np.full(D, 0.3), size=n)
+
+    def jitter(v, n, eps):
+        out = np.abs(v[None, :] + rng.normal(0, eps / D, size=(n, D)))
+        return out / out.sum(axis=1, keepdims=True)
+
+    singles = hist(45)
+    a, far = hist(2)
+    chain = np.stack([(1 - t) * a + t * far for t in (0.0, 0.04, 0.08)])  # l1 steps: 0.04 |a - far|_1
+    big = jitter(hist(1)[0], 40, 1e-3)                 # a group larger than k (16)
+    small = jitter(hist(1)[0], 3, 2e-2)
+    twin = hist(1)
+    rows = np.vstack([singles[:20], chain, big[:20], small, twin, singles[20:], twin, big[20:]])
+    deleted = 20 + 3 + 20  # the first row of `small`
+    return rows.astype(np.float32), deleted
+
+
+def _scores(metric: str, x: np.ndarray) -> np.ndarray:
+    """S[q, r]: the metric with row q as the query (float64)."""
+    x64 = x.astype(np.float64)
+    if metric == "l1":
+        return np.abs(x64[:, None, :] - x64[None, :, :]).sum(axis=2)
+    if metric == "l2":
+        return np.sqrt(((x64[:, None, :] - x64[None, :, :]) ** 2).sum(axis=2))
+    if metric == "cosine":
+        u = x64 / np.linalg.norm(x64, axis=1, keepdims=True)
+        return u @ u.T
+    n = len(x)
+    return np.array([[cv2.compareHist(x[q], x[r], CV2[metric]) for r in range(n)] for q in range(n)])
+
+
+def _oracle(metric: str, x: np.ndarray, live: list[int], threshold: float):
+    """{(a, b): score} of the duplicate pairs, and the groups (sets of ids) with >= 2 members."""
+    s = _scores(metric, x)
+    higher = HIGHER.get(metric, False)
+    sub = s[np.ix_(live, live)]
+    off = ~np.eye(len(live), dtype=bool)
+    gap = np.abs(sub[off] - threshold).min()
+    assert gap > 1e-4 * max(1.0, abs(threshold)), f"a pair sits on the threshold ({gap:g})"  # no float32 ambiguity
+    within = (s >= threshold) if higher else (s <= threshold)
+    pairs = {}
+    for a in live:
+        for b in live:
+            if a < b and (within[a, b] or within[b, a]):
+                pairs[(a, b)] = s[a, b] if within[a, b] else s[b, a]  # the lower id as the query first
+    n = len(x)
+    ia = np.array([p[0] for p in pairs] or [0])
+    ib = np.array([p[1] for p in pairs] or [0])
+    _, labels = connected_components(coo_matrix((np.ones(ia.size), (ia, ib)), shape=(n, n)), directed=False)
+    groups = {}
+    for i in live:
+        groups.setdefault(labels[i], set()).add(i)
+    return pairs, [g for g in groups.values() if len(g) > 1]
+
+
+def _build(tmp_path, name: str, metric: str, *, custom: bool = True) -> tuple[Index, np.ndarray, list[int]]:
+    x, deleted = _vectors()
+    kwargs = {"descriptor": "custom", "dim": D} if custom else {}
+    index = Index.create(tmp_path / name, metric=metric, **kwargs)
+    index.add_vectors(x, [f"img/{i:03d}.jpg" for i in range(len(x))])
+    index.remove(f"img/{deleted:03d}.jpg")
+    live = [i for i in range(len(x)) if i != deleted]
+    return index, x, live
+
+
+@pytest.fixture(scope="module")
+def histogram_index(tmp_path_factory):
+    """An hsv72 index (built-in histogram descriptor) of the generated histograms, default metric l1."""
+    index, x, live = _build(tmp_path_factory.mktemp("dedup"), "h", "l1", custom=False)
+    yield index, x, live
+    index.close()
+
+
+def _check(groups, index, x, live, metric, threshold):
+    pairs, want_groups = _oracle(metric, x, live, threshold)
+    got = {(p.a, p.b): p.score for g in groups for p in g.pairs}
+    assert set(got) == set(pairs)
+    for key, score in got.items():
+        assert score == pytest.approx(pairs[key], rel=1e-5, abs=1e-6), key
+    assert sorted(map(sorted, (set(g.ids) for g in groups))) == sorted(map(sorted, want_groups))
+    # each group: ids ascending, paths of those ids, its own pairs sorted, largest group first
+    for g in groups:
+        assert list(g.ids) == sorted(g.ids) and len(g) == len(g.ids)
+        assert list(g.paths) == index.paths(list(g.ids))
+        assert [(p.a, p.b) for p in g.pairs] == sorted((p.a, p.b) for p in g.pairs)
+        assert {i for p in g.pairs for i in (p.a, p.b)} == set(g.ids)
+    assert [(-len(g), g.ids[0]) for g in groups] == sorted((-len(g), g.ids[0]) for g in groups)
+    return pairs, want_groups
+
+
+@pytest.mark.parametrize("metric,threshold", [
+    ("l1", 0.1), ("l2", 0.01), ("cosine", 0.99), ("pearson", 0.99), ("bhattacharyya", 0.1),
+    ("intersect", 0.95), ("chisqr", 0.02),
+])
+def test_find_duplicates_matches_brute_force(histogram_index, metric, threshold):
+    index, x, live = histogram_index
+    groups = find_duplicates(index, metric=metric, threshold=threshold, k=2, batch=7)
+    _, want = _check(groups, index, x, live, metric, threshold)
+    assert max(len(g) for g in want) >= 39  # the large group (deleted row aside) was found whole
+
+
+def test_chain_is_one_group_and_the_large_group_is_complete(histogram_index):
+    """l1 at 0.1: the chain's ends are 0.08 |a - far|_1 apart (> 0.1), linked through the middle."""
+    index, x, live = histogram_index
+    chain = [20, 21, 22]
+    ends = np.abs(x[20].astype(np.float64) - x[22]).sum()
+    assert ends > 0.1 and np.abs(x[20].astype(np.float64) - x[21]).sum() < 0.1
+    groups = find_duplicates(index, threshold=0.1)  # k=16: the 39-member group needs two more searches
+    ids = [set(g.ids) for g in groups]
+    assert set(chain) in ids
+    assert (20, 22) not in {(p.a, p.b) for g in groups for p in g.pairs}
+    big = set(range(23, 43)) | set(range(len(x) - 20, len(x)))
+    assert big in ids
+    assert len(next(g for g in groups if set(g.ids) == big).pairs) == 40 * 39 // 2
+
+
+def test_exact_twins_score_zero(histogram_index):
+    index, x, live = histogram_index
+    twins = [i for i in live if i != 46 and np.array_equal(x[i], x[46])]
+    assert twins == [len(x) - 21]
+    pairs = duplicate_pairs(index, 1e-9, metric="l1")
+    assert pairs == [DuplicatePair(46, len(x) - 21, 0.0)]
+
+
+def test_deleted_rows_are_left_out(histogram_index):
+    index, x, live = histogram_index
+    deleted = sorted(set(range(len(x))) - set(live))
+    assert index.deleted_ids().tolist() == deleted
+    groups = find_duplicates(index, metric="l1", threshold=0.1)
+    assert not set(deleted) & {i for g in groups for i in g.ids}
+    # the deleted row's near-copies still form their group of two
+    assert {deleted[0] + 1, deleted[0] + 2} in [set(g.ids) for g in groups]
+
+
+def test_default_thresholds(histogram_index, tmp_path):
+    index, x, live = histogram_index
+    assert default_threshold(index) == HISTOGRAM_THRESHOLDS["l1"] == 0.05
+    for metric, t in {**DEFAULT_THRESHOLDS, **HISTOGRAM_THRESHOLDS}.items():
+        assert default_threshold(index, metric) == t
+    assert default_threshold(index, "chisqr") is None
+    groups = find_duplicates(index)  # the index's metric (l1) and its default
+    _check(groups, index, x, live, "l1", 0.05)
+    custom, _, _ = _build(tmp_path, "c", "l1")
+    with custom:
+        assert default_threshold(custom) is None  # l1's scale is fixed only for histograms
+        assert default_threshold(custom, "cosine") == DEFAULT_THRESHOLDS["cosine"]
+        with pytest.raises(DedupError, match="'l1' has no default duplicate threshold"):
+            find_duplicates(custom)
+        with pytest.raises(DedupError, match="'chisqr' has no default"):
+            find_duplicates(index, metric="chisqr")
+
+
+def test_progress_callback_counts_rows(histogram_index):
+    index, x, live = histogram_index
+    seen = []
+    duplicate_pairs(index, 0.1, metric="l1", batch=30, progress=lambda done, total: seen.append((done, total)))
+    n = len(live)
+    assert seen == [(min(s + 30, n), n) for s in range(0, n, 30)]
+
+
+def test_bad_arguments(histogram_index):
+    index, _, _ = histogram_index
+    for kwargs, match in [({"threshold": math.nan}, "finite number"), ({"threshold": True}, "finite number"),
+                          ({"threshold": 0.1, "k": 0}, "k must be a positive integer"),
+                          ({"threshold": 0.1, "batch": 2.5}, "batch must be a positive integer"),
+                          ({"threshold": 0.1, "progress": "yes"}, "progress must be")]:
+        with pytest.raises(DedupError, match=match) as info:
+            find_duplicates(index, **kwargs)
+        assert isinstance(info.value, FastimgError) and isinstance(info.value, ValueError)
+
+
+def test_graph_mode_finds_the_same_pairs_on_a_small_index(tmp_path):
+    index, x, live = _build(tmp_path, "g", "cosine")
+    with index:
+        index.build_ann()
+        exact = duplicate_pairs(index, 0.995)
+        ann = duplicate_pairs(index, 0.995, mode="ann", ef=200)
+    assert len(exact) > 40 * 39 // 2
+    assert [(p.a, p.b) for p in ann] == [(p.a, p.b) for p in exact]
+
+
+def test_empty_and_single_row_indexes(tmp_path):
+    with Index.create(tmp_path / "e", descriptor="custom", dim=3) as index:
+        assert find_duplicates(index, threshold=0.5) == []
+        index.add_vectors(np.ones((1, 3), np.float32), ["one"])
+        assert find_duplicates(index, threshold=-1.0) == []
+
+
+def test_connected_groups_against_scipy():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(2, 30))
+        m = int(rng.integers(0, 2 * n))
+        a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+        pairs = [(int(min(x, y)), int(max(x, y)), 0.0) for x, y in zip(a, b) if x != y]
+        got = connected_groups(pairs)
+        assert got == connected_groups([DuplicatePair(p, q, s) for p, q, s in pairs])
+        if pairs:
+            pa, pb = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+            _, labels = connected_components(coo_matrix((np.ones(len(pa)), (pa, pb)), shape=(n, n)), directed=False)
+        else:
+            labels = np.arange(n)
+        touched = {p[0] for p in pairs} | {p[1] for p in pairs}
+        want = {}
+        for i in sorted(touched):
+            want.setdefault(labels[i], []).append(i)
+        assert sorted(got) == sorted(want.values())
+        assert [(-len(g), g[0]) for g in got] == sorted((-len(g), g[0]) for g in got)
