@@ -473,6 +473,7 @@ def test_names_are_case_insensitive_and_cached():
 
 @pytest.fixture
 def scratch_registry():
+    descriptors()  # the built-ins and plug-ins loaded first, so the restored tables keep them
     before_exact, before_prefix = dict(registry._EXACT), dict(registry._PREFIX)
     yield
     registry._EXACT.clear()
@@ -626,7 +627,8 @@ def test_describe_many_uses_compute_batch_and_isolates_failures(scratch_registry
                                                      default_metric="l2"))
     imgs = [np.full((3, 3, 3), v, np.uint8) for v in (1, 2, 3, 4, 5, 13, 7)] + [np.zeros((2, 2), np.float32)]
     mat, errors = describe_many(imgs, "zz-batch", workers=2)
-    assert batches[0] == 4 and sum(batches) >= 6
+    # batch 1: images 0-3; batch 2: images 4-6 (7 fails to load), 13 poisons it: one by one after
+    assert batches == [4, 3]
     np.testing.assert_allclose(mat[:5, 0], [1, 2, 3, 4, 5])
     assert mat[6, 0] == 7
     assert set(errors) == {5, 7}
@@ -830,3 +832,67 @@ def test_describe_one_image_does_not_import_numba(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "True"]
+
+
+# ---------------------------------------------------------------------------
+# module structure: base / registry / classic
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("first", ["fastimg.features.classic", "fastimg.features.registry",
+                                   "fastimg.features.base", "fastimg.features.deep"])
+def test_builtins_registered_whatever_is_imported_first(first):
+    """classic registers the built-ins itself; the registry imports it on first use (no cycle)."""
+    import subprocess
+    import sys
+
+    code = (f"import importlib, sys; importlib.import_module({first!r})\n"
+            "from fastimg.features import registry\n"
+            "names = sorted(d['name'] for d in registry.descriptors())\n"
+            "print(' '.join(names))\n"
+            "print('numba' in sys.modules, 'cv2' in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    names, heavy = res.stdout.splitlines()
+    assert {"hsv72", "rgb64", "rgb512", "hsv", "spatial-hsv72", "correlogram", "lbp", "ehd", "cedd", "combo",
+            "classic", "classic-fast"} <= set(names.split())
+    assert heavy == "False False"  # listing the descriptors builds them without a kernel or OpenCV
+
+
+def test_register_before_first_use_cannot_shadow_a_builtin():
+    import subprocess
+    import sys
+
+    code = ("from fastimg.features import registry\n"
+            "from fastimg.features.base import Descriptor\n"
+            "try:\n"
+            "    registry.register('hsv72', lambda: Descriptor('hsv72', 1, lambda b: [0.0]))\n"
+            "except registry.DescriptorError as exc:\n"
+            "    print(exc)\n"
+            "print(registry.get_descriptor('hsv72').dim)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["descriptor 'hsv72' is already registered", "72"]
+
+
+def test_check_bgr_accepts_only_uint8_bgr():
+    from fastimg.features.base import check_bgr
+
+    check_bgr(np.zeros((2, 3, 3), np.uint8))
+    check_bgr(np.zeros((5, 5, 3), np.uint8)[::2, ::-1])  # views are fine
+    for bad, what in [(np.zeros((2, 3), np.uint8), "shape (2, 3)"), (np.zeros((2, 3, 4), np.uint8), "(2, 3, 4)"),
+                      (np.zeros((2, 3, 3), np.uint16), "uint16"), ([[0, 0, 0]], "list"),
+                      (np.zeros((0, 3, 3), np.uint8), "empty image")]:
+        with pytest.raises(ImageError, match="invalid array") as info:
+            check_bgr(bad)
+        assert what in str(info.value)
+
+
+def test_raw_is_compute_before_shrinking_and_float32():
+    img = _rand(30, 700, 12)  # longer than the working size (512)
+    for name in ("hsv72", "lbp", "spatial-rgb64"):
+        d = get_descriptor(name)
+        raw = d.raw(img)
+        assert raw.dtype == np.float64  # the compute function's own values, not converted
+        np.testing.assert_array_equal(d.raw(img, single=True), raw)
+        np.testing.assert_array_equal(get_descriptor(name, max_side=None).compute(img), raw.astype(np.float32))
+        assert not np.array_equal(d.compute(img), raw.astype(np.float32))  # compute() shrinks first
+

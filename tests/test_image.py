@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fastimg.errors import FastimgError, ImageError
-from fastimg.image import image_size, load_image, sniff_format
+from fastimg.image import image_size, load_image, shrink_to, sniff_format
 
 
 def _photo(h=48, w=64, seed=0) -> np.ndarray:
@@ -172,6 +172,24 @@ def test_max_side_shrinks_arrays_with_inter_area():
     out = load_image(img, max_side=150)
     assert out.shape == (150, 100, 3)
     np.testing.assert_array_equal(out, cv2.resize(img, (100, 150), interpolation=cv2.INTER_AREA))
+
+
+@pytest.mark.parametrize("h,w,side,size", [
+    (300, 200, 150, (100, 150)),   # exact ratio
+    (999, 10, 100, (1, 100)),      # 10 * 100 / 999 = 1.001 -> 1 column
+    (10, 1001, 7, (7, 1)),         # a side that would round to 0 is kept at 1 pixel
+    (333, 500, 256, (256, 170)),   # 333 * 256 / 500 = 170.496 -> 170 rows
+])
+def test_shrink_to_sizes_and_pixels(h, w, side, size):
+    img = _photo(h, w)
+    out = shrink_to(img, side)
+    assert (out.shape[1], out.shape[0]) == size and max(out.shape[:2]) == side
+    np.testing.assert_array_equal(out, cv2.resize(img, size, interpolation=cv2.INTER_AREA))
+
+
+def test_shrink_to_returns_small_images_unchanged():
+    img = _photo(40, 60)
+    assert shrink_to(img, 60) is img and shrink_to(img, 1000) is img and shrink_to(img, None) is img
 
 
 def test_reduced_jpeg_decode_close_to_full_decode_then_resize():
