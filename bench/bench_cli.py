@@ -63,7 +63,7 @@ def synthetic_index(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("bench-cli") / "synthetic.fastimg"
     rng = np.random.default_rng(0)
     with Index.create(path) as index:
-        dim = int(index.info()["dim"])
+        dim = index.dim
         step = 50_000
         for start in range(0, N, step):
             n = min(step, N - start)
@@ -108,8 +108,8 @@ def test_query_end_to_end(benchmark, synthetic_index, tmp_path, mode, query):
 # The console script's own code, run with ``python -c``; the baseline first forces every
 # Descriptor.compute onto the Numba kernel path (single=False), as before the single-image path.
 _CLI = "import sys; from fastimg.cli import main; sys.argv[0] = 'fastimg'; sys.exit(main())"
-_CLI_KERNEL = ("import fastimg.features.registry as r; _c = r.Descriptor.compute; "
-               "r.Descriptor.compute = lambda self, bgr, single=False: _c(self, bgr); " + _CLI)
+_CLI_KERNEL = ("import fastimg.features.base as b; _c = b.Descriptor.compute; "
+               "b.Descriptor.compute = lambda self, bgr, single=False: _c(self, bgr); " + _CLI)
 
 
 def _run_py(code: str, *args: str) -> tuple[float, subprocess.CompletedProcess]:
