@@ -814,9 +814,6 @@ def test_hsv_descriptor_single_path_falls_back_to_compute():
 def test_describe_one_image_does_not_import_numba(tmp_path):
     """A query describes one image: hsv72, rgbN, spatial-hsv72, lbp, classic-fast must not start Numba
     (about a second of import and cache loading); describe_many still uses the kernels."""
-    import subprocess
-    import sys
-
     path = tmp_path / "q.png"
     cv2.imwrite(str(path), _rand(40, 60, 11))
     code = (
@@ -829,48 +826,45 @@ def test_describe_one_image_does_not_import_numba(tmp_path):
         "fastimg.describe_many([p, p], 'hsv72', workers=1)\n"
         "print('numba' in sys.modules)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["False", "True"]
+    assert _python(code).split() == ["False", "True"]
 
 
 # ---------------------------------------------------------------------------
 # module structure: base / registry / classic
 # ---------------------------------------------------------------------------
+def _python(code: str) -> str:
+    """Standard output of ``code`` run by a fresh interpreter (which must succeed)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
 @pytest.mark.parametrize("first", ["fastimg.features.classic", "fastimg.features.registry",
                                    "fastimg.features.base", "fastimg.features.deep"])
 def test_builtins_registered_whatever_is_imported_first(first):
     """classic registers the built-ins itself; the registry imports it on first use (no cycle)."""
-    import subprocess
-    import sys
-
-    code = (f"import importlib, sys; importlib.import_module({first!r})\n"
-            "from fastimg.features import registry\n"
-            "names = sorted(d['name'] for d in registry.descriptors())\n"
-            "print(' '.join(names))\n"
-            "print('numba' in sys.modules, 'cv2' in sys.modules)\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    names, heavy = res.stdout.splitlines()
+    names, heavy = _python(f"import importlib, sys; importlib.import_module({first!r})\n"
+                           "from fastimg.features import registry\n"
+                           "names = sorted(d['name'] for d in registry.descriptors())\n"
+                           "print(' '.join(names))\n"
+                           "print('numba' in sys.modules, 'cv2' in sys.modules)\n").splitlines()
     assert {"hsv72", "rgb64", "rgb512", "hsv", "spatial-hsv72", "correlogram", "lbp", "ehd", "cedd", "combo",
             "classic", "classic-fast"} <= set(names.split())
     assert heavy == "False False"  # listing the descriptors builds them without a kernel or OpenCV
 
 
 def test_register_before_first_use_cannot_shadow_a_builtin():
-    import subprocess
-    import sys
-
-    code = ("from fastimg.features import registry\n"
-            "from fastimg.features.base import Descriptor\n"
-            "try:\n"
-            "    registry.register('hsv72', lambda: Descriptor('hsv72', 1, lambda b: [0.0]))\n"
-            "except registry.DescriptorError as exc:\n"
-            "    print(exc)\n"
-            "print(registry.get_descriptor('hsv72').dim)\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == ["descriptor 'hsv72' is already registered", "72"]
+    out = _python("from fastimg.features import registry\n"
+                  "from fastimg.features.base import Descriptor\n"
+                  "try:\n"
+                  "    registry.register('hsv72', lambda: Descriptor('hsv72', 1, lambda b: [0.0]))\n"
+                  "except registry.DescriptorError as exc:\n"
+                  "    print(exc)\n"
+                  "print(registry.get_descriptor('hsv72').dim)\n")
+    assert out.splitlines() == ["descriptor 'hsv72' is already registered", "72"]
 
 
 def test_check_bgr_accepts_only_uint8_bgr():
