@@ -1,0 +1,4 @@
+"""ImageNet backbones built without torch.
+
+``fastimg.nets.pth``  read a PyTorch ``.pth`` state dict as NumPy arrays.
+"""
