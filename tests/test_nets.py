@@ -144,6 +144,38 @@ def test_pth_reader_refuses_a_storage_count_that_disagrees_with_the_pickle(tmp_p
         load_state_dict(path)
 
 
+@pytest.mark.parametrize("target", [b"ctorch\nFloatStorage\n", b"ctorch._utils\n_rebuild_tensor_v2\n"])
+def test_pth_reader_whitelisted_globals_cannot_be_altered_by_the_pickle(tmp_path: Path, target: bytes) -> None:
+    # GLOBAL <target>; BUILD it with {"name": "DoubleStorage"}: must fail, and must not leak into later loads
+    text = lambda s: b"X" + struct.pack("<I", len(s)) + s.encode()  # noqa: E731
+    evil = b"\x80\x02" + target + b"}" + text("name") + text("DoubleStorage") + b"sb."
+    path = tmp_path / "build.pth"
+    path.write_bytes(_legacy_bytes(evil, []))
+    with pytest.raises(WeightFileError, match=r"build\.pth: "):
+        load_state_dict(path)
+    assert load_state_dict(DATA / "pth_legacy.pth")["f32"].dtype == np.float32
+
+
+def test_pth_reader_refuses_a_zip_storage_of_the_wrong_size(tmp_path: Path) -> None:
+    path = tmp_path / "resized.pth"
+    with zipfile.ZipFile(DATA / "pth_zip.pth") as src, zipfile.ZipFile(path, "w") as dst:
+        members = src.namelist()
+        first = next(n for n in members if "/data/" in n)
+        for n in members:
+            dst.writestr(n, src.read(n) + (b"\0" * 4 if n == first else b""))
+    with pytest.raises(WeightFileError, match=r"storage \d+ has \d+ bytes, expected \d+ \(\d+ elements\)"):
+        load_state_dict(path)
+
+
+def test_pth_reader_refuses_a_tensor_larger_than_its_storage(tmp_path: Path) -> None:
+    path = tmp_path / "big.pth"
+    good = struct.pack("<q", 3) + struct.pack("<3f", 1, 2, 3)
+    obj = _one_tensor_pickle().replace(b"K\x03\x85K\x01\x85", b"J\x00\xe1\xf5\x05\x85K\x00\x85")  # 1e8, stride 0
+    path.write_bytes(_legacy_bytes(obj, ["0"], good))
+    with pytest.raises(WeightFileError, match="has 100000000 elements, more than its storage's 3"):
+        load_state_dict(path)
+
+
 @pytest.mark.parametrize("content", [b"", b"hello world", b"\x80\x02K\x05.", b"PK\x03\x04garbage"])
 def test_pth_reader_refuses_files_that_are_not_pth(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "x.pth"

@@ -114,9 +114,10 @@ class WeightFileError(DescriptorError):
 # ----------------------------------------------------------------------------
 # stand-ins for the torch objects a state-dict pickle builds
 # ----------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _StorageType:
-    """Stand-in for a ``torch.<Name>Storage`` class or a ``torch`` dtype."""
+    """Stand-in for a ``torch.<Name>Storage`` class or a ``torch`` dtype
+    (slotted and frozen, so a pickle's BUILD opcode cannot alter it)."""
 
     name: str
 
@@ -231,19 +232,41 @@ def _rebuild_parameter(data: Any, *_: Any) -> Any:
     return data
 
 
-_SAFE_GLOBALS: Dict[Tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
+class _Callable:
+    """A whitelisted function as the pickle sees it: slotted, so BUILD
+    opcodes aimed at it fail instead of setting attributes on our module's
+    functions."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self._fn(*args)
+
+
+_SAFE_FUNCTIONS: Dict[Tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
 }
-_SAFE_GLOBALS.update({("torch", name): _StorageType(name) for name in _STORAGE_DTYPES})
-_SAFE_GLOBALS.update({("torch", name): _StorageType(st) for name, st in _TORCH_DTYPES.items()})
+_SAFE_TYPES: Dict[Tuple[str, str], str] = {("torch", name): name for name in _STORAGE_DTYPES}
+_SAFE_TYPES.update({("torch", name): st for name, st in _TORCH_DTYPES.items()})
+
+
+def _safe_global(module: str, name: str) -> Any:
+    """A fresh stand-in for one whitelisted global (KeyError otherwise)."""
+    if (module, name) == ("collections", "OrderedDict"):
+        return collections.OrderedDict  # a C type: its attributes cannot be set
+    if (module, name) in _SAFE_FUNCTIONS:
+        return _Callable(_SAFE_FUNCTIONS[(module, name)])
+    return _StorageType(_SAFE_TYPES[(module, name)])
 
 
 class _StateDictUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only :data:`_SAFE_GLOBALS` and turns storage
+    """Unpickler that resolves only the globals of :func:`_safe_global` and turns storage
     persistent ids into :class:`_Storage` records.
 
     Parameters
@@ -264,7 +287,7 @@ class _StateDictUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
         try:
-            return _SAFE_GLOBALS[(module, name)]
+            return _safe_global(module, name)
         except (KeyError, TypeError):
             raise _Refused(
                 f"the pickle asks for the global {module}.{name}, which a plain state dict does not "
@@ -383,12 +406,13 @@ def _read_zip(path: Path) -> Tuple[Any, Dict[str, _Storage]]:
         for key, st in storages.items():
             member = f"{prefix}data/{key}"
             try:
-                blob = zf.read(member)
+                info = zf.getinfo(member)
             except KeyError:
                 raise _Refused(f"storage {key} has no member {member!r}") from None
             nbytes = st.numel * st.stype.dtype.itemsize
-            if len(blob) != nbytes:
-                raise _Refused(f"storage {key} has {len(blob)} bytes, expected {nbytes} ({st.numel} elements)")
+            if info.file_size != nbytes:  # checked before reading: no zip bomb
+                raise _Refused(f"storage {key} has {info.file_size} bytes, expected {nbytes} ({st.numel} elements)")
+            blob = zf.read(info)
             st.data = np.frombuffer(blob, dtype=st.stype.dtype)
     return obj, storages
 
@@ -402,6 +426,11 @@ def _materialise(t: _PendingTensor) -> np.ndarray:
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
     if n == 0:
         out = np.empty(shape, dtype=base.dtype)
+    elif n > base.size:
+        raise _Refused(
+            f"tensor of size {shape} has {n} elements, more than its storage's {base.size} "
+            "(broadcast strides are not supported)"
+        )
     else:
         last = t.offset + sum((d - 1) * s for d, s in zip(shape, strides))
         if last >= base.size:
