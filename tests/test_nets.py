@@ -1,4 +1,4 @@
-"""fastimg.nets: the torch-free .pth reader, the ONNX backbones and their weights.
+"""fastimg.features.nets: the torch-free .pth reader, the ONNX backbones and their weights.
 
 The oracles come from outside our code: ``tests/data/pth_*.pth`` were written
 by real torch 2.13 (``tests/data/make_pth_fixtures.py``), and
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from fastimg.errors import DescriptorError
-from fastimg.nets.pth import LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, WeightFileError, load_state_dict
+from fastimg.features.nets.pth import LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, WeightFileError, load_state_dict
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -202,10 +202,10 @@ def test_pth_reader_missing_file_is_file_not_found(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------
 # graph builders (no weights needed)
 # ----------------------------------------------------------------------------
-from fastimg.nets.backbones import BACKBONES, BackboneSpec, build_backbone, find_weights  # noqa: E402
-from fastimg.nets.efficientnet import build_efficientnet_lite, lite_blocks  # noqa: E402
-from fastimg.nets.mobilenet import build_mobilenet_v2, mobilenet_v2_blocks  # noqa: E402
-from fastimg.nets.onnx_build import fold_batchnorm  # noqa: E402
+from fastimg.features.nets.backbones import BACKBONES, BackboneSpec, build_backbone, find_weights  # noqa: E402
+from fastimg.features.nets.efficientnet import build_efficientnet_lite, lite_blocks  # noqa: E402
+from fastimg.features.nets.mobilenet import build_mobilenet_v2, mobilenet_v2_blocks  # noqa: E402
+from fastimg.features.nets.onnx_build import fold_batchnorm  # noqa: E402
 
 
 def test_block_tables_follow_the_reference_networks() -> None:

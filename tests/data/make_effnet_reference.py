@@ -38,7 +38,7 @@ It writes, next to this script:
     first) and ``b/photo/p/top5_logits``, the photo read with ``cv2.imread``,
     converted to RGB and resized to the square input size (INTER_AREA).
 
-Preprocessing (per backbone, the same as ``fastimg.nets.backbones``):
+Preprocessing (per backbone, the same as ``fastimg.features.nets.backbones``):
 EfficientNet-Lite ``(rgb - 127) / 128`` (``MEAN_RGB``/``STDDEV_RGB`` of
 ``tensorflow/tpu``'s ``efficientnet_lite_builder.py``); MobileNetV2
 ``(rgb / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]``.

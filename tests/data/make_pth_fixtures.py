@@ -12,7 +12,7 @@ and wrote, next to this script:
 ``pth_zip.pth``      the state dict below, ``torch.save`` default (zip) container
 ``pth_legacy.pth``   the same, ``_use_new_zipfile_serialization=False`` (legacy)
 ``pth_expected.npz`` every tensor as ``tensor.numpy()`` (bfloat16 widened to
-                     float32), the oracle for ``fastimg.nets.pth.load_state_dict``
+                     float32), the oracle for ``fastimg.features.nets.pth.load_state_dict``
 
 The state dict covers what a reader can get wrong: every common dtype, a 0-d
 and an empty tensor, a transposed (non-contiguous) tensor, two slices sharing

@@ -243,7 +243,7 @@ class GraphBuilder:
         model = helper.make_model(
             graph,
             opset_imports=[helper.make_opsetid("", OPSET)],
-            producer_name="fastimg.nets",
+            producer_name="fastimg.features.nets",
             ir_version=IR_VERSION,
         )
         if metadata:

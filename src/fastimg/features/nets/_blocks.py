@@ -7,8 +7,8 @@ from typing import Mapping, Set, Tuple
 
 import numpy as np
 
-from fastimg.nets.onnx_build import fold_batchnorm
-from fastimg.nets.pth import WeightFileError
+from fastimg.features.nets.onnx_build import fold_batchnorm
+from fastimg.features.nets.pth import WeightFileError
 
 __all__ = ["MBConv", "StateDictShapes"]
 

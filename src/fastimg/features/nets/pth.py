@@ -25,7 +25,7 @@ needs (``collections.OrderedDict``, the tensor-rebuild functions, the
 stand-in; any other global (``os.system``, ``builtins.eval``, a model class
 ...) is refused with :class:`WeightFileError` before anything is called.
 
-    >>> from fastimg.nets.pth import load_state_dict
+    >>> from fastimg.features.nets.pth import load_state_dict
     >>> sd = load_state_dict("efficientnet-lite0-57934424.pth")  # doctest: +SKIP
     >>> sd["_conv_stem.weight"].shape                             # doctest: +SKIP
     (32, 3, 3, 3)

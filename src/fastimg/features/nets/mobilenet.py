@@ -23,8 +23,8 @@ from typing import Any, List, Mapping, Tuple
 
 import numpy as np
 
-from fastimg.nets._blocks import MBConv, StateDictShapes
-from fastimg.nets.onnx_build import GraphBuilder
+from fastimg.features.nets._blocks import MBConv, StateDictShapes
+from fastimg.features.nets.onnx_build import GraphBuilder
 
 __all__ = ["mobilenet_v2_blocks", "build_mobilenet_v2"]
 
@@ -120,4 +120,4 @@ def build_mobilenet_v2(
     W.check_all_used()
     if with_logits:
         g.output(g.linear(g.flatten(g.global_average_pool(feats)), fc_w, fc_b), "logits", ["N", 1000])
-    return g.build(doc="MobileNetV2 (torchvision layout, fastimg.nets.mobilenet), batch norm folded")
+    return g.build(doc="MobileNetV2 (torchvision layout, fastimg.features.nets.mobilenet), batch norm folded")
