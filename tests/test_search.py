@@ -15,7 +15,7 @@ import pytest
 from scipy.spatial import distance
 
 from fastimg import metrics as M
-from fastimg.search import ExactSearcher, resolve_threads, topk
+from fastimg.search import ExactSearcher, degenerate_queries, rank_degenerate, resolve_threads, topk
 
 _core = pytest.importorskip("fastimg._core", reason="compiled core not built (run `make install`)")
 
@@ -432,3 +432,33 @@ def test_constant_pearson_query_ranks_like_opencv(data, nq):
     for i in range(nq):
         np.testing.assert_array_equal(ids[i], order)
         np.testing.assert_allclose(scores[i], ref[order], rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# queries a surrogate cannot rank (shared with the HNSW graph)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("metric", ALL)
+def test_degenerate_queries_are_ranked_like_opencv(data, metric):
+    """In every space a metric is searched in (its prepared rows; the graph's rows),
+    a query whose embedded vector is zero is classified and ranked as the oracle
+    says: a tie means cv2/scipy give every row one value (lowest ids first), a
+    scan reproduces the oracle's ranking; other queries are left to the surrogate."""
+    m = M.METRICS[metric]
+    queries = np.stack([np.zeros(72, np.float32), np.full(72, 0.2, np.float32), data[100], data[7]])
+    spaces = {m.ip_space, M.METRICS[m.graph_rows].ip_space if m.graph_rows != "raw" else "raw"} - {None}
+    skip = np.zeros(len(data), bool)
+    skip[[0, 1, 150]] = True
+    for space in spaces:
+        embedded = M.embed(space, queries)
+        ties, scans = degenerate_queries(m, queries, embedded, space)
+        degenerate = np.union1d(ties, scans)
+        np.testing.assert_array_equal(degenerate, [] if space == "raw" else np.flatnonzero(~embedded.any(axis=1)))
+        cand = rank_degenerate(m, queries, ties, scans, data, 6, skip)
+        assert cand.shape == (degenerate.size, 6)
+        for i, ids in zip(np.concatenate([ties, scans]), cand):
+            ref = oracle_scores(metric, queries[i], data)
+            if i in ties:
+                assert np.ptp(ref) == 0  # a true tie: every row scores alike
+            ref_ids, _ = oracle_topk(metric, queries[i], data, 6, exclude=(0, 1, 150))
+            np.testing.assert_array_equal(ids, ref_ids)
