@@ -471,7 +471,8 @@ _CONTROLLER: Any = None
 
 def _one_blas_thread() -> Any:
     """Context manager capping BLAS to one thread: the matrices here are tiny, and a
-    multi-threaded BLAS on a busy machine makes a 100 x 100 product 20x slower."""
+    multi-threaded BLAS on a busy machine makes a small product much slower
+    (bench/bench_rerank.py measures the cost per query)."""
     global _CONTROLLER
     if _CONTROLLER is None:
         from threadpoolctl import ThreadpoolController
