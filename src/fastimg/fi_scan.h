@@ -60,8 +60,13 @@ typedef enum {
 #if defined(__GNUC__)
 typedef float fi_v8 __attribute__((vector_size(32)));
 typedef int32_t fi_v8i __attribute__((vector_size(32)));
-static inline fi_v8 fi_load(const float* p) { fi_v8 r; memcpy(&r, p, sizeof(r)); return r; }
-static inline float fi_hsum(fi_v8 a) {
+/* helpers that take or return vectors are always inlined: a target_clones caller
+   (AVX: vectors passed in ymm registers) must never call a baseline copy
+   (vectors passed in memory), which is what an -O0 build (FASTIMG_DEBUG=1)
+   would do otherwise, reading garbage */
+#define FI_VEC_INLINE static inline __attribute__((always_inline))
+FI_VEC_INLINE fi_v8 fi_load(const float* p) { fi_v8 r; memcpy(&r, p, sizeof(r)); return r; }
+FI_VEC_INLINE float fi_hsum(fi_v8 a) {
     return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
 }
 #define FI_HAVE_VEC 1
@@ -135,7 +140,7 @@ static const fi_v8i fi_odd_idx = {1, 3, 5, 7, 9, 11, 13, 15};
 #define FI_ODDS(a, b) __builtin_shuffle(a, b, fi_odd_idx)
 #endif
 /* [a0+a1, a2+a3, a4+a5, a6+a7, b0+b1, b2+b3, b4+b5, b6+b7] */
-static inline fi_v8 fi_pairsum(fi_v8 a, fi_v8 b) { return FI_EVENS(a, b) + FI_ODDS(a, b); }
+FI_VEC_INLINE fi_v8 fi_pairsum(fi_v8 a, fi_v8 b) { return FI_EVENS(a, b) + FI_ODDS(a, b); }
 
 /* dot products of 2 rows x 4 queries (out[4 * row + query]); every pair is
    computed by the same operation sequence, whichever rows are paired (a lone
@@ -233,7 +238,7 @@ static int fi_panels_fast(void) {
 #endif
 }
 #if FI_HAVE_VEC
-static inline int fi_any(fi_v8i m) {
+FI_VEC_INLINE int fi_any(fi_v8i m) {
     int64_t u[4];
     memcpy(u, &m, sizeof(u));
     return (u[0] | u[1] | u[2] | u[3]) != 0;
