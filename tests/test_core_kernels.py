@@ -306,3 +306,14 @@ def test_fastimg_debug_turns_bounds_checks_on(tmp_path):
     (no directive in _core.pyx overrides setup.py's); the default build does not."""
     assert "__Pyx_RaiseBufferIndexError" in _cythonize_with_setup_py(tmp_path, "1")
     assert "__Pyx_RaiseBufferIndexError" not in _cythonize_with_setup_py(tmp_path, "0")
+
+
+def test_type_stubs_match_the_module():
+    """_core.pyi declares exactly what the compiled module defines (no stale stub)."""
+    import ast
+
+    tree = ast.parse((PKG / "_core.pyi").read_text())
+    stubbed = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    stubbed |= {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)}
+    defined = {name for name in vars(_core) if not name.startswith("__") and name not in ("np",)}
+    assert stubbed == defined
