@@ -4,7 +4,11 @@ Environment switches (as in pyroaring's setup.py):
 
 * ``FASTIMG_ARCH=native`` (or any ``-march`` value) adds ``-march=...``; off by
   default so wheels run on any x86-64 / aarch64 machine.
-* ``FASTIMG_DEBUG=1`` builds with ``-O0 -g`` and Cython bounds checks on.
+* ``FASTIMG_DEBUG=1`` builds with ``-O0 -g`` and Cython bounds checks on
+  (``_core.pyx`` sets no directive of its own, so these are the ones used).
+
+The C kernels are headers next to ``_core.pyx`` (``fi_heap.h``, ``fi_scan.h``),
+declared for Cython in ``_heap.pxd`` / ``_scan.pxd`` and shipped with the package.
 """
 import os
 import sys
@@ -33,7 +37,7 @@ extensions = [
     Extension(
         "fastimg._core",
         ["src/fastimg/_core.pyx"],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "src/fastimg"],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
@@ -44,6 +48,7 @@ setup(
     ext_modules=cythonize(
         extensions,
         language_level=3,
+        include_path=["src"],  # cimport fastimg._heap / fastimg._scan
         compiler_directives={
             "boundscheck": debug,
             "wraparound": False,

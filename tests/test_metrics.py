@@ -30,16 +30,41 @@ def histograms(rng, n, d):
     return x
 
 
-def test_names_and_table():
+def test_names_and_cv2_methods():
     assert M.metric_names() == ["pearson", "bhattacharyya", "chisqr", "chisqr_alt", "intersect",
                                 "kl_div", "cosine", "l2", "l1"]
-    for name, method in CV2_METHODS.items():
-        assert M.METRICS[name].cv2_method == method
-        assert M.METRICS[name].name == name
-    assert {n for n, m in M.METRICS.items() if m.ip_form} == {"pearson", "bhattacharyya", "cosine", "l2"}
-    assert {n for n, m in M.METRICS.items() if m.higher_is_better} == {"pearson", "intersect", "cosine"}
-    assert {n for n, m in M.METRICS.items() if m.nonneg} == {"bhattacharyya", "chisqr", "chisqr_alt",
-                                                              "intersect", "kl_div"}
+    for name, m in M.METRICS.items():
+        assert m.name == name
+        assert m.cv2_method == CV2_METHODS.get(name)  # cv2's own constants
+
+
+@pytest.mark.parametrize("name", M.metric_names())
+def test_direction_is_the_oracles(name):
+    """higher_is_better: a histogram compared with itself gets the oracle's best
+    score (L1-normalised: KL divergence is >= 0 only between distributions)."""
+    rng = np.random.default_rng(11)
+    x = rng.random((30, 16), dtype=np.float32) + np.float32(0.05)
+    x /= x.sum(axis=1, keepdims=True)
+    for q in x[:5]:
+        self_score = _oracle(name, q, q)
+        others = np.array([_oracle(name, q, r) for r in x[5:]])
+        assert (self_score > others.max()) if M.METRICS[name].higher_is_better else (self_score < others.min())
+
+
+@pytest.mark.parametrize("name", M.metric_names())
+def test_zero_query_ties_is_the_oracles(name):
+    """Metric.zero_query_ties: an all-zero query gets one oracle value for every row."""
+    rng = np.random.default_rng(12)
+    rows = rng.random((25, 9), dtype=np.float32)
+    rows[3] = 0
+    rows[4] = 0.5
+    values = np.array([_oracle(name, np.zeros(9, np.float32), r) for r in rows])
+    assert (np.ptp(values) == 0) == M.METRICS[name].zero_query_ties
+
+
+def test_bad_metric_record_is_refused():
+    with pytest.raises(ValueError, match="inconsistent Metric record"):
+        M.Metric("odd", True, None, True, False, kernel="KIND_L1", ip_space="raw")
 
 
 def test_get_metric():
@@ -128,8 +153,8 @@ def _oracle(name, q, row):
 @pytest.mark.parametrize("d", [1, 3, 8, 72])
 @pytest.mark.parametrize("nq,nc", [(1, 1), (1, 9), (7, 1), (13, 6)])
 def test_exact_scores_many_matches_oracles(name, d, nq, nc):
-    """exact_scores_many == cv2.compareHist / scipy per (query, row), and == the
-    per-query exact_scores; zero and constant rows and queries included."""
+    """exact_scores_many == cv2.compareHist / scipy per (query, row); zero and
+    constant rows and queries included."""
     rng = np.random.default_rng(100 * d + 10 * nq + nc)
     pool = histograms(rng, 40, d) if d >= 2 else rng.random((40, 1), dtype=np.float32)
     if not M.METRICS[name].nonneg:
@@ -147,8 +172,6 @@ def test_exact_scores_many_matches_oracles(name, d, nq, nc):
     assert got.dtype == np.float64 and got.shape == (nq, nc)
     expected = np.array([[_oracle(name, queries[i], rows[i, j]) for j in range(nc)] for i in range(nq)])
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
-    per_query = np.stack([M.exact_scores(name, queries[i], rows[i]) for i in range(nq)])
-    np.testing.assert_allclose(got, per_query, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("name", M.metric_names())
@@ -182,7 +205,7 @@ def test_prepared_layout(name):
     prepared, bias = M.prepare_rows(name, x)
     assert prepared.dtype == np.float32 and prepared.shape == x.shape
     assert prepared.flags.c_contiguous and prepared.ctypes.data % 64 == 0
-    assert (bias is not None) == (name in ("pearson", "l2"))
+    assert (bias is not None) == M.METRICS[name].bias
     if bias is not None:
         assert bias.dtype == np.float32 and bias.shape == (70,)
 
@@ -229,8 +252,21 @@ def test_aligned_empty():
         assert a.shape == shape and a.dtype == np.float32 and a.ctypes.data % 64 == 0 and a.flags.c_contiguous
 
 
+def _expected_prepared_query(metric, q):
+    """The documented preparation of one query, written out in float64."""
+    q = q.astype(np.float64)
+    if metric == "l2":
+        return 2 * q
+    if metric == "pearson":
+        c = q - q.mean()
+        return np.zeros_like(q) if q.max() == q.min() else c / np.linalg.norm(c)
+    if metric == "cosine":
+        return np.zeros_like(q) if not q.any() else q / np.linalg.norm(q)
+    return np.zeros_like(q) if not q.any() else np.sqrt(q / q.sum())  # bhattacharyya
+
+
 @pytest.mark.parametrize("metric", ["pearson", "bhattacharyya", "cosine", "l2"])
-def test_prepare_queries_is_prepare_query_per_row(metric):
+def test_prepare_queries_against_the_formulas(metric):
     rng = np.random.default_rng(5)
     q = rng.random((9, 13)).astype(np.float32)
     q[3] = 0.0          # zero query
@@ -238,6 +274,47 @@ def test_prepare_queries_is_prepare_query_per_row(metric):
     q[5, ::2] = 0.0     # sparse query
     batch = M.prepare_queries(metric, q)
     assert batch.dtype == np.float32 and batch.flags.c_contiguous and batch.shape == q.shape
-    np.testing.assert_array_equal(batch, np.stack([M.prepare_query(metric, row) for row in q]))
+    expected = np.stack([_expected_prepared_query(metric, row) for row in q])
+    np.testing.assert_allclose(batch, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(M.prepare_query(metric, q[5]), expected[5], rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match=r"queries must be 2-D \(Q, D\); got shape \(13,\)"):
         M.prepare_queries(metric, q[0])
+
+
+# ---------------------------------------------------------------------------
+# the shared vector spaces
+# ---------------------------------------------------------------------------
+
+def test_embed_spaces_against_independent_oracles():
+    rng = np.random.default_rng(6)
+    x = rng.random((40, 11)).astype(np.float32)
+    x[x < 0.3] = 0
+    x[0] = 0            # zero row
+    x[1] = 0.4          # constant row
+    s = M.embed("sqrt_l1", x)
+    bc = 1 - np.array([[cv2.compareHist(a, b, cv2.HISTCMP_BHATTACHARYYA) ** 2 for b in x[2:]] for a in x[2:]])
+    np.testing.assert_allclose(s[2:] @ s[2:].T, bc, atol=1e-6)  # dot product = Bhattacharyya coefficient
+    c = M.embed("centred_unit", x)
+    np.testing.assert_allclose(c[2:] @ c[2:].T, np.corrcoef(x[2:].astype(np.float64)), atol=1e-12)
+    u = M.embed("unit", x)
+    cos = 1 - distance.cdist(x[1:].astype(np.float64), x[1:].astype(np.float64), "cosine")
+    np.testing.assert_allclose(u[1:] @ u[1:].T, cos, atol=1e-12)
+    x64 = x[2:].astype(np.float64)
+    np.testing.assert_allclose(M.embed("l1", x)[2:], x64 / x64.sum(axis=1, keepdims=True), rtol=1e-15)
+    np.testing.assert_array_equal(M.embed("raw", x), x.astype(np.float64))
+    # rows without a direction map to zeros (a constant row has no centred direction)
+    for space in ("unit", "centred_unit", "l1", "sqrt_l1"):
+        assert not M.embed(space, x)[0].any()
+    assert not c[1].any() and u[1].any()
+
+
+def test_embed_shapes_copies_and_errors():
+    v = np.array([3.0, 4.0])
+    out = M.embed("unit", v)
+    np.testing.assert_allclose(out, [0.6, 0.8])
+    assert out.shape == (2,) and v.tolist() == [3.0, 4.0]
+    raw = M.embed("raw", v)
+    raw[0] = 9
+    assert v[0] == 3.0  # a new array, never the input
+    with pytest.raises(ValueError, match=r"unknown space 'l3'; expected one of \['raw'"):
+        M.embed("l3", v)

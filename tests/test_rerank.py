@@ -26,13 +26,19 @@ def zhong_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3
         [np.concatenate([q_q_dist, q_g_dist], axis=1),
          np.concatenate([q_g_dist.T, g_g_dist], axis=1)],
         axis=0)
+    return zhong_from_matrix(original_dist, q_g_dist.shape[0], k1, k2, lambda_value)
+
+
+def zhong_from_matrix(original_dist, query_num, k1=20, k2=6, lambda_value=0.3):
+    """The rest of the authors' re_ranking(), verbatim, on the assembled (M, M)
+    distance matrix (probes first): what an asymmetric matrix needs, the authors'
+    assembly mirroring the probe-gallery block."""
+    all_num = original_dist.shape[0]
+    gallery_num = all_num
     original_dist = np.power(original_dist, 2).astype(np.float32)
     original_dist = np.transpose(1. * original_dist / np.max(original_dist, axis=0))
     V = np.zeros_like(original_dist).astype(np.float32)
     initial_rank = np.argsort(original_dist).astype(np.int32)
-    query_num = q_g_dist.shape[0]
-    gallery_num = q_g_dist.shape[0] + q_g_dist.shape[1]
-    all_num = gallery_num
     for i in range(all_num):
         forward_k_neigh_index = initial_rank[i, :k1 + 1]
         backward_k_neigh_index = initial_rank[forward_k_neigh_index, :k1 + 1]
@@ -91,6 +97,35 @@ def brute_search(data, metric, exclude=()):
             scs.append(s[cand])
         return np.array(ids, dtype=np.int64), np.array(scs, dtype=np.float32)
     return search
+
+
+def oracle_space(metric, v):
+    """Where a metric's averages are taken, written out: centred unit (pearson),
+    unit (cosine), L1-normalised (histogram metrics), as is (l2, l1)."""
+    v = np.asarray(v, np.float64)
+    if metric == "pearson":
+        v = v - v.mean()
+    if metric in ("pearson", "cosine"):
+        return v / np.linalg.norm(v)
+    if get_metric(metric).nonneg:
+        return v / v.sum()
+    return v
+
+
+def oracle_sim(metric, a, b):
+    """Weight similarity in [0, 1]: Bhattacharyya coefficient of the L1-normalised
+    histograms, else the cosine of the averaging space's vectors, clipped at 0."""
+    if get_metric(metric).nonneg:
+        return np.sqrt(oracle_space(metric, a) * oracle_space(metric, b)).sum()
+    a, b = oracle_space(metric, a), oracle_space(metric, b)
+    return max(0.0, a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def oracle_expand(metric, base, neighbours, weights):
+    """(space(base) + sum w_i space(n_i)) / (1 + sum w), back to the base's mass for histograms."""
+    e = (oracle_space(metric, base) + sum(w * oracle_space(metric, n) for w, n in zip(weights, neighbours)))
+    e = e / (1 + sum(weights))
+    return np.maximum(e, 0) * np.sum(base, dtype=np.float64) if get_metric(metric).nonneg else e
 
 
 def clusters(seed=0, n_per=12, d=16, n_classes=4, noise=0.6, nonneg=True):
@@ -173,6 +208,25 @@ def test_expand_rejects_bad_weights():
         rerank.expand("l2", [0, 0], [[1, 1]], [-1.0])
 
 
+@pytest.mark.parametrize("metric", ["pearson", "bhattacharyya", "chisqr", "intersect", "cosine", "l2", "l1"])
+def test_expansion_space_and_similarity_against_the_formulas(metric):
+    x, _ = clusters(seed=8, nonneg=get_metric(metric).nonneg)
+    np.testing.assert_allclose(rerank.expansion_space(metric, x), [oracle_space(metric, v) for v in x],
+                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(rerank.similarity(metric, x[0], x), [oracle_sim(metric, x[0], v) for v in x],
+                               rtol=1e-12, atol=1e-15)
+
+
+def test_vectors_without_direction_map_to_zeros():
+    """A constant vector has no pearson direction (it is not a rounding-noise
+    direction), a zero vector no unit or histogram one."""
+    const = np.full((2, 24), 0.1)
+    assert not rerank.expansion_space("pearson", const).any()
+    assert not rerank.expansion_space("cosine", np.zeros(5)).any()
+    assert not rerank.expansion_space("bhattacharyya", np.zeros(5)).any()
+    np.testing.assert_array_equal(rerank.similarity("pearson", const[0], const), [0.0, 0.0])
+
+
 def test_similarity_hand_computed():
     np.testing.assert_allclose(rerank.similarity("bhattacharyya", [1, 0], [[1, 0], [0, 1], [1, 1]]),
                                [1.0, 0.0, np.sqrt(0.5)])
@@ -199,6 +253,21 @@ def test_k_reciprocal_distance_matches_authors_code(m, n_probe, k1, k2, lam, see
     expected = zhong_re_ranking(eu[:n_probe, n_probe:], eu[:n_probe, :n_probe], eu[n_probe:, n_probe:],
                                 k1=k1, k2=k2, lambda_value=lam)
     got = rerank.k_reciprocal_distance(eu ** 2, k1=k1, k2=k2, lam=lam, n_probe=n_probe)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(8, 30), st.integers(1, 3), st.integers(1, 10), st.integers(1, 5), st.integers(0, 2**32 - 1))
+def test_k_reciprocal_distance_matches_authors_code_on_asymmetric_distances(m, n_probe, k1, k2, seed):
+    """chisqr / kl_div / intersect give asymmetric matrices: row i ranks the others
+    for node i (the authors' code reads columns, so it gets the transpose)."""
+    rng = np.random.default_rng(seed)
+    pts = rng.normal(size=(m, 4))
+    d = ((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1) * rng.uniform(0.5, 1.5, (m, m))
+    np.fill_diagonal(d, 0.0)
+    k2 = min(k2, m)
+    expected = zhong_from_matrix(np.sqrt(d.T), n_probe, k1=k1, k2=k2, lambda_value=0.3)
+    got = rerank.k_reciprocal_distance(d, k1=k1, k2=k2, lam=0.3, n_probe=n_probe)
     np.testing.assert_allclose(got, expected, atol=2e-5)
 
 
@@ -238,29 +307,9 @@ def test_query_expansion_equals_formula(metric, spec, alpha):
     ids0, sc0 = search(q, 20)
     n = rerank.parse_spec(spec).params["n"]
     # oracle: the formula written out here
-    m = get_metric(metric)
-
-    def space(v):
-        v = np.asarray(v, np.float64)
-        if metric == "pearson":
-            v = v - v.mean()
-        if metric in ("pearson", "cosine"):
-            return v / np.linalg.norm(v)
-        if m.nonneg:
-            return v / v.sum()
-        return v
-
-    def sim(a, b):
-        if m.nonneg:
-            return np.sqrt(space(a) * space(b)).sum()
-        a, b = space(a), space(b)
-        return max(0.0, a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
     top = ids0[0][:n]
-    w = [sim(q, x[i]) ** alpha for i in top]
-    qe = (space(q) + sum(wi * space(x[i]) for wi, i in zip(w, top))) / (1 + sum(w))
-    if m.nonneg:
-        qe = qe * q.sum()
+    w = [oracle_sim(metric, q, x[i]) ** alpha for i in top]
+    qe = oracle_expand(metric, q, x[top], w)
     exp_ids, exp_sc = search(qe.astype(np.float32), 10)
     ids, sc = rerank.apply(spec, q, ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=10,
                            metric=metric)
@@ -273,12 +322,12 @@ def test_qe_fetches_more_candidates_when_given_too_few():
     x, _ = clusters(seed=2)
     search = brute_search(x, "l2")
     ids0, sc0 = search(x[0], 1)
-    full_ids, full_sc = search(x[0], 8)
     a = rerank.apply("qe:n=5", x[0], ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=5,
                      metric="l2")
-    b = rerank.apply("qe:n=5", x[0], full_ids[0], full_sc[0], get_vectors=lambda i: x[i], search=search, k=5,
-                     metric="l2")
-    np.testing.assert_array_equal(a[0], b[0])
+    top5 = search(x[0], 5)[0][0]  # what apply must fetch: the top 5, averaged with the query
+    exp_ids, exp_sc = search(x[[0, *top5]].astype(np.float64).mean(axis=0).astype(np.float32), 5)
+    np.testing.assert_array_equal(a[0], exp_ids[0])
+    np.testing.assert_allclose(a[1], exp_sc[0], rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -302,8 +351,8 @@ def test_augment_database_equals_brute_force(metric):
         s = exact_scores(m, x[r], x)
         others = sorted((i for i in range(len(x)) if i != r),
                         key=lambda i: ((-s[i] if m.higher_is_better else s[i]), i))[:3]
-        w = rerank.similarity(metric, x[r], x[others]) ** 2.0
-        np.testing.assert_allclose(out[r], rerank.expand(metric, x[r], x[others], w), rtol=1e-6)
+        w = [oracle_sim(metric, x[r], x[i]) ** 2.0 for i in others]
+        np.testing.assert_allclose(out[r], oracle_expand(metric, x[r], x[others], w), rtol=1e-5)
     if m.nonneg:
         assert (out >= 0).all()
 
@@ -333,8 +382,8 @@ def test_query_time_dba_augments_candidates_from_their_neighbours_among_candidat
         s = exact_scores(m, x[r], x)
         others = sorted((i for i in head if i != r),
                         key=lambda i: ((-s[i] if m.higher_is_better else s[i]), head.index(i)))[:3]
-        w = rerank.similarity(metric, x[r], x[others]) ** 1.0
-        aug_head.append(rerank.expand(metric, x[r], x[others], w))
+        w = [oracle_sim(metric, x[r], x[i]) for i in others]
+        aug_head.append(oracle_expand(metric, x[r], x[others], w))
     new = exact_scores(m, q, np.array(aug_head))
     order = sorted(range(12), key=lambda j: ((-new[j] if m.higher_is_better else new[j]), head[j]))
     np.testing.assert_array_equal(ids[:12], np.array(head)[order])
@@ -370,10 +419,10 @@ def test_apply_k_reciprocal_uses_local_graph(metric):
     else:
         d = s
     d = np.maximum(d, 0)
-    if metric not in ("chisqr", "intersect"):  # the authors' code assumes a symmetric matrix
+    if metric not in ("chisqr", "intersect"):  # symmetric: the authors' own entry point
         final = zhong_re_ranking(np.sqrt(d[:1, 1:]), np.sqrt(d[:1, :1]), np.sqrt(d[1:, 1:]), 6, 3, 0.3)[0]
-    else:  # asymmetric: the vectorised distance (checked against the authors' code above) on d
-        final = rerank.k_reciprocal_distance(d, 6, 3, 0.3)[0]
+    else:  # asymmetric: the authors' code on the whole matrix (it reads columns: pass the transpose)
+        final = zhong_from_matrix(np.sqrt(d.T), 1, 6, 3, 0.3)[0]
     order = sorted(range(25), key=lambda j: (final[j], head[j]))
     np.testing.assert_array_equal(ids[:25], head[order])
     exp_sc = 1 - final[order] if m.higher_is_better else final[order]

@@ -8,7 +8,8 @@ metrics) and the final order is exact among the candidates; the only
 approximation is which rows become candidates (measured as recall@k against the
 exact scan).
 
-Metric mapping (the one place it is defined; see :func:`metric_space`):
+Metric mapping (the ``graph_space``, ``graph_rows`` and ``graph_order`` fields of
+:class:`fastimg.metrics.Metric`; see :func:`metric_space`):
 
 =============  ===========  ============================================  ============
 metric         hnsw space   rows put in the graph                         graph order
@@ -25,11 +26,16 @@ l1             l2           raw rows                                      surrog
 =============  ===========  ============================================  ============
 
 .. [1] A constant row scores exactly 1 against every query (OpenCV's special
-   case) but is a zero vector in the graph; such rows are remembered and always
-   offered as candidates.  A constant query ties every row at 1; the graph then
-   returns the ``k`` lowest live ids, as the exact scan does.
+   case: the bias of ``prepare_rows``) but is a zero vector in the graph; such
+   rows are remembered and always offered as candidates.
 .. [2] Bhattacharyya coefficient = inner product of the square-root rows;
    distance = ``sqrt(1 - coefficient)`` (OpenCV's normalisation).
+
+A query whose graph vector is zero (a zero or constant query) cannot be ranked
+by the graph; it is answered as the exact scan answers it
+(:func:`fastimg.search.degenerate_queries` / :func:`~fastimg.search.rank_degenerate`):
+the ``k`` lowest live ids when the metric ties every row, an exact scan of the
+live rows otherwise.
 
 "exact" graph order means the graph's distance is a monotone function of the
 metric, so recall only depends on ``ef``.  "surrogate" means the graph ranks by
@@ -59,7 +65,8 @@ import numpy as np
 import numpy.typing as npt
 
 from fastimg.errors import AnnSearchError, IndexCorruptError, IndexFormatError, IndexNotFoundError
-from fastimg.search import rescore, resolve_threads
+from fastimg.metrics import Metric, get_metric
+from fastimg.search import check_queries, check_values, degenerate_queries, rank_degenerate, rescore, resolve_threads
 
 __all__ = [
     "ANN_CROSSOVER",
@@ -76,31 +83,26 @@ __all__ = [
 ]
 
 #: Number of live rows from which ``Index.search(mode="auto")`` uses the graph
-#: (when one is built).  Measured one query at a time (bench/ann.md, "Crossover";
-#: 2 cores): the graph overtakes the exact scan at ~10,000 rows for D=256 and
-#: between 20,000 and 50,000 rows for D=72 (hsv72); at 50,000 it is 3-5x faster.
-#: Below this the scan is exact and answers in < 2 ms, so it is kept.
+#: (when one is built); below it the exact scan is kept.  Chosen from the
+#: crossover measured one query at a time in bench/ann.md ("Crossover").
 ANN_CROSSOVER = 50_000
 
 #: Default size of the dynamic candidate list (hnswlib's ``ef``) at query time,
-#: used when neither ``build(ef=...)`` nor ``search(ef=...)`` says otherwise.
-#: 100 gives recall@10 >= 0.98 on 1M clustered D=256 vectors (bench/ann.md).
+#: used when neither ``build(ef=...)`` nor ``search(ef=...)`` says otherwise
+#: (recall against ``ef`` in bench/ann.md).
 DEFAULT_EF = 100
 
 #: Default ``candidates`` = ``max(k, CANDIDATE_FACTOR[order] * k)`` re-scored per
-#: query: "exact" when the graph's order is the metric's (re-scoring then only
-#: replaces float32 graph distances by the float64 values, so ``k`` candidates
-#: suffice and the graph does exactly raw hnswlib's work at the same ``ef``),
-#: "surrogate" when the graph ranks by a related metric and re-scoring must fix
-#: the order (8 x k: recall@10 >= 0.99 at 20k Dirichlet histograms for
-#: chisqr_alt, intersect and kl_div; chisqr, asymmetric, reaches only ~0.7 there:
-#: see bench/ann.md).
+#: query, by ``Metric.graph_order``: "exact" when the graph's order is the
+#: metric's (re-scoring then only replaces float32 graph distances by the float64
+#: values, so ``k`` candidates suffice and the graph does exactly raw hnswlib's
+#: work at the same ``ef``), "surrogate" when the graph ranks by a related metric
+#: and re-scoring must fix the order (recall per factor in bench/ann.md).
 CANDIDATE_FACTOR: Dict[str, int] = {"exact": 1, "surrogate": 8}
 
 #: Metrics for which ``mode="auto"`` keeps the exact scan even when a graph is
 #: built: the graph's candidates reach too low a recall for them (chisqr, being
-#: asymmetric, levels off near 0.7-0.85 recall@10 even with 64 x k candidates;
-#: bench/ann.md).  ``mode="ann"`` still uses the graph when asked.
+#: asymmetric; bench/ann.md).  ``mode="ann"`` still uses the graph when asked.
 AUTO_EXACT_METRICS = frozenset({"chisqr"})
 
 #: Version of the files written by :meth:`HnswGraph.save`.
@@ -112,20 +114,6 @@ META_FILE = "hnsw.json"
 
 _ADD_CHUNK = 65_536  # rows prepared and inserted per step (bounds the prepared copy)
 _CRC_CHUNK = 16 << 20
-
-# metric -> (hnsw space, row preparation, graph order); "raw" = rows as given,
-# otherwise the name of the ip-form metric whose prepare_rows() is applied.
-_MAPPING: Dict[str, Tuple[str, str, str]] = {
-    "pearson": ("ip", "pearson", "exact"),
-    "cosine": ("ip", "cosine", "exact"),
-    "bhattacharyya": ("ip", "bhattacharyya", "exact"),
-    "l2": ("l2", "raw", "exact"),
-    "chisqr": ("ip", "bhattacharyya", "surrogate"),
-    "chisqr_alt": ("ip", "bhattacharyya", "surrogate"),
-    "intersect": ("ip", "bhattacharyya", "surrogate"),
-    "kl_div": ("ip", "bhattacharyya", "surrogate"),
-    "l1": ("l2", "raw", "surrogate"),
-}
 
 
 # ---------------------------------------------------------------------------
@@ -163,27 +151,25 @@ def metric_space(metric: str) -> Tuple[str, str]:
     >>> metric_space("chisqr")
     ('ip', 'bhattacharyya')
     """
-    space, rows, _ = _mapping(metric)
-    return space, rows
+    m = _metric(metric)
+    return m.graph_space, m.graph_rows
 
 
-def _mapping(metric: str) -> Tuple[str, str, str]:
-    from fastimg.metrics import get_metric
-
+def _metric(metric: "str | Metric") -> Metric:
+    """``get_metric`` (the one name check, same messages as everywhere) raising AnnSearchError."""
     try:
-        name = get_metric(metric).name  # the one name check (same messages as everywhere)
+        return get_metric(metric)
     except (TypeError, ValueError) as exc:
         raise AnnSearchError(str(exc)) from None
-    return _MAPPING[name]
 
 
-def default_candidates(metric: str, k: int) -> int:
+def default_candidates(metric: "str | Metric", k: int) -> int:
     """Number of graph candidates re-scored per query when ``candidates=None``.
 
-    ``max(k, CANDIDATE_FACTOR[order] * k)``, ``order`` being ``"exact"`` or
-    ``"surrogate"`` (see the module table).
+    ``max(k, CANDIDATE_FACTOR[order] * k)``, ``order`` being the metric's
+    ``graph_order`` (``"exact"`` or ``"surrogate"``, see the module table).
     """
-    return max(k, CANDIDATE_FACTOR[_mapping(metric)[2]] * k)
+    return max(k, CANDIDATE_FACTOR[_metric(metric).graph_order] * k)
 
 
 def _check_int(name: str, value: Any, lo: int, hi: Optional[int] = None) -> int:
@@ -196,9 +182,9 @@ def _check_int(name: str, value: Any, lo: int, hi: Optional[int] = None) -> int:
     return value
 
 
-def _check_vectors(name: str, x: npt.ArrayLike, dim: Optional[int], nonneg: bool,
-                   metric: str) -> np.ndarray:
-    """float32 C-contiguous (n, D) view or copy of ``x``, finite, dims checked."""
+def _check_vectors(name: str, x: npt.ArrayLike, dim: Optional[int], metric: Metric) -> np.ndarray:
+    """float32 C-contiguous (n, D) view or copy of ``x``, finite (non-negative for
+    the histogram metrics: :func:`fastimg.search.check_values`), dims checked."""
     arr = np.asarray(x)
     if arr.ndim != 2:
         raise AnnSearchError(f"{name} must be 2-D (n, D); got shape {arr.shape}")
@@ -209,16 +195,10 @@ def _check_vectors(name: str, x: npt.ArrayLike, dim: Optional[int], nonneg: bool
     if arr.shape[1] < 1:
         raise AnnSearchError(f"{name} must have at least one column; got shape {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    for start in range(0, arr.shape[0], _ADD_CHUNK):  # chunked: no N x D temporaries
-        block = arr[start:start + _ADD_CHUNK]
-        finite = np.isfinite(block).all(axis=1)
-        if not finite.all():
-            bad = start + int(np.flatnonzero(~finite)[0])
-            raise AnnSearchError(f"{name} contains NaN or infinity (first at row {bad}); "
-                                 "drop or fix failed rows before building or searching the graph")
-        if nonneg and block.size and block.min() < 0:
-            raise AnnSearchError(f"metric {metric!r} needs non-negative data (histograms); "
-                                 f"{name} has a minimum of {float(block.min())} (row block from {start})")
+    try:
+        check_values(arr, name, metric)
+    except ValueError as exc:
+        raise AnnSearchError(str(exc)) from None
     return arr
 
 
@@ -310,15 +290,15 @@ class HnswGraph:
     def __init__(self, index: Any, *, metric: str, dim: int, M: int, ef_construction: int,
                  ef: int, threads: int, deleted: Sequence[int] = (),
                  constant_ids: Sequence[int] = ()) -> None:
-        space, rows, order = _mapping(metric)
-        from fastimg.metrics import get_metric
-
+        m = _metric(metric)
         self._index = index
-        self._metric = get_metric(metric)
-        self.metric: str = self._metric.name
-        self.space = space
-        self.rows = rows
-        self.order = order
+        self._metric = m
+        self.metric: str = m.name
+        self.space = m.graph_space
+        self.rows = m.graph_rows
+        self.order = m.graph_order
+        # the space of the graph's rows (and queries): "raw", or the ip space of the rows' metric
+        self._rows_space = "raw" if self.rows == "raw" else get_metric(self.rows).ip_space
         self.dim = int(dim)
         self.M = int(M)
         self.ef_construction = int(ef_construction)
@@ -379,11 +359,8 @@ class HnswGraph:
         AnnSearchError
             Bad shapes, non-finite or negative data, duplicate ids, bad parameters.
         """
-        space, rows, _ = _mapping(metric)
-        from fastimg.metrics import get_metric
-
-        m = get_metric(metric)
-        x = _check_vectors("vectors", vectors, None, m.nonneg, m.name)
+        m = _metric(metric)
+        x = _check_vectors("vectors", vectors, None, m)
         n, d = x.shape
         ids_arr = np.arange(n, dtype=np.int64) if ids is None else _check_ids("ids", ids, n)
         M = _check_int("M", M, 2, 1024)
@@ -393,7 +370,7 @@ class HnswGraph:
 
         import hnswlib
 
-        index = hnswlib.Index(space=space, dim=d)
+        index = hnswlib.Index(space=m.graph_space, dim=d)
         index.init_index(max_elements=max(n, 16), M=M, ef_construction=ef_construction, random_seed=100)
         graph = cls(index, metric=m.name, dim=d, M=M, ef_construction=ef_construction, ef=ef,
                     threads=nthreads)
@@ -419,7 +396,7 @@ class HnswGraph:
         AnnSearchError
             Bad shapes, dimension mismatch, non-finite or negative data, bad ids.
         """
-        x = _check_vectors("vectors", vectors, self.dim, self._metric.nonneg, self.metric)
+        x = _check_vectors("vectors", vectors, self.dim, self._metric)
         ids_arr = _check_ids("ids", ids, x.shape[0])
         if not x.shape[0]:
             return
@@ -458,14 +435,15 @@ class HnswGraph:
         self._max_label = max(self._max_label, int(ids.max()))
 
     def _prepare(self, x: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """Graph rows for raw rows; second item flags pearson's constant rows."""
+        """Graph rows for raw rows; the second item flags the rows with a non-zero
+        bias (pearson's constant rows: they score the maximum whatever the query,
+        but are zero vectors in the graph)."""
         if self.rows == "raw":
             return x, None
         from fastimg.metrics import prepare_rows
 
         prepared, bias = prepare_rows(self.rows, x)
-        constant = bias != 0 if (self.rows == "pearson" and bias is not None) else None
-        return prepared, constant
+        return prepared, (None if bias is None else bias != 0)
 
     def mark_deleted(self, ids: npt.ArrayLike) -> int:
         """Hide ids from every later search (the graph keeps them as waypoints).
@@ -570,7 +548,7 @@ class HnswGraph:
         if missing:
             raise IndexFormatError(f"{meta_path}: graph metadata lacks {missing}")
         try:
-            space, _, _ = _mapping(meta["metric"])
+            space = _metric(meta["metric"]).graph_space
         except AnnSearchError as exc:
             raise IndexFormatError(f"{meta_path}: {exc}") from None
         if space != meta["space"]:
@@ -693,11 +671,10 @@ class HnswGraph:
             ``data``, or a graph that cannot return enough results (raise ``ef``
             or rebuild the graph).
         """
-        m = self._metric
-        q = np.asarray(queries)
-        if q.ndim == 1:
-            q = q.reshape(1, -1)
-        q = _check_vectors("queries", q, self.dim, m.nonneg, self.metric)
+        try:
+            q = check_queries(queries, self.dim, self._metric)
+        except (TypeError, ValueError) as exc:
+            raise AnnSearchError(str(exc)) from None
         if not q.shape[0]:
             return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
         live = len(self)
@@ -741,8 +718,10 @@ class HnswGraph:
             gq = prepare_queries(self.rows, q)  # the rows' preparation (bit-identical), without the bias
         labels = self._knn(gq, k_graph)[:, :want]
 
-        # queries the graph cannot rank (zero prepared vector) tie with every row
-        degenerate = ~gq.any(axis=1) if self.rows != "raw" else np.zeros(nq, dtype=bool)
+        # queries the graph cannot rank (zero graph vector): answered as the exact scan does
+        ties, scans = degenerate_queries(m, q, gq, self._rows_space)
+        degenerate = np.zeros(nq, dtype=bool)
+        degenerate[ties] = degenerate[scans] = True
         constant = self._constant
         if constant.size and deleted.size:
             constant = constant[~np.isin(constant, deleted)]
@@ -774,24 +753,18 @@ class HnswGraph:
 
         # the rest, one query at a time: too many exclusions, pearson constant rows,
         # degenerate queries
-        live_sorted = None
+        by_query: Dict[int, np.ndarray] = {}
+        if degenerate.any():
+            live = self._live_sorted()
+            if n_excl:
+                live = live[~np.isin(live, excl, assume_unique=True)]
+            skip = np.ones(self.max_id + 1, dtype=bool)
+            skip[live] = False
+            by_query = dict(zip(np.concatenate([ties, scans]).tolist(),
+                                rank_degenerate(m, q, ties, scans, data, k, skip)))
         for i in np.flatnonzero(~regular):
             if degenerate[i]:
-                if live_sorted is None:
-                    live_sorted = self._live_sorted()
-                    if n_excl:
-                        live_sorted = live_sorted[~np.isin(live_sorted, excl, assume_unique=True)]
-                if m.name == "pearson" and np.any(q[i] != 0):
-                    # a constant query: OpenCV's scores are not all equal (see
-                    # search.exact_scan); rank the live rows exactly
-                    from fastimg.search import exact_scan
-
-                    skip = np.ones(self.max_id + 1, dtype=bool)
-                    skip[live_sorted] = False
-                    cand = np.sort(exact_scan(m, q[i], data[:self.max_id + 1], min(k, live_sorted.size),
-                                              skip=skip))
-                else:
-                    cand = live_sorted[:k]  # a zero query scores every row alike
+                cand = by_query[int(i)]
             else:
                 cand = labels[i] if keep is None else labels[i][keep[i]]
                 cand = cand[:candidates]

@@ -1,29 +1,36 @@
 """Metric definitions: one place for every comparison fastimg can rank by.
 
-Each metric is described by a :class:`Metric` record.  The histogram metrics are
+Each metric is described by a :class:`Metric` record, which also says how every
+other module treats it: the compiled kernel that scans it, its inner-product
+form, how a degenerate query is ranked, the spaces re-ranking averages and
+weighs in, and how the HNSW graph searches it.  The histogram metrics are
 exactly OpenCV's :func:`cv2.compareHist` definitions, with the *query as the first
 histogram* (this matters for the asymmetric ``chisqr`` and ``kl_div``): the score
 of a database row ``x`` for a query ``q`` is ``cv2.compareHist(q, x, method)``.
 
-=============  ======================  =========  ========  =======
-name           OpenCV method           better     ip form   nonneg
-=============  ======================  =========  ========  =======
-pearson        HISTCMP_CORREL          higher     yes       no
-bhattacharyya  HISTCMP_BHATTACHARYYA   lower      yes       yes
-chisqr         HISTCMP_CHISQR          lower      no        yes
-chisqr_alt     HISTCMP_CHISQR_ALT      lower      no        yes
-intersect      HISTCMP_INTERSECT       higher     no        yes
-kl_div         HISTCMP_KL_DIV          lower      no        yes
-cosine         (none)                  higher     yes       no
-l2             (none)                  lower      yes       no
-l1             (none)                  lower      no        no
-=============  ======================  =========  ========  =======
+=============  ======================  =========  ========  =======  ====
+name           OpenCV method           better     ip form   nonneg   bias
+=============  ======================  =========  ========  =======  ====
+pearson        HISTCMP_CORREL          higher     yes       no       yes
+bhattacharyya  HISTCMP_BHATTACHARYYA   lower      yes       yes      no
+chisqr         HISTCMP_CHISQR          lower      no        yes      no
+chisqr_alt     HISTCMP_CHISQR_ALT      lower      no        yes      no
+intersect      HISTCMP_INTERSECT       higher     no        yes      no
+kl_div         HISTCMP_KL_DIV          lower      no        yes      no
+cosine         (none)                  higher     yes       no       no
+l2             (none)                  lower      yes       no       yes
+l1             (none)                  lower      no        no       no
+=============  ======================  =========  ========  =======  ====
 
 "ip form" metrics reduce to an inner product after a per-row preparation
 (:func:`prepare_rows` / :func:`prepare_query`): the *surrogate*
 ``prepare_query(q) @ prepared_x + bias_x`` is a strictly increasing function of
 the metric's goodness, so ranking by it ranks by the metric.  The prepared
 matrix is derived data: callers may persist it and pass it back.
+
+Vector spaces (:data:`SPACES`, :func:`embed`) are the row mappings the modules
+share: the preparation of the ip-form metrics, re-ranking's averages and
+similarity weights, and the rows the HNSW graph holds are all one of them.
 
 :func:`exact_scores` is the float64 reference used to report final scores;
 :func:`exact_scores_many` is the same definition for a batch of queries, each
@@ -52,8 +59,10 @@ import numpy.typing as npt
 __all__ = [
     "Metric",
     "METRICS",
+    "SPACES",
     "metric_names",
     "get_metric",
+    "embed",
     "prepare_rows",
     "prepare_query",
     "prepare_queries",
@@ -72,10 +81,20 @@ _SCORE_ELEMS = 1 << 17  # values (rows x D) scored per step: float64 temporaries
 # this module does not import cv2.
 _CORREL, _CHISQR, _INTERSECT, _BHATTACHARYYA, _CHISQR_ALT, _KL_DIV = 0, 1, 2, 3, 4, 5
 
+#: Row mappings (see :func:`embed`): ``raw`` (as given), ``unit`` (``x / |x|``),
+#: ``centred_unit`` (``(x - mean) / |x - mean|``), ``l1`` (``x / sum(x)``) and
+#: ``sqrt_l1`` (``sqrt(x / sum(x))``).  Rows without a direction map to zeros.
+SPACES = ("raw", "unit", "centred_unit", "l1", "sqrt_l1")
+
+#: hnswlib spaces: "ip" (distance ``1 - a.b``), "l2" (squared Euclidean)
+_GRAPH_SPACES = ("ip", "l2")
+#: how re-ranking computes dissimilarities among a query's candidates
+_PAIRWISE = ("gram", "sqeuclidean", "l1", "intersect", "exact")
+
 
 @dataclass(frozen=True)
 class Metric:
-    """Description of one metric.
+    """Description of one metric, and of how every part of fastimg treats it.
 
     Attributes
     ----------
@@ -91,6 +110,36 @@ class Metric:
         True if the metric requires non-negative data (histogram metrics).
     doc : str
         One-line description.
+    bias : bool
+        :func:`prepare_rows` returns a per-row additive term (pearson: 1 for
+        constant rows; l2: ``-|x|^2``).
+    kernel : str
+        The ``fastimg._core`` constant of the kernel that scans the metric
+        (``"KIND_IP"`` for the ip-form metrics, which scan the prepared rows).
+    ip_space : str or None
+        The :data:`SPACES` entry of the prepared rows (None without an ip form).
+    zero_query_ties : bool
+        An all-zero query scores every row alike (so its answer is the lowest
+        available ids).  Used when a surrogate cannot rank a query (see
+        :func:`fastimg.search.degenerate_queries`).
+    mean_space : str
+        Where re-ranking averages vectors (:func:`fastimg.rerank.expand`).
+    sim_space : str
+        Unit-vector space whose dot products are the similarity re-ranking uses
+        for weights (:func:`fastimg.rerank.similarity`).
+    pairwise : str
+        How re-ranking measures dissimilarities among candidates, on a
+        squared-Euclidean-like scale: ``"gram"`` (``1 - dot`` in ``sim_space``),
+        ``"sqeuclidean"``, ``"l1"``, ``"intersect"`` (``sum(a) - sum(min(a, b))``)
+        or ``"exact"`` (the metric's own value).
+    graph_space : str
+        hnswlib space of the HNSW graph: ``"ip"`` or ``"l2"``.
+    graph_rows : str
+        Rows put in the graph: ``"raw"`` or the name of the ip-form metric whose
+        :func:`prepare_rows` (without the bias) is applied.
+    graph_order : str
+        ``"exact"`` if the graph's distance is a monotone function of the metric,
+        ``"surrogate"`` if it ranks by a related metric (re-scoring fixes the order).
     """
 
     name: str
@@ -99,23 +148,55 @@ class Metric:
     ip_form: bool
     nonneg: bool
     doc: str = ""
+    bias: bool = False
+    kernel: str = "KIND_IP"
+    ip_space: Optional[str] = None
+    zero_query_ties: bool = True
+    mean_space: str = "raw"
+    sim_space: str = "unit"
+    pairwise: str = "exact"
+    graph_space: str = "ip"
+    graph_rows: str = "raw"
+    graph_order: str = "exact"
 
+    def __post_init__(self) -> None:
+        # the record's invariants (checked when METRICS is built)
+        ok = (self.ip_form == (self.kernel == "KIND_IP") == (self.ip_space is not None)
+              and (self.ip_form or not self.bias)
+              and self.ip_space in SPACES + (None,) and {self.mean_space, self.sim_space} <= set(SPACES)
+              and self.pairwise in _PAIRWISE and self.graph_space in _GRAPH_SPACES
+              and self.graph_order in ("exact", "surrogate"))
+        if not ok:
+            raise ValueError(f"inconsistent Metric record: {self!r}")
+
+
+_HIST = dict(nonneg=True, mean_space="l1", sim_space="sqrt_l1", graph_rows="bhattacharyya")
 
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("pearson", True, _CORREL, True, False, "Pearson correlation (cv2 HISTCMP_CORREL)"),
+        Metric("pearson", True, _CORREL, True, False, "Pearson correlation (cv2 HISTCMP_CORREL)",
+               bias=True, ip_space="centred_unit", mean_space="centred_unit", sim_space="centred_unit",
+               pairwise="gram", graph_rows="pearson"),
         Metric("bhattacharyya", False, _BHATTACHARYYA, True, True,
-               "Bhattacharyya/Hellinger distance (cv2 HISTCMP_BHATTACHARYYA)"),
-        Metric("chisqr", False, _CHISQR, False, True, "Chi-square, query as H1 (cv2 HISTCMP_CHISQR)"),
-        Metric("chisqr_alt", False, _CHISQR_ALT, False, True,
-               "Alternative (symmetric) chi-square (cv2 HISTCMP_CHISQR_ALT)"),
-        Metric("intersect", True, _INTERSECT, False, True, "Histogram intersection (cv2 HISTCMP_INTERSECT)"),
-        Metric("kl_div", False, _KL_DIV, False, True,
-               "Kullback-Leibler divergence of the query from the row (cv2 HISTCMP_KL_DIV)"),
-        Metric("cosine", True, None, True, False, "Cosine similarity"),
-        Metric("l2", False, None, True, False, "Euclidean distance"),
-        Metric("l1", False, None, False, False, "Manhattan (L1) distance"),
+               "Bhattacharyya/Hellinger distance (cv2 HISTCMP_BHATTACHARYYA)",
+               ip_space="sqrt_l1", mean_space="l1", sim_space="sqrt_l1", pairwise="gram",
+               graph_rows="bhattacharyya"),
+        Metric("chisqr", False, _CHISQR, False, doc="Chi-square, query as H1 (cv2 HISTCMP_CHISQR)",
+               kernel="KIND_CHISQR", graph_order="surrogate", **_HIST),
+        Metric("chisqr_alt", False, _CHISQR_ALT, False, doc="Alternative (symmetric) chi-square "
+               "(cv2 HISTCMP_CHISQR_ALT)", kernel="KIND_CHISQR_ALT", zero_query_ties=False,
+               graph_order="surrogate", **_HIST),
+        Metric("intersect", True, _INTERSECT, False, doc="Histogram intersection (cv2 HISTCMP_INTERSECT)",
+               kernel="KIND_INTERSECT", pairwise="intersect", graph_order="surrogate", **_HIST),
+        Metric("kl_div", False, _KL_DIV, False, doc="Kullback-Leibler divergence of the query from the row "
+               "(cv2 HISTCMP_KL_DIV)", kernel="KIND_KL_DIV", graph_order="surrogate", **_HIST),
+        Metric("cosine", True, None, True, False, "Cosine similarity",
+               ip_space="unit", mean_space="unit", pairwise="gram", graph_rows="cosine"),
+        Metric("l2", False, None, True, False, "Euclidean distance",
+               bias=True, ip_space="raw", zero_query_ties=False, pairwise="sqeuclidean", graph_space="l2"),
+        Metric("l1", False, None, False, False, "Manhattan (L1) distance",
+               kernel="KIND_L1", zero_query_ties=False, pairwise="l1", graph_space="l2", graph_order="surrogate"),
     )
 }
 
@@ -172,44 +253,76 @@ def aligned_empty(shape: Tuple[int, ...], dtype: npt.DTypeLike = np.float32, ali
 # preparation to inner-product form
 # ---------------------------------------------------------------------------
 
-def _prepare_block(metric: Metric, x: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Prepare a (n, D) block in float64; returns (prepared float64, bias float64 or None)."""
-    x = x.astype(np.float64, copy=False)
+def embed(space: str, x: npt.ArrayLike) -> np.ndarray:
+    """Map vectors into one of the shared :data:`SPACES`, in float64.
+
+    The one definition of these mappings: :func:`prepare_rows` (the ip-form
+    metrics' ``Metric.ip_space``), re-ranking's averages and weights
+    (``Metric.mean_space`` / ``Metric.sim_space``) and the HNSW graph's rows use it.
+
+    Parameters
+    ----------
+    space : str
+        ``"raw"``, ``"unit"``, ``"centred_unit"``, ``"l1"`` or ``"sqrt_l1"``.
+    x : array_like, shape (n, D) or (D,)
+
+    Returns
+    -------
+    ndarray of float64, same shape (a new array)
+        raw: ``x``; unit: ``x / |x|``; centred_unit: ``(x - mean(x)) / |x - mean(x)|``;
+        l1: ``x / sum(x)``; sqrt_l1: ``sqrt(max(x / sum(x), 0))``.  Rows without a
+        direction map to zeros: zero rows (unit), constant rows, exactly equal
+        values (centred_unit), rows with ``sum(x) <= 0`` (l1, sqrt_l1).
+    """
+    if space not in SPACES:
+        raise ValueError(f"unknown space {space!r}; expected one of {list(SPACES)}")
+    a = np.array(x, dtype=np.float64)  # a copy: the mappings work in place
+    one = a.ndim == 1
+    out, _ = _embed_block(space, np.atleast_2d(a))
+    return out[0] if one else out
+
+
+def _embed_block(space: str, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``embed`` of a float64 (n, D) block, which it may modify; also returns the
+    boolean (n,) mask of the rows mapped to zeros (no direction)."""
     n, d = x.shape
-    name = metric.name
-    if name == "pearson":
+    if space == "raw":
+        return x, np.zeros(n, dtype=bool)
+    if space == "centred_unit":
         s1 = x.sum(axis=1)
         s11 = np.einsum("ij,ij->i", x, x)
         var = s11 - s1 * s1 / d  # OpenCV's form: sum (x - mean)^2
         centred = x - (s1 / d)[:, None]
         norm = np.sqrt(np.einsum("ij,ij->i", centred, centred))
         # constant rows (exactly equal values) have no direction: OpenCV scores them 1
-        const = (x.max(axis=1) == x.min(axis=1)) | ~(var > 0) | ~(norm > 0)
-        out = np.divide(centred, np.where(const, 1.0, norm)[:, None], out=centred)
-        if const.any():
-            out[const] = 0.0
-        # a constant row scores exactly 1 against any query (OpenCV's special case)
-        bias = np.where(const, 1.0, 0.0)
-        return out, bias
-    if name == "bhattacharyya":
-        s = x.sum(axis=1)
-        ok = s > 0
-        if ok.all():
-            return np.sqrt(x / s[:, None]), None
-        out = np.zeros_like(x)
-        out[ok] = np.sqrt(x[ok] / s[ok, None])
-        return out, None
-    if name == "cosine":
+        flat = (x.max(axis=1) == x.min(axis=1)) | ~(var > 0) | ~(norm > 0)
+        out = np.divide(centred, np.where(flat, 1.0, norm)[:, None], out=centred)
+    elif space == "unit":
         norm = np.sqrt(np.einsum("ij,ij->i", x, x))
-        ok = norm > 0
-        out = x / np.where(ok, norm, 1.0)[:, None]
-        if not ok.all():
-            out[~ok] = 0.0
+        flat = ~(norm > 0)
+        out = x / np.where(flat, 1.0, norm)[:, None]
+    else:  # l1, sqrt_l1
+        s = x.sum(axis=1)
+        flat = ~(s > 0)
+        out = np.divide(x, np.where(flat, 1.0, s)[:, None], out=x)
+        if space == "sqrt_l1":
+            out = np.sqrt(np.maximum(out, 0.0, out=out), out=out)
+    if flat.any():
+        out[flat] = 0.0
+    return out, flat
+
+
+def _prepare_block(metric: Metric, x: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Prepare a (n, D) block in float64; returns (prepared float64, bias float64 or None)."""
+    out, flat = _embed_block(metric.ip_space, np.array(x, dtype=np.float64))
+    if not metric.bias:
         return out, None
-    if name == "l2":
+    if metric.ip_space == "raw":
         # -|q - x|^2 = 2 q.x - |x|^2 - |q|^2: rows unchanged, bias -|x|^2, query doubled
-        return x, -np.einsum("ij,ij->i", x, x)
-    raise ValueError(f"metric {metric.name!r} has no inner-product form")
+        return out, -np.einsum("ij,ij->i", out, out)
+    # rows without a direction (pearson: constant rows) score exactly 1 against any
+    # query (OpenCV's special case)
+    return out, np.where(flat, 1.0, 0.0)
 
 
 def prepare_rows(metric: "str | Metric", data: npt.ArrayLike) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -245,9 +358,7 @@ def prepare_rows(metric: "str | Metric", data: npt.ArrayLike) -> Tuple[np.ndarra
         raise ValueError(f"data must be 2-D (N, D); got shape {data.shape}")
     n, d = data.shape
     prepared = aligned_empty((n, d), np.float32)
-    bias = None
-    if m.name in ("pearson", "l2"):
-        bias = np.zeros(n, dtype=np.float32)
+    bias = np.zeros(n, dtype=np.float32) if m.bias else None
     for start in range(0, n, _ROW_CHUNK):
         stop = min(n, start + _ROW_CHUNK)
         p, b = _prepare_block(m, data[start:stop])
@@ -282,9 +393,11 @@ def prepare_queries(metric: "str | Metric", queries: npt.ArrayLike) -> np.ndarra
     q = np.asarray(queries, dtype=np.float64)
     if q.ndim != 2:
         raise ValueError(f"queries must be 2-D (Q, D); got shape {q.shape}")
-    if m.name == "l2":
-        return np.ascontiguousarray(2.0 * q, dtype=np.float32)
+    if not m.ip_form:
+        raise ValueError(f"metric {m.name!r} has no inner-product form")
     p, _ = _prepare_block(m, q)
+    if m.bias and m.ip_space == "raw":
+        p *= 2.0  # l2: the surrogate is 2 q.x - |x|^2 (see _prepare_block)
     return np.ascontiguousarray(p, dtype=np.float32)
 
 

@@ -29,24 +29,23 @@ A spec is a name or ``"name:param=value,..."`` (e.g. ``"k-reciprocal:k1=20,lambd
 parsed by :func:`parse_spec`.  :func:`augment_database` is the offline form of DBA
 over a whole matrix (it changes the database: re-index the returned vectors).
 
-Averaging happens in the metric's natural space (:func:`expansion_space`):
-pearson averages centred unit vectors, cosine unit vectors, the histogram
-metrics (bhattacharyya, chisqr, intersect, ...) L1-normalised histograms - the
-mean stays a non-negative histogram, rescaled to the query's mass - and l2/l1
-the raw vectors.  Similarities used as weights (``sim^alpha``) are in [0, 1]:
-the cosine of the metric's unit embedding (pearson: the correlation; histogram
-metrics: the Bhattacharyya coefficient of the L1-normalised histograms; l2/l1:
-the cosine), negative values clipped to 0.
+Averaging happens in the metric's natural space (:func:`expansion_space`,
+``Metric.mean_space``): pearson averages centred unit vectors, cosine unit
+vectors, the histogram metrics (bhattacharyya, chisqr, intersect, ...)
+L1-normalised histograms - the mean stays a non-negative histogram, rescaled to
+the query's mass - and l2/l1 the raw vectors.  Similarities used as weights
+(``sim^alpha``) are in [0, 1]: the dot product in the metric's unit space
+(``Metric.sim_space``: pearson, the correlation; histogram metrics, the
+Bhattacharyya coefficient of the L1-normalised histograms; l2/l1, the cosine),
+negative values clipped to 0.  Both spaces are :func:`fastimg.metrics.embed`'s.
 
 Defaults (:data:`PARAMS`) were chosen from sweeps on Corel-1k (every image
 queries the other 999, mAP over the full ranking; ``bench/quality.py --tune``):
 ``qe`` n=5; ``alpha-qe`` n=5, alpha=3; ``dba`` n=5, alpha=3, depth=200;
-``k-reciprocal`` k1=30, k2=6, lambda=0.3, depth=200.  On the best plain
-configuration (``classic`` + l1, mAP 0.641) k-reciprocal reaches 0.709 and QE
-0.671; see ``bench/quality.md`` for the table and ``bench/bench_rerank.py`` for
-the cost per query.  Candidates past ``depth`` keep their initial order, so a
-larger ``depth`` lifts mAP over long rankings further (k-reciprocal depth=300
-added about +0.025 mAP over depth=200 in the sweep) at about twice the cost.
+``k-reciprocal`` k1=30, k2=6, lambda=0.3, depth=200.  ``bench/quality.md`` has
+the sweeps and the mAP they reach, ``bench/bench_rerank.py`` the cost per query.
+Candidates past ``depth`` keep their initial order, so a larger ``depth`` lifts
+mAP over long rankings further at a higher cost.
 """
 from __future__ import annotations
 
@@ -74,18 +73,8 @@ GetVectors = Callable[[np.ndarray], np.ndarray]
 SearchFn = Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarray]]
 
 # name -> {param: (type, default, lower bound, inclusive, doc)}
-# Defaults measured on Corel-1k (leave-one-out mAP over the full ranking; sweeps in
-# bench/quality.md, which has the current sweep on classic + l1, plain mAP 0.641).
-# The figures below are from the first sweep, made with the first version of the
-# `classic` descriptor (classic + l1, plain mAP 0.609):
-#   qe      n=2/3/5/8/12 -> 0.630/0.633/0.634/0.636/0.636 (P@10 best at n<=5)
-#   alpha-qe n=5/10/20 (alpha=3) -> 0.632/0.634/0.629; on UKBench-56 (4 relevant)
-#           n=10 loses 0.2 N-S, hence n=5
-#   k-reciprocal (k1, depth) = (20, 200)/(30, 200)/(40, 200)/(40, 300) -> 0.673/0.684/0.689/0.714;
-#           k1=30 is better than 40 on UKBench-56; depth 300 costs ~2x depth 200
-#   dba     (local: neighbours among the candidates) on spatial-hsv72 + bhattacharyya
-#           (plain 0.536): depth 50/100/200/300 -> 0.532/0.533/0.553/0.563; n=3/5/10 at
-#           depth 100 -> 0.535/0.533/0.527; alpha=0 at depth 100 -> 0.527
+# Defaults measured on Corel-1k (leave-one-out mAP over the full ranking) and
+# checked on UKBench-56: the sweeps are in bench/quality.md.
 PARAMS: dict[str, dict[str, tuple]] = {
     "qe": {
         "n": (int, 5, 1, True, "top results averaged with the query"),
@@ -222,34 +211,22 @@ def expansion_space(metric: Any, x: npt.ArrayLike) -> np.ndarray:
     Returns
     -------
     ndarray of float64, same shape
-        pearson: centred unit vectors; cosine: unit vectors; histogram metrics
-        (``Metric.nonneg``): L1-normalised histograms; l2/l1: the vectors.  Zero
-        (or constant, for pearson) vectors map to zeros.
+        ``fastimg.metrics.embed(metric.mean_space, x)``: pearson, centred unit
+        vectors; cosine, unit vectors; histogram metrics (``Metric.nonneg``),
+        L1-normalised histograms; l2/l1, the vectors.  Zero vectors (constant
+        ones for pearson, exactly equal values) map to zeros.
     """
-    m = _metric(metric)
-    a = np.asarray(x, dtype=np.float64)
-    one = a.ndim == 1
-    a = np.atleast_2d(a)
-    if m.name == "pearson":
-        a = a - a.mean(axis=1, keepdims=True)
-    if m.name in ("pearson", "cosine"):
-        norm = np.sqrt(np.einsum("ij,ij->i", a, a))
-        a = np.divide(a, norm[:, None], out=np.zeros_like(a), where=norm[:, None] > 0)
-    elif m.nonneg:
-        s = a.sum(axis=1)
-        a = np.divide(a, s[:, None], out=np.zeros_like(a), where=s[:, None] > 0)
-    return a[0] if one else a
+    from fastimg.metrics import embed
+
+    return embed(_metric(metric).mean_space, x)
 
 
 def _unit_embedding(m: Any, x: np.ndarray) -> np.ndarray:
-    """Rows whose dot products are the [-1, 1] similarity used for weights."""
-    e = expansion_space(m, x)
-    if m.nonneg:
-        e = np.sqrt(np.maximum(e, 0.0))  # dot product = Bhattacharyya coefficient
-    elif m.name in ("l2", "l1"):
-        norm = np.sqrt(np.einsum("ij,ij->i", e, e))
-        e = np.divide(e, norm[:, None], out=np.zeros_like(e), where=norm[:, None] > 0)
-    return e
+    """Rows whose dot products are the [-1, 1] similarity used for weights
+    (``Metric.sim_space``; histogram metrics: the Bhattacharyya coefficient)."""
+    from fastimg.metrics import embed
+
+    return embed(m.sim_space, x)
 
 
 def similarity(metric: Any, query: npt.ArrayLike, rows: npt.ArrayLike) -> np.ndarray:
@@ -303,9 +280,15 @@ def expand(metric: Any, base: npt.ArrayLike, neighbours: npt.ArrayLike, weights:
     eb = expansion_space(m, b)
     en = expansion_space(m, nb) if nb.shape[0] else np.zeros((0, b.shape[0]))
     out = (eb + w @ en) / (1.0 + w.sum())
-    if m.nonneg:
-        out = np.maximum(out, 0.0) * b.sum()
-    return out.astype(np.float32)
+    return _rescale(m, out, b.sum()).astype(np.float32)
+
+
+def _rescale(m: Any, mean: np.ndarray, mass: Any) -> np.ndarray:
+    """Back from the averaging space: an L1-normalised mean (histogram metrics)
+    is clipped at 0 and given the base's mass (``mass``: a scalar or (n, 1))."""
+    if m.mean_space == "l1":
+        return np.maximum(mean, 0.0) * mass
+    return mean
 
 
 # ---------------------------------------------------------------------------
@@ -415,17 +398,18 @@ def _pairwise_kernel() -> Any:
 
 def _pairwise_distance(m: Any, z: np.ndarray) -> np.ndarray:
     """(M, M) non-negative dissimilarities of the metric among rows of z (row = first
-    argument), on a squared-Euclidean-like scale: 1 - s (pearson, cosine), d^2
-    (bhattacharyya, l2), self-similarity - s (intersect), the value itself (others)."""
-    if m.name in ("pearson", "cosine", "bhattacharyya"):
+    argument), on a squared-Euclidean-like scale (``Metric.pairwise``): 1 - s
+    (pearson, cosine), d^2 (bhattacharyya, l2), self-similarity - s (intersect),
+    the value itself (others)."""
+    if m.pairwise == "gram":
         e = _unit_embedding(m, z)
         g = e @ e.T
         return np.maximum(1.0 - g, 0.0)  # pearson/cosine: 1 - s ; bhattacharyya: d^2 = 1 - BC
-    if m.name == "l2":
+    if m.pairwise == "sqeuclidean":
         sq = np.einsum("ij,ij->i", z, z)
         return np.maximum(sq[:, None] + sq[None, :] - 2.0 * (z @ z.T), 0.0)
-    if m.name in ("l1", "intersect"):
-        return _pairwise_kernel()(np.ascontiguousarray(z, dtype=np.float64), m.name == "intersect")
+    if m.pairwise in ("l1", "intersect"):
+        return _pairwise_kernel()(np.ascontiguousarray(z, dtype=np.float64), m.pairwise == "intersect")
     from fastimg.metrics import exact_scores
     out = np.empty((z.shape[0], z.shape[0]))
     for i in range(z.shape[0]):
@@ -487,7 +471,8 @@ _CONTROLLER: Any = None
 
 def _one_blas_thread() -> Any:
     """Context manager capping BLAS to one thread: the matrices here are tiny, and a
-    multi-threaded BLAS on a busy machine makes a 100 x 100 product 20x slower."""
+    multi-threaded BLAS on a busy machine makes a small product much slower
+    (bench/bench_rerank.py measures the cost per query)."""
     global _CONTROLLER
     if _CONTROLLER is None:
         from threadpoolctl import ThreadpoolController
@@ -606,9 +591,7 @@ def _augment_rows(m: Any, x: np.ndarray, self_ids: np.ndarray, nb_ids: np.ndarra
         w = np.ones(nb.shape)
     w = np.where(ok, w, 0.0)
     out = (ex + np.einsum("rn,rnd->rd", w, en)) / (1.0 + w.sum(axis=1))[:, None]
-    if m.nonneg:
-        out = np.maximum(out, 0.0) * x.sum(axis=1)[:, None]
-    return out
+    return _rescale(m, out, x.sum(axis=1)[:, None])
 
 
 # ---------------------------------------------------------------------------

@@ -10,8 +10,10 @@ How a search runs:
 
 1. arguments are validated here, once (dtype, shape, finiteness, sign, ``k``,
    ``exclude``, metric name), with messages that say what was expected and what
-   was received; the compiled kernels never validate;
-2. candidates are selected by a compiled kernel on float32 values:
+   was received; the compiled kernels never validate.  :func:`check_queries`
+   and :func:`check_values` are also the HNSW graph's checks;
+2. candidates are selected by a compiled kernel on float32 values, the one
+   ``Metric.kernel`` names:
 
    * inner-product metrics (pearson, bhattacharyya, cosine, l2) scan the prepared
      rows (:func:`fastimg.metrics.prepare_rows`) with a fused dot product + bounded
@@ -20,9 +22,9 @@ How a search runs:
      4-query tiles; batches of 6 or more go through register-blocked query panels
      (tiles of 12 rows x 8 queries or 6 rows x 16 queries held in vector
      registers, a heap-root compare per tile) - see ``fastimg._core.fused_topk``.
-     On request (``strategy="gemm"``) a BLAS GEMM over row blocks followed by a
-     parallel heap update (BLAS threads capped with threadpoolctl) is used instead;
-     ``"auto"`` never picks it, the panels being faster (bench/search.md);
+     A query whose prepared vector is zero cannot be ranked by the surrogate
+     (:func:`degenerate_queries`, shared with the HNSW graph): it is answered by
+     :func:`rank_degenerate`;
    * the other metrics (chisqr, chisqr_alt, intersect, kl_div, l1) use a fused
      direct kernel on the raw rows;
 
@@ -31,39 +33,29 @@ How a search runs:
    returns), and sorted best first, ties broken by the lower row id
    (:func:`rescore`, shared with the HNSW graph's search).
 
-Results do not depend on the thread count.
+Every layer returns ``(ids, scores)``.  Results do not depend on the thread count.
 """
 from __future__ import annotations
 
 import logging
 import numbers
-import os
 from typing import Any, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
 
 from fastimg._threads import resolve_threads
-from fastimg.metrics import (METRICS, Metric, exact_scores_many, get_metric, metric_names, prepare_queries,
-                             prepare_rows)
+from fastimg.metrics import METRICS, Metric, exact_scores_many, get_metric, metric_names, prepare_queries, prepare_rows
 
-__all__ = ["ExactSearcher", "topk", "rescore", "exact_scan", "resolve_threads", "METRICS", "metric_names"]
+__all__ = ["ExactSearcher", "topk", "rescore", "exact_scan", "check_queries", "check_values", "degenerate_queries",
+           "rank_degenerate", "resolve_threads", "METRICS", "metric_names"]
 
 log = logging.getLogger(__name__)
 
 _DBL_EPS = float(np.finfo(np.float64).eps)
-_STRATEGIES = ("auto", "fused", "gemm")
-#: ip-form batches with at least this many queries use the GEMM path ("auto").
-#: Disabled: on the reference machine (2 cores, OpenBLAS Haswell kernel) the
-#: fused kernels were 2.5-3.3x faster per query than this GEMM path at N = 1e6,
-#: Q = 100 even before the query-panel kernel (bench/search.md), so "auto" always
-#: takes the fused kernels.
-GEMM_MIN_QUERIES: float = float("inf")
+_STRATEGIES = ("auto", "fused")
 #: queries per kernel call (bounds per-thread heap memory)
-_FUSED_QUERY_BATCH = 256
-_GEMM_QUERY_BATCH = 1024
-#: bytes of data rows per GEMM block
-_GEMM_BLOCK_BYTES = 4 << 20
+_QUERY_BATCH = 256
 #: element operations (rows x dim x queries) per extra thread: smaller jobs use
 #: fewer threads (a thread team costs more than it saves on tiny scans, and a lot
 #: on a loaded machine where a second thread may wait for a time slice)
@@ -72,6 +64,7 @@ _WORK_PER_THREAD = 1 << 21
 _CHECK_ROWS = 1 << 16
 #: candidate values (queries x candidates x D) gathered and re-scored per step
 _RESCORE_ELEMS = 1 << 20
+_NO_QUERIES = np.empty(0, dtype=np.intp)
 
 
 # ---------------------------------------------------------------------------
@@ -96,23 +89,45 @@ def _check_matrix(arr: Any, name: str, hint: str = "") -> np.ndarray:
     return arr
 
 
-def _check_values(arr: np.ndarray, name: str, metric: Metric) -> None:
-    """Raise if ``arr`` holds NaN/inf, or negative values for a histogram metric."""
+def check_values(arr: np.ndarray, name: str, metric: Metric) -> None:
+    """Raise ``ValueError`` if the (N, D) ``arr`` holds NaN/inf, or negative values
+    for a histogram metric (``metric.nonneg``); the message names the first bad row.
+
+    Reads ``arr`` in blocks of rows (no N x D temporaries); the one value check of
+    :class:`ExactSearcher` and :class:`fastimg.ann.HnswGraph`.
+    """
     for start in range(0, arr.shape[0], _CHECK_ROWS):
         block = arr[start:start + _CHECK_ROWS]
+        if not block.size:
+            continue
         lo = block.min()
         hi = block.max()
         if not (np.isfinite(lo) and np.isfinite(hi)):
             bad = np.nonzero(~np.isfinite(block).all(axis=1))[0]
-            raise ValueError(f"{name} must be finite; got NaN or inf in row {start + int(bad[0])}"
-                             f" ({len(bad)} such rows in rows {start}..{start + len(block) - 1})")
+            raise ValueError(f"{name} must be finite; got NaN or infinity in row {start + int(bad[0])}"
+                             f" ({len(bad)} such rows in rows {start}..{start + len(block) - 1}): drop or fix "
+                             f"failed rows first")
         if metric.nonneg and lo < 0:
             bad = np.nonzero((block < 0).any(axis=1))[0]
             raise ValueError(f"metric {metric.name!r} compares histograms and needs non-negative values; "
                              f"{name} row {start + int(bad[0])} has a negative value (min {float(lo)!r})")
 
 
-def _check_queries(queries: Any, dim: int, metric: Metric) -> np.ndarray:
+def check_queries(queries: Any, dim: int, metric: Metric) -> np.ndarray:
+    """Validated queries: a float32 (Q, D) C-contiguous array (a 1-D query is one row).
+
+    The one query check of :meth:`ExactSearcher.search` and
+    :meth:`fastimg.ann.HnswGraph.search`: real numbers, shape (D,) or (Q, D) with
+    ``D == dim``, finite, and non-negative for a histogram metric.
+
+    Raises
+    ------
+    TypeError
+        Not an array of real numbers.
+    ValueError
+        Wrong shape or dimension, NaN/inf, or a negative value for a histogram metric
+        (the message names the first bad query).
+    """
     try:
         q = np.asarray(queries)
     except Exception as exc:  # pragma: no cover - exotic inputs
@@ -131,7 +146,7 @@ def _check_queries(queries: Any, dim: int, metric: Metric) -> np.ndarray:
     if q.shape[0]:
         if not np.isfinite(q).all():
             bad = int(np.nonzero(~np.isfinite(q).all(axis=1))[0][0])
-            raise ValueError(f"queries must be finite; query {bad} has NaN or inf")
+            raise ValueError(f"queries must be finite; query {bad} has NaN or infinity")
         if metric.nonneg and (q < 0).any():
             bad = int(np.nonzero((q < 0).any(axis=1))[0][0])
             raise ValueError(f"metric {metric.name!r} compares histograms and needs non-negative values; "
@@ -166,6 +181,80 @@ def _build_mask(exclude: Any, n: int) -> Optional[np.ndarray]:
 
 
 # ---------------------------------------------------------------------------
+# queries a surrogate cannot rank (shared with the HNSW graph)
+# ---------------------------------------------------------------------------
+
+def degenerate_queries(metric: Metric, queries: np.ndarray, embedded: np.ndarray,
+                       space: str) -> Tuple[np.ndarray, np.ndarray]:
+    """The queries an inner-product surrogate cannot rank, split by how to rank them.
+
+    Parameters
+    ----------
+    metric : Metric
+    queries : ndarray, shape (Q, D)
+        The raw queries.
+    embedded : ndarray, shape (Q, D)
+        The queries mapped into ``space``, the space of the rows scanned (an
+        exact scan's prepared rows, the HNSW graph's rows).
+    space : str
+        A :data:`fastimg.metrics.SPACES` entry.  In ``"raw"`` space nothing is
+        degenerate (an l2 surrogate ranks a zero query by the row norms).
+
+    Returns
+    -------
+    ties : ndarray of intp
+        Queries whose embedded vector is zero and that score every row alike under
+        the metric too (an all-zero query of a ``Metric.zero_query_ties`` metric):
+        their answer is the lowest available ids.
+    scans : ndarray of intp
+        The other queries with a zero embedded vector (a constant pearson query,
+        whose OpenCV variance is float64 rounding noise rather than zero; a zero
+        chisqr_alt query in the graph's Hellinger space): rank them by
+        :func:`exact_scan`.
+    """
+    if space == "raw" or not queries.shape[0]:
+        return _NO_QUERIES, _NO_QUERIES
+    degenerate = ~embedded.any(axis=1)
+    if not degenerate.any():
+        return _NO_QUERIES, _NO_QUERIES
+    tie = degenerate & ~queries.any(axis=1) if metric.zero_query_ties else np.zeros_like(degenerate)
+    return np.flatnonzero(tie), np.flatnonzero(degenerate & ~tie)
+
+
+def rank_degenerate(metric: Metric, queries: np.ndarray, ties: np.ndarray, scans: np.ndarray, data: Any, k: int,
+                    skip: Optional[np.ndarray] = None) -> np.ndarray:
+    """Candidate ids of the :func:`degenerate_queries`, in the order ``ties``, then ``scans``.
+
+    Parameters
+    ----------
+    metric : Metric
+    queries : ndarray, shape (Q, D)
+        The raw queries.
+    ties, scans : ndarray of int
+        From :func:`degenerate_queries`.
+    data : ndarray or np.memmap, shape (N, D)
+        The raw rows (only read for ``scans``).
+    k : int
+        Wanted ids per query; ``k' = min(k, available rows)`` are returned.
+    skip : ndarray of bool, shape (N,), optional
+        Rows never returned (excluded, deleted, absent).
+
+    Returns
+    -------
+    ndarray of int64, shape (len(ties) + len(scans), k')
+        The lowest available ids for ``ties``; :func:`exact_scan`'s ranking for
+        ``scans``.
+    """
+    n = data.shape[0] if skip is None else skip.shape[0]
+    first = np.arange(min(k, n), dtype=np.int64) if skip is None else np.flatnonzero(~skip)[:k].astype(np.int64)
+    out = np.empty((ties.size + scans.size, first.size), dtype=np.int64)
+    out[:ties.size] = first
+    for j, i in enumerate(scans):
+        out[ties.size + j] = exact_scan(metric, queries[i], data[:n], first.size, skip=skip)
+    return out
+
+
+# ---------------------------------------------------------------------------
 # the searcher
 # ---------------------------------------------------------------------------
 
@@ -190,10 +279,9 @@ class ExactSearcher:
     check : bool, default True
         Verify once that ``data`` is finite (and non-negative for histogram
         metrics).  Pass False only for data validated before (costs one read pass).
-    strategy : {"auto", "fused", "gemm"}, default "auto"
-        Candidate selection for inner-product metrics: fused dot + heap pass, or
-        BLAS GEMM over row blocks.  "auto" uses GEMM from ``GEMM_MIN_QUERIES``
-        queries (currently never: the fused kernel measured faster).
+    strategy : {"auto", "fused"}, default "auto"
+        Candidate selection: both take the fused score + heap kernels (the BLAS
+        GEMM path was removed, the fused kernels being faster: bench/search.md).
     chunk_rows : int, optional
         Rows per work unit of the fused kernel (tuning and testing knob).
 
@@ -232,8 +320,6 @@ class ExactSearcher:
         self.threads: int = resolve_threads(threads)
         if strategy not in _STRATEGIES:
             raise ValueError(f"strategy must be one of {_STRATEGIES}; got {strategy!r}")
-        if strategy == "gemm" and not self.metric.ip_form:
-            raise ValueError(f"strategy 'gemm' needs an inner-product metric; metric {self.metric.name!r} has none")
         self.strategy = strategy
         if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral)
                                        or chunk_rows < 1):
@@ -241,12 +327,11 @@ class ExactSearcher:
         self.chunk_rows = None if chunk_rows is None else int(chunk_rows)
         n, d = self.data.shape
         if check:
-            _check_values(self.data, "data", self.metric)
+            check_values(self.data, "data", self.metric)
 
         self.prepared: Optional[np.ndarray] = None
         self.bias: Optional[np.ndarray] = None
         if self.metric.ip_form:
-            needs_bias = self.metric.name in ("pearson", "l2")
             if prepared is None:
                 if bias is not None:
                     raise ValueError("bias was given without prepared; pass both or neither")
@@ -255,7 +340,7 @@ class ExactSearcher:
                 self.prepared = _check_matrix(prepared, "prepared")
                 if self.prepared.shape != (n, d):
                     raise ValueError(f"prepared must have the shape of data {(n, d)}; got {self.prepared.shape}")
-                if needs_bias:
+                if self.metric.bias:
                     if bias is None:
                         raise ValueError(f"metric {self.metric.name!r} needs the bias returned by prepare_rows "
                                          f"together with prepared; got bias=None")
@@ -310,7 +395,7 @@ class ExactSearcher:
             distances.
         """
         k = _check_k(k)
-        q = _check_queries(queries, self.dim, self.metric)
+        q = check_queries(queries, self.dim, self.metric)
         mask = _build_mask(exclude, self.n)
         n_avail = self.n - (int(np.count_nonzero(mask)) if mask is not None else 0)
         nq = q.shape[0]
@@ -320,17 +405,9 @@ class ExactSearcher:
         kk = min(n_avail, k_out + max(8, k_out // 8))
 
         cand = np.empty((nq, kk), dtype=np.int64)
-        batch = _GEMM_QUERY_BATCH if self._use_gemm(nq) else _FUSED_QUERY_BATCH
-        for s in range(0, nq, batch):
-            cand[s:s + batch] = self._candidates(q[s:s + batch], kk, mask)
+        for s in range(0, nq, _QUERY_BATCH):
+            cand[s:s + _QUERY_BATCH] = self._candidates(q[s:s + _QUERY_BATCH], kk, mask)
         return rescore(self.metric, q, self.data, cand, k_out)
-
-    def _use_gemm(self, nq: int) -> bool:
-        if not self.metric.ip_form:
-            return False
-        if self.strategy == "auto":
-            return nq >= GEMM_MIN_QUERIES
-        return self.strategy == "gemm"
 
     def _kernel_threads(self, nq: int) -> int:
         work = self.n * self.dim * max(1, nq)
@@ -343,71 +420,39 @@ class ExactSearcher:
         return int(max(16, min(4096, (256 << 10) // (4 * self.dim)))) if nq > 1 else 4096
 
     def _candidates(self, q: np.ndarray, kk: int, mask: Optional[np.ndarray]) -> np.ndarray:
-        """Candidate ids (Q, kk) from the compiled kernels (surrogate order)."""
+        """Candidate ids (Q, kk) from the compiled kernel (surrogate order)."""
         from fastimg import _core
 
         m = self.metric
         nq = q.shape[0]
+        kind = getattr(_core, m.kernel)
         if m.ip_form:
             qp = prepare_queries(m, q)
-            if self._use_gemm(nq):
-                ids = self._gemm_candidates(qp, kk, mask)
-            else:
-                _, ids = _core.fused_topk(self.prepared, qp, kk, kind=_core.KIND_IP, bias=self.bias, mask=mask,
-                                          n_threads=self._kernel_threads(nq), chunk_rows=self._chunk_rows(nq))
-            if m.name in ("pearson", "bhattacharyya", "cosine"):
-                # the prepared query is zero: the surrogate cannot rank.  A zero query
-                # scores every row alike (the first ids win the tie); a constant
-                # pearson query does not quite (OpenCV's float64 variance of a
-                # constant float32 vector is rounding noise): rank it exactly.
-                degenerate = ~np.any(qp != 0, axis=1)
-                first = None if mask is None else np.flatnonzero(mask == 0)[:kk]
-                for i in np.flatnonzero(degenerate):
-                    if m.name == "pearson" and np.any(q[i] != 0):
-                        ids[i] = exact_scan(m, q[i], self.data, kk, skip=None if mask is None else mask != 0)
-                    else:
-                        ids[i] = np.arange(kk) if first is None else first
+            ids, _ = _core.fused_topk(self.prepared, qp, kk, kind=kind, bias=self.bias, mask=mask,
+                                      n_threads=self._kernel_threads(nq), chunk_rows=self._chunk_rows(nq))
+            ties, scans = degenerate_queries(m, q, qp, m.ip_space)
+            if ties.size or scans.size:
+                skip = None if mask is None else mask != 0
+                ids[np.concatenate([ties, scans])] = rank_degenerate(m, q, ties, scans, self.data, kk, skip)
             return ids
-        kind = getattr(_core, "KIND_" + m.name.upper())  # the kernel's own codes
         d = self.dim
         aux = np.zeros((nq, d), dtype=np.float32)
         active = np.zeros((nq, d), dtype=np.int32)
         n_active = np.zeros(nq, dtype=np.int64)
-        if m.name == "chisqr":
+        if kind == _core.KIND_CHISQR:
             keep = np.abs(q) > _DBL_EPS
             np.divide(1.0, q, out=aux, where=keep)
-        elif m.name == "kl_div":
+        elif kind == _core.KIND_KL_DIV:
             keep = np.abs(q) > _DBL_EPS
             aux[keep] = q[keep]
             for i in range(nq):
                 idx = np.flatnonzero(keep[i])
                 active[i, :len(idx)] = idx
                 n_active[i] = len(idx)
-        _, ids = _core.fused_topk(self.data, q, kk, kind=kind, mask=mask, aux=aux, active=active,
+        ids, _ = _core.fused_topk(self.data, q, kk, kind=kind, mask=mask, aux=aux, active=active,
                                   n_active=n_active, n_threads=self._kernel_threads(nq),
                                   chunk_rows=self._chunk_rows(nq))
         return ids
-
-    def _gemm_candidates(self, qp: np.ndarray, kk: int, mask: Optional[np.ndarray]) -> np.ndarray:
-        """BLAS GEMM over row blocks, then a parallel heap update per block."""
-        from threadpoolctl import threadpool_limits
-
-        from fastimg import _core
-
-        nq = qp.shape[0]
-        threads = self._kernel_threads(nq)
-        rows = max(256, _GEMM_BLOCK_BYTES // (4 * self.dim))
-        hv, hi = _core.heap_new(nq, kk)
-        buf = np.empty((nq, rows), dtype=np.float32)
-        with threadpool_limits(limits=threads, user_api="blas"):
-            for r0 in range(0, self.n, rows):
-                block = self.prepared[r0:r0 + rows]
-                s = buf[:, :block.shape[0]]
-                np.matmul(qp, block.T, out=s)
-                _core.heap_push_block(s if s.flags.c_contiguous else np.ascontiguousarray(s), r0, hv, hi,
-                                      bias=self.bias, mask=mask, n_threads=threads)
-        _core.heap_finish(hv, hi, n_threads=threads)
-        return hi
 
 
 def exact_scan(metric: "str | Metric", query: np.ndarray, data: Any, k: int, *,
@@ -518,6 +563,6 @@ def topk(data: np.ndarray, queries: npt.ArrayLike, k: int = 10, metric: "str | M
     _check_k(k)
     # validate the cheap arguments before preparing the whole matrix
     searcher_data = _check_matrix(data, "data")
-    _check_queries(queries, searcher_data.shape[1], metric_obj)
+    check_queries(queries, searcher_data.shape[1], metric_obj)
     _build_mask(exclude, searcher_data.shape[0])
     return ExactSearcher(searcher_data, metric_obj, threads=threads).search(queries, k, exclude=exclude)
