@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastimg import index as index_mod
+from fastimg.index import graph as graph_mod
 from fastimg.index import Index
 
 pytest.importorskip("hnswlib")
@@ -101,7 +101,7 @@ def test_writer_saves_on_flush_and_close_not_on_every_change(tmp_path):
 def test_writer_saves_after_enough_inserted_rows(tmp_path, monkeypatch):
     path = tmp_path / "ix"
     _new_index(path, 200)
-    monkeypatch.setattr(index_mod, "ANN_SAVE_ROWS", 25)
+    monkeypatch.setattr(graph_mod, "ANN_SAVE_ROWS", 25)
     with Index.open(path, "a") as ix:
         ix.add_vectors(_vecs(200, 220), [f"r{j}" for j in range(200, 220)])
         assert _saved(path)["extra"]["rows"] == 200  # 20 < 25 rows inserted since the save
@@ -201,6 +201,6 @@ def test_reader_with_an_older_snapshot_than_the_saved_graph_scans_exactly(tmp_pa
             writer.add_vectors(_vecs(60, 70), [f"v{j}" for j in range(60, 70)])
             writer.flush()
         with pytest.raises(Exception, match="newer than this snapshot"):
-            reader._load_graph(old_view)
+            reader._graph.load(old_view)
         assert reader.info()["ann"]["error"] is None
         _assert_searches_exact(reader)  # the reader's next snapshot sees all 70 rows and the graph
