@@ -204,3 +204,24 @@ def test_reader_with_an_older_snapshot_than_the_saved_graph_scans_exactly(tmp_pa
             reader._graph.load(old_view)
         assert reader.info()["ann"]["error"] is None
         _assert_searches_exact(reader)  # the reader's next snapshot sees all 70 rows and the graph
+
+
+def test_build_ann_reports_progress_to_a_callback(tmp_path, monkeypatch, capsys):
+    """A callable ``progress`` gets ``(rows inserted, rows)`` as the build goes (it was
+    once passed on as ``bool(progress)``: a tqdm bar instead of the caller's callback)."""
+    from fastimg.index import graph as graph_mod
+
+    monkeypatch.setattr(graph_mod, "_BUILD_CHUNK", 64)  # several steps at this size
+    n = 300
+    with Index.create(tmp_path / "ix", descriptor="custom", dim=D, metric="l2") as ix:
+        ix.add_vectors(_vecs(0, n), [f"r{j}" for j in range(n)])
+        ix.remove([7, 250])
+        calls = []
+        ix.build_ann(M=8, ef_construction=64, progress=lambda done, total: calls.append((done, total)))
+        assert len(calls) >= 3 and calls[-1] == (n, n)
+        assert all(t == n for _, t in calls) and [d for d, _ in calls] == sorted({d for d, _ in calls})
+        assert capsys.readouterr().err == ""  # the callback, not a bar
+        assert ix.info()["ann"]["rows"] == n
+        _assert_searches_exact(ix)  # the graph built step by step answers like the brute force
+        ix.build_ann(M=8, ef_construction=64, progress=True)
+        assert "hnsw build" in capsys.readouterr().err
