@@ -300,27 +300,36 @@ class IndexReader:
         re-ranking works on them too.
         """
         k, m = check_search_args(k, metric or self.metric, mode)
-        # A vector query costs one lookup (is the state unchanged?) plus the hits'
-        # paths not remembered for this state, read with the generation: a
-        # compaction in between (ids renumbered) means searching again, inside one
-        # snapshot.  A path query reads rows: one snapshot from the start.
-        pin = isinstance(query, (str, os.PathLike))
+        args = (query, k, m, mode, ef, candidates, rerank, exclude_self)
         with self._mutex:
-            while True:
-                if pin:
-                    self._current()  # load a re-fitted whitening first (may wait for its writer)
-                with self._store.snapshot() if pin else contextlib.nullcontext():
-                    v, fit = self._current(retry=not pin)
-                    vec, self_ids, ident = self._queries.vector(query, v)
-                    ids, scores = self._search.run(v, fit, vec.reshape(1, -1), k, m, mode, ef, candidates,
-                                                   [self_ids if exclude_self else None], [ident and exclude_self],
-                                                   rerank)
-                    keep = ids[0] >= 0
-                    ids0, scores0 = ids[0][keep].tolist(), scores[0][keep].tolist()
-                    paths = self._views.paths(v, ids0)
-                if paths is not None:
-                    return [Hit(i, p, s, r) for r, (i, p, s) in enumerate(zip(ids0, paths, scores0), 1)]
-                pin = True
+            # A vector query costs one lookup (is the state unchanged?) plus the
+            # paths of hits not seen yet at this state, read with the generation.
+            if not isinstance(query, (str, os.PathLike)):
+                hits = self._hits(*args, retry=True)
+                if hits is not None:
+                    return hits
+            # A compaction renumbered the ids meanwhile, or a path query (it reads
+            # rows): all in one snapshot, the whitening loaded before it.
+            self._current()
+            with self._store.snapshot():
+                hits = self._hits(*args, retry=False)
+            assert hits is not None  # one snapshot: one generation
+            return hits
+
+    def _hits(self, query: Any, k: int, m: Any, mode: str, ef: Optional[int], candidates: Optional[int],
+              rerank: Optional[str], exclude_self: bool, *, retry: bool) -> Optional[list[Hit]]:
+        """The hits of :meth:`search`, or None when the ids were renumbered before
+        their paths were read."""
+        v, fit = self._current(retry=retry)
+        vec, self_ids, ident = self._queries.vector(query, v)
+        ids, scores = self._search.run(v, fit, vec.reshape(1, -1), k, m, mode, ef, candidates,
+                                       [self_ids if exclude_self else None], [ident and exclude_self], rerank)
+        keep = ids[0] >= 0
+        ids0, scores0 = ids[0][keep].tolist(), scores[0][keep].tolist()
+        paths = self._views.paths(v, ids0)
+        if paths is None:
+            return None
+        return [Hit(i, p, s, r) for r, (i, p, s) in enumerate(zip(ids0, paths, scores0), 1)]
 
     def search_batch(
         self,
@@ -352,14 +361,17 @@ class IndexReader:
             The metric's values (NaN for padding).  Paths: :meth:`paths`.
         """
         k, m = check_search_args(k, metric or self.metric, mode)
-        # ids only: one snapshot is needed when queries are looked up by path or name
-        pin = not (isinstance(queries, np.ndarray) and queries.ndim == 2)
         with self._mutex:
-            if pin:
-                self._current()  # load a re-fitted whitening first (may wait for its writer)
-        with self._mutex, self._store.snapshot() if pin else contextlib.nullcontext():
-            v, fit = self._current(retry=not pin)
-            q, selfs, ident = self._queries.batch(queries, v, exclude_self)
-            if q.shape[0] == 0:
-                return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-            return self._search.run(v, fit, q, k, m, mode, ef, candidates, selfs, ident, rerank)
+            if isinstance(queries, np.ndarray) and queries.ndim == 2:  # ids only: no row is read
+                return self._batch(queries, k, m, mode, ef, candidates, rerank, exclude_self, retry=True)
+            self._current()  # queries looked up by path or name: one snapshot, the whitening loaded before it
+            with self._store.snapshot():
+                return self._batch(queries, k, m, mode, ef, candidates, rerank, exclude_self, retry=False)
+
+    def _batch(self, queries: Any, k: int, m: Any, mode: str, ef: Optional[int], candidates: Optional[int],
+               rerank: Optional[str], exclude_self: bool, *, retry: bool) -> tuple[np.ndarray, np.ndarray]:
+        v, fit = self._current(retry=retry)
+        q, selfs, ident = self._queries.batch(queries, v, exclude_self)
+        if q.shape[0] == 0:
+            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        return self._search.run(v, fit, q, k, m, mode, ef, candidates, selfs, ident, rerank)
