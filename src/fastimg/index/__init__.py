@@ -49,7 +49,8 @@ Index location for the CLI: :func:`default_index_path`.
 
 Modules (each imports only those below it)::
 
-    _index       Index (the facade), Hit
+    _index       Index: create/open and the writer's calls (add, remove, compact, whitening, graph)
+    _reader      IndexReader (Index's base): properties, info, paths, search; Hit
     searching    Search: space, exact/graph candidates, self, re-ranking
     query        Queries: path/bytes/array/vector -> vector + self ids
     ingest       Ingest: scan, hash, moves, batches; AddReport; remove's resolution
@@ -59,6 +60,8 @@ Modules (each imports only those below it)::
     caches       Caches: derived .npy files (prepared matrices, whitened matrix)
     view         Views: the committed state, refreshed only after a commit
     store        Store: the on-disk format (manifest, vectors, SQLite, lock, compaction)
+    _files       the store's file steps (durable writes, manifest checks, lock file)
+    _progress    the ``progress`` argument (tqdm bar or callback)
     locations    data_dir, default_index_path
 """
 from __future__ import annotations
