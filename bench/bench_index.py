@@ -14,6 +14,12 @@ What is measured (same index, same run, baselines side by side):
   searched with numpy.
 * **search**: one exact top-10 query on the open index (context; the kernels are
   benchmarked in the search module's benchmarks).
+* **per-call cost** (N = 1,000 rows, whatever the scale): ``Index.search`` by
+  vector against the :class:`fastimg.search.ExactSearcher` it wraps (the same
+  rows, its prepared matrix memory-mapped from the index's cache), and against an
+  ``ExactSearcher`` over in-memory arrays; ``search_batch`` of one query (no
+  paths).  The difference is what the index adds per call (state check, query
+  parsing, "self", paths, ``Hit`` objects).
 
 Sizes follow ``FASTIMG_BENCH_SCALE`` (bench/conftest.py): N = 2,000 / 100,000 /
 1,000,000 histogram-like vectors of dimension 72 (the ``hsv72`` descriptor),
@@ -22,7 +28,11 @@ metric Bhattacharyya (the index default).  Run by hand (and write the table)::
     flock /tmp/fastimg-bench.lock env FASTIMG_BENCH_SCALE=full \\
         .venv/bin/python bench/bench_index.py > bench/index.md
 
-or as pytest-benchmark (``make bench``).  Results: ``bench/index.md``.
+or as pytest-benchmark (``make bench``).  Results: ``bench/index.md``.  On a
+shared machine, time the per-call group in CPU time of the calling thread
+(``--benchmark-timer time.thread_time``: N = 1,000 scans on one thread) and read
+the ratios; ``python bench/bench_index.py --per-call`` prints that table alone
+(interleaved runs, best block of each), e.g. for a checkout of an older fastimg.
 """
 from __future__ import annotations
 
@@ -216,6 +226,89 @@ def test_resident_memory(big):
         assert base_anon > matrix
 
 
+# --------------------------------------------------------------------------- per-call cost
+PER_CALL_N = 1_000
+
+
+def per_call_setup(path: Path) -> tuple:
+    """``(index, wrapped searcher, in-memory searcher, query)`` over the same
+    ``PER_CALL_N`` rows; the index's prepared cache is written first."""
+    from fastimg.index import Index
+    from fastimg.search import ExactSearcher
+
+    build(path, n=PER_CALL_N)
+    q = _queries()[0]
+    ix = Index.open(path)
+    ix.search(q, k=10, mode="exact")  # writes the prepared cache
+    prepared = np.load(path / "cache" / f"{METRIC}-prepared.g0.n{PER_CALL_N}.npy", mmap_mode="r")
+    wrapped = ExactSearcher(ix.vectors, METRIC, prepared=prepared)
+    in_memory = ExactSearcher(np.array(ix.vectors), METRIC)
+    return ix, wrapped, in_memory, q
+
+
+def per_call_table(blocks: int = 1500, per: int = 5) -> list[tuple[str, float, float]]:
+    """``[(what, best CPU time per call, best wall time per call)]``: the calls run in
+    turns, ``per`` at a time, ``blocks`` turns; the best block of each counts (the
+    machine is shared: the best block is the one least disturbed)."""
+    with tempfile.TemporaryDirectory(dir=os.environ.get("FASTIMG_BENCH_TMP")) as tmp:
+        ix, wrapped, in_memory, q = per_call_setup(Path(tmp) / "small.fastimg")
+        q2 = q[None, :]
+        calls = {
+            "`ExactSearcher.search` (in-memory arrays)": lambda: in_memory.search(q, 10),
+            "`ExactSearcher.search` (the one `Index.search` wraps: prepared cache memory-mapped)":
+                lambda: wrapped.search(q, 10),
+            "`Index.search(vector, k=10, mode=\"exact\")`": lambda: ix.search(q, k=10, mode="exact"),
+            "`Index.search_batch(1 x D, k=10, mode=\"exact\")`": lambda: ix.search_batch(q2, k=10, mode="exact"),
+        }
+        cpu = {k: float("inf") for k in calls}
+        wall = dict(cpu)
+        for _ in range(blocks):
+            for name, fn in calls.items():
+                w0, c0 = time.perf_counter(), time.thread_time()
+                for _ in range(per):
+                    fn()
+                c1, w1 = time.thread_time(), time.perf_counter()
+                cpu[name] = min(cpu[name], (c1 - c0) / per)
+                wall[name] = min(wall[name], (w1 - w0) / per)
+        ix.close()
+    return [(name, cpu[name], wall[name]) for name in calls]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple:
+    ix, wrapped, in_memory, q = per_call_setup(tmp_path_factory.mktemp("bench-index") / "small.fastimg")
+    yield ix, wrapped, in_memory, q
+    ix.close()
+
+
+@pytest.mark.benchmark(group=f"index-per-call-N{PER_CALL_N}")
+def test_per_call_index_search(benchmark, small):
+    ix, wrapped, _, q = small
+    hits = benchmark(ix.search, q, 10, mode="exact")
+    ids, scores = wrapped.search(q, 10)
+    assert [h.id for h in hits] == ids[0].tolist()  # the query is not an indexed row: nothing left out
+    np.testing.assert_allclose([h.score for h in hits], scores[0])
+
+
+@pytest.mark.benchmark(group=f"index-per-call-N{PER_CALL_N}")
+def test_per_call_index_search_batch_one(benchmark, small):
+    ix, wrapped, _, q = small
+    ids, _ = benchmark(ix.search_batch, q[None, :], 10, mode="exact")
+    assert ids.tolist() == wrapped.search(q, 10)[0].tolist()
+
+
+@pytest.mark.benchmark(group=f"index-per-call-N{PER_CALL_N}")
+def test_per_call_exact_searcher_wrapped(benchmark, small):
+    _, wrapped, _, q = small
+    assert benchmark(wrapped.search, q, 10)[0].shape == (1, 10)
+
+
+@pytest.mark.benchmark(group=f"index-per-call-N{PER_CALL_N}")
+def test_per_call_exact_searcher_in_memory(benchmark, small):
+    _, wrapped, in_memory, q = small
+    assert benchmark(in_memory.search, q, 10)[0].tolist() == wrapped.search(q, 10)[0].tolist()
+
+
 # --------------------------------------------------------------------------- incremental add
 COREL_FILES = pick(20, 200, 1000)
 
@@ -288,9 +381,27 @@ def _best(fn, repeat: int) -> float:
     return min(times), float(np.median(times))
 
 
+def print_per_call() -> None:
+    """The per-call table (markdown), with the load average while it ran."""
+    load0 = os.getloadavg()[0]
+    rows = per_call_table()
+    load1 = os.getloadavg()[0]
+    base = rows[1][1]
+    print(f"N = {PER_CALL_N:,} rows, D = {D}, metric {METRIC}, k = 10; CPU time of the calling thread (the "
+          f"scan runs on it at this size), best of 1,500 interleaved blocks of 5 calls; load average "
+          f"{load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores (shared machine).\n")
+    print("| call | CPU time | more than the wrapped searcher | ratio | wall time |\n|---|---:|---:|---:|---:|")
+    for name, cpu, wall in rows:
+        print(f"| {name} | {cpu * 1e6:.1f} us | {(cpu - base) * 1e6:+.1f} us | {cpu / base:.2f}x "
+              f"| {wall * 1e6:.1f} us |")
+
+
 def main() -> None:
     from fastimg.index import Index
 
+    if "--per-call" in sys.argv[1:]:
+        print_per_call()
+        return
     mib = 1 << 20
     with tempfile.TemporaryDirectory(dir=os.environ.get("FASTIMG_BENCH_TMP")) as tmp:
         t0 = time.perf_counter()
@@ -333,6 +444,9 @@ def main() -> None:
             print(f"| {name} | {b * 1e3:.2f} ms | {med * 1e3:.2f} ms | {b / base_open:.0f}x |")
         print(f"\nFirst exact search after open (maps or writes the prepared cache): {t_first * 1e3:.0f} ms; "
               f"then {search[0] * 1e3:.1f} ms per query (best of 20, k = 10).\n")
+        print("## Per-call cost: `Index.search` against the searcher it wraps\n")
+        print_per_call()
+        print()
         print("## Resident memory while searching (fresh process, 20 exact queries, k = 10)\n")
         print("Growth after `import`; anonymous = private copies, file = mapped pages of the index files "
               "(page cache, shared and reclaimable).\n")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _photos import photo_tree
 from fastimg.errors import DescriptorError, IndexCorruptError, IndexReadOnlyError
 from fastimg.index import WHITENING_FILE, Index
 
@@ -360,9 +361,10 @@ def test_fit_on_an_evenly_spaced_sample(tmp_path):
 
 
 # --------------------------------------------------------------------------- CLI
-def test_cli_index_whiten_info_and_query(corel_dir, tmp_path):
+def test_cli_index_whiten_info_and_query(tmp_path):
     """``fastimg index FILES --metric cosine --whiten 4``, then ``info --json`` and ``query --json``."""
-    files = [f for c in ("beaches", "dinosaurs", "horses") for f in sorted((corel_dir / c).glob("*.jpg"))[:4]]
+    # Corel-1k files, or generated ones without ../shared
+    files = photo_tree(tmp_path / "photos", classes=("beaches", "dinosaurs", "horses"), per_class=4)
     assert len(files) == 12, files
     idx = tmp_path / "ix"
     exe = Path(sys.executable).with_name("fastimg")

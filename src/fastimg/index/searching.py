@@ -1,0 +1,178 @@
+"""One search of an index: the space, the exact or graph candidates, "self", re-ranking.
+
+:meth:`Search.run` takes query vectors (raw, or already in the search space)
+and a :class:`~fastimg.index.view.View`, and returns ``(ids, scores)`` padded
+with -1 / NaN:
+
+1. the **space**: the raw vectors, or with a whitening fitted the whitened
+   matrix (:mod:`fastimg.index.whitening`) and the transformed queries;
+2. the **candidates**: ``k`` plus room for the query's own rows, from the HNSW
+   graph when :meth:`fastimg.index.graph.Graph.choose` picks it (the rows it
+   lacks scanned exactly and merged), else from an exact scan of the whole
+   matrix by a :class:`fastimg.search.ExactSearcher` kept per metric and state
+   (its prepared matrix memmapped from :mod:`fastimg.index.caches`); deleted
+   rows are excluded;
+3. **self**: the query's own rows are dropped (its indexed row, or the
+   lowest-id candidate whose stored vector is bit-identical to the query);
+4. **re-ranking** (:func:`fastimg.rerank.apply`), when asked for, with the
+   index's vectors and the same search (same exclusions) as callbacks; the first
+   search already fetches the candidates re-ranking needs.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from fastimg.errors import AnnSearchError
+from fastimg.index.caches import Caches
+from fastimg.index.graph import Graph
+from fastimg.index.store import Store
+from fastimg.index.view import View
+from fastimg.index.whitening import Fit, Whitening
+from fastimg.metrics import Metric
+from fastimg.search import ExactSearcher
+
+__all__ = ["Search"]
+
+log = logging.getLogger("fastimg.index")
+
+
+class Search:
+    """The search of one index handle (keeps one exact searcher per metric)."""
+
+    def __init__(self, store: Store, caches: Caches, whitening: Whitening, graph: Graph,
+                 threads: Optional[int] = None):
+        self._store = store
+        self._caches = caches
+        self._whitening = whitening
+        self._graph = graph
+        self.threads = threads
+        self._searchers: dict[str, tuple[tuple, ExactSearcher]] = {}
+
+    def clear(self) -> None:
+        """Drop the exact searchers (their matrices changed)."""
+        self._searchers.clear()
+
+    def run(self, view: View, fit: Optional[Fit], q: np.ndarray, k: int, m: Metric, mode: str, ef: Optional[int],
+            candidates: Optional[int], selfs: Sequence[Optional[set]], ident: Sequence[bool],
+            rerank: Optional[str], *, in_space: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids (Q, k) int64, scores (Q, k) float32)`` for query vectors ``q``.
+
+        ``selfs[r]``: ids that are query ``r`` itself (left out); ``ident[r]``:
+        also leave out the lowest-id row bit-identical to it.  ``q`` holds raw
+        vectors, or (``in_space``) vectors already in the search space (whitened
+        when a whitening is fitted: re-ranking's expanded queries).
+        """
+        k_out = k
+        if rerank:
+            # fetch what re-ranking will use now, rather than searching twice
+            from fastimg.rerank import candidates_needed
+
+            k = candidates_needed(rerank, k)
+        if fit is not None:
+            self._whitening.check_metric(m)
+            data = self._whitening.data(view, fit)
+            qs = q if in_space else np.ascontiguousarray(fit.model.transform(q), dtype=np.float32)
+        else:
+            data, qs = view.vectors, q
+        nq = q.shape[0]
+        if view.live == 0:
+            if mode == "ann":
+                raise ValueError(f"{self._store.path}: mode='ann' but the index is empty")
+            return np.full((nq, k_out), -1, dtype=np.int64), np.full((nq, k_out), np.nan, dtype=np.float32)
+        extra = max([len(s) for s in selfs if s] + [0]) + (1 if any(ident) else 0)
+        want = min(k + extra, view.live)
+        ids = scores = None
+        graph, _ = self._graph.choose(view, m, mode, None if fit is None else fit.fit_id)
+        if graph is not None:
+            try:
+                ids, scores = self._graph.candidates(graph, view, data, qs, want, m, ef, candidates)
+            except AnnSearchError as exc:
+                # e.g. a graph file saved by a writer after this reader's snapshot, or
+                # too many deletions for ef: the exact scan still answers correctly
+                log.warning("%s: HNSW search failed, searching exactly (%s)", self._store.path, exc)
+                ids = None
+        if ids is None:
+            searcher = self._exact(m, view, fit, data)
+            ids, scores = searcher.search(qs, want, exclude=view.deleted if view.deleted.size else None)
+            ids, scores = np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+        out_ids, out_scores, dropped = self._drop_self(view, q, ids, scores, k, selfs, ident)
+        if rerank:
+            return self._rerank(rerank, view, fit, qs, out_ids, out_scores, k_out, m, mode, ef, candidates,
+                                dropped, data)
+        return out_ids, out_scores
+
+    @staticmethod
+    def _drop_self(view: View, q: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int,
+                   selfs: Sequence[Optional[set]], ident: Sequence[bool]) -> tuple[np.ndarray, np.ndarray, list]:
+        """The best ``k`` candidates without the queries' own rows, and those rows per query."""
+        nq = ids.shape[0]
+        out_ids = np.full((nq, k), -1, dtype=np.int64)
+        out_scores = np.full((nq, k), np.nan, dtype=np.float32)
+        dropped: list[set] = [set(s) if s else set() for s in selfs]
+        for r in range(nq):
+            row_ids = ids[r]
+            keep = row_ids >= 0
+            if selfs[r]:
+                keep &= ~np.isin(row_ids, np.fromiter(selfs[r], np.int64))
+            if ident[r]:
+                cand = row_ids[keep]
+                same = cand[(view.array[cand] == q[r]).all(axis=1)]
+                if same.size:
+                    j = int(same.min())
+                    keep &= row_ids != j
+                    dropped[r].add(j)
+            row_ids, row_scores = row_ids[keep][:k], scores[r][keep][:k]
+            out_ids[r, :row_ids.size] = row_ids
+            out_scores[r, :row_ids.size] = row_scores
+        return out_ids, out_scores, dropped
+
+    def _exact(self, m: Metric, view: View, fit: Optional[Fit], data: Any) -> ExactSearcher:
+        key = (view.state.generation, view.state.committed, None if fit is None else fit.fit_id)
+        got = self._searchers.get(m.name)
+        if got is not None and got[0] == key:
+            return got[1]
+        # the whitened matrix (signed: the histogram metrics were refused before) has its own caches
+        prefix = "" if fit is None else f"whitened-{fit.fit_id}-"
+        prepared = bias = None
+        if m.ip_form and view.state.committed > 0:
+            prepared, bias = self._caches.prepared(m.name, view.state, data, prefix)
+        # rows were checked finite when added; histogram metrics also need them
+        # non-negative, which the store tracks: the searcher verifies (one read
+        # pass over the matrix, and a clear error) only when negatives may exist
+        check = bool(m.nonneg) and (fit is not None or view.get("has_negative") is not False)
+        searcher = ExactSearcher(data, m.name, prepared=prepared, bias=bias, threads=self.threads, check=check)
+        self._searchers[m.name] = (key, searcher)
+        return searcher
+
+    def _rerank(self, spec: str, view: View, fit: Optional[Fit], q: np.ndarray, ids: np.ndarray,
+                scores: np.ndarray, k: int, m: Metric, mode: str, ef: Optional[int], candidates: Optional[int],
+                selfs: Sequence[set], data: Any) -> tuple[np.ndarray, np.ndarray]:
+        # q and data are in the search space (whitened when a whitening is fitted)
+        from fastimg import rerank as _rr
+
+        def get_vectors(sel: Any) -> np.ndarray:
+            return np.asarray(data[np.asarray(sel, dtype=np.int64)], dtype=np.float32)
+
+        out_i = np.full((len(q), k), -1, dtype=np.int64)
+        out_s = np.full((len(q), k), np.nan, dtype=np.float32)
+        for r in range(len(q)):
+            own = selfs[r]
+
+            def search(vectors: Any, kk: int, own: set = own) -> tuple[np.ndarray, np.ndarray]:
+                # the same search, with the same exclusion of the query itself
+                vv = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+                n = len(vv)
+                return self.run(view, fit, vv, int(kk), m, mode, ef, candidates, [own] * n, [False] * n, None,
+                                in_space=True)
+
+            keep = ids[r] >= 0
+            # fewer results than the first search asked for: they are all there is
+            ri, rs = _rr.apply(spec, q[r], ids[r][keep], scores[r][keep], get_vectors=get_vectors, search=search,
+                               k=k, metric=m.name, complete=bool(keep.sum() < ids.shape[1]))
+            ri, rs = np.asarray(ri, np.int64)[:k], np.asarray(rs, np.float32)[:k]
+            out_i[r, :ri.size] = ri
+            out_s[r, :rs.size] = rs
+        return out_i, out_s
