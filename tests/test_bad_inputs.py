@@ -15,7 +15,6 @@ within a tolerance), the expected reasons written beside each file.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -30,9 +29,7 @@ import pytest
 CORPUS = Path(__file__).resolve().parent / "corpus"
 BIN = Path(sys.executable).with_name("fastimg")
 
-_spec = importlib.util.spec_from_file_location("make_corpus", CORPUS / "make_corpus.py")
-make_corpus = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_corpus)  # type: ignore[union-attr]
+from conftest import make_corpus  # tests/corpus/make_corpus.py
 
 #: the lines libjpeg itself prints on fd 2 for damaged-but-decodable JPEGs (see docs/reliability.md)
 LIBJPEG_WARNING = "Corrupt JPEG data: "
@@ -56,12 +53,6 @@ def _path(root: Path, entry: dict) -> bytes:
 
 def _label(entry: dict) -> str:
     return entry["name"] if isinstance(entry["name"], str) else repr(entry["name"])
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    return root, make_corpus.build(root)
 
 
 @pytest.fixture(scope="session")

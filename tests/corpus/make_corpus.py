@@ -2,7 +2,8 @@
 
 Usage::
 
-    python tests/corpus/make_corpus.py DIR        # writes the corpus into DIR, lists it
+    python tests/corpus/make_corpus.py DIR            # writes the corpus into DIR, lists it
+    python tests/corpus/make_corpus.py --seeds DIR    # only its regular files (the fuzzer's seeds)
 
 The test suite calls :func:`build` once per session into a temporary directory
 (tests/test_bad_inputs.py): nothing is committed but this script, because part
@@ -368,6 +369,18 @@ def regular_files(root: Union[str, Path], entries: List[Dict[str, Any]]) -> List
 
 
 def main(argv: List[str]) -> int:
+    if len(argv) == 2 and argv[0] == "--seeds":  # regular files only, for the fuzzer
+        import shutil
+        import tempfile
+
+        os.makedirs(argv[1], exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            entries = build(tmp)
+            for p in regular_files(tmp, entries):
+                shutil.copyfile(p, os.path.join(os.fsencode(argv[1]), os.path.basename(p)))
+            os.chmod(os.path.join(os.fsencode(tmp), b"no_read_permission.jpg"), 0o600)
+        print(f"seeds in {argv[1]}", file=sys.stderr)
+        return 0
     if len(argv) != 1:
         print(__doc__.split("\n\n")[1].strip(), file=sys.stderr)
         return 2
