@@ -67,12 +67,13 @@ Modules (each imports only those below it)::
 from __future__ import annotations
 
 from fastimg.index._index import Index
-from fastimg.index._reader import Hit
+from fastimg.index._reader import BatchResult, Entry, Hit
+from fastimg.index.caches import CACHE_SAVE_ROWS
 from fastimg.index.descriptor import CUSTOM_DEFAULT_METRIC
 from fastimg.index.graph import ANN_SAVE_ROWS
 from fastimg.index.ingest import ADD_BATCH, IMAGE_EXTENSIONS, AddReport
 from fastimg.index.locations import data_dir, default_index_path
 from fastimg.index.whitening import WHITENING_FILE
 
-__all__ = ["Index", "Hit", "AddReport", "default_index_path", "data_dir", "IMAGE_EXTENSIONS", "ADD_BATCH",
-           "ANN_SAVE_ROWS", "WHITENING_FILE", "CUSTOM_DEFAULT_METRIC"]
+__all__ = ["Index", "Hit", "Entry", "BatchResult", "AddReport", "default_index_path", "data_dir", "IMAGE_EXTENSIONS", "ADD_BATCH",
+           "ANN_SAVE_ROWS", "CACHE_SAVE_ROWS", "WHITENING_FILE", "CUSTOM_DEFAULT_METRIC"]
