@@ -648,7 +648,7 @@ class IndexReader:
         the ids were renumbered before their paths were read."""
         vec, self_ids, ident = self._queries.entry(query, v) if by_entry else self._queries.vector(query, v)
         allowed = self._allowed(v, where)
-        q = self._queries.check(vec.reshape(1, -1), m)
+        q = self._queries.check_sign(vec.reshape(1, -1), m)
         ids, scores = self._search.run(v, fit, q, k, m, mode, ef, candidates, [self_ids if exclude_self else None],
                                        [ident and exclude_self], rerank, allowed=allowed, threshold=threshold)
         keep = ids[0] >= 0
@@ -701,7 +701,7 @@ class IndexReader:
         if q.shape[0] == 0:
             return BatchResult(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
         allowed = self._allowed(v, where)
-        q = self._queries.check(q, m)
+        q = self._queries.check_sign(q, m)
         ids, scores = self._search.run(v, fit, q, k, m, mode, ef, candidates, selfs, ident, rerank, allowed=allowed,
                                        threshold=threshold)
         return BatchResult(ids, scores)

@@ -48,6 +48,7 @@ __all__ = ["MODES", "Queries", "Stale", "Where", "check_search_args", "check_thr
 
 #: The search modes of ``Index.search``.
 MODES = ("auto", "exact", "ann")
+_ANY_SIGN = get_metric("l2")  # query checks without the histogram metrics' sign check
 
 Where = Union[str, "os.PathLike[str]", Iterable[Union[str, "os.PathLike[str]"]], None]
 
@@ -163,12 +164,17 @@ class Queries:
 
     def check(self, q: Any, metric: Optional[Metric] = None) -> np.ndarray:
         """Query vectors as a ``(Q, dim)`` float32 array, validated as the searchers
-        validate queries (:func:`fastimg.search.check_queries`: the sign too, for a
+        validate queries (:func:`fastimg.search.check_queries`; the sign too, for a
         histogram ``metric``)."""
         try:
-            return check_queries(q, self.dim, metric or get_metric("l2"))
+            return check_queries(q, self.dim, metric or _ANY_SIGN)
         except (TypeError, ValueError) as exc:
             raise ArgumentError(str(exc)) from None
+
+    def check_sign(self, q: np.ndarray, metric: Metric) -> np.ndarray:
+        """Vectors from :meth:`vector` / :meth:`batch` (finite, of the index
+        dimension), checked non-negative for a histogram ``metric``."""
+        return self.check(q, metric) if metric.nonneg else q
 
     def entry(self, item: Any, view: View) -> tuple[np.ndarray, set, bool]:
         """The stored vector of an entry (a live id, an indexed path or name) and its id."""
