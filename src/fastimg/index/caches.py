@@ -78,12 +78,16 @@ class Rows:
         self._buf = np.empty((0, *row_shape), np.float32)
         self.n = 0
 
-    def append(self, block: np.ndarray) -> None:
-        m = block.shape[0]
-        if self.n + m > self._buf.shape[0]:
-            grown = np.empty((max(self.n + m, self._buf.shape[0] * 3 // 2, 1024), *self._buf.shape[1:]), np.float32)
+    def reserve(self, rows: int) -> None:
+        """Make room for ``rows`` rows in all (growing by half at least)."""
+        if rows > self._buf.shape[0]:
+            grown = np.empty((max(rows, self._buf.shape[0] * 3 // 2, 1024), *self._buf.shape[1:]), np.float32)
             grown[:self.n] = self._buf[:self.n]
             self._buf = grown
+
+    def append(self, block: np.ndarray) -> None:
+        m = block.shape[0]
+        self.reserve(self.n + m)
         self._buf[self.n:self.n + m] = block
         self.n += m
 
@@ -300,6 +304,8 @@ class Caches:
 
 def derive_rows(src: Any, start: int, stop: int, fn: Derive, outs: Sequence[Rows]) -> None:
     """Append ``fn(src[a:b])`` to ``outs`` for the rows ``[start, stop)``, in chunks."""
+    for out in outs:
+        out.reserve(out.n + stop - start)
     for a in range(start, stop, _CHUNK):
         b = min(stop, a + _CHUNK)
         for out, part in zip(outs, fn(np.asarray(src[a:b], dtype=np.float32))):
