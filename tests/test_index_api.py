@@ -345,3 +345,36 @@ def test_descriptor_spec_and_ann_info_without_walking_the_directory(ix, monkeypa
     monkeypatch.setattr(Path, "rglob", no_walk)
     assert ix.ann_info() == info["ann"]
     assert ix.descriptor_spec["name"] == "custom"
+
+
+def test_filters_and_lookups_follow_the_writer(ix, X):
+    """A filter is read once per committed state: rows a writer adds under the
+    folder (or removes) are seen at the reader's next call; a lookup made with a
+    view older than a compaction is refused (Stale) and the search reads the new state."""
+    from fastimg.index.query import Stale
+
+    with Index.open(ix.path) as ro:
+        q = X[60] + 0.01
+        allowed = _oracle_where("home/2018")
+        assert_hits(ro.search(q, k=5, where="home/2018", metric="l2"), brute("l2", q, X, allowed, 5))
+        extra = q[None, :] + 0.001  # nearer to q than any row
+        (new_id,) = ix.add_vectors(extra, ["home/2018/new.jpg"])
+        ix.remove([min(allowed)])
+        X2 = np.vstack([X, extra])
+        allowed2 = (allowed | {new_id}) - {min(allowed)}
+        hits = ro.search(q, k=5, where="home/2018", metric="l2")
+        assert hits[0].id == new_id and hits[0].path == "home/2018/new.jpg"
+        assert_hits(hits, brute("l2", q, X2, allowed2, 5))
+        old = ro._views.current()
+        ix.remove([1, 2, 4])
+        ix.compact()  # ids renumbered
+        with pytest.raises(Stale):
+            ro._queries.vector(NAMES[10], old)
+        with pytest.raises(Stale):
+            ro._allowed(old, (("trips",), ()))
+        hits = ro.search(NAMES[10], k=3, metric="l2")  # by name: row 10 has another id now
+        live_old = [i for i in range(N + 1) if i not in {1, 2, 4, min(allowed)}]
+        new_of = {o: n for n, o in enumerate(live_old)}
+        exp_ids, exp_scores = brute("l2", X2[10], X2, set(live_old) - {10}, 3)
+        assert [h.id for h in hits] == [new_of[i] for i in exp_ids]
+        np.testing.assert_allclose([h.score for h in hits], exp_scores, rtol=1e-5, atol=1e-5)
