@@ -371,7 +371,7 @@ class IndexReader:
         or relative to the current directory), ``name in index`` (an
         ``add_vectors`` name)."""
         if is_id(item):
-            return self._view().is_live(int(item))  # type: ignore[call-overload]
+            return self._view().is_live(int(item))
         if isinstance(item, (str, os.PathLike)):
             return self._store.find_entry(item) is not None
         return False
@@ -404,7 +404,7 @@ class IndexReader:
             No such id, or no live entry under that path or name.
         """
         if is_id(item):
-            (r,) = self._store.rows([int(item)])  # type: ignore[call-overload]
+            (r,) = self._store.rows([int(item)])
         elif isinstance(item, (str, os.PathLike)):
             found = self._store.find_entry(item)
             if found is None:
@@ -460,9 +460,9 @@ class IndexReader:
             ids = []
             for item in items:
                 if is_id(item):
-                    if not v.is_live(int(item)):  # type: ignore[call-overload]
+                    if not v.is_live(int(item)):
                         raise NotInIndexError(f"{self.path}: no live entry with id {item}")
-                    ids.append(int(item))  # type: ignore[call-overload]
+                    ids.append(int(item))
                 elif isinstance(item, (str, os.PathLike)):
                     row = lookup(self._store, item, v)
                     if row is None:

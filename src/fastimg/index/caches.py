@@ -42,7 +42,7 @@ import numpy as np
 from fastimg.index.store import State
 from fastimg.metrics import get_metric, prepare_rows
 
-__all__ = ["Caches", "CACHE_DIR", "CACHE_SAVE_ROWS", "Rows", "prepared_outputs", "derive_rows"]
+__all__ = ["Caches", "CACHE_DIR", "CACHE_SAVE_ROWS", "Rows", "prepared_outputs", "prepare_fn", "derive_rows"]
 
 log = logging.getLogger("fastimg.index.caches")
 
@@ -282,7 +282,7 @@ class Caches:
         ``<prefix><metric>-prepared`` / ``-bias``.  ``(None, None)`` when they
         cannot be written."""
         outputs = prepared_outputs(metric, int(src.shape[1]), prefix)
-        got = self.derive(state, src, outputs, lambda block: prepare_rows(metric, block)[:len(outputs)])
+        got = self.derive(state, src, outputs, prepare_fn(metric, len(outputs)))
         if got is None:
             return None, None
         return got[0], (got[1] if len(got) > 1 else None)
@@ -300,6 +300,15 @@ class Caches:
         """Committed rows of ``state`` that the caches ``outputs`` do not cover."""
         found = self.prefix(outputs, state)
         return state.committed - (0 if found is None else found[0])
+
+
+def prepare_fn(metric: str, outputs: int) -> Derive:
+    """``block -> [prepared rows(, bias)]`` of ``metric`` (``outputs``: 1, or 2 with the bias)."""
+    def fn(block: np.ndarray) -> list[np.ndarray]:
+        prepared, bias = prepare_rows(metric, block)
+        return [prepared] if outputs == 1 or bias is None else [prepared, bias]
+
+    return fn
 
 
 def derive_rows(src: Any, start: int, stop: int, fn: Derive, outs: Sequence[Rows]) -> None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, TypeGuard, Union
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def check_threshold(threshold: Any) -> Optional[float]:
     return float(threshold)
 
 
-def is_id(item: Any) -> bool:
+def is_id(item: Any) -> "TypeGuard[Union[int, np.integer]]":
     """Is ``item`` an integer id (not a bool)?"""
     return isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_))
 

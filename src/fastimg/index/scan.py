@@ -25,9 +25,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from fastimg.errors import ArgumentError
-from fastimg.index.caches import Caches, Rows, derive_rows, prepared_outputs
+from fastimg.index.caches import Caches, Rows, derive_rows, prepare_fn, prepared_outputs
 from fastimg.index.store import State
-from fastimg.metrics import Metric, prepare_rows
+from fastimg.metrics import Metric
 from fastimg.search import ExactSearcher, rescore
 
 __all__ = ["Scan", "Scans", "merge_candidates"]
@@ -180,8 +180,8 @@ class Scans:
         h = min(d.head, n)
         if h > 0:
             s = d.head_searcher
-            if s is None or s.n != h:  # an older state than the head covers
-                assert s is not None
+            assert s is not None and s.prepared is not None
+            if s.n != h:  # an older state than the head covers
                 s = ExactSearcher(data[:h], m, prepared=s.prepared[:h],
                                   bias=None if s.bias is None else s.bias[:h], threads=self.threads, check=False)
             parts.append((0, s))
@@ -190,7 +190,7 @@ class Scans:
                 d.tail = [Rows(shape) for _, shape in outputs]
             have = h + d.tail[0].n
             if have < n:
-                derive_rows(data, have, n, lambda block: prepare_rows(m, block)[:len(outputs)], d.tail)
+                derive_rows(data, have, n, prepare_fn(m.name, len(outputs)), d.tail)
             t = n - h
             prep = d.tail[0].view()[:t]
             bias = d.tail[1].view()[:t] if len(d.tail) > 1 else None

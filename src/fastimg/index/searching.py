@@ -144,6 +144,7 @@ class Search:
                 scan = self._scans.get(m, view.state, data, None if fit is None else fit.fit_id, check)
                 mask = view.deleted_mask() if allowed is None else allowed.mask()
                 ids, scores = scan.search(qs, want, mask)
+        assert ids is not None and scores is not None
         out_ids, out_scores, dropped = self._drop_self(view, q, ids, scores, k, selfs, ident)
         if rerank:
             out_ids, out_scores = self._rerank(rerank, view, fit, qs, out_ids, out_scores, k_out, m, mode, ef,

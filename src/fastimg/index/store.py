@@ -765,7 +765,7 @@ class Store:
             return self.state().generation, np.zeros(0, np.int64)
         where = " OR ".join(f"({t})" for t in terms)
         with self._read() as conn:
-            generation = int(self._meta("generation"))  # type: ignore[arg-type]
+            generation = int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
             ids = [t[0] for t in conn.execute(f"SELECT id FROM images WHERE deleted = 0 AND ({where}) ORDER BY id",
                                               args)]
         return generation, np.asarray(ids, dtype=np.int64)
