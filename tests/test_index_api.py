@@ -169,6 +169,10 @@ def test_lookups_agree_with_the_sqlite_file(ix, X, tmp_path):
     entries = list(ix)
     assert [e.id for e in entries] == live and all(isinstance(e, Entry) for e in entries)
     assert [e.path for e in entries] == [rows[i][1] for i in live]
+    page = ix.live_ids()[5:9]
+    assert ix.entries(page) == [ix.entry(int(i)) for i in page] and ix.entries([]) == []
+    with pytest.raises(NotInIndexError):
+        ix.entries([3, N])
     e = ix.entry(5)
     assert (e.id, e.path, e.is_file, e.size, e.hash, e.deleted, e.metadata) == (5, NAMES[5], False, None, None, False,
                                                                                    {"label": "cat"})

@@ -414,6 +414,18 @@ class IndexReader:
             raise ArgumentError(f"entry() takes an id (int), a path or a name; got {type(item).__name__}")
         return _entry(self._store, r)
 
+    def entries(self, ids: Iterable[int]) -> list[Entry]:
+        """:meth:`entry` of many ids, in order, read in one go (e.g. a page of
+        ``live_ids()[offset:offset + limit]``).
+
+        Raises
+        ------
+        NotInIndexError
+            An id that is not in the index.
+        """
+        ids = [int(i) for i in ids]
+        return [_entry(self._store, r) for r in self._store.rows(ids)]
+
     def metadata(self, item: Union[int, PathLike]) -> dict:
         """Everything stored about one entry, by id, path or name, as a dict:
         ``id``, ``path``, ``is_file``, ``size``, ``mtime_ns``, ``hash``, ``added``
