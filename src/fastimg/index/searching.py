@@ -68,7 +68,7 @@ def _compact(ids: np.ndarray, scores: np.ndarray, keep: np.ndarray) -> tuple[np.
 
 
 class Search:
-    """The search of one index handle (keeps one exact searcher per metric)."""
+    """The search of one index handle (its exact scans: :class:`~fastimg.index.scan.Scans`)."""
 
     def __init__(self, store: Store, caches: Caches, whitening: Whitening, graph: Graph,
                  threads: Optional[int] = None):
