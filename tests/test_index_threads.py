@@ -79,7 +79,7 @@ def test_one_handle_many_threads_while_a_writer_adds_rows(tmp_path):
             def work(t: int) -> None:
                 try:
                     r = 0
-                    while not stop.is_set() and r < 400:
+                    while not stop.is_set() and r < 20_000:  # until the writer is done (a cap, for safety)
                         j = (r + t) % len(queries)
                         kind = r % 4
                         if kind == 0:
