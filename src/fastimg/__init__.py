@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 from fastimg._version import __version__
 from fastimg.errors import (
     AnnSearchError,
+    ArgumentError,
     DescriptorError,
     FastimgError,
     ImageError,
+    IndexChangedError,
     IndexCorruptError,
     IndexFormatError,
     IndexLockedError,
@@ -41,6 +43,8 @@ _LAZY = {
     # the index (fastimg.index)
     "Index": "fastimg.index",
     "Hit": "fastimg.index",
+    "Entry": "fastimg.index",
+    "BatchResult": "fastimg.index",
     "AddReport": "fastimg.index",
     # near-duplicates (fastimg.dedup)
     "find_duplicates": "fastimg.dedup",
@@ -66,6 +70,8 @@ __all__ = [
     "IndexReadOnlyError",
     "NotInIndexError",
     "AnnSearchError",
+    "ArgumentError",
+    "IndexChangedError",
     *_LAZY,
 ]
 
@@ -87,7 +93,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from fastimg.ann import HnswGraph
     from fastimg.dedup import DuplicateGroup, find_duplicates
     from fastimg.eval import evaluate, load_dataset
-    from fastimg.index import AddReport, Hit, Index
+    from fastimg.index import AddReport, BatchResult, Entry, Hit, Index
     from fastimg.image import load_image
     from fastimg.metrics import METRICS, metric_names
     from fastimg.features.registry import (

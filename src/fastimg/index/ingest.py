@@ -362,8 +362,7 @@ class Ingest:
     # ------------------------------------------------------------------ resolving
     def live_row(self, item: PathLike) -> Optional[Row]:
         """The live row of a name, or of a file path (as given or in stored form)."""
-        s = os.fspath(item)
-        return self._store.find_live(s) or self._store.find_live(self._store.stored_path(s))
+        return self._store.find_entry(item)
 
     def ids_of(self, items: Iterable[Union[PathLike, int]], view: View) -> list[int]:
         """Sorted live ids of ids, names, file paths and folders (every image under

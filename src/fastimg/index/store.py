@@ -713,6 +713,15 @@ class Store:
             ).fetchone()
         return None if t is None else _row(t)
 
+    def find_entry(self, item: Union[str, os.PathLike]) -> Optional[Row]:
+        """The live row of an ``add_vectors`` name or of a file path (as stored, or
+        given as a path to put in :meth:`stored_path` form), or None."""
+        s = os.fspath(item)
+        row = self.find_live(s)  # a name, or a path stored as given
+        if row is None or row.is_file:
+            row = self.find_live(self.stored_path(s)) or row
+        return row
+
     def find_live_many(self, paths: Sequence[str]) -> dict[str, Row]:
         """Live rows stored under any of ``paths`` (stored form), keyed by path."""
         out: dict[str, Row] = {}
@@ -733,6 +742,33 @@ class Store:
                 f"SELECT {_COLUMNS} FROM images WHERE hash = ? ORDER BY deleted, id", (digest,)
             ).fetchall()
         return [_row(t) for t in ts]
+
+    def live_ids_matching(self, prefixes: Sequence[str], globs: Sequence[str]) -> tuple[int, np.ndarray]:
+        """``(generation, sorted int64 ids)`` of the live rows whose stored path (or
+        name) is one of ``prefixes`` or lies under one (``prefix + os.sep ...``),
+        or matches one of ``globs`` (SQLite ``GLOB``), read in one transaction.
+        An empty prefix matches every row."""
+        terms: list[str] = []
+        args: list[str] = []
+        for p in prefixes:
+            if not p:
+                terms.append("1")
+                continue
+            p = p.rstrip(os.sep) or os.sep
+            under = p if p.endswith(os.sep) else p + os.sep  # "a/b" -> "a/b/" <= path < "a/b0"
+            terms.append("path = ? OR (path >= ? AND path < ?)")
+            args += [p, under, under[:-1] + chr(ord(under[-1]) + 1)]
+        for g in globs:
+            terms.append("path GLOB ?")
+            args.append(g)
+        if not terms:
+            return self.state().generation, np.zeros(0, np.int64)
+        where = " OR ".join(f"({t})" for t in terms)
+        with self._read() as conn:
+            generation = int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+            ids = [t[0] for t in conn.execute(f"SELECT id FROM images WHERE deleted = 0 AND ({where}) ORDER BY id",
+                                              args)]
+        return generation, np.asarray(ids, dtype=np.int64)
 
     def live_files(self) -> list[Row]:
         """All live rows added from files."""
