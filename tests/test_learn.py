@@ -261,7 +261,8 @@ def test_methods_table_lists_the_defaults_used():
     p = learn_projection(x, y)
     assert p.method == "lda" and p.params["shrinkage"] == METHODS["lda"]["shrinkage"]
     assert p.output_dim == 2 and p.normalize  # n_classes - 1
-    q = learn_projection(x, y, method="nca", max_iter=3)
+    q = learn_projection(x, y, method="nca", max_iter=np.int64(3), seed=np.int32(1), tol=np.float32(1e-4))
+    assert (q.params["max_iter"], q.params["seed"]) == (3, 1)  # numpy scalars accepted, stored as JSON
     assert q.output_dim == 5 and q.params["init"] == METHODS["nca"]["init"]  # min(D, 64)
 
 

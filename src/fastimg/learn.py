@@ -198,7 +198,8 @@ def _check_options(method: str, options: dict) -> dict:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise DescriptorError(f"nca {name} must be an int >= {lo}; got {v!r}")
         t = opts["tol"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (t > 0 and math.isfinite(t)):
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) \
+                or not (t > 0 and math.isfinite(t)):
             raise DescriptorError(f"nca tol must be a finite number > 0; got {t!r}")
         if isinstance(opts["seed"], bool) or not isinstance(opts["seed"], (int, np.integer)):
             raise DescriptorError(f"nca seed must be an int; got {opts['seed']!r}")
@@ -416,7 +417,7 @@ def learn_projection(vectors: Any, labels: Any, *, method: str = "lda", dim: Opt
     d = x.shape[1]
     if method == "lda":
         out = _check_dim(min(info["n_classes"] - 1, d) if dim is None else dim, d, "the vectors' dimension D")
-        mean, rows, ratios = _lda(x, codes, float(opts["shrinkage"]))
+        mean, rows, _ = _lda(x, codes, float(opts["shrinkage"]))
         matrix = rows[:out]
         info["n_fit"] = info["n"]
     else:
@@ -426,7 +427,9 @@ def learn_projection(vectors: Any, labels: Any, *, method: str = "lda", dim: Opt
             opts["init"] = "array"  # recorded by name only
         mean, matrix, fit = _nca(x, codes, out, {**opts, "init": init})
         info.update(fit)
-    params = {**{k: (float(v) if k == "shrinkage" else v) for k, v in opts.items()}, "dim": out, **info,
+    plain = {k: (float(v) if k in ("shrinkage", "tol") else int(v) if isinstance(v, (int, np.integer)) else v)
+             for k, v in opts.items()}  # JSON-serialisable (numpy scalars are accepted as options)
+    params = {**plain, "dim": out, **info,
               "seconds": round(time.perf_counter() - t0, 3)}
     n_fit = params.pop("n_fit")
     params.pop("n")
