@@ -236,20 +236,25 @@ def _lda(x: np.ndarray, codes: np.ndarray, shrinkage: float) -> tuple[np.ndarray
     xw = x - means[codes]
     sw = xw.T @ xw / n
     sw_r, st_r = _shrunk(sw, shrinkage), _shrunk(st, shrinkage)
-    ev_w, u = np.linalg.eigh(sw_r)
-    top = float(ev_w[-1]) if ev_w.size else 0.0
-    if top <= 0.0 or ev_w[0] <= top * 1e-10:
+    # Sw_r = L L^T; the eigenvectors u of L^-1 St_r L^-T give rows u^T L^-1 with r Sw_r r^T = 1
+    # (one symmetric eigendecomposition: the D x D eigh is the cost of the fit)
+    try:
+        low = np.linalg.cholesky(sw_r)
+        piv = np.diag(low) ** 2
+        singular = not (piv.min() > piv.max() * 1e-10)
+    except np.linalg.LinAlgError:
+        singular = True
+    if singular:
         raise DescriptorError(
             f"lda: the within-class scatter is singular ({n} usable vectors of dimension {d} in "
-            f"{means.shape[0]} classes; smallest/largest eigenvalue {ev_w[0]:.3g}/{top:.3g}); "
-            f"use shrinkage > 0 (got {shrinkage})"
+            f"{means.shape[0]} classes); use shrinkage > 0 (got {shrinkage})"
         )
-    w = (u / np.sqrt(ev_w)) @ u.T  # Sw_r^(-1/2), symmetric
-    m = w @ st_r @ w
-    ratios, v = np.linalg.eigh((m + m.T) / 2)
+    linv = np.linalg.inv(low)
+    m = linv @ st_r @ linv.T
+    ratios, u = np.linalg.eigh((m + m.T) / 2)
     order = np.argsort(ratios)[::-1]
-    ratios, v = ratios[order], v[:, order]
-    rows = (w @ v).T  # rows r with r Sw_r r^T = 1
+    ratios, u = ratios[order], u[:, order]
+    rows = u.T @ linv
     return mean, _fix_signs(rows), ratios
 
 
