@@ -56,6 +56,10 @@ _LAZY = {
     "HnswGraph": "fastimg.ann",
     # post-processing (fastimg.projection)
     "PCAWhitening": "fastimg.projection",
+    "LinearProjection": "fastimg.projection",
+    # metric learning (fastimg.learn)
+    "learn_projection": "fastimg.learn",
+    "split_labels": "fastimg.learn",
 }
 
 __all__ = [
@@ -105,5 +109,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
         get_descriptor,
         register,
     )
-    from fastimg.projection import PCAWhitening
+    from fastimg.learn import learn_projection, split_labels
+    from fastimg.projection import LinearProjection, PCAWhitening
     from fastimg.search import ExactSearcher, topk
