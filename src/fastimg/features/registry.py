@@ -90,7 +90,8 @@ _CACHE: Dict[str, Descriptor] = {}
 #: reverse): the built-ins, loaded on the registry's first use ...
 _BUILTIN_MODULES = ("fastimg.features.classic",)
 #: ... and plug-ins loaded when a name with one of these prefixes is asked for.
-_LAZY_PREFIXES = {"cnn": "fastimg.features.deep"}
+_LAZY_PREFIXES = {"cnn": "fastimg.features.deep", "efficientnet": "fastimg.features.deep",
+                  "mobilenet": "fastimg.features.deep"}
 _builtins = 0  # 0: not loaded, 1: being loaded (by the thread holding _lock), 2: loaded
 
 
@@ -305,10 +306,11 @@ def descriptors() -> List[Dict[str, Any]]:
         with ``dim`` None.
     """
     _load_builtins()
-    try:
-        _load_lazy("cnn")
-    except DescriptorError:
-        pass
+    for pre in _LAZY_PREFIXES:
+        try:
+            _load_lazy(pre)
+        except DescriptorError:
+            pass
     rows = []
     with _lock:
         exact = dict(_EXACT)
@@ -327,8 +329,9 @@ def descriptors() -> List[Dict[str, Any]]:
         for ex in examples:
             try:
                 rows.append(_row(get_descriptor(ex), doc))
-            except DescriptorError as exc:  # pragma: no cover - a broken plug-in
-                logger.warning("descriptor %s cannot be listed: %s", ex, exc)
+            except DescriptorError as exc:  # e.g. a model not installed: the row says what to install
+                rows.append({"name": ex, "dim": None, "default_metric": None, "version": None,
+                             "params": {}, "doc": f"unavailable: {exc}"})
     return rows
 
 
