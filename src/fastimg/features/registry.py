@@ -420,9 +420,11 @@ def describe_many(
     """Describe many images in parallel, collecting per-image errors.
 
     Images are decoded and described on a pool of threads (OpenCV decoding and
-    the Numba kernels release the GIL, so threads scale over cores).  A file
-    that cannot be read never stops the run: its row is NaN and its error is
-    returned.
+    the Numba kernels release the GIL, so threads scale over cores).  A
+    descriptor with a batch function (a neural network, ``compute_batch``) gets
+    the images in batches of its ``batch_size``, the next batch being decoded
+    while one is described.  A file that cannot be read never stops the run:
+    its row is NaN and its error is returned.
 
     Parameters
     ----------
@@ -502,10 +504,8 @@ def describe_many(
             one(i)
         return stop - start
 
-    def run_batch(start: int, pool: Optional[ThreadPoolExecutor]) -> int:
-        stop = min(start + chunk, n)
-        idx = list(range(start, stop))
-        imgs = list(pool.map(load, idx)) if pool is not None else [load(i) for i in idx]
+    def run_batch(start: int, imgs: List[Optional[np.ndarray]]) -> int:
+        idx = list(range(start, start + len(imgs)))
         ok = [(i, im) for i, im in zip(idx, imgs) if im is not None]
         if ok:
             try:
@@ -519,7 +519,7 @@ def describe_many(
                         out[i] = d.compute(im)
                     except Exception as exc:  # noqa: BLE001
                         errors[i] = _wrap_error(items[i], exc)
-        return stop - start
+        return len(imgs)
 
     done = 0
 
@@ -534,11 +534,16 @@ def describe_many(
     try:
         if workers == 1 or n == 1:
             for s in starts:
-                report(run_batch(s, None) if batched else run_chunk(s))
+                report(run_batch(s, [load(i) for i in range(s, min(s + chunk, n))]) if batched else run_chunk(s))
         elif batched:
+            # the next batch is decoded while this one is described (a network on its own threads)
             with ThreadPoolExecutor(max_workers=min(workers, chunk)) as pool:
-                for s in starts:
-                    report(run_batch(s, pool))
+                ahead = [pool.submit(load, i) for i in range(0, min(chunk, n))]
+                for k, s in enumerate(starts):
+                    imgs = [f.result() for f in ahead]
+                    nxt = starts[k + 1] if k + 1 < len(starts) else n
+                    ahead = [pool.submit(load, i) for i in range(nxt, min(nxt + chunk, n))]
+                    report(run_batch(s, imgs))
         else:
             with ThreadPoolExecutor(max_workers=min(workers, len(starts))) as pool:
                 futures = [pool.submit(run_chunk, s) for s in starts]
