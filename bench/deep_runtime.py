@@ -115,6 +115,40 @@ def fastimg_pipeline(spec: str):
     return run
 
 
+def conv_gmacs(spec: str) -> float:
+    """Multiply-accumulates (10^9) of the network's convolutions for one landscape Corel image
+    (384 x 256) at the descriptor's input size: the arithmetic the pipeline cannot avoid."""
+    import onnx
+    from onnx import shape_inference
+
+    import fastimg
+    from fastimg.eval import parse_descriptor
+    from fastimg.features.backbone_cache import backbone_model
+    from fastimg.features.deep import BackboneDescriptor, feature_model
+
+    name, params = parse_descriptor(spec)
+    d = fastimg.get_descriptor(name, **params)
+    w, h = d.extractor.target_size(256, 384)
+    if isinstance(d, BackboneDescriptor):
+        model, dims = onnx.load_from_string(backbone_model(d.backbone)), [1, 3, h, w]
+    else:
+        blob, _, _, layout = feature_model(d.extractor.model_path, d.extractor.layer)
+        model, dims = onnx.load_from_string(blob), ([1, h, w, 3] if layout == "nhwc" else [1, 3, h, w])
+    for dim, v in zip(model.graph.input[0].type.tensor_type.shape.dim, dims):
+        dim.Clear()
+        dim.dim_value = v
+    model = shape_inference.infer_shapes(model)
+    shapes = {vi.name: [x.dim_value for x in vi.type.tensor_type.shape.dim]
+              for vi in list(model.graph.value_info) + list(model.graph.output)}
+    weights = {i.name: list(i.dims) for i in model.graph.initializer}
+    total = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            k = weights[node.input[1]]  # (C_out, C_in / group, kh, kw)
+            total += int(np.prod(shapes[node.output[0]])) * k[1] * k[2] * k[3]
+    return total / 1e9
+
+
 def mean_ap(vectors: np.ndarray, labels: np.ndarray) -> float:
     from fastimg.eval import evaluate_scores
 
@@ -186,12 +220,17 @@ def main() -> int:
         "",
         "    .venv/bin/python bench/deep_runtime.py --write",
         "",
-        f"| pipeline (`describe_many`, decode included) | images/s | vs {BASELINE} | Corel-1k mAP |",
-        "|---|---:|---:|---:|",
+        f"| pipeline (`describe_many`, decode included) | images/s | vs {BASELINE} | Corel-1k mAP | "
+        "conv GMAC per 384x256 image | MAC ratio |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
+    macs = {name: (conv_gmacs(name) if name in [BASELINE] + (args.descriptor or DEFAULT_DESCRIPTORS) else None)
+            for name in runs}
     for name in runs:
+        m = macs[name]
         lines.append(f"| `{name}` | {len(paths) / best[name]:.1f} | {base / best[name]:.2f}x | "
-                     f"{mean_ap(vectors[name], labels):.4f} |")
+                     f"{mean_ap(vectors[name], labels):.4f} | {'-' if m is None else f'{m:.3f}'} | "
+                     f"{'-' if m is None else f'{macs[BASELINE] / m:.2f}x'} |")
     text = "\n".join(lines)
     print(text)
     if args.write:

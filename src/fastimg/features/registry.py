@@ -34,8 +34,9 @@ measured on Corel-1k, see ``bench/descriptors.md``):
 
 Other modules add descriptors with :func:`register`.  The built-ins live in
 :mod:`fastimg.features.classic`, which registers them when the registry is
-first used; names starting with ``cnn`` load :mod:`fastimg.features.deep` on
-first use.  :class:`~fastimg.features.base.Descriptor` itself is defined in
+first used; names starting with ``cnn``, ``efficientnet`` or ``mobilenet`` load
+:mod:`fastimg.features.deep` on first use (``efficientnet-lite0-spoc`` is the
+recommended deep descriptor; see that module).  :class:`~fastimg.features.base.Descriptor` itself is defined in
 :mod:`fastimg.features.base` (re-exported here).
 
 Images are shrunk to a working size before description (``max_side``, a
@@ -303,7 +304,9 @@ def descriptors() -> List[Dict[str, Any]]:
         ``params`` and ``doc``.  Families registered by prefix appear with
         their documented representative names; a family without examples
         appears as ``prefix*``, and a name that needs parameters (``combo``)
-        with ``dim`` None.
+        with ``dim`` None.  A representative that cannot be built here (a
+        model not installed) is listed with ``dim`` None and a ``doc`` that
+        starts with ``unavailable:`` and says what to install.
     """
     _load_builtins()
     for pre in _LAZY_PREFIXES:
