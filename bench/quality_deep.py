@@ -75,7 +75,7 @@ SWEEP_DIMS = [16, 32, 64, 128, 256, 512, None]
 SWEEP_POWERS = [0.0, 0.25, 0.5]
 SWEEP_EPS = [1e-3, 0.1]
 CLASSIC = [("hsv72", "bhattacharyya"), ("classic", "l1")]
-MARKER = "<!-- bench_deep.py results (pasted by hand; kept by quality_deep.py) -->"
+MARKER = "<!-- kept by quality_deep.py: everything below (runtime tables by deep_runtime.py, bench_deep.py results pasted by hand) -->"
 
 
 def log(s: str) -> None:
@@ -480,10 +480,12 @@ def report(rows, rates, pool_ms, best, sweep, classic_rows, ds_c, ds_u, seconds,
     ]
     if bb:
         d = bb["default"]
-        bw = max((x for x in bb["whitened"] if all(x[k] == d[k] for k in ("backbone", "size", "pooling", "power"))),
-                 key=lambda x: x["wfull"])
+        # the whitening an index applies by default (PCAWhitening()): no dimension picked after the fact
+        same = ("backbone", "size", "pooling", "power")
+        bw = next(x for x in bb["whitened"] if all(x[k] == d[k] for k in same) and x["variant"] == BB_WHITENINGS[0][0])
         best_b = bb["best"]
-        best_w = max(bb["whitened"], key=lambda x: x["wfull"])
+        best_w = next(x for x in bb["whitened"] if all(x[k] == best_b[k] for k in same)
+                      and x["variant"] == BB_WHITENINGS[0][0])
         ok = lambda c: "met" if c else "**not met**"  # noqa: E731
         md += [
             "## Summary",
