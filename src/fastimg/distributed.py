@@ -554,10 +554,11 @@ def _result(fut: Any, name: str, kind: str) -> dict:
 
 
 def add_vectors(root: PathLike, vectors: Any, names: Sequence[str], *, shards: Optional[int] = None,
-                metric: Optional[str] = None) -> np.ndarray:
+                metric: Optional[str] = None, ann: Union[bool, Mapping[str, Any]] = False) -> np.ndarray:
     """Add vectors computed elsewhere to a sharded index of ``descriptor="custom"``
     shards (created with ``shards`` when new), each to the shard of its name; in
     this process (one transaction per shard, see :meth:`fastimg.Index.add_vectors`).
+    ``ann``: as for :func:`build_shards` (build each shard's HNSW graph when it has none).
 
     Returns
     -------
@@ -588,6 +589,8 @@ def add_vectors(root: PathLike, vectors: Any, names: Sequence[str], *, shards: O
             if sel.size:
                 local = idx.add_vectors(arr[sel], [names[i] for i in sel])
                 gids[sel] = local * n + s
+            if ann and len(idx) and not idx.info()["ann"]["built"]:
+                idx.build_ann(**(dict(ann) if isinstance(ann, Mapping) else {}))
             counts[shard_name(s)] = len(idx)
     man = dict(man, shards=[{"name": shard_name(s), "count": counts[shard_name(s)]} for s in range(n)],
                count=sum(counts.values()), updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -1123,7 +1126,7 @@ class ShardedIndex:
             raise ImageError(name, "descriptor failed", f"got {vec.shape[0]} values, non-finite or wrong size")
         return vec
 
-    def _query(self, query: Any) -> tuple[np.ndarray, set, bool]:
+    def _query(self, query: Any, allow_partial: bool = False) -> tuple[np.ndarray, set, bool]:
         """``(vector, global ids that are the query itself, match-identical flag)``,
         as :meth:`fastimg.Index.search` reads a query."""
         from fastimg.errors import ImageError
@@ -1138,6 +1141,10 @@ class ShardedIndex:
             except ImageError:
                 # not indexed, and the worker cannot read the file: describe it here
                 vec, gid = self._describe(s), None
+            except ShardUnavailableError:
+                if not allow_partial or custom:
+                    raise
+                vec, gid = self._describe(s), None  # its shard is left out: so is its own row
             return vec, ({gid} if gid is not None else set()), False
         if isinstance(query, (bytes, bytearray, memoryview)):
             return self._describe(bytes(query)), set(), True
@@ -1167,7 +1174,7 @@ class ShardedIndex:
         from fastimg.index.query import check_search_args
 
         k, m = check_search_args(k, metric or self.metric, mode)
-        vec, selfs, ident = self._query(query)
+        vec, selfs, ident = self._query(query, allow_partial)
         ids, scores, paths, missing = self._run(vec.reshape(1, -1), k, m, mode, ef, candidates,
                                                 [selfs if exclude_self else set()], [ident and exclude_self],
                                                 rerank, allow_partial, want_paths=True)
@@ -1204,7 +1211,7 @@ class ShardedIndex:
                                  "use search() for one query")
             vs, selfs, ident = [], [], []
             for qu in queries:
-                v, s, i = self._query(qu)
+                v, s, i = self._query(qu, allow_partial)
                 vs.append(v)
                 selfs.append(s if exclude_self else set())
                 ident.append(i and exclude_self)
