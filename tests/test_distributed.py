@@ -45,7 +45,7 @@ SHARDS = 3
 def client():
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
+    cluster = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
                            silence_logs=logging.ERROR)
     c = Client(cluster)
     yield c

@@ -685,10 +685,11 @@ class _ShardHost:
     def search(self, shards: Sequence[int], q: np.ndarray, k: int, metric: str, mode: str, ef: Optional[int],
                candidates: Optional[int], want_ident: bool, want_paths: bool) -> dict:
         """Each shard's top ``k`` of the query vectors ``q``: ``(global ids, scores,
-        identical-to-the-query flags or None, paths or None)``."""
+        identical-to-the-query flags or None, paths or None, seconds spent)``."""
         n = self.n
 
         def one(s: int, idx: Any) -> tuple:
+            t0 = time.perf_counter()
             ids, scores = idx.search_batch(q, k, metric=metric, exclude_self=False, mode=mode, ef=ef,
                                            candidates=candidates)
             ids = np.asarray(ids, dtype=np.int64)
@@ -702,7 +703,7 @@ class _ShardHost:
                 flat = ids[valid]
                 paths = dict(zip((flat * n + s).tolist(), idx.paths(flat.tolist()))) if flat.size else {}
             gids = np.where(valid, ids * n + s, -1)
-            return gids, np.asarray(scores, dtype=np.float32), ident, paths
+            return gids, np.asarray(scores, dtype=np.float32), ident, paths, time.perf_counter() - t0
 
         return self._each(shards, one)
 
@@ -807,6 +808,10 @@ class ShardedIndex:
         self._where: dict[int, int] = {}  # shard -> host index
         self._unavailable: dict[int, str] = {}  # shard -> cause
         self._closed = False
+        #: Diagnostics: shard name -> seconds its host spent in the last search call
+        #: (the scan, plus reading the hits' paths); the rest of a call's latency is
+        #: the fan-out and the merge (bench/distributed.md).
+        self.last_shard_seconds: dict[str, float] = {}
         try:
             if client is None:
                 self._hosts.append(_Local(str(root), self.n, threads))
@@ -1266,6 +1271,7 @@ class ShardedIndex:
         kk = k + extra
         parts, missing = self._fanout("search", (q, kk, m.name, mode, ef, candidates, any(ident), want_paths),
                                       allow_partial=allow_partial)
+        self.last_shard_seconds = {self.names[s]: float(parts[s][4]) for s in parts}
         nq = q.shape[0]
         if not parts:
             return (np.full((nq, k), -1, np.int64), np.full((nq, k), np.nan, np.float32), {}, missing,
@@ -1323,7 +1329,7 @@ def connect(scheduler: str, **local_options: Any) -> Any:
         from fastimg._threads import resolve_threads
 
         opts = {"n_workers": resolve_threads(None), "threads_per_worker": 1, "processes": True,
-                "dashboard_address": None}
+                "dashboard_address": ":0"}
         opts.update(local_options)
         return Client(**opts)
     return Client(scheduler)
