@@ -137,7 +137,10 @@ def test_shards_built_on_the_cluster_answer_like_one_index_for_every_metric(clie
                 assert_same_hits(got, lambda k, q=q: single.search(q, k, metric=m), 7, higher)
             got = sh.search(vec, 7, metric=m)
             assert_same_hits(got, lambda k: single.search(vec, k, metric=m), 7, higher)
-        # an image given as bytes (described on the client), and the query itself left out
+        # a file that is not indexed (described by the host of its shard), bytes (described on the
+        # client), and the query itself left out
+        outside = generated_photo(photos.parent / "outside.jpg", 2, 99, size=(40, 56))
+        assert_same_hits(sh.search(outside, 6), lambda k: single.search(outside, k), 6, False)
         data = queries[0].read_bytes()
         got = sh.search(data, 5)
         assert_same_hits(got, lambda k: single.search(data, k), 5, False)
@@ -201,6 +204,28 @@ def test_in_process_shards_equal_the_cluster_shards(client, cluster_root, photos
         q = _queries(photos)[2]
         got = sh.search(q, 5, metric="cosine", rerank="qe:n=3")
         assert_same_hits(got, lambda k: single.search(q, k, metric="cosine", rerank="qe:n=3"), 5, True)
+
+
+def test_the_merge_keeps_the_metric_direction_and_breaks_ties_by_global_id(tmp_path):
+    # 12 rows in 4 shards: three distinct vectors, each repeated four times (exact ties)
+    base = np.array([[1, 0, 0], [0.8, 0.6, 0], [0, 0, 1]], np.float32)
+    vecs = np.repeat(base, 4, axis=0)
+    gids = add_vectors(tmp_path / "sh", vecs, [f"r{i}" for i in range(12)], shards=4, metric="l2")
+    q = np.array([1, 0.1, 0], np.float32)
+    with ShardedIndex.open(tmp_path / "sh") as sh:
+        for metric, order in (("l2", [0, 1, 2]), ("cosine", [0, 1, 2]), ("l1", [0, 1, 2])):
+            hits = sh.search(q, 12, metric=metric)
+            groups = [int(h.path[1:]) // 4 for h in hits]
+            assert groups == sorted(groups, key=order.index)  # best vector first, in the metric's direction
+            for g in range(3):
+                ids = [h.id for h in hits if int(h.path[1:]) // 4 == g]
+                assert ids == sorted(ids) == sorted(gids[4 * g:4 * g + 4].tolist())  # ties: lower global id first
+            scores = [h.score for h in hits]
+            assert scores == (sorted(scores, reverse=True) if metric == "cosine" else sorted(scores))
+        # exclude_self on a vector query: only the lowest-id identical row is left out
+        hits = sh.search(base[2], 12, metric="l2")
+        same = sorted(gids[8:12].tolist())
+        assert [h.id for h in hits][:3] == same[1:]
 
 
 # --------------------------------------------------------------------------- #

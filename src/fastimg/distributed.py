@@ -615,7 +615,9 @@ class _ShardHost:
         self.n = int(n_shards)
         self.threads = threads if threads is not None else _task_threads(None)
         self.indexes: dict[int, Any] = {}
+        self.parallel = 1
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool_size = 0
 
     # -- shards
     def open(self, shards: Sequence[int]) -> dict:
@@ -627,7 +629,10 @@ class _ShardHost:
             if s not in self.indexes:
                 self.indexes[s] = Index.open(os.path.join(self.root, shard_name(s)), mode="r")
             out[s] = len(self.indexes[s])
-        per = max(1, resolve_threads(self.threads) // max(1, len(self.indexes)))
+        # the host's threads shared by its shards: min(shards, threads) searched at once
+        total = resolve_threads(self.threads)
+        self.parallel = min(total, len(self.indexes))
+        per = max(1, total // max(1, len(self.indexes)))
         for idx in self.indexes.values():
             if idx.threads != per:
                 idx.threads = per
@@ -645,10 +650,14 @@ class _ShardHost:
         return os.getpid()
 
     def _each(self, shards: Sequence[int], fn: Callable[[int, Any], Any]) -> dict:
-        if len(shards) <= 1:
+        # one thread: in the calling thread (a hand-over costs more than it saves)
+        if len(shards) <= 1 or self.parallel <= 1:
             return {s: fn(s, self.indexes[s]) for s in shards}
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=max(1, self.n), thread_name_prefix="fastimg-shard")
+        if self._pool is None or self._pool_size != self.parallel:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="fastimg-shard")
+            self._pool_size = self.parallel
         futs = {s: self._pool.submit(fn, s, self.indexes[s]) for s in shards}
         return {s: f.result() for s, f in futs.items()}
 
@@ -671,14 +680,22 @@ class _ShardHost:
     def vectors(self, shard: int, local_ids: Sequence[int]) -> np.ndarray:
         return np.array(self.indexes[shard].vectors[np.asarray(local_ids, dtype=np.int64)], dtype=np.float32)
 
-    def resolve(self, shard: int, query: str) -> tuple[np.ndarray, Optional[int]]:
+    def resolve(self, shard: int, query: str) -> tuple[Optional[np.ndarray], Optional[int]]:
         """``(vector, global id of the query's own row or None)`` of a path or name
         query, read by this shard exactly as ``Index.search`` reads it: the stored
-        vector of an indexed, unchanged file (or of a name), else the file described."""
+        vector of an indexed, unchanged file (or of a name), else the file described
+        (``(None, None)`` when this worker cannot read it)."""
         idx = self.indexes[shard]
         # fastimg.Index has no public call for this yet (Index.search does it inside):
         # see "What the index lacks" in docs/scaling.md
-        vec, own, _ = idx._queries.vector(query, idx._view())  # noqa: SLF001
+        from fastimg.errors import ImageError
+
+        try:
+            vec, own, _ = idx._queries.vector(query, idx._view())  # noqa: SLF001
+        except ImageError:
+            # this worker cannot read the file: the client describes it (ImageError does
+            # not survive pickling, so it is not sent back)
+            return None, None
         gid = None if not own else min(own) * self.n + shard
         return np.asarray(vec, dtype=np.float32), gid
 
@@ -877,6 +894,8 @@ class ShardedIndex:
             return
         self._closed = True
         for h in self._hosts:
+            if h is None:
+                continue
             try:
                 if isinstance(h, _Local):
                     h.actor.close()
@@ -1134,8 +1153,6 @@ class ShardedIndex:
     def _query(self, query: Any, allow_partial: bool = False) -> tuple[np.ndarray, set, bool]:
         """``(vector, global ids that are the query itself, match-identical flag)``,
         as :meth:`fastimg.Index.search` reads a query."""
-        from fastimg.errors import ImageError
-
         if isinstance(query, (str, os.PathLike)):
             s = os.fspath(query)
             custom = self._man["descriptor"].get("name") == "custom"
@@ -1143,13 +1160,12 @@ class ShardedIndex:
             owner = shard_of(key, self.n)
             try:
                 vec, gid = self._call_shard(owner, "resolve", s)
-            except ImageError:
-                # not indexed, and the worker cannot read the file: describe it here
-                vec, gid = self._describe(s), None
             except ShardUnavailableError:
                 if not allow_partial or custom:
                     raise
-                vec, gid = self._describe(s), None  # its shard is left out: so is its own row
+                vec, gid = None, None  # its shard is left out: so is its own row
+            if vec is None:  # the worker could not read the file: describe it here
+                vec = self._describe(s)
             return vec, ({gid} if gid is not None else set()), False
         if isinstance(query, (bytes, bytearray, memoryview)):
             return self._describe(bytes(query)), set(), True
