@@ -342,6 +342,35 @@ def test_a_worker_killed_during_a_build_loses_only_its_batch(client, tmp_path):
     assert (again.added, again.updated, again.unchanged) == (0, 0, 120)
 
 
+def test_a_failing_shard_stops_alone_and_a_re_run_completes_it(client, tmp_path):
+    tree = _photos(tmp_path / "photos", 3, 6)
+    root = tmp_path / "sh"
+    build_shards(tree, root, shards=3, client=client, batch_size=4)
+    generated_photo(tree / "class0" / "extra.jpg", 5, 5, size=(40, 56))
+    for i in range(6):
+        generated_photo(tree / "more" / f"{i}.jpg", 6, i, size=(40, 56))
+    with Index.open(root / "shard-002", mode="a"):  # another writer holds shard-002
+        with pytest.raises(ShardBuildError, match="shard-002") as err:
+            build_shards(tree, root, client=client, batch_size=4)
+        assert "run the build again" in str(err.value)
+    new = [str(tree / "class0" / "extra.jpg")] + [str(tree / "more" / f"{i}.jpg") for i in range(6)]
+    owner = {p: shard_of(os.path.relpath(p, tmp_path).replace(os.sep, "/"), 3) for p in new}
+    assert set(owner.values()) == {0, 1, 2}  # (the file names are chosen so that every shard gets some)
+    for i in (0, 1):  # the other shards finished their files
+        with Index.open(root / shard_name(i)) as s:
+            assert {p for p in new if owner[p] == i} <= set(s.paths(s.live_ids()))
+    with Index.open(root / "shard-002") as s:
+        assert not {p for p in new if owner[p] == 2} & set(s.paths(s.live_ids()))
+    rep = build_shards(tree, root, client=client, batch_size=4)
+    assert rep.count == 25 and rep.added == sum(owner[p] == 2 for p in new)
+    with Index.create(tmp_path / "one") as one:
+        one.add(tree)
+        with ShardedIndex.open(root, client=client) as sh:
+            assert len(sh) == len(one) == 25
+            q = tree / "more" / "3.jpg"
+            assert_same_hits(sh.search(q, 5), lambda k: one.search(q, k), 5, False)
+
+
 def test_a_search_whose_worker_died_is_retried_on_another_worker(client, cluster_root, single, photos):
     q = _queries(photos)[1]
     with ShardedIndex.open(cluster_root, client=client) as sh:
@@ -447,7 +476,8 @@ def test_cli_index_query_info_on_a_sharded_root(client, photos, single, tmp_path
     want = single.search(q, 5)
     assert [(r["path"], r["score"]) for r in got] == [(h.path, pytest.approx(h.score, abs=0, rel=1e-6))
                                                       for h in want]
-    res = _cli("query", q, "-k", 5, "--index", root, "--json")  # in-process
+    res = _cli("query", q, "-k", 5, "--index", root, "--json", "--scheduler", "local")  # a new local cluster
+    assert res.returncode == 0, res.stderr
     assert [r["path"] for r in json.loads(res.stdout)["results"]] == [h.path for h in want]
     res = _cli("info", "--index", root, "--json")
     info = json.loads(res.stdout)
