@@ -1084,13 +1084,13 @@ class ShardedIndex:
                         if self._client is None or not _is_lost(exc):
                             raise
                         lost[h] = f"{self._hosts[h].worker}: {type(exc).__name__}: {exc}"
-                for h, p in pending.items():
-                    try:
-                        out.update(self._hosts[h].wait(p))
-                    except Exception as exc:  # noqa: BLE001 - a lost worker is retried, anything else raised
-                        if self._client is None or not _is_lost(exc):
-                            raise
-                        lost[h] = f"{self._hosts[h].worker}: {type(exc).__name__}: {exc}"
+                for h, res in self._wait_all(pending).items():
+                    if not isinstance(res, BaseException):
+                        out.update(res)
+                    elif self._client is None or not _is_lost(res):
+                        raise res
+                    else:  # a lost worker: retried below
+                        lost[h] = f"{self._hosts[h].worker}: {type(res).__name__}: {res}"
                 if not lost:
                     break
                 if attempt == self._retries:
@@ -1108,6 +1108,20 @@ class ShardedIndex:
                 + "; ".join(f"{n}: {c}" for n, c in causes.items())
                 + "); pass allow_partial=True to search the others", names, causes)
         return out, tuple(self.names[s] for s in missing)
+
+    def _wait_all(self, pending: dict) -> dict:
+        """The answers (or exceptions) of calls in flight, host -> answer: on a
+        cluster, awaited together in one hand-over to the client's event loop."""
+        if self._client is None:
+            return pending  # in-process: the calls ran already
+        import asyncio
+
+        keys = list(pending)
+
+        async def gather() -> list:
+            return await asyncio.gather(*(pending[h] for h in keys), return_exceptions=True)
+
+        return dict(zip(keys, self._client.sync(gather)))
 
     def _call_shard(self, s: int, method: str, *args: Any) -> Any:
         """One call about one shard (retried like :meth:`_fanout`)."""
