@@ -739,12 +739,19 @@ def _is_lost(exc: BaseException) -> bool:
 class _Remote:
     """A host as a Dask actor on one worker."""
 
+    #: Seconds to wait for a host to start (a worker the scheduler still lists may be dead).
+    START_TIMEOUT = 60.0
+
     def __init__(self, client: Any, worker: str, root: str, n: int):
         self.worker = worker
         fut = client.submit(_ShardHost, root, n, actor=True, workers=[worker], allow_other_workers=False,
                              pure=False)
         self.future = fut
-        self.actor = fut.result()
+        try:
+            self.actor = fut.result(timeout=self.START_TIMEOUT)
+        except BaseException:
+            fut.cancel()
+            raise
 
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self.actor, method)(*args)
@@ -824,6 +831,7 @@ class ShardedIndex:
         self._hosts: list[Any] = []
         self._where: dict[int, int] = {}  # shard -> host index
         self._unavailable: dict[int, str] = {}  # shard -> cause
+        self._dead: set[str] = set()  # addresses of workers whose host was lost
         self._closed = False
         #: Diagnostics: shard name -> seconds its host spent in the last search call
         #: (the scan, plus reading the hits' paths); the rest of a call's latency is
@@ -1024,6 +1032,7 @@ class ShardedIndex:
         """The hosts in ``lost_hosts`` died: reopen their shards on live workers."""
         orphans = sorted(s for s, h in self._where.items() if h in lost_hosts)
         for h in lost_hosts:
+            self._dead.add(self._hosts[h].worker)  # the scheduler may list it for a while yet
             self._hosts[h] = None
         for s in orphans:
             self._where.pop(s, None)
@@ -1036,7 +1045,7 @@ class ShardedIndex:
             return
         live = {h.worker: i for i, h in enumerate(self._hosts) if h is not None}
         for w in workers:  # a restarted worker (new address) gets a host
-            if w not in live:
+            if w not in live and w not in self._dead:
                 try:
                     self._hosts.append(_Remote(client, w, str(self.root), self.n))
                     live[w] = len(self._hosts) - 1
