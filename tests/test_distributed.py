@@ -160,6 +160,9 @@ def test_global_ids_name_the_shard_and_its_row(client, cluster_root):
             # the partition rule: the path relative to the folder holding the root
             key = os.path.relpath(h.path, cluster_root.parent).replace(os.sep, "/")
             assert shard_of(key, SHARDS) == h.id % SHARDS
+        # an error of the search itself comes back from the worker as it is, naming the shard
+        with pytest.raises(ValueError, match=r"shard-00\d: mode='ann' unavailable"):
+            sh.search(hits[0].path, 3, mode="ann")
         man = json.loads((cluster_root / MANIFEST).read_text())
         assert [s["name"] for s in man["shards"]] == [shard_name(i) for i in range(SHARDS)]
         assert sum(s["count"] for s in man["shards"]) == man["count"] == 70
