@@ -53,14 +53,41 @@ __all__ = [
 #: Default duplicate threshold per built-in descriptor and metric: ``(descriptor, metric) ->
 #: threshold`` in the metric's own direction.  Calibrated by ``bench/dedup_calibrate.py`` on a
 #: generated near-duplicate set (Corel-1k images with a 50 % resize, JPEG q30, 90 % crop, ±20 %
-#: brightness and 3-5° rotation of each; the best F1 at recall >= 0.95 and precision >= 0.99
-#: where reachable, chosen on half of the images); held-out recall and precision of each in
-#: bench/quality.md.  One entry per descriptor, for its default metric.
+#: brightness and 3-5° rotation of each): precision first, the best F1 among the thresholds with
+#: precision >= 0.99 on half of the images.  No descriptor reaches recall 0.95 there: held out, the
+#: defaults find 0.14-0.82 of the copies at precision 0.97-1.00 (each descriptor misses one kind of
+#: edit; table in bench/quality.md).  One entry per descriptor, for its default metric.
 THRESHOLDS: dict[tuple[str, str], float] = {
+    ("hsv72", "bhattacharyya"): 0.08737,
+    ("rgb64", "bhattacharyya"): 0.05844,
+    ("rgb512", "bhattacharyya"): 0.1138,
+    ("hsv", "bhattacharyya"): 0.1209,
+    ("spatial-hsv72", "bhattacharyya"): 0.1446,
+    ("spatial-hsv", "bhattacharyya"): 0.1932,
+    ("correlogram", "l1"): 7.57,
+    ("lbp", "chisqr_alt"): 0.00196,
+    ("ehd", "l1"): 1.2291666,
+    ("cedd", "bhattacharyya"): 0.0873,
+    ("classic", "l1"): 0.1892,
+    ("classic-fast", "l1"): 0.1252,
+    ("cnn-crow", "cosine"): 0.96352,
 }
 #: The descriptor each entry was calibrated with: ``name -> (version, digest of its params)``
 #: (:func:`_params_digest`); an index whose descriptor differs gets no default.
 _CALIBRATED = {
+    "hsv72": (2, "b4b8bf78e9ad"),
+    "rgb64": (1, "b4b8bf78e9ad"),
+    "rgb512": (1, "b4b8bf78e9ad"),
+    "hsv": (1, "27debd80716a"),
+    "spatial-hsv72": (2, "94aac02398fa"),
+    "spatial-hsv": (1, "1696c0f8aad4"),
+    "correlogram": (2, "417c96e8dd7c"),
+    "lbp": (1, "10fda24ab150"),
+    "ehd": (1, "6e6071bc75ca"),
+    "cedd": (1, "296b3913daf1"),
+    "classic": (4, "b4b8bf78e9ad"),
+    "classic-fast": (2, "b4b8bf78e9ad"),
+    "cnn-crow": (1, "c794b822f09a"),
 }
 
 Progress = Union[bool, None, Callable[[int, int], Any]]
@@ -162,7 +189,8 @@ def defaults_text(indent: str = "  ", width: int = 79) -> str:
     import textwrap
 
     items = [f"{d}/{m} {t:g}" for (d, m), t in THRESHOLDS.items()]
-    return textwrap.fill(", ".join(items), width=width, initial_indent=indent, subsequent_indent=indent)
+    return textwrap.fill(", ".join(items), width=width, initial_indent=indent, subsequent_indent=indent,
+                         break_on_hyphens=False, break_long_words=False)
 
 
 def _check_threshold(threshold: Any) -> float:

@@ -247,7 +247,7 @@ def _check_graph(index: Any, path: str, metric: str) -> None:
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from fastimg.dedup import default_threshold
+    from fastimg.dedup import _no_default, default_threshold
     from fastimg.metrics import get_metric
 
     path = index_path(args)
@@ -258,8 +258,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         if threshold is None:
             threshold = default_threshold(index, metric)
             if threshold is None:
-                raise UsageError(f"metric {metric!r} has no default duplicate threshold for this index; "
-                                 "give --threshold")
+                raise UsageError(f"metric {metric!r} has no default duplicate threshold for this index: "
+                                 f"{_no_default(index, metric)}; give --threshold")
         higher = bool(get_metric(metric).higher_is_better)
         show = not args.json and sys.stderr.isatty()
         progress, bar = progress_bar("duplicates", show)
