@@ -265,7 +265,7 @@ def test_thresholds_match_the_registry(descriptor):
     assert metrics == [d.default_metric]
     spec = d.spec()
     assert dedup._CALIBRATED[descriptor] == (spec["version"], dedup._params_digest(spec["params"]))
-    assert f"{descriptor}/{d.default_metric} {THRESHOLDS[(descriptor, d.default_metric)]:g}" in \
+    assert f"{descriptor}/{d.default_metric} {THRESHOLDS[(descriptor, d.default_metric)]:.8g}" in \
         " ".join(defaults_text().split())
     assert set(dedup._CALIBRATED) == set(_CALIBRATED_DESCRIPTORS)
 

@@ -188,7 +188,7 @@ def defaults_text(indent: str = "  ", width: int = 79) -> str:
     """:data:`THRESHOLDS` as ``descriptor/metric T`` items, wrapped (for help texts; no NumPy)."""
     import textwrap
 
-    items = [f"{d}/{m} {t:g}" for (d, m), t in THRESHOLDS.items()]
+    items = [f"{d}/{m} {t:.8g}" for (d, m), t in THRESHOLDS.items()]
     return textwrap.fill(", ".join(items), width=width, initial_indent=indent, subsequent_indent=indent,
                          break_on_hyphens=False, break_long_words=False)
 
