@@ -550,9 +550,10 @@ def topk(data: np.ndarray, queries: npt.ArrayLike, k: int = 10, metric: "str | M
 
     Returns
     -------
-    ids : ndarray of int64, shape (Q, k')
-    scores : ndarray of float32, shape (Q, k')
-        Best first (see :meth:`ExactSearcher.search`).
+    ids : ndarray of int64, shape (k',) for one query of shape (D,), else (Q, k')
+    scores : ndarray of float32, same shape
+        Best first (see :meth:`ExactSearcher.search`, which always answers ``(Q, k')``).
+        ``k' = min(k, rows left after exclude)``.
 
     Examples
     --------
@@ -560,7 +561,9 @@ def topk(data: np.ndarray, queries: npt.ArrayLike, k: int = 10, metric: "str | M
     >>> data = np.array([[1, 2, 3], [3, 2, 1], [1, 2, 4]], dtype=np.float32)
     >>> ids, scores = fastimg.topk(data, [1, 2, 3], k=2)
     >>> ids.tolist()
-    [[0, 2]]
+    [0, 2]
+    >>> fastimg.topk(data, [[1, 2, 3], [3, 2, 1]], k=1)[0].tolist()
+    [[0], [1]]
     """
     metric_obj = get_metric(metric)
     _check_k(k)
@@ -568,4 +571,7 @@ def topk(data: np.ndarray, queries: npt.ArrayLike, k: int = 10, metric: "str | M
     searcher_data = _check_matrix(data, "data")
     check_queries(queries, searcher_data.shape[1], metric_obj)
     _build_mask(exclude, searcher_data.shape[0])
-    return ExactSearcher(searcher_data, metric_obj, threads=threads).search(queries, k, exclude=exclude)
+    ids, scores = ExactSearcher(searcher_data, metric_obj, threads=threads).search(queries, k, exclude=exclude)
+    if np.ndim(queries) == 1:  # one query in, one row out (numpy's convention)
+        return ids[0], scores[0]
+    return ids, scores

@@ -109,6 +109,7 @@ from fastimg.index._files import (
     write_rows,
 )
 from fastimg.errors import (
+    IndexClosedError,
     IndexCorruptError,
     IndexFormatError,
     IndexNotFoundError,
@@ -480,7 +481,7 @@ class Store:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise ValueError(f"{self.path}: the index is closed")
+            raise IndexClosedError(f"{self.path}: the index is closed")
         return self._conn
 
     def _meta(self, key: str) -> Optional[str]:
@@ -567,7 +568,7 @@ class Store:
         if not self.writable:
             raise IndexReadOnlyError(f"{self.path}: the index is open read-only (open it with mode='a' to change it)")
         if self._conn is None:
-            raise ValueError(f"{self.path}: the index is closed")
+            raise IndexClosedError(f"{self.path}: the index is closed")
 
     # --------------------------------------------------------------- vectors
     def map_vectors(self, state: State) -> np.ndarray:
