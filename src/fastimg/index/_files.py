@@ -241,7 +241,7 @@ def acquire_lock(index_path: Path, lock_path: Path) -> int:
             os.close(fd)
         raise IndexLockedError(
             f"{index_path}: another writer holds the index lock {lock_path} (pid {holder}); "
-            "wait for it to finish or open the index with mode='r'"
+            "wait for it to finish (searching is not blocked: read-only opens and `fastimg query` work meanwhile)"
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)

@@ -135,9 +135,13 @@ class Ingest:
         seen: set[str] = set()
         index_dir = os.path.abspath(self._store.path)
 
+        base = [""]  # the folder being walked: patterns also match paths relative to it
+
         def excluded(p: str) -> bool:
-            name = os.path.basename(p)
-            return any(fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(p, pat) for pat in exclude)
+            names = [os.path.basename(p), p]
+            if base[0]:
+                names.append(os.path.relpath(p, base[0]))
+            return any(fnmatch.fnmatch(name, pat) for name in names for pat in exclude)
 
         def take(p: str, st: Optional[os.stat_result] = None) -> None:
             if p in seen or excluded(p):
@@ -170,7 +174,9 @@ class Ingest:
             p = os.path.abspath(os.fspath(it))
             if os.path.isdir(p):
                 roots.append(p)
+                base[0] = p
                 walk(p)
+                base[0] = ""
             elif os.path.isfile(p):
                 take(p)
             else:
@@ -248,7 +254,8 @@ class Ingest:
                 cb(0, total)
             for start in range(0, total, batch_size):
                 batch = extract[start:start + batch_size]
-                vecs = self._batch_vectors(batch, workers, report)
+                tick = None if cb is None else (lambda d, _t, base=done: cb(base + d, total))
+                vecs = self._batch_vectors(batch, workers, report, tick)
                 ok = [i for i in range(len(batch)) if np.isfinite(vecs[i]).all()]
                 for i in range(len(batch)):
                     if i not in ok and batch[i].abs not in report.skipped:
@@ -283,9 +290,11 @@ class Ingest:
         log.info("%s: added %d, updated %d, moved %d, removed %d, unchanged %d, skipped %d", store.path,
                  report.added, report.updated, report.moved, report.removed, report.unchanged, len(report.skipped))
 
-    def _batch_vectors(self, batch: list[_Item], workers: Optional[int], report: AddReport) -> np.ndarray:
+    def _batch_vectors(self, batch: list[_Item], workers: Optional[int], report: AddReport,
+                       tick: Optional[Callable[[int, int], Any]] = None) -> np.ndarray:
         """The batch's vectors (NaN rows for files that failed): copied from an
-        identical indexed row, else described."""
+        identical indexed row, else described (``tick(done, n)`` as images are described,
+        so progress moves within a batch, not only at its commit)."""
         dim = self._store.dim
         vecs = np.full((len(batch), dim), np.nan, dtype=np.float32)
         reuse = [i for i, it in enumerate(batch) if it.source is not None]
@@ -298,7 +307,9 @@ class Ingest:
 
             desc = self._descriptor()
             paths = [batch[i].abs for i in fresh]
-            mat, errors = describe_many(paths, desc, workers=workers, progress=False)
+            offset = len(batch) - len(fresh)
+            mat, errors = describe_many(paths, desc, workers=workers,
+                                        progress=False if tick is None else (lambda d, t: tick(offset + d, offset + t)))
             mat = np.asarray(mat, dtype=np.float32)
             if mat.shape != (len(paths), dim):
                 raise DescriptorError(
