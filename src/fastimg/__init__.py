@@ -15,6 +15,7 @@ from fastimg.errors import (
     DescriptorError,
     FastimgError,
     ImageError,
+    ImageNotFoundError,
     IndexChangedError,
     IndexClosedError,
     IndexCorruptError,
@@ -26,6 +27,8 @@ from fastimg.errors import (
     IndexReadOnlyError,
     NotInIndexError,
     ArgumentTypeError,
+    DatasetError,
+    DatasetNotFoundError,
 )
 
 # public name -> module that defines it (imported on first access)
@@ -72,6 +75,7 @@ __all__ = [
     "__version__",
     "FastimgError",
     "ImageError",
+    "ImageNotFoundError",
     "DescriptorError",
     "IndexNotFoundError",
     "IndexFormatError",
@@ -86,6 +90,8 @@ __all__ = [
     "IndexExistsError",
     "IndexClosedError",
     "IndexChangedError",
+    "DatasetError",
+    "DatasetNotFoundError",
     "topk",
     "ExactSearcher",
     "METRICS",

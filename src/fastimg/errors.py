@@ -27,6 +27,9 @@ __all__ = [
     "IndexExistsError",
     "IndexClosedError",
     "ArgumentTypeError",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "ImageNotFoundError",
 ]
 
 
@@ -123,3 +126,16 @@ class ArgumentTypeError(ArgumentError, TypeError):
     """An argument of the wrong type (e.g. a list where a float32 array is
     required); also an :class:`ArgumentError`, so one ``except`` catches every bad
     argument."""
+
+
+class DatasetError(FastimgError, ValueError):
+    """An evaluation data set that cannot be read as its layout says (no class
+    folders, a malformed ``groups.csv``, an image it lists missing ...)."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """The data set's directory does not exist."""
+
+
+class ImageNotFoundError(ImageError, FileNotFoundError):
+    """The image file does not exist (``reason`` is ``"not found"``)."""

@@ -297,7 +297,7 @@ class Index(IndexReader):
         items = [paths_or_dirs] if isinstance(paths_or_dirs, (str, os.PathLike)) else list(paths_or_dirs)
         patterns = [exclude] if isinstance(exclude, str) else list(exclude or ())
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+            raise ArgumentError(f"batch_size must be >= 1; got {batch_size}")
         with self._mutex:
             report = self._ingest.add(items, recursive=recursive, workers=workers, progress=progress,
                                       exclude=patterns, batch_size=int(batch_size))

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from fastimg.errors import DescriptorError, NotInIndexError
+from fastimg.errors import ArgumentError, ArgumentTypeError, DescriptorError, NotInIndexError
 from fastimg.index._progress import Progress, progress_callback
 from fastimg.index.store import NewRow, Row, Store, file_hash
 from fastimg.index.view import View
@@ -330,26 +330,26 @@ class Ingest:
         if arr.ndim == 1:
             arr = arr.reshape(1, -1)
         if arr.ndim != 2 or arr.shape[1] != dim:
-            raise ValueError(f"vectors must have shape (n, {dim}); got {np.shape(vectors)}")
+            raise ArgumentError(f"vectors must have shape (n, {dim}); got {np.shape(vectors)}")
         if arr.dtype.kind not in "fiu":
-            raise ValueError(f"vectors must be numeric; got dtype {arr.dtype}")
+            raise ArgumentError(f"vectors must be numeric; got dtype {arr.dtype}")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         names = [names] if isinstance(names, (str, bytes)) else list(names)  # type: ignore[list-item]
         if len(names) != arr.shape[0]:
-            raise ValueError(f"got {arr.shape[0]} vectors but {len(names)} names")
+            raise ArgumentError(f"got {arr.shape[0]} vectors but {len(names)} names")
         for nm in names:
             if not isinstance(nm, str) or not nm:
-                raise ValueError(f"names must be non-empty strings; got {nm!r}")
+                raise ArgumentError(f"names must be non-empty strings; got {nm!r}")
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})[:5]
-            raise ValueError(f"names must be unique; repeated: {dup}")
+            raise ArgumentError(f"names must be unique; repeated: {dup}")
         bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
         if bad.size:
-            raise ValueError(f"vectors must be finite; row {int(bad[0])} ({names[bad[0]]!r}) is not")
+            raise ArgumentError(f"vectors must be finite; row {int(bad[0])} ({names[bad[0]]!r}) is not")
         if metadata is not None:
             metadata = list(metadata)
             if len(metadata) != len(names):
-                raise ValueError(f"got {len(names)} names but {len(metadata)} metadata entries")
+                raise ArgumentError(f"got {len(names)} names but {len(metadata)} metadata entries")
             for i, m in enumerate(metadata):
                 if m is not None:
                     check_json(dict(m), f"metadata[{i}] ({names[i]!r})")
@@ -384,7 +384,7 @@ class Ingest:
         live_rows: Optional[list[Row]] = None
         for item in items:
             if isinstance(item, (bool, np.bool_)):
-                raise ValueError(f"remove() takes ids, paths or names; got {item!r}")
+                raise ArgumentError(f"remove() takes ids, paths or names; got {item!r}")
             if isinstance(item, (int, np.integer)):
                 i = int(item)
                 if 0 <= i < view.state.committed and i not in dead:
@@ -392,6 +392,8 @@ class Ingest:
                 else:
                     missing.append(str(i))
                 continue
+            if not isinstance(item, (str, bytes, os.PathLike)):
+                raise ArgumentTypeError(f"remove() takes ids, paths or names; got {item!r} ({type(item).__name__})")
             row = self.live_row(item)
             if row is not None:
                 ids.add(row.id)
@@ -419,4 +421,4 @@ def check_json(value: Any, what: str) -> None:
     try:
         json.dumps(value)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} is not JSON-able: {exc}") from None
+        raise ArgumentError(f"{what} is not JSON-able: {exc}") from None
