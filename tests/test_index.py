@@ -505,6 +505,9 @@ def test_add_options_and_paths_outside_the_root(tmp_path, photos):
         rep = ix.add(root, exclude=["horses"], progress=lambda done, total: calls.append((done, total)))
         assert rep.added == 6 and all("horses" not in ix.paths([i])[0] for i in ix.live_ids())
         assert calls[-1] == (7, 7) and calls[0] == (0, 7)  # 6 images + the broken one
+        # progress moves within the one batch of 7 (not only 0 and 7), never backwards
+        assert len({d for d, _ in calls}) > 2
+        assert [d for d, _ in calls] == sorted(d for d, _ in calls) and {t for _, t in calls} == {7}
         rep = ix.add([outside / "o.jpg", tmp_path / "missing.jpg"], batch_size=1)
         assert rep.added == 1 and rep.skipped[str(tmp_path / "missing.jpg")] == "not found"
         stored = _stored(root / ".fastimg")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from _photos import photo_tree
-from fastimg import ArgumentError, FastimgError, IndexChangedError, NotInIndexError
+from fastimg import ArgumentError, ArgumentTypeError, FastimgError, IndexChangedError, NotInIndexError
 from fastimg.dedup import find_duplicates
 from fastimg.index import BatchResult, Entry, Index
 
@@ -179,6 +179,11 @@ def test_lookups_agree_with_the_sqlite_file(ix, X, tmp_path):
     assert e.added == rows[5][6]
     assert ix.entry(NAMES[5]) == e and ix.metadata(NAMES[5]) == ix.metadata(5) == {**e.__dict__}
     assert ix.entry(7).deleted  # an id may name a deleted row (until compact)
+    assert ix[5] == ix[NAMES[5]] == e and ix[0] == ix.entry(0)  # index[key] is entry(key)
+    with pytest.raises(NotInIndexError):
+        ix[N]
+    with pytest.raises(ArgumentTypeError, match="not a sequence"):
+        ix[0:3]
     with pytest.raises(NotInIndexError):
         ix.entry(NAMES[7])  # a name names the live entry
     with pytest.raises(NotInIndexError):

@@ -24,6 +24,12 @@ __all__ = [
     "AnnSearchError",
     "ArgumentError",
     "IndexChangedError",
+    "IndexExistsError",
+    "IndexClosedError",
+    "ArgumentTypeError",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "ImageNotFoundError",
 ]
 
 
@@ -104,3 +110,32 @@ class ArgumentError(FastimgError, ValueError):
 class IndexChangedError(IndexError_, RuntimeError):
     """A writer compacted the index (renumbering its ids) while a long read, such
     as iterating over the entries, was going on: start it again."""
+
+
+class IndexExistsError(IndexError_, FileExistsError):
+    """:meth:`Index.create` found an index (or a file, or a non-empty folder of
+    other files) at the path: open it instead, or choose another path."""
+
+
+class IndexClosedError(IndexError_, ValueError):
+    """A call on an :class:`Index` handle after :meth:`Index.close` (like
+    Python's ``ValueError: I/O operation on closed file``)."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of the wrong type (e.g. a list where a float32 array is
+    required); also an :class:`ArgumentError`, so one ``except`` catches every bad
+    argument."""
+
+
+class DatasetError(FastimgError, ValueError):
+    """An evaluation data set that cannot be read as its layout says (no class
+    folders, a malformed ``groups.csv``, an image it lists missing ...)."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """The data set's directory does not exist."""
+
+
+class ImageNotFoundError(ImageError, FileNotFoundError):
+    """The image file does not exist (``reason`` is ``"not found"``)."""

@@ -34,6 +34,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import numpy.typing as npt
 
+from fastimg.errors import ArgumentError, ArgumentTypeError, DatasetError, DatasetNotFoundError
+
 __all__ = [
     "average_precision",
     "mean_average_precision",
@@ -64,10 +66,10 @@ def _as_relevance(ranked_relevance: ArrayLike, name: str = "ranked_relevance") -
     """Coerce to a bool array of ndim 1 or 2; 0/1 numbers are accepted."""
     rel = np.asarray(ranked_relevance)
     if rel.ndim not in (1, 2):
-        raise ValueError(f"{name} must be 1-D (one ranking) or 2-D (one ranking per row); got shape {rel.shape}")
+        raise ArgumentError(f"{name} must be 1-D (one ranking) or 2-D (one ranking per row); got shape {rel.shape}")
     if rel.dtype != np.bool_:
         if rel.size and not np.isin(rel, (0, 1)).all():
-            raise ValueError(f"{name} must hold booleans (or 0/1); got values other than 0 and 1")
+            raise ArgumentError(f"{name} must hold booleans (or 0/1); got values other than 0 and 1")
         rel = rel.astype(bool)
     return rel
 
@@ -80,19 +82,19 @@ def _as_n_relevant(n_relevant: Optional[ArrayLike], rel: np.ndarray) -> np.ndarr
     n = np.asarray(n_relevant)
     if not np.issubdtype(n.dtype, np.integer):
         if not (np.isfinite(n).all() and np.all(n == np.round(n))):
-            raise ValueError(f"n_relevant must be a non-negative integer; got {n_relevant!r}")
+            raise ArgumentError(f"n_relevant must be a non-negative integer; got {n_relevant!r}")
         n = n.astype(np.int64)
     if n.shape != found.shape:
         if n.ndim == 0:
             n = np.broadcast_to(n, found.shape)
         else:
-            raise ValueError(f"n_relevant must be a scalar or have shape {found.shape} (one per ranking); "
+            raise ArgumentError(f"n_relevant must be a scalar or have shape {found.shape} (one per ranking); "
                              f"got shape {n.shape}")
     if np.any(n < 0):
-        raise ValueError(f"n_relevant must be >= 0; got {n_relevant!r}")
+        raise ArgumentError(f"n_relevant must be >= 0; got {n_relevant!r}")
     if np.any(found > n):
         bad = int(np.argmax(found > n)) if found.ndim else 0
-        raise ValueError(
+        raise ArgumentError(
             "n_relevant is smaller than the number of relevant items in the ranking "
             f"(ranking {bad}: n_relevant={int(np.ravel(n)[bad])}, found {int(np.ravel(found)[bad])})")
     return n.astype(np.int64)
@@ -100,9 +102,9 @@ def _as_n_relevant(n_relevant: Optional[ArrayLike], rel: np.ndarray) -> np.ndarr
 
 def _check_k(k: int, name: str = "k") -> int:
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= 1; got {k!r}")
+        raise ArgumentTypeError(f"{name} must be an int >= 1; got {k!r}")
     if k < 1:
-        raise ValueError(f"{name} must be >= 1; got {name}={k}")
+        raise ArgumentError(f"{name} must be >= 1; got {name}={k}")
     return int(k)
 
 
@@ -184,11 +186,11 @@ def mean_average_precision(ranked_relevance: ArrayLike, n_relevant: Optional[Arr
     """
     rel = _as_relevance(ranked_relevance)
     if rel.ndim != 2:
-        raise ValueError(f"ranked_relevance must be 2-D (Q, L); got shape {rel.shape}")
+        raise ArgumentError(f"ranked_relevance must be 2-D (Q, L); got shape {rel.shape}")
     n = _as_n_relevant(n_relevant, rel)
     keep = n > 0
     if not keep.any():
-        raise ValueError("mean_average_precision: no query has any relevant item (n_relevant is 0 for all)")
+        raise ArgumentError("mean_average_precision: no query has any relevant item (n_relevant is 0 for all)")
     ap = average_precision(rel[keep], n[keep])
     return float(np.mean(ap))
 
@@ -290,18 +292,18 @@ def rank_by_scores(scores: ArrayLike, *, higher_is_better: bool = True,
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2:
-        raise ValueError(f"scores must be 2-D (Q, N); got shape {s.shape}")
+        raise ArgumentError(f"scores must be 2-D (Q, N); got shape {s.shape}")
     if np.isnan(s).any():
-        raise ValueError("scores contain NaN; drop or fix the failed rows first")
+        raise ArgumentError("scores contain NaN; drop or fix the failed rows first")
     key = -s if higher_is_better else s
     order = np.argsort(key, axis=1, kind="stable")  # stable: equal scores keep id order
     if exclude is None:
         return order.astype(np.int64)
     ex = np.asarray(exclude)
     if ex.shape != (s.shape[0],) or not np.issubdtype(ex.dtype, np.integer):
-        raise ValueError(f"exclude must be integer ids of shape ({s.shape[0]},); got {ex.dtype} {ex.shape}")
+        raise ArgumentError(f"exclude must be integer ids of shape ({s.shape[0]},); got {ex.dtype} {ex.shape}")
     if np.any((ex < 0) | (ex >= s.shape[1])):
-        raise ValueError(f"exclude ids must be in [0, {s.shape[1]}); got min {ex.min()}, max {ex.max()}")
+        raise ArgumentError(f"exclude ids must be in [0, {s.shape[1]}); got min {ex.min()}, max {ex.max()}")
     keep = order != ex[:, None]
     return order[keep].reshape(s.shape[0], s.shape[1] - 1).astype(np.int64)
 
@@ -336,15 +338,15 @@ def relevance_matrix(ranked_ids: ArrayLike, labels: ArrayLike, query_labels: Arr
     lab = np.asarray(labels)
     ql = np.asarray(query_labels)
     if ids.ndim != 2:
-        raise ValueError(f"ranked_ids must be 2-D (Q, L); got shape {ids.shape}")
+        raise ArgumentError(f"ranked_ids must be 2-D (Q, L); got shape {ids.shape}")
     if not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"ranked_ids must be integers; got dtype {ids.dtype}")
+        raise ArgumentError(f"ranked_ids must be integers; got dtype {ids.dtype}")
     if lab.ndim != 1:
-        raise ValueError(f"labels must be 1-D (N,); got shape {lab.shape}")
+        raise ArgumentError(f"labels must be 1-D (N,); got shape {lab.shape}")
     if ql.shape != (ids.shape[0],):
-        raise ValueError(f"query_labels must have shape ({ids.shape[0]},); got {ql.shape}")
+        raise ArgumentError(f"query_labels must have shape ({ids.shape[0]},); got {ql.shape}")
     if ids.size and (ids.max() >= lab.shape[0] or ids.min() < -1):
-        raise ValueError(f"ranked_ids must be in [0, {lab.shape[0]}) or -1 (padding); "
+        raise ArgumentError(f"ranked_ids must be in [0, {lab.shape[0]}) or -1 (padding); "
                          f"got min {ids.min()}, max {ids.max()}")
     valid = ids >= 0
     rel = np.zeros(ids.shape, dtype=bool)
@@ -370,14 +372,14 @@ def parse_metric(name: str) -> tuple[str, Optional[int]]:
         For any other name (message lists the accepted forms).
     """
     if not isinstance(name, str):
-        raise TypeError(f"metric name must be a str; got {type(name).__name__}")
+        raise ArgumentTypeError(f"metric name must be a str; got {type(name).__name__}")
     m = _METRIC_RE.match(name.strip().lower())
     if not m or (m.group(1) in ("p", "r") and m.group(2) is None) or (m.group(1) == "ns" and m.group(2)):
-        raise ValueError(f"unknown evaluation metric {name!r}; expected 'map', 'map@K', 'p@K', 'r@K' "
+        raise ArgumentError(f"unknown evaluation metric {name!r}; expected 'map', 'map@K', 'p@K', 'r@K' "
                          "or 'ns' (K a positive integer)")
     k = int(m.group(2)) if m.group(2) else None
     if k is not None and k < 1:
-        raise ValueError(f"metric cut-off must be >= 1; got {name!r}")
+        raise ArgumentError(f"metric cut-off must be >= 1; got {name!r}")
     return m.group(1), k
 
 
@@ -418,24 +420,24 @@ def evaluate_ranking(ranked_ids: ArrayLike, labels: ArrayLike, query_ids: Option
     """
     ids = np.asarray(ranked_ids)
     if ids.ndim != 2:
-        raise ValueError(f"ranked_ids must be 2-D (Q, L); got shape {ids.shape}")
+        raise ArgumentError(f"ranked_ids must be 2-D (Q, L); got shape {ids.shape}")
     lab = np.asarray(labels)
     if lab.ndim != 1:
-        raise ValueError(f"labels must be 1-D (N,); got shape {lab.shape}")
+        raise ArgumentError(f"labels must be 1-D (N,); got shape {lab.shape}")
     parsed = [(m, *parse_metric(m)) for m in metrics]
     q = ids.shape[0]
     if query_labels is not None:
         if query_ids is not None:
-            raise ValueError("give query_ids (queries are database items) or query_labels (external "
+            raise ArgumentError("give query_ids (queries are database items) or query_labels (external "
                              "queries), not both")
         ql = np.asarray(query_labels)
         qid = None
     else:
         qid = np.arange(q) if query_ids is None else np.asarray(query_ids)
         if qid.shape != (q,) or not np.issubdtype(qid.dtype, np.integer):
-            raise ValueError(f"query_ids must be integer ids of shape ({q},); got {qid.dtype} {qid.shape}")
+            raise ArgumentError(f"query_ids must be integer ids of shape ({q},); got {qid.dtype} {qid.shape}")
         if q and (qid.min() < 0 or qid.max() >= lab.shape[0]):
-            raise ValueError(f"query_ids must be in [0, {lab.shape[0]}); got min {qid.min()}, max {qid.max()}")
+            raise ArgumentError(f"query_ids must be in [0, {lab.shape[0]}); got min {qid.min()}, max {qid.max()}")
         ql = lab[qid]
         if exclude_query:
             ids = _drop_ids(ids.astype(np.int64), qid.astype(np.int64))
@@ -491,7 +493,7 @@ def evaluate_scores(scores: ArrayLike, labels: ArrayLike, *, higher_is_better: b
     """
     s = np.asarray(scores)
     if s.ndim != 2 or s.shape[0] != s.shape[1]:
-        raise ValueError(f"scores must be a square (N, N) matrix; got shape {s.shape}")
+        raise ArgumentError(f"scores must be a square (N, N) matrix; got shape {s.shape}")
     n = s.shape[0]
     ex = np.arange(n) if exclude_self else None
     ranked = rank_by_scores(s, higher_is_better=higher_is_better, exclude=ex)
@@ -597,10 +599,10 @@ def load_dataset(root: "str | os.PathLike[str]", layout: str = "folders", *,
         Unknown layout, no images, or names that do not follow the layout.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {list(LAYOUTS)}; got {layout!r}")
+        raise ArgumentError(f"layout must be one of {list(LAYOUTS)}; got {layout!r}")
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise FileNotFoundError(f"dataset directory not found: {base}")
+        raise DatasetNotFoundError(f"dataset directory not found: {base}")
     if layout == "folders":
         classes = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
         paths, labels, names = [], [], []
@@ -612,7 +614,7 @@ def load_dataset(root: "str | os.PathLike[str]", layout: str = "folders", *,
             paths.extend(imgs)
             labels.extend([len(names) - 1] * len(imgs))
         if not paths:
-            raise ValueError(f"layout 'folders': no class sub-directory with images under {base} "
+            raise DatasetError(f"layout 'folders': no class sub-directory with images under {base} "
                              f"(expected {base}/<class>/<image>{IMAGE_EXTENSIONS[0]})")
         lab = np.asarray(labels, dtype=np.int64)
         return Dataset(base, layout, paths, lab, np.arange(len(paths), dtype=np.int64), True, names)
@@ -623,24 +625,24 @@ def load_dataset(root: "str | os.PathLike[str]", layout: str = "folders", *,
             with open(table, newline="") as fh:
                 reader = csv.DictReader(fh)
                 if not reader.fieldnames or not {"file", "group"} <= set(reader.fieldnames):
-                    raise ValueError(f"{table}: expected the columns 'file,group'; got {reader.fieldnames}")
+                    raise DatasetError(f"{table}: expected the columns 'file,group'; got {reader.fieldnames}")
                 rows = [(r["file"], r["group"]) for r in reader]
             paths, groups = [], []
             for f, g in rows:
                 p = base / f
                 if not p.is_file():
-                    raise ValueError(f"{table}: listed image not found: {p}")
+                    raise DatasetError(f"{table}: listed image not found: {p}")
                 try:
                     groups.append(int(g))
                 except ValueError:
-                    raise ValueError(f"{table}: group of {f!r} must be an integer; got {g!r}") from None
+                    raise DatasetError(f"{table}: group of {f!r} must be an integer; got {g!r}") from None
                 paths.append(p)
         else:
             paths, groups = [], []
             for p in _images_under(base):
                 mnum = re.search(r"(\d+)$", p.stem)
                 if not mnum:
-                    raise ValueError(f"layout 'ukbench': {p.name!r} does not end in an image number "
+                    raise DatasetError(f"layout 'ukbench': {p.name!r} does not end in an image number "
                                      "(expected e.g. ukbench00012.jpg) and there is no groups.csv")
                 paths.append(p)
                 groups.append(int(mnum.group(1)) // 4)
@@ -648,7 +650,7 @@ def load_dataset(root: "str | os.PathLike[str]", layout: str = "folders", *,
             paths = [paths[i] for i in order]
             groups = [groups[i] for i in order]
         if not paths:
-            raise ValueError(f"layout 'ukbench': no images under {base}")
+            raise DatasetError(f"layout 'ukbench': no images under {base}")
         uniq, lab = np.unique(np.asarray(groups, dtype=np.int64), return_inverse=True)
         return Dataset(base, layout, paths, lab.astype(np.int64), np.arange(len(paths), dtype=np.int64), False,
                        [str(g) for g in uniq])
@@ -656,19 +658,19 @@ def load_dataset(root: "str | os.PathLike[str]", layout: str = "folders", *,
     paths, nums = [], []
     for p in _images_under(base):
         if not p.stem.isdigit():
-            raise ValueError(f"layout 'holidays': {p.name!r} is not named by its image number "
+            raise DatasetError(f"layout 'holidays': {p.name!r} is not named by its image number "
                              "(expected e.g. 100000.jpg, 100001.jpg; group = number // 100)")
         paths.append(p)
         nums.append(int(p.stem))
     if not paths:
-        raise ValueError(f"layout 'holidays': no images under {base}")
+        raise DatasetError(f"layout 'holidays': no images under {base}")
     order = np.argsort(nums, kind="stable")
     paths = [paths[i] for i in order]
     num = np.asarray(nums, dtype=np.int64)[order]
     uniq, lab = np.unique(num // 100, return_inverse=True)
     queries = np.flatnonzero(num % 100 == 0).astype(np.int64)
     if queries.size == 0:
-        raise ValueError(f"layout 'holidays': no query image (number ending in 00) under {base}")
+        raise DatasetError(f"layout 'holidays': no query image (number ending in 00) under {base}")
     return Dataset(base, layout, paths, lab.astype(np.int64), queries, True, [str(g) for g in uniq])
 
 
@@ -701,14 +703,14 @@ def parse_descriptor(spec: str) -> tuple:
     ``("hsv", {"bins": (8, 12, 3)})``.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"descriptor must be a non-empty name like 'hsv' or 'hsv:bins=8x12x3'; got {spec!r}")
+        raise ArgumentError(f"descriptor must be a non-empty name like 'hsv' or 'hsv:bins=8x12x3'; got {spec!r}")
     name, _, rest = spec.strip().partition(":")
     params = {}
     if rest.strip():
         for item in rest.split(","):
             k, eq, v = item.partition("=")
             if not eq or not k.strip():
-                raise ValueError(f"malformed descriptor parameter {item.strip()!r} in {spec!r}; expected 'param=value'")
+                raise ArgumentError(f"malformed descriptor parameter {item.strip()!r} in {spec!r}; expected 'param=value'")
             params[k.strip()] = _parse_value(v)
     return name.strip(), params
 
@@ -803,7 +805,7 @@ def _evaluate_one(ds: Dataset, data: np.ndarray, labels: np.ndarray, qids: np.nd
     base = {"descriptor": dspec, "metric": mname, "n_failed": n_failed}
     n = data.shape[0]
     if n < 2 or qids.size == 0:
-        raise ValueError(f"{ds.root}: descriptor {dspec!r} described {n} image(s) ({n_failed} failed) and "
+        raise DatasetError(f"{ds.root}: descriptor {dspec!r} described {n} image(s) ({n_failed} failed) and "
                          f"{qids.size} query image(s); need at least 2 images and 1 query")
     try:
         t0 = time.perf_counter()

@@ -61,7 +61,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from fastimg.errors import ImageError
+from fastimg.errors import ArgumentError, ImageError, ImageNotFoundError
 
 __all__ = ["load_image", "shrink_to", "image_size", "sniff_format", "DEFAULT_MAX_PIXELS", "ImageSource"]
 
@@ -399,8 +399,8 @@ def _read(path: str, max_bytes: Optional[int]) -> bytes:
                 target = os.fsdecode(os.readlink(path))
             except OSError:
                 target = "?"
-            raise ImageError(path, "not found", f"broken symbolic link to {target!r}") from None
-        raise ImageError(path, "not found") from None
+            raise ImageNotFoundError(path, "not found", f"broken symbolic link to {target!r}") from None
+        raise ImageNotFoundError(path, "not found") from None
     except IsADirectoryError:
         raise ImageError(path, "unreadable", "is a directory") from None
     except PermissionError:
@@ -649,9 +649,9 @@ def load_image(
         corrupt, exceeds ``max_pixels``, or its format is unsupported.
     """
     if max_side is not None and (not isinstance(max_side, (int, np.integer)) or max_side < 1):
-        raise ValueError(f"max_side must be a positive int or None; got {max_side!r}")
+        raise ArgumentError(f"max_side must be a positive int or None; got {max_side!r}")
     if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
-        raise ValueError(f"max_pixels must be a positive int or None; got {max_pixels!r}")
+        raise ArgumentError(f"max_pixels must be a positive int or None; got {max_pixels!r}")
     if isinstance(src, np.ndarray):
         img = _to_bgr8(src, "<array>")
         _check_pixels("<array>", img.shape[1], img.shape[0], max_pixels)

@@ -56,6 +56,8 @@ from typing import Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
+from fastimg.errors import ArgumentError, ArgumentTypeError
+
 __all__ = [
     "Metric",
     "METRICS",
@@ -167,7 +169,7 @@ class Metric:
               and self.pairwise in _PAIRWISE and self.graph_space in _GRAPH_SPACES
               and self.graph_order in ("exact", "surrogate"))
         if not ok:
-            raise ValueError(f"inconsistent Metric record: {self!r}")
+            raise ArgumentError(f"inconsistent Metric record: {self!r}")
 
 
 _HIST = dict(nonneg=True, mean_space="l1", sim_space="sqrt_l1", graph_rows="bhattacharyya")
@@ -226,10 +228,10 @@ def get_metric(name: "str | Metric") -> Metric:
     if isinstance(name, Metric):
         return name
     if not isinstance(name, str):
-        raise TypeError(f"metric must be a str, one of {metric_names()}; got {type(name).__name__}")
+        raise ArgumentTypeError(f"metric must be a str, one of {metric_names()}; got {type(name).__name__}")
     m = METRICS.get(name.strip().lower())
     if m is None:
-        raise ValueError(f"unknown metric {name!r}; expected one of {metric_names()}")
+        raise ArgumentError(f"unknown metric {name!r}; expected one of {metric_names()}")
     return m
 
 
@@ -275,7 +277,7 @@ def embed(space: str, x: npt.ArrayLike) -> np.ndarray:
         values (centred_unit), rows with ``sum(x) <= 0`` (l1, sqrt_l1).
     """
     if space not in SPACES:
-        raise ValueError(f"unknown space {space!r}; expected one of {list(SPACES)}")
+        raise ArgumentError(f"unknown space {space!r}; expected one of {list(SPACES)}")
     a = np.array(x, dtype=np.float64)  # a copy: the mappings work in place
     one = a.ndim == 1
     out, _ = _embed_block(space, np.atleast_2d(a))
@@ -351,11 +353,11 @@ def prepare_rows(metric: "str | Metric", data: npt.ArrayLike) -> Tuple[np.ndarra
     """
     m = get_metric(metric)
     if not m.ip_form:
-        raise ValueError(f"metric {m.name!r} has no inner-product form; ip-form metrics are "
+        raise ArgumentError(f"metric {m.name!r} has no inner-product form; ip-form metrics are "
                          f"{[n for n, v in METRICS.items() if v.ip_form]}")
     data = np.asarray(data)
     if data.ndim != 2:
-        raise ValueError(f"data must be 2-D (N, D); got shape {data.shape}")
+        raise ArgumentError(f"data must be 2-D (N, D); got shape {data.shape}")
     n, d = data.shape
     prepared = aligned_empty((n, d), np.float32)
     bias = np.zeros(n, dtype=np.float32) if m.bias else None
@@ -392,9 +394,9 @@ def prepare_queries(metric: "str | Metric", queries: npt.ArrayLike) -> np.ndarra
     m = get_metric(metric)
     q = np.asarray(queries, dtype=np.float64)
     if q.ndim != 2:
-        raise ValueError(f"queries must be 2-D (Q, D); got shape {q.shape}")
+        raise ArgumentError(f"queries must be 2-D (Q, D); got shape {q.shape}")
     if not m.ip_form:
-        raise ValueError(f"metric {m.name!r} has no inner-product form")
+        raise ArgumentError(f"metric {m.name!r} has no inner-product form")
     p, _ = _prepare_block(m, q)
     if m.bias and m.ip_space == "raw":
         p *= 2.0  # l2: the surrogate is 2 q.x - |x|^2 (see _prepare_block)
@@ -434,7 +436,7 @@ def exact_scores(metric: "str | Metric", query: npt.ArrayLike, rows: npt.ArrayLi
     if x.ndim == 1:
         x = x.reshape(1, -1)
     if x.ndim != 2 or x.shape[1] != q.shape[0]:
-        raise ValueError(f"rows must have shape (M, {q.shape[0]}); got {x.shape}")
+        raise ArgumentError(f"rows must have shape (M, {q.shape[0]}); got {x.shape}")
     return _exact_many(m, q[None, :], x[None])[0]
 
 
@@ -470,9 +472,9 @@ def exact_scores_many(metric: "str | Metric", queries: npt.ArrayLike, rows: npt.
     q = np.asarray(queries, dtype=np.float64)
     x = np.asarray(rows)
     if q.ndim != 2:
-        raise ValueError(f"queries must have shape (Q, D); got {q.shape}")
+        raise ArgumentError(f"queries must have shape (Q, D); got {q.shape}")
     if x.ndim != 3 or x.shape[0] != q.shape[0] or x.shape[2] != q.shape[1]:
-        raise ValueError(f"rows must have shape (Q, C, D) = ({q.shape[0]}, C, {q.shape[1]}) for queries of "
+        raise ArgumentError(f"rows must have shape (Q, C, D) = ({q.shape[0]}, C, {q.shape[1]}) for queries of "
                          f"shape {q.shape}; got {x.shape}")
     return _exact_many(m, q, x)
 

@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastimg._threads import resolve_threads
+from fastimg.errors import ArgumentError, ArgumentTypeError
 from fastimg.metrics import METRICS, Metric, exact_scores_many, get_metric, metric_names, prepare_queries, prepare_rows
 
 __all__ = ["ExactSearcher", "topk", "rescore", "exact_scan", "check_queries", "check_values", "degenerate_queries",
@@ -74,18 +75,18 @@ _NO_QUERIES = np.empty(0, dtype=np.intp)
 def _check_matrix(arr: Any, name: str, hint: str = "") -> np.ndarray:
     """A float32 (N, D) C-contiguous ndarray, never copied."""
     if not isinstance(arr, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray (or np.memmap) of float32 with shape (N, D); "
+        raise ArgumentTypeError(f"{name} must be a numpy.ndarray (or np.memmap) of float32 with shape (N, D); "
                         f"got {type(arr).__name__}{hint}")
     if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D with shape (N, D); got {arr.ndim}-D array of shape {arr.shape}")
+        raise ArgumentError(f"{name} must be 2-D with shape (N, D); got {arr.ndim}-D array of shape {arr.shape}")
     if arr.dtype != np.float32:
-        raise TypeError(f"{name} must have dtype float32; got {arr.dtype} (convert once with "
+        raise ArgumentTypeError(f"{name} must have dtype float32; got {arr.dtype} (convert once with "
                         f"{name}.astype(np.float32): fastimg never copies the database matrix)")
     if not arr.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous; got a non-contiguous array of shape {arr.shape} "
+        raise ArgumentError(f"{name} must be C-contiguous; got a non-contiguous array of shape {arr.shape} "
                          f"(use np.ascontiguousarray({name}) once: fastimg never copies the database matrix)")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one row and one column; got shape {arr.shape}")
+        raise ArgumentError(f"{name} must have at least one row and one column; got shape {arr.shape}")
     return arr
 
 
@@ -104,12 +105,12 @@ def check_values(arr: np.ndarray, name: str, metric: Metric) -> None:
         hi = block.max()
         if not (np.isfinite(lo) and np.isfinite(hi)):
             bad = np.nonzero(~np.isfinite(block).all(axis=1))[0]
-            raise ValueError(f"{name} must be finite; got NaN or infinity in row {start + int(bad[0])}"
+            raise ArgumentError(f"{name} must be finite; got NaN or infinity in row {start + int(bad[0])}"
                              f" ({len(bad)} such rows in rows {start}..{start + len(block) - 1}): drop or fix "
                              f"failed rows first")
         if metric.nonneg and lo < 0:
             bad = np.nonzero((block < 0).any(axis=1))[0]
-            raise ValueError(f"metric {metric.name!r} compares histograms and needs non-negative values; "
+            raise ArgumentError(f"metric {metric.name!r} compares histograms and needs non-negative values; "
                              f"{name} row {start + int(bad[0])} has a negative value (min {float(lo)!r})")
 
 
@@ -131,34 +132,34 @@ def check_queries(queries: Any, dim: int, metric: Metric) -> np.ndarray:
     try:
         q = np.asarray(queries)
     except Exception as exc:  # pragma: no cover - exotic inputs
-        raise TypeError(f"queries must be an array of shape (D,) or (Q, D); got {type(queries).__name__}") from exc
+        raise ArgumentTypeError(f"queries must be an array of shape (D,) or (Q, D); got {type(queries).__name__}") from exc
     if q.dtype == object or not (np.issubdtype(q.dtype, np.floating) or np.issubdtype(q.dtype, np.integer)
                                  or q.dtype == np.bool_):
-        raise TypeError(f"queries must hold real numbers (float32 preferred); got dtype {q.dtype}")
+        raise ArgumentTypeError(f"queries must hold real numbers (float32 preferred); got dtype {q.dtype}")
     if q.ndim == 1:
         q = q.reshape(1, -1)
     elif q.ndim != 2:
-        raise ValueError(f"queries must have shape (D,) or (Q, D) with D={dim}; got shape {q.shape}")
+        raise ArgumentError(f"queries must have shape (D,) or (Q, D) with D={dim}; got shape {q.shape}")
     if q.shape[1] != dim:
-        raise ValueError(f"query dimension mismatch: expected D={dim} (the data's), got {q.shape[1]} "
+        raise ArgumentError(f"query dimension mismatch: expected D={dim} (the data's), got {q.shape[1]} "
                          f"(queries shape {q.shape})")
     q = np.ascontiguousarray(q, dtype=np.float32)
     if q.shape[0]:
         if not np.isfinite(q).all():
             bad = int(np.nonzero(~np.isfinite(q).all(axis=1))[0][0])
-            raise ValueError(f"queries must be finite; query {bad} has NaN or infinity")
+            raise ArgumentError(f"queries must be finite; query {bad} has NaN or infinity")
         if metric.nonneg and (q < 0).any():
             bad = int(np.nonzero((q < 0).any(axis=1))[0][0])
-            raise ValueError(f"metric {metric.name!r} compares histograms and needs non-negative values; "
+            raise ArgumentError(f"metric {metric.name!r} compares histograms and needs non-negative values; "
                              f"query {bad} has a negative value")
     return q
 
 
 def _check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"k must be an integer >= 1; got {k!r} ({type(k).__name__})")
+        raise ArgumentTypeError(f"k must be an integer >= 1; got {k!r} ({type(k).__name__})")
     if k < 1:
-        raise ValueError(f"k must be >= 1; got k={int(k)}")
+        raise ArgumentError(f"k must be >= 1; got k={int(k)}")
     return int(k)
 
 
@@ -171,12 +172,12 @@ def _build_mask(exclude: Any, n: int) -> Optional[np.ndarray]:
     if ex.size == 0:
         return None
     if not (np.issubdtype(ex.dtype, np.integer)):
-        raise TypeError(f"exclude must be row ids (integers); got dtype {ex.dtype}")
+        raise ArgumentTypeError(f"exclude must be row ids (integers); got dtype {ex.dtype}")
     ex = ex.ravel()
     lo, hi = int(ex.min()), int(ex.max())
     if lo < 0 or hi >= n:
         bad = lo if lo < 0 else hi
-        raise ValueError(f"exclude ids must be in [0, {n - 1}] (the data has N={n} rows); got {bad}")
+        raise ArgumentError(f"exclude ids must be in [0, {n - 1}] (the data has N={n} rows); got {bad}")
     mask = np.zeros(n, dtype=np.uint8)
     mask[ex] = 1
     return mask
@@ -321,11 +322,11 @@ class ExactSearcher:
         self.data: np.ndarray = _check_matrix(data, "data")
         self.threads: int = resolve_threads(threads)
         if strategy not in _STRATEGIES:
-            raise ValueError(f"strategy must be one of {_STRATEGIES}; got {strategy!r}")
+            raise ArgumentError(f"strategy must be one of {_STRATEGIES}; got {strategy!r}")
         self.strategy = strategy
         if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral)
                                        or chunk_rows < 1):
-            raise ValueError(f"chunk_rows must be a positive integer or None; got {chunk_rows!r}")
+            raise ArgumentError(f"chunk_rows must be a positive integer or None; got {chunk_rows!r}")
         self.chunk_rows = None if chunk_rows is None else int(chunk_rows)
         n, d = self.data.shape
         if check:
@@ -336,26 +337,26 @@ class ExactSearcher:
         if self.metric.ip_form:
             if prepared is None:
                 if bias is not None:
-                    raise ValueError("bias was given without prepared; pass both or neither")
+                    raise ArgumentError("bias was given without prepared; pass both or neither")
                 self.prepared, self.bias = prepare_rows(self.metric, self.data)
             else:
                 self.prepared = _check_matrix(prepared, "prepared")
                 if self.prepared.shape != (n, d):
-                    raise ValueError(f"prepared must have the shape of data {(n, d)}; got {self.prepared.shape}")
+                    raise ArgumentError(f"prepared must have the shape of data {(n, d)}; got {self.prepared.shape}")
                 if self.metric.bias:
                     if bias is None:
-                        raise ValueError(f"metric {self.metric.name!r} needs the bias returned by prepare_rows "
+                        raise ArgumentError(f"metric {self.metric.name!r} needs the bias returned by prepare_rows "
                                          f"together with prepared; got bias=None")
                     if not isinstance(bias, np.ndarray) or bias.dtype != np.float32 or bias.shape != (n,) \
                             or not bias.flags.c_contiguous:
-                        raise ValueError(f"bias must be a C-contiguous float32 array of shape ({n},); got "
+                        raise ArgumentError(f"bias must be a C-contiguous float32 array of shape ({n},); got "
                                          f"{getattr(bias, 'dtype', type(bias).__name__)} "
                                          f"{getattr(bias, 'shape', '')}")
                     self.bias = bias
                 elif bias is not None:
-                    raise ValueError(f"metric {self.metric.name!r} has no bias; got a bias array")
+                    raise ArgumentError(f"metric {self.metric.name!r} has no bias; got a bias array")
         elif prepared is not None or bias is not None:
-            raise ValueError(f"metric {self.metric.name!r} has no inner-product form; prepared/bias must be None")
+            raise ArgumentError(f"metric {self.metric.name!r} has no inner-product form; prepared/bias must be None")
 
     # -- properties ---------------------------------------------------------
     @property
@@ -550,9 +551,10 @@ def topk(data: np.ndarray, queries: npt.ArrayLike, k: int = 10, metric: "str | M
 
     Returns
     -------
-    ids : ndarray of int64, shape (Q, k')
-    scores : ndarray of float32, shape (Q, k')
-        Best first (see :meth:`ExactSearcher.search`).
+    ids : ndarray of int64, shape (k',) for one query of shape (D,), else (Q, k')
+    scores : ndarray of float32, same shape
+        Best first (see :meth:`ExactSearcher.search`, which always answers ``(Q, k')``).
+        ``k' = min(k, rows left after exclude)``.
 
     Examples
     --------
@@ -560,7 +562,9 @@ def topk(data: np.ndarray, queries: npt.ArrayLike, k: int = 10, metric: "str | M
     >>> data = np.array([[1, 2, 3], [3, 2, 1], [1, 2, 4]], dtype=np.float32)
     >>> ids, scores = fastimg.topk(data, [1, 2, 3], k=2)
     >>> ids.tolist()
-    [[0, 2]]
+    [0, 2]
+    >>> fastimg.topk(data, [[1, 2, 3], [3, 2, 1]], k=1)[0].tolist()
+    [[0], [1]]
     """
     metric_obj = get_metric(metric)
     _check_k(k)
@@ -568,4 +572,7 @@ def topk(data: np.ndarray, queries: npt.ArrayLike, k: int = 10, metric: "str | M
     searcher_data = _check_matrix(data, "data")
     check_queries(queries, searcher_data.shape[1], metric_obj)
     _build_mask(exclude, searcher_data.shape[0])
-    return ExactSearcher(searcher_data, metric_obj, threads=threads).search(queries, k, exclude=exclude)
+    ids, scores = ExactSearcher(searcher_data, metric_obj, threads=threads).search(queries, k, exclude=exclude)
+    if np.ndim(queries) == 1:  # one query in, one row out (numpy's convention)
+        return ids[0], scores[0]
+    return ids, scores

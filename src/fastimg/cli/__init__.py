@@ -124,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     if not args.debug:  # OpenCV's native warnings (e.g. on a skipped corrupt file) are noise here
         os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    else:  # the library's log (which file was skipped and why, codec messages) on stderr
+        import logging
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+        log = logging.getLogger("fastimg")
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
     try:
         rc = func(args)
         sys.stdout.flush()

@@ -70,7 +70,8 @@ def common_options(debug_default: Any = argparse.SUPPRESS) -> argparse.ArgumentP
     """Options accepted both before and after the command name."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--debug", action="store_true", default=debug_default,
-                   help="show the Python traceback on errors")
+                   help="show the Python traceback on errors, fastimg's debug log and "
+                        "OpenCV's own messages on stderr")
     return p
 
 

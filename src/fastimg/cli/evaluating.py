@@ -152,6 +152,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(doc)
         return EXIT_OK
-    sys.stdout.write(ds.describe() + "\n\n")
+    sys.stdout.write(ds.describe() + "\n")
+    failed = {r["descriptor"]: (r.get("n_failed") or 0, r.get("n_queries")) for r in rows if r.get("n_failed")}
+    for spec, (n_failed, n_queries) in failed.items():
+        sys.stdout.write(f"{spec}: {n_failed} of {len(ds)} images could not be read and were left out "
+                         f"({n_queries} queries measured)\n")
+    sys.stdout.write("\n")
     sys.stdout.write(format_table(rows, args.measure or DEFAULT_MEASURES[ds.layout]) + "\n")
     return EXIT_OK

@@ -56,7 +56,8 @@ another with --descriptor/--metric is an error (use a new --index).""", [ix])
     p.add_argument("--workers", type=positive_int, metavar="N", default=None,
                    help="processes/threads describing images (default: all cores)")
     p.add_argument("--exclude", action="append", metavar="GLOB", default=None,
-                   help="skip files whose path matches GLOB (repeatable)")
+                   help="skip files and folders whose name, path, or path relative to the folder "
+                        "indexed matches GLOB, e.g. 'edits/*' or '*.gif' (repeatable)")
     p.add_argument("--no-recursive", dest="recursive", action="store_false",
                    help="do not descend into sub-folders")
     p.add_argument("--ann", action="store_true",

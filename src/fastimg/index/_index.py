@@ -266,10 +266,14 @@ class Index(IndexReader):
             Decoding/description workers (passed to ``describe_many``).
         progress : bool or callable, default False
             ``True`` shows a tqdm bar on stderr; a callable is called as
-            ``progress(done, total)`` after every committed batch.
+            ``progress(done, total)`` from the calling thread as images are
+            described (every few images, non-decreasing, first ``(0, total)``,
+            last ``(total, total)``); ``total`` counts the files to describe.
         exclude : str or sequence of str, optional
-            Glob patterns (matched against the file name and the full path) of
-            files and folders to leave out.
+            Glob patterns (``fnmatch``: ``*`` also matches ``/``) of files and
+            folders to leave out, matched against the name, the absolute path and
+            the path relative to the folder being added: ``"edits/*"``,
+            ``"*.gif"``, ``"*/thumbnails/*"``.
         batch_size : int, default :data:`ADD_BATCH`
             Rows per commit (a crash loses at most one batch).
 
@@ -293,7 +297,7 @@ class Index(IndexReader):
         items = [paths_or_dirs] if isinstance(paths_or_dirs, (str, os.PathLike)) else list(paths_or_dirs)
         patterns = [exclude] if isinstance(exclude, str) else list(exclude or ())
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+            raise ArgumentError(f"batch_size must be >= 1; got {batch_size}")
         with self._mutex:
             report = self._ingest.add(items, recursive=recursive, workers=workers, progress=progress,
                                       exclude=patterns, batch_size=int(batch_size))

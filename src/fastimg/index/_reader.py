@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
 
 import numpy as np
 
-from fastimg.errors import ArgumentError, IndexChangedError, NotInIndexError
+from fastimg.errors import ArgumentError, ArgumentTypeError, IndexChangedError, NotInIndexError
 from fastimg.index.caches import CACHE_DIR, Caches
 from fastimg.index.descriptor import IndexDescriptor
 from fastimg.index.graph import Graph
@@ -413,6 +413,15 @@ class IndexReader:
         else:
             raise ArgumentError(f"entry() takes an id (int), a path or a name; got {type(item).__name__}")
         return _entry(self._store, r)
+
+    def __getitem__(self, item: Union[int, PathLike]) -> Entry:
+        """``index[id]`` / ``index[path]``: :meth:`entry` (a mapping of ids and paths
+        to entries, like ``in``; not a sequence: ids need not be contiguous, use
+        ``index.entries(index.live_ids()[a:b])`` for a page)."""
+        if isinstance(item, slice):
+            raise ArgumentTypeError("an Index is not a sequence: index[id] or index[path] takes one key; "
+                                    "for a page use index.entries(index.live_ids()[a:b])")
+        return self.entry(item)
 
     def entries(self, ids: Iterable[int]) -> list[Entry]:
         """:meth:`entry` of many ids, in order, read in one go (e.g. a page of

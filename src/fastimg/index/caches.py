@@ -39,6 +39,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from fastimg.errors import ArgumentError
 from fastimg.index.store import State
 from fastimg.metrics import get_metric, prepare_rows
 
@@ -113,7 +114,7 @@ class Caches:
     # ------------------------------------------------------------------ files
     def _file(self, name: str, state: State) -> Path:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ValueError(f"invalid cache name {name!r}")
+            raise ArgumentError(f"invalid cache name {name!r}")
         return self.dir / f"{name}.g{state.generation}.n{state.committed}.npy"
 
     def files(self) -> list[Path]:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from fastimg.errors import DescriptorError, NotInIndexError
+from fastimg.errors import ArgumentError, ArgumentTypeError, DescriptorError, NotInIndexError
 from fastimg.index._progress import Progress, progress_callback
 from fastimg.index.store import NewRow, Row, Store, file_hash
 from fastimg.index.view import View
@@ -135,9 +135,13 @@ class Ingest:
         seen: set[str] = set()
         index_dir = os.path.abspath(self._store.path)
 
+        base = [""]  # the folder being walked: patterns also match paths relative to it
+
         def excluded(p: str) -> bool:
-            name = os.path.basename(p)
-            return any(fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(p, pat) for pat in exclude)
+            names = [os.path.basename(p), p]
+            if base[0]:
+                names.append(os.path.relpath(p, base[0]))
+            return any(fnmatch.fnmatch(name, pat) for name in names for pat in exclude)
 
         def take(p: str, st: Optional[os.stat_result] = None) -> None:
             if p in seen or excluded(p):
@@ -170,7 +174,9 @@ class Ingest:
             p = os.path.abspath(os.fspath(it))
             if os.path.isdir(p):
                 roots.append(p)
+                base[0] = p
                 walk(p)
+                base[0] = ""
             elif os.path.isfile(p):
                 take(p)
             else:
@@ -248,7 +254,8 @@ class Ingest:
                 cb(0, total)
             for start in range(0, total, batch_size):
                 batch = extract[start:start + batch_size]
-                vecs = self._batch_vectors(batch, workers, report)
+                tick = None if cb is None else (lambda d, _t, base=done: cb(base + d, total))
+                vecs = self._batch_vectors(batch, workers, report, tick)
                 ok = [i for i in range(len(batch)) if np.isfinite(vecs[i]).all()]
                 for i in range(len(batch)):
                     if i not in ok and batch[i].abs not in report.skipped:
@@ -283,9 +290,11 @@ class Ingest:
         log.info("%s: added %d, updated %d, moved %d, removed %d, unchanged %d, skipped %d", store.path,
                  report.added, report.updated, report.moved, report.removed, report.unchanged, len(report.skipped))
 
-    def _batch_vectors(self, batch: list[_Item], workers: Optional[int], report: AddReport) -> np.ndarray:
+    def _batch_vectors(self, batch: list[_Item], workers: Optional[int], report: AddReport,
+                       tick: Optional[Callable[[int, int], Any]] = None) -> np.ndarray:
         """The batch's vectors (NaN rows for files that failed): copied from an
-        identical indexed row, else described."""
+        identical indexed row, else described (``tick(done, n)`` as images are described,
+        so progress moves within a batch, not only at its commit)."""
         dim = self._store.dim
         vecs = np.full((len(batch), dim), np.nan, dtype=np.float32)
         reuse = [i for i, it in enumerate(batch) if it.source is not None]
@@ -298,7 +307,9 @@ class Ingest:
 
             desc = self._descriptor()
             paths = [batch[i].abs for i in fresh]
-            mat, errors = describe_many(paths, desc, workers=workers, progress=False)
+            offset = len(batch) - len(fresh)
+            mat, errors = describe_many(paths, desc, workers=workers,
+                                        progress=False if tick is None else (lambda d, t: tick(offset + d, offset + t)))
             mat = np.asarray(mat, dtype=np.float32)
             if mat.shape != (len(paths), dim):
                 raise DescriptorError(
@@ -319,26 +330,26 @@ class Ingest:
         if arr.ndim == 1:
             arr = arr.reshape(1, -1)
         if arr.ndim != 2 or arr.shape[1] != dim:
-            raise ValueError(f"vectors must have shape (n, {dim}); got {np.shape(vectors)}")
+            raise ArgumentError(f"vectors must have shape (n, {dim}); got {np.shape(vectors)}")
         if arr.dtype.kind not in "fiu":
-            raise ValueError(f"vectors must be numeric; got dtype {arr.dtype}")
+            raise ArgumentError(f"vectors must be numeric; got dtype {arr.dtype}")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         names = [names] if isinstance(names, (str, bytes)) else list(names)  # type: ignore[list-item]
         if len(names) != arr.shape[0]:
-            raise ValueError(f"got {arr.shape[0]} vectors but {len(names)} names")
+            raise ArgumentError(f"got {arr.shape[0]} vectors but {len(names)} names")
         for nm in names:
             if not isinstance(nm, str) or not nm:
-                raise ValueError(f"names must be non-empty strings; got {nm!r}")
+                raise ArgumentError(f"names must be non-empty strings; got {nm!r}")
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})[:5]
-            raise ValueError(f"names must be unique; repeated: {dup}")
+            raise ArgumentError(f"names must be unique; repeated: {dup}")
         bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
         if bad.size:
-            raise ValueError(f"vectors must be finite; row {int(bad[0])} ({names[bad[0]]!r}) is not")
+            raise ArgumentError(f"vectors must be finite; row {int(bad[0])} ({names[bad[0]]!r}) is not")
         if metadata is not None:
             metadata = list(metadata)
             if len(metadata) != len(names):
-                raise ValueError(f"got {len(names)} names but {len(metadata)} metadata entries")
+                raise ArgumentError(f"got {len(names)} names but {len(metadata)} metadata entries")
             for i, m in enumerate(metadata):
                 if m is not None:
                     check_json(dict(m), f"metadata[{i}] ({names[i]!r})")
@@ -373,7 +384,7 @@ class Ingest:
         live_rows: Optional[list[Row]] = None
         for item in items:
             if isinstance(item, (bool, np.bool_)):
-                raise ValueError(f"remove() takes ids, paths or names; got {item!r}")
+                raise ArgumentError(f"remove() takes ids, paths or names; got {item!r}")
             if isinstance(item, (int, np.integer)):
                 i = int(item)
                 if 0 <= i < view.state.committed and i not in dead:
@@ -381,6 +392,8 @@ class Ingest:
                 else:
                     missing.append(str(i))
                 continue
+            if not isinstance(item, (str, bytes, os.PathLike)):
+                raise ArgumentTypeError(f"remove() takes ids, paths or names; got {item!r} ({type(item).__name__})")
             row = self.live_row(item)
             if row is not None:
                 ids.add(row.id)
@@ -408,4 +421,4 @@ def check_json(value: Any, what: str) -> None:
     try:
         json.dumps(value)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} is not JSON-able: {exc}") from None
+        raise ArgumentError(f"{what} is not JSON-able: {exc}") from None

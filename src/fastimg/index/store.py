@@ -109,6 +109,8 @@ from fastimg.index._files import (
     write_rows,
 )
 from fastimg.errors import (
+    ArgumentError,
+    IndexClosedError,
     IndexCorruptError,
     IndexFormatError,
     IndexNotFoundError,
@@ -348,7 +350,7 @@ class Store:
             r"^(meta\.sqlite(-wal|-shm|-journal)?|vectors\.\d+\.f32|lock|cache|ann|\..*\.tmp)$"))
         dim = int(dim)
         if dim < 1:
-            raise ValueError(f"dim must be >= 1; got {dim}")
+            raise ArgumentError(f"dim must be >= 1; got {dim}")
         root_abs = Path(os.path.abspath(root)) if root is not None else Path(os.path.abspath(path)).parent
         try:
             root_str = os.path.relpath(root_abs, os.path.abspath(path))
@@ -480,7 +482,7 @@ class Store:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise ValueError(f"{self.path}: the index is closed")
+            raise IndexClosedError(f"{self.path}: the index is closed")
         return self._conn
 
     def _meta(self, key: str) -> Optional[str]:
@@ -567,7 +569,7 @@ class Store:
         if not self.writable:
             raise IndexReadOnlyError(f"{self.path}: the index is open read-only (open it with mode='a' to change it)")
         if self._conn is None:
-            raise ValueError(f"{self.path}: the index is closed")
+            raise IndexClosedError(f"{self.path}: the index is closed")
 
     # --------------------------------------------------------------- vectors
     def map_vectors(self, state: State) -> np.ndarray:
@@ -592,7 +594,7 @@ class Store:
         self._require_writable()
         vectors = np.ascontiguousarray(vectors, dtype=DTYPE)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"vectors must have shape (n, {self.dim}); got {vectors.shape}")
+            raise ArgumentError(f"vectors must have shape (n, {self.dim}); got {vectors.shape}")
         with self._mutex:
             state = self.state()
             first = state.committed + self._pending
@@ -617,7 +619,7 @@ class Store:
         self._require_writable()
         with self._mutex:
             if len(rows) != self._pending:
-                raise ValueError(f"commit_rows: {len(rows)} rows given but {self._pending} vectors are pending")
+                raise ArgumentError(f"commit_rows: {len(rows)} rows given but {self._pending} vectors are pending")
             now = time.time()
             with self._write() as conn:
                 state = self._state()
@@ -818,7 +820,7 @@ class Store:
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON value in ``meta`` (``None`` removes the key)."""
         if key in _RESERVED:
-            raise ValueError(f"meta key {key!r} is reserved")
+            raise ArgumentError(f"meta key {key!r} is reserved")
         with self._write() as conn:
             if value is None:
                 conn.execute("DELETE FROM meta WHERE key = ?", (key,))
