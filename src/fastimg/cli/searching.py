@@ -12,6 +12,7 @@ from fastimg.cli.common import (
     CommandError,
     UsageError,
     add_command,
+    add_scheduler_argument,
     check_metric,
     emit_json,
     finite_float,
@@ -90,6 +91,7 @@ DIR (repeatable; the search is then exact).""", [ix])
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--html", metavar="FILE", default=None,
                    help="also write a self-contained HTML page with thumbnails")
+    add_scheduler_argument(p)
     p.set_defaults(func=cmd_query)
 
 
@@ -173,7 +175,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             raise CommandError(f"{img}: is a directory, not an image")
     path = index_path(args)
     docs = []
-    with open_index(args, "r") as index:
+    with open_index(args, "r", sharded=True) as index:
         metric = args.metric or index.metric
         if args.mode == "ann":  # the graph's status, for a message in the command line's terms
             _check_graph(index, path, metric)
