@@ -220,8 +220,9 @@ def get_metric(name: "str | Metric") -> Metric:
 
     Raises
     ------
-    ValueError
-        If ``name`` is not a known metric; the message lists the valid names.
+    ArgumentError
+        If ``name`` is not a known metric (a ``ValueError`` too); the message
+        lists the valid names.
     """
     if isinstance(name, Metric):
         return name
@@ -229,7 +230,9 @@ def get_metric(name: "str | Metric") -> Metric:
         raise TypeError(f"metric must be a str, one of {metric_names()}; got {type(name).__name__}")
     m = METRICS.get(name.strip().lower())
     if m is None:
-        raise ValueError(f"unknown metric {name!r}; expected one of {metric_names()}")
+        from fastimg.errors import ArgumentError
+
+        raise ArgumentError(f"unknown metric {name!r}; expected one of {metric_names()}")
     return m
 
 
