@@ -23,21 +23,24 @@ logged on the server, the client gets a 500 ``internal`` error).
 
 **Safety.**  Images come in only as uploads: size-limited (a ``Content-Length``
 over the limit is refused before reading, a chunked body is cut off at the
-limit), streamed to a temporary file, decoded and described in a worker process
-with memory and time limits (:mod:`fastimg.serve.sandbox`; a crash or a timeout
-is a JSON error and a fresh worker).  Files go out only as thumbnails of
+limit), streamed to a temporary file, decoded in a worker process with memory
+and time limits (:mod:`fastimg.serve.sandbox`; a crash or a timeout is a JSON
+error and a fresh worker), then searched with ``Index.search(pixels)`` (the
+library describes them with the index's descriptor).  Files go out only as thumbnails of
 indexed entries named by id (a path from the request is never opened), made in
 the same worker processes.  Writes (``POST``/``DELETE /api/images``) need the
 bearer token; without one they are off and the index is opened read-only only.
 CORS is off unless origins are allowed.
 
-**Concurrency.**  Searches and lookups go through one read-only
-:class:`fastimg.Index` handle shared by every request thread (the library's
-reads take no handle-wide lock and its scan releases the GIL), opened with
-``threads=1``: under concurrent requests one OpenMP thread per search beats a
-team per search (bench/serve.md measures both, and a handle per thread).
-Writes go through one writer handle (its calls are serialised by the library);
-the read handle sees each commit on its next call.
+**Concurrency.**  Requests run in the server's thread pool (never on
+the event loop).  Searches and lookups go through one read-only
+:class:`fastimg.Index` handle per server process, shared by every request
+thread (the README's threading note: the library's reads take no handle-wide
+lock and its scan releases the GIL), opened with ``threads=1``: under
+concurrent requests one OpenMP thread per search beats a team per search.
+Writes go through one writer handle (its calls are serialised by the library;
+writes need a single server process); the read handle sees each commit on its
+next call.
 """
 from __future__ import annotations
 
@@ -148,9 +151,6 @@ class Settings:
     search_threads : int or None
         ``threads=`` of the index handles: OpenMP threads per search (default
         1: concurrent requests use the cores; None: all cores per search).
-    handles : {"shared", "per-thread"}
-        One read-only handle for every request thread (default), or one per
-        thread (measured in bench/serve.md; kept for that comparison).
     max_k : int
         Largest ``k`` (default 1000); ``max_page``: largest browse page (500).
     upload_dir : str or None
@@ -168,14 +168,11 @@ class Settings:
     thumbnail_side: int = 256
     thumbnail_cache_bytes: int = 64 << 20
     search_threads: Optional[int] = 1
-    handles: str = "shared"
     max_k: int = 1000
     max_page: int = 500
     upload_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.handles not in ("shared", "per-thread"):
-            raise ArgumentError(f"handles must be 'shared' or 'per-thread'; got {self.handles!r}")
         if self.token is not None and not self.token.strip():
             raise ArgumentError("the write token is empty")
         for name in ("max_upload_bytes", "thumbnail_side", "max_k", "max_page"):
@@ -238,45 +235,42 @@ class Service:
         self.index_path = str(index_path)
         self.settings = settings
         self.started = time.time()
-        self._local = threading.local()
-        self._handles: list[Any] = []
-        self._handles_lock = threading.Lock()
-        self.reader = self._open_reader()
-        self.writer = fastimg.Index.open(self.index_path, "a", threads=settings.search_threads) \
-            if settings.token else None
-        spec = self.reader.descriptor_spec
-        self.custom = spec.get("name") == "custom"
-        self.pool = DecoderPool(None if self.custom else spec,
-                                workers=settings.decode_workers or min(2, _cores()),
-                                timeout=settings.decode_timeout, memory=settings.decode_memory,
-                                max_pixels=settings.max_pixels)
+        self.reader = fastimg.Index.open(self.index_path, "r", threads=settings.search_threads)
+        self.writer = None
+        self.pool: Optional[DecoderPool] = None
+        try:
+            if settings.token:
+                self.writer = fastimg.Index.open(self.index_path, "a", threads=settings.search_threads)
+            self.custom = self.reader.descriptor_spec.get("name") == "custom"
+            # the descriptor's working size: uploads are decoded at it (Index.search would shrink them to it)
+            self.max_side = None if self.custom else self.reader.descriptor.max_side
+            self.pool = DecoderPool(workers=settings.decode_workers or min(2, _cores()),
+                                    timeout=settings.decode_timeout, memory=settings.decode_memory,
+                                    max_pixels=settings.max_pixels)
+            if not self.custom and len(self.reader):
+                # the descriptor's first call (kernel loading) and the scan's set-up happen here,
+                # not in the first request
+                import numpy as np
+
+                self.reader.search(np.full((64, 64, 3), 128, np.uint8), k=1, exclude_self=False)
+        except BaseException:
+            self.close()
+            raise
         self.thumbnails = _Thumbnails(settings.thumbnail_cache_bytes)
         self.metrics = Metrics()
         root = self.reader.root
         self.upload_dir = Path(settings.upload_dir) if settings.upload_dir else Path(root) / "fastimg-uploads"
         self._nonneg: Optional[bool] = None
 
-    def _open_reader(self) -> Any:
-        ix = fastimg.Index.open(self.index_path, "r", threads=self.settings.search_threads)
-        with self._handles_lock:
-            self._handles.append(ix)
-        return ix
-
     def index(self) -> Any:
-        """The read-only handle for this thread (the shared one unless ``handles="per-thread"``)."""
-        if self.settings.handles == "shared":
-            return self.reader
-        ix = getattr(self._local, "index", None)
-        if ix is None:
-            ix = self._local.index = self._open_reader()
-        return ix
+        """The read-only handle every request thread shares."""
+        return self.reader
 
     def close(self) -> None:
-        self.pool.close()
-        with self._handles_lock:
-            handles, self._handles = self._handles, []
-        for ix in handles:
-            ix.close()
+        """Stop the decoder processes and close the handles (idempotent)."""
+        if self.pool is not None:
+            self.pool.close()
+        self.reader.close()
         if self.writer is not None:
             self.writer.close()
 
@@ -406,19 +400,20 @@ def _image_error(exc: ImageError, name: str) -> ApiError:
     return ApiError("bad_image", f"{name}: {exc.reason}{detail}")
 
 
-def _api_error(exc: Exception) -> Optional[ApiError]:
-    """The ApiError of a library exception (None: unexpected)."""
+def _api_error(exc: Exception, index_path: str) -> Optional[ApiError]:
+    """The ApiError of a library exception (None: unexpected); the server's own
+    index path is cut out of the library's messages."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, NotInIndexError):
-        return ApiError("not_found", str(exc).replace(str(_SERVICE_PATHS.get("index", "")), "index"))
+        return ApiError("not_found", str(exc).replace(index_path + ": ", ""))
     if isinstance(exc, DecodeFailed):
         code = "decode_timeout" if exc.reason == "timeout" else "decoder_crashed"
         return ApiError(code, str(exc))
     if isinstance(exc, ImageError):
-        return _image_error(exc, exc.source)
+        return _image_error(exc, os.path.basename(exc.source))
     if isinstance(exc, IndexChangedError):
-        return ApiError("conflict", f"the index was compacted meanwhile; retry ({exc})")
+        return ApiError("conflict", "the index was compacted meanwhile (its ids were renumbered); retry")
     if isinstance(exc, DescriptorError):
         return ApiError("unsupported", str(exc))
     if isinstance(exc, (ArgumentError, ValueError)) and isinstance(exc, FastimgError):
@@ -427,8 +422,6 @@ def _api_error(exc: Exception) -> Optional[ApiError]:
         return ApiError("internal", "the server is shutting down")
     return None
 
-
-_SERVICE_PATHS: dict[str, str] = {}
 
 _STATUS_CODE = {400: "bad_request", 401: "unauthorized", 403: "writes_disabled", 404: "not_found",
                 405: "method_not_allowed", 413: "too_large", 415: "not_an_image"}
@@ -459,7 +452,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(FastimgError)
     async def library_error(request: Request, exc: FastimgError) -> JSONResponse:
-        api = _api_error(exc)
+        api = _api_error(exc, str(request.app.state.fastimg.reader.path))
         if api is None:
             log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
             return _error_response("internal", f"internal error ({type(exc).__name__}; see the server's log)")
@@ -518,6 +511,27 @@ def _save_upload(upload: UploadFile, directory: Optional[Path], limit: int) -> t
             os.unlink(path)
         raise ApiError("not_an_image", f"{_upload_name(upload)}: empty file")
     return path, h.hexdigest()
+
+
+def _decode_upload(svc: Service, upload: UploadFile, name: str, keep_in: Optional[Path]) -> tuple[Any, str, str]:
+    """``(BGR pixels, temporary file, blake2b hex)`` of an upload, decoded in a decoder
+    process at the descriptor's working size.  The temporary file is deleted unless
+    ``keep_in`` (its folder) is given; then the caller owns it."""
+    assert svc.pool is not None
+    tmp, digest = _save_upload(upload, keep_in, svc.settings.max_upload_bytes)
+    try:
+        try:
+            pixels = svc.pool.decode(tmp, svc.max_side, source=name)
+        except ImageError as exc:
+            raise _image_error(exc, name) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if keep_in is None:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return pixels, tmp, digest
 
 
 def _upload_name(upload: UploadFile) -> str:
@@ -595,6 +609,13 @@ def create_app(index_path: Any, settings: Optional[Settings] = None, **kwargs: A
     def search_args(k: int, metric: Optional[str], mode: str, rerank: Optional[str]) -> dict:
         if k > settings.max_k:
             raise ApiError("bad_request", f"k must be at most {settings.max_k}; got {k}")
+        if rerank:
+            from fastimg.rerank import parse_spec
+
+            try:  # the library's parser (it raises a plain ValueError)
+                parse_spec(rerank)
+            except ValueError as exc:
+                raise ApiError("bad_request", str(exc)) from None
         return {"k": k, "metric": metric or None, "mode": mode, "rerank": rerank or None}
 
     def results(request: Request, ix: Any, hits: list, args: dict, took: float, **extra: Any) -> dict:
@@ -623,19 +644,14 @@ def create_app(index_path: Any, settings: Optional[Settings] = None, **kwargs: A
         included). `score` is the metric's value: higher is better for similarities (pearson, cosine,
         intersect), lower for distances."""
         args = search_args(k, metric, mode, rerank)
+        if svc.custom:
+            raise ApiError("unsupported", "this index stores vectors computed elsewhere (descriptor 'custom'): "
+                                          "it cannot describe an uploaded image; search by id (/api/similar/{id})")
         name = _upload_name(image)
-        tmp, _ = _save_upload(image, None, settings.max_upload_bytes)
-        try:
-            t0 = time.perf_counter()
-            try:
-                vec = svc.pool.vector(tmp, source=name)
-            except ImageError as exc:
-                raise _image_error(exc, name) from None
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        t0 = time.perf_counter()
+        pixels = _decode_upload(svc, image, name, None)[0]
         ix = svc.index()
-        hits = ix.search(vec, exclude_self=False, **args)
+        hits = ix.search(pixels, exclude_self=False, **args)
         return results(request, ix, hits, args, time.perf_counter() - t0)
 
     @app.get("/api/similar/{id}", name="similar", tags=["search"], summary="Search by an indexed image")
@@ -768,14 +784,10 @@ def create_app(index_path: Any, settings: Optional[Settings] = None, **kwargs: A
 
         name = _upload_name(upload)
         svc.upload_dir.mkdir(parents=True, exist_ok=True)
-        tmp, digest = _save_upload(upload, svc.upload_dir, settings.max_upload_bytes)
+        _, tmp, digest = _decode_upload(svc, upload, name, svc.upload_dir)  # decoded safely first
         try:
             with open(tmp, "rb") as fh:
                 fmt = sniff_format(fh.read(16))
-            try:
-                svc.pool.vector(tmp, source=name)  # decodes and describes it safely first
-            except ImageError as exc:
-                raise _image_error(exc, name) from None
             final = svc.upload_dir / f"{digest}{_EXT.get(fmt or '', '.img')}"
             if final.exists():
                 os.unlink(tmp)
@@ -823,7 +835,8 @@ ENV_SETTINGS = "FASTIMG_SERVE_SETTINGS"
 
 
 def settings_to_env(index_path: str, settings: Settings) -> str:
-    """The JSON that :func:`app_from_env` reads (the token itself is not in it: its file is)."""
+    """The JSON that :func:`app_from_env` reads (``fastimg serve --workers N``, which
+    has no token: writes need one server process)."""
     import json
 
     return json.dumps({"index": os.path.abspath(index_path), "settings": asdict(settings)})

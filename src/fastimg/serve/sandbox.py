@@ -10,14 +10,18 @@ process.  :class:`DecoderPool` keeps a few worker processes that each:
   and ``fork`` is unsafe in a threaded server), talk over a socket pair, and
   exit when the server process is gone (even in the middle of a decode),
 * run with one thread (``OMP_NUM_THREADS=1`` ..., ``cv2.setNumThreads(1)``),
-* load their modules and warm the descriptor once, then cap their address space
+* load their modules once, then cap their address space
   at what they use plus ``memory`` bytes (``RLIMIT_AS``: an allocation past it
   fails inside the worker -- a ``MemoryError`` or a native abort -- instead of
   taking the machine's memory),
 * decode with :func:`fastimg.image.load_image` and its limits (the pixel limit,
-  checked from the header before decoding; reduced JPEG decoding), and
-  describe with :func:`fastimg.features.registry.describe` -- the vector of a
-  query image is exactly the one ``Index.search(image)`` computes.
+  checked from the header before decoding; reduced JPEG decoding to the
+  working size) and send the pixels back.
+
+Only decoding (native code) runs there: the caller passes the BGR array to
+``Index.search``, which describes it with the index's descriptor exactly as it
+describes a file (``describe`` shrinks to the descriptor's working size, which
+the decoder already did), so the server computes no vector itself.
 
 The calling thread sends one task to an idle worker and waits at most
 ``timeout`` seconds.  A worker that dies (a native crash, the memory cap) or
@@ -43,7 +47,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from fastimg.errors import FastimgError, ImageError
+from fastimg.errors import ArgumentError, FastimgError, ImageError
 
 __all__ = ["DecoderPool", "DecodeFailed", "PoolClosed"]
 
@@ -131,34 +135,23 @@ def _worker_main(fd: int) -> None:
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     conn = Connection(fd)
     try:
-        spec, max_pixels, memory, test_hooks = conn.recv()
+        max_pixels, memory, test_hooks = conn.recv()
     except (EOFError, OSError):
         return
     import numpy as np
     import cv2
 
-    from fastimg.features.registry import describe, descriptor_from_spec
     from fastimg.image import load_image
 
     cv2.setNumThreads(1)
-    desc = None
-    if spec is not None:
-        desc = descriptor_from_spec(spec)
-        # load the kernels (Numba's cache, the first-call set-up) before the memory cap
-        warm = np.zeros((64, 96, 3), np.uint8)
-        warm[:, 48:] = (40, 120, 200)
-        describe(warm, desc)
+    # load the decoders and the encoder once before the memory cap
     ok, buf = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
     load_image(buf.tobytes())
     _cap_memory(memory)
     conn.send(("ready", os.getpid()))
 
-    def vector(path: str) -> Any:
-        if desc is None:
-            raise ImageError(path, "unsupported", "this index stores vectors computed elsewhere "
-                                                  "(descriptor 'custom'): it cannot describe an image")
-        img = load_image(path, max_pixels=max_pixels, max_side=desc.max_side)
-        return np.asarray(describe(img, desc), dtype=np.float32)
+    def decode(path: str, max_side: Optional[int]) -> Any:
+        return load_image(path, max_pixels=max_pixels, max_side=max_side)
 
     def thumbnail(path: str, side: int, quality: int) -> bytes:
         img = load_image(path, max_pixels=max_pixels, max_side=side)
@@ -167,7 +160,7 @@ def _worker_main(fd: int) -> None:
             raise ImageError(path, "corrupt", "could not encode the thumbnail")
         return buf.tobytes()
 
-    ops: dict[str, Callable[..., Any]] = {"vector": vector, "thumbnail": thumbnail}
+    ops: dict[str, Callable[..., Any]] = {"decode": decode, "thumbnail": thumbnail}
     if test_hooks:  # planted failures for the tests (a native crash, a hang, an allocation)
         import ctypes
 
@@ -208,13 +201,10 @@ class _Worker:
 
 
 class DecoderPool:
-    """Worker processes that decode and describe images (see the module docstring).
+    """Worker processes that decode images and make thumbnails (see the module docstring).
 
     Parameters
     ----------
-    spec : dict or None
-        The index's descriptor spec (``Index.descriptor_spec``); None for an
-        index of custom vectors (``vector`` then fails with an ImageError).
     workers : int
         Worker processes.
     timeout : float
@@ -228,14 +218,14 @@ class DecoderPool:
         Seconds a new worker may take to start (import, warm-up).
     """
 
-    def __init__(self, spec: Optional[dict], *, workers: int = 2, timeout: float = 10.0,
+    def __init__(self, *, workers: int = 2, timeout: float = 10.0,
                  memory: Optional[int] = 1 << 30, max_pixels: Optional[int] = None,
                  start_timeout: float = 120.0, _test_hooks: bool = False):
         from fastimg.image import DEFAULT_MAX_PIXELS
 
         if workers < 1:
-            raise ValueError(f"workers must be >= 1; got {workers}")
-        self._args = (spec, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels, memory, _test_hooks)
+            raise ArgumentError(f"workers must be >= 1; got {workers}")
+        self._args = (DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels, memory, _test_hooks)
         self.timeout = float(timeout)
         self.start_timeout = float(start_timeout)
         self.size = int(workers)
@@ -366,9 +356,10 @@ class DecoderPool:
         with self._lock:
             self.failures[reason] = self.failures.get(reason, 0) + 1
 
-    def vector(self, path: str, *, source: str) -> Any:
-        """The index descriptor's float32 vector of the image file ``path``."""
-        return self.call("vector", path, source=source)
+    def decode(self, path: str, max_side: Optional[int] = None, *, source: str) -> Any:
+        """The image file ``path`` decoded (:func:`fastimg.image.load_image` with the
+        pool's pixel limit): a BGR ``uint8`` array, its longer side at most ``max_side``."""
+        return self.call("decode", path, max_side, source=source)
 
     def thumbnail(self, path: str, side: int, quality: int = 85, *, source: str) -> bytes:
         """A JPEG of the image file ``path``, its longer side at most ``side``."""
