@@ -64,7 +64,8 @@ serve: install
 # Headless Chromium and its driver (Debian's packages) for the page's browser test
 # (tests/test_serve_browser.py): installed when missing, as root (CI is), with one
 # `apt-get update`; nothing to do when both are there.  Not root and no Chromium: a
-# message, and the browser test skips saying why.
+# message, and the browser test fails saying so (FASTIMG_TEST_NO_BROWSER=1 skips it
+# knowingly).
 browser:
 	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
@@ -72,8 +73,8 @@ browser:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 			chromium chromium-driver; \
 	else \
-		echo "*** not root and chromium/chromedriver missing: the browser test will be skipped" \
-			"(as root: apt-get install chromium chromium-driver) ***"; \
+		echo "*** not root and chromium/chromedriver missing: the browser test will fail" \
+			"(as root: apt-get install chromium chromium-driver; or FASTIMG_TEST_NO_BROWSER=1) ***"; \
 	fi
 
 # Whole test suite, plus a quick pass over the benchmarks with tiny sizes.

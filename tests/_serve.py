@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 
 from _photos import photo_tree
 
-CLASSES = ("beaches", "buses", "dinosaurs", "flowers")
+CLASSES = ("beaches", "bus", "dinosaurs", "flowers")
 PER_CLASS = 10   # the first 8 of each class indexed, the last 2 kept as queries
 INDEXED = 8
 BIN = Path(sys.executable).with_name("fastimg")
@@ -27,7 +27,8 @@ def make_collection(root: Path, descriptor: str = "hsv72") -> tuple[Path, list[P
     copy of the first one (``dup.jpg``), and 2 held-out queries per class."""
     import fastimg
 
-    files = photo_tree(root / "photos", CLASSES, PER_CLASS)
+    no_shared = os.environ.get("FASTIMG_TEST_NO_SHARED") == "1"  # tests/conftest.py's switch
+    files = photo_tree(root / "photos", CLASSES, PER_CLASS, **({"corel": None} if no_shared else {}))
     indexed = [f for i, f in enumerate(files) if i % PER_CLASS < INDEXED]
     queries = [f for i, f in enumerate(files) if i % PER_CLASS >= INDEXED]
     qdir = root / "queries"

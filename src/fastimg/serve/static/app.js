@@ -43,7 +43,7 @@
     meta.className = "meta";
     const name = document.createElement("span");
     name.className = "name";
-    name.textContent = item.name;
+    name.textContent = item.name.split("/").pop();  // the file name; the whole name in the title
     meta.appendChild(name);
     if (item.score !== undefined) {
       const score = document.createElement("span");
@@ -149,6 +149,7 @@
   fileInput.addEventListener("change", () => { searchFile(fileInput.files[0]); fileInput.value = ""; });
   $("browse").addEventListener("click", () => browse(false));
   more.addEventListener("click", () => browse(true));
+  $("controls").addEventListener("submit", (e) => { e.preventDefault(); rerun(); });  // Enter in "results"
   kInput.addEventListener("change", rerun);
   metricSelect.addEventListener("change", rerun);
   document.addEventListener("dragover", (e) => e.preventDefault());
