@@ -27,7 +27,7 @@ from fastimg.dedup import DEFAULT_THRESHOLDS, HISTOGRAM_THRESHOLDS
 BIN = Path(sys.executable).with_name("fastimg")
 CLASSES = ("beaches", "dinosaurs", "horses")
 PER_CLASS = 4
-HEAVY = ("numba", "cv2", "hnswlib", "dask", "distributed")
+HEAVY = ("numba", "cv2", "hnswlib", "dask", "distributed", "fastapi", "uvicorn", "starlette", "pydantic")
 
 
 # --------------------------------------------------------------------------- #
@@ -179,7 +179,7 @@ def _imported_modules(*args: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("args", [("--help",), ("query", "--help"), ("index", "--help"), ("dedup", "--help"),
+@pytest.mark.parametrize("args", [("--help",), ("query", "--help"), ("index", "--help"), ("dedup", "--help"), ("serve", "--help"),
                                   ("--version",)])
 def test_help_does_not_import_heavy_modules(args):
     names = _imported_modules(*args)

@@ -222,8 +222,9 @@ def get_metric(name: "str | Metric") -> Metric:
 
     Raises
     ------
-    ValueError
-        If ``name`` is not a known metric; the message lists the valid names.
+    ArgumentError
+        If ``name`` is not a known metric (a ``ValueError`` too); the message
+        lists the valid names.
     """
     if isinstance(name, Metric):
         return name
