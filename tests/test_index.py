@@ -4,6 +4,7 @@ SQLite file read directly)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -259,9 +260,14 @@ def test_reader_follows_a_compaction(custom, data):
 
 def test_prepared_cache_is_persisted_and_reused(custom, data):
     custom.search(data[0], k=3, metric="pearson")
-    names = custom.info()["caches"]
-    assert "pearson-prepared.g0.n300.npy" in names and "pearson-bias.g0.n300.npy" in names
-    cached = np.load(custom.path / "cache" / "pearson-prepared.g0.n300.npy")
+
+    def cache(prefix):  # <name>.g<G>.n<N>.c<CRC-32 of the data>.npy
+        (name,) = [c for c in custom.info()["caches"] if c.startswith(prefix + ".")]
+        assert re.fullmatch(re.escape(prefix) + r"\.c[0-9a-f]{8}\.npy", name)
+        return custom.path / "cache" / name
+
+    cache("pearson-bias.g0.n300")
+    cached = np.load(cache("pearson-prepared.g0.n300"))
     x = data.astype(np.float64)
     # pearson's prepared rows: centred and unit-norm (dot product = correlation)
     np.testing.assert_allclose(cached @ cached.T, np.corrcoef(x), atol=1e-5)
@@ -272,9 +278,9 @@ def test_prepared_cache_is_persisted_and_reused(custom, data):
     _check(custom.search(q, k=5, metric="pearson"), "pearson",
            q, np.vstack([data, data[:2] * 0.5 + 0.2]), np.arange(302), 5)
     names = custom.info()["caches"]
-    assert "pearson-prepared.g0.n302.npy" in names and "pearson-prepared.g0.n300.npy" not in names
+    assert not [c for c in names if c.startswith("pearson-prepared.g0.n300.")]
     # a corrupt cache is rebuilt, results stay right
-    (custom.path / "cache" / "pearson-prepared.g0.n302.npy").write_bytes(b"junk")
+    cache("pearson-prepared.g0.n302").write_bytes(b"junk")
     with Index.open(custom.path) as ro:
         _check(ro.search(q, k=5, metric="pearson"), "pearson",
                q, np.vstack([data, data[:2] * 0.5 + 0.2]), np.arange(302), 5)
@@ -284,7 +290,7 @@ def test_info_reports_the_state(custom):
     custom.remove([3])
     info = custom.info()
     for key, value in {"count": 299, "rows": 300, "deleted": 1, "dim": D, "metric": "cosine", "mode": "a",
-                       "format_version": 1, "vectors_bytes": 300 * D * 4}.items():
+                       "format_version": 2, "vectors_bytes": 300 * D * 4}.items():
         assert info[key] == value, key
     assert info["descriptor"] == {"name": "custom", "dim": D, "version": 1, "params": {}}
     on_disk = sum(f.stat().st_size for f in custom.path.rglob("*") if f.is_file())
@@ -382,9 +388,10 @@ def _describe(path) -> np.ndarray:
 
 
 def _stored(index_path: Path) -> dict:
+    """``{path: (id, deleted, is_file)}`` read with sqlite3 (paths are stored as the file name's bytes)."""
     con = sqlite3.connect(index_path / "meta.sqlite")
     try:
-        return {row[0]: row[1:] for row in con.execute("SELECT path, id, deleted, is_file FROM images")}
+        return {os.fsdecode(row[0]): row[1:] for row in con.execute("SELECT path, id, deleted, is_file FROM images")}
     finally:
         con.close()
 
@@ -490,16 +497,34 @@ def test_add_options_and_paths_outside_the_root(tmp_path, photos):
         ro.add(root)
 
 
-def test_the_tree_moves_with_its_index(tmp_path, photos):
+def test_the_tree_moves_with_its_index_when_the_root_is_relative(tmp_path, photos):
     root, files = photos
-    with Index.create(root / ".fastimg") as ix:
+    with Index.create(root / ".fastimg", root=root) as ix:  # root=: recorded relative to the index
         ix.add(root)
         before = [os.path.relpath(h.path, root) for h in ix.search(files[2], k=5)]
     new_root = tmp_path / "moved_photos"
     os.rename(root, new_root)
     with Index.open(new_root / ".fastimg") as ix:
+        assert ix.root == new_root
         hits = ix.search(new_root / os.path.relpath(files[2], root), k=5)
         assert [os.path.relpath(h.path, new_root) for h in hits] == before
+        assert all(os.path.exists(h.path) for h in hits)
+
+
+def test_a_copied_index_keeps_pointing_at_the_files_by_default(tmp_path, photos):
+    """Issue 21 item 8: the default root is recorded as an absolute path, so `cp -a`
+    of the index elsewhere keeps every path valid."""
+    root, files = photos
+    with Index.create(root / ".fastimg") as ix:
+        ix.add(root)
+        before = [(h.id, h.path) for h in ix.search(files[2], k=5)]
+    moved = tmp_path / "moved" / "photos.fastimg"
+    moved.parent.mkdir()
+    shutil.copytree(root / ".fastimg", moved)
+    with Index.open(moved) as ix:
+        assert ix.root == root
+        hits = ix.search(files[2], k=5)
+        assert [(h.id, h.path) for h in hits] == before
         assert all(os.path.exists(h.path) for h in hits)
 
 
@@ -634,16 +659,19 @@ def test_corrupt_ann_graph_falls_back_to_exact_and_says_why(tmp_path):
     with Index.create(tmp_path / "ix", descriptor="custom", dim=8, metric="l2") as ix:
         ix.add_vectors(X, [f"x{i}" for i in range(300)])
         ix.build_ann(M=8, ef_construction=32)
-    graph = tmp_path / "ix" / "ann" / "hnsw.bin"
+    from fastimg.ann import graph_file
+
+    (build,) = (tmp_path / "ix" / "ann").iterdir()
+    graph = graph_file(build)
     raw = bytearray(graph.read_bytes())
     raw[100:110] = b"\xff" * 10
     graph.write_bytes(bytes(raw))
     q = X[3] + 0.01
     with Index.open(tmp_path / "ix") as ro:
         _check(ro.search(q, k=5), "l2", q, X, np.arange(300), 5)  # auto: exact, still right
-        with pytest.raises(ValueError, match=r"mode='ann' unavailable: .*hnsw\.bin"):
+        with pytest.raises(ValueError, match=r"mode='ann' unavailable: .*hnsw\.[0-9a-f]+\.bin"):
             ro.search(q, k=5, mode="ann")
-        assert "hnsw.bin" in ro.info()["ann"]["error"]
+        assert graph.name in ro.info()["ann"]["error"]
 
 
 def test_auto_mode_uses_the_graph_above_the_crossover(tmp_path, monkeypatch):
@@ -718,7 +746,7 @@ def test_set_metadata_by_id_path_or_name(custom, photos):
         con = sqlite3.connect(root / ".fastimg" / "meta.sqlite")  # stored as JSON text
         try:
             text = con.execute("SELECT metadata FROM images WHERE path = ?",
-                               (os.path.relpath(files[1], root),)).fetchone()[0]
+                               (os.fsencode(os.path.relpath(files[1], root)),)).fetchone()[0]
         finally:
             con.close()
         assert text == '{"label": "beach"}'

@@ -256,8 +256,12 @@ class Index(IndexReader):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         with self._mutex:
+            report = AddReport()
+            if self._ingest.redescribe(workers=workers, progress=progress, batch_size=int(batch_size),
+                                       report=report):
+                self._after_new_generation(None)
             report = self._ingest.add(items, recursive=recursive, workers=workers, progress=progress,
-                                      exclude=patterns, batch_size=int(batch_size))
+                                      exclude=patterns, batch_size=int(batch_size), report=report)
             self._sync_graph()
         return report
 
@@ -322,6 +326,48 @@ class Index(IndexReader):
             self._sync_graph()
             return n
 
+    def relocate(self, old: PathLike, new: PathLike) -> int:
+        """The indexed files that were under folder ``old`` are now under ``new``:
+        rewrite their stored paths (and the root, when it lies under ``old``) in
+        one transaction.  Ids, vectors and metadata are unchanged; nothing on disk
+        is moved.  Returns the number of file rows whose path changed.
+
+        Raises
+        ------
+        IndexReadOnlyError
+            The index is open with ``mode="r"``.
+        ValueError
+            Two live images would get the same path (nothing is changed).
+        """
+        self._require_writable()
+        with self._mutex:
+            n = self._store.relocate(old, new)
+            self._warned_missing = False
+            return n
+
+    def check(self, repair: bool = False, *, sample: int = 32) -> Any:
+        """Verify every file of the index against its metadata and checksums
+        (:mod:`fastimg.index.check`): manifest, SQLite integrity, vectors against the
+        committed rows, caches, graph, whitening, leftovers of interrupted writes.
+
+        Parameters
+        ----------
+        repair : bool, default False
+            Also repair what can be without touching committed rows (writer only):
+            remove bad or stale caches and leftovers, rebuild the graph and re-fit
+            the whitening with their recorded parameters.
+        sample : int, default 32
+            Indexed files checked for existence.
+
+        Returns
+        -------
+        fastimg.index.check.CheckReport
+            ``.ok`` (no problem left), ``.findings`` (problems and notes).
+        """
+        from fastimg.index.check import check
+
+        return check(self, repair, sample=sample)
+
     def compact(self, progress: Progress = False) -> np.ndarray:
         """Rewrite the vector file without the deleted rows.
 
@@ -346,14 +392,32 @@ class Index(IndexReader):
                     bar.close()
             after = self._store.state()
             if after.generation != before.generation:
-                self._caches.clear()
-                self._search.clear()
-                self._whitening.renumber(mapping, after.generation)
-                ann = self._graph.drop()  # old ids: never saved
-                if ann is not None and len(self):
-                    self.build_ann(M=ann["M"], ef_construction=ann["ef_construction"], metric=ann["metric"],
-                                   ef=ann.get("ef"))
+                self._after_new_generation(mapping)
             return mapping
+
+    def _after_new_generation(self, mapping: Optional[np.ndarray]) -> None:
+        """What derives from the vectors, after a new vector file: a compaction
+        (``mapping``: old id -> new id) or a re-description (None: same ids, new
+        vectors).  Caches are dropped; the whitening record is renumbered
+        (compaction) or the whitening re-fitted with its parameters (re-description);
+        the HNSW graph is rebuilt with its parameters (until then its record names
+        the old generation: searches scan exactly, ``fastimg check --repair``
+        rebuilds it if this process dies first)."""
+        self._caches.clear()
+        self._search.clear()
+        v = self._views.current()
+        if mapping is not None:
+            self._whitening.renumber(mapping, v.state.generation)
+        elif v.get("whitening") is not None:
+            self._whitening.refit(v, self.metric)
+            self._search.clear()
+        ann = self._graph.forget()  # old ids or old vectors: never saved again
+        if ann is not None:
+            if len(self):
+                self.build_ann(M=ann["M"], ef_construction=ann["ef_construction"], metric=ann["metric"],
+                               ef=ann.get("ef"))
+            else:
+                self._graph.drop()
 
     def fit_whitening(self, dim: Optional[int] = None, power: float = 0.0, *,
                       sample: Optional[int] = None) -> dict:

@@ -205,8 +205,8 @@ class IndexReader:
                 "path": str(self.path),
                 "root": str(self.root),
                 "mode": self.mode,
-                "format_version": man["format_version"],
-                "descriptor": dict(man["descriptor"]),
+                "format_version": self._store.format_version,
+                "descriptor": self._descriptor.spec(v),  # the spec in force (a re-description changes it)
                 "dim": self.dim,
                 "metric": self.metric,
                 "count": v.live,
@@ -240,9 +240,30 @@ class IndexReader:
                 "size": r.size, "mtime_ns": r.mtime_ns, "hash": r.hash, "added": r.added, "deleted": r.deleted,
                 "metadata": r.metadata}
 
+    def missing_files(self, ids: Optional[Iterable[int]] = None, *, sample: int = 32, warn: bool = True) -> dict:
+        """Are the indexed files still where the index says?  Stats the files of
+        ``ids`` (e.g. a search's hits), else of up to ``sample`` live rows spread over
+        the index; returns ``{"checked", "missing", "examples"}``.  With ``warn``, a
+        warning on the ``fastimg.index`` logger when some are missing (once per
+        handle), naming the root paths are resolved against and ``relocate``."""
+        from fastimg.index.locations import missing_files
+
+        with self._mutex:
+            out = missing_files(self._store, self._views.current(), ids, sample)
+            if warn and out["missing"] and not getattr(self, "_warned_missing", False):
+                self._warned_missing = True
+                import logging
+
+                logging.getLogger("fastimg.index").warning(
+                    "%s: %d of %d indexed files checked do not exist (e.g. %s); relative paths are resolved against "
+                    "%s: if the files moved, Index.relocate(old, new) / `fastimg relocate OLD NEW`", self.path,
+                    out["missing"], out["checked"], out["examples"][0], self.root)
+            return out
+
     @property
-    def whitening_path(self) -> Path:
-        """Where the fitted PCA-whitening is stored (:data:`WHITENING_FILE` in the index)."""
+    def whitening_path(self) -> Optional[Path]:
+        """The file of the fitted PCA-whitening (``whitening-<fit_id>.npz`` in the index;
+        None when no whitening is fitted)."""
         return self._whitening.path
 
     # ------------------------------------------------------------------ search

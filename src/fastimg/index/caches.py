@@ -1,14 +1,22 @@
 """The derived arrays of an index (``cache/``): always rebuildable from the vectors.
 
-A cache file is a float32 ``.npy`` named ``<name>.g<G>.n<N>.npy``: the array
-derived from the first ``N`` committed rows of vector file generation ``G``.
-Rows are never rewritten within a generation, so the cache of an earlier count
-of the same generation is a *prefix* of the current one: when rows are added,
-only the new rows are derived (:meth:`Caches.derive`).  A file is written under
-a temporary name and renamed into place (readers never see a partial file);
-publishing a name removes its older versions.  An unreadable or misshapen file
-is ignored (logged), never an error; an unwritable directory only costs the
-cache (the caller derives in memory).
+A cache file is a float32 ``.npy`` named ``<name>.g<G>.n<N>.c<CRC>.npy``: the
+array derived from the first ``N`` committed rows of vector file generation
+``G``, ``<CRC>`` being the CRC-32 (8 hex digits) of its data (the array's bytes
+after the ``.npy`` header).  Rows are never rewritten within a generation, so
+the cache of an earlier count of the same generation is a *prefix* of the
+current one: when rows are added, only the new rows are derived
+(:meth:`Caches.derive`).  A file is written under a temporary name (its space
+allocated first: a full disk is an ``OSError``, never a ``SIGBUS`` on a mapped
+page) and renamed into place with its checksum in the name, so readers never
+see a partial file and the name and the checksum cannot disagree; publishing a
+name removes its older versions.  Loading checks the shape and dtype (a cheap
+header read); the checksum is verified by :meth:`Caches.verify`
+(``fastimg check``), not at every load (that would read the whole file).  An
+unreadable or misshapen file is ignored (logged), never an error; an unwritable
+directory only costs the cache (the caller derives in memory).  Files named
+without a checksum (``<name>.g<G>.n<N>.npy``, written by fastimg 0.1) are read
+the same way; ``fastimg check`` reports them as unverifiable.
 
 The names in use:
 
@@ -26,6 +34,7 @@ import logging
 import os
 import re
 import threading
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -34,13 +43,34 @@ import numpy as np
 from fastimg.index.store import State
 from fastimg.metrics import prepare_rows
 
-__all__ = ["Caches", "CACHE_DIR"]
+__all__ = ["Caches", "CACHE_DIR", "parse_name", "data_crc"]
 
 log = logging.getLogger("fastimg.index.caches")
 
 #: Directory of the caches inside the index directory.
 CACHE_DIR = "cache"
 _CHUNK = 65536  # rows derived per step (bounds the temporaries)
+_CRC_BYTES = 16 << 20  # bytes checksummed per step
+_NAME = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+?)\.g(?P<g>\d+)\.n(?P<n>\d+)(?:\.c(?P<crc>[0-9a-f]{8}))?\.npy$")
+
+
+def parse_name(filename: str) -> Optional[tuple[str, int, int, Optional[int]]]:
+    """``(name, generation, rows, crc or None)`` of a cache file name, or None."""
+    m = _NAME.match(filename)
+    if m is None:
+        return None
+    crc = m.group("crc")
+    return m.group("name"), int(m.group("g")), int(m.group("n")), None if crc is None else int(crc, 16)
+
+
+def data_crc(arr: np.ndarray) -> int:
+    """CRC-32 of an array's data (C order), read in chunks."""
+    flat = arr.reshape(-1)
+    step = max(1, _CRC_BYTES // max(1, flat.itemsize))
+    crc = 0
+    for a in range(0, flat.shape[0], step):
+        crc = zlib.crc32(np.ascontiguousarray(flat[a:a + step]), crc)
+    return crc
 
 Derive = Callable[[np.ndarray], Sequence[np.ndarray]]
 
@@ -58,10 +88,26 @@ class Caches:
         self.dir = Path(directory)
 
     # ------------------------------------------------------------------ files
-    def _file(self, name: str, state: State) -> Path:
+    @staticmethod
+    def _base(name: str, state: State) -> str:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"invalid cache name {name!r}")
-        return self.dir / f"{name}.g{state.generation}.n{state.committed}.npy"
+        return f"{name}.g{state.generation}.n{state.committed}"
+
+    def _find(self, name: str, state: State) -> Optional[Path]:
+        """The file of cache ``name`` for ``state`` (with its checksum in the name, or a
+        file of fastimg 0.1 without one), or None."""
+        base = self._base(name, state)
+        if not self.dir.is_dir():
+            return None
+        found = None
+        for p in self.dir.glob(f"{base}.*npy"):
+            parsed = parse_name(p.name)
+            if parsed is not None and parsed[:3] == (name, state.generation, state.committed):
+                if parsed[3] is not None:
+                    return p
+                found = p
+        return found
 
     def files(self) -> list[Path]:
         """Every cache file, sorted."""
@@ -79,8 +125,8 @@ class Caches:
 
     def load(self, name: str, state: State, shape: tuple[int, ...]) -> Optional[np.ndarray]:
         """Memmap the cache ``name`` valid for ``state`` (None if absent or unusable)."""
-        p = self._file(name, state)
-        if not p.is_file():
+        p = self._find(name, state)
+        if p is None:
             return None
         try:
             arr = np.load(p, mmap_mode="r")
@@ -92,17 +138,36 @@ class Caches:
             return None
         return arr
 
+    def verify(self, path: Path) -> Optional[str]:
+        """What is wrong with one cache file (None: its data matches the checksum in
+        its name).  A file without a checksum in its name is reported as such."""
+        parsed = parse_name(path.name)
+        if parsed is None:
+            return "not a cache file name (<name>.g<G>.n<N>.c<CRC>.npy)"
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            return f"unreadable ({exc})"
+        if arr.dtype != np.float32 or arr.ndim < 1 or arr.shape[0] != parsed[2]:
+            return f"holds {arr.shape} {arr.dtype}, expected {parsed[2]} float32 rows"
+        if parsed[3] is None:
+            return "no checksum in its name (written by fastimg 0.1): cannot be verified"
+        crc = data_crc(arr)
+        if crc != parsed[3]:
+            return f"checksum mismatch: data CRC-32 {crc:08x}, name says {parsed[3]:08x}"
+        return None
+
     def best_prefix(self, name: str, state: State, row_shape: tuple[int, ...]) -> Optional[tuple[int, np.ndarray]]:
         """The largest valid cache ``name`` of ``state``'s generation with at most
         ``state.committed`` rows, as ``(rows, memmap)``."""
         if not self.dir.is_dir():
             return None
         best = None
-        pat = re.compile(rf"^{re.escape(name)}\.g{state.generation}\.n(\d+)\.npy$")
         for p in self.dir.iterdir():
-            m = pat.match(p.name)
-            if m and 0 < int(m.group(1)) <= state.committed and (best is None or int(m.group(1)) > best):
-                best = int(m.group(1))
+            parsed = parse_name(p.name)
+            if (parsed is not None and parsed[0] == name and parsed[1] == state.generation
+                    and 0 < parsed[2] <= state.committed and (best is None or parsed[2] > best)):
+                best = parsed[2]
         if best is None:
             return None
         arr = self.load(name, State(best, state.generation, 0), (best, *row_shape))
@@ -110,35 +175,39 @@ class Caches:
 
     def new(self, name: str, state: State, shape: tuple[int, ...]) -> Optional[tuple[Path, np.ndarray]]:
         """A writable float32 ``.npy`` memmap under a temporary name, to be filled
-        and passed to :meth:`publish`.  None if the directory is not writable
-        (caches are optional; the failure is logged)."""
-        p = self._file(name, state)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        and passed to :meth:`publish`.  None if the directory is not writable or the
+        disk is full (caches are optional; the failure is logged)."""
+        base = self._base(name, state)
+        tmp = self.dir / f".{base}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             self.dir.mkdir(exist_ok=True)
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(shape))
+            _allocate(tmp)
         except OSError as exc:
-            log.warning("%s: could not write cache (%s)", p, exc)
+            log.warning("%s: could not write cache (%s)", self.dir / base, exc)
             self.discard(tmp)
             return None
         return tmp, out
 
     def publish(self, name: str, state: State, made: tuple[Path, np.ndarray]) -> Optional[Path]:
-        """Flush a cache made by :meth:`new` and give it its final name
-        (atomically); older versions of ``name`` are removed."""
+        """Flush a cache made by :meth:`new` and give it its final name, checksum
+        included (atomically); older versions of ``name`` are removed."""
         tmp, out = made
-        p = self._file(name, state)
+        base = self._base(name, state)
         try:
             if isinstance(out, np.memmap):
                 out.flush()
+            crc = data_crc(out)
             del out
+            p = self.dir / f"{base}.c{crc:08x}.npy"
             os.replace(tmp, p)
         except OSError as exc:
-            log.warning("%s: could not write cache (%s)", p, exc)
+            log.warning("%s: could not write cache (%s)", self.dir / base, exc)
             self.discard(tmp)
             return None
         for q in self.dir.glob(f"{name}.g*.n*.npy"):
-            if q != p:
+            parsed = parse_name(q.name)
+            if q != p and parsed is not None and parsed[0] == name:
                 with contextlib.suppress(OSError):
                     q.unlink()
         return p
@@ -226,3 +295,26 @@ class Caches:
         for a in range(0, n, _CHUNK):
             out[a:a + _CHUNK] = transform(np.asarray(vectors[a:a + _CHUNK]))
         return out
+
+
+def _allocate(path: Path) -> None:
+    """Give a new file its blocks now (``posix_fallocate``), so that filling its
+    memory map cannot fault on a full disk (a ``SIGBUS`` that would kill the
+    process); an ``OSError`` (ENOSPC) instead."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:  # pragma: no cover - macOS, Windows
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            try:
+                fallocate(fd, 0, size)
+            except OSError as exc:
+                import errno
+
+                if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # pragma: no cover
+                    return  # a file system without it: nothing better to do
+                raise
+    finally:
+        os.close(fd)

@@ -65,7 +65,7 @@ class Queries:
         if isinstance(query, (str, os.PathLike)):
             return self._path_query(os.fspath(query), view)
         if isinstance(query, (bytes, bytearray, memoryview)):
-            return self.describe(bytes(query)), None, True
+            return self.describe(bytes(query), view), None, True
         arr = np.asarray(query)
         if arr.ndim == 1 and arr.dtype.kind in "fiu" and arr.shape[0] == self.dim and arr.dtype != np.uint8:
             vec = arr.astype(np.float32)
@@ -76,7 +76,7 @@ class Queries:
             raise ValueError(
                 f"a query vector must be 1-D of length {self.dim} (the index dimension); got shape {arr.shape}"
             )
-        return self.describe(arr), None, True
+        return self.describe(arr, view), None, True
 
     def _path_query(self, s: str, view: View) -> tuple[np.ndarray, Optional[set], bool]:
         store = self._store
@@ -91,15 +91,17 @@ class Queries:
                     use_stored = st.st_size == row.size and st.st_mtime_ns == row.mtime_ns
                 except OSError:
                     use_stored = True  # the indexed file is gone: its stored vector is the query
+                # rows of an older descriptor version (a writer re-describes them): the stored vector
+                use_stored = use_stored or self._descriptor.outdated(view) is not None
             if use_stored:
                 return np.array(view.vectors[row.id], dtype=np.float32), {row.id}, False
-            return self.describe(s), {row.id}, False
+            return self.describe(s, view), {row.id}, False
         if self._custom:
             raise DescriptorError(
                 f"{s}: not in this index, and a descriptor='custom' index cannot describe images: "
                 "query it by vector or by an indexed name"
             )
-        return self.describe(s), None, False
+        return self.describe(s, view), None, False
 
     def batch(self, queries: Any, view: View, exclude_self: bool) -> tuple[np.ndarray, list, list]:
         """``(Q x dim float32 matrix, self ids per query, match-identical flags)`` of
@@ -124,15 +126,16 @@ class Queries:
         q = np.stack(vs) if vs else np.zeros((0, self.dim), np.float32)
         return q, selfs, ident
 
-    def describe(self, src: Any) -> np.ndarray:
-        """The descriptor of an image path, encoded bytes or BGR array (as ``add`` describes files)."""
+    def describe(self, src: Any, view: Optional[View] = None) -> np.ndarray:
+        """The descriptor of an image path, encoded bytes or BGR array (as ``add`` describes
+        files), with the descriptor that made the rows of ``view``."""
         if self._custom:
             raise DescriptorError(
                 "a descriptor='custom' index cannot describe images: query it by vector or by an indexed name"
             )
         from fastimg.features.registry import describe
 
-        vec = np.asarray(describe(src, self._descriptor()), dtype=np.float32).reshape(-1)
+        vec = np.asarray(describe(src, self._descriptor(view)), dtype=np.float32).reshape(-1)
         if vec.shape[0] != self.dim or not np.isfinite(vec).all():
             src_name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else "<query>"
             raise ImageError(src_name, "descriptor failed", f"got {vec.shape[0]} values, non-finite or wrong size")
