@@ -19,6 +19,7 @@ from fastimg.cli.common import (
     open_index,
     positive_int,
     progress_bar,
+    shown,
 )
 
 __all__ = ["add_query_parser", "add_dedup_parser", "cmd_query", "cmd_dedup"]
@@ -165,27 +166,33 @@ def cmd_query(args: argparse.Namespace) -> int:
             took = (time.perf_counter() - t0) * 1000.0
             docs.append({"query": "-" if img == "-" else os.path.abspath(img), "index": path, "metric": metric,
                          "took_ms": round(took, 3), "results": [_hit_dict(h) for h in hits]})
+        # the files of the hits: still there? (one stat each; a warning line if not)
+        missing = index.missing_files([r["id"] for d in docs for r in d["results"]], warn=False)
     if args.html:
         from fastimg._html import write_results_page
 
         write_results_page(docs, args.html)
+    from fastimg.cli.indexing import warn_missing
+
     if args.json:
         emit_json(docs[0] if len(docs) == 1 else docs)
+        warn_missing(missing, "result files")
         return EXIT_OK
     out = sys.stdout
     for i, doc in enumerate(docs):
         if len(docs) > 1:
-            out.write(("\n" if i else "") + f"==> {doc['query']} <==\n")
+            out.write(("\n" if i else "") + f"==> {shown(doc['query'])} <==\n")
         scores = [r["score"] for r in doc["results"]]
         fixed = all(s == 0 or 1e-4 <= abs(s) < 1e6 for s in scores)
         cells = [f"{s:.6f}" if fixed else f"{s:.6g}" for s in scores]
         width = max([len(c) for c in cells] or [1])
         for r, cell in zip(doc["results"], cells):
-            out.write(f"{r['rank']:>3}  {cell:>{width}}  {r['path']}\n")
+            out.write(f"{r['rank']:>3}  {cell:>{width}}  {shown(r['path'])}\n")
         if not doc["results"]:
             out.write("(no results)\n")
     if args.html:
         sys.stderr.write(f"wrote {args.html}\n")
+    warn_missing(missing, "result files")
     return EXIT_OK
 
 
@@ -238,6 +245,6 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     for i, g in enumerate(doc["groups"], 1):
         print(("\n" if i > 1 else "") + f"group {i} ({len(g)} images, {metric} {op} {threshold:g}):")
         for item in g:
-            print(f"  {item['path']}")
+            print(f"  {shown(item['path'])}")
     return EXIT_OK
 
