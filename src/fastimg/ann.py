@@ -547,8 +547,10 @@ class HnswGraph:
         the save**: both are written to temporary files and fsynced, the graph
         file is renamed to its new name (which nothing names yet), then the
         metadata over :data:`META_FILE`; a process killed at any moment leaves the
-        previous save whole (or this one).  The graph file of the previous save is
-        kept (a reader may be loading it); older ones are removed.
+        previous save whole (or this one).  Graph files the new metadata does not
+        name are removed afterwards (a reader that read the previous metadata just
+        before finds its graph file gone and gets an ``IndexCorruptError``: the
+        index then searches exactly and loads the new save next time).
 
         Parameters
         ----------
@@ -570,7 +572,6 @@ class HnswGraph:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        previous = graph_file(directory)
         name = f"hnsw.{uuid.uuid4().hex[:12]}.bin"
         tmp_graph = directory / f".{name}.tmp"
         tmp_meta = directory / f".{META_FILE}.{name}.tmp"
@@ -598,9 +599,8 @@ class HnswGraph:
                 with contextlib.suppress(OSError):
                     p.unlink()
             raise
-        keep = {name, None if previous is None else previous.name}
         for p in directory.iterdir():
-            if _GRAPH_NAME.match(p.name) and p.name not in keep:
+            if _GRAPH_NAME.match(p.name) and p.name != name:
                 with contextlib.suppress(OSError):
                     p.unlink()
 

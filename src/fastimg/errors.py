@@ -145,3 +145,6 @@ class IndexWriteError(IndexError_, OSError):
     """A write to the index's files failed (a full disk, a quota, an I/O error):
     nothing of the interrupted change was committed and the index keeps its last
     committed state.  ``errno`` is the operating system's (e.g. ``ENOSPC``)."""
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno N] ..." form
+        return escape_text(str(self.args[0])) if self.args else ""

@@ -173,6 +173,8 @@ class Index(IndexReader):
         v = self._views.current()
         if v.get("ann") is None:
             return
+        if self._rebuild_stale_graph(v):
+            return
         wmeta = v.get("whitening")
 
         def data() -> Any:
@@ -180,6 +182,23 @@ class Index(IndexReader):
             return v.vectors if fit is None else self._whitening.data(v, fit)
 
         self._graph.sync(v, None if wmeta is None else wmeta.get("fit_id"), data)
+
+    def _rebuild_stale_graph(self, v: Any) -> bool:
+        """Writer: a graph recorded for an older vector generation (a process died
+        between a compaction or re-description and the rebuild) is rebuilt with its
+        parameters at the next change; returns whether it was."""
+        ann = v.get("ann")
+        if ann is None or ann.get("generation") == v.state.generation:
+            return False
+        log.info("%s: rebuilding the HNSW graph left for generation %s (the index is at %d)", self.path,
+                 ann.get("generation"), v.state.generation)
+        self._graph.discard()
+        if len(self):
+            self.build_ann(M=ann["M"], ef_construction=ann["ef_construction"], metric=ann["metric"],
+                           ef=ann.get("ef"))
+        else:
+            self._graph.drop()
+        return True
 
     def set_metadata(self, item: Union[int, PathLike], metadata: Optional[Mapping[str, Any]]) -> None:
         """Attach JSON-able metadata (labels ...) to one live image, by id, path or name.

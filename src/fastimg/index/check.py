@@ -172,8 +172,18 @@ def check(ix: Any, repair: bool = False, *, sample: int = 32, report: Optional[C
 
     if repair:
         ix._require_writable()
-    store = ix._store
     report = CheckReport(str(ix.path)) if report is None else report
+    try:
+        return _check(ix, repair, sample, report)
+    except IndexCorruptError as exc:  # a damaged database (or files) met on the way: reported, not raised
+        report._add(True, getattr(exc, "filename", None) or ix.path, str(exc))
+        return report
+
+
+def _check(ix: Any, repair: bool, sample: int, report: CheckReport) -> CheckReport:
+    from fastimg.errors import FastimgError
+
+    store = ix._store
     with ix._mutex:
         _writer_note(store, report)
         for msg in store.integrity():
@@ -353,6 +363,19 @@ def _check_graph(ix: Any, v: Any, report: CheckReport, repair: bool) -> None:
             f.repaired = not p.exists()
     if meta is None:
         return
+    if rebuild is None:  # graph files of the recorded build that its metadata does not name: an interrupted save
+        from fastimg.ann import _GRAPH_NAME, graph_file
+
+        d = g.directory(meta)
+        named = graph_file(d)
+        for p in sorted(d.iterdir()) if d.is_dir() else []:
+            if _GRAPH_NAME.match(p.name) and p != named:
+                f = report._add(False, p, "graph file that the graph's metadata does not name (an interrupted "
+                                "save)", "removed")
+                if repair:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                    f.repaired = not p.exists()
     if rebuild is not None:
         pass
     elif meta.get("generation") != v.state.generation:

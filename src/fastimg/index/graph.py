@@ -211,7 +211,7 @@ class Graph:
             self.error = (f"the graph was built for generation {meta.get('generation')} of the vectors, the index "
                           f"is at generation {view.state.generation}: rebuild it (Index.build_ann; fastimg check "
                           "--repair)")
-            return None, None
+            return None, meta
         key = _key(meta)
         if self.graph is None or self._key != key:
             from fastimg.ann import HnswGraph

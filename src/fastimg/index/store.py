@@ -547,7 +547,10 @@ class Store:
         with contextlib.suppress(OSError):
             if vpath.stat().st_size > state.committed * self.row_bytes:
                 out.append(vpath)
-        for d in (self.path, self.path / CACHE_DIR, self.path / ANN_DIR):
+        dirs = [self.path, self.path / CACHE_DIR, self.path / ANN_DIR]
+        if dirs[2].is_dir():
+            dirs += [p for p in dirs[2].iterdir() if p.is_dir() and not p.name.startswith(".")]  # graph builds
+        for d in dirs:
             if not d.is_dir():
                 continue
             for p in d.iterdir():
@@ -697,8 +700,14 @@ class Store:
                 raise IndexCorruptError(f"{self.path / DATABASE}: {exc}") from None
             try:
                 yield conn
+            except sqlite3.DatabaseError as exc:  # a damaged database: the error names the file
+                raise IndexCorruptError(f"{self.path / DATABASE}: {exc}") from None
             finally:
-                conn.execute("COMMIT")
+                try:
+                    conn.execute("COMMIT")  # a read: nothing to lose
+                except sqlite3.Error:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -773,7 +782,10 @@ class Store:
             arr.flags.writeable = False
             return arr
         vpath = self._check_vector_file(state)
-        return np.memmap(vpath, dtype=DTYPE, mode="r", shape=(state.committed, self.dim))
+        try:
+            return np.memmap(vpath, dtype=DTYPE, mode="r", shape=(state.committed, self.dim))
+        except (FileNotFoundError, ValueError) as exc:  # a compaction unlinked it since the check: read again
+            raise IndexCorruptError(f"{vpath}: vector file vanished or shrank while being opened ({exc})") from None
 
     def append_vectors(self, vectors: np.ndarray) -> int:
         """Write rows after the committed ones (and any pending ones) and fsync.
@@ -1078,11 +1090,11 @@ class Store:
                     continue
                 ab = r.path if os.path.isabs(r.path) else os.path.join(root, r.path)
                 below = under(ab)
-                if below is None:  # (a relative row lies under the root: under old too when the root is)
-                    continue
-                moved += 1
-                target = os.path.join(new_s, below) if below else new_s
-                stored = self._stored(target, new_root)
+                if below is not None:
+                    moved += 1
+                    ab = os.path.join(new_s, below) if below else new_s
+                # every row in its stored form for the new root (relative under it, else absolute)
+                stored = self._stored(ab, new_root)
                 if stored != r.path:
                     updates.append((encode_path(stored), r.id))
             try:
@@ -1090,6 +1102,9 @@ class Store:
                     if self._layout() < 2:  # pragma: no cover - a writer migrated at open
                         raise IndexFormatError(f"{self.path}: relocate needs format version 2")
                     conn.execute("UPDATE meta SET value = ? WHERE key = 'root'", (json.dumps(new_recorded),))
+                    # through unique placeholders first: no row meets another's old path on the way
+                    conn.executemany("UPDATE images SET path = ? WHERE id = ?",
+                                     [(b"\0relocating\0" + str(i).encode(), i) for _, i in updates])
                     conn.executemany("UPDATE images SET path = ? WHERE id = ?", updates)
             except sqlite3.IntegrityError:
                 raise ValueError(f"{self.path}: relocating {old_s} to {new_s} would give two live images the same "
