@@ -87,8 +87,11 @@ class Index(IndexReader):
             Vector dimension; required for ``descriptor="custom"``, otherwise it
             must equal the descriptor's dimension if given.
         root : path-like, optional
-            Directory that image paths are stored relative to (default: the
-            parent of ``path``).
+            Directory that image paths are stored relative to, recorded relative
+            to the index directory: a collection moved together with its index
+            keeps working.  Default: the directory that contains ``path``,
+            recorded as an absolute path: the index can be copied or moved
+            anywhere on the machine (see :meth:`relocate` when the files move).
         threads : int, optional
             Threads for exact search (default: the search module's default).
         **descriptor_params
