@@ -143,12 +143,12 @@ reliability: install
 	nice -n 10 $(PY) tests/reliability/campaign.py --kills $(RELIABILITY_KILLS) \
 		--stress-seconds $(RELIABILITY_SECONDS) --readers 4 --json $(RELIABILITY_DIR)/last.json \
 		> $(RELIABILITY_DIR)/campaign.log 2>&1; status=$$?; \
-		$(PY) -c "import json; r = json.load(open('$(RELIABILITY_DIR)/last.json')); k, s = r['kills'], r['stress']; \
-		print('kills:', k['kills'], k['kills_by_op'], 'checks', k['checks'], 'check failures', k['check_failures'], \
-		'lost', k['lost_rows'], 'extra', k['extra_rows'], 'bad', k['bad_rows'], 'crashes', k['crashes'], \
-		'searches', k['searches_checked'], '+ ann', k['ann_searches_checked'], 'errors', len(k['errors'])); \
-		print('stress: checked', s['checked'], 'state changed', s['changed'], 'wrong', s['wrong'], \
-		'crashes', s['crashes'], 'writer', s.get('writer')); print('full disk:', r.get('full_disk')); \
+		$(PY) -c "import json; r = json.load(open('$(RELIABILITY_DIR)/last.json')); g = lambda d, *k: [d.get(x) for x in k]; \
+		print('kills:', g(r['kills'], 'kills', 'kills_by_op', 'runs', 'checks', 'check_failures', 'lost_rows', \
+		'extra_rows', 'bad_rows', 'crashes', 'searches_checked', 'ann_searches_checked', 'seconds'), \
+		'errors:', r['kills']['errors'][:3]); \
+		print('stress:', g(r['stress'], 'checked', 'exact', 'bounded', 'wrong', 'by_name', 'crashes', 'writer', 'check_exit', \
+		'seconds'), 'errors:', r['stress']['errors'][:3]); print('full disk:', r.get('full_disk')); \
 		print('load', r['load_before'], '->', r['load_after'])"; \
 		exit $$status
 

@@ -403,3 +403,26 @@ def test_full_disk_leaves_the_last_committed_state(tmp_path):
     assert out["add_errno"] == out["compact_errno"] == out["sqlite_errno"] == "ENOSPC"
     assert "the index keeps its" in out["add_error"] and "the index keeps its" in out["compact_error"]
     assert out["check_exit"] == out["check_exit_add"] == 0
+
+
+def test_cli_relative_to_moves_with_the_collection(tmp_path):
+    photos = tmp_path / "photos"
+    campaign.make_pool(photos, 4)
+    idx = photos / ".fastimg"
+    res = subprocess.run([str(BIN), "index", "-i", str(idx), str(photos), "--relative-to", str(photos), "-q"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    moved = tmp_path / "elsewhere" / "pics"
+    moved.parent.mkdir()
+    os.rename(photos, moved)  # the folder and its index together
+    res = subprocess.run([str(BIN), "query", "-i", str(moved / ".fastimg"), "-k", "3", "--json",
+                          str(moved / "img0001.png")], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert {Path(r["path"]).parent for r in json.loads(res.stdout)["results"]} == {moved}
+    # --relative-to applies when the index is created: another root is refused, the same is fine
+    res = subprocess.run([str(BIN), "index", "-i", str(moved / ".fastimg"), str(moved), "--relative-to",
+                          str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 1 and "resolves paths against" in res.stderr and "relocate" in res.stderr
+    res = subprocess.run([str(BIN), "index", "-i", str(moved / ".fastimg"), str(moved), "--relative-to",
+                          str(moved), "--json"], capture_output=True, text=True)
+    assert res.returncode == 0 and json.loads(res.stdout)["unchanged"] == 4

@@ -3,11 +3,12 @@
 A query becomes ``(vector, self ids, match identical)``:
 
 * a path or name that is **in the index** uses its stored vector (a file whose
-  size and mtime changed since it was indexed is described again) and its row
-  is the query's self;
+  size and mtime changed since it was indexed is described again, unless the
+  index's rows are of an older descriptor version: nothing can be described for
+  it until a writer re-describes them) and its row is the query's self;
 * a path that is not in the index, encoded bytes or a BGR ``uint8`` array is
-  described with the index's descriptor, exactly as ``Index.add`` does
-  (``fastimg.features.registry.describe``);
+  described with the descriptor that made the rows of the state searched,
+  exactly as ``Index.add`` does (``fastimg.features.registry.describe``);
 * a 1-D numeric array of the index dimension is the vector itself.
 
 For bytes, arrays and vectors, "self" is the lowest-id live row whose stored
