@@ -47,10 +47,10 @@ with their recorded parameters. A damaged database or vector file stays a proble
 --json prints {{"path", "ok", "rows", "live", "caches", "stale_rows",
   "missing_files": {{"checked", "missing", "examples"}},
   "findings": [{{"problem", "file", "what", "repair", "repaired"}}, ...]}}.
+A problem found (with --repair: one left) makes the exit status 1, as an error does;
+notes do not count.
 
-{INDEX_RULE}
-exit status: 0 no problem (notes allowed; with --repair: none left), 1 problems
-found (or an error), 2 usage error.""", [ix])
+{INDEX_RULE}""", [ix])
     p.add_argument("--repair", action="store_true",
                    help="repair what can be repaired without touching committed rows")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")

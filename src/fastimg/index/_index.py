@@ -352,7 +352,7 @@ class Index(IndexReader):
         """The indexed files that were under folder ``old`` are now under ``new``:
         rewrite their stored paths (and the root, when it lies under ``old``) in
         one transaction.  Ids, vectors and metadata are unchanged; nothing on disk
-        is moved.  Returns the number of file rows whose path changed.
+        is moved.  Returns the number of live images whose path changed.
 
         Raises
         ------

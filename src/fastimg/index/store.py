@@ -1052,7 +1052,7 @@ class Store:
         Returns
         -------
         int
-            Number of file rows whose absolute path changed.
+            Number of live images whose path changed (deleted rows are relocated too).
 
         Raises
         ------
@@ -1091,7 +1091,7 @@ class Store:
                 ab = r.path if os.path.isabs(r.path) else os.path.join(root, r.path)
                 below = under(ab)
                 if below is not None:
-                    moved += 1
+                    moved += 0 if r.deleted else 1
                     ab = os.path.join(new_s, below) if below else new_s
                 # every row in its stored form for the new root (relative under it, else absolute)
                 stored = self._stored(ab, new_root)
