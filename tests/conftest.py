@@ -149,3 +149,18 @@ def corpus(tmp_path_factory):
     """``(root, entries)``: tests/corpus/make_corpus.py's files, built once per session."""
     root = tmp_path_factory.mktemp("corpus")
     return root, make_corpus.build(root)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Built backbone graphs (fastimg.features.backbone_cache) go to a temporary directory, never
+    to the user's cache; subprocesses started by the tests inherit it."""
+    import os
+
+    old = os.environ.get("FASTIMG_CACHE_DIR")
+    os.environ["FASTIMG_CACHE_DIR"] = str(tmp_path_factory.mktemp("fastimg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FASTIMG_CACHE_DIR", None)
+    else:
+        os.environ["FASTIMG_CACHE_DIR"] = old

@@ -7,13 +7,14 @@ import os
 import re
 import shutil
 import sqlite3
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from _photos import photo_tree
-from fastimg.errors import DescriptorError, IndexLockedError, IndexNotFoundError, IndexReadOnlyError, NotInIndexError
+from fastimg.errors import ArgumentError, DescriptorError, IndexLockedError, IndexNotFoundError, IndexReadOnlyError, NotInIndexError
 from fastimg.index import Index, data_dir, default_index_path
 
 D = 12
@@ -258,32 +259,66 @@ def test_reader_follows_a_compaction(custom, data):
         assert [h.path for h in hits] == [f"item{live[i]}" for i in exp_ids]
 
 
-def test_prepared_cache_is_persisted_and_reused(custom, data):
-    custom.search(data[0], k=3, metric="pearson")
+def _files(path):
+    """{relative path: (size, mtime_ns)} of every file under ``path``."""
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(path.rglob("*")) if p.is_file()}
 
-    def cache(prefix):  # <name>.g<G>.n<N>.c<CRC-32 of the data>.npy
-        (name,) = [c for c in custom.info()["caches"] if c.startswith(prefix + ".")]
-        assert re.fullmatch(re.escape(prefix) + r"\.c[0-9a-f]{8}\.npy", name)
-        return custom.path / "cache" / name
 
-    cache("pearson-bias.g0.n300")
-    cached = np.load(cache("pearson-prepared.g0.n300"))
+def _caches(names):
+    """Cache file names without their checksum part (``<name>.g<G>.n<N>.c<CRC-32>.npy``
+    -> ``<name>.g<G>.n<N>.npy``), each checked to carry one."""
+    assert all(re.search(r"\.c[0-9a-f]{8}\.npy$", n) for n in names), names
+    return sorted(re.sub(r"\.c[0-9a-f]{8}\.npy$", ".npy", n) for n in names)
+
+
+def test_writer_caches_the_default_metric_and_searches_never_write(tmp_path, data, monkeypatch):
+    import fastimg.index._index as index_mod
+
+    ix = Index.create(tmp_path / "ix", descriptor="custom", dim=D, metric="pearson")
+    ix.add_vectors(data, [f"item{i}" for i in range(len(data))])
+    q = data[7] + 0.01
+    # 300 rows, fewer than CACHE_SAVE_ROWS: not cached yet; a search prepares them in memory
+    _check(ix.search(q, k=5), "pearson", q, data, np.arange(300), 5)
+    assert ix.info()["caches"] == []
+    ix.flush()
+    assert _caches(ix.info()["caches"]) == ["pearson-bias.g0.n300.npy", "pearson-prepared.g0.n300.npy"]
+    (cached_file,) = (ix.path / "cache").glob("pearson-prepared.g0.n300.*.npy")
+    cached = np.load(cached_file)
     x = data.astype(np.float64)
     # pearson's prepared rows: centred and unit-norm (dot product = correlation)
     np.testing.assert_allclose(cached @ cached.T, np.corrcoef(x), atol=1e-5)
     np.testing.assert_allclose(cached.sum(axis=1), 0, atol=1e-5)
-    # growing the index extends the cache (new file for the new count; old one removed)
-    custom.add_vectors(data[:2] * 0.5 + 0.2, ["n1", "n2"])
-    q = data[7] + 0.01
-    _check(custom.search(q, k=5, metric="pearson"), "pearson",
-           q, np.vstack([data, data[:2] * 0.5 + 0.2]), np.arange(302), 5)
-    names = custom.info()["caches"]
-    assert not [c for c in names if c.startswith("pearson-prepared.g0.n300.")]
-    # a corrupt cache is rebuilt, results stay right
-    cache("pearson-prepared.g0.n302").write_bytes(b"junk")
-    with Index.open(custom.path) as ro:
-        _check(ro.search(q, k=5, metric="pearson"), "pearson",
-               q, np.vstack([data, data[:2] * 0.5 + 0.2]), np.arange(302), 5)
+    # new rows: the cached 300 are mapped, the 2 new ones prepared in memory, results merged
+    more = data[:2] * 0.5 + 0.2
+    ix.add_vectors(more, ["n1", "n2"])
+    X = np.vstack([data, more])
+    for qq in (q, more[1] + 0.001):
+        _check(ix.search(qq, k=5, exclude_self=False), "pearson", qq, X, np.arange(302), 5)
+    assert _caches(ix.info()["caches"]) == ["pearson-bias.g0.n300.npy", "pearson-prepared.g0.n300.npy"]
+    # a reader (every metric) writes nothing, and reads the cache the writer extends on add
+    with Index.open(ix.path) as ro:
+        before = _files(ix.path)
+        for metric in ("pearson", "cosine", "l2", "bhattacharyya", "chisqr", "intersect"):
+            _check(ro.search(q, k=5, metric=metric), metric, q, X, np.arange(302), 5)
+        assert _files(ix.path) == before
+        monkeypatch.setattr(index_mod, "CACHE_SAVE_ROWS", 3)
+        ix.add_vectors(data[10:30] + 0.3, [f"m{i}" for i in range(20)])  # 22 not cached >= max(3, 5 %): extended
+        X = np.vstack([X, data[10:30] + 0.3])
+        assert _caches(ix.info()["caches"]) == ["pearson-bias.g0.n322.npy", "pearson-prepared.g0.n322.npy"]
+        _check(ro.search(q, k=5), "pearson", q, X, np.arange(322), 5)
+    ix.add_vectors(data[20:21] + 0.4, ["last"])
+    X = np.vstack([X, data[20:21] + 0.4])
+    ix.close()  # close caches every row
+    assert _caches([p.name for p in (tmp_path / "ix" / "cache").iterdir()]) == [
+        "pearson-bias.g0.n323.npy", "pearson-prepared.g0.n323.npy"]
+    # the name's checksum is the data's CRC-32 (zlib over the array's bytes)
+    (cached_file,) = (tmp_path / "ix" / "cache").glob("pearson-prepared.g0.n323.*.npy")
+    assert cached_file.name == f"pearson-prepared.g0.n323.c{zlib.crc32(np.load(cached_file).tobytes()):08x}.npy"
+    # a corrupt cache is ignored (searches prepare in memory), results stay right
+    cached_file.write_bytes(b"junk")
+    with Index.open(tmp_path / "ix") as ro:
+        _check(ro.search(q, k=5), "pearson", q, X, np.arange(323), 5)
 
 
 def test_info_reports_the_state(custom):
@@ -318,7 +353,7 @@ def test_custom_index_cannot_describe_images(tmp_path, custom):
         custom.add(tmp_path)
     with pytest.raises(DescriptorError, match="query it by vector"):
         custom.search(str(tmp_path / "unknown.jpg"))
-    with pytest.raises(ValueError, match="length 12"):
+    with pytest.raises(ArgumentError, match=r"expected D=12 \(the data's\), got 5"):  # as ExactSearcher says
         custom.search(np.zeros(5, np.float32))
 
 

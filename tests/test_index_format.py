@@ -185,6 +185,21 @@ def test_hsv72_index_opens_and_searches(fixture_copy):
         hits = ix.search(files[2], k=3)  # by path: the file's own row is left out
         assert [h.id for h in hits] == brute(raw[2], np.setdiff1d(live, [2]), 3)[0]
         assert [h.path for h in hits] == [str(files[i]) for i in brute(raw[2], np.setdiff1d(live, [2]), 3)[0]]
+        # the lookups and filters of a reader work on format 1's text paths (str, Path, bytes)
+        for i in live.tolist():
+            for form in (str(files[i]), files[i], bytes(files[i]), files[i].name):
+                assert form in ix and ix.id_of(form) == i and ix.entry(form).path == str(files[i])
+        assert str(files[dead]) not in ix and b"/nowhere/img0.png" not in ix
+        np.testing.assert_array_equal(ix.vectors_of([bytes(files[3]), 4]), raw[[3, 4]])
+        assert [h.id for h in ix.similar(bytes(files[2]), k=3)] == brute(raw[2], np.setdiff1d(live, [2]), 3)[0]
+        odd = np.array([j for j in live if j % 2])
+        hits = ix.search(q, k=3, where=["img[13579].png"])  # a glob on the stored (relative) paths
+        assert [h.id for h in hits] == brute(q, odd, 3)[0]
+        hits = ix.search(q, k=10, where=str(images), exclude_self=False)  # the root folder: every live row
+        assert sorted(h.id for h in hits) == live.tolist()
+        assert ix.search(q, k=3, where=str(images / "sub")) == []
+    with Index.open(fixture_copy / "hsv72") as again:
+        assert again.info()["format_version"] == 1  # readers never migrate
 
 
 def test_hsv72_version_1_index_is_redescribed_by_the_first_add(fixture_copy):

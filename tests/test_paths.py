@@ -111,6 +111,64 @@ def test_hostile_names_are_indexed_found_again_and_searched(tmp_path, tree):
         assert "\n" not in str(exc.value) and "\\x1b" in str(exc.value)  # one line, escaped
 
 
+def test_lookups_filters_and_similar_take_any_name(tmp_path, tree):
+    """``in``, ``id_of``, ``entry``, ``metadata``, ``vectors_of``, ``similar``,
+    ``where=`` and ``remove`` find a hostile name given as a ``str`` with
+    surrogate escapes, a ``Path`` or the OS's bytes.  Oracles: the ids of the
+    stored BLOBs (sqlite3), ``describe`` of each file, a NumPy L2 brute force."""
+    from fastimg.features.registry import describe
+
+    root, files = tree
+    idx = tmp_path / "ix"
+    # the index outside the folder, its root the folder's parent: paths stored relative to it
+    with Index.create(idx, root=tmp_path) as ix:
+        ix.add(os.fsdecode(root))
+    con = sqlite3.connect(idx / "meta.sqlite")
+    try:
+        stored = {bytes(p): i for i, p in con.execute("SELECT id, path FROM images WHERE deleted = 0")}
+    finally:
+        con.close()
+    base = os.fsencode(tmp_path)
+    want = {f: stored[os.path.relpath(f, base)] for f in files}
+    with Index.open(idx) as ro:
+        X = np.asarray(ro.vectors, dtype=np.float64)
+        for f, i in want.items():
+            for form in (f, os.fsdecode(f), Path(os.fsdecode(f))):
+                assert form in ro and ro.id_of(form) == i
+                e = ro.entry(form)
+                assert e.id == i and os.fsencode(e.path) == f and ro.metadata(form)["id"] == i
+            got = ro.vectors_of([f, os.fsdecode(f)])
+            for row in got:
+                np.testing.assert_allclose(row, describe(os.fsdecode(f), "hsv72"), rtol=1e-6)
+        ghost = os.path.join(root, b"ghost_\xe9.png")
+        assert ghost not in ro and os.fsdecode(ghost) not in ro
+        with pytest.raises(NotInIndexError) as exc:
+            ro.id_of(ghost)
+        assert "ghost_\\xe9.png" in str(exc.value)  # named, escaped on one line
+        # similar by the bytes of a name: exactly that entry left out
+        live = ro.live_ids()
+        for f in (files[0], files[1]):
+            i = want[f]
+            others = live[live != i]
+            d = ((X[others] - X[i]) ** 2).sum(axis=1)
+            expected = others[np.lexsort((others, d))][:3].tolist()
+            for form in (f, os.fsdecode(f)):
+                assert [h.id for h in ro.similar(form, k=3, metric="l2")] == expected
+        # where=: the folder whose name is not UTF-8 (str, bytes), and globs over such bytes
+        sub = os.path.join(root, b"dir_\xff\n")
+        inner = want[os.path.join(sub, b"inner.png")]
+        q = X[want[files[3]]].astype(np.float32)
+        for where in (os.fsdecode(sub), sub, Path(os.fsdecode(sub))):
+            assert [h.id for h in ro.search(q, k=5, where=where)] == [inner]
+        assert [h.id for h in ro.search(q, k=5, where="photos/latin1_?t?.png")] == [want[files[0]]]
+        assert [h.id for h in ro.search(q, k=5, where=os.fsdecode(b"*/latin1_\xe9*"))] == [want[files[0]]]
+        assert sorted(h.id for h in ro.search(q, k=10, where=root, exclude_self=False)) == sorted(want.values())
+    with Index.open(idx, mode="a") as ix:
+        assert ix.remove(files[0]) == 1 and files[0] not in ix  # remove by bytes
+        assert ix.remove(sub) == 1  # a folder by bytes: every image under it
+        assert len(ix) == len(files) - 2
+
+
 def test_deep_paths_and_paths_too_long_for_the_os(tmp_path):
     """Components of 255 bytes up to PATH_MAX are indexed; a folder deeper than
     the OS can open by path is reported (the run goes on)."""

@@ -156,7 +156,7 @@ def test_persists_across_close_and_open(tmp_path):
         oracle = Oracle(x, 6)
         assert_matches("cosine", ids, scores, scores_of("cosine", oracle(queries), oracle(x)),
                        live_mask(reader, 5), 8)
-        assert whitened_caches(reader)  # the whitened matrix was cached beside the vectors
+        assert whitened_caches(reader)  # the whitened matrix was cached beside the vectors (by the writer)
 
 
 def test_rows_added_after_fit_are_searched_with_the_stored_fit(tmp_path):
@@ -166,7 +166,7 @@ def test_rows_added_after_fit_are_searched_with_the_stored_fit(tmp_path):
     with make_index(tmp_path / "ix", x) as index:
         index.fit_whitening(dim=8)
         with Index.open(tmp_path / "ix", mode="r") as reader:
-            reader.search_batch(queries, k=3)  # caches the whitened matrix of the first N rows
+            reader.search_batch(queries, k=3)  # maps the whitened matrix of the first N rows (cached by the fit)
             index.add_vectors(extra, [f"e{i}" for i in range(len(extra))])
             assert reader.info()["whitening"]["stale_rows"] == len(extra)
             oracle = Oracle(x, 8)  # not re-fitted on the new rows

@@ -31,6 +31,8 @@ __all__ = [
     "NotInIndexError",
     "AnnSearchError",
     "IndexWriteError",
+    "ArgumentError",
+    "IndexChangedError",
 ]
 
 # C0 controls, DEL, C1 controls, the Unicode line/paragraph separators, and the
@@ -148,3 +150,13 @@ class IndexWriteError(IndexError_, OSError):
 
     def __str__(self) -> str:  # the message, not OSError's "[Errno N] ..." form
         return escape_text(str(self.args[0])) if self.args else ""
+
+
+class ArgumentError(FastimgError, ValueError):
+    """A bad argument to a fastimg call (its name, what was expected and what was
+    given are in the message)."""
+
+
+class IndexChangedError(IndexError_, RuntimeError):
+    """A writer compacted the index (renumbering its ids) while a long read, such
+    as iterating over the entries, was going on: start it again."""

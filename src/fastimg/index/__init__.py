@@ -28,10 +28,16 @@ directory) are described in :mod:`fastimg.index.store`; the behaviour:
   lock file (a second writer gets :class:`~fastimg.errors.IndexLockedError`);
   any number of readers (``mode="r"``), each seeing the last committed state
   (checked with one SQLite query at every call, :mod:`fastimg.index.view`).  One
-  ``Index`` object may be shared by threads: its calls are serialised by an
-  internal lock (for parallel searches in one process, open one read-only
-  handle per thread).  There is no global state, so several indexes (or
-  several handles on one index) can be open in one process.
+  ``Index`` object serves any number of threads for reads (searches, lookups)
+  at once: there is no handle-wide lock on the read side (its state, scans and
+  graph are immutable snapshots swapped atomically) and the scan releases the
+  GIL; a writer handle's writing calls are serialised (one writing thread at a
+  time) while its other threads keep reading.  There is no global state, so
+  several indexes (or several handles on one index) can be open in one process.
+* **Read-only handles never write** into the index directory (an index on a
+  read-only disk works: :func:`fastimg.index._files.connect`): writers keep the
+  caches searches map (:mod:`fastimg.index.caches`); a handle prepares what is
+  not cached in memory (:mod:`fastimg.index.scan`).
 * **Search** (:meth:`Index.search`, :mod:`fastimg.index.query` and
   :mod:`fastimg.index.searching`): the query is a path, encoded bytes, a BGR
   array, or a vector of the index dimension.  The exact mode scans the
@@ -41,6 +47,9 @@ directory) are described in :mod:`fastimg.index.store`; the behaviour:
   metric and the index holds at least :data:`fastimg.ann.ANN_CROSSOVER` live
   rows.  Rows added after the graph was last updated are scanned exactly and
   merged, so results never miss new rows.  Deleted rows are never returned.
+  :meth:`Index.similar` searches by an indexed entry (its stored vector, leaving
+  out exactly that entry); ``threshold=`` keeps hits within a score and
+  ``where=`` the entries under a folder or matching a glob (an exact search).
   A writer updates the graph in memory and saves it lazily (:meth:`Index.flush`,
   :mod:`fastimg.index.graph`).
 * **Whitening** (:meth:`Index.fit_whitening`, :mod:`fastimg.index.whitening`):
@@ -57,16 +66,17 @@ Index location for the CLI: :func:`default_index_path`.
 Modules (each imports only those below it)::
 
     _index       Index: create/open and the writer's calls (add, remove, compact, whitening, graph)
-    _reader      IndexReader (Index's base): properties, info, paths, search; Hit
-    searching    Search: space, exact/graph candidates, self, re-ranking
-    query        Queries: path/bytes/array/vector -> vector + self ids
+    _reader      IndexReader (Index's base): properties, info, lookups, search, similar; Hit, Entry, BatchResult
+    searching    Search: space, exact/graph candidates, filters, self, re-ranking, threshold
+    query        Queries: path/bytes/array/vector/entry -> vector + self ids; where= patterns
     check        check / check_index: CheckReport (Index.check, fastimg check)
     ingest       Ingest: scan, hash, moves, batches, re-description; AddReport; remove's resolution
     graph        Graph: HNSW build, load + catch-up, lazy save, choice of mode
     whitening    Whitening: fit, clear, load-and-verify, whitened matrix
+    scan         Scans: exact scans over the cached prefix + rows prepared in memory; merging
     descriptor   the index's descriptor (registry or "custom")
-    caches       Caches: derived .npy files (prepared matrices, whitened matrix)
-    view         Views: the committed state, refreshed only after a commit
+    caches       Caches: derived .npy files (prepared matrices, whitened matrix), written by writers
+    view         Views: the committed state, refreshed only after a commit; filters per state
     store        Store: the on-disk format (manifest, vectors, SQLite, lock, compaction)
     _files       the store's file steps (durable writes, manifest checks, lock file)
     _progress    the ``progress`` argument (tqdm bar or callback)
@@ -75,12 +85,13 @@ Modules (each imports only those below it)::
 from __future__ import annotations
 
 from fastimg.index._index import Index
-from fastimg.index._reader import Hit
+from fastimg.index._reader import BatchResult, Entry, Hit
+from fastimg.index.caches import CACHE_SAVE_ROWS
 from fastimg.index.descriptor import CUSTOM_DEFAULT_METRIC
 from fastimg.index.graph import ANN_SAVE_ROWS
 from fastimg.index.ingest import ADD_BATCH, IMAGE_EXTENSIONS, AddReport
 from fastimg.index.locations import data_dir, default_index_path
 from fastimg.index.whitening import WHITENING_FILE
 
-__all__ = ["Index", "Hit", "AddReport", "default_index_path", "data_dir", "IMAGE_EXTENSIONS", "ADD_BATCH",
-           "ANN_SAVE_ROWS", "WHITENING_FILE", "CUSTOM_DEFAULT_METRIC"]
+__all__ = ["Index", "Hit", "Entry", "BatchResult", "AddReport", "default_index_path", "data_dir", "IMAGE_EXTENSIONS",
+           "ADD_BATCH", "ANN_SAVE_ROWS", "CACHE_SAVE_ROWS", "WHITENING_FILE", "CUSTOM_DEFAULT_METRIC"]

@@ -15,6 +15,7 @@ import re
 import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
+from urllib.parse import quote
 
 import numpy as np
 
@@ -123,10 +124,35 @@ def init_database(db: Path, *, schema: str, meta: Iterable[tuple[str, str]], use
 
 def connect(db: Path, writable: bool) -> sqlite3.Connection:
     """Open the database of an existing index (never creating a missing one) and
-    check it has the ``meta`` entries and the ``images`` table (IndexCorruptError)."""
+    check it has the ``meta`` entries and the ``images`` table (IndexCorruptError).
+
+    A reader opens it with ``mode=ro``.  SQLite then shares the write-ahead log's
+    index (``meta.sqlite-shm``, created beside it when absent).  In a directory
+    nobody can write to (a read-only mount, an immutable copy), where that file
+    cannot be created, the database is opened ``immutable`` instead: nothing
+    can change it there, and SQLite then reads it without any shared file.
+    """
     if not db.is_file():
         raise IndexCorruptError(f"{db}: metadata database is missing (the index cannot be used without it)")
-    uri = f"file:{db.absolute().as_posix()}?mode={'rw' if writable else 'ro'}"
+    base = f"file:{quote(db.absolute().as_posix())}"
+    if writable:
+        return _connect(db, base + "?mode=rw", writable)
+    try:
+        return _connect(db, base + "?mode=ro", writable)
+    except IndexCorruptError:
+        if os.access(db.parent, os.W_OK):
+            raise
+    wal = db.with_name(db.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise IndexReadOnlyError(
+            f"{db}: cannot be read from this read-only directory: its write-ahead log {wal.name} holds "
+            "changes that SQLite must merge first (open the index once where it is writable, e.g. "
+            "Index.open(path, mode='a'), then make it read-only again)"
+        )
+    return _connect(db, base + "?mode=ro&immutable=1", writable)
+
+
+def _connect(db: Path, uri: str, writable: bool) -> sqlite3.Connection:
     conn = None
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0)

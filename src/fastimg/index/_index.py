@@ -12,9 +12,15 @@ info, paths, search) plus the writer's calls, each delegated to one part:
 =========================  =================================================
 
 After each change a writer brings its HNSW graph up to date in memory
-(:meth:`Graph.sync <fastimg.index.graph.Graph.sync>`).  Calls that change the
-index raise :class:`~fastimg.errors.IndexReadOnlyError` on a handle opened with
-``mode="r"``.
+(:meth:`Graph.sync <fastimg.index.graph.Graph.sync>`) and keeps the caches a
+search maps (:mod:`fastimg.index.caches`): the prepared rows of the index's
+default metric (and the whitened matrix) are written once
+:data:`~fastimg.index.caches.CACHE_SAVE_ROWS` rows (or 5 % of the rows) are not
+cached, and on :meth:`Index.flush` / :meth:`Index.close`; searches never write
+(rows not cached yet are prepared in memory).  Calls that change the index raise
+:class:`~fastimg.errors.IndexReadOnlyError` on a handle opened with
+``mode="r"``; they are serialised by the handle's lock (one writing thread at a
+time; other threads keep searching meanwhile).
 """
 from __future__ import annotations
 
@@ -24,9 +30,10 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from fastimg.errors import DescriptorError, IndexReadOnlyError, NotInIndexError
+from fastimg.errors import ArgumentError, DescriptorError, IndexReadOnlyError, NotInIndexError
 from fastimg.index._progress import Progress, progress_callback
 from fastimg.index._reader import IndexReader
+from fastimg.index.caches import CACHE_SAVE_ROWS, prepared_outputs
 from fastimg.index.descriptor import descriptor_for
 from fastimg.index.ingest import ADD_BATCH, AddReport, Ingest, check_json
 from fastimg.index.store import Store
@@ -137,7 +144,7 @@ class Index(IndexReader):
             ``mode="a"`` while another writer has the index open.
         """
         if mode not in ("r", "a"):
-            raise ValueError(f"mode must be 'r' or 'a'; got {mode!r}")
+            raise ArgumentError(f"mode must be 'r' or 'a'; got {mode!r}")
         return cls(Store(path, writable=(mode == "a")), threads=threads)
 
     def close(self) -> None:
@@ -150,22 +157,54 @@ class Index(IndexReader):
                 except Exception as exc:  # a cache: a stale graph is caught up on the next open
                     log.warning("%s: could not save the HNSW graph (%s); it is caught up when the index is "
                                 "next changed", self.path, exc)
+                try:
+                    self._save_caches(force=True)
+                except Exception as exc:  # a cache: searches prepare the rows in memory meanwhile
+                    log.warning("%s: could not write the search caches (%s)", self.path, exc)
             super().close()
 
     def flush(self) -> None:
-        """Write the HNSW graph's pending changes now (writer only).
+        """Write the HNSW graph's pending changes and the search caches now (writer only).
 
         A writer keeps the graph up to date in memory on every :meth:`add`,
         :meth:`add_vectors` and :meth:`remove`, but saves it (``ann/``, about
         1.2 KB per row at D=256) only when :data:`ANN_SAVE_ROWS` rows (or 5 % of
         the graph) were inserted since the last save, on :meth:`close` and on
-        this call.  Not saving is safe: the saved graph records the rows it
-        covers, a reader scans later rows exactly and never returns deleted
-        rows, and the next writer catches the graph up.
+        this call.  Likewise the prepared rows of the default metric (``cache/``,
+        the size of the vectors) are extended once
+        :data:`~fastimg.index.caches.CACHE_SAVE_ROWS` rows (or 5 %) are not
+        cached, and on :meth:`close` and this call.  Not saving is safe: the saved
+        graph records the rows it covers, a reader scans later rows exactly and
+        never returns deleted rows, and the next writer catches the graph up;
+        searches prepare the rows not cached in memory.
         """
         self._require_writable()
         with self._mutex:
             self._graph.save_if_changed(self._views.current())
+            self._save_caches(force=True)
+
+    def _save_caches(self, force: bool) -> None:
+        """Writer: extend the caches a search maps (the whitened matrix, if a
+        whitening is fitted, and the default metric's prepared rows in the search
+        space) when enough rows are not cached (``force``: any row)."""
+        v, fit = self._current()
+        n = v.state.committed
+        if n == 0:
+            return
+
+        def due(outputs: list) -> bool:
+            tail = self._caches.uncached(outputs, v.state)
+            return tail > 0 and (force or tail >= max(CACHE_SAVE_ROWS, n // 20))
+
+        m = get_metric(self.metric)
+        if fit is not None:
+            if due([(f"whitened-{fit.fit_id}", (fit.dim,))]):
+                self._whitening.publish(v, fit)
+            data, prefix = self._whitening.data(v, fit), f"whitened-{fit.fit_id}-"
+        else:
+            data, prefix = v.vectors, ""
+        if m.ip_form and not (fit is not None and m.nonneg) and due(prepared_outputs(m.name, data.shape[1], prefix)):
+            self._caches.prepared(m.name, v.state, data, prefix)
 
     def _require_writable(self) -> None:
         if not self._store.writable:
@@ -221,7 +260,7 @@ class Index(IndexReader):
         else:
             row = self._ingest.live_row(item)
             if row is None:
-                raise NotInIndexError(f"{self.path}: not in the index: {os.fspath(item)}")
+                raise NotInIndexError(f"{self.path}: not in the index: {os.fsdecode(item)}")
             id_ = row.id
         self._store.set_row_metadata(id_, value)
 
@@ -285,6 +324,7 @@ class Index(IndexReader):
             report = self._ingest.add(items, recursive=recursive, workers=workers, progress=progress,
                                       exclude=patterns, batch_size=int(batch_size), report=report)
             self._sync_graph()
+            self._save_caches(force=False)
         return report
 
     def add_vectors(
@@ -319,6 +359,7 @@ class Index(IndexReader):
             ids = self._ingest.add_vectors(vectors, names, metadata)
             if ids.size:
                 self._sync_graph()
+                self._save_caches(force=False)
         return ids
 
     def remove(self, paths_or_ids: Union[PathLike, int, Iterable[Union[PathLike, int]]]) -> int:
@@ -327,8 +368,8 @@ class Index(IndexReader):
         Parameters
         ----------
         paths_or_ids : path, name, id, or an iterable of them
-            Ids (ints), file paths (a folder removes every image under it) or
-            ``add_vectors`` names.
+            Ids (ints), file paths (``str``, path objects or ``bytes``; a folder
+            removes every image under it) or ``add_vectors`` names.
 
         Returns
         -------
@@ -337,11 +378,11 @@ class Index(IndexReader):
 
         Raises
         ------
-        ValueError
+        NotInIndexError
             An item that is not in the index (nothing is removed then).
         """
         self._require_writable()
-        if isinstance(paths_or_ids, (str, os.PathLike, int, np.integer)):
+        if isinstance(paths_or_ids, (str, bytes, os.PathLike, int, np.integer)):
             paths_or_ids = [paths_or_ids]
         with self._mutex:
             n = self._store.mark_deleted(self._ingest.ids_of(paths_or_ids, self._views.current()))
@@ -358,7 +399,7 @@ class Index(IndexReader):
         ------
         IndexReadOnlyError
             The index is open with ``mode="r"``.
-        ValueError
+        ArgumentError
             Two live images would get the same path (nothing is changed).
         """
         self._require_writable()
@@ -415,6 +456,7 @@ class Index(IndexReader):
             after = self._store.state()
             if after.generation != before.generation:
                 self._after_new_generation(mapping)
+                self._save_caches(force=True)
             return mapping
 
     def _after_new_generation(self, mapping: Optional[np.ndarray]) -> None:
@@ -496,6 +538,7 @@ class Index(IndexReader):
             v = self._views.current()
             meta = self._whitening.fit(v, v.live_ids(), self.metric, dim, power, sample)
             self._search.clear()
+            self._save_caches(force=True)
             return meta
 
     def clear_whitening(self) -> None:

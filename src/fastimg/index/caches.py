@@ -4,25 +4,34 @@ A cache file is a float32 ``.npy`` named ``<name>.g<G>.n<N>.c<CRC>.npy``: the
 array derived from the first ``N`` committed rows of vector file generation
 ``G``, ``<CRC>`` being the CRC-32 (8 hex digits) of its data (the array's bytes
 after the ``.npy`` header).  Rows are never rewritten within a generation, so
-the cache of an earlier count of the same generation is a *prefix* of the
-current one: when rows are added, only the new rows are derived
-(:meth:`Caches.derive`).  A file is written under a temporary name (its space
-allocated first: a full disk is an ``OSError``, never a ``SIGBUS`` on a mapped
-page) and renamed into place with its checksum in the name, so readers never
-see a partial file and the name and the checksum cannot disagree; publishing a
-name removes its older versions.  Loading checks the shape and dtype (a cheap
-header read); the checksum is verified by :meth:`Caches.verify`
-(``fastimg check``), not at every load (that would read the whole file).  An
-unreadable or misshapen file is ignored (logged), never an error; an unwritable
-directory only costs the cache (the caller derives in memory).  Files named
-without a checksum (``<name>.g<G>.n<N>.npy``, written by fastimg 0.1) are read
-the same way; ``fastimg check`` reports them as unverifiable.
+any cache of the same generation serves as a *prefix*: its first ``min(N,
+committed)`` rows are right for every later (or earlier) state of that
+generation (:meth:`Caches.prefix`).
+
+**Only writers write caches** (:meth:`Caches.derive`, called by
+:meth:`fastimg.Index.flush`, ``close``, ``add`` ...: see
+:mod:`fastimg.index._index`); a handle opened read-only never writes into the
+index directory.  A search maps the largest cached prefix and derives the rows
+after it in memory (:class:`Rows`, kept per handle and extended as rows are
+added).  A writer extends a cache from its largest prefix (only the new rows are
+derived), writes it under a temporary name (its space allocated first: a full
+disk is an ``OSError``, never a ``SIGBUS`` on a mapped page) and renames it into
+place with its checksum in the name (readers never see a partial file, and the
+name and the checksum cannot disagree), and removes the older versions once
+every output is published.  Loading checks the shape and dtype (a cheap header
+read); the checksum is verified by :meth:`Caches.verify` (``fastimg check``),
+not at every load (that would read the whole file).  An unreadable or misshapen
+file is ignored (logged), never an error; an unwritable directory only costs
+the cache.  Files named without a checksum (``<name>.g<G>.n<N>.npy``, written by
+fastimg 0.1) are read the same way; ``fastimg check`` reports them as
+unverifiable.
 
 The names in use:
 
 * ``<metric>-prepared`` and ``<metric>-bias``: the inner-product form of an
   inner-product metric (:func:`fastimg.metrics.prepare_rows`), read by
-  :class:`fastimg.search.ExactSearcher` (:meth:`Caches.prepared`);
+  :class:`fastimg.search.ExactSearcher` (:meth:`Caches.prepared`); writers keep
+  them for the index's default metric;
 * ``whitened-<fit_id>``: the vectors transformed by the fitted PCA-whitening
   (:meth:`Caches.whitened`), and ``whitened-<fit_id>-<metric>-prepared`` /
   ``-bias``: its prepared form.
@@ -41,14 +50,18 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from fastimg.index.store import State
-from fastimg.metrics import prepare_rows
+from fastimg.metrics import get_metric, prepare_rows
 
-__all__ = ["Caches", "CACHE_DIR", "parse_name", "data_crc"]
+__all__ = ["Caches", "CACHE_DIR", "CACHE_SAVE_ROWS", "Rows", "prepared_outputs", "prepare_fn", "derive_rows",
+           "parse_name", "data_crc"]
 
 log = logging.getLogger("fastimg.index.caches")
 
 #: Directory of the caches inside the index directory.
 CACHE_DIR = "cache"
+#: A writer extends the caches once this many rows (or 5 % of the rows, whichever
+#: is more) are not cached; otherwise on ``Index.flush`` / ``Index.close``.
+CACHE_SAVE_ROWS = 20_000
 _CHUNK = 65536  # rows derived per step (bounds the temporaries)
 _CRC_BYTES = 16 << 20  # bytes checksummed per step
 _NAME = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+?)\.g(?P<g>\d+)\.n(?P<n>\d+)(?:\.c(?P<crc>[0-9a-f]{8}))?\.npy$")
@@ -72,7 +85,47 @@ def data_crc(arr: np.ndarray) -> int:
         crc = zlib.crc32(np.ascontiguousarray(flat[a:a + step]), crc)
     return crc
 
+
 Derive = Callable[[np.ndarray], Sequence[np.ndarray]]
+Output = tuple[str, tuple[int, ...]]  # (cache name, shape of one row)
+
+
+def prepared_outputs(metric: str, dim: int, prefix: str = "") -> list[Output]:
+    """The cache names of ``metric``'s prepared rows (and bias, for the metrics that have one)."""
+    outputs: list[Output] = [(f"{prefix}{metric}-prepared", (int(dim),))]
+    if get_metric(metric).bias:
+        outputs.append((f"{prefix}{metric}-bias", ()))
+    return outputs
+
+
+class Rows:
+    """A float32 array that grows by appending rows (capacity grows by half).
+
+    ``view()`` is the rows appended so far; appending never changes rows already
+    appended, so an array returned by ``view()`` stays valid (and unchanged)
+    while rows are appended after it.  Not thread-safe for appending (callers
+    append under their own lock).
+    """
+
+    def __init__(self, row_shape: tuple[int, ...]):
+        self._buf = np.empty((0, *row_shape), np.float32)
+        self.n = 0
+
+    def reserve(self, rows: int) -> None:
+        """Make room for ``rows`` rows in all (growing by half at least)."""
+        if rows > self._buf.shape[0]:
+            grown = np.empty((max(rows, self._buf.shape[0] * 3 // 2, 1024), *self._buf.shape[1:]), np.float32)
+            grown[:self.n] = self._buf[:self.n]
+            self._buf = grown
+
+    def append(self, block: np.ndarray) -> None:
+        m = block.shape[0]
+        self.reserve(self.n + m)
+        self._buf[self.n:self.n + m] = block
+        self.n += m
+
+    def view(self) -> np.ndarray:
+        return self._buf[:self.n]
 
 
 class Caches:
@@ -82,10 +135,13 @@ class Caches:
     ----------
     directory : path-like
         The ``cache/`` directory (created on the first write).
+    writable : bool, default True
+        May this handle write caches?  A read-only handle only reads them.
     """
 
-    def __init__(self, directory: "str | os.PathLike[str]"):
+    def __init__(self, directory: "str | os.PathLike[str]", writable: bool = True):
         self.dir = Path(directory)
+        self.writable = writable
 
     # ------------------------------------------------------------------ files
     @staticmethod
@@ -101,12 +157,13 @@ class Caches:
         if not self.dir.is_dir():
             return None
         found = None
-        for p in self.dir.glob(f"{base}.*npy"):
-            parsed = parse_name(p.name)
-            if parsed is not None and parsed[:3] == (name, state.generation, state.committed):
-                if parsed[3] is not None:
-                    return p
-                found = p
+        with contextlib.suppress(OSError):
+            for p in self.dir.glob(f"{base}.*npy"):
+                parsed = parse_name(p.name)
+                if parsed is not None and parsed[:3] == (name, state.generation, state.committed):
+                    if parsed[3] is not None:
+                        return p
+                    found = p
         return found
 
     def files(self) -> list[Path]:
@@ -115,8 +172,8 @@ class Caches:
 
     def clear(self, prefix: str = "", keep: Optional[str] = None) -> None:
         """Remove the cache files whose name starts with ``prefix`` (default: all),
-        except those starting with ``keep``."""
-        if not self.dir.is_dir():
+        except those starting with ``keep`` (writer)."""
+        if not self.writable or not self.dir.is_dir():
             return
         for q in self.dir.iterdir():
             if q.name.startswith(prefix) and (keep is None or not q.name.startswith(keep)):
@@ -157,26 +214,46 @@ class Caches:
             return f"checksum mismatch: data CRC-32 {crc:08x}, name says {parsed[3]:08x}"
         return None
 
-    def best_prefix(self, name: str, state: State, row_shape: tuple[int, ...]) -> Optional[tuple[int, np.ndarray]]:
-        """The largest valid cache ``name`` of ``state``'s generation with at most
-        ``state.committed`` rows, as ``(rows, memmap)``."""
+    def _largest(self, name: str, generation: int) -> Optional[int]:
+        """Rows of the largest cache file ``name`` of ``generation`` (None: no file)."""
         if not self.dir.is_dir():
             return None
         best = None
-        for p in self.dir.iterdir():
-            parsed = parse_name(p.name)
-            if (parsed is not None and parsed[0] == name and parsed[1] == state.generation
-                    and 0 < parsed[2] <= state.committed and (best is None or parsed[2] > best)):
-                best = parsed[2]
+        with contextlib.suppress(OSError):
+            for p in self.dir.iterdir():
+                parsed = parse_name(p.name)
+                if (parsed is not None and parsed[0] == name and parsed[1] == generation and parsed[2] > 0
+                        and (best is None or parsed[2] > best)):
+                    best = parsed[2]
+        return best
+
+    def prefix(self, outputs: Sequence[Output], state: State) -> Optional[tuple[int, list[np.ndarray]]]:
+        """The largest cached prefix of ``outputs`` (``(name, row_shape)``, all of
+        one row count) usable at ``state``: ``(rows, memmaps)`` with ``rows <=
+        state.committed`` rows each (a cache of more rows is cut), or None."""
+        if state.committed == 0:
+            return None
+        best = self._largest(outputs[0][0], state.generation)
         if best is None:
             return None
-        arr = self.load(name, State(best, state.generation, 0), (best, *row_shape))
-        return None if arr is None else (best, arr)
+        at = State(best, state.generation, 0)
+        got = [self.load(name, at, (best, *rs)) for name, rs in outputs]
+        if any(g is None for g in got):
+            return None
+        rows = min(best, state.committed)
+        return rows, [g[:rows] for g in got]  # type: ignore[index]
+
+    def best_prefix(self, name: str, state: State, row_shape: tuple[int, ...]) -> Optional[tuple[int, np.ndarray]]:
+        """``prefix`` of one cache: ``(rows, memmap)`` or None."""
+        got = self.prefix([(name, row_shape)], state)
+        return None if got is None else (got[0], got[1][0])
 
     def new(self, name: str, state: State, shape: tuple[int, ...]) -> Optional[tuple[Path, np.ndarray]]:
         """A writable float32 ``.npy`` memmap under a temporary name, to be filled
         and passed to :meth:`publish`.  None if the directory is not writable or the
         disk is full (caches are optional; the failure is logged)."""
+        if not self.writable:
+            return None
         base = self._base(name, state)
         tmp = self.dir / f".{base}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
@@ -189,9 +266,9 @@ class Caches:
             return None
         return tmp, out
 
-    def publish(self, name: str, state: State, made: tuple[Path, np.ndarray]) -> Optional[Path]:
+    def publish(self, name: str, state: State, made: tuple[Path, np.ndarray], *, prune: bool = True) -> Optional[Path]:
         """Flush a cache made by :meth:`new` and give it its final name, checksum
-        included (atomically); older versions of ``name`` are removed."""
+        included (atomically); older versions of ``name`` are removed (``prune``)."""
         tmp, out = made
         base = self._base(name, state)
         try:
@@ -205,12 +282,17 @@ class Caches:
             log.warning("%s: could not write cache (%s)", self.dir / base, exc)
             self.discard(tmp)
             return None
+        if prune:
+            self.prune(name, p)
+        return p
+
+    def prune(self, name: str, keep: Optional[Path]) -> None:
+        """Remove the files of cache ``name`` other than ``keep``."""
         for q in self.dir.glob(f"{name}.g*.n*.npy"):
             parsed = parse_name(q.name)
-            if q != p and parsed is not None and parsed[0] == name:
+            if q != keep and parsed is not None and parsed[0] == name:
                 with contextlib.suppress(OSError):
                     q.unlink()
-        return p
 
     @staticmethod
     def discard(tmp: Path) -> None:
@@ -218,30 +300,27 @@ class Caches:
         with contextlib.suppress(OSError):
             tmp.unlink()
 
-    # ------------------------------------------------------------------ derived arrays
-    def derive(self, state: State, src: Any, outputs: Sequence[tuple[str, tuple[int, ...]]],
-               fn: Derive) -> Optional[list[np.ndarray]]:
-        """Memmaps of the caches ``outputs`` (``(name, row_shape)``) derived from the
-        rows of ``src`` (``state.committed`` >= 1 of them) by ``fn(block) -> arrays``
-        (one per output, in order).
+    # ------------------------------------------------------------------ derived arrays (writers)
+    def derive(self, state: State, src: Any, outputs: Sequence[Output], fn: Derive) -> Optional[list[np.ndarray]]:
+        """Writer: memmaps of the caches ``outputs`` (``(name, row_shape)``) derived
+        from the rows of ``src`` (``state.committed`` >= 1 of them) by ``fn(block)
+        -> arrays`` (one per output, in order).
 
         Loaded when present; else written in chunks of rows, starting from the
         largest cached prefix of the same generation (of every output).  The first
-        output is published last: it is only trusted with the others present.
-        None if the directory is not writable.
+        output is published last (it is what :meth:`prefix` looks for), and older
+        versions are removed only once all are published.  None if the directory
+        is not writable.
         """
         n = state.committed
         shapes = [(n, *rs) for _, rs in outputs]
         got = [self.load(name, state, shp) for (name, _), shp in zip(outputs, shapes)]
         if all(g is not None for g in got):
-            return got
-        prev_n, prev = 0, []
-        found = self.best_prefix(outputs[0][0], state, outputs[0][1])
-        if found is not None:
-            rest = [self.load(name, State(found[0], state.generation, 0), (found[0], *rs))
-                    for name, rs in outputs[1:]]
-            if all(r is not None for r in rest):
-                prev_n, prev = found[0], [found[1], *rest]
+            return got  # type: ignore[return-value]
+        if not self.writable:
+            return None
+        found = self.prefix(outputs, state)
+        prev_n, prev = (0, []) if found is None else found
         made = [self.new(name, state, shp) for (name, _), shp in zip(outputs, shapes)]
         if any(m is None for m in made):
             for m in made:
@@ -249,52 +328,70 @@ class Caches:
                     self.discard(m[0])
             return None
         try:
-            for (_, out), p in zip(made, prev):
+            for (_, out), p in zip(made, prev):  # type: ignore[misc]
                 out[:prev_n] = p
             for a in range(prev_n, n, _CHUNK):
                 b = min(n, a + _CHUNK)
-                for (_, out), part in zip(made, fn(np.asarray(src[a:b], dtype=np.float32))):
+                for (_, out), part in zip(made, fn(np.asarray(src[a:b], dtype=np.float32))):  # type: ignore[misc]
                     out[a:b] = part
         except BaseException:
-            for tmp, _ in made:
+            for tmp, _ in made:  # type: ignore[misc]
                 self.discard(tmp)
             raise
         del prev, found
-        for (name, _), m in reversed(list(zip(outputs, made))):
-            self.publish(name, state, m)
+        published = {name: self.publish(name, state, m, prune=False)  # type: ignore[arg-type]
+                     for (name, _), m in reversed(list(zip(outputs, made)))}
         del made
+        for name, _ in outputs:
+            if published[name] is not None:
+                self.prune(name, published[name])
         got = [self.load(name, state, shp) for (name, _), shp in zip(outputs, shapes)]
-        return got if all(g is not None for g in got) else None
+        return got if all(g is not None for g in got) else None  # type: ignore[return-value]
 
     def prepared(self, metric: str, state: State, src: Any,
                  prefix: str = "") -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-        """The prepared matrix (and bias, or None) of ``metric`` (an inner-product
-        metric) over the rows of ``src``: caches ``<prefix><metric>-prepared`` /
-        ``-bias``.  ``(None, None)`` when they cannot be written (the searcher then
-        prepares in memory)."""
-        _, probe_bias = prepare_rows(metric, np.asarray(src[:1], dtype=np.float32))
-        outputs = [(f"{prefix}{metric}-prepared", (int(src.shape[1]),))]
-        if probe_bias is not None:
-            outputs.append((f"{prefix}{metric}-bias", ()))
-        got = self.derive(state, src, outputs, lambda block: prepare_rows(metric, block)[:len(outputs)])
+        """Writer: the prepared matrix (and bias, or None) of ``metric`` (an
+        inner-product metric) over the rows of ``src``, published as the caches
+        ``<prefix><metric>-prepared`` / ``-bias``.  ``(None, None)`` when they
+        cannot be written."""
+        outputs = prepared_outputs(metric, int(src.shape[1]), prefix)
+        got = self.derive(state, src, outputs, prepare_fn(metric, len(outputs)))
         if got is None:
             return None, None
         return got[0], (got[1] if len(got) > 1 else None)
 
     def whitened(self, state: State, vectors: Any, fit_id: str, dim: int,
-                 transform: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """``transform(vectors[:committed])`` (float32, ``(committed, dim)``): the cache
-        ``whitened-<fit_id>``, or computed in memory when it cannot be written."""
-        n = state.committed
-        if n == 0:
-            return np.zeros((0, dim), np.float32)
+                 transform: Callable[[np.ndarray], np.ndarray]) -> Optional[np.ndarray]:
+        """Writer: ``transform(vectors[:committed])`` published as the cache
+        ``whitened-<fit_id>`` (None when it cannot be written)."""
+        if state.committed == 0:
+            return None
         got = self.derive(state, vectors, [(f"whitened-{fit_id}", (dim,))], lambda block: (transform(block),))
-        if got is not None:
-            return got[0]
-        out = np.empty((n, dim), np.float32)
-        for a in range(0, n, _CHUNK):
-            out[a:a + _CHUNK] = transform(np.asarray(vectors[a:a + _CHUNK]))
-        return out
+        return None if got is None else got[0]
+
+    def uncached(self, outputs: Sequence[Output], state: State) -> int:
+        """Committed rows of ``state`` that the caches ``outputs`` do not cover."""
+        found = self.prefix(outputs, state)
+        return state.committed - (0 if found is None else found[0])
+
+
+def prepare_fn(metric: str, outputs: int) -> Derive:
+    """``block -> [prepared rows(, bias)]`` of ``metric`` (``outputs``: 1, or 2 with the bias)."""
+    def fn(block: np.ndarray) -> list[np.ndarray]:
+        prepared, bias = prepare_rows(metric, block)
+        return [prepared] if outputs == 1 or bias is None else [prepared, bias]
+
+    return fn
+
+
+def derive_rows(src: Any, start: int, stop: int, fn: Derive, outs: Sequence[Rows]) -> None:
+    """Append ``fn(src[a:b])`` to ``outs`` for the rows ``[start, stop)``, in chunks."""
+    for out in outs:
+        out.reserve(out.n + stop - start)
+    for a in range(start, stop, _CHUNK):
+        b = min(stop, a + _CHUNK)
+        for out, part in zip(outs, fn(np.asarray(src[a:b], dtype=np.float32))):
+            out.append(np.asarray(part, dtype=np.float32))
 
 
 def _allocate(path: Path) -> None:

@@ -37,17 +37,19 @@ import contextlib
 import logging
 import re
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-from fastimg.errors import AnnSearchError, FastimgError, IndexCorruptError
+from fastimg.errors import AnnSearchError, ArgumentError, FastimgError, IndexCorruptError
 from fastimg.index._progress import Progress, progress_callback
 from fastimg.index.store import ANN_DIR, Store
 from fastimg.index.view import View
 from fastimg.metrics import Metric
+from fastimg.index.scan import merge_candidates
 from fastimg.search import ExactSearcher
 
 __all__ = ["ANN_SAVE_ROWS", "Graph", "crossover", "auto_exact"]
@@ -91,6 +93,9 @@ class Graph:
         self.graph: Any = None
         self._key: Optional[tuple] = None
         self.error: Optional[str] = None
+        # loading a graph and marking deletions in it: one thread at a time (searches
+        # of a loaded graph run in parallel: HnswGraph has its own read/write lock)
+        self._lock = threading.RLock()
 
     def discard(self) -> None:
         """Forget the graph held in memory (never saved)."""
@@ -207,11 +212,15 @@ class Graph:
         meta = view.get("ann")
         if meta is None:
             return None, None
-        if meta.get("generation") != view.state.generation:
-            self.error = (f"the graph was built for generation {meta.get('generation')} of the vectors, the index "
-                          f"is at generation {view.state.generation}: rebuild it (Index.build_ann; fastimg check "
-                          "--repair)")
-            return None, meta
+        with self._lock:
+            if meta.get("generation") != view.state.generation:
+                self.error = (f"the graph was built for generation {meta.get('generation')} of the vectors, the "
+                              f"index is at generation {view.state.generation}: rebuild it (Index.build_ann; "
+                              "fastimg check --repair)")
+                return None, meta
+            return self._load(view, meta)
+
+    def _load(self, view: View, meta: dict) -> tuple[Any, Optional[dict]]:
         key = _key(meta)
         if self.graph is None or self._key != key:
             from fastimg.ann import HnswGraph
@@ -243,15 +252,16 @@ class Graph:
                 log.warning("%s: HNSW graph unusable, searching exactly (%s)", self._store.path, exc)
                 return None, meta
             self.graph, self._key, self.error = graph, key, None
-        self._mark_deleted(view)
-        return self.graph, meta
+        graph = self.graph
+        self._mark_deleted(view, graph)
+        return graph, meta
 
-    def _mark_deleted(self, view: View) -> None:
+    def _mark_deleted(self, view: View, graph: Any) -> None:
         """Mark (in memory) the deleted ids below the graph's rows that it does not know yet."""
-        rows = self.graph.max_id + 1  # the graph holds the ids [0, rows)
+        rows = graph.max_id + 1  # the graph holds the ids [0, rows)
         dead = view.deleted[:int(np.searchsorted(view.deleted, rows))]
-        if dead.size != rows - len(self.graph):  # len = live rows: some deletion is not marked yet
-            self.graph.mark_deleted(dead)  # ids already marked are ignored
+        if dead.size != rows - len(graph):  # len = live rows: some deletion is not marked yet
+            graph.mark_deleted(dead)  # ids already marked are ignored
 
     def held(self, meta: Optional[dict]) -> bool:
         """Is the graph in memory the one ``meta`` records (possibly with unsaved changes)?"""
@@ -295,7 +305,7 @@ class Graph:
                 # (and is caught up by the next change)
                 self.discard()
                 raise
-            self._mark_deleted(view)
+            self._mark_deleted(view, graph)
         held = graph.max_id + 1
         if held - int(graph.extra.get("rows", 0)) >= max(ANN_SAVE_ROWS, held // 20):  # inserted since saved
             self.save(view)
@@ -330,17 +340,19 @@ class Graph:
                     "(Index.build_ann / fastimg index --ann)") if meta is not None and not same_space
                    else f"the graph serves metric {meta.get('metric')!r}, not {m.name!r}" if meta is not None
                    else "no HNSW graph is built (Index.build_ann)")
-            raise ValueError(f"{self._store.path}: mode='ann' unavailable: {why}")
+            raise ArgumentError(f"{self._store.path}: mode='ann' unavailable: {why}")
         return (graph, meta) if usable else (None, None)
 
     def candidates(self, graph: Any, view: View, data: Any, q: np.ndarray, want: int, m: Metric,
                    ef: Optional[int], candidates: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
         """Top ``want`` of the graph's rows merged with an exact scan of the rows
-        added after it; ``(ids, scores)`` of shape (Q, <= want), -1/NaN padded."""
+        added after it (:func:`fastimg.index.scan.merge_candidates`); ``(ids,
+        scores)`` of shape (Q, <= want), -1/NaN padded."""
         rows = min(graph.max_id + 1, view.state.committed)  # the graph holds rows [0, rows), deletions marked
         deleted = view.deleted
         g_live = rows - int(np.searchsorted(deleted, rows))
-        parts_i, parts_s = [], []
+        parts_i: list[np.ndarray] = []
+        parts_s: list[np.ndarray] = []
         if g_live > 0:
             kk = min(want, g_live)
             gi, gs = graph.search(q, kk, data=data, ef=ef, candidates=None if candidates is None
@@ -357,14 +369,9 @@ class Graph:
                 ti = np.asarray(ti, np.int64)
                 parts_i.append(np.where(ti >= 0, ti + rows, -1))
                 parts_s.append(np.asarray(ts, np.float32))
-        ids = np.concatenate(parts_i, axis=1)
-        scores = np.concatenate(parts_s, axis=1)
-        sign = -1.0 if m.higher_is_better else 1.0
-        key = np.where(ids >= 0, sign * scores.astype(np.float64), np.inf)
-        order = np.stack([np.lexsort((ids[r], key[r])) for r in range(ids.shape[0])])
-        ids = np.take_along_axis(ids, order, axis=1)[:, :want]
-        scores = np.take_along_axis(scores, order, axis=1)[:, :want]
-        return ids, scores
+        if len(parts_i) == 1:
+            return parts_i[0], parts_s[0]
+        return merge_candidates(m, q, data, parts_i, want)
 
     # ------------------------------------------------------------------ info
     def info(self, view: View, metric: str, fit_id: Optional[str]) -> dict:

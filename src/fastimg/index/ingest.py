@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from fastimg.errors import DescriptorError, IndexCorruptError, NotInIndexError
+from fastimg.image import broken_link_detail, special_file_detail
 from fastimg.index._progress import Progress, progress_callback
 from fastimg.index.store import NewRow, Row, Store, file_hash
 from fastimg.index.view import View
@@ -502,8 +503,7 @@ class Ingest:
     # ------------------------------------------------------------------ resolving
     def live_row(self, item: PathLike) -> Optional[Row]:
         """The live row of a name, or of a file path (as given or in stored form)."""
-        s = os.fspath(item)
-        return self._store.find_live(s) or self._store.find_live(self._store.stored_path(s))
+        return self._store.find_entry(item)
 
     def ids_of(self, items: Iterable[Union[PathLike, int]], view: View) -> list[int]:
         """Sorted live ids of ids, names, file paths and folders (every image under
@@ -526,7 +526,7 @@ class Ingest:
             if row is not None:
                 ids.add(row.id)
                 continue
-            ab = os.path.abspath(os.fspath(item))
+            ab = os.path.abspath(os.fsdecode(item))
             if os.path.isdir(ab):
                 if live_rows is None:
                     live_rows = self._store.live_files()
@@ -535,7 +535,7 @@ class Ingest:
                 if under:
                     ids.update(under)
                     continue
-            missing.append(os.fspath(item))
+            missing.append(os.fsdecode(item))
         if missing:
             raise NotInIndexError(
                 f"{self._store.path}: not in the index: {', '.join(missing[:5])}"
@@ -610,26 +610,15 @@ def _os_reason(exc: OSError) -> tuple[str, Optional[str]]:
     return "unreadable", exc.strerror or str(exc)
 
 
-_KINDS = ((_stat.S_ISFIFO, "a FIFO"), (_stat.S_ISCHR, "a character device"), (_stat.S_ISBLK, "a block device"),
-          (_stat.S_ISSOCK, "a socket"))
-
-
 def _not_a_file(path: str) -> Optional[tuple[str, Optional[str]]]:
     """``(reason, detail)`` for an entry that is not a regular file, None for a
     directory (a symbolic link to one is not followed) or a regular file."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        if os.path.islink(path):
-            try:
-                target = os.fsdecode(os.readlink(path))
-            except OSError:
-                target = "?"
-            return "not found", f"broken symbolic link to {target!r}"
-        return "not found", None
+        return "not found", broken_link_detail(path)
     except OSError as exc:
         return _os_reason(exc)
     if _stat.S_ISDIR(st.st_mode) or _stat.S_ISREG(st.st_mode):
         return None
-    kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
-    return "unreadable", f"{kind}, not a regular file"
+    return "unreadable", special_file_detail(st.st_mode)

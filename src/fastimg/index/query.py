@@ -9,38 +9,123 @@ A query becomes ``(vector, self ids, match identical)``:
 * a path that is not in the index, encoded bytes or a BGR ``uint8`` array is
   described with the descriptor that made the rows of the state searched,
   exactly as ``Index.add`` does (``fastimg.features.registry.describe``);
-* a 1-D numeric array of the index dimension is the vector itself.
+* a 1-D numeric array of the index dimension is the vector itself (checked as
+  :func:`fastimg.search.check_queries` checks queries).
 
 For bytes, arrays and vectors, "self" is the lowest-id live row whose stored
 vector is bit-identical to the query vector (``match identical``), found among
-the search's candidates.  A ``descriptor="custom"`` index cannot describe
-images: only vectors and indexed names are queries there.
+the search's candidates.  An *entry* (``Index.similar``: an id, an indexed path
+or name) is its stored vector, and its self is exactly its row.  A
+``descriptor="custom"`` index cannot describe images: only vectors and indexed
+names are queries there.  An int is not a query (``Index.similar`` takes ids).
+
+Lookups read the row and the vector file's generation in one transaction and
+compare them with the caller's view: a view older than the row (a compaction
+renumbered the ids, or the row was added after the view was read) raises
+:class:`Stale`, and the caller reads the state again.
+
+``where`` filters (:func:`where_patterns`): a string with a glob character
+(``*``, ``?``, ``[``) is a pattern matched against the stored path, anything
+else a folder (or file) prefix of it; absolute paths are first put in their
+stored form (relative to the index root when under it; the root itself, like
+``""`` and ``"."``, keeps every row).  Paths and patterns may be ``str``
+(surrogate escapes for bytes that are not UTF-8), path objects or ``bytes``;
+they are compared with the stored bytes (:meth:`Store.live_ids_matching`).
+Lookups (``Index.similar``, ``in``, ``id_of``, ``entry``, ``vectors_of``) take
+a path as ``bytes`` too; ``search()`` does not (bytes are an encoded image there).
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional, TypeGuard, Union
 
 import numpy as np
 
-from fastimg.errors import DescriptorError, ImageError
-from fastimg.index.store import Store
+from fastimg.errors import ArgumentError, DescriptorError, ImageError, IndexChangedError, NotInIndexError
+from fastimg.index.store import Row, Store
 from fastimg.index.view import View
 from fastimg.metrics import Metric, get_metric
+from fastimg.search import check_queries
 
-__all__ = ["MODES", "Queries", "check_search_args"]
+__all__ = ["MODES", "Queries", "Stale", "Where", "check_search_args", "check_threshold", "where_patterns",
+           "lookup", "is_id"]
 
 #: The search modes of ``Index.search``.
 MODES = ("auto", "exact", "ann")
+_ANY_SIGN = get_metric("l2")  # query checks without the histogram metrics' sign check
+
+Where = Union[str, bytes, "os.PathLike[str]", Iterable[Union[str, bytes, "os.PathLike[str]"]], None]
+
+
+class Stale(IndexChangedError):
+    """A lookup found a newer state than the caller's view: read the state again
+    (never escapes the index: the search is retried)."""
 
 
 def check_search_args(k: Any, metric: str, mode: str) -> tuple[int, Metric]:
-    """Validated ``(k, Metric)`` of a search call (ValueError naming the argument)."""
+    """Validated ``(k, Metric)`` of a search call (ArgumentError naming the argument)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 1:
-        raise ValueError(f"k must be a positive integer; got {k!r}")
+        raise ArgumentError(f"k must be a positive integer; got {k!r}")
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+        raise ArgumentError(f"mode must be one of {MODES}; got {mode!r}")
     return int(k), get_metric(metric)
+
+
+def check_threshold(threshold: Any) -> Optional[float]:
+    """``threshold=`` of a search: None or a finite number (ArgumentError)."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
+        raise ArgumentError(f"threshold must be a finite number (a minimum similarity or a maximum distance, in "
+                            f"the metric's direction) or None; got {threshold!r}")
+    return float(threshold)
+
+
+def is_id(item: Any) -> "TypeGuard[Union[int, np.integer]]":
+    """Is ``item`` an integer id (not a bool)?"""
+    return isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_))
+
+
+def where_patterns(where: Where, store: Store) -> Optional[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """``(prefixes, globs)`` of a ``where=`` argument (None: no filter), in the
+    stored form of paths (see the module docstring)."""
+    if where is None:
+        return None
+    if isinstance(where, (str, bytes, os.PathLike)):
+        items: list[Any] = [where]
+    else:
+        try:
+            items = list(where)
+        except TypeError:
+            raise ArgumentError(f"where must be a path prefix or glob (str), or a list of them; got "
+                                f"{type(where).__name__}") from None
+    if not items:
+        raise ArgumentError("where is an empty list: give at least one path prefix or glob (or None)")
+    prefixes: list[str] = []
+    globs: list[str] = []
+    for item in items:
+        s = os.fsdecode(item) if isinstance(item, (str, bytes, os.PathLike)) else None
+        if not isinstance(s, str):
+            raise ArgumentError(f"where must be a path prefix or glob (str), or a list of them; got {item!r}")
+        if any(c in s for c in "*?["):
+            globs.append(store.stored_path(s) if os.path.isabs(s) else s)
+            continue
+        p = store.stored_path(s) if os.path.isabs(s) else os.path.normpath(s) if s else s
+        prefixes.append("" if p == os.curdir else p)  # "", "." or the root itself: every row
+    return tuple(prefixes), tuple(globs)
+
+
+def lookup(store: Store, item: Any, view: View) -> Optional[Row]:
+    """:meth:`Store.find_entry` read in one transaction with the generation;
+    :class:`Stale` when ``view`` is older than what was read."""
+    with store.snapshot():
+        generation = store.state().generation
+        row = store.find_entry(item)
+    if generation != view.state.generation or (row is not None and row.id >= view.state.committed):
+        raise Stale(f"{store.path}: the index changed since state {view.state}; read it again")
+    return row
 
 
 class Queries:
@@ -67,23 +152,53 @@ class Queries:
             return self._path_query(os.fspath(query), view)
         if isinstance(query, (bytes, bytearray, memoryview)):
             return self.describe(bytes(query), view), None, True
+        if is_id(query) or (isinstance(query, np.ndarray) and query.ndim == 0 and query.dtype.kind in "iu"):
+            raise ArgumentError(
+                f"search() takes an image (path, bytes, BGR array) or a vector of length {self.dim}; got the "
+                f"integer {int(query)}: to search by an indexed entry, use Index.similar({int(query)})"
+            )
         arr = np.asarray(query)
-        if arr.ndim == 1 and arr.dtype.kind in "fiu" and arr.shape[0] == self.dim and arr.dtype != np.uint8:
-            vec = arr.astype(np.float32)
-            if not np.isfinite(vec).all():
-                raise ValueError("query vector must be finite")
-            return vec, None, True
+        if arr.ndim == 1 and arr.dtype != np.uint8:
+            return self.check(arr)[0], None, True
         if arr.ndim == 1:
-            raise ValueError(
-                f"a query vector must be 1-D of length {self.dim} (the index dimension); got shape {arr.shape}"
+            raise ArgumentError(
+                f"a query vector must be a 1-D float array of length {self.dim} (the index dimension); got a "
+                f"uint8 array of shape {arr.shape} (uint8 arrays are images: 2-D or 3-D)"
             )
         return self.describe(arr, view), None, True
 
+    def check(self, q: Any, metric: Optional[Metric] = None) -> np.ndarray:
+        """Query vectors as a ``(Q, dim)`` float32 array, validated as the searchers
+        validate queries (:func:`fastimg.search.check_queries`; the sign too, for a
+        histogram ``metric``)."""
+        try:
+            return check_queries(q, self.dim, metric or _ANY_SIGN)
+        except (TypeError, ValueError) as exc:
+            raise ArgumentError(str(exc)) from None
+
+    def check_sign(self, q: np.ndarray, metric: Metric) -> np.ndarray:
+        """Vectors from :meth:`vector` / :meth:`batch` (finite, of the index
+        dimension), checked non-negative for a histogram ``metric``."""
+        return self.check(q, metric) if metric.nonneg else q
+
+    def entry(self, item: Any, view: View) -> tuple[np.ndarray, set, bool]:
+        """The stored vector of an entry (a live id, an indexed path or name) and its id."""
+        if is_id(item):
+            i = int(item)
+            if not view.is_live(i):
+                raise NotInIndexError(f"{self._store.path}: no live entry with id {i}")
+        elif isinstance(item, (str, bytes, os.PathLike)):  # bytes: a path here (search() takes image bytes)
+            row = lookup(self._store, item, view)
+            if row is None:
+                raise NotInIndexError(f"{self._store.path}: not in the index: {os.fsdecode(item)}")
+            i = row.id
+        else:
+            raise ArgumentError(f"an entry is an id (int) or an indexed path or name; got {type(item).__name__}")
+        return np.array(view.vectors[i], dtype=np.float32), {i}, False
+
     def _path_query(self, s: str, view: View) -> tuple[np.ndarray, Optional[set], bool]:
         store = self._store
-        row = store.find_live(s)  # a name, or a path stored as given
-        if row is None or row.is_file:
-            row = store.find_live(store.stored_path(s)) or row
+        row = lookup(store, s, view)
         if row is not None:
             use_stored = not row.is_file
             if row.is_file:
@@ -109,15 +224,11 @@ class Queries:
         a ``(Q, dim)`` float array or a sequence of queries."""
         arr = queries if isinstance(queries, np.ndarray) else None
         if arr is not None and arr.ndim == 2 and arr.dtype.kind == "f":
-            if arr.shape[1] != self.dim:
-                raise ValueError(f"query vectors must have shape (Q, {self.dim}); got {arr.shape}")
-            q = np.ascontiguousarray(arr, dtype=np.float32)
-            if not np.isfinite(q).all():
-                raise ValueError("query vectors must be finite")
+            q = self.check(arr)
             return q, [None] * len(q), [exclude_self] * len(q)
         if isinstance(queries, (str, bytes, os.PathLike)) or (isinstance(queries, np.ndarray) and queries.ndim != 2):
-            raise ValueError("search_batch takes a (Q, dim) array or a sequence of queries; "
-                             "use search() for one query")
+            raise ArgumentError("search_batch takes a (Q, dim) array or a sequence of queries; "
+                                "use search() for one query")
         vs, selfs, ident = [], [], []
         for qu in queries:
             v, s, m = self.vector(qu, view)

@@ -131,6 +131,7 @@ from fastimg.index._files import (
     write_rows,
 )
 from fastimg.errors import (
+    ArgumentError,
     IndexCorruptError,
     IndexFormatError,
     IndexNotFoundError,
@@ -951,6 +952,17 @@ class Store:
             ).fetchone()
         return None if t is None else _row(t)
 
+    def find_entry(self, item: Union[str, bytes, os.PathLike]) -> Optional[Row]:
+        """The live row of an ``add_vectors`` name or of a file path (as stored, or
+        given as a path to put in :meth:`stored_path` form), or None.  A path is a
+        ``str`` (surrogate escapes for bytes that are not UTF-8), a path object or
+        ``bytes`` (``os.fsdecode``)."""
+        s = os.fsdecode(item)
+        row = self.find_live(s)  # a name, or a path stored as given
+        if row is None or row.is_file:
+            row = self.find_live(self.stored_path(s)) or row
+        return row
+
     def find_live_many(self, paths: Sequence[str]) -> dict[str, Row]:
         """Live rows stored under any of ``paths`` (stored form), keyed by path."""
         out: dict[str, Row] = {}
@@ -973,6 +985,38 @@ class Store:
                 f"SELECT {self._cols()} FROM images WHERE hash = ? ORDER BY deleted, id", (digest,)
             ).fetchall()
         return [_row(t) for t in ts]
+
+    def live_ids_matching(self, prefixes: Sequence[str], globs: Sequence[str]) -> tuple[int, np.ndarray]:
+        """``(generation, sorted int64 ids)`` of the live rows whose stored path (or
+        name) is one of ``prefixes`` or lies under one (``prefix + os.sep ...``),
+        or matches one of ``globs`` (SQLite ``GLOB``), read in one transaction.
+        An empty prefix matches every row.  Prefixes and globs are compared in
+        the stored form (format 2: the path's bytes, so a name that is not UTF-8
+        is matched byte for byte; ``?`` in a glob stands for one UTF-8 character,
+        or one byte that is not part of one)."""
+        terms: list[str] = []
+        spans: list[tuple[str, ...]] = []
+        for p in prefixes:
+            if not p:
+                terms.append("1")
+                continue
+            p = p.rstrip(os.sep) or os.sep
+            under = p if p.endswith(os.sep) else p + os.sep  # "a/b" -> "a/b/" <= path < "a/b0"
+            terms.append("path = ? OR (path >= ? AND path < ?)")
+            spans.append((p, under, under[:-1] + chr(ord(under[-1]) + 1)))
+        for g in globs:
+            terms.append("CAST(path AS TEXT) GLOB CAST(? AS TEXT)")  # GLOB matches no BLOB as it is
+            spans.append((g,))
+        if not terms:
+            return self.state().generation, np.zeros(0, np.int64)
+        where = " OR ".join(f"({t})" for t in terms)
+        with self._read() as conn:
+            # bound as stored (format 2: bytes, which compare byte-wise; format 1: text)
+            args = [self._key(a) for span in spans for a in span]
+            generation = int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+            ids = [t[0] for t in conn.execute(f"SELECT id FROM images WHERE deleted = 0 AND ({where}) ORDER BY id",
+                                              args)]
+        return generation, np.asarray(ids, dtype=np.int64)
 
     def live_files(self) -> list[Row]:
         """All live rows added from files."""
@@ -1056,7 +1100,7 @@ class Store:
 
         Raises
         ------
-        ValueError
+        ArgumentError
             Two live rows would get the same path (nothing is changed then).
         """
         self._require_writable()
@@ -1107,7 +1151,7 @@ class Store:
                                      [(b"\0relocating\0" + str(i).encode(), i) for _, i in updates])
                     conn.executemany("UPDATE images SET path = ? WHERE id = ?", updates)
             except sqlite3.IntegrityError:
-                raise ValueError(f"{self.path}: relocating {old_s} to {new_s} would give two live images the same "
+                raise ArgumentError(f"{self.path}: relocating {old_s} to {new_s} would give two live images the same "
                                  f"path (some are indexed under both already); nothing was changed") from None
             self._root_str = None
             return moved

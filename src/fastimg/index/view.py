@@ -18,10 +18,37 @@ import numpy as np
 from fastimg.errors import IndexCorruptError
 from fastimg.index.store import State, Store
 
-__all__ = ["View", "Views", "PATHS_REMEMBERED"]
+__all__ = ["View", "Views", "Allowed", "PATHS_REMEMBERED", "FILTERS_REMEMBERED"]
 
 #: Paths of hits remembered per state (forgotten all at once beyond this).
 PATHS_REMEMBERED = 65_536
+#: ``where`` filters remembered per state (forgotten all at once beyond this).
+FILTERS_REMEMBERED = 64
+
+
+class Allowed:
+    """The live rows a ``where`` filter keeps at one state: sorted int64 ``ids``,
+    and the mask of the rows it leaves out (made on first use).
+
+    Thread-safe: :meth:`mask` may be computed twice, never seen half-made."""
+
+    def __init__(self, ids: np.ndarray, committed: int):
+        self.ids = ids
+        self._committed = committed
+        self._mask: Optional[np.ndarray] = None
+
+    @property
+    def size(self) -> int:
+        return int(self.ids.size)
+
+    def mask(self) -> np.ndarray:
+        """Boolean ``(committed,)``: True for every row the filter leaves out (deleted rows included)."""
+        m = self._mask
+        if m is None:
+            m = np.ones(self._committed, dtype=bool)
+            m[self.ids] = False
+            self._mask = m
+        return m
 
 
 @dataclass(frozen=True)
@@ -43,6 +70,9 @@ class View:
         :attr:`vectors` as a plain ndarray on the same memory.
     paths : dict
         ``id -> path`` of the rows returned as hits at this state (see :meth:`Views.paths`).
+    memo : dict
+        Values derived from this state on demand (the deleted rows' mask, ``where``
+        filters): computed once, never changed (a state never changes).
     """
 
     state: State
@@ -52,10 +82,41 @@ class View:
     meta: dict
     array: np.ndarray  # vectors as a plain ndarray on the same memory (cheaper to index than a memmap)
     paths: dict = field(default_factory=dict)  # id -> path of rows returned as hits (Views.paths)
+    memo: dict = field(default_factory=dict)  # derived on demand: deleted mask, filters
 
     def get(self, key: str) -> Any:
         """A ``meta`` value (None if absent)."""
         return self.meta.get(key)
+
+    def deleted_mask(self) -> Optional[np.ndarray]:
+        """Boolean ``(committed,)`` mask of the deleted rows (None when there are none)."""
+        if not self.deleted.size:
+            return None
+        m = self.memo.get("deleted")
+        if m is None:
+            m = np.zeros(self.state.committed, dtype=bool)
+            m[self.deleted] = True
+            self.memo["deleted"] = m
+        return m
+
+    def is_live(self, i: int) -> bool:
+        """Is ``i`` a live row of this state?"""
+        if not 0 <= i < self.state.committed:
+            return False
+        j = int(np.searchsorted(self.deleted, i))
+        return not (j < self.deleted.size and int(self.deleted[j]) == i)
+
+    def remember_filter(self, key: Any, allowed: Allowed) -> Allowed:
+        """Keep a filter's rows for this state (bounded: see :data:`FILTERS_REMEMBERED`)."""
+        filters = self.memo.setdefault("where", {})
+        if len(filters) >= FILTERS_REMEMBERED:
+            filters.clear()
+        filters[key] = allowed
+        return allowed
+
+    def filter(self, key: Any) -> Optional[Allowed]:
+        """A filter remembered by :meth:`remember_filter`, or None."""
+        return self.memo.get("where", {}).get(key)
 
     def live_ids(self) -> np.ndarray:
         """Sorted int64 ids of the live rows."""
@@ -65,7 +126,12 @@ class View:
 
 
 class Views:
-    """The current :class:`View` of one store (not thread-safe: the index serialises calls)."""
+    """The current :class:`View` of one store.
+
+    Thread-safe without a lock: a :class:`View` is immutable once made (its
+    memo only gains values computed from it) and the current one is replaced by
+    one assignment; two threads may both read a new state, and either result is
+    right."""
 
     def __init__(self, store: Store):
         self._store = store
@@ -103,7 +169,8 @@ class Views:
         the others (one statement).  None when the ids were renumbered since
         ``view`` was read (a compaction: search again)."""
         known = view.paths
-        missing = [i for i in ids if i not in known]
+        out = [known.get(i) for i in ids]
+        missing = [i for i, p in zip(ids, out) if p is None]
         if missing:
             got = self._store.paths(missing, generation=view.state.generation)
             if got is None:
@@ -111,4 +178,6 @@ class Views:
             if len(known) + len(missing) > PATHS_REMEMBERED:
                 known.clear()
             known.update(zip(missing, got))
-        return [known[i] for i in ids]
+            fill = dict(zip(missing, got))
+            out = [fill[i] if p is None else p for i, p in zip(ids, out)]
+        return out  # type: ignore[return-value]

@@ -31,11 +31,11 @@ from typing import Optional
 
 import numpy as np
 
-from fastimg.errors import DescriptorError, IndexCorruptError
-from fastimg.index.caches import Caches
+from fastimg.errors import ArgumentError, DescriptorError, IndexCorruptError
+from fastimg.index.caches import Caches, Rows, derive_rows
 from fastimg.index.store import Store, file_hash
 from fastimg.index.view import View
-from fastimg.metrics import Metric, get_metric
+from fastimg.metrics import METRICS, Metric, get_metric
 from fastimg.projection import PCAWhitening
 
 __all__ = ["WHITENING_FILE", "Fit", "Whitening", "WhiteningMismatch"]
@@ -44,6 +44,12 @@ __all__ = ["WHITENING_FILE", "Fit", "Whitening", "WhiteningMismatch"]
 #: later fits are ``whitening-<fit_id>.npz`` (see :meth:`fastimg.Index.fit_whitening`).
 WHITENING_FILE = "whitening.npz"
 _FILE = re.compile(r"^whitening(-[0-9a-f]+)?\.npz$")
+
+
+def _signed_metrics() -> str:
+    """The metrics that take signed vectors (those a whitened index can use), for messages."""
+    names = [f"{name!r}" for name, m in METRICS.items() if not m.nonneg]
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 class WhiteningMismatch(IndexCorruptError):
@@ -74,6 +80,8 @@ class Whitening:
         self._caches = caches
         self._fit: Optional[Fit] = None
         self._data: Optional[tuple[tuple, np.ndarray]] = None  # ((generation, rows, fit_id), matrix)
+        self._rows: Optional[tuple[tuple, Rows]] = None  # ((generation, fit_id), whitened rows in memory)
+        self._lock = threading.Lock()  # builds the whitened matrix once
 
     @property
     def path(self) -> Optional[Path]:
@@ -97,6 +105,7 @@ class Whitening:
         """Drop what is held in memory (the files stay)."""
         self._fit = None
         self._data = None
+        self._rows = None
 
     # ------------------------------------------------------------------ reading
     def current(self, view: View) -> Optional[Fit]:
@@ -146,21 +155,51 @@ class Whitening:
         return self._fit
 
     def data(self, view: View, fit: Fit) -> np.ndarray:
-        """``transform(vectors[:committed])``: memmapped from the cache, or written to
-        it in chunks (the rows of a cache of the same generation and fit are reused)."""
+        """``transform(vectors[:committed])`` (float32, C-contiguous): memmapped from the
+        cache ``whitened-<fit_id>`` when a writer cached every row, else held in
+        memory (the cached rows copied once, later rows transformed as they are
+        added).  Never writes (see :meth:`publish`)."""
         key = (view.state.generation, view.state.committed, fit.fit_id)
-        if self._data is not None and self._data[0] == key:
-            return self._data[1]
-        out = self._caches.whitened(view.state, view.vectors, fit.fit_id, fit.dim, fit.model.transform)
-        self._data = (key, out)
-        return out
+        got = self._data
+        if got is not None and got[0] == key:
+            return got[1]
+        with self._lock:
+            got = self._data
+            if got is not None and got[0] == key:
+                return got[1]
+            n = view.state.committed
+            if n == 0:
+                out = np.zeros((0, fit.dim), np.float32)
+            else:
+                found = self._caches.prefix([(f"whitened-{fit.fit_id}", (fit.dim,))], view.state)
+                if found is not None and found[0] == n:
+                    out, self._rows = found[1][0], None
+                else:
+                    rows = self._rows
+                    if rows is None or rows[0] != (view.state.generation, fit.fit_id) or rows[1].n > n:
+                        rows = ((view.state.generation, fit.fit_id), Rows((fit.dim,)))
+                        if found is not None:
+                            rows[1].append(np.asarray(found[1][0]))
+                    if rows[1].n < n:
+                        derive_rows(view.vectors, rows[1].n, n, lambda block: (fit.model.transform(block),),
+                                    [rows[1]])
+                    self._rows = rows
+                    out = rows[1].view()[:n]
+            self._data = (key, out)
+            return out
+
+    def publish(self, view: View, fit: Fit) -> None:
+        """Writer: cache the whitened rows of ``view`` (only the rows not cached yet
+        are transformed)."""
+        if view.state.committed:
+            self._caches.whitened(view.state, view.vectors, fit.fit_id, fit.dim, fit.model.transform)
 
     def check_metric(self, m: Metric) -> None:
         """Refuse a metric that needs non-negative vectors (whitened vectors are signed)."""
         if m.nonneg:
-            raise ValueError(
+            raise ArgumentError(
                 f"{self._store.path}: metric {m.name!r} needs non-negative vectors, but a whitening is fitted "
-                "and whitened vectors are signed: use 'cosine', 'pearson', 'l2' or 'l1' (or clear_whitening())"
+                f"and whitened vectors are signed: use {_signed_metrics()} (or clear_whitening())"
             )
 
     def info(self, view: View) -> Optional[dict]:
@@ -177,9 +216,9 @@ class Whitening:
         save the file atomically, record it, drop the caches of other fits."""
         m = get_metric(metric)
         if m.nonneg:
-            raise ValueError(
+            raise ArgumentError(
                 f"{self._store.path}: the index's metric {m.name!r} needs non-negative vectors, but whitened "
-                "vectors are signed; whitening needs an index created with metric 'cosine', 'pearson', 'l2' or 'l1'"
+                f"vectors are signed; whitening needs an index created with metric {_signed_metrics()}"
             )
         if sample is not None and (isinstance(sample, bool) or not isinstance(sample, (int, np.integer))
                                    or int(sample) < 2):
@@ -264,12 +303,14 @@ class Whitening:
 
     def _drop_caches(self, keep: Optional[str]) -> None:
         self._data = None
+        self._rows = None
         self._caches.clear("whitened-", keep=None if keep is None else f"whitened-{keep}")
 
     def renumber(self, mapping: np.ndarray, generation: int) -> None:
         """After a compaction (``mapping[old] = new`` or -1): the fit stays valid; its
         record counts the rows it covers in the new numbering."""
         self._data = None
+        self._rows = None
         meta = self._store.get_meta("whitening")
         if meta is not None:
             fit_rows = min(int(meta.get("rows", 0)), mapping.size)
