@@ -226,3 +226,20 @@ def progress_bar(desc: str, enabled: bool) -> tuple[Any, Any]:
 
     bar = _Bar()
     return bar, bar
+
+
+def missing_files(index: Any, ids: Any = None) -> dict:
+    """``Index.missing_files`` (without its log warning: the CLI prints its own line);
+    ``{}`` for a sharded root (its shards are indexes of their own: `fastimg info -i
+    ROOT/shard-NNN` checks one)."""
+    if not hasattr(index, "missing_files"):
+        return {}
+    return index.missing_files(ids, warn=False)
+
+
+def warn_missing(missing: dict, what: str) -> None:
+    """One ``fastimg: warning:`` line when some indexed files do not exist."""
+    if missing.get("missing"):
+        sys.stderr.write(shown(
+            f"{PROG}: warning: {missing['missing']} of {missing['checked']} {what} do not exist "
+            f"(e.g. {missing['examples'][0]}): if the files moved, run `fastimg relocate OLD NEW`") + "\n")

@@ -18,14 +18,16 @@ from fastimg.cli.common import (
     check_metric,
     emit_json,
     index_path,
+    missing_files,
     open_index,
     positive_int,
     progress_bar,
     shown,
+    warn_missing,
 )
 
 __all__ = ["add_index_parser", "add_info_parser", "add_remove_parser", "add_compact_parser",
-           "cmd_index", "cmd_info", "cmd_remove", "cmd_compact", "warn_missing"]
+           "cmd_index", "cmd_info", "cmd_remove", "cmd_compact"]
 
 
 # --------------------------------------------------------------------------- #
@@ -303,28 +305,21 @@ def _has_no_rows(path: str) -> bool:
     except Exception:
         return False
 
+
 def cmd_info(args: argparse.Namespace) -> int:
     path = index_path(args)
     with open_index(args, "r", sharded=True) as index:
         info = dict(index.info())
         info.setdefault("path", path)
         info.setdefault("count", len(index))
-        missing = index.missing_files(warn=False)
+        missing = missing_files(index)
     if args.json:
-        emit_json(dict(info, missing_files=missing))
+        emit_json(dict(info, missing_files=missing) if missing else info)
     else:
         for key, value in _flatten(info):
             print(shown(f"{key}: {_human(key, value)}"))
     warn_missing(missing, "sampled indexed files")
     return EXIT_OK
-
-
-def warn_missing(missing: dict, what: str) -> None:
-    """One ``fastimg: warning:`` line when some indexed files do not exist."""
-    if missing.get("missing"):
-        sys.stderr.write(shown(
-            f"{PROG}: warning: {missing['missing']} of {missing['checked']} {what} do not exist "
-            f"(e.g. {missing['examples'][0]}): if the files moved, run `fastimg relocate OLD NEW`") + "\n")
 
 
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:

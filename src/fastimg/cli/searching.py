@@ -17,10 +17,12 @@ from fastimg.cli.common import (
     emit_json,
     finite_float,
     index_path,
+    missing_files,
     open_index,
     positive_int,
     progress_bar,
     shown,
+    warn_missing,
 )
 
 __all__ = ["add_query_parser", "add_dedup_parser", "cmd_query", "cmd_dedup"]
@@ -214,15 +216,12 @@ def cmd_query(args: argparse.Namespace) -> int:
             took = (time.perf_counter() - t0) * 1000.0
             docs.append({"query": index.entry(i).path, "id": i, "index": path, "metric": metric,
                          "took_ms": round(took, 3), "results": [_hit_dict(h) for h in hits]})
-        # the files of the hits: still there? (one stat each; a warning line if not; a
-        # sharded root's shards are checked by `fastimg info` on each shard)
-        missing = (index.missing_files([r["id"] for d in docs for r in d["results"]], warn=False)
-                   if hasattr(index, "missing_files") else {})
+        # the files of the hits: still there? (one stat each; a warning line if not)
+        missing = missing_files(index, [r["id"] for d in docs for r in d["results"]])
     if args.html:
         from fastimg._html import write_results_page
 
         write_results_page(docs, args.html)
-    from fastimg.cli.indexing import warn_missing
 
     if args.json:
         emit_json(docs[0] if len(docs) == 1 else docs)
