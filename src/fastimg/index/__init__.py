@@ -10,10 +10,17 @@ directory) are described in :mod:`fastimg.index.store`; the behaviour:
   re-indexed folders is a *move*: its row is kept (same id and vector) and only
   the path changes; a new path whose content matches any other indexed row
   reuses that row's vector instead of decoding the image again; files that
-  vanished from the re-indexed folders are marked deleted.  Paths are stored
-  relative to the index root (default: the folder containing the index
-  directory) when the file lies under it, so the tree can be moved together
-  with its index.
+  vanished from the re-indexed folders are marked deleted.  Paths (any name the
+  OS can hold: ``str`` with surrogate escapes, stored as bytes) are stored
+  relative to the index root when the file lies under it; the root is recorded
+  as an absolute path by default (the folder containing the index directory:
+  the index can be copied anywhere) or relative to the index (``root=``: the
+  tree can be moved together with its index); :meth:`Index.relocate` rewrites
+  them when the files move.  When the index's descriptor changed version, the
+  first ``add`` describes the indexed files again.
+* **Checking** (:meth:`Index.check`, :mod:`fastimg.index.check`): every file
+  against the metadata and checksums; ``repair=True`` rebuilds caches, graph and
+  whitening without touching committed rows.
 * **Crash safety**: rows are committed in batches (vectors appended and fsynced,
   then one SQLite transaction); a process killed during ``add`` loses at most the
   batch in flight, and re-running ``add`` resumes.
@@ -62,7 +69,8 @@ Modules (each imports only those below it)::
     _reader      IndexReader (Index's base): properties, info, lookups, search, similar; Hit, Entry, BatchResult
     searching    Search: space, exact/graph candidates, filters, self, re-ranking, threshold
     query        Queries: path/bytes/array/vector/entry -> vector + self ids; where= patterns
-    ingest       Ingest: scan, hash, moves, batches; AddReport; remove's resolution
+    check        check / check_index: CheckReport (Index.check, fastimg check)
+    ingest       Ingest: scan, hash, moves, batches, re-description; AddReport; remove's resolution
     graph        Graph: HNSW build, load + catch-up, lazy save, choice of mode
     whitening    Whitening: fit, clear, load-and-verify, whitened matrix
     scan         Scans: exact scans over the cached prefix + rows prepared in memory; merging
@@ -72,7 +80,7 @@ Modules (each imports only those below it)::
     store        Store: the on-disk format (manifest, vectors, SQLite, lock, compaction)
     _files       the store's file steps (durable writes, manifest checks, lock file)
     _progress    the ``progress`` argument (tqdm bar or callback)
-    locations    data_dir, default_index_path
+    locations    data_dir, default_index_path, missing_files
 """
 from __future__ import annotations
 

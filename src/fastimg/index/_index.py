@@ -94,8 +94,11 @@ class Index(IndexReader):
             Vector dimension; required for ``descriptor="custom"``, otherwise it
             must equal the descriptor's dimension if given.
         root : path-like, optional
-            Directory that image paths are stored relative to (default: the
-            parent of ``path``).
+            Directory that image paths are stored relative to, recorded relative
+            to the index directory: a collection moved together with its index
+            keeps working.  Default: the directory that contains ``path``,
+            recorded as an absolute path: the index can be copied or moved
+            anywhere on the machine (see :meth:`relocate` when the files move).
         threads : int, optional
             Threads for exact search (default: the search module's default).
         **descriptor_params
@@ -212,6 +215,8 @@ class Index(IndexReader):
         v = self._views.current()
         if v.get("ann") is None:
             return
+        if self._rebuild_stale_graph(v):
+            return
         wmeta = v.get("whitening")
 
         def data() -> Any:
@@ -219,6 +224,23 @@ class Index(IndexReader):
             return v.vectors if fit is None else self._whitening.data(v, fit)
 
         self._graph.sync(v, None if wmeta is None else wmeta.get("fit_id"), data)
+
+    def _rebuild_stale_graph(self, v: Any) -> bool:
+        """Writer: a graph recorded for an older vector generation (a process died
+        between a compaction or re-description and the rebuild) is rebuilt with its
+        parameters at the next change; returns whether it was."""
+        ann = v.get("ann")
+        if ann is None or ann.get("generation") == v.state.generation:
+            return False
+        log.info("%s: rebuilding the HNSW graph left for generation %s (the index is at %d)", self.path,
+                 ann.get("generation"), v.state.generation)
+        self._graph.discard()
+        if len(self):
+            self.build_ann(M=ann["M"], ef_construction=ann["ef_construction"], metric=ann["metric"],
+                           ef=ann.get("ef"))
+        else:
+            self._graph.drop()
+        return True
 
     def set_metadata(self, item: Union[int, PathLike], metadata: Optional[Mapping[str, Any]]) -> None:
         """Attach JSON-able metadata (labels ...) to one live image, by id, path or name.
@@ -238,7 +260,7 @@ class Index(IndexReader):
         else:
             row = self._ingest.live_row(item)
             if row is None:
-                raise NotInIndexError(f"{self.path}: not in the index: {os.fspath(item)}")
+                raise NotInIndexError(f"{self.path}: not in the index: {os.fsdecode(item)}")
             id_ = row.id
         self._store.set_row_metadata(id_, value)
 
@@ -299,8 +321,12 @@ class Index(IndexReader):
         if int(batch_size) < 1:
             raise ArgumentError(f"batch_size must be >= 1; got {batch_size}")
         with self._mutex:
+            report = AddReport()
+            if self._ingest.redescribe(workers=workers, progress=progress, batch_size=int(batch_size),
+                                       report=report):
+                self._after_new_generation(None)
             report = self._ingest.add(items, recursive=recursive, workers=workers, progress=progress,
-                                      exclude=patterns, batch_size=int(batch_size))
+                                      exclude=patterns, batch_size=int(batch_size), report=report)
             self._sync_graph()
             self._save_caches(force=False)
         return report
@@ -346,8 +372,8 @@ class Index(IndexReader):
         Parameters
         ----------
         paths_or_ids : path, name, id, or an iterable of them
-            Ids (ints), file paths (a folder removes every image under it) or
-            ``add_vectors`` names.
+            Ids (ints), file paths (``str``, path objects or ``bytes``; a folder
+            removes every image under it) or ``add_vectors`` names.
 
         Returns
         -------
@@ -356,16 +382,58 @@ class Index(IndexReader):
 
         Raises
         ------
-        ValueError
+        NotInIndexError
             An item that is not in the index (nothing is removed then).
         """
         self._require_writable()
-        if isinstance(paths_or_ids, (str, os.PathLike, int, np.integer)):
+        if isinstance(paths_or_ids, (str, bytes, os.PathLike, int, np.integer)):
             paths_or_ids = [paths_or_ids]
         with self._mutex:
             n = self._store.mark_deleted(self._ingest.ids_of(paths_or_ids, self._views.current()))
             self._sync_graph()
             return n
+
+    def relocate(self, old: PathLike, new: PathLike) -> int:
+        """The indexed files that were under folder ``old`` are now under ``new``:
+        rewrite their stored paths (and the root, when it lies under ``old``) in
+        one transaction.  Ids, vectors and metadata are unchanged; nothing on disk
+        is moved.  Returns the number of live images whose path changed.
+
+        Raises
+        ------
+        IndexReadOnlyError
+            The index is open with ``mode="r"``.
+        ArgumentError
+            Two live images would get the same path (nothing is changed).
+        """
+        self._require_writable()
+        with self._mutex:
+            n = self._store.relocate(old, new)
+            self._warned_missing = False
+            return n
+
+    def check(self, repair: bool = False, *, sample: int = 32) -> Any:
+        """Verify every file of the index against its metadata and checksums
+        (:mod:`fastimg.index.check`): manifest, SQLite integrity, vectors against the
+        committed rows, caches, graph, whitening, leftovers of interrupted writes.
+
+        Parameters
+        ----------
+        repair : bool, default False
+            Also repair what can be without touching committed rows (writer only):
+            remove bad or stale caches and leftovers, rebuild the graph and re-fit
+            the whitening with their recorded parameters.
+        sample : int, default 32
+            Indexed files checked for existence.
+
+        Returns
+        -------
+        fastimg.index.check.CheckReport
+            ``.ok`` (no problem left), ``.findings`` (problems and notes).
+        """
+        from fastimg.index.check import check
+
+        return check(self, repair, sample=sample)
 
     def compact(self, progress: Progress = False) -> np.ndarray:
         """Rewrite the vector file without the deleted rows.
@@ -391,15 +459,33 @@ class Index(IndexReader):
                     bar.close()
             after = self._store.state()
             if after.generation != before.generation:
-                self._caches.clear()
-                self._search.clear()
-                self._whitening.renumber(mapping, after.generation)
-                ann = self._graph.drop()  # old ids: never saved
-                if ann is not None and len(self):
-                    self.build_ann(M=ann["M"], ef_construction=ann["ef_construction"], metric=ann["metric"],
-                                   ef=ann.get("ef"))
+                self._after_new_generation(mapping)
                 self._save_caches(force=True)
             return mapping
+
+    def _after_new_generation(self, mapping: Optional[np.ndarray]) -> None:
+        """What derives from the vectors, after a new vector file: a compaction
+        (``mapping``: old id -> new id) or a re-description (None: same ids, new
+        vectors).  Caches are dropped; the whitening record is renumbered
+        (compaction) or the whitening re-fitted with its parameters (re-description);
+        the HNSW graph is rebuilt with its parameters (until then its record names
+        the old generation: searches scan exactly, ``fastimg check --repair``
+        rebuilds it if this process dies first)."""
+        self._caches.clear()
+        self._search.clear()
+        v = self._views.current()
+        if mapping is not None:
+            self._whitening.renumber(mapping, v.state.generation)
+        elif v.get("whitening") is not None:
+            self._whitening.refit(v, self.metric)
+            self._search.clear()
+        ann = self._graph.forget()  # old ids or old vectors: never saved again
+        if ann is not None:
+            if len(self):
+                self.build_ann(M=ann["M"], ef_construction=ann["ef_construction"], metric=ann["metric"],
+                               ef=ann.get("ef"))
+            else:
+                self._graph.drop()
 
     def fit_whitening(self, dim: Optional[int] = None, power: float = 0.0, *,
                       sample: Optional[int] = None) -> dict:

@@ -1,10 +1,12 @@
 """The derived arrays of an index (``cache/``): always rebuildable from the vectors.
 
-A cache file is a float32 ``.npy`` named ``<name>.g<G>.n<N>.npy``: the array
-derived from the first ``N`` committed rows of vector file generation ``G``.
-Rows are never rewritten within a generation, so any cache of the same
-generation serves as a *prefix*: its first ``min(N, committed)`` rows are right
-for every later (or earlier) state of that generation (:meth:`Caches.prefix`).
+A cache file is a float32 ``.npy`` named ``<name>.g<G>.n<N>.c<CRC>.npy``: the
+array derived from the first ``N`` committed rows of vector file generation
+``G``, ``<CRC>`` being the CRC-32 (8 hex digits) of its data (the array's bytes
+after the ``.npy`` header).  Rows are never rewritten within a generation, so
+any cache of the same generation serves as a *prefix*: its first ``min(N,
+committed)`` rows are right for every later (or earlier) state of that
+generation (:meth:`Caches.prefix`).
 
 **Only writers write caches** (:meth:`Caches.derive`, called by
 :meth:`fastimg.Index.flush`, ``close``, ``add`` ...: see
@@ -12,10 +14,17 @@ for every later (or earlier) state of that generation (:meth:`Caches.prefix`).
 index directory.  A search maps the largest cached prefix and derives the rows
 after it in memory (:class:`Rows`, kept per handle and extended as rows are
 added).  A writer extends a cache from its largest prefix (only the new rows are
-derived), writes it under a temporary name and renames it into place (readers
-never see a partial file), and removes the older versions once every output is
-published.  An unreadable or misshapen file is ignored (logged), never an
-error; an unwritable directory only costs the cache.
+derived), writes it under a temporary name (its space allocated first: a full
+disk is an ``OSError``, never a ``SIGBUS`` on a mapped page) and renames it into
+place with its checksum in the name (readers never see a partial file, and the
+name and the checksum cannot disagree), and removes the older versions once
+every output is published.  Loading checks the shape and dtype (a cheap header
+read); the checksum is verified by :meth:`Caches.verify` (``fastimg check``),
+not at every load (that would read the whole file).  An unreadable or misshapen
+file is ignored (logged), never an error; an unwritable directory only costs
+the cache.  Files named without a checksum (``<name>.g<G>.n<N>.npy``, written by
+fastimg 0.1) are read the same way; ``fastimg check`` reports them as
+unverifiable.
 
 The names in use:
 
@@ -34,6 +43,7 @@ import logging
 import os
 import re
 import threading
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -43,7 +53,8 @@ from fastimg.errors import ArgumentError
 from fastimg.index.store import State
 from fastimg.metrics import get_metric, prepare_rows
 
-__all__ = ["Caches", "CACHE_DIR", "CACHE_SAVE_ROWS", "Rows", "prepared_outputs", "prepare_fn", "derive_rows"]
+__all__ = ["Caches", "CACHE_DIR", "CACHE_SAVE_ROWS", "Rows", "prepared_outputs", "prepare_fn", "derive_rows",
+           "parse_name", "data_crc"]
 
 log = logging.getLogger("fastimg.index.caches")
 
@@ -53,6 +64,28 @@ CACHE_DIR = "cache"
 #: is more) are not cached; otherwise on ``Index.flush`` / ``Index.close``.
 CACHE_SAVE_ROWS = 20_000
 _CHUNK = 65536  # rows derived per step (bounds the temporaries)
+_CRC_BYTES = 16 << 20  # bytes checksummed per step
+_NAME = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+?)\.g(?P<g>\d+)\.n(?P<n>\d+)(?:\.c(?P<crc>[0-9a-f]{8}))?\.npy$")
+
+
+def parse_name(filename: str) -> Optional[tuple[str, int, int, Optional[int]]]:
+    """``(name, generation, rows, crc or None)`` of a cache file name, or None."""
+    m = _NAME.match(filename)
+    if m is None:
+        return None
+    crc = m.group("crc")
+    return m.group("name"), int(m.group("g")), int(m.group("n")), None if crc is None else int(crc, 16)
+
+
+def data_crc(arr: np.ndarray) -> int:
+    """CRC-32 of an array's data (C order), read in chunks."""
+    flat = arr.reshape(-1)
+    step = max(1, _CRC_BYTES // max(1, flat.itemsize))
+    crc = 0
+    for a in range(0, flat.shape[0], step):
+        crc = zlib.crc32(np.ascontiguousarray(flat[a:a + step]), crc)
+    return crc
+
 
 Derive = Callable[[np.ndarray], Sequence[np.ndarray]]
 Output = tuple[str, tuple[int, ...]]  # (cache name, shape of one row)
@@ -112,10 +145,27 @@ class Caches:
         self.writable = writable
 
     # ------------------------------------------------------------------ files
-    def _file(self, name: str, state: State) -> Path:
+    @staticmethod
+    def _base(name: str, state: State) -> str:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ArgumentError(f"invalid cache name {name!r}")
-        return self.dir / f"{name}.g{state.generation}.n{state.committed}.npy"
+        return f"{name}.g{state.generation}.n{state.committed}"
+
+    def _find(self, name: str, state: State) -> Optional[Path]:
+        """The file of cache ``name`` for ``state`` (with its checksum in the name, or a
+        file of fastimg 0.1 without one), or None."""
+        base = self._base(name, state)
+        if not self.dir.is_dir():
+            return None
+        found = None
+        with contextlib.suppress(OSError):
+            for p in self.dir.glob(f"{base}.*npy"):
+                parsed = parse_name(p.name)
+                if parsed is not None and parsed[:3] == (name, state.generation, state.committed):
+                    if parsed[3] is not None:
+                        return p
+                    found = p
+        return found
 
     def files(self) -> list[Path]:
         """Every cache file, sorted."""
@@ -133,8 +183,8 @@ class Caches:
 
     def load(self, name: str, state: State, shape: tuple[int, ...]) -> Optional[np.ndarray]:
         """Memmap the cache ``name`` valid for ``state`` (None if absent or unusable)."""
-        p = self._file(name, state)
-        if not p.is_file():
+        p = self._find(name, state)
+        if p is None:
             return None
         try:
             arr = np.load(p, mmap_mode="r")
@@ -146,17 +196,36 @@ class Caches:
             return None
         return arr
 
+    def verify(self, path: Path) -> Optional[str]:
+        """What is wrong with one cache file (None: its data matches the checksum in
+        its name).  A file without a checksum in its name is reported as such."""
+        parsed = parse_name(path.name)
+        if parsed is None:
+            return "not a cache file name (<name>.g<G>.n<N>.c<CRC>.npy)"
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            return f"unreadable ({exc})"
+        if arr.dtype != np.float32 or arr.ndim < 1 or arr.shape[0] != parsed[2]:
+            return f"holds {arr.shape} {arr.dtype}, expected {parsed[2]} float32 rows"
+        if parsed[3] is None:
+            return "no checksum in its name (written by fastimg 0.1): cannot be verified"
+        crc = data_crc(arr)
+        if crc != parsed[3]:
+            return f"checksum mismatch: data CRC-32 {crc:08x}, name says {parsed[3]:08x}"
+        return None
+
     def _largest(self, name: str, generation: int) -> Optional[int]:
         """Rows of the largest cache file ``name`` of ``generation`` (None: no file)."""
         if not self.dir.is_dir():
             return None
         best = None
-        pat = re.compile(rf"^{re.escape(name)}\.g{generation}\.n(\d+)\.npy$")
         with contextlib.suppress(OSError):
             for p in self.dir.iterdir():
-                m = pat.match(p.name)
-                if m and int(m.group(1)) > 0 and (best is None or int(m.group(1)) > best):
-                    best = int(m.group(1))
+                parsed = parse_name(p.name)
+                if (parsed is not None and parsed[0] == name and parsed[1] == generation and parsed[2] > 0
+                        and (best is None or parsed[2] > best)):
+                    best = parsed[2]
         return best
 
     def prefix(self, outputs: Sequence[Output], state: State) -> Optional[tuple[int, list[np.ndarray]]]:
@@ -182,44 +251,47 @@ class Caches:
 
     def new(self, name: str, state: State, shape: tuple[int, ...]) -> Optional[tuple[Path, np.ndarray]]:
         """A writable float32 ``.npy`` memmap under a temporary name, to be filled
-        and passed to :meth:`publish`.  None if the directory is not writable
-        (caches are optional; the failure is logged)."""
+        and passed to :meth:`publish`.  None if the directory is not writable or the
+        disk is full (caches are optional; the failure is logged)."""
         if not self.writable:
             return None
-        p = self._file(name, state)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        base = self._base(name, state)
+        tmp = self.dir / f".{base}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             self.dir.mkdir(exist_ok=True)
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(shape))
+            _allocate(tmp)
         except OSError as exc:
-            log.warning("%s: could not write cache (%s)", p, exc)
+            log.warning("%s: could not write cache (%s)", self.dir / base, exc)
             self.discard(tmp)
             return None
         return tmp, out
 
     def publish(self, name: str, state: State, made: tuple[Path, np.ndarray], *, prune: bool = True) -> Optional[Path]:
-        """Flush a cache made by :meth:`new` and give it its final name
-        (atomically); older versions of ``name`` are removed (``prune``)."""
+        """Flush a cache made by :meth:`new` and give it its final name, checksum
+        included (atomically); older versions of ``name`` are removed (``prune``)."""
         tmp, out = made
-        p = self._file(name, state)
+        base = self._base(name, state)
         try:
             if isinstance(out, np.memmap):
                 out.flush()
+            crc = data_crc(out)
             del out
+            p = self.dir / f"{base}.c{crc:08x}.npy"
             os.replace(tmp, p)
         except OSError as exc:
-            log.warning("%s: could not write cache (%s)", p, exc)
+            log.warning("%s: could not write cache (%s)", self.dir / base, exc)
             self.discard(tmp)
             return None
         if prune:
-            self.prune(name, state)
+            self.prune(name, p)
         return p
 
-    def prune(self, name: str, state: State) -> None:
-        """Remove the versions of ``name`` other than ``state``'s."""
-        p = self._file(name, state)
+    def prune(self, name: str, keep: Optional[Path]) -> None:
+        """Remove the files of cache ``name`` other than ``keep``."""
         for q in self.dir.glob(f"{name}.g*.n*.npy"):
-            if q != p:
+            parsed = parse_name(q.name)
+            if q != keep and parsed is not None and parsed[0] == name:
                 with contextlib.suppress(OSError):
                     q.unlink()
 
@@ -268,11 +340,12 @@ class Caches:
                 self.discard(tmp)
             raise
         del prev, found
-        for (name, _), m in reversed(list(zip(outputs, made))):
-            self.publish(name, state, m, prune=False)  # type: ignore[arg-type]
+        published = {name: self.publish(name, state, m, prune=False)  # type: ignore[arg-type]
+                     for (name, _), m in reversed(list(zip(outputs, made)))}
         del made
         for name, _ in outputs:
-            self.prune(name, state)
+            if published[name] is not None:
+                self.prune(name, published[name])
         got = [self.load(name, state, shp) for (name, _), shp in zip(outputs, shapes)]
         return got if all(g is not None for g in got) else None  # type: ignore[return-value]
 
@@ -320,3 +393,26 @@ def derive_rows(src: Any, start: int, stop: int, fn: Derive, outs: Sequence[Rows
         b = min(stop, a + _CHUNK)
         for out, part in zip(outs, fn(np.asarray(src[a:b], dtype=np.float32))):
             out.append(np.asarray(part, dtype=np.float32))
+
+
+def _allocate(path: Path) -> None:
+    """Give a new file its blocks now (``posix_fallocate``), so that filling its
+    memory map cannot fault on a full disk (a ``SIGBUS`` that would kill the
+    process); an ``OSError`` (ENOSPC) instead."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:  # pragma: no cover - macOS, Windows
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            try:
+                fallocate(fd, 0, size)
+            except OSError as exc:
+                import errno
+
+                if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # pragma: no cover
+                    return  # a file system without it: nothing better to do
+                raise
+    finally:
+        os.close(fd)

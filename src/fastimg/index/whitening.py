@@ -1,14 +1,20 @@
 """The index's PCA-whitening: fit, clear, load-and-verify, the whitened matrix.
 
 Post-processing of issue 9 (L2 -> PCA-whitening -> L2): a
-:class:`fastimg.projection.PCAWhitening` fitted on the live rows is saved
-atomically as ``whitening.npz`` in the index directory and recorded in the
-store's ``meta`` under ``whitening`` (``{"dim", "power", "n_fit", "rows",
-"generation", "fit_id"}``, ``fit_id`` = BLAKE2b of the file).  A handle loads
+:class:`fastimg.projection.PCAWhitening` fitted on the live rows is saved as
+``whitening-<fit_id>.npz`` in the index directory (``fit_id`` = BLAKE2b of the
+file) and recorded in the store's ``meta`` under ``whitening`` (``{"dim",
+"power", "n_fit", "rows", "generation", "fit_id", "file"}``).  **Crash safety**:
+the file is written under a temporary name, fsynced and renamed to its own new
+name, *then* recorded (one SQLite transaction), *then* the previous fit's file is
+removed: a process killed at any moment leaves the old record with its file, or
+the new record with its file (at worst an unrecorded file, removed by the next
+fit or ``fastimg check --repair``).  An index of fastimg 0.1 records no
+``file``: its fit is ``whitening.npz`` (:data:`WHITENING_FILE`).  A handle loads
 the file once per fit and checks it against the record: a missing, unreadable or
 different file is an :class:`~fastimg.errors.IndexCorruptError` naming it (a
-writer between replacing the file and recording it is told apart by the caller,
-which retries: :class:`WhiteningMismatch`).  The raw vectors are never modified;
+reader whose record a writer replaced meanwhile is told apart by the caller,
+which reads the state again: :class:`WhiteningMismatch`).  The raw vectors are never modified;
 the whitened matrix is the cache ``whitened-<fit_id>`` (:mod:`fastimg.index.caches`),
 extended for new rows (transformed with the same fit) and rebuilt after a
 compaction.  Whitened vectors are signed, so the histogram metrics are refused.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +40,10 @@ from fastimg.projection import PCAWhitening
 
 __all__ = ["WHITENING_FILE", "Fit", "Whitening", "WhiteningMismatch"]
 
-#: File of the fitted PCA-whitening inside the index directory (see :meth:`fastimg.Index.fit_whitening`).
+#: File of the fitted PCA-whitening of an index written by fastimg 0.1 (format 1);
+#: later fits are ``whitening-<fit_id>.npz`` (see :meth:`fastimg.Index.fit_whitening`).
 WHITENING_FILE = "whitening.npz"
+_FILE = re.compile(r"^whitening(-[0-9a-f]+)?\.npz$")
 
 
 def _signed_metrics() -> str:
@@ -44,7 +53,7 @@ def _signed_metrics() -> str:
 
 
 class WhiteningMismatch(IndexCorruptError):
-    """``whitening.npz`` is not the recorded fit (a writer may be re-fitting it)."""
+    """The whitening file is not the recorded fit, or is gone (a writer may be re-fitting it)."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +84,22 @@ class Whitening:
         self._lock = threading.Lock()  # builds the whitened matrix once
 
     @property
-    def path(self) -> Path:
-        """Where the fit is stored (:data:`WHITENING_FILE` in the index)."""
-        return self._store.path / WHITENING_FILE
+    def path(self) -> Optional[Path]:
+        """The file of the fit in force (None when no whitening is fitted)."""
+        meta = self._store.get_meta("whitening")
+        return None if meta is None else self.file_of(meta)
+
+    def file_of(self, meta: dict) -> Path:
+        """The file a whitening record names (fastimg 0.1's records: :data:`WHITENING_FILE`)."""
+        name = str(meta.get("file") or WHITENING_FILE)
+        if not _FILE.match(name):
+            raise IndexCorruptError(f"{self._store.path / 'meta.sqlite'}: whitening record names {name!r}, not a "
+                                    "whitening file")
+        return self._store.path / name
+
+    def files(self) -> list[Path]:
+        """Every whitening file in the index directory (the recorded one and orphans)."""
+        return sorted(p for p in self._store.path.iterdir() if _FILE.match(p.name))
 
     def forget(self) -> None:
         """Drop what is held in memory (the files stay)."""
@@ -102,13 +124,14 @@ class Whitening:
         cur = self._fit
         if cur is not None and cur.meta == meta:
             return cur
-        path, index_db = self.path, self._store.path / "meta.sqlite"
+        path, index_db = self.file_of(meta), self._store.path / "meta.sqlite"
         try:
             digest = file_hash(path)
         except FileNotFoundError:
-            raise IndexCorruptError(
+            raise WhiteningMismatch(
                 f"{path}: whitening file missing, but {index_db} records a fit "
-                f"(fit_id {meta.get('fit_id')}); call Index.fit_whitening() again or clear_whitening()"
+                f"(fit_id {meta.get('fit_id')}); retry if a writer is re-fitting it, else call "
+                "Index.fit_whitening() again or clear_whitening() (fastimg check --repair re-fits it)"
             ) from None
         except OSError as exc:
             raise IndexCorruptError(f"{path}: whitening file unreadable ({exc})") from None
@@ -207,38 +230,76 @@ class Whitening:
         if sample is not None and live.size > int(sample):
             live = live[np.linspace(0, live.size - 1, int(sample)).round().astype(np.int64)]
         model.fit(np.asarray(view.vectors[live], dtype=np.float64))
-        final = self.path
-        tmp = final.with_name(f".{WHITENING_FILE}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
+        directory = self._store.path
+        # ends in .npz (numpy would add it) and starts with a dot: a writer's open removes it if we die
+        tmp = directory / f".whitening.{os.getpid()}.{threading.get_ident()}.tmp.npz"
         try:
-            model.save(tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
+            try:
+                model.save(tmp)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                fit_id = file_hash(tmp)
+                final = directory / f"whitening-{fit_id}.npz"
+                os.replace(tmp, final)
+            except OSError as exc:
+                from fastimg.index.store import _write_error
+
+                raise _write_error(directory / "whitening-<fit>.npz", exc, "write the whitening",
+                                   "its previous whitening") from None
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        with contextlib.suppress(OSError):
-            fd = os.open(self._store.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        from fastimg.index._files import fsync_dir
+
+        fsync_dir(directory)
         meta = {"dim": int(model.output_dim), "power": float(model.power), "n_fit": int(model.n_fit_),
                 "rows": int(view.state.committed), "generation": int(view.state.generation),
-                "fit_id": file_hash(final)}
-        self._store.set_meta("whitening", meta)
+                "fit_id": fit_id, "file": final.name}
+        self._store.set_meta("whitening", meta)  # the commit point: the new file is in force
         self._fit = Fit(meta, model)
+        self._remove_files(keep=final)
         self._drop_caches(keep=meta["fit_id"])
         return dict(meta)
 
+    def refit(self, view: View, metric: str) -> Optional[dict]:
+        """Fit again with the recorded parameters on the live rows (after the vectors
+        were re-described, or to repair a lost file); the record is cleared when the
+        index no longer has enough rows for them.  Returns the new record or None."""
+        meta = view.get("whitening")
+        if meta is None:
+            return None
+        live = view.live_ids()
+        n_fit = int(meta.get("n_fit", live.size))
+        try:
+            return self.fit(view, live, metric, int(meta["dim"]), float(meta.get("power", 0.0)),
+                            n_fit if n_fit < live.size else None)
+        except DescriptorError as exc:
+            import logging
+
+            logging.getLogger("fastimg.index").warning("%s: whitening cleared: it cannot be fitted again (%s)",
+                                                       self._store.path, exc)
+            self.clear()
+            return None
+
     def clear(self) -> None:
-        """Remove the record (first: readers stop needing the file), the file and its caches."""
+        """Remove the record (first: readers stop needing the file), the files and the caches."""
         self._store.set_meta("whitening", None)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        self._remove_files(keep=None)
         self._fit = None
         self._drop_caches(keep=None)
+
+    def orphans(self, view: View) -> list[Path]:
+        """Whitening files no record names (the remains of an interrupted fit)."""
+        meta = view.get("whitening")
+        keep = None if meta is None else self.file_of(meta)
+        return [p for p in self.files() if p != keep]
+
+    def _remove_files(self, keep: Optional[Path]) -> None:
+        for p in self.files():
+            if p != keep:
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
     def _drop_caches(self, keep: Optional[str]) -> None:
         self._data = None
