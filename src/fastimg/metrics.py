@@ -66,6 +66,7 @@ __all__ = [
     "prepare_rows",
     "prepare_query",
     "prepare_queries",
+    "surrogate_of_scores",
     "exact_scores",
     "exact_scores_many",
     "aligned_empty",
@@ -399,6 +400,42 @@ def prepare_queries(metric: "str | Metric", queries: npt.ArrayLike) -> np.ndarra
     if m.bias and m.ip_space == "raw":
         p *= 2.0  # l2: the surrogate is 2 q.x - |x|^2 (see _prepare_block)
     return np.ascontiguousarray(p, dtype=np.float32)
+
+
+def surrogate_of_scores(metric: "str | Metric", queries: npt.ArrayLike, scores: npt.ArrayLike) -> np.ndarray:
+    """The inner-product surrogate that rows with these metric values have.
+
+    The inverse direction of the preparation: for an ip-form metric the surrogate
+    ``prepare_query(q) @ prepare_rows(x) + bias`` is a strictly increasing function
+    of the metric's goodness; this maps the metric's value back onto it (pearson,
+    cosine: the value itself; bhattacharyya: ``1 - value**2``, the Bhattacharyya
+    coefficient; l2: ``|q|^2 - value**2``).  Exact in exact arithmetic (up to
+    float rounding otherwise; OpenCV's query-dependent epsilon cases excepted, see
+    :class:`fastimg.search.ExactSearcher`).
+
+    Parameters
+    ----------
+    metric : str or Metric
+        An ``ip_form`` metric.
+    queries : array_like, shape (Q, D)
+        Raw queries (used by l2 only).
+    scores : array_like, shape (Q, C)
+        Metric values (e.g. :func:`exact_scores_many`) of C rows per query.
+
+    Returns
+    -------
+    ndarray of float64, shape (Q, C)
+    """
+    m = get_metric(metric)
+    if not m.ip_form:
+        raise ValueError(f"metric {m.name!r} has no inner-product form")
+    v = np.asarray(scores, dtype=np.float64)
+    if m.name == "bhattacharyya":
+        return 1.0 - v * v
+    if m.name == "l2":
+        q = np.asarray(queries, dtype=np.float64)
+        return np.einsum("ij,ij->i", q, q)[:, None] - v * v
+    return v.copy()  # pearson, cosine: the surrogate is the value
 
 
 # ---------------------------------------------------------------------------

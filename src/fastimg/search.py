@@ -45,7 +45,9 @@ import numpy as np
 import numpy.typing as npt
 
 from fastimg._threads import resolve_threads
-from fastimg.metrics import METRICS, Metric, exact_scores_many, get_metric, metric_names, prepare_queries, prepare_rows
+from fastimg.metrics import (METRICS, Metric, exact_scores_many, get_metric, metric_names, prepare_queries, prepare_rows,
+                             surrogate_of_scores)
+from fastimg.precision import INT8_MAX_DIM, PRECISIONS, REDUCED, ReducedRows, ReducedScan, reduce_prepared, reduce_rows
 
 __all__ = ["ExactSearcher", "topk", "rescore", "exact_scan", "check_queries", "check_values", "degenerate_queries",
            "rank_degenerate", "resolve_threads", "METRICS", "metric_names"]
@@ -65,6 +67,12 @@ _CHECK_ROWS = 1 << 16
 #: candidate values (queries x candidates x D) gathered and re-scored per step
 _RESCORE_ELEMS = 1 << 20
 _NO_QUERIES = np.empty(0, dtype=np.intp)
+#: a reduced scan's first candidate count is this many times the float32 path's
+#: (``kk``), at least ``kk + _REDUCED_MIN_EXTRA``; an uncertified query is scanned
+#: again with ``_REDUCED_GROWTH`` times more (bench/search.md)
+_REDUCED_FIRST = {"int8": 4, "float16": 2}
+_REDUCED_MIN_EXTRA = 16
+_REDUCED_GROWTH = 4
 
 
 # ---------------------------------------------------------------------------
@@ -268,12 +276,28 @@ class ExactSearcher:
         place, never copied.
     metric : str, default "pearson"
         One of :func:`fastimg.metrics.metric_names`.
+    precision : {"float32", "float16", "int8", "auto"}, default "float32"
+        What the candidate scan of an inner-product metric reads: the float32
+        prepared rows, or float16 / int8 copies of them (2x / 4x fewer bytes, see
+        :mod:`fastimg.precision`).  Results are the same whatever the precision: a
+        reduced scan's candidates are re-scored exactly and widened until every
+        other row is certified worse.  ``"auto"`` picks ``"int8"`` for an
+        inner-product metric on at least ``AUTO_INT8_MIN_ELEMENTS`` values (N x D),
+        ``"float32"`` otherwise (bench/search.md).  Metrics without an
+        inner-product form always scan their float32 rows (``self.precision`` is
+        then ``"float32"``).
     prepared : ndarray of float32, shape (N, D), optional
         For inner-product metrics: the output of
         ``fastimg.metrics.prepare_rows(metric, data)`` saved earlier (e.g. a memmap
-        of the index's cache).  Computed here when omitted.
+        of the index's cache).  Computed here when omitted.  With a reduced
+        precision it is only read to build the reduced rows (not kept).
     bias : ndarray of float32, shape (N,), optional
-        The matching bias (pearson and l2 have one; must be given with ``prepared``).
+        The matching bias (pearson and l2 have one; must be given with ``prepared``
+        or ``reduced``).
+    reduced : ReducedRows, optional
+        For a reduced precision: ``fastimg.precision.reduce_rows(metric, data,
+        precision)[0]`` saved earlier (its ``codes``, ``scale`` and ``err`` arrays,
+        e.g. memmaps of an index's cache), with its ``bias``.  Built here when omitted.
     threads : int, optional
         Threads per search; default ``FASTIMG_NUM_THREADS`` or all cores.
     check : bool, default True
@@ -289,9 +313,13 @@ class ExactSearcher:
     ----------
     data : ndarray (N, D)
     metric : Metric
+    precision : str
+        The precision in use ("float32", "float16" or "int8").
     prepared : ndarray of float32 (N, D) or None
-        The derived inner-product matrix (64-byte aligned when computed here);
-        persist it and pass it back to skip preparation.
+        The derived inner-product matrix of the float32 path (64-byte aligned when
+        computed here); persist it and pass it back to skip preparation.
+    reduced : ReducedRows or None
+        The reduced rows of a reduced precision; persist them likewise.
     bias : ndarray of float32 (N,) or None
     threads : int
 
@@ -303,6 +331,7 @@ class ExactSearcher:
     Candidates are ranked on float32 values (the inner-product surrogate or the
     direct kernel's float32 sum); ``k + max(8, k // 8)`` of them are re-scored in
     float64, so near-ties at the k boundary resolve as the exact metric says.
+    A reduced precision re-scores a superset of them (see :mod:`fastimg.precision`).
     OpenCV's epsilon special cases are reproduced exactly for constant pearson
     rows/queries and zero bhattacharyya/cosine rows/queries; the *query-dependent*
     ones (pearson ``var_q * var_x <= DBL_EPSILON`` with both variances non-zero,
@@ -311,8 +340,12 @@ class ExactSearcher:
     the candidate ranking.
     """
 
+    #: ``precision="auto"`` picks int8 from this many values (N x D) on
+    AUTO_INT8_MIN_ELEMENTS = 1 << 22
+
     def __init__(self, data: np.ndarray, metric: "str | Metric" = "pearson", *,
-                 prepared: Optional[np.ndarray] = None, bias: Optional[np.ndarray] = None,
+                 precision: str = "float32", prepared: Optional[np.ndarray] = None,
+                 bias: Optional[np.ndarray] = None, reduced: Optional[ReducedRows] = None,
                  threads: Optional[int] = None, check: bool = True, strategy: str = "auto",
                  chunk_rows: Optional[int] = None) -> None:
         self.metric: Metric = get_metric(metric)
@@ -326,34 +359,71 @@ class ExactSearcher:
             raise ValueError(f"chunk_rows must be a positive integer or None; got {chunk_rows!r}")
         self.chunk_rows = None if chunk_rows is None else int(chunk_rows)
         n, d = self.data.shape
+        self.precision: str = self._resolve_precision(precision, n, d)
+        if reduced is not None and self.precision not in REDUCED:
+            raise ValueError(f"reduced rows were given but the precision is {self.precision!r}; pass "
+                             f"precision={getattr(reduced, 'precision', 'int8')!r} with them")
         if check:
             check_values(self.data, "data", self.metric)
 
         self.prepared: Optional[np.ndarray] = None
         self.bias: Optional[np.ndarray] = None
-        if self.metric.ip_form:
+        self.reduced: Optional[ReducedRows] = None
+        self._scan: Optional[ReducedScan] = None
+        if not self.metric.ip_form:
+            if prepared is not None or bias is not None:
+                raise ValueError(f"metric {self.metric.name!r} has no inner-product form; prepared/bias must be None")
+            return
+        if prepared is not None:
+            prepared = _check_matrix(prepared, "prepared")
+            if prepared.shape != (n, d):
+                raise ValueError(f"prepared must have the shape of data {(n, d)}; got {prepared.shape}")
+        given = prepared is not None or reduced is not None
+        if bias is not None and not given:
+            raise ValueError("bias was given without prepared (or reduced); pass both or neither")
+        if given:
+            self.bias = self._check_bias(bias, n)
+        if self.precision == "float32":
             if prepared is None:
-                if bias is not None:
-                    raise ValueError("bias was given without prepared; pass both or neither")
                 self.prepared, self.bias = prepare_rows(self.metric, self.data)
             else:
-                self.prepared = _check_matrix(prepared, "prepared")
-                if self.prepared.shape != (n, d):
-                    raise ValueError(f"prepared must have the shape of data {(n, d)}; got {self.prepared.shape}")
-                if self.metric.bias:
-                    if bias is None:
-                        raise ValueError(f"metric {self.metric.name!r} needs the bias returned by prepare_rows "
-                                         f"together with prepared; got bias=None")
-                    if not isinstance(bias, np.ndarray) or bias.dtype != np.float32 or bias.shape != (n,) \
-                            or not bias.flags.c_contiguous:
-                        raise ValueError(f"bias must be a C-contiguous float32 array of shape ({n},); got "
-                                         f"{getattr(bias, 'dtype', type(bias).__name__)} "
-                                         f"{getattr(bias, 'shape', '')}")
-                    self.bias = bias
-                elif bias is not None:
-                    raise ValueError(f"metric {self.metric.name!r} has no bias; got a bias array")
-        elif prepared is not None or bias is not None:
-            raise ValueError(f"metric {self.metric.name!r} has no inner-product form; prepared/bias must be None")
+                self.prepared = prepared
+            return
+        if reduced is not None:
+            if not isinstance(reduced, ReducedRows):
+                raise TypeError(f"reduced must be a fastimg.precision.ReducedRows; got {type(reduced).__name__}")
+            if reduced.precision != self.precision:
+                raise ValueError(f"reduced rows are {reduced.precision!r} but precision={self.precision!r}")
+            reduced.check(n, d)
+            self.reduced = reduced
+        elif prepared is not None:
+            self.reduced = reduce_prepared(self.metric, prepared, self.precision)
+        else:
+            self.reduced, self.bias = reduce_rows(self.metric, self.data, self.precision)
+        self._scan = ReducedScan(self.metric, self.reduced, self.bias, d)
+
+    def _resolve_precision(self, precision: Any, n: int, d: int) -> str:
+        if precision != "auto" and precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS) + ['auto']}; got {precision!r}")
+        if not self.metric.ip_form:
+            return "float32"
+        if precision == "auto":
+            return "int8" if n * d >= self.AUTO_INT8_MIN_ELEMENTS and d <= INT8_MAX_DIM else "float32"
+        return str(precision)
+
+    def _check_bias(self, bias: Any, n: int) -> Optional[np.ndarray]:
+        if not self.metric.bias:
+            if bias is not None:
+                raise ValueError(f"metric {self.metric.name!r} has no bias; got a bias array")
+            return None
+        if bias is None:
+            raise ValueError(f"metric {self.metric.name!r} needs the bias returned by prepare_rows "
+                             f"together with prepared (or reduced); got bias=None")
+        if not isinstance(bias, np.ndarray) or bias.dtype != np.float32 or bias.shape != (n,) \
+                or not bias.flags.c_contiguous:
+            raise ValueError(f"bias must be a C-contiguous float32 array of shape ({n},); got "
+                             f"{getattr(bias, 'dtype', type(bias).__name__)} {getattr(bias, 'shape', '')}")
+        return bias
 
     # -- properties ---------------------------------------------------------
     @property
@@ -366,12 +436,25 @@ class ExactSearcher:
         """Vector dimension D."""
         return int(self.data.shape[1])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the prepared data the searcher holds (prepared rows or reduced
+        rows, and the bias; 0 for the metrics that scan ``data`` itself)."""
+        total = 0 if self.bias is None else int(self.bias.nbytes)
+        if self.prepared is not None:
+            total += int(self.prepared.nbytes)
+        if self.reduced is not None:
+            total += self.reduced.nbytes
+        return total
+
     def __repr__(self) -> str:
-        return f"ExactSearcher(n={self.n}, dim={self.dim}, metric={self.metric.name!r}, threads={self.threads})"
+        return (f"ExactSearcher(n={self.n}, dim={self.dim}, metric={self.metric.name!r}, "
+                f"precision={self.precision!r}, threads={self.threads})")
 
     # -- search -------------------------------------------------------------
     def search(self, queries: npt.ArrayLike, k: int = 10, *,
-               exclude: Optional[npt.ArrayLike] = None) -> Tuple[np.ndarray, np.ndarray]:
+               exclude: Optional[npt.ArrayLike] = None,
+               stats: Optional[dict] = None) -> Tuple[np.ndarray, np.ndarray]:
         """The ``k`` best rows for each query.
 
         Parameters
@@ -383,6 +466,12 @@ class ExactSearcher:
             excluded) all available rows are returned.
         exclude : array_like of int, optional
             Row ids never returned (deleted rows, the query itself ...).
+        stats : dict, optional
+            Filled with debug statistics of this call: ``precision``, ``queries``,
+            ``rescored`` (rows re-scored exactly, summed over the queries),
+            ``rescored_max`` (the most for one query), ``scans`` (candidate scans
+            of the reduced rows: 1 unless some query needed a wider one),
+            ``widened`` (queries scanned more than once).
 
         Returns
         -------
@@ -397,17 +486,30 @@ class ExactSearcher:
         k = _check_k(k)
         q = check_queries(queries, self.dim, self.metric)
         mask = _build_mask(exclude, self.n)
+        if stats is not None and not isinstance(stats, dict):
+            raise TypeError(f"stats must be a dict (filled in place) or None; got {type(stats).__name__}")
         n_avail = self.n - (int(np.count_nonzero(mask)) if mask is not None else 0)
         nq = q.shape[0]
         k_out = min(k, n_avail)
+        info = {"precision": self.precision, "queries": nq, "rescored": 0, "rescored_max": 0, "scans": 0,
+                "widened": 0}
         if nq == 0 or k_out == 0:
+            if stats is not None:
+                stats.update(info)
             return np.zeros((nq, k_out), dtype=np.int64), np.zeros((nq, k_out), dtype=np.float32)
         kk = min(n_avail, k_out + max(8, k_out // 8))
 
-        cand = np.empty((nq, kk), dtype=np.int64)
-        for s in range(0, nq, _QUERY_BATCH):
-            cand[s:s + _QUERY_BATCH] = self._candidates(q[s:s + _QUERY_BATCH], kk, mask)
-        return rescore(self.metric, q, self.data, cand, k_out)
+        if self._scan is not None:
+            out = self._search_reduced(q, k_out, kk, mask, n_avail, info)
+        else:
+            cand = np.empty((nq, kk), dtype=np.int64)
+            for s in range(0, nq, _QUERY_BATCH):
+                cand[s:s + _QUERY_BATCH] = self._candidates(q[s:s + _QUERY_BATCH], kk, mask)
+            out = rescore(self.metric, q, self.data, cand, k_out)
+            info.update(rescored=nq * kk, rescored_max=kk, scans=1)
+        if stats is not None:
+            stats.update(info)
+        return out
 
     def _kernel_threads(self, nq: int) -> int:
         work = self.n * self.dim * max(1, nq)
@@ -453,6 +555,78 @@ class ExactSearcher:
                                   n_active=n_active, n_threads=self._kernel_threads(nq),
                                   chunk_rows=self._chunk_rows(nq))
         return ids
+
+    # -- reduced precision: certified candidate scans ------------------------
+    def _search_reduced(self, q: np.ndarray, k_out: int, kk: int, mask: Optional[np.ndarray], n_avail: int,
+                        info: dict) -> Tuple[np.ndarray, np.ndarray]:
+        """Search with the reduced rows: scan for ``width`` candidates per query,
+        re-score them exactly, keep the queries whose excluded rows are certified
+        worse (:class:`fastimg.precision.ReducedScan`), scan the others again with
+        ``_REDUCED_GROWTH`` times more candidates (all rows at worst)."""
+        m = self.metric
+        scan = self._scan
+        assert scan is not None
+        nq = q.shape[0]
+        out_ids = np.empty((nq, k_out), dtype=np.int64)
+        out_scores = np.empty((nq, k_out), dtype=np.float32)
+        qp = prepare_queries(m, q)
+        # queries the surrogate cannot rank: exactly as the float32 path
+        ties, scans = degenerate_queries(m, q, qp, m.ip_space)
+        deg = np.concatenate([ties, scans])
+        if deg.size:
+            skip = None if mask is None else mask != 0
+            cand = rank_degenerate(m, q, ties, scans, self.data, kk, skip)
+            out_ids[deg], out_scores[deg] = rescore(m, q[deg], self.data, cand, k_out)
+        todo = np.setdiff1d(np.arange(nq), deg)
+        rescored = np.zeros(nq, dtype=np.int64)
+        rescored[deg] = kk
+        rq = scan.queries(qp[todo])
+        at = np.arange(todo.size)  # positions of todo in rq
+        width = min(n_avail, max(kk * _REDUCED_FIRST[self.precision], kk + _REDUCED_MIN_EXTRA))
+        while todo.size:
+            info["scans"] += 1
+            if info["scans"] > 1:
+                info["widened"] += todo.size
+            rqi = _take_queries(rq, at)
+            ids = np.empty((todo.size, width), dtype=np.int64)
+            last = np.empty(todo.size, dtype=np.float32)
+            threads, chunk = self._kernel_threads(min(todo.size, _QUERY_BATCH)), self._reduced_chunk(todo.size)
+            for s in range(0, todo.size, _QUERY_BATCH):
+                part = _take_queries(rqi, np.arange(s, min(todo.size, s + _QUERY_BATCH)))
+                i, v = scan.topk(part, width, mask, threads, chunk)
+                ids[s:s + _QUERY_BATCH] = i
+                last[s:s + _QUERY_BATCH] = v[:, -1]
+            rescored[todo] += width
+            # the kk best by the exact value (the float32 path re-scores kk rows)
+            r_ids, r_scores = rescore(m, q[todo], self.data, ids, kk)
+            if width >= n_avail:
+                ok = np.ones(todo.size, dtype=bool)  # every available row was re-scored
+            else:
+                # the kk-th best row's surrogate, from its float32 value moved one ulp
+                # towards worse (the float64 value lies within it), minus the slack
+                kth = r_scores[:, kk - 1]
+                kth = np.nextafter(kth, np.float32(-np.inf if m.higher_is_better else np.inf))
+                threshold = surrogate_of_scores(m, q[todo], kth[:, None])[:, 0] - scan.slack(rqi)
+                ok = scan.excluded_bound(rqi, last) < threshold
+            done = todo[ok]
+            out_ids[done], out_scores[done] = r_ids[ok, :k_out], r_scores[ok, :k_out]
+            todo, at = todo[~ok], at[~ok]
+            width = min(n_avail, width * _REDUCED_GROWTH)
+        info["rescored"] = int(rescored.sum())
+        info["rescored_max"] = int(rescored.max())
+        return out_ids, out_scores
+
+    def _reduced_chunk(self, nq: int) -> int:
+        if self.chunk_rows is not None:
+            return self.chunk_rows
+        assert self.reduced is not None
+        row_bytes = self.reduced.codes.shape[1] * self.reduced.codes.itemsize
+        return int(max(48, min(4096, (256 << 10) // max(row_bytes, 1)))) if nq > 1 else 4096
+
+
+def _take_queries(rq: Any, at: np.ndarray) -> Any:
+    """The rows ``at`` of a :class:`fastimg.precision.ReducedQueries`."""
+    return type(rq)(rq.codes[at], rq.qscale[at], rq.qoff[at], rq.alpha[at], rq.eq[at])
 
 
 def exact_scan(metric: "str | Metric", query: np.ndarray, data: Any, k: int, *,

@@ -1,0 +1,387 @@
+"""Reduced-precision prepared rows (float16, int8) with certified error bounds.
+
+One query over N x D float32 rows is memory-bound; reading int8 or float16
+copies of the prepared inner-product rows (:func:`fastimg.metrics.prepare_rows`)
+reads 4x or 2x fewer bytes.  fastimg keeps its answers exact: a reduced scan
+only *proposes* candidates, with a bound on how far each row's reduced value
+can be from its float32 surrogate, and :class:`fastimg.search.ExactSearcher`
+re-scores the candidates exactly and widens the candidate set until every
+excluded row is certified worse (see "Certification" below).
+
+Row formats (:class:`ReducedRows`, built by :func:`reduce_rows`, row by row, so
+``reduce_rows(data[a:b])`` equals ``reduce_rows(data)[a:b]``: a cache can be
+built in chunks):
+
+=========  ==============================  =========================================
+precision  codes                           row ``r`` stands for
+=========  ==============================  =========================================
+int8       uint8 (N, L), L = D rounded up  ``scale[r] * (codes[r, :D] - z)``; z = 128
+           to a multiple of 4 (padding z)  (signed rows: codes 1..255), z = 0 for the
+                                           non-negative rows of bhattacharyya (0..255)
+float16    float16 (N, D)                  ``scale[r] * codes[r]``, ``scale[r]`` a
+                                           power of two (no overflow, ever)
+=========  ==============================  =========================================
+
+``err[r]`` (float32, rounded up) bounds ``||x_r - x^_r||`` where ``x_r`` is the
+float32 prepared row and ``x^_r`` what the codes stand for.  Per-row scales keep
+the bound tightest on fastimg's descriptors (hsv72, cedd, CNN GeM: per-dimension
+scales for the histogram metric bhattacharyya shrank the re-scored sets by 5 % at
+most, bfloat16 bounds are 8x looser than float16: bench/search.md).
+
+Certification (query ``q``, prepared ``q~``, float32 row ``x``, bias ``b``; the
+surrogate ``s = q~ . x + b`` ranks rows like the metric):
+
+* int8 queries are quantised too, ``q^ = qscale * q8`` with ``eq = ||q~ - q^||``;
+  ``|q~ . x - q^ . x^| <= ||q~|| err + eq ||x^||``;
+* the kernel pushes ``V = q^ . x^ + b + ||q~|| err`` (computed in float32 with a
+  known rounding bound ``rho``) into a heap of the ``m`` best; every row left out
+  has ``s <= V_m + rho + eq * max||x^||`` (:meth:`ReducedQueries.excluded_bound`);
+* the candidates are re-scored exactly (the metric's float64 value, and ``s`` in
+  float64); if that bound is below ``T = min(the k best rows' s, the kk-th best s)
+  - tau`` every excluded row is certified worse than each returned row (and the
+  candidates contain every row the float32 path would have re-scored: ``tau``
+  covers the float32 kernel's rounding); otherwise ``m`` grows and the scan repeats
+  for the uncertified queries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+from fastimg.metrics import Metric, aligned_empty, get_metric, prepare_rows
+
+__all__ = ["PRECISIONS", "REDUCED", "ReducedRows", "ReducedQueries", "reduce_rows", "reduce_prepared",
+           "zero_point", "INT8_MAX_DIM"]
+
+#: every precision :class:`fastimg.search.ExactSearcher` accepts (plus ``"auto"``)
+PRECISIONS = ("float32", "float16", "int8")
+#: the reduced ones (a :class:`ReducedRows` format each)
+REDUCED = ("float16", "int8")
+#: the largest D of int8 rows (the kernels' int32 sums cannot overflow below it)
+INT8_MAX_DIM = 32768
+
+_NONNEG_SPACES = ("l1", "sqrt_l1")  # embeddings that are >= 0 by construction
+_ROW_CHUNK = 65536
+_U = 2.0 ** -24  # unit roundoff of float32
+
+
+def zero_point(metric: "str | Metric") -> int:
+    """The int8 zero point of a metric's prepared rows: 0 where they are
+    non-negative by construction (bhattacharyya's ``sqrt_l1``: codes 0..255),
+    else 128 (codes 1..255, symmetric)."""
+    m = get_metric(metric)
+    return 0 if m.ip_space in _NONNEG_SPACES else 128
+
+
+def _up32(x: np.ndarray) -> np.ndarray:
+    """float32 values >= the float64 ``x`` (>= 0), at most a few ulps above."""
+    x = np.asarray(x, dtype=np.float64) * (1.0 + 2.0 ** -40)
+    f = x.astype(np.float32)
+    low = f.astype(np.float64) < x
+    if np.any(low):
+        f[low] = np.nextafter(f[low], np.float32(np.inf))
+    return f
+
+
+@dataclass(frozen=True)
+class ReducedRows:
+    """Reduced-precision copy of a metric's prepared rows (a rebuildable cache).
+
+    Attributes
+    ----------
+    precision : {"float16", "int8"}
+    codes : ndarray, shape (N, L)
+        int8: uint8 with ``L = ceil(D / 4) * 4``; float16: float16 with ``L = D``.
+    scale : ndarray of float32, shape (N,)
+        Per-row scales (powers of two for float16).
+    err : ndarray of float32, shape (N,)
+        Upper bounds of ``||prepared_row - scale * (codes - z)||``.
+
+    The three arrays are what an index persists (:meth:`arrays`); pass them back
+    through ``ExactSearcher(..., precision=..., reduced=ReducedRows(...))``.  They
+    are trusted as :func:`reduce_rows` built them (the shapes and dtypes are
+    checked, the bounds cannot be without the float32 rows).
+    """
+
+    precision: str
+    codes: np.ndarray
+    scale: np.ndarray
+    err: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the three arrays."""
+        return int(self.codes.nbytes + self.scale.nbytes + self.err.nbytes)
+
+    def arrays(self) -> Dict[str, np.ndarray]:
+        """``{"codes": ..., "scale": ..., "err": ...}`` (the arrays to persist)."""
+        return {"codes": self.codes, "scale": self.scale, "err": self.err}
+
+    def __getitem__(self, rows: slice) -> "ReducedRows":
+        """The reduced rows of a slice of rows (views)."""
+        if not isinstance(rows, slice):
+            raise TypeError(f"ReducedRows can be sliced by rows only; got {type(rows).__name__}")
+        return ReducedRows(self.precision, self.codes[rows], self.scale[rows], self.err[rows])
+
+    @staticmethod
+    def empty(precision: str, n: int, d: int) -> "ReducedRows":
+        """Uninitialised arrays for ``n`` rows of dimension ``d`` (64-byte aligned
+        codes), to fill chunk by chunk from :func:`reduce_rows`."""
+        precision = _check_reduced(precision)
+        width = _code_width(precision, d)
+        dtype = np.uint8 if precision == "int8" else np.float16
+        return ReducedRows(precision, aligned_empty((n, width), dtype), np.empty(n, np.float32),
+                           np.empty(n, np.float32))
+
+    def check(self, n: int, d: int, name: str = "reduced") -> None:
+        """Raise ``ValueError`` / ``TypeError`` unless the arrays fit N = ``n`` rows of
+        dimension ``d`` (dtypes, shapes, C-contiguity)."""
+        _check_reduced(self.precision)
+        width = _code_width(self.precision, d)
+        want = np.uint8 if self.precision == "int8" else np.float16
+        c = self.codes
+        if not isinstance(c, np.ndarray) or c.dtype != want or c.shape != (n, width) or not c.flags.c_contiguous:
+            raise ValueError(f"{name}.codes must be a C-contiguous {np.dtype(want).name} array of shape "
+                             f"({n}, {width}) for {self.precision} rows of N={n}, D={d}; got "
+                             f"{getattr(c, 'dtype', type(c).__name__)} {getattr(c, 'shape', '')}")
+        for field in ("scale", "err"):
+            a = getattr(self, field)
+            if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != (n,) or not a.flags.c_contiguous:
+                raise ValueError(f"{name}.{field} must be a C-contiguous float32 array of shape ({n},); got "
+                                 f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+
+
+def _check_reduced(precision: Any) -> str:
+    if precision not in REDUCED:
+        raise ValueError(f"reduced precision must be one of {list(REDUCED)}; got {precision!r}")
+    return str(precision)
+
+
+def _code_width(precision: str, d: int) -> int:
+    return (d + 3) // 4 * 4 if precision == "int8" else d
+
+
+def reduce_prepared(metric: "str | Metric", prepared: np.ndarray, precision: str,
+                    out: Optional[ReducedRows] = None) -> ReducedRows:
+    """Reduced rows of float32 prepared rows (``prepare_rows(metric, data)[0]``).
+
+    Parameters
+    ----------
+    metric : str or Metric
+        The metric the rows were prepared for (its space decides the int8 zero point).
+    prepared : ndarray of float32, shape (N, D)
+    precision : {"float16", "int8"}
+    out : ReducedRows, optional
+        Written in place (e.g. :meth:`ReducedRows.empty`, or memmaps) and returned.
+
+    Returns
+    -------
+    ReducedRows
+    """
+    m = get_metric(metric)
+    precision = _check_reduced(precision)
+    p = np.asarray(prepared)
+    if p.ndim != 2 or p.dtype != np.float32:
+        raise ValueError(f"prepared must be float32 (N, D); got {p.dtype} {p.shape}")
+    n, d = p.shape
+    if precision == "int8" and d > INT8_MAX_DIM:
+        raise ValueError(f"precision 'int8' supports D <= {INT8_MAX_DIM}; got D={d} (use 'float16')")
+    if out is None:
+        out = ReducedRows.empty(precision, n, d)
+    else:
+        out.check(n, d, "out")
+    z = zero_point(m)
+    for start in range(0, n, _ROW_CHUNK):
+        stop = min(n, start + _ROW_CHUNK)
+        c, s, e = _quantize(p[start:stop], precision, z)
+        out.codes[start:stop] = c
+        out.scale[start:stop] = s
+        out.err[start:stop] = e
+    return out
+
+
+def reduce_rows(metric: "str | Metric", data: npt.ArrayLike, precision: str,
+                out: Optional[ReducedRows] = None) -> Tuple[ReducedRows, Optional[np.ndarray]]:
+    """Prepare raw rows for an inner-product metric and reduce them.
+
+    Parameters
+    ----------
+    metric : str or Metric
+        pearson, bhattacharyya, cosine or l2.
+    data : array_like, shape (N, D)
+        Raw rows (read in chunks).
+    precision : {"float16", "int8"}
+    out : ReducedRows, optional
+        Written in place and returned.
+
+    Returns
+    -------
+    reduced : ReducedRows
+    bias : ndarray of float32, shape (N,), or None
+        The float32 bias of :func:`fastimg.metrics.prepare_rows` (the reduced scan
+        adds it exactly as the float32 path does).
+
+    Row by row: ``reduce_rows(m, data[a:b], p)`` equals the rows ``a:b`` of
+    ``reduce_rows(m, data, p)``.
+    """
+    m = get_metric(metric)
+    precision = _check_reduced(precision)
+    data = np.asarray(data) if not isinstance(data, np.ndarray) else data
+    if data.ndim != 2:
+        raise ValueError(f"data must be 2-D (N, D); got shape {data.shape}")
+    n, d = data.shape
+    if precision == "int8" and d > INT8_MAX_DIM:
+        raise ValueError(f"precision 'int8' supports D <= {INT8_MAX_DIM}; got D={d} (use 'float16')")
+    if out is None:
+        out = ReducedRows.empty(precision, n, d)
+    else:
+        out.check(n, d, "out")
+    bias = np.zeros(n, dtype=np.float32) if m.bias else None
+    for start in range(0, n, _ROW_CHUNK):
+        stop = min(n, start + _ROW_CHUNK)
+        p, b = prepare_rows(m, data[start:stop])
+        reduce_prepared(m, p, precision, out[start:stop])
+        if bias is not None and b is not None:
+            bias[start:stop] = b
+    return out, bias
+
+
+def _quantize(p32: np.ndarray, precision: str, z: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, scale float32, err float32) of a float32 block of prepared rows."""
+    x = p32.astype(np.float64)
+    n, d = x.shape
+    amax = np.abs(x).max(axis=1) if d else np.zeros(n)
+    if precision == "int8":
+        qmax = 255.0 if z == 0 else 127.0
+        scale = (amax / qmax).astype(np.float32)
+        scale[~(scale > 0)] = 1.0  # zero rows (and underflow): any scale, codes z
+        s64 = scale.astype(np.float64)[:, None]
+        c = np.clip(np.rint(x / s64), 0.0 if z == 0 else -127.0, qmax)
+        xh = c * s64  # exact: a float32 times a small integer
+        codes = np.full((n, _code_width("int8", d)), z, dtype=np.uint8)
+        codes[:, :d] = (c + z).astype(np.uint8)
+    else:
+        _, e = np.frexp(amax)  # amax = f * 2**e, 0.5 <= f < 1: rows / 2**e in (-1, 1)
+        e = np.clip(np.where(amax > 0, e, 0), -100, 127)
+        s64 = np.ldexp(1.0, e)[:, None]
+        scale = s64[:, 0].astype(np.float32)  # exact
+        h = (x / s64).astype(np.float16)  # round to nearest even
+        xh = h.astype(np.float64) * s64  # exact
+        codes = h
+    err = np.sqrt(np.einsum("ij,ij->i", x - xh, x - xh))
+    return codes, scale, _up32(err)
+
+
+# ---------------------------------------------------------------------------
+# the query side of a reduced scan
+# ---------------------------------------------------------------------------
+
+@dataclass
+class ReducedQueries:
+    """Prepared queries in the form a reduced kernel takes, with their bounds.
+
+    Attributes
+    ----------
+    codes : ndarray
+        int8: int8 (Q, L) quantised queries (zero padded); float16: the float32
+        prepared queries (Q, D).
+    qscale : ndarray of float32 (Q,)
+        int8 query scales (ones for float16).
+    qoff : ndarray of int32 (Q,)
+        ``z * codes.sum(axis=1)`` (int8; zeros for float16).
+    alpha : ndarray of float32 (Q,)
+        ``||q~||`` rounded up: the factor of ``err`` in the kernel's value.
+    eq : ndarray of float64 (Q,)
+        Query quantisation error ``||q~ - qscale * codes||`` (rounded up; 0 for float16).
+    """
+
+    codes: np.ndarray
+    qscale: np.ndarray
+    qoff: np.ndarray
+    alpha: np.ndarray
+    eq: np.ndarray
+
+
+class ReducedScan:
+    """A reduced-precision candidate scan over one set of :class:`ReducedRows`.
+
+    Holds the rows, the float32 bias and the constants of the bounds (``emax``,
+    ``bmax``, ``xmax`` = a bound on the float32 rows' norms, ``nhat`` = a bound
+    on the reduced rows' norms), computed once from ``err`` and ``bias``.
+    """
+
+    def __init__(self, metric: Metric, rows: ReducedRows, bias: Optional[np.ndarray], dim: int) -> None:
+        self.metric = metric
+        self.rows = rows
+        self.bias = bias
+        self.dim = dim
+        self.zero = zero_point(metric) if rows.precision == "int8" else 0
+        self.emax = float(rows.err.max()) if len(rows) else 0.0
+        self.bmax = float(np.abs(bias).max()) if bias is not None and bias.size else 0.0
+        if metric.ip_space == "raw":
+            # l2: bias = -|x|^2, rounded to float32 from float64
+            self.xmax = float(np.sqrt(self.bmax * (1.0 + 4 * _U))) * (1.0 + 4 * _U)
+        else:
+            # unit, centred_unit, sqrt_l1: unit (or zero) rows, rounded to float32
+            self.xmax = 1.0 + (dim + 4) * _U
+        self.nhat = (self.xmax + self.emax) * (1.0 + 4 * _U)
+        self._codes_kernel = rows.codes if rows.precision == "int8" else rows.codes.view(np.uint16)
+
+    # -- queries -------------------------------------------------------------
+    def queries(self, qp: np.ndarray) -> ReducedQueries:
+        """:class:`ReducedQueries` of float32 prepared queries (Q, D)."""
+        nq, d = qp.shape
+        q64 = qp.astype(np.float64)
+        alpha = _up32(np.sqrt(np.einsum("ij,ij->i", q64, q64)))
+        if self.rows.precision == "float16":
+            return ReducedQueries(np.ascontiguousarray(qp, dtype=np.float32), np.ones(nq, np.float32),
+                                  np.zeros(nq, np.int32), alpha, np.zeros(nq))
+        amax = np.abs(q64).max(axis=1) if d else np.zeros(nq)
+        qscale = (amax / 127.0).astype(np.float32)
+        qscale[~(qscale > 0)] = 1.0
+        s64 = qscale.astype(np.float64)[:, None]
+        c = np.clip(np.rint(q64 / s64), -127.0, 127.0)
+        codes = np.zeros((nq, _code_width("int8", d)), dtype=np.int8)
+        codes[:, :d] = c.astype(np.int8)
+        eq = _up32(np.sqrt(np.einsum("ij,ij->i", q64 - c * s64, q64 - c * s64))).astype(np.float64)
+        qoff = (self.zero * c.sum(axis=1)).astype(np.int32)
+        return ReducedQueries(codes, qscale, qoff, alpha, eq)
+
+    # -- the scan ------------------------------------------------------------
+    def topk(self, rq: ReducedQueries, m: int, mask: Optional[np.ndarray], threads: int,
+             chunk_rows: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(ids, values) of the ``m`` best rows per query by the kernel's value
+        ``V`` (``fastimg._core.i8_topk`` / ``f16_topk``), best first."""
+        from fastimg import _core
+
+        r = self.rows
+        if r.precision == "int8":
+            return _core.i8_topk(self._codes_kernel, rq.codes, m, rq.qscale, rq.qoff, rq.alpha, r.scale, r.err,
+                                 self.bias, mask, n_threads=threads, chunk_rows=chunk_rows)
+        return _core.f16_topk(self._codes_kernel, rq.codes, m, rq.alpha, r.scale, r.err, self.bias, mask,
+                              n_threads=threads, chunk_rows=chunk_rows)
+
+    # -- bounds --------------------------------------------------------------
+    def excluded_bound(self, rq: ReducedQueries, v_last: np.ndarray) -> np.ndarray:
+        """(Q,) float64 upper bounds of the float32 surrogate ``s`` of every row a
+        scan left out, from the value ``v_last`` of the last row it kept."""
+        alpha = rq.alpha.astype(np.float64)
+        # rounding of the kernel's float32 value: 4 correctly rounded steps (and
+        # the float16 dot product's float32 sum, at most dim + 8 terms deep)
+        rho = 2.0 ** -21 * ((alpha + rq.eq) * self.nhat + self.bmax + alpha * self.emax)
+        if self.rows.precision == "float16":
+            rho += (self.dim + 8) * 2 * _U * alpha * self.nhat
+        return v_last.astype(np.float64) + rho + rq.eq * self.nhat
+
+    def slack(self, rq: ReducedQueries) -> np.ndarray:
+        """(Q,) ``tau``: twice the rounding of the float32 path's kernel value
+        (a float32 sum at most dim + 4 deep) plus the float32 rounding of the
+        prepared rows and queries, so that excluding below ``T - tau`` keeps every
+        row the float32 path would re-score."""
+        return (self.dim + 16) * 2 * _U * (rq.alpha.astype(np.float64) * self.xmax + self.bmax)
