@@ -516,7 +516,9 @@ def exact_scores_many(metric: "str | Metric", queries: npt.ArrayLike, rows: npt.
 
 def _exact_many(m: Metric, q: np.ndarray, x: np.ndarray) -> np.ndarray:
     """(Q, C) float64 scores of q (Q, D) float64 against x (Q, C, D), in blocks of
-    about ``_SCORE_ELEMS`` values (float64 temporaries stay in cache)."""
+    about ``_SCORE_ELEMS`` values (float64 temporaries stay in cache).  Blocks are
+    C-contiguous copies: NumPy sums a contiguous row pairwise, a strided one (e.g.
+    a broadcast) sequentially, and a row's value must not depend on the layout."""
     nq, nc, d = x.shape
     out = np.empty((nq, nc), dtype=np.float64)
     if not out.size:
@@ -526,23 +528,29 @@ def _exact_many(m: Metric, q: np.ndarray, x: np.ndarray) -> np.ndarray:
         for i in range(nq):
             for start in range(0, nc, rows):
                 stop = min(nc, start + rows)
-                out[i:i + 1, start:stop] = _exact_block(m, q[i:i + 1], np.asarray(x[i:i + 1, start:stop],
-                                                                                   dtype=np.float64))
+                block = np.ascontiguousarray(x[i:i + 1, start:stop], dtype=np.float64)
+                out[i:i + 1, start:stop] = _exact_block(m, q[i:i + 1], block)
         return out
     step = max(1, rows // nc)
     for start in range(0, nq, step):
         stop = min(nq, start + step)
-        out[start:stop] = _exact_block(m, q[start:stop], np.asarray(x[start:stop], dtype=np.float64))
+        out[start:stop] = _exact_block(m, q[start:stop], np.ascontiguousarray(x[start:stop], dtype=np.float64))
     return out
 
 
 def _dot(x: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """(Q, C): x[i, j] . q[i] for x (Q, C, D), q (Q, D)."""
-    return np.matmul(x, q[:, :, None])[:, :, 0]
+    """(Q, C): x[i, j] . q[i] for x (Q, C, D), q (Q, D).
+
+    A product then NumPy's pairwise sum along D: the value of a (query, row) pair
+    depends on those two vectors only (a BLAS matmul's summation order depends on
+    the shape and alignment of the whole block), so a row scores the same
+    whichever other rows are re-scored with it, to the last bit."""
+    return (x * q[:, None, :]).sum(axis=2)
 
 
 def _sumsq(x: np.ndarray) -> np.ndarray:
-    return np.einsum("...d,...d->...", x, x)
+    """Sum of squares along the last axis (deterministic per vector, as :func:`_dot`)."""
+    return (x * x).sum(axis=-1)
 
 
 def _exact_block(m: Metric, q: np.ndarray, x: np.ndarray) -> np.ndarray:

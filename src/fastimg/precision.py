@@ -53,8 +53,8 @@ import numpy.typing as npt
 
 from fastimg.metrics import Metric, aligned_empty, get_metric, prepare_rows
 
-__all__ = ["PRECISIONS", "REDUCED", "ReducedRows", "ReducedQueries", "reduce_rows", "reduce_prepared",
-           "zero_point", "INT8_MAX_DIM"]
+__all__ = ["PRECISIONS", "REDUCED", "ReducedRows", "reduce_rows", "reduce_prepared", "zero_point", "INT8_MAX_DIM",
+           "ScanQueries", "CandidateScan", "Float32Scan", "ReducedScan"]
 
 #: every precision :class:`fastimg.search.ExactSearcher` accepts (plus ``"auto"``)
 PRECISIONS = ("float32", "float16", "int8")
@@ -279,26 +279,26 @@ def _quantize(p32: np.ndarray, precision: str, z: int) -> Tuple[np.ndarray, np.n
 
 
 # ---------------------------------------------------------------------------
-# the query side of a reduced scan
+# certified candidate scans
 # ---------------------------------------------------------------------------
 
 @dataclass
-class ReducedQueries:
-    """Prepared queries in the form a reduced kernel takes, with their bounds.
+class ScanQueries:
+    """Prepared queries in the form a scan's kernel takes, with their bounds.
 
     Attributes
     ----------
     codes : ndarray
-        int8: int8 (Q, L) quantised queries (zero padded); float16: the float32
-        prepared queries (Q, D).
+        int8: int8 (Q, L) quantised queries (zero padded); float16 and float32:
+        the float32 prepared queries (Q, D).
     qscale : ndarray of float32 (Q,)
-        int8 query scales (ones for float16).
+        int8 query scales (ones otherwise).
     qoff : ndarray of int32 (Q,)
-        ``z * codes.sum(axis=1)`` (int8; zeros for float16).
+        ``z * codes.sum(axis=1)`` (int8; zeros otherwise).
     alpha : ndarray of float32 (Q,)
-        ``||q~||`` rounded up: the factor of ``err`` in the kernel's value.
+        ``||q~||`` rounded up (the factor of ``err`` in a reduced kernel's value).
     eq : ndarray of float64 (Q,)
-        Query quantisation error ``||q~ - qscale * codes||`` (rounded up; 0 for float16).
+        Query quantisation error ``||q~ - qscale * codes||`` (rounded up; 0 unless int8).
     """
 
     codes: np.ndarray
@@ -307,41 +307,108 @@ class ReducedQueries:
     alpha: np.ndarray
     eq: np.ndarray
 
+    def take(self, at: np.ndarray) -> "ScanQueries":
+        """The queries ``at``."""
+        return ScanQueries(self.codes[at], self.qscale[at], self.qoff[at], self.alpha[at], self.eq[at])
 
-class ReducedScan:
-    """A reduced-precision candidate scan over one set of :class:`ReducedRows`.
 
-    Holds the rows, the float32 bias and the constants of the bounds (``emax``,
-    ``bmax``, ``xmax`` = a bound on the float32 rows' norms, ``nhat`` = a bound
-    on the reduced rows' norms), computed once from ``err`` and ``bias``.
+class CandidateScan:
+    """A candidate scan over one metric's prepared rows in one precision, with the
+    bounds that certify it (base of :class:`Float32Scan` and :class:`ReducedScan`).
+
+    A scan returns, per query, the ``m`` rows with the best kernel values ``V``
+    (:meth:`topk`); :meth:`excluded_bound` bounds the float32 surrogate ``s`` of
+    every row left out; :meth:`slack` is how far ``s`` may be from the surrogate
+    of the row's exact float64 value (:func:`fastimg.metrics.surrogate_of_scores`).
+    The constants ``bmax`` (largest ``|bias|``) and ``xmax`` (a bound on the
+    float32 rows' norms: 1 for the unit spaces, ``sqrt(max |bias|)`` for l2,
+    whose bias is ``-|x|^2``) are computed once.
     """
 
-    def __init__(self, metric: Metric, rows: ReducedRows, bias: Optional[np.ndarray], dim: int) -> None:
+    precision = ""
+
+    def __init__(self, metric: Metric, bias: Optional[np.ndarray], dim: int) -> None:
         self.metric = metric
-        self.rows = rows
         self.bias = bias
         self.dim = dim
-        self.zero = zero_point(metric) if rows.precision == "int8" else 0
-        self.emax = float(rows.err.max()) if len(rows) else 0.0
         self.bmax = float(np.abs(bias).max()) if bias is not None and bias.size else 0.0
         if metric.ip_space == "raw":
-            # l2: bias = -|x|^2, rounded to float32 from float64
             self.xmax = float(np.sqrt(self.bmax * (1.0 + 4 * _U))) * (1.0 + 4 * _U)
-        else:
-            # unit, centred_unit, sqrt_l1: unit (or zero) rows, rounded to float32
+        else:  # unit, centred_unit, sqrt_l1: unit (or zero) rows, rounded to float32
             self.xmax = 1.0 + (dim + 4) * _U
+
+    def _alpha(self, qp: np.ndarray) -> np.ndarray:
+        q64 = qp.astype(np.float64)
+        return _up32(np.sqrt(np.einsum("ij,ij->i", q64, q64)))
+
+    def queries(self, qp: np.ndarray) -> ScanQueries:
+        """:class:`ScanQueries` of float32 prepared queries (Q, D)."""
+        nq = qp.shape[0]
+        return ScanQueries(np.ascontiguousarray(qp, dtype=np.float32), np.ones(nq, np.float32),
+                           np.zeros(nq, np.int32), self._alpha(qp), np.zeros(nq))
+
+    def topk(self, sq: ScanQueries, m: int, mask: Optional[np.ndarray], threads: int,
+             chunk_rows: int) -> Tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def excluded_bound(self, sq: ScanQueries, v_last: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def slack(self, sq: ScanQueries) -> np.ndarray:
+        """(Q,) how far the float32 surrogate ``s`` of a row can be from the
+        surrogate of its exact float64 value: the float32 rounding of the prepared
+        rows, queries and bias (a few units of 2**-24), with a 16x margin for the
+        float64 arithmetic of both; l2 adds the float64 rounding of ``|q|^2``."""
+        a = sq.alpha.astype(np.float64)
+        return 2.0 ** -20 * (a * self.xmax + self.bmax) + 2.0 ** -44 * a * a
+
+
+class Float32Scan(CandidateScan):
+    """The float32 prepared rows scanned by ``fastimg._core.fused_topk``; its
+    values are float32 sums, at most ``dim + 4`` terms deep."""
+
+    precision = "float32"
+
+    def __init__(self, metric: Metric, prepared: np.ndarray, bias: Optional[np.ndarray]) -> None:
+        super().__init__(metric, bias, prepared.shape[1])
+        self.prepared = prepared
+
+    def topk(self, sq: ScanQueries, m: int, mask: Optional[np.ndarray], threads: int,
+             chunk_rows: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(ids, values) of the ``m`` best rows per query by ``fused_topk``."""
+        from fastimg import _core
+
+        return _core.fused_topk(self.prepared, sq.codes, m, kind=_core.KIND_IP, bias=self.bias, mask=mask,
+                                n_threads=threads, chunk_rows=chunk_rows)
+
+    def excluded_bound(self, sq: ScanQueries, v_last: np.ndarray) -> np.ndarray:
+        """(Q,) bounds of ``s`` of every row left out: ``v_last`` plus the float32
+        kernel's rounding (a sum ``dim + 4`` deep, then the bias)."""
+        a = sq.alpha.astype(np.float64)
+        return v_last.astype(np.float64) + (self.dim + 4) * _U * (a * self.xmax + self.bmax)
+
+
+class ReducedScan(CandidateScan):
+    """The :class:`ReducedRows` of one metric scanned by ``fastimg._core.i8_topk``
+    / ``f16_topk``.  Adds the constants ``emax`` (largest ``err``) and ``nhat`` (a
+    bound on the reduced rows' norms, ``xmax + emax``)."""
+
+    def __init__(self, metric: Metric, rows: ReducedRows, bias: Optional[np.ndarray], dim: int) -> None:
+        super().__init__(metric, bias, dim)
+        self.rows = rows
+        self.precision = rows.precision
+        self.zero = zero_point(metric) if rows.precision == "int8" else 0
+        self.emax = float(rows.err.max()) if len(rows) else 0.0
         self.nhat = (self.xmax + self.emax) * (1.0 + 4 * _U)
         self._codes_kernel = rows.codes if rows.precision == "int8" else rows.codes.view(np.uint16)
 
-    # -- queries -------------------------------------------------------------
-    def queries(self, qp: np.ndarray) -> ReducedQueries:
-        """:class:`ReducedQueries` of float32 prepared queries (Q, D)."""
+    def queries(self, qp: np.ndarray) -> ScanQueries:
+        """:class:`ScanQueries` of float32 prepared queries (Q, D); int8 quantises
+        them (per-query scale ``max |q~| / 127``)."""
+        if self.precision == "float16":
+            return super().queries(qp)
         nq, d = qp.shape
         q64 = qp.astype(np.float64)
-        alpha = _up32(np.sqrt(np.einsum("ij,ij->i", q64, q64)))
-        if self.rows.precision == "float16":
-            return ReducedQueries(np.ascontiguousarray(qp, dtype=np.float32), np.ones(nq, np.float32),
-                                  np.zeros(nq, np.int32), alpha, np.zeros(nq))
         amax = np.abs(q64).max(axis=1) if d else np.zeros(nq)
         qscale = (amax / 127.0).astype(np.float32)
         qscale[~(qscale > 0)] = 1.0
@@ -351,37 +418,29 @@ class ReducedScan:
         codes[:, :d] = c.astype(np.int8)
         eq = _up32(np.sqrt(np.einsum("ij,ij->i", q64 - c * s64, q64 - c * s64))).astype(np.float64)
         qoff = (self.zero * c.sum(axis=1)).astype(np.int32)
-        return ReducedQueries(codes, qscale, qoff, alpha, eq)
+        return ScanQueries(codes, qscale, qoff, self._alpha(qp), eq)
 
-    # -- the scan ------------------------------------------------------------
-    def topk(self, rq: ReducedQueries, m: int, mask: Optional[np.ndarray], threads: int,
+    def topk(self, sq: ScanQueries, m: int, mask: Optional[np.ndarray], threads: int,
              chunk_rows: int) -> Tuple[np.ndarray, np.ndarray]:
         """(ids, values) of the ``m`` best rows per query by the kernel's value
-        ``V`` (``fastimg._core.i8_topk`` / ``f16_topk``), best first."""
+        ``V = q^ . x^ + bias + ||q~|| err``, best first."""
         from fastimg import _core
 
         r = self.rows
         if r.precision == "int8":
-            return _core.i8_topk(self._codes_kernel, rq.codes, m, rq.qscale, rq.qoff, rq.alpha, r.scale, r.err,
+            return _core.i8_topk(self._codes_kernel, sq.codes, m, sq.qscale, sq.qoff, sq.alpha, r.scale, r.err,
                                  self.bias, mask, n_threads=threads, chunk_rows=chunk_rows)
-        return _core.f16_topk(self._codes_kernel, rq.codes, m, rq.alpha, r.scale, r.err, self.bias, mask,
+        return _core.f16_topk(self._codes_kernel, sq.codes, m, sq.alpha, r.scale, r.err, self.bias, mask,
                               n_threads=threads, chunk_rows=chunk_rows)
 
-    # -- bounds --------------------------------------------------------------
-    def excluded_bound(self, rq: ReducedQueries, v_last: np.ndarray) -> np.ndarray:
+    def excluded_bound(self, sq: ScanQueries, v_last: np.ndarray) -> np.ndarray:
         """(Q,) float64 upper bounds of the float32 surrogate ``s`` of every row a
-        scan left out, from the value ``v_last`` of the last row it kept."""
-        alpha = rq.alpha.astype(np.float64)
+        scan left out, from the value ``v_last`` of the last row it kept:
+        ``v_last + rho + eq * nhat``."""
+        alpha = sq.alpha.astype(np.float64)
         # rounding of the kernel's float32 value: 4 correctly rounded steps (and
         # the float16 dot product's float32 sum, at most dim + 8 terms deep)
-        rho = 2.0 ** -21 * ((alpha + rq.eq) * self.nhat + self.bmax + alpha * self.emax)
-        if self.rows.precision == "float16":
+        rho = 2.0 ** -21 * ((alpha + sq.eq) * self.nhat + self.bmax + alpha * self.emax)
+        if self.precision == "float16":
             rho += (self.dim + 8) * 2 * _U * alpha * self.nhat
-        return v_last.astype(np.float64) + rho + rq.eq * self.nhat
-
-    def slack(self, rq: ReducedQueries) -> np.ndarray:
-        """(Q,) ``tau``: twice the rounding of the float32 path's kernel value
-        (a float32 sum at most dim + 4 deep) plus the float32 rounding of the
-        prepared rows and queries, so that excluding below ``T - tau`` keeps every
-        row the float32 path would re-score."""
-        return (self.dim + 16) * 2 * _U * (rq.alpha.astype(np.float64) * self.xmax + self.bmax)
+        return v_last.astype(np.float64) + rho + sq.eq * self.nhat

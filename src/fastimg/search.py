@@ -47,7 +47,8 @@ import numpy.typing as npt
 from fastimg._threads import resolve_threads
 from fastimg.metrics import (METRICS, Metric, exact_scores_many, get_metric, metric_names, prepare_queries, prepare_rows,
                              surrogate_of_scores)
-from fastimg.precision import INT8_MAX_DIM, PRECISIONS, REDUCED, ReducedRows, ReducedScan, reduce_prepared, reduce_rows
+from fastimg.precision import (INT8_MAX_DIM, PRECISIONS, REDUCED, CandidateScan, Float32Scan, ReducedRows, ReducedScan,
+                               reduce_prepared, reduce_rows)
 
 __all__ = ["ExactSearcher", "topk", "rescore", "exact_scan", "check_queries", "check_values", "degenerate_queries",
            "rank_degenerate", "resolve_threads", "METRICS", "metric_names"]
@@ -67,12 +68,12 @@ _CHECK_ROWS = 1 << 16
 #: candidate values (queries x candidates x D) gathered and re-scored per step
 _RESCORE_ELEMS = 1 << 20
 _NO_QUERIES = np.empty(0, dtype=np.intp)
-#: a reduced scan's first candidate count is this many times the float32 path's
-#: (``kk``), at least ``kk + _REDUCED_MIN_EXTRA``; an uncertified query is scanned
-#: again with ``_REDUCED_GROWTH`` times more (bench/search.md)
-_REDUCED_FIRST = {"int8": 4, "float16": 2}
-_REDUCED_MIN_EXTRA = 16
-_REDUCED_GROWTH = 4
+#: a scan's first candidate count per query is this many times ``kk`` (``k +
+#: max(8, k // 8)``), plus ``_FIRST_EXTRA``; an uncertified query is scanned again
+#: with ``_GROWTH`` times more (bench/search.md)
+_FIRST = {"float32": 1, "float16": 2, "int8": 4}
+_FIRST_EXTRA = {"float32": 0, "float16": 16, "int8": 16}
+_GROWTH = 4
 
 
 # ---------------------------------------------------------------------------
@@ -369,7 +370,7 @@ class ExactSearcher:
         self.prepared: Optional[np.ndarray] = None
         self.bias: Optional[np.ndarray] = None
         self.reduced: Optional[ReducedRows] = None
-        self._scan: Optional[ReducedScan] = None
+        self._scan: Optional[CandidateScan] = None
         if not self.metric.ip_form:
             if prepared is not None or bias is not None:
                 raise ValueError(f"metric {self.metric.name!r} has no inner-product form; prepared/bias must be None")
@@ -388,6 +389,7 @@ class ExactSearcher:
                 self.prepared, self.bias = prepare_rows(self.metric, self.data)
             else:
                 self.prepared = prepared
+            self._scan = Float32Scan(self.metric, self.prepared, self.bias)
             return
         if reduced is not None:
             if not isinstance(reduced, ReducedRows):
@@ -500,7 +502,7 @@ class ExactSearcher:
         kk = min(n_avail, k_out + max(8, k_out // 8))
 
         if self._scan is not None:
-            out = self._search_reduced(q, k_out, kk, mask, n_avail, info)
+            out = self._search_ip(q, k_out, kk, mask, n_avail, info)
         else:
             cand = np.empty((nq, kk), dtype=np.int64)
             for s in range(0, nq, _QUERY_BATCH):
@@ -522,21 +524,13 @@ class ExactSearcher:
         return int(max(16, min(4096, (256 << 10) // (4 * self.dim)))) if nq > 1 else 4096
 
     def _candidates(self, q: np.ndarray, kk: int, mask: Optional[np.ndarray]) -> np.ndarray:
-        """Candidate ids (Q, kk) from the compiled kernel (surrogate order)."""
+        """Candidate ids (Q, kk) of a metric without an inner-product form, from
+        the fused direct kernel (float32 values of the metric's own formula)."""
         from fastimg import _core
 
         m = self.metric
         nq = q.shape[0]
         kind = getattr(_core, m.kernel)
-        if m.ip_form:
-            qp = prepare_queries(m, q)
-            ids, _ = _core.fused_topk(self.prepared, qp, kk, kind=kind, bias=self.bias, mask=mask,
-                                      n_threads=self._kernel_threads(nq), chunk_rows=self._chunk_rows(nq))
-            ties, scans = degenerate_queries(m, q, qp, m.ip_space)
-            if ties.size or scans.size:
-                skip = None if mask is None else mask != 0
-                ids[np.concatenate([ties, scans])] = rank_degenerate(m, q, ties, scans, self.data, kk, skip)
-            return ids
         d = self.dim
         aux = np.zeros((nq, d), dtype=np.float32)
         active = np.zeros((nq, d), dtype=np.int32)
@@ -556,13 +550,22 @@ class ExactSearcher:
                                   chunk_rows=self._chunk_rows(nq))
         return ids
 
-    # -- reduced precision: certified candidate scans ------------------------
-    def _search_reduced(self, q: np.ndarray, k_out: int, kk: int, mask: Optional[np.ndarray], n_avail: int,
-                        info: dict) -> Tuple[np.ndarray, np.ndarray]:
-        """Search with the reduced rows: scan for ``width`` candidates per query,
-        re-score them exactly, keep the queries whose excluded rows are certified
-        worse (:class:`fastimg.precision.ReducedScan`), scan the others again with
-        ``_REDUCED_GROWTH`` times more candidates (all rows at worst)."""
+    # -- inner-product metrics: certified candidate scans ---------------------
+    def _search_ip(self, q: np.ndarray, k_out: int, kk: int, mask: Optional[np.ndarray], n_avail: int,
+                   info: dict) -> Tuple[np.ndarray, np.ndarray]:
+        """Scan the prepared rows (any precision) for ``width`` candidates per
+        query, re-score them exactly (:func:`rescore`), and keep the queries whose
+        excluded rows are certified worse than the ``k_out``-th result; scan the
+        others again with ``_GROWTH`` times more candidates (all rows at worst).
+
+        Certificate (:class:`fastimg.precision.CandidateScan`): every excluded row
+        has a float32 surrogate at most ``scan.excluded_bound``; the ``k_out``-th
+        result's exact value, moved one float32 ulp towards worse (its float64
+        value lies within) and mapped onto the surrogate
+        (:func:`fastimg.metrics.surrogate_of_scores`), minus ``scan.slack``, must
+        be above it.  Then no excluded row can beat or tie the ``k_out``-th result.
+        The float32 scan's first width is ``kk``, today's candidate count: unless
+        ties crowd the top, its answer is the one it always was."""
         m = self.metric
         scan = self._scan
         assert scan is not None
@@ -570,63 +573,58 @@ class ExactSearcher:
         out_ids = np.empty((nq, k_out), dtype=np.int64)
         out_scores = np.empty((nq, k_out), dtype=np.float32)
         qp = prepare_queries(m, q)
-        # queries the surrogate cannot rank: exactly as the float32 path
+        # queries the surrogate cannot rank: ranked by rank_degenerate (as the HNSW graph)
         ties, scans = degenerate_queries(m, q, qp, m.ip_space)
         deg = np.concatenate([ties, scans])
         if deg.size:
             skip = None if mask is None else mask != 0
             cand = rank_degenerate(m, q, ties, scans, self.data, kk, skip)
             out_ids[deg], out_scores[deg] = rescore(m, q[deg], self.data, cand, k_out)
-        todo = np.setdiff1d(np.arange(nq), deg)
+        todo = np.setdiff1d(np.arange(nq), deg) if deg.size else np.arange(nq)
         rescored = np.zeros(nq, dtype=np.int64)
         rescored[deg] = kk
-        rq = scan.queries(qp[todo])
-        at = np.arange(todo.size)  # positions of todo in rq
-        width = min(n_avail, max(kk * _REDUCED_FIRST[self.precision], kk + _REDUCED_MIN_EXTRA))
+        sq_all = scan.queries(qp[todo])
+        at = np.arange(todo.size)  # positions of todo in sq_all
+        width = min(n_avail, kk * _FIRST[scan.precision] + _FIRST_EXTRA[scan.precision])
+        worse = np.float32(-np.inf if m.higher_is_better else np.inf)
         while todo.size:
             info["scans"] += 1
-            if info["scans"] > 1:
-                info["widened"] += todo.size
-            rqi = _take_queries(rq, at)
+            if info["scans"] == 2:
+                info["widened"] = int(todo.size)
+            sq = sq_all.take(at)
             ids = np.empty((todo.size, width), dtype=np.int64)
             last = np.empty(todo.size, dtype=np.float32)
-            threads, chunk = self._kernel_threads(min(todo.size, _QUERY_BATCH)), self._reduced_chunk(todo.size)
+            threads = self._kernel_threads(min(todo.size, _QUERY_BATCH))
+            chunk = self._scan_chunk(min(todo.size, _QUERY_BATCH))
             for s in range(0, todo.size, _QUERY_BATCH):
-                part = _take_queries(rqi, np.arange(s, min(todo.size, s + _QUERY_BATCH)))
-                i, v = scan.topk(part, width, mask, threads, chunk)
+                i, v = scan.topk(sq.take(np.arange(s, min(todo.size, s + _QUERY_BATCH))), width, mask, threads,
+                                 chunk)
                 ids[s:s + _QUERY_BATCH] = i
                 last[s:s + _QUERY_BATCH] = v[:, -1]
             rescored[todo] += width
-            # the kk best by the exact value (the float32 path re-scores kk rows)
-            r_ids, r_scores = rescore(m, q[todo], self.data, ids, kk)
+            r_ids, r_scores = rescore(m, q[todo], self.data, ids, k_out)
             if width >= n_avail:
                 ok = np.ones(todo.size, dtype=bool)  # every available row was re-scored
             else:
-                # the kk-th best row's surrogate, from its float32 value moved one ulp
-                # towards worse (the float64 value lies within it), minus the slack
-                kth = r_scores[:, kk - 1]
-                kth = np.nextafter(kth, np.float32(-np.inf if m.higher_is_better else np.inf))
-                threshold = surrogate_of_scores(m, q[todo], kth[:, None])[:, 0] - scan.slack(rqi)
-                ok = scan.excluded_bound(rqi, last) < threshold
+                kth = np.nextafter(r_scores[:, k_out - 1], worse)
+                threshold = surrogate_of_scores(m, q[todo], kth[:, None])[:, 0] - scan.slack(sq)
+                ok = scan.excluded_bound(sq, last) < threshold
             done = todo[ok]
-            out_ids[done], out_scores[done] = r_ids[ok, :k_out], r_scores[ok, :k_out]
+            out_ids[done], out_scores[done] = r_ids[ok], r_scores[ok]
             todo, at = todo[~ok], at[~ok]
-            width = min(n_avail, width * _REDUCED_GROWTH)
+            width = min(n_avail, width * _GROWTH)
         info["rescored"] = int(rescored.sum())
         info["rescored_max"] = int(rescored.max())
         return out_ids, out_scores
 
-    def _reduced_chunk(self, nq: int) -> int:
+    def _scan_chunk(self, nq: int) -> int:
+        if self.reduced is None:
+            return self._chunk_rows(nq)
         if self.chunk_rows is not None:
             return self.chunk_rows
-        assert self.reduced is not None
+        # keep a chunk of rows in L2 while a batch of queries passes over it
         row_bytes = self.reduced.codes.shape[1] * self.reduced.codes.itemsize
         return int(max(48, min(4096, (256 << 10) // max(row_bytes, 1)))) if nq > 1 else 4096
-
-
-def _take_queries(rq: Any, at: np.ndarray) -> Any:
-    """The rows ``at`` of a :class:`fastimg.precision.ReducedQueries`."""
-    return type(rq)(rq.codes[at], rq.qscale[at], rq.qoff[at], rq.alpha[at], rq.eq[at])
 
 
 def exact_scan(metric: "str | Metric", query: np.ndarray, data: Any, k: int, *,
