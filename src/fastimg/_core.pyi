@@ -16,7 +16,8 @@ PANEL_NARROW_MAX: int
 PANELS_FAST: bool
 LOWP_TARGETS: Tuple[str, ...]
 LOWP_BEST: str
-LOWP_PANEL_MIN_QUERIES: int
+I8_PANEL_MIN_QUERIES: int
+F16_PANEL_MIN_QUERIES: int
 
 def openmp_max_threads() -> int: ...
 def openmp_num_procs() -> int: ...

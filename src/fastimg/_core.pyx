@@ -306,9 +306,11 @@ def read_sum(const float[:, ::1] data, int n_threads=1, Py_ssize_t chunk_rows=40
 LOWP_TARGETS = ("scalar", "avx2", "avx512", "avxvnni")
 #: the target the reduced-precision kernels use on this CPU (``target=-1``)
 LOWP_BEST = LOWP_TARGETS[fi_lp_best()]
-#: batches of at least this many queries go through the reduced-precision panels
-#: (``panels=-1``); smaller ones scan each chunk once per query (bench/search.md)
-LOWP_PANEL_MIN_QUERIES = 4
+#: batches of at least this many queries go through the int8 / float16 panels
+#: (``panels=-1``); smaller ones scan each chunk (kept in L2) once per query
+#: (measured crossovers, bench/search.md)
+I8_PANEL_MIN_QUERIES = 6
+F16_PANEL_MIN_QUERIES = 8
 
 
 def lowp_target_info() -> dict:
@@ -463,7 +465,7 @@ def i8_topk(
     n_threads, chunk_rows
         OpenMP threads over chunks of rows (per-thread heaps, merged).
     panels : int
-        -1 (default): query panels for ``LOWP_PANEL_MIN_QUERIES`` queries or more;
+        -1 (default): query panels for ``I8_PANEL_MIN_QUERIES`` queries or more;
         0: one query at a time over each chunk; 16: panels.
     target : int
         Index in ``LOWP_TARGETS`` to force a dispatch target (ValueError if this CPU
@@ -497,7 +499,7 @@ def i8_topk(
         raise ValueError("rscale is required")
     cdef int pw = panels
     if panels < 0:
-        pw = FI_LP_PW if nq >= LOWP_PANEL_MIN_QUERIES else 0
+        pw = FI_LP_PW if nq >= I8_PANEL_MIN_QUERIES else 0
     cdef _LpJob job
     job.prec = 0
     job.target = t
@@ -573,7 +575,8 @@ def f16_topk(
         for ``rscale[r] * codes[r]``.
     queries : float32 (Q, D), C-contiguous
     kk, alpha, rscale, err, bias, mask, n_threads, chunk_rows, panels, target
-        As in :func:`i8_topk` (``alpha``: (Q,) factor of ``err``).
+        As in :func:`i8_topk` (``alpha``: (Q,) factor of ``err``; panels from
+        ``F16_PANEL_MIN_QUERIES`` queries).
 
     Returns
     -------
@@ -597,7 +600,7 @@ def f16_topk(
         raise ValueError("rscale is required")
     cdef int pw = panels
     if panels < 0:
-        pw = FI_LP_PW if nq >= LOWP_PANEL_MIN_QUERIES else 0
+        pw = FI_LP_PW if nq >= F16_PANEL_MIN_QUERIES else 0
     cdef _LpJob job
     job.prec = 1
     job.target = t

@@ -65,6 +65,7 @@ INT8_MAX_DIM = 32768
 
 _NONNEG_SPACES = ("l1", "sqrt_l1")  # embeddings that are >= 0 by construction
 _ROW_CHUNK = 65536
+_QUANT_ROWS = 4096  # rows quantised per step (float64 temporaries of a few MB)
 _U = 2.0 ** -24  # unit roundoff of float32
 
 
@@ -253,29 +254,42 @@ def reduce_rows(metric: "str | Metric", data: npt.ArrayLike, precision: str,
 
 
 def _quantize(p32: np.ndarray, precision: str, z: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(codes, scale float32, err float32) of a float32 block of prepared rows."""
-    x = p32.astype(np.float64)
-    n, d = x.shape
-    amax = np.abs(x).max(axis=1) if d else np.zeros(n)
-    if precision == "int8":
-        qmax = 255.0 if z == 0 else 127.0
-        scale = (amax / qmax).astype(np.float32)
-        scale[~(scale > 0)] = 1.0  # zero rows (and underflow): any scale, codes z
-        s64 = scale.astype(np.float64)[:, None]
-        c = np.clip(np.rint(x / s64), 0.0 if z == 0 else -127.0, qmax)
-        xh = c * s64  # exact: a float32 times a small integer
-        codes = np.full((n, _code_width("int8", d)), z, dtype=np.uint8)
-        codes[:, :d] = (c + z).astype(np.uint8)
-    else:
-        _, e = np.frexp(amax)  # amax = f * 2**e, 0.5 <= f < 1: rows / 2**e in (-1, 1)
-        e = np.clip(np.where(amax > 0, e, 0), -100, 127)
-        s64 = np.ldexp(1.0, e)[:, None]
-        scale = s64[:, 0].astype(np.float32)  # exact
-        h = (x / s64).astype(np.float16)  # round to nearest even
-        xh = h.astype(np.float64) * s64  # exact
-        codes = h
-    err = np.sqrt(np.einsum("ij,ij->i", x - xh, x - xh))
-    return codes, scale, _up32(err)
+    """(codes, scale float32, err float32) of a float32 block of prepared rows.
+
+    The codes may be computed in float32 (any rounding of ``x / scale`` is a valid
+    code); the error bound is computed in float64 from the codes actually stored."""
+    n, d = p32.shape
+    out_codes = np.empty((n, _code_width(precision, d)), dtype=np.uint8 if precision == "int8" else np.float16)
+    scale = np.empty(n, dtype=np.float32)
+    err = np.empty(n, dtype=np.float64)
+    for a in range(0, n, _QUANT_ROWS):
+        x = p32[a:a + _QUANT_ROWS]
+        amax = np.abs(x).max(axis=1).astype(np.float64) if d else np.zeros(len(x))
+        if precision == "int8":
+            qmax = 255.0 if z == 0 else 127.0
+            s = (amax / qmax).astype(np.float32)
+            s[~(s > 0)] = 1.0  # zero rows (and underflow): any scale, codes z
+            c = x / s[:, None]
+            np.rint(c, out=c)
+            np.clip(c, 0.0 if z == 0 else -127.0, qmax, out=c)
+            codes = out_codes[a:a + len(x)]
+            codes[:, :d] = c + z
+            codes[:, d:] = z
+            xh = c.astype(np.float64)
+            xh *= s.astype(np.float64)[:, None]  # exact: a float32 times a small integer
+        else:
+            _, e = np.frexp(amax)  # amax = f * 2**e, 0.5 <= f < 1: rows / 2**e in (-1, 1)
+            e = np.clip(np.where(amax > 0, e, 0), -100, 127)
+            s64 = np.ldexp(1.0, e)
+            s = s64.astype(np.float32)  # exact
+            h = (x / s[:, None]).astype(np.float16)  # any rounding: err is measured on h
+            out_codes[a:a + len(x)] = h
+            xh = h.astype(np.float64)
+            xh *= s64[:, None]  # exact
+        np.subtract(x, xh, out=xh)
+        err[a:a + len(x)] = np.sqrt(np.einsum("ij,ij->i", xh, xh))
+        scale[a:a + len(x)] = s
+    return out_codes, scale, _up32(err)
 
 
 # ---------------------------------------------------------------------------
@@ -338,8 +352,10 @@ class CandidateScan:
             self.xmax = 1.0 + (dim + 4) * _U
 
     def _alpha(self, qp: np.ndarray) -> np.ndarray:
+        """``||q~||`` rounded up to float32 (the 2**-20 margin exceeds the float64
+        sum's error and the float32 rounding of the result)."""
         q64 = qp.astype(np.float64)
-        return _up32(np.sqrt(np.einsum("ij,ij->i", q64, q64)))
+        return (np.sqrt(np.einsum("ij,ij->i", q64, q64)) * (1.0 + 2.0 ** -20)).astype(np.float32)
 
     def queries(self, qp: np.ndarray) -> ScanQueries:
         """:class:`ScanQueries` of float32 prepared queries (Q, D)."""

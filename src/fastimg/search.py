@@ -575,32 +575,35 @@ class ExactSearcher:
         qp = prepare_queries(m, q)
         # queries the surrogate cannot rank: ranked by rank_degenerate (as the HNSW graph)
         ties, scans = degenerate_queries(m, q, qp, m.ip_space)
-        deg = np.concatenate([ties, scans])
-        if deg.size:
+        todo = np.arange(nq)
+        rescored = np.zeros(nq, dtype=np.int64)
+        if ties.size or scans.size:
+            deg = np.concatenate([ties, scans])
             skip = None if mask is None else mask != 0
             cand = rank_degenerate(m, q, ties, scans, self.data, kk, skip)
             out_ids[deg], out_scores[deg] = rescore(m, q[deg], self.data, cand, k_out)
-        todo = np.setdiff1d(np.arange(nq), deg) if deg.size else np.arange(nq)
-        rescored = np.zeros(nq, dtype=np.int64)
-        rescored[deg] = kk
-        sq_all = scan.queries(qp[todo])
-        at = np.arange(todo.size)  # positions of todo in sq_all
+            todo = np.setdiff1d(todo, deg)
+            rescored[deg] = kk
+        sq = scan.queries(qp[todo] if todo.size < nq else qp)
         width = min(n_avail, kk * _FIRST[scan.precision] + _FIRST_EXTRA[scan.precision])
         worse = np.float32(-np.inf if m.higher_is_better else np.inf)
         while todo.size:
             info["scans"] += 1
             if info["scans"] == 2:
                 info["widened"] = int(todo.size)
-            sq = sq_all.take(at)
-            ids = np.empty((todo.size, width), dtype=np.int64)
-            last = np.empty(todo.size, dtype=np.float32)
             threads = self._kernel_threads(min(todo.size, _QUERY_BATCH))
             chunk = self._scan_chunk(min(todo.size, _QUERY_BATCH))
-            for s in range(0, todo.size, _QUERY_BATCH):
-                i, v = scan.topk(sq.take(np.arange(s, min(todo.size, s + _QUERY_BATCH))), width, mask, threads,
-                                 chunk)
-                ids[s:s + _QUERY_BATCH] = i
-                last[s:s + _QUERY_BATCH] = v[:, -1]
+            if todo.size <= _QUERY_BATCH:
+                ids, v = scan.topk(sq, width, mask, threads, chunk)
+                last = v[:, -1]
+            else:
+                ids = np.empty((todo.size, width), dtype=np.int64)
+                last = np.empty(todo.size, dtype=np.float32)
+                for s in range(0, todo.size, _QUERY_BATCH):
+                    i, v = scan.topk(sq.take(np.arange(s, min(todo.size, s + _QUERY_BATCH))), width, mask, threads,
+                                     chunk)
+                    ids[s:s + _QUERY_BATCH] = i
+                    last[s:s + _QUERY_BATCH] = v[:, -1]
             rescored[todo] += width
             r_ids, r_scores = rescore(m, q[todo], self.data, ids, k_out)
             if width >= n_avail:
@@ -611,7 +614,10 @@ class ExactSearcher:
                 ok = scan.excluded_bound(sq, last) < threshold
             done = todo[ok]
             out_ids[done], out_scores[done] = r_ids[ok], r_scores[ok]
-            todo, at = todo[~ok], at[~ok]
+            if not ok.all():
+                todo, sq = todo[~ok], sq.take(np.flatnonzero(~ok))
+            else:
+                todo = todo[:0]
             width = min(n_avail, width * _GROWTH)
         info["rescored"] = int(rescored.sum())
         info["rescored_max"] = int(rescored.max())
