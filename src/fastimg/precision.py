@@ -367,8 +367,15 @@ class CandidateScan:
              chunk_rows: int) -> Tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def excluded_bound(self, sq: ScanQueries, v_last: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+    def bound_offset(self, sq: ScanQueries) -> np.ndarray:  # pragma: no cover - abstract
+        """(Q,) float64: a row whose kernel value is ``V`` has a float32 surrogate
+        ``s <= V + bound_offset``."""
         raise NotImplementedError
+
+    def excluded_bound(self, sq: ScanQueries, v_last: np.ndarray) -> np.ndarray:
+        """(Q,) float64 upper bounds of the float32 surrogate ``s`` of every row a
+        scan left out, from the value ``v_last`` of the last row it kept."""
+        return v_last.astype(np.float64) + self.bound_offset(sq)
 
     def slack(self, sq: ScanQueries) -> np.ndarray:
         """(Q,) how far the float32 surrogate ``s`` of a row can be from the
@@ -397,11 +404,10 @@ class Float32Scan(CandidateScan):
         return _core.fused_topk(self.prepared, sq.codes, m, kind=_core.KIND_IP, bias=self.bias, mask=mask,
                                 n_threads=threads, chunk_rows=chunk_rows)
 
-    def excluded_bound(self, sq: ScanQueries, v_last: np.ndarray) -> np.ndarray:
-        """(Q,) bounds of ``s`` of every row left out: ``v_last`` plus the float32
-        kernel's rounding (a sum ``dim + 4`` deep, then the bias)."""
+    def bound_offset(self, sq: ScanQueries) -> np.ndarray:
+        """(Q,) the float32 kernel's rounding: a sum ``dim + 4`` deep, then the bias."""
         a = sq.alpha.astype(np.float64)
-        return v_last.astype(np.float64) + (self.dim + 4) * _U * (a * self.xmax + self.bmax)
+        return (self.dim + 4) * _U * (a * self.xmax + self.bmax)
 
 
 class ReducedScan(CandidateScan):
@@ -449,14 +455,13 @@ class ReducedScan(CandidateScan):
         return _core.f16_topk(self._codes_kernel, sq.codes, m, sq.alpha, r.scale, r.err, self.bias, mask,
                               n_threads=threads, chunk_rows=chunk_rows)
 
-    def excluded_bound(self, sq: ScanQueries, v_last: np.ndarray) -> np.ndarray:
-        """(Q,) float64 upper bounds of the float32 surrogate ``s`` of every row a
-        scan left out, from the value ``v_last`` of the last row it kept:
-        ``v_last + rho + eq * nhat``."""
+    def bound_offset(self, sq: ScanQueries) -> np.ndarray:
+        """(Q,) ``rho + eq * nhat``: the rounding ``rho`` of the kernel's float32
+        value (4 correctly rounded steps, and the float16 dot product's float32
+        sum, at most ``dim + 8`` terms deep) and the query quantisation error; the
+        row's own error ``||q~|| err`` is inside ``V`` already."""
         alpha = sq.alpha.astype(np.float64)
-        # rounding of the kernel's float32 value: 4 correctly rounded steps (and
-        # the float16 dot product's float32 sum, at most dim + 8 terms deep)
         rho = 2.0 ** -21 * ((alpha + sq.eq) * self.nhat + self.bmax + alpha * self.emax)
         if self.precision == "float16":
             rho += (self.dim + 8) * 2 * _U * alpha * self.nhat
-        return v_last.astype(np.float64) + rho + sq.eq * self.nhat
+        return rho + sq.eq * self.nhat

@@ -70,8 +70,10 @@ _RESCORE_ELEMS = 1 << 20
 _NO_QUERIES = np.empty(0, dtype=np.intp)
 #: a scan's first candidate count per query is this many times ``kk`` (``k +
 #: max(8, k // 8)``), plus ``_FIRST_EXTRA``; an uncertified query is scanned again
-#: with ``_GROWTH`` times more (bench/search.md)
-_FIRST = {"float32": 1, "float16": 2, "int8": 4}
+#: with ``_GROWTH`` times more.  Only the candidates whose bound reaches the k-th
+#: result are re-scored, so a wide first scan costs little (heap pushes) and
+#: spares a second pass over the rows (bench/search.md)
+_FIRST = {"float32": 1, "float16": 4, "int8": 8}
 _FIRST_EXTRA = {"float32": 0, "float16": 16, "int8": 16}
 _GROWTH = 4
 
@@ -283,10 +285,12 @@ class ExactSearcher:
         :mod:`fastimg.precision`).  Results are the same whatever the precision: a
         reduced scan's candidates are re-scored exactly and widened until every
         other row is certified worse.  ``"auto"`` picks ``"int8"`` for an
-        inner-product metric on at least ``AUTO_INT8_MIN_ELEMENTS`` values (N x D),
-        ``"float32"`` otherwise (bench/search.md).  Metrics without an
-        inner-product form always scan their float32 rows (``self.precision`` is
-        then ``"float32"``).
+        inner-product metric on at least ``AUTO_INT8_MIN_ELEMENTS`` values (N x D,
+        about 4 M: from there int8 was faster for 1 and for 100 queries, at D = 72
+        and 256, bench/search.md) when the int8 kernels run vectorised here
+        (``fastimg._core.LOWP_BEST`` is not "scalar"), ``"float32"`` otherwise.
+        Metrics without an inner-product form always scan their float32 rows
+        (``self.precision`` is then ``"float32"``).
     prepared : ndarray of float32, shape (N, D), optional
         For inner-product metrics: the output of
         ``fastimg.metrics.prepare_rows(metric, data)`` saved earlier (e.g. a memmap
@@ -410,7 +414,10 @@ class ExactSearcher:
         if not self.metric.ip_form:
             return "float32"
         if precision == "auto":
-            return "int8" if n * d >= self.AUTO_INT8_MIN_ELEMENTS and d <= INT8_MAX_DIM else "float32"
+            from fastimg import _core
+
+            fast = _core.LOWP_BEST != "scalar"
+            return "int8" if fast and n * d >= self.AUTO_INT8_MIN_ELEMENTS and d <= INT8_MAX_DIM else "float32"
         return str(precision)
 
     def _check_bias(self, bias: Any, n: int) -> Optional[np.ndarray]:
@@ -564,8 +571,10 @@ class ExactSearcher:
         value lies within) and mapped onto the surrogate
         (:func:`fastimg.metrics.surrogate_of_scores`), minus ``scan.slack``, must
         be above it.  Then no excluded row can beat or tie the ``k_out``-th result.
-        The float32 scan's first width is ``kk``, today's candidate count: unless
-        ties crowd the top, its answer is the one it always was."""
+        Only the candidates whose own bound reaches that threshold are re-scored
+        (at least the ``kk`` best).  The float32 scan's first width is ``kk``,
+        today's candidate count: unless ties crowd the top, its answer is the one
+        it always was."""
         m = self.metric
         scan = self._scan
         assert scan is not None
@@ -594,24 +603,32 @@ class ExactSearcher:
             threads = self._kernel_threads(min(todo.size, _QUERY_BATCH))
             chunk = self._scan_chunk(min(todo.size, _QUERY_BATCH))
             if todo.size <= _QUERY_BATCH:
-                ids, v = scan.topk(sq, width, mask, threads, chunk)
-                last = v[:, -1]
+                ids, vals = scan.topk(sq, width, mask, threads, chunk)
             else:
                 ids = np.empty((todo.size, width), dtype=np.int64)
-                last = np.empty(todo.size, dtype=np.float32)
+                vals = np.empty((todo.size, width), dtype=np.float32)
                 for s in range(0, todo.size, _QUERY_BATCH):
-                    i, v = scan.topk(sq.take(np.arange(s, min(todo.size, s + _QUERY_BATCH))), width, mask, threads,
-                                     chunk)
-                    ids[s:s + _QUERY_BATCH] = i
-                    last[s:s + _QUERY_BATCH] = v[:, -1]
-            rescored[todo] += width
-            r_ids, r_scores = rescore(m, q[todo], self.data, ids, k_out)
-            if width >= n_avail:
-                ok = np.ones(todo.size, dtype=bool)  # every available row was re-scored
-            else:
-                kth = np.nextafter(r_scores[:, k_out - 1], worse)
-                threshold = surrogate_of_scores(m, q[todo], kth[:, None])[:, 0] - scan.slack(sq)
-                ok = scan.excluded_bound(sq, last) < threshold
+                    part = sq.take(np.arange(s, min(todo.size, s + _QUERY_BATCH)))
+                    ids[s:s + _QUERY_BATCH], vals[s:s + _QUERY_BATCH] = scan.topk(part, width, mask, threads, chunk)
+            qt = q[todo]
+            # re-score the kk best candidates (the float32 path: all of them) ...
+            pre = min(width, kk)
+            r_ids, r_scores = rescore(m, qt, self.data, ids[:, :pre], k_out)
+            n_resc = np.full(todo.size, pre, dtype=np.int64)
+            threshold = self._threshold(qt, r_scores[:, k_out - 1], sq, worse)
+            # ... then the candidates whose bound reaches the k_out-th result's (a
+            # prefix: values come best first); the threshold only rises with them
+            offset = scan.bound_offset(sq)
+            need = (vals.astype(np.float64) + offset[:, None] >= threshold[:, None]).sum(axis=1)
+            sel = np.flatnonzero(need > pre)
+            if sel.size:
+                c = int(need[sel].max())
+                r_ids[sel], r_scores[sel] = rescore(m, qt[sel], self.data, ids[sel, :c], k_out)
+                n_resc[sel] = c
+                threshold[sel] = self._threshold(qt[sel], r_scores[sel, k_out - 1], sq.take(sel), worse)
+            rescored[todo] += n_resc
+            # the rows the scan left out: below the last kept value
+            ok = (vals[:, -1] + offset < threshold) | (width >= n_avail)
             done = todo[ok]
             out_ids[done], out_scores[done] = r_ids[ok], r_scores[ok]
             if not ok.all():
@@ -622,6 +639,14 @@ class ExactSearcher:
         info["rescored"] = int(rescored.sum())
         info["rescored_max"] = int(rescored.max())
         return out_ids, out_scores
+
+    def _threshold(self, q: np.ndarray, kth: np.ndarray, sq: Any, worse: np.float32) -> np.ndarray:
+        """(Q,) the surrogate below which a row cannot beat or tie the result of
+        float32 exact value ``kth``: that value moved one ulp towards worse (its
+        float64 value lies within), mapped onto the surrogate, minus the slack."""
+        assert self._scan is not None
+        kth = np.nextafter(kth, worse)
+        return surrogate_of_scores(self.metric, q, kth[:, None])[:, 0] - self._scan.slack(sq)
 
     def _scan_chunk(self, nq: int) -> int:
         if self.reduced is None:
