@@ -18,6 +18,10 @@ better": callers negate distances.
 The scanning kernels are plain C in ``fi_scan.h`` (declared in ``_scan.pxd``),
 compiled twice through ``target_clones`` on x86-64 Linux (x86-64-v3: AVX2 + FMA,
 and a baseline), so a portable build still runs AVX2 code where the CPU has it.
+The reduced-precision kernels (``fi_lowp.h``, ``_lowp.pxd``: :func:`i8_topk`,
+:func:`f16_topk`) are compiled once per target (scalar, AVX2, AVX-512 VNNI,
+AVX-VNNI) with ``target`` attributes and picked at run time
+(``__builtin_cpu_supports``; ``LOWP_BEST``); every target computes the same values.
 Every function here returns ``(ids, values)``, the order of every search layer.
 """
 cimport openmp

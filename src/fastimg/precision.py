@@ -1,12 +1,13 @@
-"""Reduced-precision prepared rows (float16, int8) with certified error bounds.
+"""Reduced-precision prepared rows (float16, int8) and the certified candidate scans.
 
 One query over N x D float32 rows is memory-bound; reading int8 or float16
 copies of the prepared inner-product rows (:func:`fastimg.metrics.prepare_rows`)
-reads 4x or 2x fewer bytes.  fastimg keeps its answers exact: a reduced scan
-only *proposes* candidates, with a bound on how far each row's reduced value
-can be from its float32 surrogate, and :class:`fastimg.search.ExactSearcher`
-re-scores the candidates exactly and widens the candidate set until every
-excluded row is certified worse (see "Certification" below).
+reads about 4x or 2x fewer bytes.  fastimg keeps its answers exact: a scan only
+*proposes* candidates, with a bound on how far each row's kernel value can be
+from its float32 surrogate, and :class:`fastimg.search.ExactSearcher` re-scores
+candidates exactly and widens the candidate set until every excluded row is
+certified worse ("Certification" below).  The float32 scan is certified the
+same way (its bound is the float32 kernel's rounding).
 
 Row formats (:class:`ReducedRows`, built by :func:`reduce_rows`, row by row, so
 ``reduce_rows(data[a:b])`` equals ``reduce_rows(data)[a:b]``: a cache can be
@@ -31,17 +32,28 @@ most, bfloat16 bounds are 8x looser than float16: bench/search.md).
 Certification (query ``q``, prepared ``q~``, float32 row ``x``, bias ``b``; the
 surrogate ``s = q~ . x + b`` ranks rows like the metric):
 
-* int8 queries are quantised too, ``q^ = qscale * q8`` with ``eq = ||q~ - q^||``;
-  ``|q~ . x - q^ . x^| <= ||q~|| err + eq ||x^||``;
-* the kernel pushes ``V = q^ . x^ + b + ||q~|| err`` (computed in float32 with a
-  known rounding bound ``rho``) into a heap of the ``m`` best; every row left out
-  has ``s <= V_m + rho + eq * max||x^||`` (:meth:`ReducedQueries.excluded_bound`);
-* the candidates are re-scored exactly (the metric's float64 value, and ``s`` in
-  float64); if that bound is below ``T = min(the k best rows' s, the kk-th best s)
-  - tau`` every excluded row is certified worse than each returned row (and the
-  candidates contain every row the float32 path would have re-scored: ``tau``
-  covers the float32 kernel's rounding); otherwise ``m`` grows and the scan repeats
-  for the uncertified queries.
+* int8 queries are quantised too, ``q^ = qscale * q8``, with ``eq = ||q~ - q^||``;
+  then ``|q~ . x - q^ . x^| <= ||q~|| err + eq ||x^||`` (Cauchy-Schwarz, twice);
+* a reduced kernel computes ``V = q^ . x^ + b + ||q~|| err`` in float32 (integer
+  sums are exact; four correctly rounded steps, and for float16 a float32 sum);
+  ``s <= V + bound_offset`` for every row (:meth:`CandidateScan.bound_offset`:
+  the rounding ``rho`` and ``eq * max ||x^||``); the float32 kernel's value is
+  ``s`` up to its own rounding, its ``bound_offset``;
+* a scan keeps the ``m`` rows of highest ``V``; every row left out has
+  ``s <= V_m + bound_offset``.  The search re-scores candidates exactly, maps the
+  k-th result's exact value (moved one float32 ulp towards worse) onto the
+  surrogate (:func:`fastimg.metrics.surrogate_of_scores`) and subtracts a slack
+  for the float32 rounding of the prepared rows (:meth:`CandidateScan.slack`):
+  a row whose bound is below that threshold cannot beat or tie the k-th result.
+  Candidates above it are re-scored; if the rows left out are not all below it,
+  ``m`` grows (4x) and the query is scanned again; at worst every row is
+  re-scored.
+
+The guarantee is the float32 path's: the surrogate of a row agrees with its exact
+float64 value up to the slack.  OpenCV's query-dependent epsilon cases (rows of
+values around 1e-8, see :class:`fastimg.search.ExactSearcher`) and rows whose
+float64 value loses most of its digits to cancellation (pearson rows whose
+standard deviation is below ~1e-4 of their mean) are outside it.
 """
 from __future__ import annotations
 

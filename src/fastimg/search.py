@@ -12,23 +12,30 @@ How a search runs:
    ``exclude``, metric name), with messages that say what was expected and what
    was received; the compiled kernels never validate.  :func:`check_queries`
    and :func:`check_values` are also the HNSW graph's checks;
-2. candidates are selected by a compiled kernel on float32 values, the one
-   ``Metric.kernel`` names:
+2. candidates are selected by a compiled kernel, the one ``Metric.kernel`` names:
 
    * inner-product metrics (pearson, bhattacharyya, cosine, l2) scan the prepared
-     rows (:func:`fastimg.metrics.prepare_rows`) with a fused dot product + bounded
-     heap pass (OpenMP over row chunks, per-thread heaps merged at the end).  One
-     query streams each row once; 2-5 queries share each row read in 2-row x
-     4-query tiles; batches of 6 or more go through register-blocked query panels
-     (tiles of 12 rows x 8 queries or 6 rows x 16 queries held in vector
-     registers, a heap-root compare per tile) - see ``fastimg._core.fused_topk``.
-     A query whose prepared vector is zero cannot be ranked by the surrogate
+     rows (:func:`fastimg.metrics.prepare_rows`) in the searcher's precision:
+     float32 rows with a fused dot product + bounded heap pass (OpenMP over row
+     chunks, per-thread heaps merged at the end; one query streams each row once;
+     2-5 queries share each row read in 2-row x 4-query tiles; batches of 6 or
+     more go through register-blocked query panels - see
+     ``fastimg._core.fused_topk``), or their float16 / int8 copies
+     (:mod:`fastimg.precision`, ``fastimg._core.i8_topk`` / ``f16_topk``: AVX-512
+     VNNI, AVX-VNNI or AVX2 code picked at run time).  Every precision is
+     *certified*: each kernel value comes with a bound on the row's float32
+     surrogate; the candidates that can reach the k-th result are re-scored
+     exactly, and a query whose excluded rows are not all certified worse is
+     scanned again with 4x the candidates (:meth:`ExactSearcher.search`'s
+     ``stats`` count them).  So the answer is the same in every precision, and
+     the same as an exact ranking of every row, ties included.  A query whose
+     prepared vector is zero cannot be ranked by the surrogate
      (:func:`degenerate_queries`, shared with the HNSW graph): it is answered by
      :func:`rank_degenerate`;
    * the other metrics (chisqr, chisqr_alt, intersect, kl_div, l1) use a fused
-     direct kernel on the raw rows;
+     direct kernel on the raw rows, and ``k + max(8, k // 8)`` candidates;
 
-3. a few extra candidates are kept, re-scored in float64 with
+3. candidates are re-scored in float64 with
    :func:`fastimg.metrics.exact_scores_many` (the values ``cv2.compareHist``
    returns), and sorted best first, ties broken by the lower row id
    (:func:`rescore`, shared with the HNSW graph's search).
@@ -333,10 +340,12 @@ class ExactSearcher:
     Thread-safety: :meth:`search` does not modify the searcher and may be called
     from several Python threads at once (the GIL is released while scanning).
 
-    Candidates are ranked on float32 values (the inner-product surrogate or the
-    direct kernel's float32 sum); ``k + max(8, k // 8)`` of them are re-scored in
-    float64, so near-ties at the k boundary resolve as the exact metric says.
-    A reduced precision re-scores a superset of them (see :mod:`fastimg.precision`).
+    Candidates of the inner-product metrics are certified (module docstring): at
+    least ``k + max(8, k // 8)`` of them are re-scored in float64, more when ties
+    crowd the k-th result, so the answer is the exact ranking of every row.  The
+    direct metrics rank candidates on the direct kernel's float32 sum and
+    re-score ``k + max(8, k // 8)`` of them, so near-ties at the k boundary
+    resolve as the exact metric says.
     OpenCV's epsilon special cases are reproduced exactly for constant pearson
     rows/queries and zero bhattacharyya/cosine rows/queries; the *query-dependent*
     ones (pearson ``var_q * var_x <= DBL_EPSILON`` with both variances non-zero,
