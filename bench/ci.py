@@ -128,28 +128,11 @@ def bench_search(n: int, d: int, rounds: int) -> tuple:
     return times, {name: min(v.values()) for name, v in ratios.items()}, ratios
 
 
-def _jpegs(folder: Path, count: int) -> list:
-    import cv2
-
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(count):
-        small = rng.integers(0, 256, size=(8, 12, 3), dtype=np.uint8)
-        img = cv2.resize(small, (384, 256), interpolation=cv2.INTER_CUBIC)
-        img = cv2.add(img, rng.integers(0, 24, size=img.shape, dtype=np.uint8))
-        p = folder / f"img{i:03d}.jpg"
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        assert ok
-        p.write_bytes(buf.tobytes())
-        paths.append(str(p))
-    return paths
-
-
 def bench_hsv72(count: int, rounds: int) -> tuple:
-    from bench_descriptors import _fastimg, _loop, _warm, numpy_hsv72, opencv_hsv
+    from bench_descriptors import _fastimg, _loop, _warm, numpy_hsv72, opencv_hsv, synthetic_jpegs
 
     with tempfile.TemporaryDirectory() as tmp:
-        paths = _jpegs(Path(tmp), count)
+        paths = synthetic_jpegs(Path(tmp), count, (256, 384))
         _warm()
         t = _interleave({"fastimg": lambda: _fastimg(paths), "numpy loop": lambda: _loop(numpy_hsv72, paths),
                          "OpenCV calcHist loop": lambda: _loop(opencv_hsv, paths)}, rounds)

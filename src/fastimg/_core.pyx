@@ -27,6 +27,7 @@ Every function here returns ``(ids, values)``, the order of every search layer.
 cimport openmp
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t
+from libc.string cimport memset
 
 from fastimg._heap cimport fi_heap_init, fi_heap_push, fi_heap_sort
 from fastimg._lowp cimport (FI_LP_AVX2, FI_LP_N_TARGETS, FI_LP_PW, FI_LP_SCALAR, FI_LP_TILE_LCM, FI_LP_TILE_ROWS,
@@ -428,6 +429,28 @@ cdef inline const float* _fopt(const float[::1] a) noexcept nogil:
     return NULL if a is None else _fptr(a)
 
 
+cdef _LpJob _lp_job(int prec, int target, int pw, Py_ssize_t ld, Py_ssize_t nq, Py_ssize_t kk,
+                    const float[::1] rscale, const float[::1] err, const float[::1] bias,
+                    const uint8_t[::1] mask) except *:
+    """A job with the fields both precisions share set, every pointer else NULL."""
+    if rscale is None:
+        raise ValueError("rscale is required")
+    cdef _LpJob job
+    memset(&job, 0, sizeof(job))
+    job.prec = prec
+    job.target = target
+    job.pw = pw
+    job.ld = ld
+    job.nq = nq
+    job.npan = (nq + FI_LP_PW - 1) // FI_LP_PW if pw else 0
+    job.rscale = _fptr(rscale)
+    job.err = _fopt(err)
+    job.bias = _fopt(bias)
+    job.mask = NULL if mask is None else _mptr(mask)
+    job.kk = kk
+    return job
+
+
 cdef object _pad_lanes(a, Py_ssize_t npan, dtype):
     out = np.zeros(max(npan * FI_LP_PW, 1), dtype=dtype)
     out[:a.shape[0]] = a
@@ -499,29 +522,11 @@ def i8_topk(
     cdef int t = _lp_check(n, nq, kk, n_threads, chunk_rows, panels, target,
                            {"rscale": rscale, "err": err, "bias": bias, "mask": mask},
                            {"qscale": qscale, "qoff": qoff, "alpha": alpha})
-    if rscale is None:
-        raise ValueError("rscale is required")
-    cdef int pw = panels
-    if panels < 0:
-        pw = FI_LP_PW if nq >= I8_PANEL_MIN_QUERIES else 0
-    cdef _LpJob job
-    job.prec = 0
-    job.target = t
-    job.pw = pw
+    cdef _LpJob job = _lp_job(0, t, FI_LP_PW if (panels < 0 and nq >= I8_PANEL_MIN_QUERIES) or panels > 0 else 0,
+                              ld, nq, kk, rscale, err, bias, mask)
+    cdef int pw = job.pw
     job.X8 = &codes[0, 0] if n > 0 else NULL
-    job.X16 = NULL
-    job.ld = ld
     job.Q8 = &queries[0, 0] if nq > 0 else NULL
-    job.Q16 = NULL
-    job.Qf = NULL
-    job.QT = NULL
-    job.nq = nq
-    job.npan = (nq + FI_LP_PW - 1) // FI_LP_PW if pw else 0
-    job.rscale = _fptr(rscale)
-    job.err = _fopt(err)
-    job.bias = _fopt(bias)
-    job.mask = NULL if mask is None else _mptr(mask)
-    job.kk = kk
     cdef Py_ssize_t npan = job.npan
     q = np.asarray(queries)
     cdef const float[::1] qs_v = qscale
@@ -600,31 +605,11 @@ def f16_topk(
         raise ValueError(f"queries must have {d} columns (the codes'); got {queries.shape[1]}")
     cdef int t = _lp_check(n, nq, kk, n_threads, chunk_rows, panels, target,
                            {"rscale": rscale, "err": err, "bias": bias, "mask": mask}, {"alpha": alpha})
-    if rscale is None:
-        raise ValueError("rscale is required")
-    cdef int pw = panels
-    if panels < 0:
-        pw = FI_LP_PW if nq >= F16_PANEL_MIN_QUERIES else 0
-    cdef _LpJob job
-    job.prec = 1
-    job.target = t
-    job.pw = pw
-    job.X8 = NULL
+    cdef _LpJob job = _lp_job(1, t, FI_LP_PW if (panels < 0 and nq >= F16_PANEL_MIN_QUERIES) or panels > 0 else 0,
+                              d, nq, kk, rscale, err, bias, mask)
+    cdef int pw = job.pw
     job.X16 = &codes[0, 0] if n > 0 and d > 0 else NULL
-    job.ld = d
-    job.Q8 = NULL
-    job.Q16 = NULL
     job.Qf = &queries[0, 0] if nq > 0 and d > 0 else NULL
-    job.QT = NULL
-    job.nq = nq
-    job.npan = (nq + FI_LP_PW - 1) // FI_LP_PW if pw else 0
-    job.qs = NULL
-    job.qoff = NULL
-    job.rscale = _fptr(rscale)
-    job.err = _fopt(err)
-    job.bias = _fopt(bias)
-    job.mask = NULL if mask is None else _mptr(mask)
-    job.kk = kk
     cdef Py_ssize_t npan = job.npan
     cdef const float[::1] al_v = alpha
     cdef const float[::1] qtf

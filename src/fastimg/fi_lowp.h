@@ -165,27 +165,6 @@ FI_LP_T2 static inline int32_t fi_hsum8_epi32(__m256i a) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* u8 rows widened to s16, times the s16 query: exact (no saturation) */
-FI_LP_T2 static inline int32_t fi_i8_dot_avx2(const uint8_t* x, const int8_t* q, const int16_t* q16,
-                                              ptrdiff_t ld) {
-    __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
-    ptrdiff_t j = 0;
-    for (; j + 32 <= ld; j += 32) {
-        __m256i x0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(x + j)));
-        __m256i x1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(x + j + 16)));
-        a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x0, _mm256_loadu_si256((const __m256i*)(q16 + j))));
-        a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(x1, _mm256_loadu_si256((const __m256i*)(q16 + j + 16))));
-    }
-    if (j + 16 <= ld) {
-        __m256i x0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(x + j)));
-        a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x0, _mm256_loadu_si256((const __m256i*)(q16 + j))));
-        j += 16;
-    }
-    int32_t s = fi_hsum8_epi32(_mm256_add_epi32(a0, a1));
-    for (; j < ld; ++j) s += (int32_t)x[j] * (int32_t)q[j];
-    return s;
-}
-
 /* lane i of the result = the sum of the 8 lanes of a[i] */
 FI_LP_T2 static inline __m256i fi_red8_epi32(const __m256i* a) {
     __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
@@ -260,31 +239,18 @@ FI_LP_T2 static inline __m256i fi_i8_dotv_avx2(const uint8_t* x, const int8_t* q
     return _mm256_add_epi32(a0, a1);
 }
 
+/* u8 rows widened to s16, times the s16 query: exact (no saturation) */
+FI_LP_T2 static inline int32_t fi_i8_dot_avx2(const uint8_t* x, const int8_t* q, const int16_t* q16,
+                                              ptrdiff_t ld) {
+    return fi_hsum8_epi32(fi_i8_dotv_avx2(x, q, q16, ld));
+}
+
 FI_LP_T2 static void fi_i8_q1_avx2(FI_I8_Q1_ARGS) {
 #define FI_DOT_A(x) fi_i8_dot_avx2(x, q, q16, ld)
 #define FI_DOTV_A(x) fi_i8_dotv_avx2(x, q, q16, ld)
     FI_I8_Q1_BLOCKS8(FI_DOTV_A, FI_DOT_A)
 #undef FI_DOTV_A
 #undef FI_DOT_A
-}
-
-/* zmm vpdpbusd: 64 u8 x s8 products per instruction; masked tail loads */
-FI_LP_T512 static inline int32_t fi_i8_dot_512(const uint8_t* x, const int8_t* q, ptrdiff_t ld) {
-    __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
-    ptrdiff_t j = 0;
-    for (; j + 128 <= ld; j += 128) {
-        a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(x + j), _mm512_loadu_si512(q + j));
-        a1 = _mm512_dpbusd_epi32(a1, _mm512_loadu_si512(x + j + 64), _mm512_loadu_si512(q + j + 64));
-    }
-    if (j + 64 <= ld) {
-        a0 = _mm512_dpbusd_epi32(a0, _mm512_loadu_si512(x + j), _mm512_loadu_si512(q + j));
-        j += 64;
-    }
-    if (j < ld) {
-        __mmask64 m = (ld - j >= 64) ? ~(__mmask64)0 : (((__mmask64)1 << (ld - j)) - 1);
-        a1 = _mm512_dpbusd_epi32(a1, _mm512_maskz_loadu_epi8(m, x + j), _mm512_maskz_loadu_epi8(m, q + j));
-    }
-    return _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1));
 }
 
 /* unreduced: 16 int32 partial sums whose total is the dot product (tm: the mask
@@ -302,6 +268,12 @@ FI_LP_T512 static inline __m512i fi_i8_dotv_512(const uint8_t* x, const int8_t* 
     }
     if (tm) a1 = _mm512_dpbusd_epi32(a1, _mm512_maskz_loadu_epi8(tm, x + j), _mm512_maskz_loadu_epi8(tm, q + j));
     return _mm512_add_epi32(a0, a1);
+}
+
+/* zmm vpdpbusd: 64 u8 x s8 products per instruction; masked tail loads */
+FI_LP_T512 static inline int32_t fi_i8_dot_512(const uint8_t* x, const int8_t* q, ptrdiff_t ld) {
+    ptrdiff_t tail = ld % 64;
+    return _mm512_reduce_add_epi32(fi_i8_dotv_512(x, q, ld, tail ? (((__mmask64)1 << tail) - 1) : 0));
 }
 
 /* block k (128 bits) of the result = [a_k, b_k, c_k, d_k], x_k = the sum of block k of x */
@@ -437,20 +409,6 @@ static void fi_i8_panels_scalar(FI_I8_PANEL_ARGS) {
     }
 }
 
-/* the rare path of a tile: push the values (s[i * 16 + lane]) reaching their root */
-static void fi_lp_panel_push(const float* s, ptrdiff_t nr, ptrdiff_t lanes, ptrdiff_t q0, ptrdiff_t r,
-                             const uint8_t* mask, float* hv, int64_t* hi, ptrdiff_t kk, float* th) {
-    for (ptrdiff_t i = 0; i < nr; ++i) {
-        for (ptrdiff_t l = 0; l < lanes; ++l) {
-            float v = s[i * FI_LP_PW + l];
-            if (v < th[l]) continue;
-            ptrdiff_t q = q0 + l;
-            fi_push_row(hv + q * kk, hi + q * kk, kk, mask, r + i, v);
-            th[l] = hv[q * kk];
-        }
-    }
-}
-
 /* rows of a tile: R pointers and per-row terms; a short tail tile repeats its last row */
 #define FI_LP_TILE_ROWS_SETUP(R, BASE, STRIDE)                                                    \
     ptrdiff_t nr = (r1 - r < R) ? r1 - r : R;                                                     \
@@ -504,7 +462,7 @@ FI_LP_T512 static void fi_i8_panels_512(FI_I8_PANEL_ARGS) {
             if (!hit) continue;
             for (int i = 0; i < R; ++i) _mm512_storeu_ps(s + i * FI_LP_PW, v[i]);
             ptrdiff_t lanes = nq - q0 < FI_LP_PW ? nq - q0 : FI_LP_PW;
-            fi_lp_panel_push(s, nr, lanes, q0, r, mask, hv, hi, kk, thr + q0);
+            fi_panel_push(s, FI_LP_PW, nr, lanes, q0, r, mask, hv, hi, kk, thr + q0);
         }
     }
 }
@@ -527,7 +485,7 @@ FI_LP_T512 static void fi_i8_panels_512(FI_I8_PANEL_ARGS) {
         _mm256_storeu_ps(s + i * FI_LP_PW + 8, v1[i]);                                            \
     }                                                                                             \
     ptrdiff_t lanes = nq - q0 < FI_LP_PW ? nq - q0 : FI_LP_PW;                                    \
-    fi_lp_panel_push(s, nr, lanes, q0, r, mask, hv, hi, kk, thr + q0);
+    fi_panel_push(s, FI_LP_PW, nr, lanes, q0, r, mask, hv, hi, kk, thr + q0);
 
 /* int8 value of 8 lanes (h = 0 or 8) of row i from int32 accumulator A */
 #define FI_LP_I8_V256(A, i, h)                                                                    \

@@ -198,24 +198,25 @@ def reduce_prepared(metric: "str | Metric", prepared: np.ndarray, precision: str
     ReducedRows
     """
     m = get_metric(metric)
-    precision = _check_reduced(precision)
     p = np.asarray(prepared)
     if p.ndim != 2 or p.dtype != np.float32:
         raise ValueError(f"prepared must be float32 (N, D); got {p.dtype} {p.shape}")
-    n, d = p.shape
+    out = _output(precision, p.shape, out)
+    _quantize(p, out, zero_point(m))
+    return out
+
+
+def _output(precision: Any, shape: Tuple[int, ...], out: Optional[ReducedRows]) -> ReducedRows:
+    """``out`` checked for (N, D) rows of ``precision``, or new arrays."""
+    precision = _check_reduced(precision)
+    n, d = shape
     if precision == "int8" and d > INT8_MAX_DIM:
         raise ValueError(f"precision 'int8' supports D <= {INT8_MAX_DIM}; got D={d} (use 'float16')")
     if out is None:
-        out = ReducedRows.empty(precision, n, d)
-    else:
-        out.check(n, d, "out")
-    z = zero_point(m)
-    for start in range(0, n, _ROW_CHUNK):
-        stop = min(n, start + _ROW_CHUNK)
-        c, s, e = _quantize(p[start:stop], precision, z)
-        out.codes[start:stop] = c
-        out.scale[start:stop] = s
-        out.err[start:stop] = e
+        return ReducedRows.empty(precision, n, d)
+    out.check(n, d, "out")
+    if out.precision != precision:
+        raise ValueError(f"out holds {out.precision!r} rows; expected {precision!r}")
     return out
 
 
@@ -244,36 +245,28 @@ def reduce_rows(metric: "str | Metric", data: npt.ArrayLike, precision: str,
     ``reduce_rows(m, data, p)``.
     """
     m = get_metric(metric)
-    precision = _check_reduced(precision)
     data = np.asarray(data) if not isinstance(data, np.ndarray) else data
     if data.ndim != 2:
         raise ValueError(f"data must be 2-D (N, D); got shape {data.shape}")
-    n, d = data.shape
-    if precision == "int8" and d > INT8_MAX_DIM:
-        raise ValueError(f"precision 'int8' supports D <= {INT8_MAX_DIM}; got D={d} (use 'float16')")
-    if out is None:
-        out = ReducedRows.empty(precision, n, d)
-    else:
-        out.check(n, d, "out")
+    n = data.shape[0]
+    out = _output(precision, data.shape, out)
     bias = np.zeros(n, dtype=np.float32) if m.bias else None
     for start in range(0, n, _ROW_CHUNK):
         stop = min(n, start + _ROW_CHUNK)
         p, b = prepare_rows(m, data[start:stop])
-        reduce_prepared(m, p, precision, out[start:stop])
+        _quantize(p, out[start:stop], zero_point(m))
         if bias is not None and b is not None:
             bias[start:stop] = b
     return out, bias
 
 
-def _quantize(p32: np.ndarray, precision: str, z: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(codes, scale float32, err float32) of a float32 block of prepared rows.
+def _quantize(p32: np.ndarray, out: ReducedRows, z: int) -> None:
+    """Codes, scales and error bounds of float32 prepared rows, written into ``out``.
 
     The codes may be computed in float32 (any rounding of ``x / scale`` is a valid
     code); the error bound is computed in float64 from the codes actually stored."""
     n, d = p32.shape
-    out_codes = np.empty((n, _code_width(precision, d)), dtype=np.uint8 if precision == "int8" else np.float16)
-    scale = np.empty(n, dtype=np.float32)
-    err = np.empty(n, dtype=np.float64)
+    precision, out_codes = out.precision, out.codes
     for a in range(0, n, _QUANT_ROWS):
         x = p32[a:a + _QUANT_ROWS]
         amax = np.abs(x).max(axis=1).astype(np.float64) if d else np.zeros(len(x))
@@ -299,9 +292,8 @@ def _quantize(p32: np.ndarray, precision: str, z: int) -> Tuple[np.ndarray, np.n
             xh = h.astype(np.float64)
             xh *= s64[:, None]  # exact
         np.subtract(x, xh, out=xh)
-        err[a:a + len(x)] = np.sqrt(np.einsum("ij,ij->i", xh, xh))
-        scale[a:a + len(x)] = s
-    return out_codes, scale, _up32(err)
+        out.err[a:a + len(x)] = _up32(np.sqrt(np.einsum("ij,ij->i", xh, xh)))
+        out.scale[a:a + len(x)] = s
 
 
 # ---------------------------------------------------------------------------
