@@ -99,7 +99,7 @@ def _up32(x: np.ndarray) -> np.ndarray:
     return f
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ReducedRows:
     """Reduced-precision copy of a metric's prepared rows (a rebuildable cache).
 
@@ -153,8 +153,9 @@ class ReducedRows:
                            np.empty(n, np.float32))
 
     def check(self, n: int, d: int, name: str = "reduced") -> None:
-        """Raise ``ValueError`` / ``TypeError`` unless the arrays fit N = ``n`` rows of
-        dimension ``d`` (dtypes, shapes, C-contiguity)."""
+        """Raise ``ValueError`` unless the arrays fit N = ``n`` rows of dimension
+        ``d`` (dtypes, shapes, C-contiguity), naming the array, what was expected and
+        what was found."""
         _check_reduced(self.precision)
         width = _code_width(self.precision, d)
         want = np.uint8 if self.precision == "int8" else np.float16
