@@ -116,7 +116,9 @@ class ReducedRows:
     The three arrays are what an index persists (:meth:`arrays`); pass them back
     through ``ExactSearcher(..., precision=..., reduced=ReducedRows(...))``.  They
     are trusted as :func:`reduce_rows` built them (the shapes and dtypes are
-    checked, the bounds cannot be without the float32 rows).
+    checked, the bounds cannot be without the float32 rows).  Instances compare
+    (and hash) by identity: arrays, possibly memmaps of gigabytes, have no cheap
+    equality.
     """
 
     precision: str
