@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import fastimg
 from fastimg import metrics as M
 from fastimg.precision import (INT8_MAX_DIM, ReducedRows, ReducedScan, reduce_prepared, reduce_rows,
                                zero_point)
@@ -236,7 +237,7 @@ def test_nbytes_of_reduced_rows(d):
         assert s8.prepared is None and s8.nbytes == s8.reduced.nbytes + (0 if s8.bias is None else s8.bias.nbytes)
         assert s8.nbytes <= 0.3 * s32.nbytes
         assert s16.nbytes <= 0.55 * s32.nbytes
-    assert ExactSearcher(x, "chisqr", precision="int8").nbytes == 0
+    assert ExactSearcher(x, "chisqr").nbytes == 0
 
 
 def test_persisted_reduced_rows_are_used_in_place(tmp_path):
@@ -258,8 +259,15 @@ def test_persisted_reduced_rows_are_used_in_place(tmp_path):
 def test_precision_arguments_are_checked():
     x = np.random.default_rng(0).random((50, 8), dtype=np.float32)
     red, bias = reduce_rows("pearson", x, "int8")
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(fastimg.ArgumentError, match="precision must be one of"):
         ExactSearcher(x, "pearson", precision="int4")
+    for metric in ("chisqr", "l1", "intersect"):  # no reduced form: an error, never a silent float32
+        for p in ("int8", "float16"):
+            with pytest.raises(fastimg.ArgumentError, match=f"precision='{p}' needs an inner-product metric.*"
+                                                            f"metric '{metric}'"):
+                ExactSearcher(x, metric, precision=p)
+    with pytest.raises(fastimg.ArgumentError, match=f"precision='int8' supports D <= {INT8_MAX_DIM}"):
+        ExactSearcher(np.zeros((1, INT8_MAX_DIM + 4), np.float32), "cosine", precision="int8")
     with pytest.raises(ValueError, match="precision is 'float32'"):
         ExactSearcher(x, "pearson", reduced=red, bias=bias)
     with pytest.raises(ValueError, match="reduced rows are 'int8' but precision='float16'"):
@@ -290,7 +298,7 @@ def test_auto_precision_rule(monkeypatch):
     s = ExactSearcher(x, "pearson", precision="auto")
     assert s.precision == "int8" and s.reduced is not None
     assert ExactSearcher(x, "chisqr", precision="auto").precision == "float32"  # no inner-product form
-    assert ExactSearcher(x, "l1", precision="int8").precision == "float32"
+    assert ExactSearcher(x, "l1", precision="auto").precision == "float32"
     np.testing.assert_array_equal(s.search(x[:5], 7), topk(x, x[:5], 7))
 
 

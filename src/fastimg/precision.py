@@ -63,10 +63,11 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
+from fastimg.errors import ArgumentError
 from fastimg.metrics import Metric, aligned_empty, get_metric, prepare_rows
 
 __all__ = ["PRECISIONS", "REDUCED", "ReducedRows", "reduce_rows", "reduce_prepared", "zero_point", "INT8_MAX_DIM",
-           "ScanQueries", "CandidateScan", "Float32Scan", "ReducedScan"]
+           "check_precision", "ScanQueries", "CandidateScan", "Float32Scan", "ReducedScan"]
 
 #: every precision :class:`fastimg.search.ExactSearcher` accepts (plus ``"auto"``)
 PRECISIONS = ("float32", "float16", "int8")
@@ -79,6 +80,26 @@ _NONNEG_SPACES = ("l1", "sqrt_l1")  # embeddings that are >= 0 by construction
 _ROW_CHUNK = 65536
 _QUANT_ROWS = 4096  # rows quantised per step (float64 temporaries of a few MB)
 _U = 2.0 ** -24  # unit roundoff of float32
+
+
+def check_precision(precision: Any, metric: "str | Metric", dim: int, name: str = "precision") -> str:
+    """``precision`` checked for a metric's rows of dimension ``dim``: one of
+    :data:`PRECISIONS` or ``"auto"``; a reduced one needs an inner-product metric
+    (pearson, bhattacharyya, cosine, l2: the others compare raw rows, which have
+    no reduced form), and ``"int8"`` a dimension of at most :data:`INT8_MAX_DIM`.
+
+    Raises :class:`fastimg.ArgumentError` naming the argument (``name``), what is
+    accepted and what was given."""
+    if not isinstance(precision, str) or (precision != "auto" and precision not in PRECISIONS):
+        raise ArgumentError(f"{name} must be one of {list(PRECISIONS) + ['auto']}; got {precision!r}")
+    m = get_metric(metric)
+    if precision in REDUCED and not m.ip_form:
+        raise ArgumentError(f"{name}={precision!r} needs an inner-product metric (pearson, bhattacharyya, "
+                            f"cosine, l2); metric "
+                            f"{m.name!r} compares the float32 rows themselves (use {name}='float32' or 'auto')")
+    if precision == "int8" and dim > INT8_MAX_DIM:
+        raise ArgumentError(f"{name}='int8' supports D <= {INT8_MAX_DIM}; got D={dim} (use 'float16')")
+    return precision
 
 
 def zero_point(metric: "str | Metric") -> int:

@@ -52,12 +52,13 @@ import numpy as np
 import numpy.typing as npt
 
 from fastimg._threads import resolve_threads
+from fastimg.errors import ArgumentError
 from fastimg.metrics import (METRICS, Metric, exact_scores_many, get_metric, metric_names, prepare_queries, prepare_rows,
                              surrogate_of_scores)
-from fastimg.precision import (INT8_MAX_DIM, PRECISIONS, REDUCED, CandidateScan, Float32Scan, ReducedRows, ReducedScan,
-                               reduce_prepared, reduce_rows)
+from fastimg.precision import (INT8_MAX_DIM, REDUCED, CandidateScan, Float32Scan, ReducedRows, ReducedScan,
+                               check_precision, reduce_prepared, reduce_rows)
 
-__all__ = ["ExactSearcher", "topk", "rescore", "exact_scan", "check_queries", "check_values", "degenerate_queries",
+__all__ = ["ExactSearcher", "resolve_precision", "topk", "rescore", "exact_scan", "check_queries", "check_values", "degenerate_queries",
            "rank_degenerate", "resolve_threads", "METRICS", "metric_names"]
 
 log = logging.getLogger(__name__)
@@ -278,6 +279,26 @@ def rank_degenerate(metric: Metric, queries: np.ndarray, ties: np.ndarray, scans
 # the searcher
 # ---------------------------------------------------------------------------
 
+def resolve_precision(metric: "str | Metric", precision: Any, n: int, d: int) -> str:
+    """The precision a scan of ``n`` rows of dimension ``d`` reads for ``precision``
+    (:func:`fastimg.precision.check_precision`; ``ArgumentError`` if unsupported):
+    ``"float32"`` for the metrics without an inner-product form (with ``"auto"`` or
+    ``"float32"``), the precision itself when given, and for ``"auto"`` ``"int8"``
+    from ``ExactSearcher.AUTO_INT8_MIN_ELEMENTS`` values (``n * d``) where the int8
+    kernels run vectorised (``fastimg._core.LOWP_BEST`` is not "scalar"), else
+    ``"float32"``.  The index resolves its ``auto`` precision with it too."""
+    m = get_metric(metric)
+    precision = check_precision(precision, m, d)
+    if not m.ip_form:
+        return "float32"
+    if precision == "auto":
+        from fastimg import _core
+
+        fast = _core.LOWP_BEST != "scalar"
+        return "int8" if fast and n * d >= ExactSearcher.AUTO_INT8_MIN_ELEMENTS and d <= INT8_MAX_DIM else "float32"
+    return precision
+
+
 class ExactSearcher:
     """Exact top-K search over a fixed float32 matrix for one metric.
 
@@ -298,8 +319,9 @@ class ExactSearcher:
         about 4 M: from there int8 was faster for 1 and for 100 queries, at D = 72
         and 256, bench/search.md) when the int8 kernels run vectorised here
         (``fastimg._core.LOWP_BEST`` is not "scalar"), ``"float32"`` otherwise.
-        Metrics without an inner-product form always scan their float32 rows
-        (``self.precision`` is then ``"float32"``).
+        Metrics without an inner-product form scan their float32 rows: ``"auto"``
+        is ``"float32"`` for them, and a reduced precision raises
+        :class:`fastimg.ArgumentError` (as does ``"int8"`` beyond D = 32768).
     prepared : ndarray of float32, shape (N, D), optional
         For inner-product metrics: the output of
         ``fastimg.metrics.prepare_rows(metric, data)`` saved earlier (e.g. a memmap
@@ -375,9 +397,9 @@ class ExactSearcher:
             raise ValueError(f"chunk_rows must be a positive integer or None; got {chunk_rows!r}")
         self.chunk_rows = None if chunk_rows is None else int(chunk_rows)
         n, d = self.data.shape
-        self.precision: str = self._resolve_precision(precision, n, d)
+        self.precision: str = resolve_precision(self.metric, precision, n, d)
         if reduced is not None and self.precision not in REDUCED:
-            raise ValueError(f"reduced rows were given but the precision is {self.precision!r}; pass "
+            raise ArgumentError(f"reduced rows were given but the precision is {self.precision!r}; pass "
                              f"precision={getattr(reduced, 'precision', 'int8')!r} with them")
         if check:
             check_values(self.data, "data", self.metric)
@@ -418,18 +440,6 @@ class ExactSearcher:
         else:
             self.reduced, self.bias = reduce_rows(self.metric, self.data, self.precision)
         self._scan = ReducedScan(self.metric, self.reduced, self.bias, d)
-
-    def _resolve_precision(self, precision: Any, n: int, d: int) -> str:
-        if precision != "auto" and precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS) + ['auto']}; got {precision!r}")
-        if not self.metric.ip_form:
-            return "float32"
-        if precision == "auto":
-            from fastimg import _core
-
-            fast = _core.LOWP_BEST != "scalar"
-            return "int8" if fast and n * d >= self.AUTO_INT8_MIN_ELEMENTS and d <= INT8_MAX_DIM else "float32"
-        return str(precision)
 
     def _check_bias(self, bias: Any, n: int) -> Optional[np.ndarray]:
         if not self.metric.bias:
