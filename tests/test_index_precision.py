@@ -209,3 +209,19 @@ def test_cli_index_precision_info_and_query(corel_dir, tmp_path, capsys):
                      "--precision", "int8"]) != 0
     assert "precision='int8' needs an inner-product metric" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_compaction_keeps_the_precision(tmp_path):
+    x = vectors(700)
+    path = tmp_path / "ix"
+    with make(path, x, "int8", "cosine") as index:
+        index.remove(list(range(0, 700, 3)))
+        mapping = index.compact()
+        assert index.precision == "int8"
+        keep = np.flatnonzero(mapping >= 0)
+        ids, scores = index.search_batch(x[:4], K, mode="exact", exclude_self=False)
+        for r in range(4):
+            assert_topk_equivalent(ids[r], scores[r], oracle_scores("cosine", x[r], x[keep]), True, K)
+        index.flush()
+        assert {n.split(".")[0] for n in index.info()["caches"]} == {"cosine-int8-codes", "cosine-int8-scale",
+                                                                   "cosine-int8-err"}
