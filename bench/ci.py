@@ -30,7 +30,10 @@ falling back to scalar code, a precision path that stops being faster, a
 regression to numpy speed) does.  The two "is it still faster at all" checks the
 issue names keep their natural floor: float32 Q = 1 must beat numpy's matvec
 (floor 1.0, measured 2.3 on one thread), and int8 must beat float32 (floor 1.2,
-measured 2.4-2.7).
+measured 2.4-2.7).  Three floors are lower than half (0.3-0.4): the ratios whose
+value moved most between runs here (hsv72 against OpenCV: 1.0, then 0.62 at load
+2 — its fastimg side uses every core, the loop one; the Q = 32 panels against
+faiss and in float16: 1.2, then 0.85-0.92); they only catch a collapse.
 
 Run: ``make bench-ci`` or ``.venv/bin/python bench/ci.py [--rounds R] [--quick]``
 (``--quick``: N = 20,000, for a smoke test of the script; its ratios are not checked).
@@ -67,11 +70,11 @@ FLOORS = {
     "search Q=1 fastimg float32 / int8": (1.2, "2.4", "int8 rows are ~4x fewer bytes"),
     "search Q=1 fastimg float32 / float16": (1.1, "1.9", "float16 rows are ~2x fewer bytes"),
     "search Q=32 numpy / fastimg float32": (1.2, "2.5", "query panels against numpy's GEMM"),
-    "search Q=32 faiss / fastimg float32": (0.6, "1.2", "query panels against faiss's BLAS path"),
+    "search Q=32 faiss / fastimg float32": (0.4, "0.85-1.2", "query panels against faiss's BLAS path"),
     "search Q=32 fastimg float32 / int8": (1.2, "2.7", "int8 VNNI / AVX2 panels"),
-    "search Q=32 fastimg float32 / float16": (0.6, "1.2", "float16 panels stay about float32 speed"),
+    "search Q=32 fastimg float32 / float16": (0.4, "0.92-1.2", "float16 panels stay about float32 speed"),
     "hsv72 numpy loop / fastimg": (5.0, "15", "integer bin decisions, fused kernel"),
-    "hsv72 OpenCV calcHist loop / fastimg": (0.6, "1.0", "reduced JPEG decoding, threads"),
+    "hsv72 OpenCV calcHist loop / fastimg": (0.3, "0.62-1.0", "reduced JPEG decoding, threads"),
     "ann raw hnswlib / fastimg": (0.3, "0.6", "the wrapper and exact re-scoring cost little"),
     "ann recall@10": (0.85, "1.0", "graph quality at ef = 64"),
 }
