@@ -20,7 +20,7 @@ CORE_SRC := src/fastimg/_core.pyx $(wildcard src/fastimg/*.pxd src/fastimg/*.h) 
 CORE_SO  := $(VENV)/.core-built
 DIR    ?=
 
-.PHONY: all install demo serve browser test test-latest test-lowest lock bench fuzz reliability clean
+.PHONY: all install demo serve browser test test-latest test-lowest lock bench bench-ci fuzz reliability clean
 
 all: install
 
@@ -125,6 +125,13 @@ define run-suite
 	$(1)/bin/python -m pytest -q -p no:cacheprovider tests
 	FASTIMG_BENCH_SCALE=tiny $(1)/bin/python -m pytest -q -p no:cacheprovider bench --benchmark-disable
 endef
+
+# Benchmark guard (run by .ci/run after the tests, ~1 CPU-minute): fastimg against
+# numpy / faiss / hnswlib / OpenCV in the same run; fails only when a speed *ratio*
+# falls below its floor (bench/ci.py), never on an absolute time.  Writes
+# bench/results/ci.json.
+bench-ci: install
+	$(PY) bench/ci.py
 
 # Full benchmarks (minutes; N = 1,000,000 vectors).  Results in bench/README.md.
 bench: install

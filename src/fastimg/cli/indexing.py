@@ -60,12 +60,21 @@ anywhere on the machine. --relative-to DIR records DIR relative to the index
 instead: a collection moved together with its index (e.g. the index inside the
 photo folder) keeps working. If the photos move on their own: `fastimg relocate`.
 A file name that is not UTF-8 or holds control characters is indexed like any
-other and shown escaped (\xe9, \n).""", [ix])
+other and shown escaped (\\xe9, \\n).
+--precision sets what exact searches read (new or existing index; stored in it):
+float32 rows, or float16 / int8 copies of them (2x / 4x fewer bytes, the same
+results: candidates are certified and re-scored from the float32 vectors); auto
+picks int8 from about 4 M values (images x dimensions). Reduced precisions need an
+inner-product metric (pearson, bhattacharyya, cosine, l2). `fastimg info` shows
+the bytes of each.""", [ix])
     p.add_argument("dirs", nargs="+", metavar="DIR", help="folders (or image files) to index")
     p.add_argument("--descriptor", metavar="NAME", default=None,
                    help="descriptor for a new index (see `fastimg descriptors`)")
     p.add_argument("--metric", metavar="NAME", default=None,
                    help="default metric of a new index (default: the descriptor's)")
+    p.add_argument("--precision", choices=("float32", "float16", "int8", "auto"), default=None,
+                   help="what exact searches read (default: float32 for a new index; an existing "
+                        "index keeps its own unless given)")
     p.add_argument("--workers", type=positive_int, metavar="N", default=None,
                    help="processes/threads describing images (default: all cores)")
     p.add_argument("--exclude", action="append", metavar="GLOB", default=None,
@@ -96,7 +105,9 @@ other and shown escaped (\xe9, \n).""", [ix])
 def add_info_parser(sub: Any, ix: argparse.ArgumentParser) -> None:
     """``fastimg info``."""
     p = add_command(sub, "info", "describe the index",
-                    "Image count, descriptor, dimension, metric, size on disk, ANN status.",
+                    "Image count, descriptor, dimension, metric, precision, size on disk, the bytes\n"
+                    "of each representation (representation_bytes: the vectors, and what an exact\n"
+                    "search of the metric reads in float32, float16 and int8), ANN status.",
                     f"""\
 examples:
   fastimg info
@@ -177,6 +188,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             kwargs["metric"] = args.metric
         if args.relative_to is not None:
             kwargs["root"] = args.relative_to
+        if args.precision is not None:
+            kwargs["precision"] = args.precision
         index = Index.create(path, **kwargs)
         created = True
     empty: list[str] = []
@@ -199,6 +212,8 @@ def cmd_index(args: argparse.Namespace) -> int:
                         f"--relative-to: the index at {path} resolves paths against {index.root}; "
                         "--relative-to applies when an index is created (`fastimg relocate OLD NEW` tells it "
                         "its files moved)")
+            if not created and args.precision is not None and args.precision != index.precision:
+                index.set_precision(args.precision)
             if args.whiten is not None:
                 from fastimg.metrics import get_metric
 
@@ -249,6 +264,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                 ann_meta = dict(ann_meta, seconds=time.perf_counter() - t0)
                 ann = True
             count = len(index)
+            precision = index.precision
     except BaseException:
         # an index this command created and left without a single row is removed;
         # one with committed rows is kept (re-running the command resumes)
@@ -261,7 +277,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         sys.stderr.write(shown(f"{PROG}: warning: {d}: no images found") + "\n")
 
     if args.json:
-        emit_json({"index": path, "count": count, "created": created, **totals,
+        emit_json({"index": path, "count": count, "created": created, "precision": precision, **totals,
                     "skipped_files": [{"path": p, "reason": r, **({"detail": dt} if dt else {})}
                                       for p, r, dt in skipped],
                     "redescribed": redescribed,
@@ -278,7 +294,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(shown(f"{verb} {path}: {count} images "
                     f"({totals['added']} added, {totals['unchanged']} unchanged, {totals['updated']} updated, "
                     + (f"{totals['moved']} moved, " if totals["moved"] else "")
-                    + f"{totals['removed']} removed, {totals['skipped']} skipped)"))
+                    + f"{totals['removed']} removed, {totals['skipped']} skipped)"
+                    + ("" if precision == "float32" else f"; precision {precision}")))
         if skipped:
             reasons: dict[str, int] = {}
             for _, r, _ in skipped:

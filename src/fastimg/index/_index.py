@@ -33,11 +33,13 @@ import numpy as np
 from fastimg.errors import ArgumentError, DescriptorError, IndexReadOnlyError, NotInIndexError
 from fastimg.index._progress import Progress, progress_callback
 from fastimg.index._reader import IndexReader
-from fastimg.index.caches import CACHE_SAVE_ROWS, prepared_outputs
+from fastimg.index.caches import CACHE_SAVE_ROWS, scan_outputs
 from fastimg.index.descriptor import descriptor_for
 from fastimg.index.ingest import ADD_BATCH, AddReport, Ingest, check_json
+from fastimg.index.searching import PRECISION_KEY, scan_precision
 from fastimg.index.store import Store
 from fastimg.metrics import get_metric
+from fastimg.precision import check_precision
 
 __all__ = ["Index"]
 
@@ -76,6 +78,7 @@ class Index(IndexReader):
         *,
         root: Optional[PathLike] = None,
         threads: Optional[int] = None,
+        precision: str = "float32",
         **descriptor_params: Any,
     ) -> "Index":
         """Create an empty index and return it open for writing (``mode="a"``).
@@ -101,6 +104,9 @@ class Index(IndexReader):
             anywhere on the machine (see :meth:`relocate` when the files move).
         threads : int, optional
             Threads for exact search (default: the search module's default).
+        precision : {"float32", "float16", "int8", "auto"}, default "float32"
+            What exact searches of the inner-product metrics read (see
+            :meth:`set_precision`); stored in the index.
         **descriptor_params
             Parameters of the descriptor (e.g. bins).
 
@@ -110,12 +116,17 @@ class Index(IndexReader):
             Unknown descriptor or bad parameters, or ``dim`` inconsistent with it.
         ValueError
             Unknown metric.
+        ArgumentError
+            ``precision`` unknown, or reduced for a metric without an inner-product form.
         FileExistsError
             ``path`` already holds an index, or is a non-empty directory.
         """
         desc = descriptor_for(descriptor, dim, descriptor_params)
         metric_name = get_metric(metric if metric is not None else desc.default_metric).name
+        precision = check_precision(precision, metric_name, int(desc.dim))
         store = Store.create(path, descriptor=desc.spec(), dim=int(desc.dim), metric=metric_name, root=root)
+        if precision != "float32":
+            store.set_meta(PRECISION_KEY, precision)
         return cls(store, threads=threads, descriptor=desc)
 
     @classmethod
@@ -203,8 +214,38 @@ class Index(IndexReader):
             data, prefix = self._whitening.data(v, fit), f"whitened-{fit.fit_id}-"
         else:
             data, prefix = v.vectors, ""
-        if m.ip_form and not (fit is not None and m.nonneg) and due(prepared_outputs(m.name, data.shape[1], prefix)):
-            self._caches.prepared(m.name, v.state, data, prefix)
+        p = scan_precision(v, m, int(data.shape[1]))
+        if m.ip_form and not (fit is not None and m.nonneg) and due(scan_outputs(m.name, data.shape[1], p, prefix)):
+            self._caches.prepared(m.name, v.state, data, prefix, p)
+            self._caches.prune_scans(m.name, int(data.shape[1]), p)
+
+    def set_precision(self, precision: str) -> None:
+        """Change what exact searches of the inner-product metrics read (writer only).
+
+        ``"float32"``: the prepared float32 rows; ``"float16"`` / ``"int8"``: copies
+        of them in 2x / 4x fewer bytes (:mod:`fastimg.precision`), the answer
+        (ids and scores) unchanged: candidates are certified and re-scored from
+        the float32 vectors, which are never touched; ``"auto"``: int8 from about
+        4 M values (rows x dim) where the int8 kernels are vectorised
+        (:func:`fastimg.search.resolve_precision`).  Stored in the index
+        (``meta`` key ``precision``); the caches of the default metric are
+        rebuilt in the new precision and the others removed (derived data).
+        Metrics without an inner-product form always read the float32 vectors.
+
+        Raises
+        ------
+        ArgumentError
+            ``precision`` unknown, reduced while the index's metric has no
+            inner-product form, or ``"int8"`` beyond D = 32768.
+        IndexReadOnlyError
+            The handle was opened with ``mode="r"``.
+        """
+        self._require_writable()
+        precision = check_precision(precision, self.metric, self.dim)
+        with self._mutex:
+            self._store.set_meta(PRECISION_KEY, None if precision == "float32" else precision)
+            self._search.clear()
+            self._save_caches(force=True)
 
     def _require_writable(self) -> None:
         if not self._store.writable:

@@ -43,10 +43,11 @@ from fastimg.index.query import (
     lookup,
     where_patterns,
 )
-from fastimg.index.searching import Search
+from fastimg.index.searching import Search, index_precision, representation_bytes, scan_precision
 from fastimg.index.store import Row, Store
 from fastimg.index.view import Allowed, View, Views
 from fastimg.index.whitening import Fit, Whitening, WhiteningMismatch
+from fastimg.metrics import get_metric
 
 __all__ = ["IndexReader", "Hit", "Entry", "BatchResult"]
 
@@ -226,6 +227,11 @@ class IndexReader:
         return str(self._store.manifest["metric"])
 
     @property
+    def precision(self) -> str:
+        """What exact searches of the inner-product metrics read (:meth:`Index.set_precision`)."""
+        return index_precision(self._views.current())
+
+    @property
     def mode(self) -> str:
         """``"a"`` (read and write) or ``"r"`` (read-only)."""
         return "a" if self._store.writable else "r"
@@ -317,7 +323,12 @@ class IndexReader:
         (spec dict), ``dim``, ``metric``, ``count`` (live images), ``rows``
         (committed rows, deleted included), ``deleted``, ``generation``,
         ``created``, ``size_bytes`` (all files), ``vectors_bytes``, ``caches``
-        (file names), ``ann`` (:meth:`ann_info`), ``whitening`` (None, or the dict
+        (file names), ``precision`` (:attr:`precision`), ``scan_precision`` (what an
+        exact search of the default metric reads now: ``auto`` resolved),
+        ``representation_bytes`` (the bytes of the vectors and of what an exact scan
+        of the default metric reads in each precision:
+        :func:`fastimg.index.searching.representation_bytes`), ``ann``
+        (:meth:`ann_info`), ``whitening`` (None, or the dict
         returned by :meth:`fit_whitening` plus ``stale_rows``: rows added since the
         fit, searched with that fit).  ``size_bytes`` walks the index directory:
         :attr:`descriptor_spec`, :meth:`ann_info` and ``len()`` are the cheap parts.
@@ -345,6 +356,9 @@ class IndexReader:
             "size_bytes": size,
             "vectors_bytes": v.state.committed * self.dim * 4,
             "caches": [p.name for p in self._caches.files()],
+            "precision": index_precision(v),
+            "scan_precision": scan_precision(v, get_metric(self.metric), self.dim),
+            "representation_bytes": representation_bytes(self.metric, v.state.committed, self.dim),
             "ann": self._ann_info(v),
             "whitening": self._whitening.info(v),
         }

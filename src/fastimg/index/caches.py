@@ -32,9 +32,18 @@ The names in use:
   inner-product metric (:func:`fastimg.metrics.prepare_rows`), read by
   :class:`fastimg.search.ExactSearcher` (:meth:`Caches.prepared`); writers keep
   them for the index's default metric;
+* ``<metric>-<precision>-codes`` / ``-scale`` / ``-err`` / ``-bias`` (precision
+  ``float16`` or ``int8``): the reduced-precision copy of those rows
+  (:class:`fastimg.precision.ReducedRows`, codes stored as float16 / uint8), what
+  the exact scan reads instead of the float32 prepared rows when the index's
+  precision is reduced (:meth:`fastimg.Index.set_precision`); writers keep the
+  caches of the index's precision only (:func:`scan_outputs`);
 * ``whitened-<fit_id>``: the vectors transformed by the fitted PCA-whitening
   (:meth:`Caches.whitened`), and ``whitened-<fit_id>-<metric>-prepared`` /
-  ``-bias``: its prepared form.
+  ``-bias`` (or ``-<precision>-...``): its prepared form.
+
+A cache's dtype follows from its name (:func:`cache_dtype`): float32, except the
+reduced codes.
 """
 from __future__ import annotations
 
@@ -54,7 +63,7 @@ from fastimg.index.store import State
 from fastimg.metrics import get_metric, prepare_rows
 
 __all__ = ["Caches", "CACHE_DIR", "CACHE_SAVE_ROWS", "Rows", "prepared_outputs", "prepare_fn", "derive_rows",
-           "parse_name", "data_crc"]
+           "parse_name", "data_crc", "reduced_outputs", "reduce_fn", "scan_outputs", "scan_fn", "cache_dtype"]
 
 log = logging.getLogger("fastimg.index.caches")
 
@@ -99,8 +108,37 @@ def prepared_outputs(metric: str, dim: int, prefix: str = "") -> list[Output]:
     return outputs
 
 
+def reduced_outputs(metric: str, dim: int, precision: str, prefix: str = "") -> list[Output]:
+    """The cache names of ``metric``'s reduced rows in ``precision`` (codes, scale,
+    err, and bias for the metrics that have one)."""
+    width = (int(dim) + 3) // 4 * 4 if precision == "int8" else int(dim)
+    base = f"{prefix}{metric}-{precision}"
+    outputs: list[Output] = [(f"{base}-codes", (width,)), (f"{base}-scale", ()), (f"{base}-err", ())]
+    if get_metric(metric).bias:
+        outputs.append((f"{base}-bias", ()))
+    return outputs
+
+
+def scan_outputs(metric: str, dim: int, precision: str, prefix: str = "") -> list[Output]:
+    """The caches an exact scan of ``metric`` reads in ``precision`` (a resolved
+    one: ``"float32"``, ``"float16"`` or ``"int8"``)."""
+    if precision == "float32":
+        return prepared_outputs(metric, dim, prefix)
+    return reduced_outputs(metric, dim, precision, prefix)
+
+
+def cache_dtype(name: str) -> np.dtype:
+    """The dtype of the cache ``name``: uint8 / float16 for reduced codes, else float32."""
+    if name.endswith("-int8-codes"):
+        return np.dtype(np.uint8)
+    if name.endswith("-float16-codes"):
+        return np.dtype(np.float16)
+    return np.dtype(np.float32)
+
+
 class Rows:
-    """A float32 array that grows by appending rows (capacity grows by half).
+    """An array (float32 unless ``dtype`` says) that grows by appending rows
+    (capacity grows by half).
 
     ``view()`` is the rows appended so far; appending never changes rows already
     appended, so an array returned by ``view()`` stays valid (and unchanged)
@@ -108,14 +146,14 @@ class Rows:
     append under their own lock).
     """
 
-    def __init__(self, row_shape: tuple[int, ...]):
-        self._buf = np.empty((0, *row_shape), np.float32)
+    def __init__(self, row_shape: tuple[int, ...], dtype: Any = np.float32):
+        self._buf = np.empty((0, *row_shape), dtype)
         self.n = 0
 
     def reserve(self, rows: int) -> None:
         """Make room for ``rows`` rows in all (growing by half at least)."""
         if rows > self._buf.shape[0]:
-            grown = np.empty((max(rows, self._buf.shape[0] * 3 // 2, 1024), *self._buf.shape[1:]), np.float32)
+            grown = np.empty((max(rows, self._buf.shape[0] * 3 // 2, 1024), *self._buf.shape[1:]), self._buf.dtype)
             grown[:self.n] = self._buf[:self.n]
             self._buf = grown
 
@@ -181,6 +219,21 @@ class Caches:
                 with contextlib.suppress(OSError):
                     q.unlink()
 
+    def prune_scans(self, metric: str, dim: int, keep: str) -> None:
+        """Writer: remove ``metric``'s scan caches (:func:`scan_outputs`, in every
+        space) of the precisions other than ``keep``."""
+        if not self.writable or not self.dir.is_dir():
+            return
+        from fastimg.precision import PRECISIONS
+
+        drop = {name for p in PRECISIONS if p != keep for name, _ in scan_outputs(metric, dim, p)}
+        for q in self.dir.glob("*.npy"):
+            parsed = parse_name(q.name)
+            name = parsed[0] if parsed is not None else ""
+            if name in drop or any(name.endswith("-" + d) for d in drop):
+                with contextlib.suppress(OSError):
+                    q.unlink()
+
     def load(self, name: str, state: State, shape: tuple[int, ...]) -> Optional[np.ndarray]:
         """Memmap the cache ``name`` valid for ``state`` (None if absent or unusable)."""
         p = self._find(name, state)
@@ -191,8 +244,9 @@ class Caches:
         except (OSError, ValueError) as exc:
             log.warning("%s: ignoring unreadable cache (%s)", p, exc)
             return None
-        if arr.shape != tuple(shape) or arr.dtype != np.float32:
-            log.warning("%s: ignoring cache of shape %s %s (expected %s float32)", p, arr.shape, arr.dtype, shape)
+        want = cache_dtype(name)
+        if arr.shape != tuple(shape) or arr.dtype != want:
+            log.warning("%s: ignoring cache of shape %s %s (expected %s %s)", p, arr.shape, arr.dtype, shape, want)
             return None
         return arr
 
@@ -250,16 +304,16 @@ class Caches:
         return None if got is None else (got[0], got[1][0])
 
     def new(self, name: str, state: State, shape: tuple[int, ...]) -> Optional[tuple[Path, np.ndarray]]:
-        """A writable float32 ``.npy`` memmap under a temporary name, to be filled
-        and passed to :meth:`publish`.  None if the directory is not writable or the
-        disk is full (caches are optional; the failure is logged)."""
+        """A writable ``.npy`` memmap (:func:`cache_dtype`) under a temporary name, to be
+        filled and passed to :meth:`publish`.  None if the directory is not writable or
+        the disk is full (caches are optional; the failure is logged)."""
         if not self.writable:
             return None
         base = self._base(name, state)
         tmp = self.dir / f".{base}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             self.dir.mkdir(exist_ok=True)
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(shape))
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=cache_dtype(name), shape=tuple(shape))
             _allocate(tmp)
         except OSError as exc:
             log.warning("%s: could not write cache (%s)", self.dir / base, exc)
@@ -349,17 +403,14 @@ class Caches:
         got = [self.load(name, state, shp) for (name, _), shp in zip(outputs, shapes)]
         return got if all(g is not None for g in got) else None  # type: ignore[return-value]
 
-    def prepared(self, metric: str, state: State, src: Any,
-                 prefix: str = "") -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-        """Writer: the prepared matrix (and bias, or None) of ``metric`` (an
-        inner-product metric) over the rows of ``src``, published as the caches
-        ``<prefix><metric>-prepared`` / ``-bias``.  ``(None, None)`` when they
-        cannot be written."""
-        outputs = prepared_outputs(metric, int(src.shape[1]), prefix)
-        got = self.derive(state, src, outputs, prepare_fn(metric, len(outputs)))
-        if got is None:
-            return None, None
-        return got[0], (got[1] if len(got) > 1 else None)
+    def prepared(self, metric: str, state: State, src: Any, prefix: str = "",
+                 precision: str = "float32") -> Optional[list[np.ndarray]]:
+        """Writer: the arrays an exact scan of ``metric`` (an inner-product metric)
+        reads in ``precision`` over the rows of ``src`` (:func:`scan_outputs`: the
+        prepared matrix and bias, or the reduced codes, scale, err and bias),
+        published as caches.  None when they cannot be written."""
+        outputs = scan_outputs(metric, int(src.shape[1]), precision, prefix)
+        return self.derive(state, src, outputs, scan_fn(metric, precision, len(outputs)))
 
     def whitened(self, state: State, vectors: Any, fit_id: str, dim: int,
                  transform: Callable[[np.ndarray], np.ndarray]) -> Optional[np.ndarray]:
@@ -385,6 +436,25 @@ def prepare_fn(metric: str, outputs: int) -> Derive:
     return fn
 
 
+def reduce_fn(metric: str, precision: str, outputs: int) -> Derive:
+    """``block -> [codes, scale, err(, bias)]`` of ``metric``'s rows in a reduced
+    ``precision`` (``outputs``: 3, or 4 with the bias); row by row, so chunks of
+    rows give the rows of the whole (:func:`fastimg.precision.reduce_rows`)."""
+    from fastimg.precision import reduce_rows
+
+    def fn(block: np.ndarray) -> list[np.ndarray]:
+        red, bias = reduce_rows(metric, block, precision)
+        arrays = [red.codes, red.scale, red.err]
+        return arrays if outputs == 3 or bias is None else [*arrays, bias]
+
+    return fn
+
+
+def scan_fn(metric: str, precision: str, outputs: int) -> Derive:
+    """The :data:`Derive` of :func:`scan_outputs`."""
+    return prepare_fn(metric, outputs) if precision == "float32" else reduce_fn(metric, precision, outputs)
+
+
 def derive_rows(src: Any, start: int, stop: int, fn: Derive, outs: Sequence[Rows]) -> None:
     """Append ``fn(src[a:b])`` to ``outs`` for the rows ``[start, stop)``, in chunks."""
     for out in outs:
@@ -392,7 +462,7 @@ def derive_rows(src: Any, start: int, stop: int, fn: Derive, outs: Sequence[Rows
     for a in range(start, stop, _CHUNK):
         b = min(stop, a + _CHUNK)
         for out, part in zip(outs, fn(np.asarray(src[a:b], dtype=np.float32))):
-            out.append(np.asarray(part, dtype=np.float32))
+            out.append(part)
 
 
 def _allocate(path: Path) -> None:
