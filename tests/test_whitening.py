@@ -22,7 +22,7 @@ import pytest
 
 from _photos import photo_tree
 from fastimg.errors import DescriptorError, IndexCorruptError, IndexReadOnlyError
-from fastimg.index import WHITENING_FILE, Index
+from fastimg.index import Index
 
 D = 32
 N = 300
@@ -112,7 +112,7 @@ def test_search_after_fit_equals_numpy_oracle(tmp_path, metric, dim):
         oracle = Oracle(x[live], dim)
         assert fit["dim"] == oracle.axes.shape[0] == (8 if dim == 8 else D)
         assert (fit["n_fit"], fit["rows"], fit["generation"], fit["power"]) == (live.size, N, 0, 0.0)
-        assert (tmp_path / "ix" / WHITENING_FILE).is_file()
+        assert index.whitening_path == tmp_path / "ix" / fit["file"] and index.whitening_path.is_file()
         np.testing.assert_array_equal(index.vectors, x)  # the raw vectors are untouched
 
         wx = oracle(x)
@@ -207,7 +207,8 @@ def test_clear_whitening_restores_raw_search(tmp_path):
         index.search_batch(queries, k=5)
         index.clear_whitening()
         assert index.info()["whitening"] is None
-        assert not (tmp_path / "ix" / WHITENING_FILE).exists()
+        assert index.whitening_path is None
+        assert not [p for p in (tmp_path / "ix").iterdir() if p.suffix == ".npz"]
         assert whitened_caches(index) == []
         ids, scores = index.search_batch(queries, k=10)
         xn = x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
@@ -231,7 +232,7 @@ def test_missing_or_corrupt_whitening_file_is_a_clear_error(tmp_path, damage):
     x = clustered(50, seed=16)
     with make_index(tmp_path / "ix", x) as index:
         index.fit_whitening(dim=4)
-    path = tmp_path / "ix" / WHITENING_FILE
+        path = index.whitening_path
     if damage == "missing":
         path.unlink()
     elif damage == "garbage":

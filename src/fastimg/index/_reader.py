@@ -318,7 +318,8 @@ class IndexReader:
         ``created``, ``size_bytes`` (all files), ``vectors_bytes``, ``caches``
         (file names), ``ann`` (:meth:`ann_info`), ``whitening`` (None, or the dict
         returned by :meth:`fit_whitening` plus ``stale_rows``: rows added since the
-        fit, searched with that fit).  ``size_bytes`` walks the index directory:
+        fit, searched with that fit), ``projection`` (likewise for a projection
+        learned by :meth:`fit_projection`; at most one of the two is set).  ``size_bytes`` walks the index directory:
         :attr:`descriptor_spec`, :meth:`ann_info` and ``len()`` are the cheap parts.
         """
         v = self._views.current()
@@ -345,7 +346,8 @@ class IndexReader:
             "vectors_bytes": v.state.committed * self.dim * 4,
             "caches": [p.name for p in self._caches.files()],
             "ann": self._ann_info(v),
-            "whitening": self._whitening.info(v),
+            "whitening": self._whitening.info(v, learned=False),
+            "projection": self._whitening.info(v, learned=True),
         }
 
     def ann_info(self) -> dict:
@@ -502,8 +504,9 @@ class IndexReader:
         return self._store.paths(ids)  # type: ignore[return-value]
 
     @property
-    def whitening_path(self) -> Path:
-        """Where the fitted PCA-whitening is stored (:data:`WHITENING_FILE` in the index)."""
+    def whitening_path(self) -> Optional[Path]:
+        """The file of the index's linear map - the PCA-whitening, or the learned
+        projection - in force (None when none is fitted)."""
         return self._whitening.path
 
     # ------------------------------------------------------------------ search
@@ -581,10 +584,11 @@ class IndexReader:
 
         Notes
         -----
-        With a whitening fitted (:meth:`fit_whitening`), the query and the rows
-        are compared after the stored PCA-whitening (and L2 normalisation), with
-        ``metric``; scores are the metric's values on the whitened vectors, and
-        re-ranking works on them too.
+        With a whitening fitted (:meth:`fit_whitening`), or a projection learned
+        from labels (:meth:`fit_projection`), the query and the rows are compared
+        after that linear map (and L2 normalisation), with ``metric``; scores are
+        the metric's values on the mapped vectors, and re-ranking works on them
+        too.
         """
         args = self._search_args(k, metric, mode, threshold, where)
         return self._consistent(lambda v, fit: self._hits(v, fit, query, False, exclude_self, ef, candidates,
