@@ -386,8 +386,10 @@ def match_labels(find: Any, pairs: list, base: Optional[Path], where: Path) -> t
         if i is None:
             missing.append(item)
             continue
-        if by_id.setdefault(i, label) != label:
-            raise ArgumentError(f"labels: {item!r} (id {i}) is labelled both {by_id[i]!r} and {label!r}")
+        first = by_id.setdefault(i, (label, item))
+        if first[0] != label:
+            same = "" if first[1] == item else f" (the same image as {first[1]!r})"
+            raise ArgumentError(f"{where}: labels: {item!r}{same} is labelled both {first[0]!r} and {label!r}")
     examples = [os.fspath(m) if isinstance(m, os.PathLike) else m for m in missing[:5]]
     if not by_id:
         raise ArgumentError(
@@ -396,7 +398,7 @@ def match_labels(find: Any, pairs: list, base: Optional[Path], where: Path) -> t
             + (f" or to {base}" if base is not None else "") + "), add_vectors names or ids"
         )
     ids = np.fromiter(sorted(by_id), dtype=np.int64, count=len(by_id))
-    labels = [by_id[int(i)] for i in ids]
+    labels = [by_id[int(i)][0] for i in ids]
     classes = len(set(labels))
     report = {"given": given, "matched": int(ids.size), "not_in_index": len(missing), "classes": classes}
     if classes < 2:
