@@ -396,11 +396,11 @@ def test_cli_learn_info_query_and_clear(tmp_path):
     assert "HNSW graph rebuilt" in out, out
     info = json.loads(run("info", "--index", idx, "--json").stdout)
     assert info["projection"]["method"] == "lda" and info["projection"]["dim"] == 2
-    assert info["ann"]["whitening"] == info["projection"]["fit_id"] if "whitening" in info["ann"] else True
+    assert info["ann"]["built"] and info["ann"]["error"] is None and info["ann"]["auto_mode"] is not None
     text = run("info", "--index", idx).stdout
-    assert "projection: lda" in text, text
+    assert "projection.method: lda" in text and "projection.labels.not_in_index: 1" in text, text
 
-    res = json.loads(run("query", files[0], "--index", idx, "-k", "3", "--json", "--mode", "ann").stdout)
+    res = json.loads(run("query", files[0], "--index", idx, "-k", "3", "--json", "--ann").stdout)
     with Index.open(idx) as index:
         raw = np.asarray(index.vectors, dtype=np.float64)
         names = index.paths(range(len(raw)))
