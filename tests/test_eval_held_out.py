@@ -24,6 +24,7 @@ from _photos import photo_tree
 from fastimg.eval import Dataset, evaluate, format_table
 from fastimg.learn import split_labels
 from test_index_projection import Oracle as LdaOracle
+from test_index_projection import labelled
 from test_whitening import Oracle as PcaOracle
 
 D = 72  # the dimension of hsv72, the descriptor named for the cached features
@@ -31,12 +32,7 @@ D = 72  # the dimension of hsv72, the descriptor named for the cached features
 
 def collection(n: int, classes: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Classes apart along a few directions, under larger label-free variance."""
-    rng = np.random.default_rng(seed)
-    centres = np.zeros((classes, D))
-    centres[:, :6] = rng.normal(size=(classes, 6)) * 1.2
-    y = rng.permutation(np.arange(n) % classes)
-    x = centres[y] + rng.normal(size=(n, D)) * np.r_[np.full(6, 0.6), np.full(D - 6, 2.0)]
-    return x.astype(np.float32), y
+    return labelled(n, D, classes, seed=seed, noise=1.0)
 
 
 def dataset(tmp_path: Path, y: np.ndarray, layout: str) -> Dataset:

@@ -34,13 +34,14 @@ N = 320
 C = 5
 
 
-def labelled(n: int = N, d: int = D, classes: int = C, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Classes separated along a few directions, hidden under large label-free variance."""
+def labelled(n: int = N, d: int = D, classes: int = C, *, seed: int, noise: float = 3.0
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Classes separated along a few directions, hidden under large label-free variance (``noise``)."""
     rng = np.random.default_rng(seed)
     centres = np.zeros((classes, d))
     centres[:, :4] = rng.normal(size=(classes, 4)) * 1.5
     y = rng.permutation(np.arange(n) % classes)
-    x = centres[y] + rng.normal(size=(n, d)) * np.r_[np.full(4, 0.5), np.full(d - 4, 3.0)]
+    x = centres[y] + rng.normal(size=(n, d)) * np.r_[np.full(4, 0.5), np.full(d - 4, noise)]
     return x.astype(np.float32), y
 
 

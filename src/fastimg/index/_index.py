@@ -461,17 +461,21 @@ class Index(IndexReader):
         """Forget the whitening: searches compare the raw vectors again.
 
         Removes the whitening's file, its record and its caches (a no-op when no
-        whitening is fitted, e.g. when a learned projection is).  An HNSW graph built on the whitened vectors must be
-        rebuilt (:meth:`build_ann`) to serve ``mode="ann"`` again.
+        whitening is fitted, e.g. when a learned projection is).  An HNSW graph
+        built on the whitened vectors must be rebuilt (:meth:`build_ann`) to
+        serve ``mode="ann"`` again.
 
         Raises
         ------
         IndexReadOnlyError
             The index is open with ``mode="r"``.
         """
+        self._clear_map(learned=False)
+
+    def _clear_map(self, learned: bool) -> None:
         self._require_writable()
         with self._mutex:
-            self._whitening.clear(learned=False)
+            self._whitening.clear(learned=learned)
             self._search.clear()
 
     def fit_projection(self, labels: Any, method: str = "lda", dim: Optional[int] = None, **options: Any) -> dict:
@@ -569,10 +573,7 @@ class Index(IndexReader):
         IndexReadOnlyError
             The index is open with ``mode="r"``.
         """
-        self._require_writable()
-        with self._mutex:
-            self._whitening.clear(learned=True)
-            self._search.clear()
+        self._clear_map(learned=True)
 
     # ------------------------------------------------------------------ ANN
     def build_ann(

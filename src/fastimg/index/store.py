@@ -11,12 +11,13 @@ An index is **one directory**::
                            written and read by :mod:`fastimg.index.caches`
         <metric>-prepared.g<G>.n<N>.npy   prepared matrix of an inner-product metric
         <metric>-bias.g<G>.n<N>.npy       its per-row bias (when the metric has one)
-        whitened-<fit>.g<G>.n<N>.npy      the whitened matrix (see whitening.npz)
+        whitened-<fit>.g<G>.n<N>.npy      the matrix mapped by the fitted whitening/projection
       ann/                 the HNSW graph (fastimg.ann's files); its state in ``meta``
                            (kept by :mod:`fastimg.index.graph`)
-      whitening.npz        optional PCA-whitening fitted by ``Index.fit_whitening`` (its
-                           record, with the file's checksum, in ``meta`` key ``whitening``;
-                           kept by :mod:`fastimg.index.whitening`)
+      whitening.<id>.npz   optional linear map: a PCA-whitening (``Index.fit_whitening``) or
+      projection.<id>.npz  a learned projection (``Index.fit_projection``); its record, with
+                           the file's name and checksum, in ``meta`` key ``whitening``; kept by
+                           :mod:`fastimg.index.whitening` (older indexes: ``whitening.npz``)
 
 ``manifest.json``
     ``{"format": "fastimg-index", "format_version": 1, "descriptor": <spec>,
