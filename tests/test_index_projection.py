@@ -200,6 +200,22 @@ def test_refit_and_hnsw_graph(tmp_path):
             index.search_batch(queries, k=5, mode="ann")
 
 
+def test_nca_is_stored_and_applied_like_lda(tmp_path):
+    """NCA itself is checked against scikit-learn in test_learn; here: the index stores the fitted
+    map and searches with it (oracle: the same fit made directly, then a numpy brute force)."""
+    from fastimg.learn import learn_projection
+
+    x, y = labelled(160, seed=17)
+    queries, _ = labelled(4, seed=18)
+    with make_index(tmp_path / "ix", x, metric="l2") as index:
+        fit = index.fit_projection({f"v{i}": int(y[i]) for i in range(160)}, method="nca", dim=3, max_iter=5)
+        assert (fit["method"], fit["dim"], fit["params"]["max_iter"]) == ("nca", 3, 5)
+        p = learn_projection(x, y, method="nca", dim=3, max_iter=5)
+        z, zq = p.transform(x).astype(np.float64), p.transform(queries).astype(np.float64)
+        ids, scores = index.search_batch(queries, k=8)
+        assert_matches("l2", ids, scores, scores_of("l2", zq, z), live_mask(index, 4), 8)
+
+
 # --------------------------------------------------------------------------- labels
 def test_labels_from_csv_folders_and_mapping_give_the_same_fit(tmp_path, monkeypatch):
     classes = ("beaches", "dinosaurs", "horses")
