@@ -114,9 +114,9 @@ def test_search_after_fit_equals_numpy_oracle(tmp_path, metric, dim):
         assert fit["dim"] == oracle.axes.shape[0] == (8 if dim == 8 else D)
         assert (fit["n_fit"], fit["rows"], fit["generation"], fit["power"]) == (live.size, N, 0, 0.0)
         # its own file, named after its checksum (BLAKE2b-128 of the bytes), recorded in the index
-        assert index.whitening_path == tmp_path / "ix" / f"whitening-{fit['fit_id']}.npz"
+        assert index.whitening_path == tmp_path / "ix" / fit["file"] == tmp_path / "ix" / f"whitening.{fit['fit_id'][:16]}.npz"
         assert hashlib.blake2b(index.whitening_path.read_bytes(), digest_size=16).hexdigest() == fit["fit_id"]
-        assert [p.name for p in (tmp_path / "ix").glob("whitening*")] == [index.whitening_path.name]
+        assert [p.name for p in (tmp_path / "ix").glob("*.npz")] == [index.whitening_path.name]
         np.testing.assert_array_equal(index.vectors, x)  # the raw vectors are untouched
 
         wx = oracle(x)
@@ -211,7 +211,8 @@ def test_clear_whitening_restores_raw_search(tmp_path):
         index.search_batch(queries, k=5)
         index.clear_whitening()
         assert index.info()["whitening"] is None
-        assert index.whitening_path is None and not list((tmp_path / "ix").glob("whitening*"))
+        assert index.whitening_path is None
+        assert not [p for p in (tmp_path / "ix").iterdir() if p.suffix == ".npz"]
         assert whitened_caches(index) == []
         ids, scores = index.search_batch(queries, k=10)
         xn = x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)

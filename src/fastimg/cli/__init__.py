@@ -9,6 +9,7 @@ One module per group of commands, each adding its parsers and holding its
 * :mod:`fastimg.cli.searching` - ``query``, ``dedup`` (the algorithm: :mod:`fastimg.dedup`);
 * :mod:`fastimg.cli.evaluating` - ``descriptors``, ``eval`` (the measures: :mod:`fastimg.eval`);
 * :mod:`fastimg.cli.serving` - ``serve`` (the HTTP service: :mod:`fastimg.serve`);
+* :mod:`fastimg.cli.learning` - ``learn`` (the method: :mod:`fastimg.learn`);
 * :mod:`fastimg.cli.common` - argument types, parser pieces, index location, output.
 
 Every command imports the library modules it needs inside its own function, so
@@ -40,6 +41,7 @@ from fastimg.cli.common import (
 )
 from fastimg.cli.evaluating import add_descriptors_parser, add_eval_parser, wants_eval
 from fastimg.cli.indexing import add_compact_parser, add_index_parser, add_info_parser, add_remove_parser
+from fastimg.cli.learning import add_learn_parser
 from fastimg.cli.maintenance import add_check_parser, add_relocate_parser
 from fastimg.cli.searching import add_dedup_parser, add_query_parser
 from fastimg.cli.serving import add_serve_parser
@@ -89,6 +91,7 @@ def build_parser(*, with_eval: bool = False) -> argparse.ArgumentParser:
     add_relocate_parser(sub, ix)
     add_dedup_parser(sub, ix)
     add_serve_parser(sub, ix)
+    add_learn_parser(sub, ix)
     add_descriptors_parser(sub)
     add_eval_parser(sub, with_eval)
     return parser

@@ -52,11 +52,12 @@ directory) are described in :mod:`fastimg.index.store`; the behaviour:
   ``where=`` the entries under a folder or matching a glob (an exact search).
   A writer updates the graph in memory and saves it lazily (:meth:`Index.flush`,
   :mod:`fastimg.index.graph`).
-* **Whitening** (:meth:`Index.fit_whitening`, :mod:`fastimg.index.whitening`):
-  an optional PCA-whitening fitted on the collection and stored in the index;
-  while it is fitted, every search compares whitened vectors (the raw vectors
-  are kept unchanged; the whitened matrix is a rebuildable cache,
-  :mod:`fastimg.index.caches`).
+* **Linear map** (:mod:`fastimg.index.whitening`): an optional PCA-whitening
+  fitted on the collection (:meth:`Index.fit_whitening`), or a projection
+  learned from labelled images (:meth:`Index.fit_projection`, metric
+  learning), stored in the index - one at a time; while one is fitted, every
+  search compares mapped vectors (the raw vectors are kept unchanged; the
+  mapped matrix is a rebuildable cache, :mod:`fastimg.index.caches`).
 * **Ids**: an image's id is its row in the vector file.  Ids are stable across
   ``add`` and ``remove``; :meth:`Index.compact` renumbers them (it returns the
   old-to-new mapping).
@@ -65,14 +66,14 @@ Index location for the CLI: :func:`default_index_path`.
 
 Modules (each imports only those below it)::
 
-    _index       Index: create/open and the writer's calls (add, remove, compact, whitening, graph)
+    _index       Index: create/open and the writer's calls (add, remove, compact, linear map, graph)
     _reader      IndexReader (Index's base): properties, info, lookups, search, similar; Hit, Entry, BatchResult
     searching    Search: space, exact/graph candidates, filters, self, re-ranking, threshold
     query        Queries: path/bytes/array/vector/entry -> vector + self ids; where= patterns
     check        check / check_index: CheckReport (Index.check, fastimg check)
     ingest       Ingest: scan, hash, moves, batches, re-description; AddReport; remove's resolution
     graph        Graph: HNSW build, load + catch-up, lazy save, choice of mode
-    whitening    Whitening: fit, clear, load-and-verify, whitened matrix
+    whitening    Whitening: the linear map (whitening or learned projection): fit, clear, load-and-verify, mapped matrix
     scan         Scans: exact scans over the cached prefix + rows prepared in memory; merging
     descriptor   the index's descriptor (registry or "custom")
     caches       Caches: derived .npy files (prepared matrices, whitened matrix), written by writers

@@ -330,7 +330,8 @@ class IndexReader:
         :func:`fastimg.index.searching.representation_bytes`), ``ann``
         (:meth:`ann_info`), ``whitening`` (None, or the dict
         returned by :meth:`fit_whitening` plus ``stale_rows``: rows added since the
-        fit, searched with that fit).  ``size_bytes`` walks the index directory:
+        fit, searched with that fit), ``projection`` (likewise for a projection
+        learned by :meth:`fit_projection`; at most one of the two is set).  ``size_bytes`` walks the index directory:
         :attr:`descriptor_spec`, :meth:`ann_info` and ``len()`` are the cheap parts.
         """
         v = self._views.current()
@@ -360,7 +361,8 @@ class IndexReader:
             "scan_precision": scan_precision(v, get_metric(self.metric), self.dim),
             "representation_bytes": representation_bytes(self.metric, v.state.committed, self.dim),
             "ann": self._ann_info(v),
-            "whitening": self._whitening.info(v),
+            "whitening": self._whitening.info(v, learned=False),
+            "projection": self._whitening.info(v, learned=True),
         }
 
     def ann_info(self) -> dict:
@@ -549,8 +551,8 @@ class IndexReader:
 
     @property
     def whitening_path(self) -> Optional[Path]:
-        """The file of the fitted PCA-whitening (``whitening-<fit_id>.npz`` in the index;
-        None when no whitening is fitted)."""
+        """The file of the index's linear map - the PCA-whitening, or the learned
+        projection - in force (None when none is fitted)."""
         return self._whitening.path
 
     # ------------------------------------------------------------------ search
@@ -631,10 +633,11 @@ class IndexReader:
 
         Notes
         -----
-        With a whitening fitted (:meth:`fit_whitening`), the query and the rows
-        are compared after the stored PCA-whitening (and L2 normalisation), with
-        ``metric``; scores are the metric's values on the whitened vectors, and
-        re-ranking works on them too.
+        With a whitening fitted (:meth:`fit_whitening`), or a projection learned
+        from labels (:meth:`fit_projection`), the query and the rows are compared
+        after that linear map (and L2 normalisation), with ``metric``; scores are
+        the metric's values on the mapped vectors, and re-ranking works on them
+        too.
         """
         args = self._search_args(k, metric, mode, threshold, where)
         return self._consistent(lambda v, fit: self._hits(v, fit, query, False, exclude_self, ef, candidates,

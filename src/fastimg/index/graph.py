@@ -27,9 +27,9 @@ fastimg 0.1 have no ``dir``: their graph is in ``ann/`` itself).
   :data:`ANN_SAVE_ROWS` rows (or 5 % of the graph) were inserted since the last
   save, on ``Index.flush()`` and on ``Index.close()``.  A graph left stale (a
   killed writer) is caught up by the next writer.
-* **One space**: the graph serves the metric and the whitening fit it was built
-  for; after the whitening is fitted, re-fitted or cleared it is unused until
-  rebuilt.
+* **One space**: the graph serves the metric and the linear map (whitening or
+  learned projection, :mod:`fastimg.index.whitening`) it was built for; after
+  the map is fitted, re-fitted or cleared it is unused until rebuilt.
 """
 from __future__ import annotations
 
@@ -336,8 +336,8 @@ class Graph:
         usable = graph is not None and meta is not None and meta.get("metric") == m.name and same_space
         if mode == "ann" and not usable:
             why = (self.error if meta is not None and graph is None else
-                   ("the graph was built before the whitening was fitted, re-fitted or cleared: rebuild it "
-                    "(Index.build_ann / fastimg index --ann)") if meta is not None and not same_space
+                   ("the graph was built before the whitening or learned projection was fitted, re-fitted or "
+                    "cleared: rebuild it (Index.build_ann / fastimg index --ann)") if meta is not None and not same_space
                    else f"the graph serves metric {meta.get('metric')!r}, not {m.name!r}" if meta is not None
                    else "no HNSW graph is built (Index.build_ann)")
             raise ArgumentError(f"{self._store.path}: mode='ann' unavailable: {why}")

@@ -11,13 +11,14 @@ An index is **one directory**::
                            written and read by :mod:`fastimg.index.caches`
         <metric>-prepared.g<G>.n<N>.c<CRC>.npy  prepared matrix of an inner-product metric
         <metric>-bias.g<G>.n<N>.c<CRC>.npy      its per-row bias (when the metric has one)
-        whitened-<fit>.g<G>.n<N>.c<CRC>.npy     the whitened matrix
+        whitened-<fit>.g<G>.n<N>.c<CRC>.npy     the matrix mapped by the fitted whitening/projection
       ann/<build>/         the HNSW graph of one build (fastimg.ann's files: hnsw.json naming
                            its hnsw.<n>.bin); which build is in force: ``meta`` key ``ann``
                            (kept by :mod:`fastimg.index.graph`)
-      whitening-<fit>.npz  optional PCA-whitening fitted by ``Index.fit_whitening``: the file
-                           named by ``meta`` key ``whitening`` (kept by
-                           :mod:`fastimg.index.whitening`)
+      whitening.<id>.npz   optional linear map: a PCA-whitening (``Index.fit_whitening``) or
+      projection.<id>.npz  a learned projection (``Index.fit_projection``); its record, with
+                           the file's name and checksum, in ``meta`` key ``whitening``; kept by
+                           :mod:`fastimg.index.whitening` (older indexes: ``whitening.npz``)
 
 ``manifest.json``
     ``{"format": "fastimg-index", "format_version": 2, "descriptor": <spec>, "dim": D,
