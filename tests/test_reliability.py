@@ -124,7 +124,7 @@ Store.set_meta = set_meta
     assert any("no record names" in n for n in _notes(doc))
     with Index.open(idx, mode="a") as ix:  # the next fit goes on and removes the orphan
         fit = ix.fit_whitening(dim=4)
-        assert sorted(p.name for p in idx.glob("whitening*")) == [f"whitening-{fit['fit_id']}.npz"]
+        assert sorted(p.name for p in idx.glob("whitening*")) == [fit["file"]] == [f"whitening.{fit['fit_id'][:16]}.npz"]
 
 
 def test_killed_between_recording_a_whitening_and_removing_the_old_file(tmp_path):
