@@ -126,3 +126,40 @@ def test_batch_by_vector_and_by_name_match_brute_force(dup_index, mode):
         w.remove(["n7"])
     with pytest.raises(Exception, match="n7"):
         ix.search("n7", k, mode=mode)
+
+
+def test_batch_of_names_reads_them_in_one_statement(dup_index):
+    ix, data, names = dup_index
+    picks = [3, 44, 300, 599]
+    sql: list[str] = []
+    ix.search_batch(data[:1], 4, mode="exact")  # the state is read
+    ix._store._conn.set_trace_callback(sql.append)
+    try:
+        ids, _ = ix.search_batch([names[p] for p in picks], 4, mode="exact")
+        selects = [s for s in sql if "FROM images" in s]
+        assert len(selects) == 1, sql  # every name of the batch in one statement
+        sql.clear()
+        ix.search(names[44], 4, mode="exact")  # remembered at this state: no lookup
+        assert not [s for s in sql if "FROM images WHERE path" in s], sql
+    finally:
+        ix._store._conn.set_trace_callback(None)
+    for r, p in enumerate(picks):
+        assert ids[r].tolist() == _cosine_topk(data, data[p], 4, exclude={5, p}).tolist()
+
+
+def test_relative_paths_are_looked_up_from_the_current_directory(tmp_path, monkeypatch):
+    import cv2
+
+    rng = np.random.default_rng(2)
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        img = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+        cv2.imwrite(str(tmp_path / sub / "x.png"), img)
+    with Index.create(tmp_path / "i.fastimg", root=tmp_path) as ix:
+        ix.add([tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"])
+        ida, idb = ix.id_of(tmp_path / "a" / "x.png"), ix.id_of(tmp_path / "b" / "x.png")
+        for sub, own, other in (("a", ida, idb), ("b", idb, ida), ("a", ida, idb)):
+            monkeypatch.chdir(tmp_path / sub)
+            assert [h.id for h in ix.search("x.png", 2, mode="exact")] == [other]  # its own row left out
+            ids, _ = ix.search_batch(["x.png", str(tmp_path / sub / "x.png")], 2, mode="exact")
+            assert ids[:, 0].tolist() == [other, other] and (ids[:, 1] == -1).all()
