@@ -37,11 +37,13 @@ def _ref_drop_self(array, q, ids, scores, k, selfs, ident):
     return out_i, out_s, dropped
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_drop_self_matches_per_row_definition(seed):
+@pytest.mark.parametrize("d", [5, 12])
+@pytest.mark.parametrize("seed", range(4))
+def test_drop_self_matches_per_row_definition(seed, d):
     rng = np.random.default_rng(seed)
-    n, d, nq, c = 40, 5, 25, 9
+    n, nq, c = 40, 25, 9
     array = rng.integers(0, 3, (n, d)).astype(np.float32)  # small integers: many bit-identical rows
+    array[::2, :8] = 0  # rows alike in their first columns (compared first), not after
     q = array[rng.integers(0, n, nq)].copy()
     q[::4] += 0.5  # some queries identical to no row
     ids = np.stack([rng.permutation(n)[:c] for _ in range(nq)]).astype(np.int64)
@@ -163,3 +165,15 @@ def test_relative_paths_are_looked_up_from_the_current_directory(tmp_path, monke
             assert [h.id for h in ix.search("x.png", 2, mode="exact")] == [other]  # its own row left out
             ids, _ = ix.search_batch(["x.png", str(tmp_path / sub / "x.png")], 2, mode="exact")
             assert ids[:, 0].tolist() == [other, other] and (ids[:, 1] == -1).all()
+
+
+def test_graph_search_checked_equals_search(dup_index):
+    ix, data, _ = dup_index
+    ix.search(data[0], 3, mode="ann")  # loads the graph
+    graph = ix._graph.graph
+    q = np.ascontiguousarray(data[[1, 2, 300, 77]] + 0.01, dtype=np.float32)
+    for k, cand in ((1, None), (8, None), (8, 20)):
+        a = graph.search(q, k, data=ix.vectors, ef=30, candidates=cand)
+        b = graph.search_checked(q, k, ix.vectors, ef=30, candidates=cand)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])

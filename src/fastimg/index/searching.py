@@ -48,6 +48,7 @@ log = logging.getLogger("fastimg.index")
 #: at most a quarter of the rows, is answered by scoring those rows directly
 #: instead of scanning the whole matrix with the others masked.
 DIRECT_ELEMS = 1 << 20
+_IDENT_COLS = 8  # columns compared first (whole rows only where they match)
 _IDENT_ELEMS = 1 << 20  # candidate values (queries x candidates x dim) compared per step with the queries
 
 
@@ -141,7 +142,8 @@ class Search:
             graph, _ = self._graph.choose(view, m, mode, None if fit is None else fit.fit_id)
         if graph is not None:
             try:
-                ids, scores = self._graph.candidates(graph, view, data, qs, want, m, ef, candidates)
+                ids, scores = self._graph.candidates(graph, view, data, qs, want, m, ef, candidates,
+                                                     checked=not in_space)
             except AnnSearchError as exc:
                 # e.g. a graph file saved by a writer after this reader's snapshot, or
                 # too many deletions for ef: the exact scan still answers correctly
@@ -185,11 +187,16 @@ class Search:
             keep &= ~(ids[:, :, None] == mine[:, None, :]).any(axis=2)
         rows = np.flatnonzero(np.asarray(ident, dtype=bool)) if nq else np.zeros(0, np.intp)
         if rows.size and nc:
-            step = max(1, _IDENT_ELEMS // max(1, nc * q.shape[1]))  # bounds the gathered rows
+            step = max(1, _IDENT_ELEMS // max(1, nc * min(_IDENT_COLS, q.shape[1])))  # bounds the gathered rows
             for a in range(0, rows.size, step):
                 r = rows[a:a + step]
                 cand, ok = ids[r], keep[r]
-                same = (view.array[np.where(ok, cand, 0)] == q[r][:, None, :]).all(axis=2) & ok
+                # the first columns of every candidate, then whole rows only where those match
+                pre = min(_IDENT_COLS, q.shape[1])
+                same = (view.array[np.where(ok, cand, 0), :pre] == q[r][:, None, :pre]).all(axis=2) & ok
+                if pre < q.shape[1] and same.any():
+                    ri, ci = np.nonzero(same)
+                    same[ri, ci] = (view.array[cand[ri, ci]] == q[r][ri]).all(axis=1)
                 hit = same.any(axis=1)
                 if hit.any():
                     j = np.where(same, cand, np.iinfo(np.int64).max).min(axis=1)
