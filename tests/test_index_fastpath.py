@@ -60,6 +60,12 @@ def test_drop_self_matches_per_row_definition(seed, d):
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
         assert got[2] == want[2]
+        for r in range(nq):  # one query at a time (Index.search's path)
+            one = Search._drop_self(_View(array), q[r:r + 1], ids[r:r + 1], scores[r:r + 1], k, selfs[r:r + 1],
+                                    ident[r:r + 1])
+            np.testing.assert_array_equal(one[0][0], want[0][r])
+            np.testing.assert_array_equal(one[1][0], want[1][r])
+            assert one[2] == [want[2][r]]
 
 
 def test_compact_keeps_order_and_pads():

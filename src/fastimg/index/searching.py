@@ -176,8 +176,26 @@ class Search:
         with ``ident[r]``, also the lowest id among the remaining candidates whose
         stored vector is bit-identical to ``q[r]``."""
         nq, nc = ids.shape
-        keep = ids >= 0
         dropped: list[set] = [set(s) if s else set() for s in selfs]
+        if nq == 1:  # one query (Index.search): the fewest NumPy calls
+            row_ids, row_scores = ids[0], scores[0]
+            keep1 = row_ids >= 0
+            for i in selfs[0] or ():
+                keep1 &= row_ids != i
+            if ident[0]:
+                cand = row_ids[keep1]
+                same = cand[(view.array[cand] == q[0]).all(axis=1)]
+                if same.size:
+                    j = int(same.min())
+                    keep1 &= row_ids != j
+                    dropped[0].add(j)
+            row_ids, row_scores = row_ids[keep1][:k], row_scores[keep1][:k]
+            out_i = np.full((1, k), -1, dtype=np.int64)
+            out_s = np.full((1, k), np.nan, dtype=np.float32)
+            out_i[0, :row_ids.size] = row_ids
+            out_s[0, :row_ids.size] = row_scores
+            return out_i, out_s, dropped
+        keep = ids >= 0
         own = [r for r in range(nq) if selfs[r]]
         if own:
             width = max(len(selfs[r]) for r in own)
