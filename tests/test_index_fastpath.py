@@ -183,3 +183,49 @@ def test_graph_search_checked_equals_search(dup_index):
         b = graph.search_checked(q, k, ix.vectors, ef=30, candidates=cand)
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("d", [1, 3, 72, 256])
+def test_compiled_rescore_values_match_oracles(d):
+    import cv2
+
+    from fastimg import _core
+
+    rng = np.random.default_rng(d)
+    data = rng.random((300, d)).astype(np.float32) - (0.3 if d > 3 else 0.0)
+    data[0] = 0.0  # a zero row
+    data[1] = 0.5  # a constant row
+    q = rng.random((20, d)).astype(np.float32)
+    q[0] = 0.0
+    q[1] = 0.25
+    cand = np.sort(rng.integers(0, 300, (20, 15)), axis=1)
+    cand[:, :2] = [0, 1]
+    x = data[cand].astype(np.float64)
+    qq = q.astype(np.float64)[:, None, :]
+    nx, nq_ = np.linalg.norm(x, axis=2), np.linalg.norm(qq, axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = np.where(nx * nq_ > 0, (x * qq).sum(axis=2) / (nx * nq_), 0.0)
+    l2 = np.sqrt(((x - qq) ** 2).sum(axis=2))
+    pearson = np.array([[cv2.compareHist(q[i], data[j], cv2.HISTCMP_CORREL) for j in cand[i]] for i in range(20)])
+    for code, want in ((_core.RESCORE_COSINE, cosine), (_core.RESCORE_PEARSON, pearson), (_core.RESCORE_L2, l2)):
+        got = _core.rescore_rows(data, q, cand, code)
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    with pytest.raises(IndexError):
+        _core.rescore_rows(data, q, np.full((20, 2), 300, np.int64), _core.RESCORE_L2)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "pearson", "l2"])
+def test_rescore_compiled_and_numpy_paths_agree(metric):
+    from fastimg.search import rescore
+
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((400, 24)).astype(np.float32)
+    data[200:260] = data[100:160]  # duplicates: ties broken by the lower id
+    q = rng.standard_normal((30, 24)).astype(np.float32)
+    q[3] = data[100]
+    cand = np.stack([rng.permutation(400)[:40] for _ in range(30)])
+    cand[3, :2] = [100, 200]
+    fast = rescore(metric, q, data, cand, 12)  # float32 C-contiguous: compiled
+    slow = rescore(metric, np.asfortranarray(q), data, cand, 12)  # not C-contiguous: NumPy
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_array_equal(fast[1], slow[1])

@@ -14,6 +14,9 @@ PANEL_WIDTHS: Tuple[int, int]
 PANEL_MIN_QUERIES: int
 PANEL_NARROW_MAX: int
 PANELS_FAST: bool
+RESCORE_COSINE: int
+RESCORE_PEARSON: int
+RESCORE_L2: int
 
 def openmp_max_threads() -> int: ...
 def openmp_num_procs() -> int: ...
@@ -35,3 +38,10 @@ def fused_topk(
 ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 def read_sum(data: npt.NDArray[np.float32], n_threads: int = ..., chunk_rows: int = ...) -> float: ...
 def _aligned_rows(nrows: int, ncols: int, fill: float) -> npt.NDArray[np.float32]: ...
+def rescore_rows(
+    data: npt.NDArray[np.float32],
+    queries: npt.NDArray[np.float32],
+    cand: npt.NDArray[np.int64],
+    metric: int,
+    n_threads: int = ...,
+) -> npt.NDArray[np.float64]: ...
