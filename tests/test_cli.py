@@ -294,7 +294,8 @@ def test_index_skips_non_images_and_lists_them(photos, tmp_path):
     assert len(listed) == 1, text.stdout
     path, reason = listed[0].rsplit(": ", 1)
     assert resolved(path) == str((work / "broken.jpg").resolve())
-    assert reason == res["skipped_files"][0]["reason"]
+    skip = res["skipped_files"][0]  # the line: "path: reason (detail)"
+    assert reason == f"{skip['reason']} ({skip['detail']})" and skip["reason"] == "not an image"
 
 
 def test_index_exclude_glob(photos, tmp_path):

@@ -686,7 +686,7 @@ class _ShardHost:
             i = idx.info()
             return {"count": i["count"], "rows": i["rows"], "deleted": i["deleted"], "size_bytes": i["size_bytes"],
                     "descriptor": i["descriptor"], "metric": i["metric"], "dim": i["dim"],
-                    "whitening": i["whitening"] is not None,
+                    "whitening": i["whitening"] is not None or i.get("projection") is not None,
                     "ann": {k: i["ann"].get(k) for k in ("built", "metric", "rows", "M", "ef", "auto_mode")}}
         return self._each(shards, one)
 
@@ -1035,8 +1035,9 @@ class ShardedIndex:
                                        f"differ from the manifest's ({self._man['descriptor']}, {self.dim})")
             if i["whitening"]:
                 raise IndexFormatError(
-                    f"{self.root / self.names[s]}: a PCA-whitening is fitted on this shard; each shard would "
-                    "search in its own space and the scores of the shards could not be merged")
+                    f"{self.root / self.names[s]}: a PCA-whitening or a learned projection is fitted on this "
+                    "shard; each shard would search in its own space and the scores of the shards could not be "
+                    "merged")
 
     def _assign(self, shards: list[int], hosts: list[int]) -> None:
         """Open ``shards`` on ``hosts`` (paired in order)."""

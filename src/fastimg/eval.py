@@ -695,22 +695,23 @@ def _parse_value(text: str) -> Any:
     return t
 
 
-def parse_descriptor(spec: str) -> tuple:
+def parse_descriptor(spec: str, what: str = "descriptor") -> tuple:
     """``"name"`` or ``"name:param=value,..."`` -> ``(name, params)``.
 
     Values are read as int, float, bool (``true``/``false``), ``none``, a tuple of
     ints written ``8x12x3``, else kept as text.  E.g. ``"hsv:bins=8x12x3"`` ->
-    ``("hsv", {"bins": (8, 12, 3)})``.
+    ``("hsv", {"bins": (8, 12, 3)})``.  ``what`` names the kind of spec in
+    errors (the same syntax serves the ``learn`` specs of :func:`evaluate`).
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ArgumentError(f"descriptor must be a non-empty name like 'hsv' or 'hsv:bins=8x12x3'; got {spec!r}")
+        raise ArgumentError(f"{what} must be a non-empty name like 'hsv' or 'hsv:bins=8x12x3'; got {spec!r}")
     name, _, rest = spec.strip().partition(":")
     params = {}
     if rest.strip():
         for item in rest.split(","):
             k, eq, v = item.partition("=")
             if not eq or not k.strip():
-                raise ArgumentError(f"malformed descriptor parameter {item.strip()!r} in {spec!r}; expected 'param=value'")
+                raise ArgumentError(f"malformed {what} parameter {item.strip()!r} in {spec!r}; expected 'param=value'")
             params[k.strip()] = _parse_value(v)
     return name.strip(), params
 
@@ -719,7 +720,9 @@ def evaluate(root: "str | os.PathLike[str] | Dataset", layout: str = "folders", 
              descriptors: Sequence[str] = ("hsv72",), metrics: Optional[Sequence[Optional[str]]] = None,
              reranks: Sequence[Optional[str]] = (None,), measures: Optional[Sequence[str]] = None,
              depth: Optional[int] = None, workers: Optional[int] = None, progress: bool = False,
-             features: Optional[dict] = None) -> list:
+             features: Optional[dict] = None, train_fraction: Optional[float] = None,
+             splits: Sequence[str] = ("image",), seed: int = 0,
+             learn: Optional[Sequence[Optional[str]]] = None) -> list:
     """Evaluate every descriptor x metric x re-ranking combination on a dataset.
 
     Features are extracted once per descriptor (:func:`fastimg.features.registry.describe_many`)
@@ -751,6 +754,28 @@ def evaluate(root: "str | os.PathLike[str] | Dataset", layout: str = "folders", 
     features : dict, optional
         Cache ``{descriptor spec: (matrix, errors)}``, read and filled in, so that
         repeated calls do not extract again.
+    train_fraction : float, optional
+        Held-out evaluation of metric learning: the described images are split
+        (:func:`fastimg.learn.split_labels` with ``seed``) into a train part and a
+        test part, each ``learn`` model is fitted on the train part's vectors and
+        labels, and only the test part is evaluated - its queries ranking the test
+        part alone (the layout's query rule kept: with ``"folders"`` every test
+        image queries the other test images).  ``"image"`` split: this share of
+        each class trains; ``"class"`` split: this share of the classes trains and
+        the test classes are never seen in training.
+    splits : sequence of {"image", "class"}, default ("image",)
+        The splits to report (each one a set of rows).
+    seed : int, default 0
+        Seed of the splits.
+    learn : sequence of str or None, optional
+        What is fitted on the train part, as ``name`` or ``name:param=value,...``:
+        ``"none"`` (the raw descriptor: the baseline on the same test part),
+        ``"whiten"`` (unsupervised :class:`fastimg.projection.PCAWhitening`,
+        parameters ``dim``, ``power``), ``"lda"`` / ``"nca"``
+        (:func:`fastimg.learn_projection`, parameters ``dim`` and the method's
+        options).  Default ``["none", "lda"]``.  Needs ``train_fraction``.  The
+        fitted maps give signed vectors: their rows use the metrics asked for, or
+        the cosine by default.
 
     Returns
     -------
@@ -759,7 +784,9 @@ def evaluate(root: "str | os.PathLike[str] | Dataset", layout: str = "folders", 
         every measure, ``n_queries``, ``n_skipped`` (queries without relevant item),
         ``n_failed`` (images that could not be described: left out of queries and
         database), ``ms_per_query`` (search + re-ranking, wall clock) and, when the
-        metric does not apply to the descriptor's values, ``error``.
+        metric does not apply to the descriptor's values, ``error``.  With
+        ``train_fraction``, also ``split``, ``learn`` (the spec, ``"none"`` for
+        the raw descriptor), ``n_train`` and ``n_test`` (images in each part).
     """
     from fastimg.metrics import get_metric
     from fastimg.features.registry import describe_many, get_descriptor
@@ -772,6 +799,7 @@ def evaluate(root: "str | os.PathLike[str] | Dataset", layout: str = "folders", 
     specs = [None if r in (None, "", "none") else parse_spec(r) for r in reranks]
     if depth is not None:
         depth = _check_k(depth, "depth")
+    held_out = _held_out_plan(train_fraction, splits, seed, learn)
     cache = features if features is not None else {}
     rows: list = []
     for dspec in descriptors:
@@ -789,10 +817,103 @@ def evaluate(root: "str | os.PathLike[str] | Dataset", layout: str = "folders", 
         qids = qids[qids >= 0]
         labels = ds.labels[db_ids]
         mlist = list(metrics) if metrics else [None]
+        n_failed = int(len(ds) - db_ids.size)
+        if held_out is not None:
+            rows.extend(_evaluate_held_out(ds, data, labels, qids, dspec, desc.default_metric, mlist, specs, meas,
+                                           depth, held_out, n_failed=n_failed, apply=apply))
+            continue
         for mspec in mlist:
             mname = desc.default_metric if mspec is None else get_metric(mspec).name
             rows.extend(_evaluate_one(ds, data, labels, qids, dspec, mname, specs, meas, depth,
-                                      n_failed=int(len(ds) - db_ids.size), apply=apply))
+                                      n_failed=n_failed, apply=apply))
+    return rows
+
+
+#: What :func:`evaluate` can fit on a train part besides :data:`fastimg.learn.METHODS` ("none": nothing).
+LEARN_BASELINES = ("none", "whiten")
+
+
+def _held_out_plan(train_fraction: Optional[float], splits: Sequence[str], seed: int,
+                   learn: Optional[Sequence[Optional[str]]]) -> Optional[dict]:
+    """The checked held-out arguments of :func:`evaluate` (None: no held-out evaluation)."""
+    from fastimg.learn import METHODS
+
+    if train_fraction is None:
+        if learn is not None and any(spec not in (None, "", "none") for spec in learn):
+            raise ArgumentError(f"learn={list(learn)} needs train_fraction (models are fitted on a train part and "
+                             "evaluated on the held-out part)")
+        return None
+    if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float)) \
+            or not 0.0 < float(train_fraction) < 1.0:
+        raise ArgumentError(f"train_fraction must be a number strictly between 0 and 1; got {train_fraction!r}")
+    if isinstance(splits, str) or not splits or any(s not in ("image", "class") for s in splits):
+        raise ArgumentError(f"splits must be a non-empty list of 'image' and 'class'; got {splits!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ArgumentError(f"seed must be an int; got {seed!r}")
+    models = []
+    for spec in (["none", "lda"] if learn is None else list(learn)):
+        name, params = parse_descriptor("none" if spec in (None, "") else spec, "learn spec")
+        name = name.lower()
+        if name not in (*LEARN_BASELINES, *METHODS):
+            raise ArgumentError(f"unknown learn spec {spec!r}; expected one of {[*LEARN_BASELINES, *sorted(METHODS)]}")
+        if name == "none" and params:
+            raise ArgumentError(f"learn spec 'none' takes no parameters; got {spec!r}")
+        models.append((str(spec or "none"), name, params))
+    if not models:
+        raise ArgumentError("learn must name at least one model (or 'none')")
+    return {"fraction": float(train_fraction), "splits": list(dict.fromkeys(splits)), "seed": int(seed),
+            "models": models}
+
+
+def _fit_on_train(name: str, params: dict, x: np.ndarray, y: np.ndarray) -> Any:
+    """A fitted map (``transform``) of ``name`` on the train part (``"none"``: None)."""
+    if name == "none":
+        return None
+    if name == "whiten":
+        from fastimg.projection import PCAWhitening
+
+        return PCAWhitening(**params).fit(x)
+    from fastimg.learn import learn_projection
+
+    return learn_projection(x, y, method=name, **params)
+
+
+def _evaluate_held_out(ds: Dataset, data: np.ndarray, labels: np.ndarray, qids: np.ndarray, dspec: str,
+                       default_metric: str, mlist: list, specs: list, meas: list, depth: Optional[int], plan: dict,
+                       *, n_failed: int, apply: Any) -> list:
+    """Rows of every split x model x metric x re-ranking: fit on the train part, evaluate the test part."""
+    from fastimg.errors import FastimgError
+    from fastimg.learn import split_labels
+    from fastimg.metrics import get_metric
+
+    rows: list = []
+    for by in plan["splits"]:
+        train, test = split_labels(labels, plan["fraction"], by=by, seed=plan["seed"])
+        pos = np.full(labels.shape[0], -1, dtype=np.int64)
+        pos[test] = np.arange(test.size)
+        q_test = pos[qids]
+        q_test = q_test[q_test >= 0]
+        x_train = np.asarray(data[train], dtype=np.float64)
+        for spec, name, params in plan["models"]:
+            base = {"split": by, "learn": spec, "n_train": int(train.size), "n_test": int(test.size)}
+            try:
+                model = _fit_on_train(name, params, x_train, labels[train])
+            except (FastimgError, ValueError) as exc:
+                rows.append({"descriptor": dspec, **base, "metric": "-", "rerank": "-", "n_failed": n_failed,
+                             "error": f"{spec}: {exc}"})
+                continue
+            if model is None:
+                part = np.ascontiguousarray(data[test], dtype=np.float32)
+            else:
+                part = np.ascontiguousarray(model.transform(data[test]), dtype=np.float32)
+            for mspec in mlist:
+                if mspec is None:
+                    mname = default_metric if model is None else "cosine"
+                else:
+                    mname = get_metric(mspec).name
+                for row in _evaluate_one(ds, part, labels[test], q_test, dspec, mname, specs, meas, depth,
+                                         n_failed=n_failed, apply=apply):
+                    rows.append({"descriptor": row.pop("descriptor"), **base, **row})
     return rows
 
 
@@ -858,19 +979,21 @@ def format_table(rows: Sequence[dict], measures: Optional[Sequence[str]] = None)
     """Plain-text table of :func:`evaluate` rows (one line per combination)."""
     if not rows:
         return "(no results)"
+    keys = [k for k in ("descriptor", "split", "learn", "metric", "rerank") if k in rows[0]]
     if measures is None:
-        skip = {"descriptor", "metric", "rerank", "n_queries", "n_skipped", "n_failed", "ms_per_query", "error"}
+        skip = {*keys, "n_queries", "n_skipped", "n_failed", "ms_per_query", "error", "n_train", "n_test"}
         measures = [k for k in rows[0] if k not in skip]
-    head = ["descriptor", "metric", "rerank", *measures, "ms/query"]
+    head = [*keys, *measures, "ms/query"]
     body = []
     for r in rows:
         if "error" in r:
-            body.append([r["descriptor"], r["metric"], r["rerank"], f"error: {r['error']}"])
+            body.append([*(r.get(k, "-") for k in keys), f"error: {r['error']}"])
             continue
-        body.append([r["descriptor"], r["metric"], r["rerank"],
-                     *(f"{r[m]:.4f}" if m in r else "-" for m in measures), f"{r['ms_per_query']:.2f}"])
+        body.append([*(r[k] for k in keys), *(f"{r[m]:.4f}" if m in r else "-" for m in measures),
+                     f"{r['ms_per_query']:.2f}"])
     widths = [max(len(str(x[i])) for x in [head, *body] if i < len(x)) for i in range(len(head))]
-    lines = ["  ".join(str(v).ljust(widths[i]) if i < 3 else str(v).rjust(widths[i]) for i, v in enumerate(line))
+    nk = len(keys)
+    lines = ["  ".join(str(v).ljust(widths[i]) if i < nk else str(v).rjust(widths[i]) for i, v in enumerate(line))
              for line in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(x.rstrip() for x in lines)

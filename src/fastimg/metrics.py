@@ -68,6 +68,7 @@ __all__ = [
     "prepare_rows",
     "prepare_query",
     "prepare_queries",
+    "surrogate_of_scores",
     "exact_scores",
     "exact_scores_many",
     "aligned_empty",
@@ -404,6 +405,42 @@ def prepare_queries(metric: "str | Metric", queries: npt.ArrayLike) -> np.ndarra
     return np.ascontiguousarray(p, dtype=np.float32)
 
 
+def surrogate_of_scores(metric: "str | Metric", queries: npt.ArrayLike, scores: npt.ArrayLike) -> np.ndarray:
+    """The inner-product surrogate that rows with these metric values have.
+
+    The inverse direction of the preparation: for an ip-form metric the surrogate
+    ``prepare_query(q) @ prepare_rows(x) + bias`` is a strictly increasing function
+    of the metric's goodness; this maps the metric's value back onto it (pearson,
+    cosine: the value itself; bhattacharyya: ``1 - value**2``, the Bhattacharyya
+    coefficient; l2: ``|q|^2 - value**2``).  Exact in exact arithmetic (up to
+    float rounding otherwise; OpenCV's query-dependent epsilon cases excepted, see
+    :class:`fastimg.search.ExactSearcher`).
+
+    Parameters
+    ----------
+    metric : str or Metric
+        An ``ip_form`` metric.
+    queries : array_like, shape (Q, D)
+        Raw queries (used by l2 only).
+    scores : array_like, shape (Q, C)
+        Metric values (e.g. :func:`exact_scores_many`) of C rows per query.
+
+    Returns
+    -------
+    ndarray of float64, shape (Q, C)
+    """
+    m = get_metric(metric)
+    if not m.ip_form:
+        raise ArgumentError(f"metric {m.name!r} has no inner-product form")
+    v = np.asarray(scores, dtype=np.float64)
+    if m.name == "bhattacharyya":
+        return 1.0 - v * v
+    if m.name == "l2":
+        q = np.asarray(queries, dtype=np.float64)
+        return np.einsum("ij,ij->i", q, q)[:, None] - v * v
+    return v.copy()  # pearson, cosine: the surrogate is the value
+
+
 # ---------------------------------------------------------------------------
 # float64 reference (matches cv2.compareHist)
 # ---------------------------------------------------------------------------
@@ -482,7 +519,9 @@ def exact_scores_many(metric: "str | Metric", queries: npt.ArrayLike, rows: npt.
 
 def _exact_many(m: Metric, q: np.ndarray, x: np.ndarray) -> np.ndarray:
     """(Q, C) float64 scores of q (Q, D) float64 against x (Q, C, D), in blocks of
-    about ``_SCORE_ELEMS`` values (float64 temporaries stay in cache)."""
+    about ``_SCORE_ELEMS`` values (float64 temporaries stay in cache).  Blocks are
+    C-contiguous copies: NumPy sums a contiguous row pairwise, a strided one (e.g.
+    a broadcast) sequentially, and a row's value must not depend on the layout."""
     nq, nc, d = x.shape
     out = np.empty((nq, nc), dtype=np.float64)
     if not out.size:
@@ -492,23 +531,29 @@ def _exact_many(m: Metric, q: np.ndarray, x: np.ndarray) -> np.ndarray:
         for i in range(nq):
             for start in range(0, nc, rows):
                 stop = min(nc, start + rows)
-                out[i:i + 1, start:stop] = _exact_block(m, q[i:i + 1], np.asarray(x[i:i + 1, start:stop],
-                                                                                   dtype=np.float64))
+                block = np.ascontiguousarray(x[i:i + 1, start:stop], dtype=np.float64)
+                out[i:i + 1, start:stop] = _exact_block(m, q[i:i + 1], block)
         return out
     step = max(1, rows // nc)
     for start in range(0, nq, step):
         stop = min(nq, start + step)
-        out[start:stop] = _exact_block(m, q[start:stop], np.asarray(x[start:stop], dtype=np.float64))
+        out[start:stop] = _exact_block(m, q[start:stop], np.ascontiguousarray(x[start:stop], dtype=np.float64))
     return out
 
 
 def _dot(x: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """(Q, C): x[i, j] . q[i] for x (Q, C, D), q (Q, D)."""
-    return np.matmul(x, q[:, :, None])[:, :, 0]
+    """(Q, C): x[i, j] . q[i] for x (Q, C, D), q (Q, D).
+
+    A product then NumPy's pairwise sum along D: the value of a (query, row) pair
+    depends on those two vectors only (a BLAS matmul's summation order depends on
+    the shape and alignment of the whole block), so a row scores the same
+    whichever other rows are re-scored with it, to the last bit."""
+    return (x * q[:, None, :]).sum(axis=2)
 
 
 def _sumsq(x: np.ndarray) -> np.ndarray:
-    return np.einsum("...d,...d->...", x, x)
+    """Sum of squares along the last axis (deterministic per vector, as :func:`_dot`)."""
+    return (x * x).sum(axis=-1)
 
 
 def _exact_block(m: Metric, q: np.ndarray, x: np.ndarray) -> np.ndarray:

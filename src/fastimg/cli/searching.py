@@ -19,12 +19,14 @@ from fastimg.cli.common import (
     emit_json,
     finite_float,
     index_path,
+    missing_files,
     open_index,
     positive_int,
     progress_bar,
+    shown,
+    warn_missing,
 )
-
-from fastimg.errors import ImageError
+from fastimg.errors import ImageError, escape_text
 
 __all__ = ["add_query_parser", "add_dedup_parser", "cmd_query", "cmd_dedup"]
 
@@ -234,40 +236,45 @@ def cmd_query(args: argparse.Namespace) -> int:
             took = (time.perf_counter() - t0) * 1000.0
             docs.append({"query": index.entry(i).path, "id": i, "index": path, "metric": metric,
                          "took_ms": round(took, 3), "results": [_hit_dict(h) for h in hits]})
+        # the files of the hits: still there? (one stat each; a warning line if not)
+        missing = missing_files(index, [r["id"] for d in docs for r in d["results"]])
     rc = EXIT_ERROR if failed else EXIT_OK
     if args.html:
         from fastimg._html import write_results_page
 
         write_results_page(docs, args.html)
+
     if args.json:
         errors = [{"query": "-" if img == "-" else os.path.abspath(img), "error": msg}
                   for img, msg in failed.items()]
         emit_json(docs[0] if len(docs) == 1 and not failed else docs + errors)
+        warn_missing(missing, "result files")
         _report_failed(failed)
         return rc
     out = sys.stdout
     for i, doc in enumerate(docs):
         if len(args.images) + len(args.ids) > 1:
-            out.write(("\n" if i else "") + f"==> {doc['query']} <==\n")
+            out.write(("\n" if i else "") + f"==> {shown(doc['query'])} <==\n")
         scores = [r["score"] for r in doc["results"]]
         fixed = all(s == 0 or 1e-4 <= abs(s) < 1e6 for s in scores)
         cells = [f"{s:.6f}" if fixed else f"{s:.6g}" for s in scores]
         width = max([len(c) for c in cells] or [1])
         for r, cell in zip(doc["results"], cells):
-            out.write(f"{r['rank']:>3}  {cell:>{width}}  {r['path']}\n")
+            out.write(f"{r['rank']:>3}  {cell:>{width}}  {shown(r['path'])}\n")
         if not doc["results"]:
             out.write("(no results)\n")
     if args.html:
         sys.stderr.write(f"wrote {args.html}\n")
+    warn_missing(missing, "result files")
     _report_failed(failed)
     return rc
 
 
 def _report_failed(failed: dict[str, str]) -> None:
-    """One ``fastimg: error:`` line per query that could not be answered."""
+    """One ``fastimg: error:`` line per query that could not be answered (paths escaped)."""
     sys.stdout.flush()
     for message in failed.values():
-        sys.stderr.write(f"{PROG}: error: {message}\n")
+        sys.stderr.write(f"{PROG}: error: {escape_text(message)}\n")
 
 
 def _check_graph(index: Any, path: str, metric: str) -> None:
@@ -318,6 +325,6 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     for i, g in enumerate(doc["groups"], 1):
         print(("\n" if i > 1 else "") + f"group {i} ({len(g)} images, {metric} {op} {threshold:g}):")
         for item in g:
-            print(f"  {item['path']}")
+            print(f"  {shown(item['path'])}")
     return EXIT_OK
 

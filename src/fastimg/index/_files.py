@@ -70,7 +70,10 @@ def read_manifest(manifest_path: Path, *, format_name: str, max_version: int, dt
             f"{manifest_path}: index format version {version} was written by a newer fastimg; "
             f"this fastimg ({fastimg_version}) reads format versions up to {max_version}: upgrade fastimg"
         )
-    for key, typ in (("dim", int), ("descriptor", dict), ("metric", str), ("root", str), ("dtype", str)):
+    fields = [("dim", int), ("descriptor", dict), ("metric", str), ("dtype", str)]
+    if version == 1:  # format 1 recorded the root here (format 2: in the database)
+        fields.append(("root", str))
+    for key, typ in fields:
         if not isinstance(manifest.get(key), typ):
             raise IndexFormatError(f"{manifest_path}: field {key!r} missing or not a {typ.__name__}")
     if manifest["dim"] < 1:
@@ -191,6 +194,7 @@ def migrate(conn: sqlite3.Connection, path: Path, manifest: dict, version: int, 
             version += 1
             manifest["format_version"] = version
         conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('format_version', ?)", (str(version),))
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")  # readers refresh
         conn.execute(f"PRAGMA user_version={version}")
         conn.execute("COMMIT")
     except BaseException:
