@@ -142,8 +142,8 @@ def raw_graph(index_path: Path, space: str, dim: int, ef: int, threads: int) -> 
     import hnswlib
 
     g = hnswlib.Index(space=space, dim=dim)
-    # ann/hnsw.bin, or ann/<build>/hnsw.bin (one directory per build): the newest
-    g.load_index(str(max((index_path / "ann").rglob("hnsw.bin"), key=lambda p: p.stat().st_mtime)))
+    # ann/hnsw.bin, or ann/<build>/hnsw.<id>.bin (one directory per build): the newest
+    g.load_index(str(max((index_path / "ann").rglob("hnsw*.bin"), key=lambda p: p.stat().st_mtime)))
     g.set_ef(ef)
     g.set_num_threads(threads)
     return g
