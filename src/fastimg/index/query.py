@@ -22,7 +22,10 @@ names are queries there.  An int is not a query (``Index.similar`` takes ids).
 Lookups read the row and the vector file's generation in one transaction and
 compare them with the caller's view: a view older than the row (a compaction
 renumbered the ids, or the row was added after the view was read) raises
-:class:`Stale`, and the caller reads the state again.
+:class:`Stale`, and the caller reads the state again.  What a lookup found is
+remembered for that view (a state never changes; a relative path is keyed with
+the current directory), and a batch's paths and names are read in one statement
+(:func:`lookup_many`).
 
 ``where`` filters (:func:`where_patterns`): a string with a glob character
 (``*``, ``?``, ``[``) is a pattern matched against the stored path, anything
