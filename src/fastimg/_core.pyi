@@ -14,9 +14,6 @@ PANEL_WIDTHS: Tuple[int, int]
 PANEL_MIN_QUERIES: int
 PANEL_NARROW_MAX: int
 PANELS_FAST: bool
-RESCORE_COSINE: int
-RESCORE_PEARSON: int
-RESCORE_L2: int
 LOWP_TARGETS: Tuple[str, ...]
 LOWP_BEST: str
 I8_PANEL_MIN_QUERIES: int
@@ -42,13 +39,6 @@ def fused_topk(
 ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 def read_sum(data: npt.NDArray[np.float32], n_threads: int = ..., chunk_rows: int = ...) -> float: ...
 def _aligned_rows(nrows: int, ncols: int, fill: float) -> npt.NDArray[np.float32]: ...
-def rescore_rows(
-    data: npt.NDArray[np.float32],
-    queries: npt.NDArray[np.float32],
-    cand: npt.NDArray[np.int64],
-    metric: int,
-    n_threads: int = ...,
-) -> npt.NDArray[np.float64]: ...
 def lowp_target_info() -> Dict[str, Tuple[bool, bool]]: ...
 def i8_topk(
     codes: npt.NDArray[np.uint8],

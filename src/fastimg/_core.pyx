@@ -26,7 +26,6 @@ Every function here returns ``(ids, values)``, the order of every search layer.
 """
 cimport openmp
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport fabs, sqrt
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t
 from libc.string cimport memset
 
@@ -624,79 +623,3 @@ def f16_topk(
             job.QT = &qtf[0]
     job.alpha = _fptr(al_v)
     return _lp_run(&job, n, n_threads, chunk_rows, FI_LP_TILE_ROWS * d * 4)
-
-
-#: metrics :func:`rescore_rows` computes (``fastimg.search.rescore``'s compiled path; not
-#: bhattacharyya: its ``sqrt(1 - bc / sqrt(s))`` amplifies summation-order noise near 0 to
-#: ~1e-8, visible in float32, so it keeps NumPy's summation)
-RESCORE_COSINE = 0
-RESCORE_PEARSON = 1
-RESCORE_L2 = 2
-
-cdef double _DBL_EPS = 2.220446049250313e-16
-
-
-cdef inline double _rescore_one(int metric, const float* x, const float* q, Py_ssize_t d) noexcept nogil:
-    """The metric's float64 value of query ``q`` against row ``x`` (the formulas of
-    ``fastimg.metrics._exact_block``, summed in row order)."""
-    cdef Py_ssize_t t
-    cdef double a, b, s1 = 0.0, s2 = 0.0, s11 = 0.0, s22 = 0.0, s12 = 0.0, den, num, scale
-    if metric == 0:  # cosine
-        for t in range(d):
-            a = q[t]
-            b = x[t]
-            s11 += a * a
-            s22 += b * b
-            s12 += a * b
-        den = sqrt(s11) * sqrt(s22)
-        return s12 / den if den > 0 else 0.0
-    if metric == 1:  # pearson (OpenCV's CORREL)
-        for t in range(d):
-            a = q[t]
-            b = x[t]
-            s1 += a
-            s2 += b
-            s11 += a * a
-            s22 += b * b
-            s12 += a * b
-        scale = 1.0 / d
-        num = s12 - s1 * s2 * scale
-        den = (s11 - s1 * s1 * scale) * (s22 - s2 * s2 * scale)
-        return num / sqrt(fabs(den)) if fabs(den) > _DBL_EPS else 1.0
-    for t in range(d):  # l2
-        a = <double>x[t] - <double>q[t]
-        s11 += a * a
-    return sqrt(s11)
-
-
-def rescore_rows(const float[:, ::1] data, const float[:, ::1] queries, const int64_t[:, ::1] cand, int metric,
-                 int n_threads=1):
-    """float64 ``(Q, C)``: the metric's value of ``queries[i]`` against ``data[cand[i, j]]``
-    (``metric``: a ``RESCORE_*`` constant; ``fastimg.metrics.exact_scores_many`` of
-    the gathered rows, without gathering them).
-
-    Raises IndexError for an id outside ``data`` (nothing else is validated)."""
-    cdef Py_ssize_t nq = cand.shape[0], nc = cand.shape[1], d = data.shape[1], n = data.shape[0], i, j
-    cdef int64_t r
-    cdef int bad = 0
-    if queries.shape[0] != nq or queries.shape[1] != d:
-        raise ValueError(f"queries must have shape ({nq}, {d}); got ({queries.shape[0]}, {queries.shape[1]})")
-    if metric < 0 or metric > 2:
-        raise ValueError(f"unknown metric code {metric}")
-    out = np.empty((nq, nc), dtype=np.float64)
-    if nq == 0 or nc == 0:
-        return out
-    cdef double[:, ::1] o = out
-    cdef int nt = <int>max(1, min(<Py_ssize_t>n_threads, nq // 64))
-    with nogil:
-        for i in prange(nq, num_threads=nt, schedule="static"):
-            for j in range(nc):
-                r = cand[i, j]
-                if r < 0 or r >= n:
-                    bad += 1
-                    o[i, j] = 0.0
-                else:
-                    o[i, j] = _rescore_one(metric, &data[r, 0], &queries[i, 0], d)
-    if bad:
-        raise IndexError(f"candidate ids must be in [0, {n - 1}]")
-    return out

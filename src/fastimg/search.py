@@ -76,9 +76,6 @@ _CHECK_ROWS = 1 << 16
 #: candidate values (queries x candidates x D) gathered and re-scored per step
 _RESCORE_ELEMS = 1 << 20
 _NO_QUERIES = np.empty(0, dtype=np.intp)
-#: metrics re-scored by the compiled ``_core.rescore_rows`` (float32 C-contiguous arrays); the
-#: others gather the rows and call :func:`fastimg.metrics.exact_scores_many`
-_RESCORE_CODES = {"cosine": "RESCORE_COSINE", "pearson": "RESCORE_PEARSON", "l2": "RESCORE_L2"}
 #: a scan's first candidate count per query is this many times ``kk`` (``k +
 #: max(8, k // 8)``), plus ``_FIRST_EXTRA``; an uncertified query is scanned again
 #: with ``_GROWTH`` times more.  Only the candidates whose bound reaches the k-th
@@ -737,16 +734,6 @@ def rescore(metric: "str | Metric", queries: np.ndarray, data: Any, cand: np.nda
     nq, nc = cand.shape
     # ascending ids per query: a stable sort by score then breaks ties by the lower id
     cand = np.sort(cand.astype(np.int64, copy=False), axis=1)
-    code = _RESCORE_CODES.get(m.name)
-    if code is not None and isinstance(data, np.ndarray) and data.dtype == np.float32 and data.ndim == 2 \
-            and data.flags.c_contiguous and queries.dtype == np.float32 and queries.flags.c_contiguous:
-        # the compiled path: the same values without gathering the rows (one call)
-        from fastimg import _core
-
-        cand = np.ascontiguousarray(cand)
-        exact = _core.rescore_rows(data, queries, cand, getattr(_core, code))
-        order = np.argsort(-exact if m.higher_is_better else exact, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(cand, order, axis=1), np.take_along_axis(exact, order, axis=1).astype(np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     out_scores = np.empty((nq, k), dtype=np.float32)
     step = max(1, _RESCORE_ELEMS // max(1, nc * queries.shape[1]))  # bounds the gathered rows
