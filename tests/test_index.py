@@ -718,8 +718,8 @@ def test_auto_mode_uses_the_graph_above_the_crossover(tmp_path, monkeypatch):
 
     X = _clustered(400, 8, seed=6)
     calls = []
-    real = ann.HnswGraph.search
-    monkeypatch.setattr(ann.HnswGraph, "search", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    real = ann.HnswGraph._search  # the graph search behind search() and search_checked()
+    monkeypatch.setattr(ann.HnswGraph, "_search", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
     with Index.create(tmp_path / "ix", descriptor="custom", dim=8) as ix:
         ix.add_vectors(X, [f"x{i}" for i in range(400)])
         ix.build_ann(M=8, ef_construction=64)
@@ -744,8 +744,8 @@ def test_auto_mode_scans_exactly_for_chisqr_even_with_a_graph(tmp_path, monkeypa
     rng = np.random.default_rng(7)
     H = rng.dirichlet(np.ones(12), size=300).astype(np.float32)
     calls = []
-    real = ann.HnswGraph.search
-    monkeypatch.setattr(ann.HnswGraph, "search", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    real = ann.HnswGraph._search  # the graph search behind search() and search_checked()
+    monkeypatch.setattr(ann.HnswGraph, "_search", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
     monkeypatch.setattr(ann, "ANN_CROSSOVER", 100)
     with Index.create(tmp_path / "ix", descriptor="custom", dim=12, metric="chisqr") as ix:
         ix.add_vectors(H, [f"h{i}" for i in range(300)])

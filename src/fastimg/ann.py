@@ -794,6 +794,28 @@ class HnswGraph:
         with self._lock.read():
             return self._search(q, k, data, ef, candidates, excl, live)
 
+    def search_checked(self, q: np.ndarray, k: int, data: Any, *, ef: Optional[int] = None,
+                       candidates: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` for a caller that validated its queries once (``fastimg.Index``):
+        ``q`` a float32 C-contiguous (Q, dim) finite array, non-negative for a
+        histogram metric, and ``data`` a 2-D array of the graph's dimension; no
+        ``exclude``.  ``k``, ``ef``, ``candidates`` and the rows of ``data`` are
+        checked as :meth:`search` checks them."""
+        if not q.shape[0]:
+            return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
+        live = len(self)
+        if live == 0:
+            raise AnnSearchError("the graph is empty (every row was deleted or none was added)")
+        k = _check_int("k", k, 1, live)
+        ef = self.ef if ef is None else _check_int("ef", ef, 1)
+        candidates = default_candidates(self._metric, k) if candidates is None else _check_int(
+            "candidates", candidates, k)
+        if self._max_label >= data.shape[0]:
+            raise AnnSearchError(f"data has {data.shape[0]} rows but the graph holds id {self._max_label}; "
+                                 "pass the full matrix the graph was built from")
+        with self._lock.read():
+            return self._search(q, k, data, ef, candidates, None, live)
+
     def _search(self, q: np.ndarray, k: int, data: Any, ef: int, candidates: int,
                 excl: Optional[np.ndarray], live: int) -> Tuple[np.ndarray, np.ndarray]:
         m = self._metric
