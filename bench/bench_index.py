@@ -9,11 +9,22 @@ What is measured (same index, same run, baselines side by side):
 * **resident memory** (fresh subprocess per case, ``/proc/self/status``): anonymous
   (``RssAnon``, private copies) and file-backed (``RssFile``, page cache mapped
   into the process, shared and reclaimable) growth after opening and after 20
-  exact queries, for fastimg (prepared-matrix cache already on disk, and the
-  first search that writes it) versus the matrix loaded with ``np.fromfile`` and
-  searched with numpy.
+  exact queries, for fastimg (prepared-matrix cache on disk, as its writer left
+  it, and without it: the reader prepares the rows in memory) versus the matrix
+  loaded with ``np.fromfile`` and searched with numpy.
+* **threads** (``--threads``): 688 searches by one thread, by 4 threads sharing
+  one read-only handle, and by 4 threads with a handle each.
+* **read-only handles** (``--read-only``): the first and the next search per
+  metric on a read-only handle (the default metric mapped from the writer's
+  cache, the others prepared in memory), and the directory's size before/after.
 * **search**: one exact top-10 query on the open index (context; the kernels are
   benchmarked in the search module's benchmarks).
+* **per-call cost** (N = 1,000 rows, whatever the scale): ``Index.search`` by
+  vector against the :class:`fastimg.search.ExactSearcher` it wraps (the same
+  rows, its prepared matrix memory-mapped from the index's cache), and against an
+  ``ExactSearcher`` over in-memory arrays; ``search_batch`` of one query (no
+  paths).  The difference is what the index adds per call (state check, query
+  parsing, "self", paths, ``Hit`` objects).
 
 Sizes follow ``FASTIMG_BENCH_SCALE`` (bench/conftest.py): N = 2,000 / 100,000 /
 1,000,000 histogram-like vectors of dimension 72 (the ``hsv72`` descriptor),
@@ -22,7 +33,11 @@ metric Bhattacharyya (the index default).  Run by hand (and write the table)::
     flock /tmp/fastimg-bench.lock env FASTIMG_BENCH_SCALE=full \\
         .venv/bin/python bench/bench_index.py > bench/index.md
 
-or as pytest-benchmark (``make bench``).  Results: ``bench/index.md``.
+or as pytest-benchmark (``make bench``).  Results: ``bench/index.md``.  On a
+shared machine, time the per-call group in CPU time of the calling thread
+(``--benchmark-timer time.thread_time``: N = 1,000 scans on one thread) and read
+the ratios; ``python bench/bench_index.py --per-call`` prints that table alone
+(interleaved runs, best block of each), e.g. for a checkout of an older fastimg.
 """
 from __future__ import annotations
 
@@ -204,9 +219,9 @@ def test_resident_memory(big):
     """Records the probes (no timing assertion); checks the structural claim that
     searching the index makes no anonymous copy of the matrix."""
     matrix = N * D * 4
+    warm = probe("fastimg", *big)    # prepared cache on disk (written by the writer on close): mapped
     _clear_cache(big[0])
-    first = probe("fastimg", *big)   # first search writes the prepared cache
-    warm = probe("fastimg", *big)    # prepared cache on disk: mapped
+    first = probe("fastimg", *big)   # no cache: the reader prepares the rows in memory (it never writes)
     base = probe("numpy", *big)
     anon = warm["searched"]["RssAnon"] - warm["before"]["RssAnon"]
     base_anon = base["searched"]["RssAnon"] - base["before"]["RssAnon"]
@@ -214,6 +229,89 @@ def test_resident_memory(big):
     if scale() != "tiny":  # at toy sizes allocator noise dominates
         assert anon < 0.25 * matrix, (anon, matrix)
         assert base_anon > matrix
+
+
+# --------------------------------------------------------------------------- per-call cost
+PER_CALL_N = 1_000
+
+
+def per_call_setup(path: Path) -> tuple:
+    """``(index, wrapped searcher, in-memory searcher, query)`` over the same
+    ``PER_CALL_N`` rows; the index's prepared cache is written first."""
+    from fastimg.index import Index
+    from fastimg.search import ExactSearcher
+
+    build(path, n=PER_CALL_N)
+    q = _queries()[0]
+    ix = Index.open(path)
+    ix.search(q, k=10, mode="exact")  # maps the prepared cache (written by build()'s writer on close)
+    prepared = np.load(path / "cache" / f"{METRIC}-prepared.g0.n{PER_CALL_N}.npy", mmap_mode="r")
+    wrapped = ExactSearcher(ix.vectors, METRIC, prepared=prepared)
+    in_memory = ExactSearcher(np.array(ix.vectors), METRIC)
+    return ix, wrapped, in_memory, q
+
+
+def per_call_table(blocks: int = 1500, per: int = 5) -> list[tuple[str, float, float]]:
+    """``[(what, best CPU time per call, best wall time per call)]``: the calls run in
+    turns, ``per`` at a time, ``blocks`` turns; the best block of each counts (the
+    machine is shared: the best block is the one least disturbed)."""
+    with tempfile.TemporaryDirectory(dir=os.environ.get("FASTIMG_BENCH_TMP")) as tmp:
+        ix, wrapped, in_memory, q = per_call_setup(Path(tmp) / "small.fastimg")
+        q2 = q[None, :]
+        calls = {
+            "`ExactSearcher.search` (in-memory arrays)": lambda: in_memory.search(q, 10),
+            "`ExactSearcher.search` (the one `Index.search` wraps: prepared cache memory-mapped)":
+                lambda: wrapped.search(q, 10),
+            "`Index.search(vector, k=10, mode=\"exact\")`": lambda: ix.search(q, k=10, mode="exact"),
+            "`Index.search_batch(1 x D, k=10, mode=\"exact\")`": lambda: ix.search_batch(q2, k=10, mode="exact"),
+        }
+        cpu = {k: float("inf") for k in calls}
+        wall = dict(cpu)
+        for _ in range(blocks):
+            for name, fn in calls.items():
+                w0, c0 = time.perf_counter(), time.thread_time()
+                for _ in range(per):
+                    fn()
+                c1, w1 = time.thread_time(), time.perf_counter()
+                cpu[name] = min(cpu[name], (c1 - c0) / per)
+                wall[name] = min(wall[name], (w1 - w0) / per)
+        ix.close()
+    return [(name, cpu[name], wall[name]) for name in calls]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple:
+    ix, wrapped, in_memory, q = per_call_setup(tmp_path_factory.mktemp("bench-index") / "small.fastimg")
+    yield ix, wrapped, in_memory, q
+    ix.close()
+
+
+@pytest.mark.benchmark(group=f"index-per-call-N{PER_CALL_N}")
+def test_per_call_index_search(benchmark, small):
+    ix, wrapped, _, q = small
+    hits = benchmark(ix.search, q, 10, mode="exact")
+    ids, scores = wrapped.search(q, 10)
+    assert [h.id for h in hits] == ids[0].tolist()  # the query is not an indexed row: nothing left out
+    np.testing.assert_allclose([h.score for h in hits], scores[0])
+
+
+@pytest.mark.benchmark(group=f"index-per-call-N{PER_CALL_N}")
+def test_per_call_index_search_batch_one(benchmark, small):
+    ix, wrapped, _, q = small
+    ids, _ = benchmark(ix.search_batch, q[None, :], 10, mode="exact")
+    assert ids.tolist() == wrapped.search(q, 10)[0].tolist()
+
+
+@pytest.mark.benchmark(group=f"index-per-call-N{PER_CALL_N}")
+def test_per_call_exact_searcher_wrapped(benchmark, small):
+    _, wrapped, _, q = small
+    assert benchmark(wrapped.search, q, 10)[0].shape == (1, 10)
+
+
+@pytest.mark.benchmark(group=f"index-per-call-N{PER_CALL_N}")
+def test_per_call_exact_searcher_in_memory(benchmark, small):
+    _, wrapped, in_memory, q = small
+    assert benchmark(in_memory.search, q, 10)[0].tolist() == wrapped.search(q, 10)[0].tolist()
 
 
 # --------------------------------------------------------------------------- incremental add
@@ -288,9 +386,144 @@ def _best(fn, repeat: int) -> float:
     return min(times), float(np.median(times))
 
 
+def print_per_call() -> None:
+    """The per-call table (markdown), with the load average while it ran."""
+    load0 = os.getloadavg()[0]
+    rows = per_call_table()
+    load1 = os.getloadavg()[0]
+    base = rows[1][1]
+    print(f"N = {PER_CALL_N:,} rows, D = {D}, metric {METRIC}, k = 10; CPU time of the calling thread (the "
+          f"scan runs on it at this size), best of 1,500 interleaved blocks of 5 calls; load average "
+          f"{load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores (shared machine).\n")
+    print("| call | CPU time | more than the wrapped searcher | ratio | wall time |\n|---|---:|---:|---:|---:|")
+    for name, cpu, wall in rows:
+        print(f"| {name} | {cpu * 1e6:.1f} us | {(cpu - base) * 1e6:+.1f} us | {cpu / base:.2f}x "
+              f"| {wall * 1e6:.1f} us |")
+
+
+# --------------------------------------------------------------------------- threads
+def _spread(n: int, d: int = D, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    q = rng.gamma(0.5, 1.0, (n, d))
+    return (q / q.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def threads_table(n: int, searches: int = 688, workers: int = 4, repeat: int = 3,
+                  kernel_threads: Optional[int] = None) -> list[tuple[str, float]]:
+    """``[(case, best wall time of all the searches)]``: ``searches`` exact top-10
+    searches by vector on an index of ``n`` rows, done by one thread on one
+    handle, by ``workers`` threads sharing one read-only handle, and by
+    ``workers`` threads with a handle each (cases interleaved, best of
+    ``repeat``); ``kernel_threads``: the handles' ``threads`` (OpenMP threads per
+    search; None: the default)."""
+    import threading
+
+    from fastimg.index import Index
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("FASTIMG_BENCH_TMP")) as tmp:
+        path, _ = build(Path(tmp) / "t.fastimg", n=n)
+        Q = _spread(searches)
+        parts = np.array_split(np.arange(searches), workers)
+
+        def run_threads(handles: list) -> None:
+            def go(t: int) -> None:
+                for i in parts[t]:
+                    handles[t].search(Q[i], k=10, mode="exact")
+
+            ths = [threading.Thread(target=go, args=(t,)) for t in range(workers)]
+            for th in ths:
+                th.start()
+            for th in ths:
+                th.join()
+
+        shared = Index.open(path, threads=kernel_threads)
+        own = [Index.open(path, threads=kernel_threads) for _ in range(workers)]
+        for h in [shared, *own]:
+            h.search(Q[0], k=10, mode="exact")  # maps the cache, sets up the scan
+        cases = {
+            "1 thread, 1 handle": lambda: [shared.search(q, k=10, mode="exact") for q in Q],
+            f"{workers} threads sharing 1 handle": lambda: run_threads([shared] * workers),
+            f"{workers} threads, 1 handle each": lambda: run_threads(own),
+        }
+        best = {name: float("inf") for name in cases}
+        for _ in range(repeat):
+            for name, fn in cases.items():
+                t0 = time.perf_counter()
+                fn()
+                best[name] = min(best[name], time.perf_counter() - t0)
+        for h in [shared, *own]:
+            h.close()
+    return list(best.items())
+
+
+def print_threads(sizes: tuple[int, ...] = (1_000, 100_000), searches: int = 688) -> None:
+    load0 = os.getloadavg()[0]
+    tables = {(n, kt): threads_table(n, searches, kernel_threads=kt) for n in sizes for kt in (None, 1)}
+    load1 = os.getloadavg()[0]
+    print(f"{searches} exact top-10 searches by vector (D = {D}, {METRIC}), wall time, best of 3 interleaved runs; "
+          f"{os.cpu_count()} cores, load average {load0:.1f} -> {load1:.1f} (shared machine: read the ratios).  "
+          "`threads`: the handles' OpenMP threads per search (default: all cores, fewer for small scans).\n")
+    print("| rows | `threads` | case | time | searches/s | vs 1 thread |\n|---:|---|---|---:|---:|---:|")
+    for (n, kt), rows in tables.items():
+        one = rows[0][1]
+        for name, t in rows:
+            print(f"| {n:,} | {'default' if kt is None else kt} | {name} | {t * 1e3:.0f} ms | {searches / t:,.0f} "
+                  f"| {one / t:.2f}x |")
+
+
+# --------------------------------------------------------------------------- read-only handles
+def readonly_table(n: int, metrics: tuple[str, ...] = (METRIC, "cosine", "l2", "pearson")) -> dict:
+    """A read-only handle on an index of ``n`` rows (closed by its writer, which
+    cached the default metric): the first and the next search per metric, and the
+    index directory's size before and after."""
+    from fastimg.index import Index
+
+    def size(p: Path) -> int:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("FASTIMG_BENCH_TMP")) as tmp:
+        path, _ = build(Path(tmp) / "ro.fastimg", n=n)
+        before = size(path)
+        q = _queries()[0]
+        out: dict = {"rows": n, "before": before, "metrics": []}
+        with Index.open(path) as ix:
+            for m in metrics:
+                t0 = time.perf_counter()
+                ix.search(q, k=10, metric=m, mode="exact")
+                first = time.perf_counter() - t0
+                nxt = _best(lambda: ix.search(q, k=10, metric=m, mode="exact"), 5)[0]
+                out["metrics"].append((m, first, nxt))
+        out["after"] = size(path)
+    return out
+
+
+def print_readonly(n: int = 350_000) -> None:
+    load0 = os.getloadavg()[0]
+    r = readonly_table(n)
+    load1 = os.getloadavg()[0]
+    mib = 1 << 20
+    print(f"N = {n:,} rows, D = {D}: `Index.open` (read-only) of an index its writer closed (the default metric "
+          f"{METRIC}'s prepared rows cached by the writer), one exact top-10 search per metric; load average "
+          f"{load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores.\n")
+    print("| metric | first search | next searches (best of 5) | prepared rows |\n|---|---:|---:|---|")
+    for m, first, nxt in r["metrics"]:
+        how = "mapped from the writer's cache" if m == METRIC else "prepared in memory by the handle"
+        print(f"| {m} | {first * 1e3:.0f} ms | {nxt * 1e3:.1f} ms | {how} |")
+    print(f"\nIndex directory: {r['before'] / mib:.1f} MiB before, {r['after'] / mib:.1f} MiB after.")
+
+
 def main() -> None:
     from fastimg.index import Index
 
+    if "--per-call" in sys.argv[1:]:
+        print_per_call()
+        return
+    if "--threads" in sys.argv[1:]:
+        print_threads()
+        return
+    if "--read-only" in sys.argv[1:]:
+        print_readonly()
+        return
     mib = 1 << 20
     with tempfile.TemporaryDirectory(dir=os.environ.get("FASTIMG_BENCH_TMP")) as tmp:
         t0 = time.perf_counter()
@@ -317,9 +550,9 @@ def main() -> None:
             ix.search(q, k=10)
             t_first = time.perf_counter() - t0
             search = _best(lambda: ix.search(q, k=10, mode="exact"), 20)
+        warm = probe("fastimg", path, npy)
         _clear_cache(path)
         first = probe("fastimg", path, npy)
-        warm = probe("fastimg", path, npy)
         base = probe("numpy", path, npy)
         base_open = rows[0][1][0]
 
@@ -331,14 +564,17 @@ def main() -> None:
         print("| what | best | median | vs `Index.open` |\n|---|---:|---:|---:|")
         for name, (b, med) in rows:
             print(f"| {name} | {b * 1e3:.2f} ms | {med * 1e3:.2f} ms | {b / base_open:.0f}x |")
-        print(f"\nFirst exact search after open (maps or writes the prepared cache): {t_first * 1e3:.0f} ms; "
+        print(f"\nFirst exact search after open (maps the prepared cache its writer left): {t_first * 1e3:.0f} ms; "
               f"then {search[0] * 1e3:.1f} ms per query (best of 20, k = 10).\n")
+        print("## Per-call cost: `Index.search` against the searcher it wraps\n")
+        print_per_call()
+        print()
         print("## Resident memory while searching (fresh process, 20 exact queries, k = 10)\n")
         print("Growth after `import`; anonymous = private copies, file = mapped pages of the index files "
               "(page cache, shared and reclaimable).\n")
         print("| case | open | anon after open | anon after search | file after search "
               "| of which `vectors` | of which `cache/` |\n|---|---:|---:|---:|---:|---:|---:|")
-        for name, r in (("fastimg, prepared cache on disk", warm), ("fastimg, first search (writes the cache)", first),
+        for name, r in (("fastimg, prepared cache on disk", warm), ("fastimg, no cache (prepared in memory)", first),
                         ("numpy: `np.fromfile` + matmul", base)):
             b = r["before"]
             print(f"| {name} | {r['open_s'] * 1e3:.1f} ms "

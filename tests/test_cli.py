@@ -27,7 +27,7 @@ from fastimg.dedup import DEFAULT_THRESHOLDS, HISTOGRAM_THRESHOLDS
 BIN = Path(sys.executable).with_name("fastimg")
 CLASSES = ("beaches", "dinosaurs", "horses")
 PER_CLASS = 4
-HEAVY = ("numba", "cv2", "hnswlib")
+HEAVY = ("numba", "cv2", "hnswlib", "dask", "distributed")
 
 
 # --------------------------------------------------------------------------- #

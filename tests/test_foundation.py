@@ -26,7 +26,8 @@ def test_core_is_compiled_with_openmp():
 
 def test_import_is_cheap():
     code = (
-        "import sys, fastimg; heavy = [m for m in ('numba', 'cv2', 'hnswlib', 'fastimg._core', 'numpy') "
+        "import sys, fastimg; heavy = [m for m in ('numba', 'cv2', 'hnswlib', 'fastimg._core', 'numpy', 'dask', "
+        "'distributed', 'fastimg.distributed') "
         "if m in sys.modules]; print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

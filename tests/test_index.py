@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastimg.errors import DescriptorError, IndexLockedError, IndexNotFoundError, IndexReadOnlyError, NotInIndexError
-from fastimg.index import AddReport, Hit, Index, data_dir, default_index_path
+from _photos import photo_tree
+from fastimg.errors import ArgumentError, DescriptorError, IndexLockedError, IndexNotFoundError, IndexReadOnlyError, NotInIndexError
+from fastimg.index import Index, data_dir, default_index_path
 
 D = 12
 
@@ -135,6 +136,9 @@ def test_search_batch_equals_single_searches(custom, data):
     ids, scores = custom.search_batch(Q, k=4, metric="l2")
     assert ids.shape == (6, 4) and ids.dtype == np.int64 and scores.dtype == np.float32
     for r in range(6):
+        exp_ids, exp_scores = _brute("l2", Q[r], data, np.arange(3, 300), 4)
+        assert ids[r].tolist() == exp_ids.tolist()
+        np.testing.assert_allclose(scores[r], exp_scores, rtol=1e-5)
         hits = custom.search(Q[r], k=4, metric="l2")
         assert ids[r].tolist() == [h.id for h in hits]
         np.testing.assert_allclose(scores[r], [h.score for h in hits], rtol=1e-6)
@@ -253,28 +257,55 @@ def test_reader_follows_a_compaction(custom, data):
         assert [h.path for h in hits] == [f"item{live[i]}" for i in exp_ids]
 
 
-def test_prepared_cache_is_persisted_and_reused(custom, data):
-    custom.search(data[0], k=3, metric="pearson")
-    names = custom.info()["caches"]
-    assert "pearson-prepared.g0.n300.npy" in names and "pearson-bias.g0.n300.npy" in names
-    cached = np.load(custom.path / "cache" / "pearson-prepared.g0.n300.npy")
-    x = data.astype(np.float64)
-    centred = x - x.mean(axis=1, keepdims=True)
-    # pearson's prepared rows: centred and unit-norm (dot product = correlation)
-    np.testing.assert_allclose(cached @ cached[0], np.corrcoef(x)[0], atol=1e-5)
-    assert np.allclose(np.linalg.norm(cached, axis=1), 1, atol=1e-5) and centred.shape == cached.shape
-    # growing the index extends the cache (new file for the new count; old one removed)
-    custom.add_vectors(data[:2] * 0.5 + 0.2, ["n1", "n2"])
+def _files(path):
+    """{relative path: (size, mtime_ns)} of every file under ``path``."""
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_writer_caches_the_default_metric_and_searches_never_write(tmp_path, data, monkeypatch):
+    import fastimg.index._index as index_mod
+
+    ix = Index.create(tmp_path / "ix", descriptor="custom", dim=D, metric="pearson")
+    ix.add_vectors(data, [f"item{i}" for i in range(len(data))])
     q = data[7] + 0.01
-    _check(custom.search(q, k=5, metric="pearson"), "pearson",
-           q, np.vstack([data, data[:2] * 0.5 + 0.2]), np.arange(302), 5)
-    names = custom.info()["caches"]
-    assert "pearson-prepared.g0.n302.npy" in names and "pearson-prepared.g0.n300.npy" not in names
-    # a corrupt cache is rebuilt, results stay right
-    (custom.path / "cache" / "pearson-prepared.g0.n302.npy").write_bytes(b"junk")
-    with Index.open(custom.path) as ro:
-        _check(ro.search(q, k=5, metric="pearson"), "pearson",
-               q, np.vstack([data, data[:2] * 0.5 + 0.2]), np.arange(302), 5)
+    # 300 rows, fewer than CACHE_SAVE_ROWS: not cached yet; a search prepares them in memory
+    _check(ix.search(q, k=5), "pearson", q, data, np.arange(300), 5)
+    assert ix.info()["caches"] == []
+    ix.flush()
+    assert sorted(ix.info()["caches"]) == ["pearson-bias.g0.n300.npy", "pearson-prepared.g0.n300.npy"]
+    cached = np.load(ix.path / "cache" / "pearson-prepared.g0.n300.npy")
+    x = data.astype(np.float64)
+    # pearson's prepared rows: centred and unit-norm (dot product = correlation)
+    np.testing.assert_allclose(cached @ cached.T, np.corrcoef(x), atol=1e-5)
+    np.testing.assert_allclose(cached.sum(axis=1), 0, atol=1e-5)
+    # new rows: the cached 300 are mapped, the 2 new ones prepared in memory, results merged
+    more = data[:2] * 0.5 + 0.2
+    ix.add_vectors(more, ["n1", "n2"])
+    X = np.vstack([data, more])
+    for qq in (q, more[1] + 0.001):
+        _check(ix.search(qq, k=5, exclude_self=False), "pearson", qq, X, np.arange(302), 5)
+    assert sorted(ix.info()["caches"]) == ["pearson-bias.g0.n300.npy", "pearson-prepared.g0.n300.npy"]
+    # a reader (every metric) writes nothing, and reads the cache the writer extends on add
+    with Index.open(ix.path) as ro:
+        before = _files(ix.path)
+        for metric in ("pearson", "cosine", "l2", "bhattacharyya", "chisqr", "intersect"):
+            _check(ro.search(q, k=5, metric=metric), metric, q, X, np.arange(302), 5)
+        assert _files(ix.path) == before
+        monkeypatch.setattr(index_mod, "CACHE_SAVE_ROWS", 3)
+        ix.add_vectors(data[10:30] + 0.3, [f"m{i}" for i in range(20)])  # 22 not cached >= max(3, 5 %): extended
+        X = np.vstack([X, data[10:30] + 0.3])
+        assert sorted(ix.info()["caches"]) == ["pearson-bias.g0.n322.npy", "pearson-prepared.g0.n322.npy"]
+        _check(ro.search(q, k=5), "pearson", q, X, np.arange(322), 5)
+    ix.add_vectors(data[20:21] + 0.4, ["last"])
+    X = np.vstack([X, data[20:21] + 0.4])
+    ix.close()  # close caches every row
+    assert sorted(p.name for p in (tmp_path / "ix" / "cache").iterdir()) == [
+        "pearson-bias.g0.n323.npy", "pearson-prepared.g0.n323.npy"]
+    # a corrupt cache is ignored (searches prepare in memory), results stay right
+    (tmp_path / "ix" / "cache" / "pearson-prepared.g0.n323.npy").write_bytes(b"junk")
+    with Index.open(tmp_path / "ix") as ro:
+        _check(ro.search(q, k=5), "pearson", q, X, np.arange(323), 5)
 
 
 def test_info_reports_the_state(custom):
@@ -283,10 +314,11 @@ def test_info_reports_the_state(custom):
     for key, value in {"count": 299, "rows": 300, "deleted": 1, "dim": D, "metric": "cosine", "mode": "a",
                        "format_version": 1, "vectors_bytes": 300 * D * 4}.items():
         assert info[key] == value, key
-    assert info["descriptor"]["name"] == "custom"
-    assert info["size_bytes"] >= 300 * D * 4
-    assert info["ann"]["built"] is False and info["ann"]["auto_mode"] == "exact"
-    assert isinstance(info["ann"]["crossover"], int)
+    assert info["descriptor"] == {"name": "custom", "dim": D, "version": 1, "params": {}}
+    on_disk = sum(f.stat().st_size for f in custom.path.rglob("*") if f.is_file())
+    assert info["size_bytes"] == on_disk and info["vectors_bytes"] == (custom.path / "vectors.0.f32").stat().st_size
+    assert info["ann"] == {"built": False, "crossover": info["ann"]["crossover"], "auto_mode": "exact"}
+    assert info["whitening"] is None and info["generation"] == 0 and info["root"] == str(custom.path.parent)
 
 
 def test_create_arguments_are_validated(tmp_path):
@@ -308,7 +340,7 @@ def test_custom_index_cannot_describe_images(tmp_path, custom):
         custom.add(tmp_path)
     with pytest.raises(DescriptorError, match="query it by vector"):
         custom.search(str(tmp_path / "unknown.jpg"))
-    with pytest.raises(ValueError, match="length 12"):
+    with pytest.raises(ArgumentError, match=r"expected D=12 \(the data's\), got 5"):  # as ExactSearcher says
         custom.search(np.zeros(5, np.float32))
 
 
@@ -371,16 +403,6 @@ def test_ann_graph_survives_compaction(tmp_path):
 
 
 # --------------------------------------------------------------------------- images
-def _copy_images(corel_dir: Path, dest: Path, per_class: int = 3, classes=("beaches", "horses", "flowers")):
-    out = []
-    for c in classes:
-        (dest / c).mkdir(parents=True, exist_ok=True)
-        for f in sorted((corel_dir / c).iterdir())[:per_class]:
-            shutil.copy2(f, dest / c / f.name)
-            out.append(dest / c / f.name)
-    return out
-
-
 def _describe(path) -> np.ndarray:
     from fastimg.features.registry import describe
 
@@ -396,8 +418,8 @@ def _stored(index_path: Path) -> dict:
 
 
 @pytest.fixture
-def photos(tmp_path, corel_dir):
-    files = _copy_images(corel_dir, tmp_path / "photos")
+def photos(tmp_path):
+    files = photo_tree(tmp_path / "photos")  # Corel-1k files, or generated ones without ../shared
     (tmp_path / "photos" / "beaches" / "broken.jpg").write_bytes(b"definitely not a jpeg")
     (tmp_path / "photos" / "notes.txt").write_text("not an image extension: ignored")
     return tmp_path / "photos", files
@@ -410,7 +432,6 @@ def test_add_folder_then_search_by_path_bytes_and_array(photos):
     with Index.create(root / ".fastimg") as ix:
         assert ix.metric == "bhattacharyya"
         report = ix.add(root)
-        assert isinstance(report, AddReport)
         assert (report.added, report.unchanged, report.updated) == (9, 0, 0)
         assert report.skipped == {str(root / "beaches" / "broken.jpg"): "not an image"}
         # stored relative to the root (the folder holding the index), as the SQLite file shows
@@ -423,13 +444,12 @@ def test_add_folder_then_search_by_path_bytes_and_array(photos):
         ids = np.array([by_path[str(f)] for f in files])
         q = files[4]
         hits = ix.search(q, k=4)
-        assert all(isinstance(h, Hit) for h in hits)
         # oracle: cv2.compareHist over the files' descriptors, the query's own row left out
         exp = sorted(((cv2.compareHist(X[4], X[j], cv2.HISTCMP_BHATTACHARYYA), ids[j]) for j in range(9) if j != 4))
         assert [h.id for h in hits] == [i for _, i in exp[:4]]
         np.testing.assert_allclose([h.score for h in hits], [s for s, _ in exp[:4]], atol=1e-5)
-        assert [h.path for h in hits] == [ix.paths([i])[0] for i, in [(h.id,) for h in hits]]
-        assert all(os.path.isabs(h.path) and os.path.exists(h.path) for h in hits)
+        path_of = {i: str(f) for f, i in zip(files, ids)}
+        assert [h.path for h in hits] == [path_of[h.id] for h in hits]  # absolute paths of the files
         # by bytes and by decoded array: the identical stored row is "self"
         for query in (q.read_bytes(), cv2.imread(str(q))):
             assert [h.id for h in ix.search(query, k=4)] == [h.id for h in hits]
@@ -551,48 +571,89 @@ def test_histogram_metric_on_negative_vectors_is_a_clear_error(tmp_path):
         assert len(ix.search(q, k=3, metric="cosine")) == 3
 
 
-@pytest.mark.parametrize("spec", ["qe", "dba:depth=20", "k-reciprocal:k1=5,k2=2,depth=20"])
+def _unit(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _rerank_oracle(spec, q, data, allowed, k):
+    """Re-ranking written out in NumPy for the cosine metric (rerank.py's documented
+    definitions), over the rows ``allowed``: the initial ranking is a brute force."""
+    cos = _unit(data[allowed]) @ _unit(q)
+    first = allowed[np.lexsort((allowed, -cos))]
+    if spec == "qe":  # the query and its top 5, averaged as unit vectors, searched again
+        expanded = _unit(q) + _unit(data[first[:5]]).sum(axis=0)
+        s = _unit(data[allowed]) @ _unit(expanded)
+        order = np.lexsort((allowed, -s))[:k]
+        return allowed[order], s[order]
+    if spec == "dba:depth=20":  # each of the top 20 averaged with its 5 nearest others among them
+        head = first[:20]
+        u = _unit(data[head])
+        g = u @ u.T
+        out = np.empty(20)
+        for i in range(20):
+            nb = [j for j in np.argsort(1 - g[i], kind="stable") if j != i][:5]
+            w = np.clip(g[i, nb], 0, 1) ** 3  # sim^alpha, alpha = 3
+            aug = (u[i] + w @ u[nb]) / (1 + w.sum())
+            out[i] = _unit(aug) @ _unit(q)
+        order = np.lexsort((head, -out))[:k]
+        return head[order], out[order]
+    assert spec == "k-reciprocal:k1=5,k2=2,lambda=1,depth=20"
+    # lambda = 1 keeps the original distance (1 - cos) divided by its maximum over the
+    # query's row of the local graph (the query itself and its top 20): score 1 - that
+    head = first[:20]
+    d = 1 - _unit(data[head]) @ _unit(q)
+    s = 1 - d / max(d.max(), 0.0)
+    order = np.lexsort((head, -s))[:k]
+    return head[order], s[order]
+
+
+@pytest.mark.parametrize("spec", ["qe", "dba:depth=20", "k-reciprocal:k1=5,k2=2,lambda=1,depth=20"])
 def test_rerank_is_wired_with_the_index_vectors_and_exclusions(custom, data, spec):
-    from fastimg import rerank
-
     custom.remove([7, 8])
-    live = np.setdiff1d(np.arange(300), [7, 8])
+    allowed = np.setdiff1d(np.arange(300), [7, 8, 11])
     q = data[11]  # an indexed vector: row 11 is "self" and stays excluded in every search
-
-    def brute_search(vectors, kk):
-        vv = np.atleast_2d(vectors)
-        out = [_brute("cosine", v, data, np.setdiff1d(live, [11]), kk) for v in vv]
-        return np.stack([o[0] for o in out]), np.stack([o[1] for o in out]).astype(np.float32)
-
-    ids0, scores0 = brute_search(q, 10)
-    exp_ids, exp_scores = rerank.apply(spec, q, ids0[0], scores0[0], get_vectors=lambda ids: data[np.asarray(ids)],
-                                       search=brute_search, k=10, metric="cosine")
+    exp_ids, exp_scores = _rerank_oracle(spec, q, data, allowed, 10)
     hits = custom.search(q, k=10, rerank=spec)
-    assert [h.id for h in hits] == np.asarray(exp_ids).tolist()
+    assert [h.id for h in hits] == exp_ids.tolist()
     np.testing.assert_allclose([h.score for h in hits], exp_scores, rtol=1e-4, atol=1e-5)
-    assert 11 not in [h.id for h in hits] and not {7, 8} & {h.id for h in hits}
+    plain = [h.id for h in custom.search(q, k=10)]
+    assert plain != exp_ids.tolist() or spec.startswith("k-reciprocal")  # re-ranking changed the order
 
 
-@pytest.mark.parametrize("spec, searches", [("qe", 2), ("dba:depth=20", 1), ("k-reciprocal:k1=5,k2=2,depth=20", 1),
-                                             # depth beyond the 300 rows: the first search returns them all
-                                             ("dba:depth=400", 1), ("k-reciprocal:k1=5,k2=2,depth=400", 1)])
-def test_rerank_fetches_its_candidates_in_the_first_search(custom, data, spec, searches, monkeypatch):
-    """The initial search returns the depth re-ranking needs: no second scan for more
-    candidates (QE's one extra search is the expanded query's own)."""
-    from fastimg import rerank
+def test_k_reciprocal_reorders_only_the_candidates_and_excludes_self(custom, data):
+    custom.remove([7, 8])
+    allowed = np.setdiff1d(np.arange(300), [7, 8, 11])
+    cos = _unit(data[allowed]) @ _unit(data[11])
+    top20 = set(allowed[np.lexsort((allowed, -cos))[:20]].tolist())
+    hits = custom.search(data[11], k=10, rerank="k-reciprocal:k1=5,k2=2,depth=20")
+    assert len(hits) == 10 and {h.id for h in hits} <= top20
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)  # 1 - d*: best first
+
+
+@pytest.mark.parametrize("spec, searches, depth", [
+    ("qe", 2, 5), ("dba:depth=20", 1, 20), ("k-reciprocal:k1=5,k2=2,depth=20", 1, 20),
+    # depth beyond the 300 rows: the first search returns them all (297 live, self excluded)
+    ("dba:depth=400", 1, 297), ("k-reciprocal:k1=5,k2=2,depth=400", 1, 297)])
+def test_rerank_fetches_its_candidates_in_the_first_search(custom, data, spec, searches, depth, monkeypatch):
+    """The initial search returns the depth re-ranking needs (QE: its n = 5 neighbours):
+    no second scan for more candidates (QE's one extra search is the expanded query's own)."""
     from fastimg.search import ExactSearcher
 
+    custom.remove([7, 8])
     calls = []
     real = ExactSearcher.search
 
     def counting(self, queries, k, **kw):
-        calls.append(k)
-        return real(self, queries, k, **kw)
+        ids, scores = real(self, queries, k, **kw)
+        calls.append(int((ids[0] != 11).sum()))  # candidates other than the query itself
+        return ids, scores
 
     monkeypatch.setattr(ExactSearcher, "search", counting)
     hits = custom.search(data[11], k=10, rerank=spec)
     assert len(hits) == 10 and len(calls) == searches
-    assert calls[0] >= min(rerank.candidates_needed(spec, 10), len(custom.live_ids()))
+    assert calls[0] >= depth
 
 
 def test_corrupt_ann_graph_falls_back_to_exact_and_says_why(tmp_path):
@@ -691,12 +752,12 @@ def test_set_metadata_by_id_path_or_name(custom, photos):
         assert text == '{"label": "beach"}'
 
 
-def test_large_images_are_described_the_same_way_when_indexed_and_queried(tmp_path, corel_dir):
+def test_large_images_are_described_the_same_way_when_indexed_and_queried(tmp_path):
     import cv2
 
     root = tmp_path / "photos"
     root.mkdir()
-    src = sorted((corel_dir / "beaches").iterdir())[:3]
+    src = photo_tree(tmp_path / "src", classes=("beaches",), per_class=3)
     for i, f in enumerate(src):  # larger than the descriptor's working size: reduced decoding kicks in
         img = cv2.resize(cv2.imread(str(f)), (1600, 1064), interpolation=cv2.INTER_CUBIC)
         cv2.imwrite(str(root / f"big{i}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])

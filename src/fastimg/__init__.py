@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 from fastimg._version import __version__
 from fastimg.errors import (
     AnnSearchError,
+    ArgumentError,
     DescriptorError,
     FastimgError,
     ImageError,
+    IndexChangedError,
     IndexCorruptError,
     IndexFormatError,
     IndexLockedError,
@@ -41,6 +43,8 @@ _LAZY = {
     # the index (fastimg.index)
     "Index": "fastimg.index",
     "Hit": "fastimg.index",
+    "Entry": "fastimg.index",
+    "BatchResult": "fastimg.index",
     "AddReport": "fastimg.index",
     # near-duplicates (fastimg.dedup)
     "find_duplicates": "fastimg.dedup",
@@ -52,6 +56,10 @@ _LAZY = {
     "HnswGraph": "fastimg.ann",
     # post-processing (fastimg.projection)
     "PCAWhitening": "fastimg.projection",
+    "LinearProjection": "fastimg.projection",
+    # metric learning (fastimg.learn)
+    "learn_projection": "fastimg.learn",
+    "split_labels": "fastimg.learn",
 }
 
 __all__ = [
@@ -66,6 +74,8 @@ __all__ = [
     "IndexReadOnlyError",
     "NotInIndexError",
     "AnnSearchError",
+    "ArgumentError",
+    "IndexChangedError",
     *_LAZY,
 ]
 
@@ -87,7 +97,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from fastimg.ann import HnswGraph
     from fastimg.dedup import DuplicateGroup, find_duplicates
     from fastimg.eval import evaluate, load_dataset
-    from fastimg.index import AddReport, Hit, Index
+    from fastimg.index import AddReport, BatchResult, Entry, Hit, Index
     from fastimg.image import load_image
     from fastimg.metrics import METRICS, metric_names
     from fastimg.features.registry import (
@@ -99,5 +109,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
         get_descriptor,
         register,
     )
-    from fastimg.projection import PCAWhitening
+    from fastimg.learn import learn_projection, split_labels
+    from fastimg.projection import LinearProjection, PCAWhitening
     from fastimg.search import ExactSearcher, topk

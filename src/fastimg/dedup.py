@@ -19,7 +19,8 @@ counts when either direction is within the threshold; its score is the one with
 the lower id as the query when both directions are within it.
 
 Only the public ``Index`` API is used (``vectors``, ``live_ids``,
-``search_batch``, ``paths``, ``metric``), so any object offering it works.
+``search_batch``, ``paths``, ``metric``, ``descriptor_spec``), so any object
+offering it works.  ``Index.duplicates(...)`` calls :func:`find_duplicates`.
 """
 from __future__ import annotations
 
@@ -104,8 +105,8 @@ def default_threshold(index: Any, metric: Optional[str] = None) -> Optional[floa
     if name in DEFAULT_THRESHOLDS:
         return DEFAULT_THRESHOLDS[name]
     if name in HISTOGRAM_THRESHOLDS:
-        # info() (it walks the index directory) only for these two metrics
-        descriptor = dict(index.info()["descriptor"]).get("name", "custom")
+        spec = getattr(index, "descriptor_spec", None)  # an Index; else info() (it walks the index directory)
+        descriptor = dict(spec if spec is not None else index.info()["descriptor"]).get("name", "custom")
         if descriptor != "custom":
             return HISTOGRAM_THRESHOLDS[name]
     return None

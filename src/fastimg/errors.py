@@ -22,6 +22,8 @@ __all__ = [
     "IndexReadOnlyError",
     "NotInIndexError",
     "AnnSearchError",
+    "ArgumentError",
+    "IndexChangedError",
 ]
 
 
@@ -92,3 +94,13 @@ class NotInIndexError(IndexError_, KeyError):
 class AnnSearchError(FastimgError, ValueError):
     """Bad argument to the HNSW graph (shape, dimension, ``k``, ids, parameters),
     or a graph that cannot answer (too many deletions for ``ef``)."""
+
+
+class ArgumentError(FastimgError, ValueError):
+    """A bad argument to a fastimg call (its name, what was expected and what was
+    given are in the message)."""
+
+
+class IndexChangedError(IndexError_, RuntimeError):
+    """A writer compacted the index (renumbering its ids) while a long read, such
+    as iterating over the entries, was going on: start it again."""

@@ -5,18 +5,27 @@
 :class:`fastimg.Index` stores one fitted on its own vectors
 (:meth:`fastimg.Index.fit_whitening`), and the ``cnn-*`` descriptors take one
 as a parameter.  Pure NumPy; saved as a plain ``.npz`` (no pickle).
+
+:class:`LinearProjection` is any fitted linear map plus centring, e.g. one
+learned from labels by :func:`fastimg.learn_projection` (metric learning).
+Both classes share one interface - ``fitted``, ``input_dim``, ``output_dim``,
+``mean_``, ``n_fit_``, ``transform(vectors, normalize=...)``, ``save``/``load``
+- so a caller (an index) can store and apply either the same way;
+:func:`load_projection` reads either file, and :meth:`PCAWhitening.as_linear`
+turns a whitening into the equivalent :class:`LinearProjection`.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
-from typing import Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
 from fastimg.errors import DescriptorError
 
-__all__ = ["PCAWhitening", "l2_normalize"]
+__all__ = ["PCAWhitening", "LinearProjection", "load_projection", "l2_normalize"]
 
 _EPS = 1e-12
 
@@ -267,3 +276,230 @@ class PCAWhitening:
         w.eigenvalues_ = ev.astype(np.float64)
         w.n_fit_ = int(fields["n_fit"])
         return w
+
+    def as_linear(self) -> "LinearProjection":
+        """The same map as a :class:`LinearProjection` (method ``"pca-whitening"``).
+
+        ``as_linear().transform(x)`` equals ``transform(x)``; the whitening's
+        parameters are kept in ``params``.
+        """
+        if not self.fitted:
+            raise DescriptorError("whitening is not fitted; call fit(matrix) or PCAWhitening.load(path) first")
+        assert self.mean_ is not None
+        return LinearProjection(self.mean_, self._projection(), method="pca-whitening",
+                                params={"dim": self.dim, "power": self.power, "eps": self.eps},
+                                normalize=True, n_fit=self.n_fit_)
+
+
+class LinearProjection:
+    """A fitted linear map plus centring: ``transform(x) = l2_normalize((x - mean) @ matrix.T)``.
+
+    The final L2 normalisation is applied when ``normalize`` is true (the
+    default; then cosine and L2 distances rank alike).  Instances are made
+    fitted - by :func:`fastimg.learn_projection`, :meth:`PCAWhitening.as_linear`,
+    :meth:`load`, or directly from arrays - and are not changed afterwards.
+
+    Parameters
+    ----------
+    mean : array_like, shape (D,)
+        Subtracted from every input vector.
+    matrix : array_like, shape (d, D)
+        One output coordinate per row.
+    method : str, default "linear"
+        Name of what produced the map (e.g. ``"lda"``, ``"nca"``); informative.
+    params : mapping, optional
+        The parameters it was produced with: JSON-serialisable values (str,
+        int, float, bool, None, lists of these); saved with the map.
+    normalize : bool, default True
+        Default of :meth:`transform`'s ``normalize``.
+    n_fit : int, default 0
+        Number of vectors the map was fitted on (informative).
+
+    Attributes
+    ----------
+    mean_ : numpy.ndarray of float64, shape (D,)
+    matrix_ : numpy.ndarray of float64, shape (d, D)
+    method : str
+    params : dict
+    normalize : bool
+    n_fit_ : int
+
+    Raises
+    ------
+    DescriptorError
+        On arrays of the wrong shape, non-finite values, or params that are not
+        a JSON-serialisable mapping.
+
+    Examples
+    --------
+    >>> p = fastimg.learn_projection(vectors, labels)       # doctest: +SKIP
+    >>> p.save("projection.npz"); p2 = LinearProjection.load("projection.npz")  # doctest: +SKIP
+    >>> q = p2.transform(vectors)                            # doctest: +SKIP
+    """
+
+    _FORMAT = 1
+    _KIND = "fastimg.LinearProjection"
+
+    def __init__(self, mean: np.ndarray, matrix: np.ndarray, *, method: str = "linear",
+                 params: Optional[Mapping[str, Any]] = None, normalize: bool = True, n_fit: int = 0) -> None:
+        m = np.array(mean, dtype=np.float64)
+        a = np.array(matrix, dtype=np.float64)
+        if m.ndim != 1 or m.shape[0] == 0:
+            raise DescriptorError(f"projection mean must have shape (D,) with D >= 1; got {m.shape}")
+        if a.ndim != 2 or a.shape[1] != m.shape[0] or a.shape[0] == 0:
+            raise DescriptorError(
+                f"projection matrix must have shape (d, {m.shape[0]}) with d >= 1 (one row per output "
+                f"coordinate, D = len(mean)); got {a.shape}"
+            )
+        if not (np.isfinite(m).all() and np.isfinite(a).all()):
+            raise DescriptorError("projection mean and matrix must be finite; found NaN or infinite values")
+        if not isinstance(method, str) or not method:
+            raise DescriptorError(f"projection method must be a non-empty str; got {method!r}")
+        if params is not None and not isinstance(params, Mapping):
+            raise DescriptorError(f"projection params must be a mapping; got {type(params).__name__}")
+        p = dict(params or {})
+        try:
+            json.dumps(p, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise DescriptorError(f"projection params must be JSON-serialisable (str, int, float, bool, None, "
+                                  f"lists); got {p!r} ({exc})") from None
+        if isinstance(n_fit, bool) or not isinstance(n_fit, (int, np.integer)) or n_fit < 0:
+            raise DescriptorError(f"projection n_fit must be an int >= 0; got {n_fit!r}")
+        m.flags.writeable = False
+        a.flags.writeable = False
+        self.mean_ = m
+        self.matrix_ = a
+        self.method = method
+        self.params = p
+        self.normalize = bool(normalize)
+        self.n_fit_ = int(n_fit)
+
+    def __repr__(self) -> str:
+        return (f"LinearProjection(method={self.method!r}, {self.input_dim} -> {self.output_dim}, "
+                f"normalize={self.normalize}, fitted on {self.n_fit_}, params={self.params})")
+
+    @property
+    def fitted(self) -> bool:
+        """Always True (kept for the interface shared with :class:`PCAWhitening`)."""
+        return True
+
+    @property
+    def input_dim(self) -> int:
+        """Dimension of the vectors it accepts."""
+        return int(self.mean_.shape[0])
+
+    @property
+    def output_dim(self) -> int:
+        """Dimension of the vectors it produces."""
+        return int(self.matrix_.shape[0])
+
+    def transform(self, vectors: np.ndarray, normalize: Optional[bool] = None) -> np.ndarray:
+        """Centre, project and (by default) L2-normalise vectors.
+
+        Parameters
+        ----------
+        vectors : array_like, shape (D,) or (n, D)
+        normalize : bool, optional
+            L2-normalise the output rows (default: the ``normalize`` the
+            projection was made with).
+
+        Returns
+        -------
+        numpy.ndarray of float32, shape (output_dim,) or (n, output_dim)
+            NaN input rows give NaN output rows.
+
+        Raises
+        ------
+        DescriptorError
+            If the dimension differs from ``input_dim``.
+        """
+        x = np.asarray(vectors, dtype=np.float64)
+        one = x.ndim == 1
+        if one:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != self.input_dim:
+            raise DescriptorError(
+                f"projection expects vectors of dimension {self.input_dim}; got an array of shape "
+                f"{np.shape(vectors)}"
+            )
+        y = (x - self.mean_) @ self.matrix_.T
+        norm = self.normalize if normalize is None else bool(normalize)
+        out = l2_normalize(y) if norm else y.astype(np.float32)
+        return out[0] if one else out
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the projection to a plain ``.npz`` file (no pickle).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination; written as given (NumPy adds ``.npz`` if missing).
+        """
+        np.savez(
+            os.fspath(path),
+            kind=np.str_(self._KIND),
+            format=np.int64(self._FORMAT),
+            mean=self.mean_,
+            matrix=self.matrix_,
+            method=np.str_(self.method),
+            params=np.str_(json.dumps(self.params, sort_keys=True)),
+            normalize=np.bool_(self.normalize),
+            n_fit=np.int64(self.n_fit_),
+        )
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "LinearProjection":
+        """Read a projection written by :meth:`save`.
+
+        Raises
+        ------
+        DescriptorError
+            If the file is missing, is not a fastimg projection file, or its
+            arrays are inconsistent.
+        """
+        p = os.fspath(path)
+        fields = _read_npz(p, "projection")
+        need = {"kind", "format", "mean", "matrix", "method", "params", "normalize", "n_fit"}
+        if not need <= set(fields) or str(fields["kind"]) != cls._KIND:
+            raise DescriptorError(f"{p}: not a fastimg LinearProjection file (fields {sorted(fields)})")
+        if int(fields["format"]) != cls._FORMAT:
+            raise DescriptorError(f"{p}: projection format {int(fields['format'])} is not supported "
+                                  f"(this fastimg reads format {cls._FORMAT})")
+        try:
+            params = json.loads(str(fields["params"]))
+        except ValueError as exc:
+            raise DescriptorError(f"{p}: projection params are not valid JSON ({exc})") from None
+        try:
+            return cls(fields["mean"], fields["matrix"], method=str(fields["method"]), params=params,
+                       normalize=bool(fields["normalize"]), n_fit=int(fields["n_fit"]))
+        except DescriptorError as exc:
+            raise DescriptorError(f"{p}: {exc}") from None
+
+
+def _read_npz(p: str, what: str) -> dict:
+    """Every array of a ``.npz`` (no pickle), with fastimg errors for missing or unreadable files."""
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise DescriptorError(f"{p}: {what} file not found") from None
+    except (OSError, ValueError) as exc:
+        raise DescriptorError(f"{p}: not a {what} .npz file ({exc})") from None
+
+
+def load_projection(path: Union[str, os.PathLike]) -> Union[PCAWhitening, LinearProjection]:
+    """Read a :class:`PCAWhitening` or a :class:`LinearProjection` file, whichever it is.
+
+    Raises
+    ------
+    DescriptorError
+        If the file is missing or is neither kind.
+    """
+    p = os.fspath(path)
+    fields = _read_npz(p, "projection")
+    if "kind" in fields:
+        return LinearProjection.load(p)
+    if "eigenvalues" in fields:
+        return PCAWhitening.load(p)
+    raise DescriptorError(f"{p}: neither a fastimg PCAWhitening nor a LinearProjection file "
+                          f"(fields {sorted(fields)})")

@@ -166,6 +166,8 @@ def _build_mask(exclude: Any, n: int) -> Optional[np.ndarray]:
     if exclude is None:
         return None
     ex = np.asarray(exclude)
+    if ex.dtype == np.bool_ and ex.ndim == 1 and ex.shape[0] == n:  # a precomputed mask: used as is
+        return np.ascontiguousarray(ex).view(np.uint8) if ex.any() else None
     if ex.size == 0:
         return None
     if not (np.issubdtype(ex.dtype, np.integer)):
@@ -381,8 +383,9 @@ class ExactSearcher:
         k : int, default 10
             Results per query, >= 1; if fewer rows are available (``k > N`` or rows
             excluded) all available rows are returned.
-        exclude : array_like of int, optional
-            Row ids never returned (deleted rows, the query itself ...).
+        exclude : array_like of int, or boolean ndarray of shape (N,), optional
+            Row ids never returned (deleted rows, the query itself ...), or a
+            mask of the rows never returned (True = excluded; used without a copy).
 
         Returns
         -------

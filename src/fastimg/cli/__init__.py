@@ -4,6 +4,7 @@ One module per group of commands, each adding its parsers and holding its
 ``cmd_*`` functions:
 
 * :mod:`fastimg.cli.indexing` - ``index``, ``info``, ``remove``, ``compact``;
+* :mod:`fastimg.cli.sharded` - ``index --shards`` (the work: :mod:`fastimg.distributed`);
 * :mod:`fastimg.cli.searching` - ``query``, ``dedup`` (the algorithm: :mod:`fastimg.dedup`);
 * :mod:`fastimg.cli.evaluating` - ``descriptors``, ``eval`` (the measures: :mod:`fastimg.eval`);
 * :mod:`fastimg.cli.common` - argument types, parser pieces, index location, output.

@@ -106,11 +106,29 @@ def index_path(args: argparse.Namespace) -> str:
     return os.path.abspath(os.fspath(default_index_path()))
 
 
-def open_index(args: argparse.Namespace, mode: str = "r") -> Any:
-    """``Index.open`` of :func:`index_path`."""
+def open_index(args: argparse.Namespace, mode: str = "r", *, sharded: bool = False) -> Any:
+    """``Index.open`` of :func:`index_path`; with ``sharded``, a sharded root is
+    opened as a :class:`fastimg.distributed.ShardedIndex` (on ``--scheduler``'s
+    cluster when given), otherwise it is an error naming the command."""
+    from fastimg.distributed import is_sharded
     from fastimg.index import Index
 
-    return Index.open(index_path(args), mode=mode)
+    path = index_path(args)
+    if is_sharded(path):
+        if not sharded:
+            raise CommandError(f"{path} is a sharded index: `{PROG} {args.command}` works on a single index "
+                               f"(update the shards with `{PROG} index DIR... --index {path}`)")
+        from fastimg.distributed import ShardedIndex
+
+        return ShardedIndex.open(path, client=getattr(args, "scheduler", None))
+    return Index.open(path, mode=mode)
+
+
+def add_scheduler_argument(p: argparse.ArgumentParser) -> None:
+    """The ``--scheduler ADDRESS|local`` option (sharded indexes, the ``dask`` extra)."""
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="sharded index: run on this Dask scheduler (tcp://host:8786), or 'local' for a "
+                        "local cluster of worker processes (default: in this process; needs fastimg[dask])")
 
 
 def check_metric(name: str | None) -> str | None:

@@ -13,6 +13,7 @@ from fastimg.cli.common import (
     PROG,
     CommandError,
     add_command,
+    add_scheduler_argument,
     check_descriptor,
     check_metric,
     emit_json,
@@ -42,6 +43,7 @@ examples:
   fastimg index photos/ --exclude '*/thumbnails/*' --exclude '*.gif' --ann
   fastimg index photos/ -q --json          # no progress bar; the summary as JSON
   fastimg index photos/ --whiten 128       # then fit PCA-whitening (128 dims) on the index
+  fastimg index photos/ --shards 8 --scheduler tcp://sched:8786   # shards built on a Dask cluster
 
 {INDEX_RULE}
 An existing index keeps the descriptor and metric it was created with; asking for
@@ -67,6 +69,10 @@ another with --descriptor/--metric is an error (use a new --index).""", [ix])
     p.add_argument("--show-skipped", action="store_true",
                    help="list every skipped file with the reason")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
+    p.add_argument("--shards", type=positive_int, metavar="N", default=None,
+                   help="build a sharded index of N ordinary indexes (fastimg.distributed; docs/scaling.md); "
+                        "an existing sharded index is updated without it")
+    add_scheduler_argument(p)
     p.set_defaults(func=cmd_index)
 
 
@@ -130,6 +136,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     path = index_path(args)
     args.metric = check_metric(args.metric)
     check_descriptor(args.descriptor)
+    from fastimg.distributed import is_sharded
+
+    if args.shards is not None or args.scheduler is not None or is_sharded(path):
+        from fastimg.cli.sharded import cmd_index_sharded
+
+        return cmd_index_sharded(args, path)
     existed = os.path.exists(path)
     created = False
     try:
@@ -253,7 +265,7 @@ def _has_no_rows(path: str) -> bool:
 
 def cmd_info(args: argparse.Namespace) -> int:
     path = index_path(args)
-    with open_index(args, "r") as index:
+    with open_index(args, "r", sharded=True) as index:
         info = dict(index.info())
         info.setdefault("path", path)
         info.setdefault("count", len(index))

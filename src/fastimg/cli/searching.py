@@ -12,6 +12,7 @@ from fastimg.cli.common import (
     CommandError,
     UsageError,
     add_command,
+    add_scheduler_argument,
     check_metric,
     emit_json,
     finite_float,
@@ -32,11 +33,14 @@ def add_query_parser(sub: Any, ix: argparse.ArgumentParser) -> None:
     """``fastimg query IMAGE...``."""
     p = add_command(sub, "query", "find the images most similar to one or more query images",
                     "Print rank, score and path of the K most similar indexed images for each\n"
-                    "query image. With several queries, each block starts with '==> QUERY <=='.",
+                    "query image (or indexed image, --id). With several queries, each block\n"
+                    "starts with '==> QUERY <=='.",
                     """\
 examples:
   fastimg query photo.jpg
   fastimg query photo.jpg -k 20 --metric bhattacharyya
+  fastimg query --id 22 -k 5
+  fastimg query photo.jpg --under ~/photos/2019 --threshold 0.9
   fastimg query a.jpg b.jpg --json > hits.json
   fastimg query photo.jpg --ann --ef 100
   fastimg query photo.jpg --html results.html
@@ -51,11 +55,19 @@ and for several query images a JSON list of such objects, in argument order.
 metric's own values: higher is better for similarities (pearson, cosine,
 intersect), lower is better for distances (bhattacharyya, chisqr, chisqr_alt,
 kl_div, l2, l1).
-A query image that is itself in the index is left out of its own results unless
---include-self is given (for '-', the first indexed image with the identical
-descriptor vector is left out).""", [ix])
-    p.add_argument("images", nargs="+", metavar="IMAGE",
+A query image that is itself in the index (or --id) is left out of its own
+results unless --include-self is given; an identical copy of it stays (for '-',
+the first indexed image with the identical descriptor vector is left out).
+An --id query is the indexed image's stored vector; its JSON object also has
+"id": N, and "query" is that image's path. Queries run in argument order, the
+--id ones after the images.
+--threshold T keeps results within T in the metric's direction (score >= T for
+similarities, score <= T for distances); --under DIR keeps indexed images under
+DIR (repeatable; the search is then exact).""", [ix])
+    p.add_argument("images", nargs="*", metavar="IMAGE",
                    help="query image file(s); '-' reads one encoded image from standard input")
+    p.add_argument("--id", dest="ids", type=nonneg_int, action="append", default=[], metavar="N",
+                   help="search by the indexed image with this id (repeatable; `--json` shows ids)")
     p.add_argument("-k", type=positive_int, default=10, metavar="K",
                    help="number of results per query (default 10; capped at the index size)")
     p.add_argument("--metric", metavar="NAME", default=None,
@@ -70,11 +82,16 @@ descriptor vector is left out).""", [ix])
                    help="HNSW search breadth (higher: better recall, slower)")
     p.add_argument("--rerank", metavar="SPEC", default=None,
                    help="re-ranking: qe, aqe, alpha-qe, dba, k-reciprocal[:param=value,...]")
+    p.add_argument("--threshold", type=finite_float, metavar="T", default=None,
+                   help="keep results within T (>= T for similarities, <= T for distances)")
+    p.add_argument("--under", action="append", default=[], metavar="DIR",
+                   help="keep indexed images under DIR (repeatable)")
     p.add_argument("--include-self", action="store_true",
                    help="keep the query image in its own results when it is indexed")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--html", metavar="FILE", default=None,
                    help="also write a self-contained HTML page with thumbnails")
+    add_scheduler_argument(p)
     p.set_defaults(func=cmd_query)
 
 
@@ -128,9 +145,24 @@ def _hit_dict(hit: Any) -> dict:
             "score": float(hit.score)}
 
 
+def nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an id (an integer >= 0); got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an id (an integer >= 0); got {value}")
+    return value
+
+
 def cmd_query(args: argparse.Namespace) -> int:
+    if not args.images and not args.ids:
+        raise UsageError("give a query IMAGE (or '-' for standard input), or --id N")
     if args.ef is not None and args.mode == "exact":
         raise UsageError("--ef applies to approximate search; it cannot be combined with --exact")
+    if args.under and args.mode == "ann":
+        raise UsageError("--under searches exactly; it cannot be combined with --ann")
     args.metric = check_metric(args.metric)
     if args.images.count("-") > 1:
         raise UsageError("standard input ('-') can be given once")
@@ -143,17 +175,21 @@ def cmd_query(args: argparse.Namespace) -> int:
             raise CommandError(f"{img}: is a directory, not an image")
     path = index_path(args)
     docs = []
-    with open_index(args, "r") as index:
+    with open_index(args, "r", sharded=True) as index:
         metric = args.metric or index.metric
         if args.mode == "ann":  # the graph's status, for a message in the command line's terms
             _check_graph(index, path, metric)
-        kwargs: dict[str, Any] = {"exclude_self": not args.include_self, "mode": args.mode}
+        kwargs: dict[str, Any] = {"mode": args.mode}
         if args.metric is not None:
             kwargs["metric"] = args.metric
         if args.ef is not None:
             kwargs["ef"] = args.ef
         if args.rerank is not None:
             kwargs["rerank"] = args.rerank
+        if args.threshold is not None:
+            kwargs["threshold"] = args.threshold
+        if args.under:
+            kwargs["where"] = [os.path.abspath(os.path.expanduser(d)) for d in args.under]
         for img in args.images:
             query: Any = img
             if img == "-":
@@ -161,9 +197,21 @@ def cmd_query(args: argparse.Namespace) -> int:
                 if not query:
                     raise CommandError("-: standard input is empty (expected an encoded image)")
             t0 = time.perf_counter()
-            hits = index.search(query, args.k, **kwargs)
+            hits = index.search(query, args.k, exclude_self=not args.include_self, **kwargs)
             took = (time.perf_counter() - t0) * 1000.0
             docs.append({"query": "-" if img == "-" else os.path.abspath(img), "index": path, "metric": metric,
+                         "took_ms": round(took, 3), "results": [_hit_dict(h) for h in hits]})
+        for i in args.ids:
+            if i not in index:
+                raise CommandError(f"--id {i}: no such image in the index at {path} (ids: `fastimg query "
+                                   "IMAGE --json`, `fastimg info`)")
+            t0 = time.perf_counter()
+            if args.include_self:
+                hits = index.search(index.vectors_of([i])[0], args.k, exclude_self=False, **kwargs)
+            else:
+                hits = index.similar(i, args.k, **kwargs)
+            took = (time.perf_counter() - t0) * 1000.0
+            docs.append({"query": index.entry(i).path, "id": i, "index": path, "metric": metric,
                          "took_ms": round(took, 3), "results": [_hit_dict(h) for h in hits]})
     if args.html:
         from fastimg._html import write_results_page
@@ -191,7 +239,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def _check_graph(index: Any, path: str, metric: str) -> None:
     """``--ann``: an error naming the command to run when the graph cannot serve ``metric``."""
-    ann = dict(index.info().get("ann") or {})
+    ann = index.ann_info()
     if not ann.get("built"):
         raise CommandError(f"--ann: the index at {path} has no HNSW graph (build it with "
                            f"`fastimg index DIR --ann`)")
@@ -201,7 +249,7 @@ def _check_graph(index: Any, path: str, metric: str) -> None:
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from fastimg.dedup import default_threshold, find_duplicates
+    from fastimg.dedup import default_threshold
     from fastimg.metrics import get_metric
 
     path = index_path(args)
@@ -218,8 +266,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         show = not args.json and sys.stderr.isatty()
         progress, bar = progress_bar("duplicates", show)
         try:
-            groups = find_duplicates(index, threshold=threshold, metric=metric, batch=args.batch,
-                                     progress=progress or None)
+            groups = index.duplicates(threshold, metric=metric, batch=args.batch, progress=progress or None)
         finally:
             if bar is not None:
                 bar.close()

@@ -13,7 +13,10 @@ import numpy as np
 from numba import njit
 
 __all__ = [
+    "HSV72_TIE",
     "hsv72_bin",
+    "hsv72_bin_float",
+    "hsv72_bin_or_tie",
     "hsv72_hist",
     "hsv72_index",
     "rgb_hist",
@@ -27,19 +30,103 @@ __all__ = [
     "cedd_colour24",
 ]
 
+#: ``R / 255.0`` for the 256 channel values, as the original computes them
+_UNIT = np.arange(256) / 255.0
+
+#: added by :func:`hsv72_bin_or_tie` to the bin of a colour that lies on a bin edge
+HSV72_TIE = 128
+
+
+@njit(cache=True, nogil=True)
+def hsv72_bin_float(b_, g_, r_):
+    """hsv72 bin (0..71) of one 8-bit BGR pixel by the original design's float formula.
+
+    The original per-pixel code, in float64, with the red-bin fix::
+
+        r, g, b = R / 255.0, G / 255.0, B / 255.0
+        mx, mn = max(r, g, b), min(r, g, b); df = mx - mn
+        h = 0                                   if mx == mn
+            (60 * ((g - b) / df) + 360) % 360   elif mx == r
+            (60 * ((b - r) / df) + 120) % 360   elif mx == g
+            (60 * ((r - g) / df) + 240) % 360   else
+        s = 0 if mx == 0 else df / mx;  v = mx
+        hue bin: h <= 20 or h > 315 -> 0, h <= 40 -> 1, <= 75 -> 2, <= 155 -> 3,
+                 <= 190 -> 4, <= 270 -> 5, <= 295 -> 6, else 7
+        s bin (v bin alike): s <= 0.2 -> 0, s >= 0.7 -> 2, else 1
+        bin = hue bin * 9 + s bin * 3 + v bin
+
+    (the original tested ``h <= 20 and h > 315`` for red: never true, reds fell
+    into bin 7).  Compiled without ``fastmath``: each operation is the IEEE
+    double operation of the original, so the rounding is the same, with two
+    rewrites that change no result: the quotients ``R / 255.0`` come from a
+    table of the 256 values, and ``% 360`` is a subtraction of 360 when the
+    red formula reaches 360 (it lies in [300, 420], where ``z - 360`` is exact)
+    and nothing for green and blue (in [60, 300]).  tests/test_hsv72_exhaustive.py
+    checks the result against a transcription of the original on all 2**24
+    colours.  :func:`hsv72_bin` calls it only for colours on a bin edge.
+    """
+    r = _UNIT[r_]
+    g = _UNIT[g_]
+    b = _UNIT[b_]
+    mx = max(r, max(g, b))
+    mn = min(r, min(g, b))
+    df = mx - mn
+    if mx == mn:
+        h = 0.0
+    elif mx == r:
+        h = 60 * ((g - b) / df) + 360
+        if h >= 360:
+            h -= 360
+    elif mx == g:
+        h = 60 * ((b - r) / df) + 120
+    else:
+        h = 60 * ((r - g) / df) + 240
+    s = 0.0 if mx == 0 else df / mx
+    v = mx
+    if h <= 20 or h > 315:
+        hb = 0
+    elif h <= 40:
+        hb = 1
+    elif h <= 75:
+        hb = 2
+    elif h <= 155:
+        hb = 3
+    elif h <= 190:
+        hb = 4
+    elif h <= 270:
+        hb = 5
+    elif h <= 295:
+        hb = 6
+    else:
+        hb = 7
+    sb = 0 if s <= 0.2 else (2 if s >= 0.7 else 1)
+    vb = 0 if v <= 0.2 else (2 if v >= 0.7 else 1)
+    return hb * 9 + sb * 3 + vb
+
+
 @njit(cache=True, nogil=True, inline="always")
-def hsv72_bin(b_, g_, r_):
-    """hsv72 bin (0..71) of one 8-bit BGR pixel, decided with exact integer arithmetic.
+def hsv72_bin_or_tie(b_, g_, r_):
+    """hsv72 bin of one 8-bit BGR pixel decided with exact integer arithmetic,
+    plus :data:`HSV72_TIE` (128) when the colour lies on a bin edge.
 
     With ``d = max - min`` the hue is ``h = H / d`` degrees where ``H`` is an
     integer (``60 (g - b)`` (+ ``360 d`` when negative) if red is the maximum,
     ``120 d + 60 (b - r)`` if green, ``240 d + 60 (r - g)`` if blue),
     saturation ``s = d / max`` and value ``v = max / 255``; each threshold test
-    ``h <= e``, ``s <= 0.2``, ... is rewritten as a comparison of integers
-    (``H <= e d``, ``5 d <= max``, ...), so no rounding can move a pixel
-    across a bin edge.  The hue bin is the number of edges 20, 40, 75, 155,
-    190, 270, 295 below ``h``, reset to 0 (red) above 315; written without
-    data-dependent branches so that the compiler can vectorise it.
+    ``h <= e``, ``s <= 0.2``, ... is a comparison of integers (``H <= e d``,
+    ``5 d <= max``, ...).  Off the edges this is the float formula's decision
+    (:func:`hsv72_bin_float`): an exact value off an edge is at least 1/255
+    degree (hue) or 1/1275 (saturation) from it, the float computation errs by
+    about 1e-13.  On an edge (``H == e d``, ``5 d == max``, ``10 d == 7 max``,
+    with ``d > 0``; 1-2% of a photo's pixels) the float rounding puts colours
+    on either side, hence the flag.  The value edges need none: ``51 / 255.0``
+    is the double ``0.2`` (bin 0 both ways) and ``v >= 0.7`` is ``max >= 179``.
+
+    Each hue sector holds only some edges: red with ``g >= b`` (0-60 degrees:
+    20, 40), red with ``g < b`` (300-360: 315, above which red again), green
+    (60-180: 75, 155) and blue (180-300: 190, 270, 295), so three comparisons
+    per pixel decide the hue bin.  Written without data-dependent branches so
+    that the compiler vectorises it.
 
     (A lookup table over all 2**24 colours gives the same bins but was not
     faster on real photos: its 16 MiB do not stay in cache from one image to
@@ -51,52 +138,57 @@ def hsv72_bin(b_, g_, r_):
     mx = max(r, max(g, b))
     mn = min(r, min(g, b))
     d = mx - mn
-    h_r = 60 * (g - b) + (360 * d if g < b else 0)
-    h_g = 120 * d + 60 * (b - r)
-    h_b = 240 * d + 60 * (r - g)
-    hh = h_r if mx == r else (h_g if mx == g else h_b)
-    hb = (np.int32(hh > 20 * d) + np.int32(hh > 40 * d) + np.int32(hh > 75 * d) + np.int32(hh > 155 * d)
-          + np.int32(hh > 190 * d) + np.int32(hh > 270 * d) + np.int32(hh > 295 * d))
-    hb = hb * np.int32(hh <= 315 * d)  # h > 315: red again (d = 0 gives hh = 0: bin 0)
+    red = mx == r
+    green = (mx == g) & (mx != r)
+    blue = (mx != r) & (mx != g)
+    red_neg = red & (g < b)
+    hh = (60 * (g - b) + (360 * d if g < b else 0)) if red else (
+        (120 * d + 60 * (b - r)) if green else (240 * d + 60 * (r - g)))
+    # the sector's edges e1 < e2 < e3 (unused ones never compared) and its first bin
+    e1 = np.int32(315) if red_neg else (np.int32(20) if red else (np.int32(75) if green else np.int32(190)))
+    e2 = np.int32(40) if red else (np.int32(155) if green else np.int32(270))
+    use2 = np.int32(not red_neg)
+    use3 = np.int32(blue)
+    x1 = e1 * d
+    x2 = e2 * d
+    x3 = 295 * d
+    gt1 = np.int32(hh > x1)
+    first = np.int32(0) if red else (np.int32(2) if green else np.int32(4))
+    hb = first + gt1 + np.int32(hh > x2) * use2 + np.int32(hh > x3) * use3
+    hb = 7 * (1 - gt1) if red_neg else hb  # (300, 315]: bin 7; above 315: red again
     sb = np.int32(5 * d > mx) + np.int32(10 * d > 7 * mx)  # s > 0.2, s > 0.7
-    vb = np.int32(mx > 51) + np.int32(mx > 178)  # v > 0.2 (51/255), v > 0.7 (178.5/255)
-    return hb * 9 + sb * 3 + vb
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def _hsv72_bins_planes(b8, g8, r8, out):  # pragma: no cover - compiled
-    for p in range(out.shape[0]):
-        out[p] = np.uint8(hsv72_bin(b8[p], g8[p], r8[p]))
+    vb = np.int32(mx > 51) + np.int32(mx > 178)  # v > 0.2 (51/255), v >= 0.7 (178.5/255)
+    tie = (np.int32(hh == x1) | (np.int32(hh == x2) & use2) | (np.int32(hh == x3) & use3)
+           | np.int32(5 * d == mx) | np.int32(10 * d == 7 * mx)) & np.int32(d > 0)
+    return hb * 9 + sb * 3 + vb + HSV72_TIE * tie
 
 
 @njit(cache=True, nogil=True)
-def _count(idx, nbins):  # pragma: no cover - compiled
-    """Histogram of ``idx`` (uint8 (n,)) with 4 interleaved counters (breaks store->load chains)."""
-    tot = np.zeros((4, nbins), dtype=np.int64)
-    n = idx.shape[0]
-    p = 0
-    while p + 4 <= n:
-        tot[0, idx[p]] += 1
-        tot[1, idx[p + 1]] += 1
-        tot[2, idx[p + 2]] += 1
-        tot[3, idx[p + 3]] += 1
-        p += 4
-    while p < n:
-        tot[0, idx[p]] += 1
-        p += 1
-    out = np.zeros(nbins, dtype=np.int64)
-    for u in range(4):
-        for c in range(nbins):
-            out[c] += tot[u, c]
-    return out
+def hsv72_bin(b_, g_, r_):
+    """hsv72 bin (0..71) of one 8-bit BGR pixel, equal to the original's float
+    formula (:func:`hsv72_bin_float`) on every colour: integer arithmetic
+    (:func:`hsv72_bin_or_tie`), the float formula for colours on a bin edge."""
+    k = hsv72_bin_or_tie(b_, g_, r_)
+    if k >= HSV72_TIE:
+        return hsv72_bin_float(b_, g_, r_)
+    return k
+
+
+@njit(cache=True, nogil=True)
+def _hsv72_bins_planes(b8, g8, r8, out):  # pragma: no cover - compiled
+    """Integer pass (vectorised): bins, edge colours flagged with :data:`HSV72_TIE`."""
+    for p in range(out.shape[0]):
+        out[p] = np.uint8(hsv72_bin_or_tie(b8[p], g8[p], r8[p]))
 
 
 @njit(cache=True, nogil=True)
 def hsv72_hist(img):  # pragma: no cover - compiled
     """Counts of the 72 hsv72 bins over ``img`` (uint8 (H, W, 3) BGR, **C-contiguous**) -> int64 (72,).
 
-    The channels are first split into planes so that the bin computation runs
-    as a straight (vectorisable) loop; about 30% faster than per-pixel access.
+    The channels are first split into planes so that the integer bin decision
+    runs as a straight (vectorisable) loop (about 30% faster than per-pixel
+    access); the count then settles the flagged edge colours with the float
+    formula, with 4 interleaved counters (breaks store->load chains).
     """
     n = img.shape[0] * img.shape[1]
     flat = img.reshape(n * 3)
@@ -109,7 +201,26 @@ def hsv72_hist(img):  # pragma: no cover - compiled
         r8[p] = flat[3 * p + 2]
     idx = np.empty(n, dtype=np.uint8)
     _hsv72_bins_planes(b8, g8, r8, idx)
-    return _count(idx, 72)
+    tot = np.zeros((4, 72), dtype=np.int64)
+    p = 0
+    while p + 4 <= n:
+        for u in range(4):
+            k = idx[p + u]
+            if k >= HSV72_TIE:
+                k = hsv72_bin_float(b8[p + u], g8[p + u], r8[p + u])
+            tot[u, k] += 1
+        p += 4
+    while p < n:
+        k = idx[p]
+        if k >= HSV72_TIE:
+            k = hsv72_bin_float(b8[p], g8[p], r8[p])
+        tot[0, k] += 1
+        p += 1
+    out = np.zeros(72, dtype=np.int64)
+    for u in range(4):
+        for c in range(72):
+            out[c] += tot[u, c]
+    return out
 
 
 @njit(cache=True, nogil=True)

@@ -36,38 +36,74 @@ def _k():
 # ---------------------------------------------------------------------------
 # Describing ONE image (``describe``, a query) with a Numba kernel costs about a
 # second of start-up (importing numba, loading its cached machine code) for a
-# few milliseconds of work.  These twins make the same integer decisions as the
+# few milliseconds of work.  These twins make the same decisions as the
 # kernels in :mod:`fastimg.features._kernels`, vectorised with NumPy, and count with
 # ``np.bincount``: the counts, hence the vectors, are identical bit for bit
 # (tests/test_descriptors.py checks them against the kernels).  They are slower
 # per image than the kernels once started, so ``describe_many`` keeps the kernels.
 
-#: hue edges of hsv72 below 315 degrees (see :func:`fastimg.features._kernels.hsv72_bin`)
-_HSV72_HUE_EDGES = (20, 40, 75, 155, 190, 270, 295)
+#: hue edges of hsv72 (degrees); above the last one, red again (see :func:`fastimg.features._kernels.hsv72_bin`)
+_HSV72_HUE_EDGES = (20, 40, 75, 155, 190, 270, 295, 315)
+
+
+def _hsv72_float_bins_np(b8: np.ndarray, g8: np.ndarray, r8: np.ndarray) -> np.ndarray:
+    """hsv72 bins of 1-D uint8 channel arrays by the original's float64 formula
+    (:func:`fastimg.features._kernels.hsv72_bin_float`), vectorised."""
+    r, g, b = r8 / 255.0, g8 / 255.0, b8 / 255.0
+    mx = np.maximum(r, np.maximum(g, b))
+    mn = np.minimum(r, np.minimum(g, b))
+    df = mx - mn
+    safe = np.where(df > 0, df, 1.0)
+    h = np.where(mx == r, (60 * ((g - b) / safe) + 360) % 360,
+                 np.where(mx == g, (60 * ((b - r) / safe) + 120) % 360, (60 * ((r - g) / safe) + 240) % 360))
+    h = np.where(mx == mn, 0.0, h)
+    s = np.where(mx == 0, 0.0, df / np.where(mx == 0, 1.0, mx))
+    hb = np.searchsorted(np.asarray(_HSV72_HUE_EDGES, np.float64), h, side="left") % 8  # (e_k-1, e_k] -> k; > 315 -> 0
+    sb = (s > 0.2).astype(np.int32) + (s >= 0.7)
+    vb = (mx > 0.2).astype(np.int32) + (mx >= 0.7)
+    return (hb * 9 + sb * 3 + vb).astype(np.uint8)
 
 
 def hsv72_index_np(bgr: np.ndarray) -> np.ndarray:
-    """Per-pixel hsv72 bin (uint8 (H, W)) by NumPy: :func:`fastimg.features._kernels.hsv72_bin` vectorised.
+    """Per-pixel hsv72 bin (uint8 (H, W)) by NumPy, equal to :func:`fastimg.features._kernels.hsv72_bin`.
 
-    The same exact integer tests: with ``d = max - min`` and the integer hue
-    numerator ``H`` (``h = H / d`` degrees), ``h > e`` is ``H > e d``, ``s > 0.2``
-    is ``5 d > max``, ``s > 0.7`` is ``10 d > 7 max``, ``v > 0.2`` is ``max > 51``,
-    ``v > 0.7`` is ``max > 178``.  Red is the maximum first, then green (as the kernel).
+    The same decisions: exact integer tests off the bin edges (with ``d = max - min``
+    and the integer hue numerator ``H``, ``h > e`` is ``H > e d``, ``s > 0.2`` is
+    ``5 d > max``, ``s > 0.7`` is ``10 d > 7 max``, ``v > 0.2`` is ``max > 51``,
+    ``v >= 0.7`` is ``max > 178``; red is the maximum first, then green), and the
+    original's float64 formula for the colours on an edge (``H == e d``,
+    ``5 d == max``, ``10 d == 7 max``, ``d > 0``), where its rounding decides.
     """
-    b = bgr[..., 0].astype(np.int32)
-    g = bgr[..., 1].astype(np.int32)
-    r = bgr[..., 2].astype(np.int32)
+    b8, g8, r8 = bgr[..., 0], bgr[..., 1], bgr[..., 2]
+    b = b8.astype(np.int32)
+    g = g8.astype(np.int32)
+    r = r8.astype(np.int32)
     mx = np.maximum(r, np.maximum(g, b))
     d = mx - np.minimum(r, np.minimum(g, b))
     hh = np.where(mx == r, 60 * (g - b) + np.where(g < b, 360 * d, 0),
                   np.where(mx == g, 120 * d + 60 * (b - r), 240 * d + 60 * (r - g)))
-    hb = np.zeros(hh.shape, dtype=np.int32)
-    for e in _HSV72_HUE_EDGES:
-        hb += hh > e * d
-    hb *= hh <= 315 * d  # h > 315: red again (d = 0 gives hh = 0: bin 0)
-    sb = (5 * d > mx).astype(np.int32) + (10 * d > 7 * mx)
-    vb = (mx > 51).astype(np.int32) + (mx > 178)
-    return (hb * 9 + sb * 3 + vb).astype(np.uint8)
+    hb = np.zeros(hh.shape, dtype=np.uint8)
+    tie = 5 * d == mx
+    tie |= 10 * d == 7 * mx
+    x = np.empty_like(hh)  # H - e d, in place (this is most of the time)
+    for e in _HSV72_HUE_EDGES[:-1]:
+        np.multiply(d, e, out=x)
+        np.subtract(hh, x, out=x)
+        hb += x > 0
+        tie |= x == 0
+    np.multiply(d, 315, out=x)
+    np.subtract(hh, x, out=x)
+    hb *= x <= 0  # h > 315: red again (d = 0 gives hh = 0: bin 0)
+    tie |= x == 0
+    tie &= d > 0
+    out = hb * np.uint8(9)
+    out += (5 * d > mx).view(np.uint8) * np.uint8(3)
+    out += (10 * d > 7 * mx).view(np.uint8) * np.uint8(3)
+    out += (mx > 51).view(np.uint8)
+    out += (mx > 178).view(np.uint8)
+    if tie.any():
+        out[tie] = _hsv72_float_bins_np(b8[tie], g8[tie], r8[tie])
+    return out
 
 
 def hsv72_hist_np(bgr: np.ndarray) -> np.ndarray:
@@ -128,16 +164,24 @@ def make_hsv72() -> Descriptor:
     falls in 8 uneven bins with edges 20, 40, 75, 155, 190, 270, 295, 315: bin 0
     (red) is ``h <= 20 or h > 315``, bin ``k`` is ``(edge[k-1], edge[k]]``.
     Saturation ``s = (max - min) / max`` and value ``v = max`` (0-1) each fall in
-    3 bins: ``<= 0.2``, ``<= 0.7``, above.  Bin index ``h * 9 + s * 3 + v``; the
-    histogram is normalised to sum 1.
+    3 bins: ``<= 0.2``, ``>= 0.7``, between.  Bin index ``h * 9 + s * 3 + v``;
+    the histogram is normalised to sum 1.
 
     Bug fix: the original code tested ``h <= 20 and h > 315`` for the red bin,
     which is never true, so reds fell into bin 7; here reds are bin 0.
 
-    Bins are decided exactly from the 8-bit channel values with integer
-    comparisons (``h <= 20`` becomes ``H <= 20 d`` with integers ``H, d``): the
-    thresholds fall exactly on reachable values (``v = 51/255 = 0.2``), where a
-    float32 ``cvtColor`` path would disagree with the definition.
+    Every colour lands in the bin of the original's float64 formula (computed
+    from ``channel / 255.0``), rounding included: many thresholds fall exactly
+    on reachable values (``s = 0.7``, ``v = 51/255 = 0.2``, ``h = 20`` ...),
+    where the float rounding decides (``s = 70/100`` is ``>= 0.7`` in floats,
+    ``s = 7/35`` is ``> 0.2``).  Bins are decided with integer comparisons off
+    those edges and with the float formula on them
+    (:func:`fastimg.features._kernels.hsv72_bin`; all 2**24 colours are checked
+    against the original's formula in tests/test_hsv72_exhaustive.py).
+
+    Version 2: version 1 put ``s == 0.7`` (and 0.2 / hue-edge colours the float
+    rounds upwards) in the lower bin (exact rational thresholds): 18,524 of the
+    2**24 colours moved.
     """
 
     def compute(bgr: np.ndarray) -> np.ndarray:
@@ -146,7 +190,7 @@ def make_hsv72() -> Descriptor:
     def compute_single(bgr: np.ndarray) -> np.ndarray:
         return _normalise(hsv72_hist_np(bgr))
 
-    return Descriptor("hsv72", 72, compute, default_metric=_METRIC["hsv72"], version=1,
+    return Descriptor("hsv72", 72, compute, default_metric=_METRIC["hsv72"], version=2,
                       doc="original 72-bin HSV histogram (8 uneven hue x 3 sat x 3 value), red-bin bug fixed",
                       compute_single=compute_single)
 
@@ -301,8 +345,9 @@ def make_correlogram(colors: str = "hsv72", distances: Sequence[int] = (1, 3, 5,
         idx = k.hsv72_index(bgr) if levels == 0 else k.rgb_index(bgr, levels)
         return k.autocorrelogram(idx, ncolors, dist_arr, *offsets).reshape(-1)
 
+    # version 2 with hsv72 colours: the hsv72 bins of version 2 (the original's float rounding)
     return Descriptor("correlogram", ncolors * len(dist), compute, default_metric=_METRIC["correlogram"],
-                      version=1, params={"colors": colors, "distances": dist, "side": side},
+                      version=2 if levels == 0 else 1, params={"colors": colors, "distances": dist, "side": side},
                       doc="auto colour correlogram (quantised colours x distances)")
 
 
@@ -446,7 +491,9 @@ def make_combo(parts: Any = None, metric: Optional[str] = None, _name: str = "co
     by ``weight / sum(weights)``: with histogram parts the result sums to 1.
     ``metric`` overrides the default metric (``"l1"``: the best on every
     combination measured on Corel-1k, equivalent to histogram intersection
-    for vectors that sum to 1).
+    for vectors that sum to 1).  The version is ``_version`` plus the parts'
+    version bumps (``sum(part.version - 1)``), so a combination changes version
+    whenever one of its parts does.
     """
     if not isinstance(parts, (list, tuple)) or not parts:
         raise DescriptorError(f"descriptor {_name!r}: parts must be a non-empty list of "
@@ -482,7 +529,8 @@ def make_combo(parts: Any = None, metric: Optional[str] = None, _name: str = "co
     if metric is None:
         metric = _METRIC["combo"]
     params = {} if _name != "combo" else {"parts": canon, "metric": metric}
-    return Descriptor(_name, dim, lambda bgr: run(bgr, False), default_metric=metric, version=_version,
+    version = _version + sum(d.version - 1 for d in descs)
+    return Descriptor(_name, dim, lambda bgr: run(bgr, False), default_metric=metric, version=version,
                       params=params, doc="weighted concatenation of descriptors",
                       compute_single=lambda bgr: run(bgr, True))
 
@@ -506,7 +554,8 @@ CLASSIC_FAST_PARTS = [
 
 def make_classic() -> Descriptor:
     """Best classic combination on Corel-1k: spatial-hsv72 + correlogram + 1.5 x lbp (mAP 0.64, L1)."""
-    # version 2: the correlogram part became 256-pixel, distances 1-4 (version 1: full size, 1, 3, 5, 7)
+    # version 2: the correlogram part became 256-pixel, distances 1-4 (version 1: full size, 1, 3, 5, 7);
+    # the parts' bumps add to it (hsv72 version 2, in spatial-hsv72 and the correlogram: 4)
     return make_combo(CLASSIC_PARTS, metric=_METRIC["classic"], _name="classic", _version=2)
 
 

@@ -34,8 +34,9 @@ measured on Corel-1k, see ``bench/descriptors.md``):
 
 Other modules add descriptors with :func:`register`.  The built-ins live in
 :mod:`fastimg.features.classic`, which registers them when the registry is
-first used; names starting with ``cnn`` load :mod:`fastimg.features.deep` on
-first use.  :class:`~fastimg.features.base.Descriptor` itself is defined in
+first used; names starting with ``cnn``, ``efficientnet`` or ``mobilenet`` load
+:mod:`fastimg.features.deep` on first use (``efficientnet-lite0-spoc`` is the
+recommended deep descriptor; see that module).  :class:`~fastimg.features.base.Descriptor` itself is defined in
 :mod:`fastimg.features.base` (re-exported here).
 
 Images are shrunk to a working size before description (``max_side``, a
@@ -90,7 +91,8 @@ _CACHE: Dict[str, Descriptor] = {}
 #: reverse): the built-ins, loaded on the registry's first use ...
 _BUILTIN_MODULES = ("fastimg.features.classic",)
 #: ... and plug-ins loaded when a name with one of these prefixes is asked for.
-_LAZY_PREFIXES = {"cnn": "fastimg.features.deep"}
+_LAZY_PREFIXES = {"cnn": "fastimg.features.deep", "efficientnet": "fastimg.features.deep",
+                  "mobilenet": "fastimg.features.deep"}
 _builtins = 0  # 0: not loaded, 1: being loaded (by the thread holding _lock), 2: loaded
 
 
@@ -302,13 +304,16 @@ def descriptors() -> List[Dict[str, Any]]:
         ``params`` and ``doc``.  Families registered by prefix appear with
         their documented representative names; a family without examples
         appears as ``prefix*``, and a name that needs parameters (``combo``)
-        with ``dim`` None.
+        with ``dim`` None.  A representative that cannot be built here (a
+        model not installed) is listed with ``dim`` None and a ``doc`` that
+        starts with ``unavailable:`` and says what to install.
     """
     _load_builtins()
-    try:
-        _load_lazy("cnn")
-    except DescriptorError:
-        pass
+    for pre in _LAZY_PREFIXES:
+        try:
+            _load_lazy(pre)
+        except DescriptorError:
+            pass
     rows = []
     with _lock:
         exact = dict(_EXACT)
@@ -327,8 +332,9 @@ def descriptors() -> List[Dict[str, Any]]:
         for ex in examples:
             try:
                 rows.append(_row(get_descriptor(ex), doc))
-            except DescriptorError as exc:  # pragma: no cover - a broken plug-in
-                logger.warning("descriptor %s cannot be listed: %s", ex, exc)
+            except DescriptorError as exc:  # e.g. a model not installed: the row says what to install
+                rows.append({"name": ex, "dim": None, "default_metric": None, "version": None,
+                             "params": {}, "doc": f"unavailable: {exc}"})
     return rows
 
 
@@ -417,9 +423,11 @@ def describe_many(
     """Describe many images in parallel, collecting per-image errors.
 
     Images are decoded and described on a pool of threads (OpenCV decoding and
-    the Numba kernels release the GIL, so threads scale over cores).  A file
-    that cannot be read never stops the run: its row is NaN and its error is
-    returned.
+    the Numba kernels release the GIL, so threads scale over cores).  A
+    descriptor with a batch function (a neural network, ``compute_batch``) gets
+    the images in batches of its ``batch_size``, the next batch being decoded
+    while one is described.  A file that cannot be read never stops the run:
+    its row is NaN and its error is returned.
 
     Parameters
     ----------
@@ -499,10 +507,8 @@ def describe_many(
             one(i)
         return stop - start
 
-    def run_batch(start: int, pool: Optional[ThreadPoolExecutor]) -> int:
-        stop = min(start + chunk, n)
-        idx = list(range(start, stop))
-        imgs = list(pool.map(load, idx)) if pool is not None else [load(i) for i in idx]
+    def run_batch(start: int, imgs: List[Optional[np.ndarray]]) -> int:
+        idx = list(range(start, start + len(imgs)))
         ok = [(i, im) for i, im in zip(idx, imgs) if im is not None]
         if ok:
             try:
@@ -516,7 +522,7 @@ def describe_many(
                         out[i] = d.compute(im)
                     except Exception as exc:  # noqa: BLE001
                         errors[i] = _wrap_error(items[i], exc)
-        return stop - start
+        return len(imgs)
 
     done = 0
 
@@ -531,11 +537,16 @@ def describe_many(
     try:
         if workers == 1 or n == 1:
             for s in starts:
-                report(run_batch(s, None) if batched else run_chunk(s))
+                report(run_batch(s, [load(i) for i in range(s, min(s + chunk, n))]) if batched else run_chunk(s))
         elif batched:
+            # the next batch is decoded while this one is described (a network on its own threads)
             with ThreadPoolExecutor(max_workers=min(workers, chunk)) as pool:
-                for s in starts:
-                    report(run_batch(s, pool))
+                ahead = [pool.submit(load, i) for i in range(0, min(chunk, n))]
+                for k, s in enumerate(starts):
+                    imgs = [f.result() for f in ahead]
+                    nxt = starts[k + 1] if k + 1 < len(starts) else n
+                    ahead = [pool.submit(load, i) for i in range(nxt, min(nxt + chunk, n))]
+                    report(run_batch(s, imgs))
         else:
             with ThreadPoolExecutor(max_workers=min(workers, len(starts))) as pool:
                 futures = [pool.submit(run_chunk, s) for s in starts]

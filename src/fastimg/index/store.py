@@ -7,13 +7,16 @@ An index is **one directory**::
       meta.sqlite          per-image metadata + the committed state (SQLite, WAL)
       vectors.<G>.f32      the vectors: raw little-endian float32, shape (rows, dim)
       lock                 writer lock file (``fcntl.flock``), holds the writer's pid
-      cache/               derived data, always rebuildable from the vectors
+      cache/               derived data, always rebuildable from the vectors: named,
+                           written and read by :mod:`fastimg.index.caches`
         <metric>-prepared.g<G>.n<N>.npy   prepared matrix of an inner-product metric
         <metric>-bias.g<G>.n<N>.npy       its per-row bias (when the metric has one)
+        whitened-<fit>.g<G>.n<N>.npy      the whitened matrix (see whitening.npz)
       ann/                 the HNSW graph (fastimg.ann's files); its state in ``meta``
+                           (kept by :mod:`fastimg.index.graph`)
       whitening.npz        optional PCA-whitening fitted by ``Index.fit_whitening`` (its
-                           record, with the file's checksum, in ``meta`` key ``whitening``);
-                           its whitened matrix is a cache: ``cache/whitened-<fit>.g<G>.n<N>.npy``
+                           record, with the file's checksum, in ``meta`` key ``whitening``;
+                           kept by :mod:`fastimg.index.whitening`)
 
 ``manifest.json``
     ``{"format": "fastimg-index", "format_version": 1, "descriptor": <spec>,
@@ -78,8 +81,7 @@ Every inconsistency raises a :mod:`fastimg.errors` exception naming the file.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -95,10 +97,20 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from fastimg._version import __version__
+from fastimg.index._files import (
+    acquire_lock,
+    connect,
+    init_database,
+    migrate,
+    prepare_directory,
+    read_manifest,
+    release_lock,
+    write_json_atomic,
+    write_rows,
+)
 from fastimg.errors import (
     IndexCorruptError,
     IndexFormatError,
-    IndexLockedError,
     IndexNotFoundError,
     IndexReadOnlyError,
     NotInIndexError,
@@ -111,13 +123,14 @@ __all__ = [
     "DATABASE",
     "LOCKFILE",
     "State",
+    "Snapshot",
     "Row",
     "NewRow",
     "Store",
     "file_hash",
 ]
 
-log = logging.getLogger("fastimg.store")
+log = logging.getLogger("fastimg.index.store")
 
 FORMAT_NAME = "fastimg-index"
 #: Version of the on-disk format written by this fastimg.
@@ -153,6 +166,7 @@ CREATE INDEX images_hash ON images(hash) WHERE hash IS NOT NULL;
 CREATE INDEX images_deleted ON images(id) WHERE deleted = 1;
 """
 _COLUMNS = "id, path, is_file, size, mtime_ns, hash, added, deleted, metadata"
+_RESERVED = frozenset({"format_version", "dim", "committed", "generation", "version"})
 
 
 @dataclass(frozen=True)
@@ -172,6 +186,26 @@ class State:
     committed: int
     generation: int
     version: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a handle needs to know about one committed state, read in one transaction
+    (:meth:`Store.read_snapshot`).
+
+    Attributes
+    ----------
+    state : State
+    meta : dict
+        The JSON values of the non-reserved ``meta`` keys (``ann``, ``whitening``,
+        ``has_negative`` ...), decoded.
+    deleted : numpy.ndarray
+        Sorted int64 ids of the rows marked deleted.
+    """
+
+    state: State
+    meta: dict
+    deleted: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -213,33 +247,16 @@ def file_hash(path: Union[str, os.PathLike], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
+def _paths_sql(n: int) -> str:
+    """Paths of ``n`` ids, and the generation (as id -1), in one statement."""
+    return (f"SELECT id, path, is_file FROM images WHERE id IN ({','.join('?' * n)})"
+            " UNION ALL SELECT -1, value, 0 FROM meta WHERE key = 'generation'")
+
+
 def _row(t: Sequence[Any]) -> Row:
     meta = json.loads(t[8]) if t[8] is not None else None
     return Row(int(t[0]), t[1], bool(t[2]), t[3], t[4], t[5], float(t[6]), bool(t[7]), meta)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class Store:
@@ -266,17 +283,19 @@ class Store:
         self._mutex = threading.RLock()
         self._pending = 0  # rows appended to the vector file but not committed yet
         self._pending_negative = False  # does any pending row hold a negative value?
+        self._root_str: Optional[str] = None  # root, resolved once
         manifest_path = self.path / MANIFEST
         if not self.path.is_dir():
             what = "not a directory" if self.path.exists() else "directory not found"
             raise IndexNotFoundError(f"{self.path}: no fastimg index here ({what})")
         if not manifest_path.is_file():
             raise IndexNotFoundError(f"{self.path}: no fastimg index here ({MANIFEST} not found)")
-        self.manifest = self._read_manifest(manifest_path)
+        self.manifest = read_manifest(manifest_path, format_name=FORMAT_NAME, max_version=FORMAT_VERSION,
+                                      dtype=DTYPE, fastimg_version=__version__)
         try:
             if writable:
-                self._acquire_lock()
-            self._connect()
+                self._lock_fd = acquire_lock(self.path, self.path / LOCKFILE)
+            self._conn = connect(self.path / DATABASE, writable)
             version = int(self.manifest["format_version"])
             if version < FORMAT_VERSION:
                 if not writable:
@@ -286,7 +305,10 @@ class Store:
                     )
                 if not _migrate:
                     raise IndexFormatError(f"{manifest_path}: format version {version} needs a migration")
-                self._migrate(version)
+                with self._mutex:
+                    self.manifest = migrate(self._conn, self.path, self.manifest, version, FORMAT_VERSION,
+                                            MIGRATIONS)
+                write_json_atomic(manifest_path, self.manifest)
             self._check_consistency()
             if writable:
                 self._discard_uncommitted_tail()
@@ -322,26 +344,8 @@ class Store:
             ``path``).
         """
         path = Path(path)
-        if (path / MANIFEST).exists():
-            raise FileExistsError(f"{path}: an index already exists here; open it with Index.open(path, mode='a')")
-        if path.exists():
-            if not path.is_dir():
-                raise FileExistsError(f"{path}: exists and is not a directory")
-            ours = re.compile(r"^(meta\.sqlite(-wal|-shm|-journal)?|vectors\.\d+\.f32|lock|cache|ann|\..*\.tmp)$")
-            foreign = [p.name for p in path.iterdir() if not ours.match(p.name)]
-            if foreign:
-                raise FileExistsError(
-                    f"{path}: directory is not empty ({', '.join(sorted(foreign)[:3])} ...); "
-                    "choose a new or empty directory for the index"
-                )
-            for p in path.iterdir():  # remains of an interrupted create
-                if p.is_dir():
-                    for q in p.iterdir():
-                        q.unlink()
-                    p.rmdir()
-                elif p.name != LOCKFILE:
-                    p.unlink()
-        path.mkdir(parents=True, exist_ok=True)
+        prepare_directory(path, manifest=MANIFEST, lockfile=LOCKFILE, ours=re.compile(
+            r"^(meta\.sqlite(-wal|-shm|-journal)?|vectors\.\d+\.f32|lock|cache|ann|\..*\.tmp)$"))
         dim = int(dim)
         if dim < 1:
             raise ValueError(f"dim must be >= 1; got {dim}")
@@ -350,27 +354,9 @@ class Store:
             root_str = os.path.relpath(root_abs, os.path.abspath(path))
         except ValueError:  # pragma: no cover - different drives on Windows
             root_str = str(root_abs)
-        db = path / DATABASE
-        conn = sqlite3.connect(db, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-            conn.execute("BEGIN")
-            conn.executemany(
-                "INSERT INTO meta(key, value) VALUES (?, ?)",
-                [
-                    ("format_version", str(FORMAT_VERSION)),
-                    ("dim", str(dim)),
-                    ("committed", "0"),
-                    ("generation", "0"),
-                    ("version", "0"),
-                    ("has_negative", "false"),
-                ],
-            )
-            conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+        init_database(path / DATABASE, schema=_SCHEMA, user_version=FORMAT_VERSION, meta=[
+            ("format_version", str(FORMAT_VERSION)), ("dim", str(dim)), ("committed", "0"), ("generation", "0"),
+            ("version", "0"), ("has_negative", "false")])
         with open(path / "vectors.0.f32", "wb") as f:
             os.fsync(f.fileno())
         manifest = {
@@ -384,57 +370,13 @@ class Store:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "fastimg_version": __version__,
         }
-        _write_json_atomic(path / MANIFEST, manifest)  # the index exists from here on
+        write_json_atomic(path / MANIFEST, manifest)  # the index exists from here on
         return cls(path, writable=True)
-
-    def _read_manifest(self, manifest_path: Path) -> dict:
-        try:
-            text = manifest_path.read_text(encoding="utf-8")
-            manifest = json.loads(text)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise IndexFormatError(f"{manifest_path}: unreadable manifest ({exc})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-            raise IndexFormatError(f"{manifest_path}: not a fastimg index manifest (no \"format\": \"{FORMAT_NAME}\")")
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version < 1:
-            raise IndexFormatError(f"{manifest_path}: invalid format_version {version!r}")
-        if version > FORMAT_VERSION:
-            raise IndexFormatError(
-                f"{manifest_path}: index format version {version} was written by a newer fastimg; "
-                f"this fastimg ({__version__}) reads format versions up to {FORMAT_VERSION}: upgrade fastimg"
-            )
-        for key, typ in (("dim", int), ("descriptor", dict), ("metric", str), ("root", str), ("dtype", str)):
-            if not isinstance(manifest.get(key), typ):
-                raise IndexFormatError(f"{manifest_path}: field {key!r} missing or not a {typ.__name__}")
-        if manifest["dim"] < 1:
-            raise IndexFormatError(f"{manifest_path}: invalid dim {manifest['dim']}")
-        if manifest["dtype"] != DTYPE:
-            raise IndexFormatError(f"{manifest_path}: unsupported dtype {manifest['dtype']!r} (expected {DTYPE!r})")
-        return manifest
-
-    def _connect(self) -> None:
-        db = self.path / DATABASE
-        if not db.is_file():
-            raise IndexCorruptError(f"{db}: metadata database is missing (the index cannot be used without it)")
-        # mode=rw / ro: never create a missing database behind the caller's back
-        uri = f"file:{db.absolute().as_posix()}?mode={'rw' if self.writable else 'ro'}"
-        try:
-            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0)
-            if self.writable:
-                self._conn.execute("PRAGMA synchronous=FULL")
-            rows = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
-            cols = [r[1] for r in self._conn.execute("PRAGMA table_info(images)")]
-        except sqlite3.DatabaseError as exc:
-            raise IndexCorruptError(f"{db}: unreadable metadata database ({exc})") from None
-        for key in ("dim", "committed", "generation", "version"):
-            if key not in rows:
-                raise IndexCorruptError(f"{db}: metadata database lacks the {key!r} entry")
-        if "id" not in cols or "path" not in cols:
-            raise IndexCorruptError(f"{db}: metadata database lacks the images table")
 
     def _check_consistency(self) -> None:
         db = self.path / DATABASE
-        with self._read() as state:
+        with self._read():
+            state = self._state()
             dim = int(self._meta("dim"))
             top = self._conn.execute("SELECT max(id) FROM images").fetchone()[0]
         if dim != self.manifest["dim"]:
@@ -465,8 +407,7 @@ class Store:
         return vpath
 
     def _discard_uncommitted_tail(self) -> None:
-        with self._read() as state:
-            pass
+        state = self.state()
         vpath = self.vectors_path(state.generation)
         need = state.committed * self.row_bytes
         if vpath.stat().st_size > need:
@@ -479,30 +420,6 @@ class Store:
                 with contextlib.suppress(OSError):
                     p.unlink()
 
-    def _acquire_lock(self) -> None:
-        lpath = self.path / LOCKFILE
-        try:
-            fd = os.open(lpath, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise IndexReadOnlyError(f"{lpath}: cannot open the writer lock file ({exc.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # pragma: no cover
-                os.close(fd)
-                raise
-            try:
-                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-            finally:
-                os.close(fd)
-            raise IndexLockedError(
-                f"{self.path}: another writer holds the index lock {lpath} (pid {holder}); "
-                "wait for it to finish or open the index with mode='r'"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
-        self._lock_fd = fd
-
     def close(self) -> None:
         """Close the database and release the writer lock (idempotent)."""
         with self._mutex:
@@ -511,41 +428,12 @@ class Store:
                     self._conn.close()
                 self._conn = None
             if self._lock_fd is not None:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._lock_fd, 0)
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
+                release_lock(self._lock_fd)
                 self._lock_fd = None
 
     @property
     def closed(self) -> bool:
         return self._conn is None
-
-    # ------------------------------------------------------------- migration
-    def _migrate(self, version: int) -> None:
-        conn = self._conn
-        manifest = dict(self.manifest)
-        with self._mutex:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                while version < FORMAT_VERSION:
-                    step = MIGRATIONS.get(version)
-                    if step is None:
-                        raise IndexFormatError(
-                            f"{self.path / MANIFEST}: no migration from format version {version} to {version + 1}"
-                        )
-                    log.info("%s: migrating index format %d -> %d", self.path, version, version + 1)
-                    manifest = step(self.path, conn, manifest)
-                    version += 1
-                    manifest["format_version"] = version
-                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('format_version', ?)", (str(version),))
-                conn.execute(f"PRAGMA user_version={version}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        _write_json_atomic(self.path / MANIFEST, manifest)
-        self.manifest = manifest
 
     # ----------------------------------------------------------------- state
     @property
@@ -559,7 +447,33 @@ class Store:
     @property
     def root(self) -> Path:
         """Absolute directory that relative image paths are resolved against."""
-        return Path(os.path.normpath(os.path.join(os.path.abspath(self.path), self.manifest["root"])))
+        return Path(self._root())
+
+    def _root(self) -> str:
+        # the manifest is static once open (a migration rewrites it before any use)
+        root = self._root_str
+        if root is None:
+            root = os.path.normpath(os.path.join(os.path.abspath(self.path), self.manifest["root"]))
+            self._root_str = root
+        return root
+
+    def stored_path(self, path: Union[str, os.PathLike]) -> str:
+        """How a file path is stored in ``images.path``: relative to :attr:`root` when
+        the file lies under it, else absolute."""
+        ab = os.path.abspath(os.fspath(path))
+        root = self._root()
+        try:
+            if os.path.commonpath([ab, root]) == root:
+                return os.path.relpath(ab, root)
+        except ValueError:  # pragma: no cover - different drives
+            pass
+        return ab
+
+    def absolute_path(self, stored: str, is_file: bool = True) -> str:
+        """The absolute path of a stored file path (a name added with vectors is returned as is)."""
+        if is_file and not os.path.isabs(stored):
+            return os.path.join(self._root(), stored)
+        return stored
 
     def vectors_path(self, generation: int) -> Path:
         return self.path / f"vectors.{generation}.f32"
@@ -582,28 +496,57 @@ class Store:
         return State(int(rows["committed"]), int(rows["generation"]), int(rows["version"]))
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[State]:
-        """A read transaction: everything read inside sees one committed snapshot."""
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: everything read inside sees one committed snapshot
+        (nested in another read or a write: that one)."""
         with self._mutex:
             conn = self._db()
-            if conn.in_transaction:  # nested: already inside a snapshot or a write
-                yield self._state()
+            if conn.in_transaction:
+                yield conn
                 return
             try:
                 conn.execute("BEGIN")
             except sqlite3.DatabaseError as exc:
                 raise IndexCorruptError(f"{self.path / DATABASE}: {exc}") from None
             try:
-                yield self._state()
+                yield conn
             finally:
                 conn.execute("COMMIT")
 
-    snapshot = _read
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction pinned at once: everything read inside sees the state
+        committed when it began (nested: the enclosing one)."""
+        with self._read():
+            self.version()  # the first read starts the snapshot
+            yield
 
     def state(self) -> State:
-        """The current committed state (one small query)."""
-        with self._read() as st:
-            return st
+        """The current committed state (one query; a single statement reads one
+        committed snapshot, so no explicit transaction is needed)."""
+        with self._mutex:
+            try:
+                return self._state()
+            except sqlite3.DatabaseError as exc:
+                raise IndexCorruptError(f"{self.path / DATABASE}: {exc}") from None
+
+    def version(self) -> int:
+        """The ``version`` counter alone (one primary-key lookup): every write
+        transaction bumps it, so an unchanged version means an unchanged state."""
+        with self._mutex:
+            try:
+                return int(self._db().execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
+            except sqlite3.DatabaseError as exc:
+                raise IndexCorruptError(f"{self.path / DATABASE}: {exc}") from None
+
+    def read_snapshot(self) -> Snapshot:
+        """The committed state with its meta values and deleted ids, read in one
+        transaction (two queries)."""
+        with self._read() as conn:
+            rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            deleted = self.deleted_ids()
+        state = State(int(rows["committed"]), int(rows["generation"]), int(rows["version"]))
+        return Snapshot(state, {k: json.loads(v) for k, v in rows.items() if k not in _RESERVED}, deleted)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -722,6 +665,36 @@ class Store:
             out.append(found[i])
         return out
 
+    def paths(self, ids: Iterable[int], *, generation: Optional[int] = None) -> Optional[list[str]]:
+        """Absolute file paths (or the names of vectors) of ``ids``, in order
+        (NotInIndexError for an unknown id).
+
+        One statement for up to 900 ids, which also reads the vector file's
+        generation: with ``generation`` given, None when it is no longer that one
+        (a compaction renumbered the ids since the caller read them).
+        """
+        ids = [int(i) for i in ids]
+        found: dict[int, str] = {}
+        current = None
+        root = self._root()
+        prefix, isabs = (root if root.endswith(os.sep) else root + os.sep), os.path.isabs
+        # one statement reads one snapshot: a transaction only for more
+        with self._read() if len(ids) > 900 else self._mutex:
+            conn = self._db()
+            for start in range(0, max(len(ids), 1), 900):
+                chunk = ids[start:start + 900]
+                for i, path, is_file in conn.execute(_paths_sql(len(chunk)), chunk):
+                    if i < 0:
+                        current = int(path)
+                    else:  # as absolute_path()
+                        found[i] = prefix + path if is_file and not isabs(path) else path
+        if generation is not None and current != generation:
+            return None
+        try:
+            return [found[i] for i in ids]
+        except KeyError as exc:
+            raise NotInIndexError(f"{self.path}: no image with id {exc.args[0]}") from None
+
     def _fetch_ids(self, ids: Sequence[int]) -> dict[int, Row]:
         found: dict[int, Row] = {}
         conn = self._db()
@@ -739,6 +712,15 @@ class Store:
                 f"SELECT {_COLUMNS} FROM images WHERE path = ? AND deleted = 0", (path,)
             ).fetchone()
         return None if t is None else _row(t)
+
+    def find_entry(self, item: Union[str, os.PathLike]) -> Optional[Row]:
+        """The live row of an ``add_vectors`` name or of a file path (as stored, or
+        given as a path to put in :meth:`stored_path` form), or None."""
+        s = os.fspath(item)
+        row = self.find_live(s)  # a name, or a path stored as given
+        if row is None or row.is_file:
+            row = self.find_live(self.stored_path(s)) or row
+        return row
 
     def find_live_many(self, paths: Sequence[str]) -> dict[str, Row]:
         """Live rows stored under any of ``paths`` (stored form), keyed by path."""
@@ -760,6 +742,33 @@ class Store:
                 f"SELECT {_COLUMNS} FROM images WHERE hash = ? ORDER BY deleted, id", (digest,)
             ).fetchall()
         return [_row(t) for t in ts]
+
+    def live_ids_matching(self, prefixes: Sequence[str], globs: Sequence[str]) -> tuple[int, np.ndarray]:
+        """``(generation, sorted int64 ids)`` of the live rows whose stored path (or
+        name) is one of ``prefixes`` or lies under one (``prefix + os.sep ...``),
+        or matches one of ``globs`` (SQLite ``GLOB``), read in one transaction.
+        An empty prefix matches every row."""
+        terms: list[str] = []
+        args: list[str] = []
+        for p in prefixes:
+            if not p:
+                terms.append("1")
+                continue
+            p = p.rstrip(os.sep) or os.sep
+            under = p if p.endswith(os.sep) else p + os.sep  # "a/b" -> "a/b/" <= path < "a/b0"
+            terms.append("path = ? OR (path >= ? AND path < ?)")
+            args += [p, under, under[:-1] + chr(ord(under[-1]) + 1)]
+        for g in globs:
+            terms.append("path GLOB ?")
+            args.append(g)
+        if not terms:
+            return self.state().generation, np.zeros(0, np.int64)
+        where = " OR ".join(f"({t})" for t in terms)
+        with self._read() as conn:
+            generation = int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+            ids = [t[0] for t in conn.execute(f"SELECT id FROM images WHERE deleted = 0 AND ({where}) ORDER BY id",
+                                              args)]
+        return generation, np.asarray(ids, dtype=np.int64)
 
     def live_files(self) -> list[Row]:
         """All live rows added from files."""
@@ -808,7 +817,7 @@ class Store:
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON value in ``meta`` (``None`` removes the key)."""
-        if key in ("dim", "committed", "generation", "version", "format_version"):
+        if key in _RESERVED:
             raise ValueError(f"meta key {key!r} is reserved")
         with self._write() as conn:
             if value is None:
@@ -837,19 +846,8 @@ class Store:
             mapping[keep] = np.arange(live, dtype=np.int64)
             if live == state.committed:
                 return mapping
-            old = self.map_vectors(state)
             new_gen = state.generation + 1
-            new_path = self.vectors_path(new_gen)
-            with open(new_path, "wb") as f:
-                for start in range(0, state.committed, _ROW_CHUNK):
-                    block = np.asarray(old[start:start + _ROW_CHUNK])[keep[start:start + _ROW_CHUNK]]
-                    f.write(np.ascontiguousarray(block, dtype=DTYPE).tobytes())
-                    if progress is not None:
-                        progress(min(start + _ROW_CHUNK, state.committed), state.committed)
-                f.flush()
-                os.fsync(f.fileno())
-            del old
-            _fsync_dir(self.path)
+            write_rows(self.vectors_path(new_gen), self.map_vectors(state), keep, DTYPE, _ROW_CHUNK, progress)
             with self._write() as conn:
                 conn.execute("DELETE FROM images WHERE deleted = 1")
                 conn.execute("CREATE TEMP TABLE _renum(old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
@@ -862,101 +860,10 @@ class Store:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(new_gen),))
             with contextlib.suppress(OSError):
                 self.vectors_path(state.generation).unlink()
-            self.clear_cache()
             return mapping
 
-    # ---------------------------------------------------------------- caches
-    @property
-    def cache_dir(self) -> Path:
-        return self.path / CACHE_DIR
-
+    # ------------------------------------------------------------ directories
     @property
     def ann_dir(self) -> Path:
+        """The HNSW graph's directory (its files belong to :mod:`fastimg.ann`)."""
         return self.path / ANN_DIR
-
-    def _cache_name(self, name: str, state: State) -> Path:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ValueError(f"invalid cache name {name!r}")
-        return self.cache_dir / f"{name}.g{state.generation}.n{state.committed}.npy"
-
-    def load_cache(self, name: str, state: State, shape: tuple[int, ...]) -> Optional[np.ndarray]:
-        """Memmap the cache ``name`` valid for ``state`` (None if absent or unusable)."""
-        p = self._cache_name(name, state)
-        if not p.is_file():
-            return None
-        try:
-            arr = np.load(p, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            log.warning("%s: ignoring unreadable cache (%s)", p, exc)
-            return None
-        if arr.shape != tuple(shape) or arr.dtype != np.float32:
-            log.warning("%s: ignoring cache of shape %s %s (expected %s float32)", p, arr.shape, arr.dtype, shape)
-            return None
-        return arr
-
-    def best_cache_prefix(self, name: str, state: State, row_shape: tuple[int, ...]) -> Optional[tuple[int, np.ndarray]]:
-        """The largest valid cache ``name`` of ``state``'s generation with at most
-        ``state.committed`` rows, as ``(rows, memmap)`` (rows are never rewritten
-        within a generation, so its rows are a prefix of the current ones)."""
-        best = None
-        if not self.cache_dir.is_dir():
-            return None
-        pat = re.compile(rf"^{re.escape(name)}\.g{state.generation}\.n(\d+)\.npy$")
-        for p in self.cache_dir.iterdir():
-            m = pat.match(p.name)
-            if m and 0 < int(m.group(1)) <= state.committed and (best is None or int(m.group(1)) > best):
-                best = int(m.group(1))
-        if best is None:
-            return None
-        arr = self.load_cache(name, State(best, state.generation, 0), (best, *row_shape))
-        return None if arr is None else (best, arr)
-
-    def new_cache(self, name: str, state: State, shape: tuple[int, ...]) -> Optional[tuple[Path, np.ndarray]]:
-        """A writable float32 ``.npy`` memmap under a temporary name, to be filled
-        and passed to :meth:`publish_cache`.  None if the directory is not writable
-        (caches are optional; the failure is logged)."""
-        p = self._cache_name(name, state)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            self.cache_dir.mkdir(exist_ok=True)
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(shape))
-        except OSError as exc:
-            log.warning("%s: could not write cache (%s)", p, exc)
-            self.discard_cache(tmp)
-            return None
-        return tmp, out
-
-    def publish_cache(self, name: str, state: State, made: tuple[Path, np.ndarray]) -> Optional[Path]:
-        """Flush a cache made by :meth:`new_cache` and give it its final name
-        (atomically); older versions of ``name`` are removed."""
-        tmp, out = made
-        p = self._cache_name(name, state)
-        try:
-            if isinstance(out, np.memmap):
-                out.flush()
-            del out
-            os.replace(tmp, p)
-        except OSError as exc:
-            log.warning("%s: could not write cache (%s)", p, exc)
-            self.discard_cache(tmp)
-            return None
-        for q in self.cache_dir.glob(f"{name}.g*.n*.npy"):
-            if q != p:
-                with contextlib.suppress(OSError):
-                    q.unlink()
-        return p
-
-    @staticmethod
-    def discard_cache(tmp: Path) -> None:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-    def clear_cache(self) -> None:
-        """Remove every cached derived array."""
-        if self.cache_dir.is_dir():
-            for q in self.cache_dir.iterdir():
-                with contextlib.suppress(OSError):
-                    q.unlink()
-
-    def cache_files(self) -> list[Path]:
-        return sorted(self.cache_dir.glob("*.npy")) if self.cache_dir.is_dir() else []

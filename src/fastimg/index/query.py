@@ -1,0 +1,246 @@
+"""What a query is: a path, encoded bytes, a BGR array or a vector -> a vector and its "self".
+
+A query becomes ``(vector, self ids, match identical)``:
+
+* a path or name that is **in the index** uses its stored vector (a file whose
+  size and mtime changed since it was indexed is described again) and its row
+  is the query's self;
+* a path that is not in the index, encoded bytes or a BGR ``uint8`` array is
+  described with the index's descriptor, exactly as ``Index.add`` does
+  (``fastimg.features.registry.describe``);
+* a 1-D numeric array of the index dimension is the vector itself (checked as
+  :func:`fastimg.search.check_queries` checks queries).
+
+For bytes, arrays and vectors, "self" is the lowest-id live row whose stored
+vector is bit-identical to the query vector (``match identical``), found among
+the search's candidates.  An *entry* (``Index.similar``: an id, an indexed path
+or name) is its stored vector, and its self is exactly its row.  A
+``descriptor="custom"`` index cannot describe images: only vectors and indexed
+names are queries there.  An int is not a query (``Index.similar`` takes ids).
+
+Lookups read the row and the vector file's generation in one transaction and
+compare them with the caller's view: a view older than the row (a compaction
+renumbered the ids, or the row was added after the view was read) raises
+:class:`Stale`, and the caller reads the state again.
+
+``where`` filters (:func:`where_patterns`): a string with a glob character
+(``*``, ``?``, ``[``) is a pattern matched against the stored path, anything
+else a folder (or file) prefix of it; absolute paths are first put in their
+stored form (relative to the index root when under it).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from typing import Any, Callable, Iterable, Optional, TypeGuard, Union
+
+import numpy as np
+
+from fastimg.errors import ArgumentError, DescriptorError, ImageError, IndexChangedError, NotInIndexError
+from fastimg.index.store import Row, Store
+from fastimg.index.view import View
+from fastimg.metrics import Metric, get_metric
+from fastimg.search import check_queries
+
+__all__ = ["MODES", "Queries", "Stale", "Where", "check_search_args", "check_threshold", "where_patterns",
+           "lookup", "is_id"]
+
+#: The search modes of ``Index.search``.
+MODES = ("auto", "exact", "ann")
+_ANY_SIGN = get_metric("l2")  # query checks without the histogram metrics' sign check
+
+Where = Union[str, "os.PathLike[str]", Iterable[Union[str, "os.PathLike[str]"]], None]
+
+
+class Stale(IndexChangedError):
+    """A lookup found a newer state than the caller's view: read the state again
+    (never escapes the index: the search is retried)."""
+
+
+def check_search_args(k: Any, metric: str, mode: str) -> tuple[int, Metric]:
+    """Validated ``(k, Metric)`` of a search call (ArgumentError naming the argument)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 1:
+        raise ArgumentError(f"k must be a positive integer; got {k!r}")
+    if mode not in MODES:
+        raise ArgumentError(f"mode must be one of {MODES}; got {mode!r}")
+    return int(k), get_metric(metric)
+
+
+def check_threshold(threshold: Any) -> Optional[float]:
+    """``threshold=`` of a search: None or a finite number (ArgumentError)."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
+        raise ArgumentError(f"threshold must be a finite number (a minimum similarity or a maximum distance, in "
+                            f"the metric's direction) or None; got {threshold!r}")
+    return float(threshold)
+
+
+def is_id(item: Any) -> "TypeGuard[Union[int, np.integer]]":
+    """Is ``item`` an integer id (not a bool)?"""
+    return isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_))
+
+
+def where_patterns(where: Where, store: Store) -> Optional[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """``(prefixes, globs)`` of a ``where=`` argument (None: no filter), in the
+    stored form of paths (see the module docstring)."""
+    if where is None:
+        return None
+    if isinstance(where, (str, os.PathLike)):
+        items: list[Any] = [where]
+    else:
+        try:
+            items = list(where)
+        except TypeError:
+            raise ArgumentError(f"where must be a path prefix or glob (str), or a list of them; got "
+                                f"{type(where).__name__}") from None
+    if not items:
+        raise ArgumentError("where is an empty list: give at least one path prefix or glob (or None)")
+    prefixes: list[str] = []
+    globs: list[str] = []
+    for item in items:
+        s = os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
+        if not isinstance(s, str):
+            raise ArgumentError(f"where must be a path prefix or glob (str), or a list of them; got {item!r}")
+        if any(c in s for c in "*?["):
+            globs.append(store.stored_path(s) if os.path.isabs(s) else s)
+        elif s in ("", os.curdir):
+            prefixes.append("")
+        else:
+            prefixes.append(store.stored_path(s) if os.path.isabs(s) else os.path.normpath(s))
+    return tuple(prefixes), tuple(globs)
+
+
+def lookup(store: Store, item: Any, view: View) -> Optional[Row]:
+    """:meth:`Store.find_entry` read in one transaction with the generation;
+    :class:`Stale` when ``view`` is older than what was read."""
+    with store.snapshot():
+        generation = store.state().generation
+        row = store.find_entry(item)
+    if generation != view.state.generation or (row is not None and row.id >= view.state.committed):
+        raise Stale(f"{store.path}: the index changed since state {view.state}; read it again")
+    return row
+
+
+class Queries:
+    """Turns queries into vectors for one index.
+
+    Parameters
+    ----------
+    store : Store
+    descriptor : callable
+        Returns the index's descriptor (created on first use).
+    custom : bool
+        A ``descriptor="custom"`` index (vectors come from the caller).
+    """
+
+    def __init__(self, store: Store, descriptor: Callable[[], Any], custom: bool):
+        self._store = store
+        self._descriptor = descriptor
+        self._custom = custom
+        self.dim = store.dim
+
+    def vector(self, query: Any, view: View) -> tuple[np.ndarray, Optional[set], bool]:
+        """``(float32 vector, ids that are the query itself or None, match-identical flag)``."""
+        if isinstance(query, (str, os.PathLike)):
+            return self._path_query(os.fspath(query), view)
+        if isinstance(query, (bytes, bytearray, memoryview)):
+            return self.describe(bytes(query)), None, True
+        if is_id(query) or (isinstance(query, np.ndarray) and query.ndim == 0 and query.dtype.kind in "iu"):
+            raise ArgumentError(
+                f"search() takes an image (path, bytes, BGR array) or a vector of length {self.dim}; got the "
+                f"integer {int(query)}: to search by an indexed entry, use Index.similar({int(query)})"
+            )
+        arr = np.asarray(query)
+        if arr.ndim == 1 and arr.dtype != np.uint8:
+            return self.check(arr)[0], None, True
+        if arr.ndim == 1:
+            raise ArgumentError(
+                f"a query vector must be a 1-D float array of length {self.dim} (the index dimension); got a "
+                f"uint8 array of shape {arr.shape} (uint8 arrays are images: 2-D or 3-D)"
+            )
+        return self.describe(arr), None, True
+
+    def check(self, q: Any, metric: Optional[Metric] = None) -> np.ndarray:
+        """Query vectors as a ``(Q, dim)`` float32 array, validated as the searchers
+        validate queries (:func:`fastimg.search.check_queries`; the sign too, for a
+        histogram ``metric``)."""
+        try:
+            return check_queries(q, self.dim, metric or _ANY_SIGN)
+        except (TypeError, ValueError) as exc:
+            raise ArgumentError(str(exc)) from None
+
+    def check_sign(self, q: np.ndarray, metric: Metric) -> np.ndarray:
+        """Vectors from :meth:`vector` / :meth:`batch` (finite, of the index
+        dimension), checked non-negative for a histogram ``metric``."""
+        return self.check(q, metric) if metric.nonneg else q
+
+    def entry(self, item: Any, view: View) -> tuple[np.ndarray, set, bool]:
+        """The stored vector of an entry (a live id, an indexed path or name) and its id."""
+        if is_id(item):
+            i = int(item)
+            if not view.is_live(i):
+                raise NotInIndexError(f"{self._store.path}: no live entry with id {i}")
+        elif isinstance(item, (str, os.PathLike)):
+            row = lookup(self._store, item, view)
+            if row is None:
+                raise NotInIndexError(f"{self._store.path}: not in the index: {os.fspath(item)}")
+            i = row.id
+        else:
+            raise ArgumentError(f"an entry is an id (int) or an indexed path or name; got {type(item).__name__}")
+        return np.array(view.vectors[i], dtype=np.float32), {i}, False
+
+    def _path_query(self, s: str, view: View) -> tuple[np.ndarray, Optional[set], bool]:
+        store = self._store
+        row = lookup(store, s, view)
+        if row is not None:
+            use_stored = not row.is_file
+            if row.is_file:
+                try:
+                    st = os.stat(store.absolute_path(row.path))
+                    use_stored = st.st_size == row.size and st.st_mtime_ns == row.mtime_ns
+                except OSError:
+                    use_stored = True  # the indexed file is gone: its stored vector is the query
+            if use_stored:
+                return np.array(view.vectors[row.id], dtype=np.float32), {row.id}, False
+            return self.describe(s), {row.id}, False
+        if self._custom:
+            raise DescriptorError(
+                f"{s}: not in this index, and a descriptor='custom' index cannot describe images: "
+                "query it by vector or by an indexed name"
+            )
+        return self.describe(s), None, False
+
+    def batch(self, queries: Any, view: View, exclude_self: bool) -> tuple[np.ndarray, list, list]:
+        """``(Q x dim float32 matrix, self ids per query, match-identical flags)`` of
+        a ``(Q, dim)`` float array or a sequence of queries."""
+        arr = queries if isinstance(queries, np.ndarray) else None
+        if arr is not None and arr.ndim == 2 and arr.dtype.kind == "f":
+            q = self.check(arr)
+            return q, [None] * len(q), [exclude_self] * len(q)
+        if isinstance(queries, (str, bytes, os.PathLike)) or (isinstance(queries, np.ndarray) and queries.ndim != 2):
+            raise ArgumentError("search_batch takes a (Q, dim) array or a sequence of queries; "
+                                "use search() for one query")
+        vs, selfs, ident = [], [], []
+        for qu in queries:
+            v, s, m = self.vector(qu, view)
+            vs.append(v)
+            selfs.append(s if exclude_self else None)
+            ident.append(m and exclude_self)
+        q = np.stack(vs) if vs else np.zeros((0, self.dim), np.float32)
+        return q, selfs, ident
+
+    def describe(self, src: Any) -> np.ndarray:
+        """The descriptor of an image path, encoded bytes or BGR array (as ``add`` describes files)."""
+        if self._custom:
+            raise DescriptorError(
+                "a descriptor='custom' index cannot describe images: query it by vector or by an indexed name"
+            )
+        from fastimg.features.registry import describe
+
+        vec = np.asarray(describe(src, self._descriptor()), dtype=np.float32).reshape(-1)
+        if vec.shape[0] != self.dim or not np.isfinite(vec).all():
+            src_name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else "<query>"
+            raise ImageError(src_name, "descriptor failed", f"got {vec.shape[0]} values, non-finite or wrong size")
+        return vec
