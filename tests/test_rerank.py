@@ -146,11 +146,11 @@ def test_parse_spec_defaults_and_aliases():
     assert rerank.parse_spec("qe").name == "qe"
     assert rerank.parse_spec("AQE").name == "qe"
     assert rerank.parse_spec("krr").name == "k-reciprocal"
-    sp = rerank.parse_spec("k-reciprocal:k1=25, lambda=0.5")
-    assert sp.params == {"k1": 25, "k2": rerank.PARAMS["k-reciprocal"]["k2"][1], "lambda": 0.5,
+    sp = rerank.parse_spec("k-reciprocal:k1=25, lambda=0.4")
+    assert sp.params == {"k1": 25, "k2": rerank.PARAMS["k-reciprocal"]["k2"][1], "lambda": 0.4,
                          "depth": rerank.PARAMS["k-reciprocal"]["depth"][1]}
     assert isinstance(sp.params["k1"], int) and isinstance(sp.params["lambda"], float)
-    assert str(sp) == "k-reciprocal:k1=25,lambda=0.5"
+    assert str(sp) == "k-reciprocal:k1=25,lambda=0.4"
     assert rerank.parse_spec(sp) is sp
     assert set(rerank.rerank_names()) == {"qe", "alpha-qe", "dba", "k-reciprocal", "auto"}
 
@@ -522,7 +522,7 @@ def pairs_and_blobs(seed=0, n_pairs=60, n_blobs=0, per_blob=0, d=6):
 
 def test_parse_auto():
     sp = rerank.parse_spec("auto")
-    assert sp.name == "auto" and sp.params == {"threshold": 0.7, "tightness": None, "depth": 200}
+    assert sp.name == "auto" and sp.params == {"threshold": 0.75, "tightness": None, "depth": 200}
     assert str(sp) == "auto"
     sp = rerank.parse_spec("AUTO:tightness=1.25,depth=50")
     assert sp.params["tightness"] == 1.25 and sp.params["depth"] == 50
@@ -675,24 +675,28 @@ def test_collection_tightness_is_the_median_over_rows():
         rerank.collection_tightness(x, "l2", depth=3)
 
 
-def _group_of_two(seed=0, n=60, d=8):
-    """Row 0 is the query, row 1 its near copy; the other rows are far (distances ~ 1)."""
+def _group_of_two(seed=0, n=60, d=1024):
+    """Row 0 is the query, row 1 its near copy; the other rows are strangers, all at about
+    the same distance (high dimension: squared distances 2d +- a few %)."""
     rng = np.random.default_rng(seed)
-    x = rng.random((n, d)) + 1.0
-    x[1] = x[0] + 0.01 * rng.random(d)
+    x = rng.normal(size=(n, d))
+    x[1] = x[0] + 0.01 * rng.normal(size=d)
     return x.astype(np.float32)
 
 
 @pytest.mark.parametrize("name", ["qe", "alpha-qe"])
-def test_default_qe_on_a_group_of_two_pulls_in_only_that_neighbour(name):
+def test_gap_test_on_a_group_of_two_pulls_in_only_that_neighbour(name):
+    """n=5 would average four strangers into the query; the default gap test keeps the near copy only."""
     x = _group_of_two()
     search = brute_search(x, "l2", exclude={0})
     ids0, sc0 = search(x[0], 30)
     assert ids0[0][0] == 1
-    ids, sc = rerank.apply(name, x[0], ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=10,
-                           metric="l2")
+    ids, sc = rerank.apply(f"{name}:n=5", x[0], ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search,
+                           k=10, metric="l2")
     p = rerank.parse_spec(name).params
-    assert p["n"] >= 2 and p["gap"] > 0  # the default would take more than one, without the gap test
+    assert p["gap"] > 0  # the default has the test on
+    d = [oracle_dist("l2", x[0], x[i]) for i in ids0[0]]
+    assert d[0] < p["gap"] * d[p["ref"] - 1] <= d[1]  # the copy passes the test, the strangers do not
     w = oracle_sim("l2", x[0], x[1]) ** p.get("alpha", 0.0)
     expanded = (x[0].astype(np.float64) + w * x[1]) / (1 + w)
     exp_ids, exp_sc = search(expanded.astype(np.float32), 10)
@@ -702,7 +706,7 @@ def test_default_qe_on_a_group_of_two_pulls_in_only_that_neighbour(name):
 
 def test_default_qe_without_a_close_neighbour_keeps_the_plain_ranking():
     rng = np.random.default_rng(1)
-    x = (rng.random((60, 8)) + 1.0).astype(np.float32)  # no tight group anywhere
+    x = rng.normal(size=(60, 1024)).astype(np.float32)  # high dimension: every distance about the same
     search = brute_search(x, "l2", exclude={0})
     ids0, sc0 = search(x[0], 30)
     d = [oracle_dist("l2", x[0], x[i]) for i in ids0[0]]

@@ -118,31 +118,31 @@ _GAP_DOC = ("use a neighbour only when its distance is below gap x the distance 
 _REF_DOC = "rank of the reference candidate of the gap test"
 PARAMS: dict[str, dict[str, tuple]] = {
     "qe": {
-        "n": (int, 5, 1, True, "top results averaged with the query (at most)"),
-        "gap": (float, 0.0, 0.0, True, _GAP_DOC),
+        "n": (int, 1, 1, True, "top results averaged with the query (at most)"),
+        "gap": (float, 0.8, 0.0, True, _GAP_DOC),
         "ref": (int, 20, 2, True, _REF_DOC),
     },
     "alpha-qe": {
-        "n": (int, 5, 1, True, "top results averaged with the query (at most)"),
+        "n": (int, 2, 1, True, "top results averaged with the query (at most)"),
         "alpha": (float, 3.0, 0.0, True, "weight exponent: weight = sim^alpha (0 = plain average)"),
-        "gap": (float, 0.0, 0.0, True, _GAP_DOC),
+        "gap": (float, 0.8, 0.0, True, _GAP_DOC),
         "ref": (int, 20, 2, True, _REF_DOC),
     },
     "dba": {
-        "n": (int, 5, 1, True, "neighbours averaged into each candidate (at most)"),
+        "n": (int, 1, 1, True, "neighbours averaged into each candidate (at most)"),
         "alpha": (float, 3.0, 0.0, True, "weight exponent: weight = sim^alpha (0 = plain average)"),
         "depth": (int, 200, 1, True, "candidates augmented (from each other) and re-scored"),
         "gap": (float, 0.0, 0.0, True, _GAP_DOC + "; a candidate's reference is its own ref-th neighbour"),
         "ref": (int, 20, 2, True, _REF_DOC),
     },
     "k-reciprocal": {
-        "k1": (int, 30, 1, True, "size of the k-reciprocal neighbourhoods"),
-        "k2": (int, 6, 1, True, "neighbours of the local query expansion (1 = none)"),
-        "lambda": (float, 0.3, 0.0, True, "weight of the original distance, in [0, 1]"),
+        "k1": (int, 3, 1, True, "size of the k-reciprocal neighbourhoods"),
+        "k2": (int, 2, 1, True, "neighbours of the local query expansion (1 = none)"),
+        "lambda": (float, 0.5, 0.0, True, "weight of the original distance, in [0, 1]"),
         "depth": (int, 200, 2, True, "candidates re-ranked (the local graph has depth + 1 nodes)"),
     },
     "auto": {
-        "threshold": (float, 0.7, 0.0, True, "tightness above which the small-group parameters are used"),
+        "threshold": (float, 0.75, 0.0, True, "tightness above which the small-group parameters are used"),
         "tightness": (float, None, 0.0, True, "the collection's tightness (collection_tightness); "
                                               "default: estimated per query from its candidates"),
         "depth": (int, 200, 10, True, "candidates re-ranked (and used to estimate the tightness)"),
