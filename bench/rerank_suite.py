@@ -401,6 +401,27 @@ def _load_avg() -> str:
         return "unknown"
 
 
+def _targets(runs: Sequence["Run"], res_b: dict) -> list:
+    """Issue 22's targets, checked on half B: each default >= -0.005 on every run; auto
+    >= +0.01 on two collections or more, one of them with groups of <= 4; Corel >= +0.03."""
+    keys = [(r.col.name, r.descriptor) for r in runs]
+    delta = {(k, s): res_b[(*k, s)] - res_b[(*k, "none")] for k in keys for _, s in REPORT[1:]}
+    out = ["Targets of issue 22 on half B:", ""]
+    for m in OLD_DEFAULTS:
+        bad = [f"{c} {d} {delta[((c, d), m)]:+.4f}" for c, d in keys if delta[((c, d), m)] < -0.005]
+        out.append(f"- `{m}` default >= -0.005 everywhere: " + ("met" if not bad else "**missed** on " + ", ".join(bad)))
+    for d in dict.fromkeys(dd for _, dd in keys):
+        gains = {c: delta[((c, dd), "auto")] for c, dd in keys if dd == d}
+        won = [c for c, g in gains.items() if g >= 0.01]
+        small = [c for c in won if c != "corel"]
+        corel = gains.get("corel")
+        ok = len(won) >= 2 and small and (corel is None or corel >= 0.03)
+        out.append(f"- `auto` with {d}: +0.01 or more on {', '.join(won) or 'no collection'}"
+                   + (f"; Corel {corel:+.4f}" if corel is not None else "")
+                   + (": met" if ok else ": **missed**"))
+    return out
+
+
 def report_markdown(runs: Sequence["Run"], res_b: dict, res_a: Optional[dict], seconds: float) -> str:
     from fastimg import rerank
 
@@ -423,6 +444,7 @@ def report_markdown(runs: Sequence["Run"], res_b: dict, res_a: Optional[dict], s
            "in two halves; the defaults and `auto`'s rule were chosen on half A (`--tune all`), the table "
            "below is half B: the change of mAP from the plain ranking." % (seconds, _load_avg()),
            "", *lines, "",
+           *_targets(runs, res_b), "",
            f"Defaults now: {defaults}.  `auto`: small groups `k-reciprocal` "
            + ", ".join(f"{k}={v}" for k, v in rerank.AUTO_SMALL.items()) + "; large groups "
            + ", ".join(f"{k}={v}" for k, v in rerank.AUTO_LARGE.items())
