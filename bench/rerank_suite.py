@@ -26,7 +26,8 @@ Descriptors are arguments (``--descriptor NAME[@METRIC]``, default ``classic``,
 
 Commands (heavy: run niced on a shared machine)::
 
-    nice .venv/bin/python bench/rerank_suite.py --tune            # sweeps on A, table on B
+    flock /tmp/fastimg-bench.lock nice .venv/bin/python bench/rerank_suite.py --tune all --json A.json  # sweeps on A
+    flock /tmp/fastimg-bench.lock nice .venv/bin/python bench/rerank_suite.py --report --tuned A.json  # B -> quality.md
     nice .venv/bin/python bench/rerank_suite.py --spec auto --spec k-reciprocal
 """
 from __future__ import annotations
