@@ -7,8 +7,12 @@ Environment switches (as in pyroaring's setup.py):
 * ``FASTIMG_DEBUG=1`` builds with ``-O0 -g`` and Cython bounds checks on
   (``_core.pyx`` sets no directive of its own, so these are the ones used).
 
-The C kernels are headers next to ``_core.pyx`` (``fi_heap.h``, ``fi_scan.h``),
-declared for Cython in ``_heap.pxd`` / ``_scan.pxd`` and shipped with the package.
+The C kernels are headers next to ``_core.pyx`` (``fi_heap.h``, ``fi_scan.h``,
+``fi_lowp.h``), declared for Cython in ``_heap.pxd`` / ``_scan.pxd`` / ``_lowp.pxd``
+and shipped with the package.  Code for CPU features beyond the baseline (AVX2,
+AVX-512 VNNI, AVX-VNNI) is compiled through per-function ``target`` attributes
+and chosen at run time, so no ``-m`` flag is needed and a wheel built on one
+machine runs on another.
 """
 import os
 import sys

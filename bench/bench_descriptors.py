@@ -44,24 +44,29 @@ def corel_paths():
     return [str(COREL / r["path"]) for r in rows][:: max(1, 1000 // N_COREL)][:N_COREL]
 
 
-@pytest.fixture(scope="module")
-def jpeg_12mp(tmp_path_factory):
+def synthetic_jpegs(folder, count: int, size: tuple, seed: int = 0) -> list:
+    """``count`` photo-like JPEGs of ``size`` (h, w) in ``folder`` (smooth colour
+    fields plus sensor-like noise, quality 90); their paths.  Also bench/ci.py's images."""
     import cv2
 
-    d = tmp_path_factory.mktemp("12mp")
-    h, w = SIDE_12MP
-    rng = np.random.default_rng(0)
+    h, w = size
+    rng = np.random.default_rng(seed)
     paths = []
-    for i in range(N_12MP):
-        small = rng.integers(0, 256, size=(h // 50, w // 50, 3), dtype=np.uint8)
+    for i in range(count):
+        small = rng.integers(0, 256, size=(max(2, h // 50), max(2, w // 50), 3), dtype=np.uint8)
         img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
         img = cv2.add(img, rng.integers(0, 12, size=img.shape, dtype=np.uint8))  # sensor-like noise
-        p = d / f"photo{i}.jpg"
+        p = folder / f"photo{i}.jpg"
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         assert ok
         p.write_bytes(buf.tobytes())
         paths.append(str(p))
     return paths
+
+
+@pytest.fixture(scope="module")
+def jpeg_12mp(tmp_path_factory):
+    return synthetic_jpegs(tmp_path_factory.mktemp("12mp"), N_12MP, SIDE_12MP)
 
 
 # ---------------------------------------------------------------------------

@@ -245,7 +245,9 @@ def per_call_setup(path: Path) -> tuple:
     q = _queries()[0]
     ix = Index.open(path)
     ix.search(q, k=10, mode="exact")  # maps the prepared cache (written by build()'s writer on close)
-    prepared = np.load(path / "cache" / f"{METRIC}-prepared.g0.n{PER_CALL_N}.npy", mmap_mode="r")
+    # cache/<metric>-prepared.g<G>.n<N>.c<CRC-32>.npy
+    (cache,) = (path / "cache").glob(f"{METRIC}-prepared.g0.n{PER_CALL_N}.c*.npy")
+    prepared = np.load(cache, mmap_mode="r")
     wrapped = ExactSearcher(ix.vectors, METRIC, prepared=prepared)
     in_memory = ExactSearcher(np.array(ix.vectors), METRIC)
     return ix, wrapped, in_memory, q

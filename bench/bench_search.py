@@ -16,6 +16,8 @@ Competitors (same float32 data, same thread count, k = 10):
   strategy "auto"), and for Q > 1 the candidate kernel alone (``_core.fused_topk``, no
   re-scoring) twice: ``kernel_panels`` (the query-panel kernel ``auto`` uses) and
   ``kernel_tiles`` (the older 4-query tiles), for the before/after;
+* ``fastimg_float16``, ``fastimg_int8`` - the same searcher with ``precision=`` (the
+  certified reduced-precision scans; asserted to give the float32 answers);
 * ``numpy``       - prepared rows: ``P @ q`` (+ bias) then ``argpartition`` + sort of the top k;
 * ``faiss``       - ``faiss.IndexFlatIP`` on the same prepared rows (for Q > 1 with
   ``faiss.cvar.distance_compute_blas_threshold = 0``: its BLAS path; bench/conftest.py sets
@@ -50,37 +52,44 @@ SUBSET = pick(200, 2_000, 20_000)
 ROUNDS = pick(1, 5, 7)
 K = 10
 METRICS = ("pearson", "bhattacharyya")
+PRECISIONS = ("float16", "int8")  # beside float32 ("fastimg")
 THREADS = int(os.environ.get("FASTIMG_NUM_THREADS", "0")) or (len(os.sched_getaffinity(0))
                                                                 if hasattr(os, "sched_getaffinity") else os.cpu_count())
 
 _cache: dict = {}
 
 
-def _data(d: int) -> np.ndarray:
-    """L1-normalised random histograms, (N, d) float32, 64-byte aligned; cached per d."""
+def histograms(n: int, d: int, nq: int, seed: int) -> "tuple[np.ndarray, np.ndarray]":
+    """L1-normalised random histograms (30 % empty bins), (n, d) float32, 64-byte
+    aligned, and ``nq`` of its rows as queries (the data of every search benchmark:
+    this file, bench/ci.py, bench/search_precision.py)."""
     from fastimg.metrics import aligned_empty
 
+    rng = np.random.default_rng(seed)
+    x = aligned_empty((n, d))
+    for s in range(0, n, 65536):
+        block = rng.random((min(65536, n - s), d), dtype=np.float32)
+        block[block < 0.3] = 0
+        block /= np.maximum(block.sum(axis=1, keepdims=True), 1e-12)
+        x[s:s + len(block)] = block
+    return x, x[rng.choice(n, nq, replace=False)].copy()
+
+
+def _data(d: int) -> np.ndarray:
+    """:func:`histograms` (N, d), cached per d."""
     if _cache.get("d") != d:
         _cache.clear()
-        rng = np.random.default_rng(d)
-        x = aligned_empty((N, d))
-        for s in range(0, N, 65536):
-            block = rng.random((min(65536, N - s), d), dtype=np.float32)
-            block[block < 0.3] = 0
-            block /= np.maximum(block.sum(axis=1, keepdims=True), 1e-12)
-            x[s:s + len(block)] = block
+        _cache["x"], _cache["queries"] = histograms(N, d, max(QS), seed=d)
         _cache["d"] = d
-        _cache["x"] = x
-        _cache["queries"] = x[rng.choice(N, max(QS), replace=False)].copy()
     return _cache["x"]
 
 
-def _searcher(d: int, metric: str):
+def _searcher(d: int, metric: str, precision: str = "float32"):
     from fastimg.search import ExactSearcher
 
-    key = ("searcher", metric)
+    key = ("searcher", metric, precision)
     if key not in _cache:
-        _cache[key] = ExactSearcher(_data(d), metric, threads=THREADS)
+        _cache[key] = ExactSearcher(_data(d), metric, precision=precision, threads=THREADS)
     return _cache[key]
 
 
@@ -101,7 +110,8 @@ def _prepared_queries(metric: str, q: np.ndarray) -> np.ndarray:
     return prepare_queries(metric, q)
 
 
-def _numpy_topk(prepared, bias, qp, k):
+def numpy_topk(prepared, bias, qp, k):
+    """The numpy baseline: ``qp @ prepared.T`` (+ bias), argpartition, sort of the k best."""
     s = qp @ prepared.T
     if bias is not None:
         s += bias
@@ -138,7 +148,7 @@ def _blas_info() -> list:
                                                    "threading_layer")} for lib in threadpool_info()]
 
 
-def _interleave(fns: dict, rounds: int) -> dict:
+def interleave(fns: dict, rounds: int) -> dict:
     """Best and median seconds of each function, all timed in the same rounds."""
     times: dict = {name: [] for name in fns}
     for fn in fns.values():  # warm-up (page-in, faiss/BLAS thread start)
@@ -171,13 +181,18 @@ def test_interleaved(benchmark, d, q, metric):
 
     # the same answers first (fastimg re-scores exactly; compare ids with numpy's)
     ids, _ = s.search(queries, K)
-    ref = _numpy_topk(s.prepared, s.bias, qp, K)
+    ref = numpy_topk(s.prepared, s.bias, qp, K)
     agree = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(ids.tolist(), ref.tolist())]))
     assert agree >= 0.9, f"fastimg and numpy disagree on the top-{K}: overlap {agree:.2f}"
 
+    reduced = {p: _searcher(d, metric, p) for p in PRECISIONS}
+    for p, sp in reduced.items():  # identical answers whatever the precision
+        np.testing.assert_array_equal(sp.search(queries, K), s.search(queries, K))
+
     fns = {
         "fastimg": lambda: s.search(queries, K),
-        "numpy": lambda: _numpy_topk(s.prepared, s.bias, qp, K),
+        **{f"fastimg_{p}": (lambda sp=sp: sp.search(queries, K)) for p, sp in reduced.items()},
+        "numpy": lambda: numpy_topk(s.prepared, s.bias, qp, K),
         "faiss": lambda: index.search(qp, K),
         "read_parallel": lambda: _core.read_sum(s.prepared, THREADS),
         "read_numpy_sum": lambda: s.prepared.sum(dtype=np.float32),
@@ -191,7 +206,7 @@ def test_interleaved(benchmark, d, q, metric):
                                                         chunk_rows=cr, panels=-1)
         fns["kernel_tiles"] = lambda: _core.fused_topk(s.prepared, qp, kk, bias=s.bias, n_threads=THREADS,
                                                        chunk_rows=cr, panels=0)
-    res = _interleave(fns, ROUNDS)
+    res = interleave(fns, ROUNDS)
     sub = x[:SUBSET]
     method = cv2.HISTCMP_CORREL if metric == "pearson" else cv2.HISTCMP_BHATTACHARYYA
     t0 = time.perf_counter()

@@ -9,6 +9,7 @@ copied from the implementation.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ pytest.importorskip("hnswlib")
 from fastimg import errors  # noqa: E402
 from fastimg.ann import (  # noqa: E402
     DEFAULT_EF,
-    GRAPH_FILE,
+    graph_file,
     META_FILE,
     AnnSearchError,
     HnswGraph,
@@ -482,7 +483,8 @@ def test_save_load_round_trip(tmp_path, dense):
     g.mark_deleted(np.arange(0, 4000, 7))
     before = g.search(q, 10, data=x)
     g.save(tmp_path / "ann")
-    assert {p.name for p in (tmp_path / "ann").iterdir()} == {GRAPH_FILE, META_FILE}
+    (gf,) = [p.name for p in (tmp_path / "ann").iterdir() if p.name != META_FILE]
+    assert gf == graph_file(tmp_path / "ann").name and re.fullmatch(r"hnsw\.[0-9a-f]{12}\.bin", gf)
     h = HnswGraph.load(tmp_path / "ann", threads=1)
     after = h.search(q, 10, data=x)
     np.testing.assert_array_equal(before[0], after[0])
@@ -523,17 +525,17 @@ def test_load_missing_is_not_found(tmp_path):
 
 def test_load_corrupt_graph_file(tmp_path, dense):
     d = _saved(tmp_path, dense[0])
-    raw = bytearray((d / GRAPH_FILE).read_bytes())
+    raw = bytearray(graph_file(d).read_bytes())
     raw[len(raw) // 2] ^= 0xFF
-    (d / GRAPH_FILE).write_bytes(bytes(raw))
+    graph_file(d).write_bytes(bytes(raw))
     with pytest.raises(errors.IndexCorruptError, match="checksum"):
         HnswGraph.load(d)
 
 
 def test_load_truncated_graph_file(tmp_path, dense):
     d = _saved(tmp_path, dense[0])
-    raw = (d / GRAPH_FILE).read_bytes()
-    (d / GRAPH_FILE).write_bytes(raw[:-100])
+    raw = graph_file(d).read_bytes()
+    graph_file(d).write_bytes(raw[:-100])
     with pytest.raises(errors.IndexCorruptError, match="rebuild"):
         HnswGraph.load(d)
 

@@ -257,7 +257,6 @@ def test_cli_query_damaged_but_decodable_jpeg_quiet(corpus, query_index):
     assert res.stderr == ""
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: paths as bytes in the store -- next step")
 def test_cli_query_non_utf8_name(corpus, query_index):
     root, _ = corpus
     res = run_cli("query", "-i", query_index, "-k", "1", os.path.join(os.fsencode(root), make_corpus.LATIN1_NAME))
@@ -302,19 +301,33 @@ def test_cli_index_goes_on_and_reports_each_bad_file(indexed_corpus):
     assert not [ln for ln in res.stderr.splitlines() if ln and not ln.startswith(LIBJPEG_WARNING)]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 (index part): the folder walk skips FIFOs, devices and "
-                                       "dangling links without reporting them")
 def test_cli_index_reports_special_files(indexed_corpus):
     root, entries, idx, res = indexed_corpus
-    skipped = {os.path.basename(s["path"]) for s in json.loads(res.stdout)["skipped_files"]}
+    by_name = {os.path.basename(s["path"]): s for s in json.loads(res.stdout)["skipped_files"]}
     special = {e["name"] for e in entries if e["kind"] in ("fifo", "symlink") and e["expect"] == "error"}
-    assert special <= skipped, special - skipped
+    assert special <= set(by_name), special - set(by_name)
+    for e in entries:
+        if e["name"] in special:
+            assert by_name[e["name"]]["reason"] in e["reasons"], (e["name"], by_name[e["name"]])
+    # what exactly: the kind of file, the link's target
+    assert by_name["fifo.jpg"]["detail"] == "a FIFO, not a regular file"
+    assert by_name["null.jpg"]["detail"] == by_name["zero.jpg"]["detail"] == "a character device, not a regular file"
+    assert by_name["dangling.jpg"]["detail"] == "broken symbolic link to 'no_such_file.jpg'"
+    assert "symbolic links" in by_name["loop_a.jpg"]["detail"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: paths as bytes in the store -- next step")
 def test_cli_index_with_non_utf8_names(tmp_path_factory):
     root, entries, idx, res = _index_corpus(tmp_path_factory, keep_non_utf8=True)
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     assert not [s for s in report["skipped_files"] if "latin1" in s["path"]]
     assert report["added"] >= sum(e["expect"] == "ok" and e["kind"] == "file" for e in entries)
+    # found again by the next incremental run, shown escaped, queried by its name
+    again = json.loads(run_cli("index", "-i", idx, root, "--json").stdout)
+    assert again["added"] == 0 and again["unchanged"] == report["added"]
+    latin1 = os.path.join(os.fsencode(root), make_corpus.LATIN1_NAME)
+    res = run_cli("query", "-i", idx, "-k", "1000", "--include-self", latin1)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    shown = [ln.split("  ")[-1] for ln in res.stdout.splitlines()]
+    assert len(shown) == report["count"]  # one line per hit
+    assert os.path.join(str(root), "latin1_\\xe9t\\xe9.jpg") in shown  # the name escaped

@@ -27,7 +27,7 @@ from fastimg.dedup import DEFAULT_THRESHOLDS, HISTOGRAM_THRESHOLDS
 BIN = Path(sys.executable).with_name("fastimg")
 CLASSES = ("beaches", "dinosaurs", "horses")
 PER_CLASS = 4
-HEAVY = ("numba", "cv2", "hnswlib", "dask", "distributed")
+HEAVY = ("numba", "cv2", "hnswlib", "dask", "distributed", "fastapi", "uvicorn", "starlette", "pydantic")
 
 
 # --------------------------------------------------------------------------- #
@@ -179,7 +179,7 @@ def _imported_modules(*args: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("args", [("--help",), ("query", "--help"), ("index", "--help"), ("dedup", "--help"),
+@pytest.mark.parametrize("args", [("--help",), ("query", "--help"), ("index", "--help"), ("dedup", "--help"), ("serve", "--help"),
                                   ("--version",)])
 def test_help_does_not_import_heavy_modules(args):
     names = _imported_modules(*args)
@@ -294,7 +294,8 @@ def test_index_skips_non_images_and_lists_them(photos, tmp_path):
     assert len(listed) == 1, text.stdout
     path, reason = listed[0].rsplit(": ", 1)
     assert resolved(path) == str((work / "broken.jpg").resolve())
-    assert reason == res["skipped_files"][0]["reason"]
+    skip = res["skipped_files"][0]  # the line: "path: reason (detail)"
+    assert reason == f"{skip['reason']} ({skip['detail']})" and skip["reason"] == "not an image"
 
 
 def test_index_exclude_glob(photos, tmp_path):
@@ -306,6 +307,27 @@ def test_index_exclude_glob(photos, tmp_path):
     with Index.open(tmp_path / "i", mode="r") as index:
         paths = [resolved(p) for p in index.paths(list(range(len(index))))]
     assert sorted(paths) == sorted(str(f) for f in files if f.parent.name != CLASSES[1])
+
+
+def test_index_exclude_relative_to_the_folder_indexed(photos, tmp_path):
+    """``--exclude 'CLASS/*'`` is relative to the folder given (as a user writes it); a
+    bare name excludes a file anywhere; the same patterns through ``Index.add``."""
+    root, files = photos
+    res = ok_json("index", root, "--index", tmp_path / "i", "--json", "--exclude", f"{CLASSES[1]}/*",
+                  "--exclude", files[0].name)
+    expected = [f for f in files if f.parent.name != CLASSES[1] and f.name != files[0].name]
+    assert res["added"] == len(expected)
+    from fastimg.index import Index
+
+    with Index.open(tmp_path / "i", mode="r") as index:
+        assert sorted(resolved(e.path) for e in index) == sorted(str(f) for f in expected)
+    with Index.create(tmp_path / "j", descriptor="hsv72") as index:
+        report = index.add(root, exclude=f"{CLASSES[0]}/*")
+        assert report.added == len([f for f in files if f.parent.name != CLASSES[0]])
+    with Index.create(tmp_path / "k", descriptor="hsv72") as index:
+        # relative to the folder added: inside CLASS0 itself the pattern names nothing
+        report = index.add(root / CLASSES[0], exclude=f"{CLASSES[0]}/*")
+        assert report.added == PER_CLASS
 
 
 def test_index_location_from_environment(photos, tmp_path):
@@ -656,6 +678,28 @@ def test_query_missing_image(built, tmp_path):
     assert str(tmp_path / "nope.jpg") in line
 
 
+def test_query_answers_the_good_images_and_reports_the_others(built, photos, tmp_path):
+    """``fastimg query good.jpg missing.jpg bad.jpg``: the good one is answered (as the
+    library answers it), each other is one error line, exit status 1."""
+    idx, _ = built
+    good = photos[1][0]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"plain text, not an image")
+    missing = tmp_path / "nope.jpg"
+    res = run("query", good, missing, bad, "--index", idx, "-k", "3")
+    assert res.returncode == 1
+    errors = res.stderr.splitlines()
+    assert len(errors) == 2 and all(e.startswith("fastimg: error: ") for e in errors), res.stderr
+    assert str(missing) in errors[0] and str(bad) in errors[1] and "not an image" in errors[1]
+    expected = library_hits(idx, good, 3)
+    lines = [ln for ln in res.stdout.splitlines() if ln and not ln.startswith("==>")]
+    assert [ln.split()[-1] for ln in lines] == [h["path"] for h in expected]
+    assert res.stdout.startswith(f"==> {good} <==") or res.stdout.startswith(f"==> {os.path.abspath(good)} <==")
+    docs = json.loads(run("query", good, missing, "--index", idx, "-k", "3", "--json").stdout)
+    assert [d["path"] for d in docs[0]["results"]] == [h["path"] for h in expected]
+    assert docs[1] == {"query": str(missing), "error": f"{missing}: no such file"}
+
+
 def test_query_directory_instead_of_image(built, tmp_path):
     idx, _ = built
     line = assert_one_line_error(run("query", tmp_path, "--index", idx))
@@ -676,6 +720,12 @@ def test_debug_shows_the_traceback(tmp_path, photos):
     assert res.returncode == 1
     assert "Traceback (most recent call last)" in res.stderr
     assert "IndexNotFoundError" in res.stderr
+    # and the library's log reaches stderr (silent without --debug)
+    root = photos[1][0].parent
+    res = run("--debug", "index", root, "--index", tmp_path / "dbg")
+    assert res.returncode == 0, res.stderr
+    assert f"fastimg.index: INFO: {tmp_path / 'dbg'}: added " in res.stderr
+    assert "fastimg.index: INFO" not in run("index", root, "--index", tmp_path / "quiet").stderr
 
 
 # --------------------------------------------------------------------------- #
@@ -906,6 +956,24 @@ def test_eval_command_is_wired(tmp_path):
     assert options and "{" + ",".join(LAYOUTS) + "}" in options[0], res.stdout
     res = run("eval", tmp_path, "--depth", "0")
     assert_one_line_error(res, code=2)
+
+
+def test_eval_header_says_how_many_images_were_left_out(photos, tmp_path):
+    """An unreadable file in a class folder: the table's header says it was left out,
+    and the measured queries are the readable images only."""
+    root, files = photos
+    ds = tmp_path / "ds"
+    for f in files:
+        (ds / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, ds / f.parent.name / f.name)
+    (ds / files[0].parent.name / "zz_broken.jpg").write_bytes(b"not an image")
+    res = run("eval", ds)
+    assert res.returncode == 0, res.stderr
+    header = res.stdout.splitlines()[:2]
+    assert header[1] == f"hsv72: 1 of {len(files) + 1} images could not be read and were left out " \
+                        f"({len(files)} queries measured)"
+    doc = ok_json("eval", ds, "--json")
+    assert doc["results"][0]["n_failed"] == 1 and doc["results"][0]["n_queries"] == len(files)
 
 
 def test_eval_unavailable_says_so(monkeypatch, capsys):

@@ -254,16 +254,17 @@ def test_every_metric_names_a_kernel_kind():
 # the build: C headers, Cython declarations, directives
 # ---------------------------------------------------------------------------
 
-C_HEADERS = ["fi_heap.h", "fi_scan.h"]
+C_HEADERS = ["fi_heap.h", "fi_scan.h", "fi_lowp.h"]
 
 
 def test_c_sources_ship_with_the_package():
     """Headers and .pxd declarations sit next to the module (package data), so
     another Cython extension can cimport fastimg._heap / fastimg._scan."""
-    for name in C_HEADERS + ["_heap.pxd", "_scan.pxd", "_core.pyx", "_core.pyi"]:
+    for name in C_HEADERS + ["_heap.pxd", "_scan.pxd", "_lowp.pxd", "_core.pyx", "_core.pyi"]:
         assert (PKG / name).is_file(), name
     assert 'cdef extern from "fi_heap.h"' in (PKG / "_heap.pxd").read_text()
     assert 'cdef extern from "fi_scan.h"' in (PKG / "_scan.pxd").read_text()
+    assert 'cdef extern from "fi_lowp.h"' in (PKG / "_lowp.pxd").read_text()
 
 
 @pytest.mark.parametrize("header", C_HEADERS)
@@ -289,7 +290,7 @@ def _cythonize_with_setup_py(tmp_path: Path, env_debug: str) -> str:
     work = tmp_path / f"debug{env_debug}"
     pkg = work / "src" / "fastimg"
     pkg.mkdir(parents=True)
-    for name in ["_core.pyx", "_heap.pxd", "_scan.pxd", "__init__.py", "_version.py"] + C_HEADERS:
+    for name in ["_core.pyx", "_heap.pxd", "_scan.pxd", "_lowp.pxd", "__init__.py", "_version.py"] + C_HEADERS:
         shutil.copy(PKG / name, pkg / name)
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy(REPO / name, work / name)

@@ -27,7 +27,7 @@ def test_core_is_compiled_with_openmp():
 def test_import_is_cheap():
     code = (
         "import sys, fastimg; heavy = [m for m in ('numba', 'cv2', 'hnswlib', 'fastimg._core', 'numpy', 'dask', "
-        "'distributed', 'fastimg.distributed') "
+        "'distributed', 'fastimg.distributed', 'fastapi', 'uvicorn', 'starlette', 'fastimg.serve.app') "
         "if m in sys.modules]; print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

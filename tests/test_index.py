@@ -4,8 +4,10 @@ SQLite file read directly)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -263,6 +265,13 @@ def _files(path):
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+def _caches(names):
+    """Cache file names without their checksum part (``<name>.g<G>.n<N>.c<CRC-32>.npy``
+    -> ``<name>.g<G>.n<N>.npy``), each checked to carry one."""
+    assert all(re.search(r"\.c[0-9a-f]{8}\.npy$", n) for n in names), names
+    return sorted(re.sub(r"\.c[0-9a-f]{8}\.npy$", ".npy", n) for n in names)
+
+
 def test_writer_caches_the_default_metric_and_searches_never_write(tmp_path, data, monkeypatch):
     import fastimg.index._index as index_mod
 
@@ -273,8 +282,9 @@ def test_writer_caches_the_default_metric_and_searches_never_write(tmp_path, dat
     _check(ix.search(q, k=5), "pearson", q, data, np.arange(300), 5)
     assert ix.info()["caches"] == []
     ix.flush()
-    assert sorted(ix.info()["caches"]) == ["pearson-bias.g0.n300.npy", "pearson-prepared.g0.n300.npy"]
-    cached = np.load(ix.path / "cache" / "pearson-prepared.g0.n300.npy")
+    assert _caches(ix.info()["caches"]) == ["pearson-bias.g0.n300.npy", "pearson-prepared.g0.n300.npy"]
+    (cached_file,) = (ix.path / "cache").glob("pearson-prepared.g0.n300.*.npy")
+    cached = np.load(cached_file)
     x = data.astype(np.float64)
     # pearson's prepared rows: centred and unit-norm (dot product = correlation)
     np.testing.assert_allclose(cached @ cached.T, np.corrcoef(x), atol=1e-5)
@@ -285,7 +295,7 @@ def test_writer_caches_the_default_metric_and_searches_never_write(tmp_path, dat
     X = np.vstack([data, more])
     for qq in (q, more[1] + 0.001):
         _check(ix.search(qq, k=5, exclude_self=False), "pearson", qq, X, np.arange(302), 5)
-    assert sorted(ix.info()["caches"]) == ["pearson-bias.g0.n300.npy", "pearson-prepared.g0.n300.npy"]
+    assert _caches(ix.info()["caches"]) == ["pearson-bias.g0.n300.npy", "pearson-prepared.g0.n300.npy"]
     # a reader (every metric) writes nothing, and reads the cache the writer extends on add
     with Index.open(ix.path) as ro:
         before = _files(ix.path)
@@ -295,15 +305,18 @@ def test_writer_caches_the_default_metric_and_searches_never_write(tmp_path, dat
         monkeypatch.setattr(index_mod, "CACHE_SAVE_ROWS", 3)
         ix.add_vectors(data[10:30] + 0.3, [f"m{i}" for i in range(20)])  # 22 not cached >= max(3, 5 %): extended
         X = np.vstack([X, data[10:30] + 0.3])
-        assert sorted(ix.info()["caches"]) == ["pearson-bias.g0.n322.npy", "pearson-prepared.g0.n322.npy"]
+        assert _caches(ix.info()["caches"]) == ["pearson-bias.g0.n322.npy", "pearson-prepared.g0.n322.npy"]
         _check(ro.search(q, k=5), "pearson", q, X, np.arange(322), 5)
     ix.add_vectors(data[20:21] + 0.4, ["last"])
     X = np.vstack([X, data[20:21] + 0.4])
     ix.close()  # close caches every row
-    assert sorted(p.name for p in (tmp_path / "ix" / "cache").iterdir()) == [
+    assert _caches([p.name for p in (tmp_path / "ix" / "cache").iterdir()]) == [
         "pearson-bias.g0.n323.npy", "pearson-prepared.g0.n323.npy"]
+    # the name's checksum is the data's CRC-32 (zlib over the array's bytes)
+    (cached_file,) = (tmp_path / "ix" / "cache").glob("pearson-prepared.g0.n323.*.npy")
+    assert cached_file.name == f"pearson-prepared.g0.n323.c{zlib.crc32(np.load(cached_file).tobytes()):08x}.npy"
     # a corrupt cache is ignored (searches prepare in memory), results stay right
-    (tmp_path / "ix" / "cache" / "pearson-prepared.g0.n323.npy").write_bytes(b"junk")
+    cached_file.write_bytes(b"junk")
     with Index.open(tmp_path / "ix") as ro:
         _check(ro.search(q, k=5), "pearson", q, X, np.arange(323), 5)
 
@@ -312,7 +325,7 @@ def test_info_reports_the_state(custom):
     custom.remove([3])
     info = custom.info()
     for key, value in {"count": 299, "rows": 300, "deleted": 1, "dim": D, "metric": "cosine", "mode": "a",
-                       "format_version": 1, "vectors_bytes": 300 * D * 4}.items():
+                       "format_version": 2, "vectors_bytes": 300 * D * 4}.items():
         assert info[key] == value, key
     assert info["descriptor"] == {"name": "custom", "dim": D, "version": 1, "params": {}}
     on_disk = sum(f.stat().st_size for f in custom.path.rglob("*") if f.is_file())
@@ -410,9 +423,10 @@ def _describe(path) -> np.ndarray:
 
 
 def _stored(index_path: Path) -> dict:
+    """``{path: (id, deleted, is_file)}`` read with sqlite3 (paths are stored as the file name's bytes)."""
     con = sqlite3.connect(index_path / "meta.sqlite")
     try:
-        return {row[0]: row[1:] for row in con.execute("SELECT path, id, deleted, is_file FROM images")}
+        return {os.fsdecode(row[0]): row[1:] for row in con.execute("SELECT path, id, deleted, is_file FROM images")}
     finally:
         con.close()
 
@@ -505,6 +519,9 @@ def test_add_options_and_paths_outside_the_root(tmp_path, photos):
         rep = ix.add(root, exclude=["horses"], progress=lambda done, total: calls.append((done, total)))
         assert rep.added == 6 and all("horses" not in ix.paths([i])[0] for i in ix.live_ids())
         assert calls[-1] == (7, 7) and calls[0] == (0, 7)  # 6 images + the broken one
+        # progress moves within the one batch of 7 (not only 0 and 7), never backwards
+        assert len({d for d, _ in calls}) > 2
+        assert [d for d, _ in calls] == sorted(d for d, _ in calls) and {t for _, t in calls} == {7}
         rep = ix.add([outside / "o.jpg", tmp_path / "missing.jpg"], batch_size=1)
         assert rep.added == 1 and rep.skipped[str(tmp_path / "missing.jpg")] == "not found"
         stored = _stored(root / ".fastimg")
@@ -518,16 +535,34 @@ def test_add_options_and_paths_outside_the_root(tmp_path, photos):
         ro.add(root)
 
 
-def test_the_tree_moves_with_its_index(tmp_path, photos):
+def test_the_tree_moves_with_its_index_when_the_root_is_relative(tmp_path, photos):
     root, files = photos
-    with Index.create(root / ".fastimg") as ix:
+    with Index.create(root / ".fastimg", root=root) as ix:  # root=: recorded relative to the index
         ix.add(root)
         before = [os.path.relpath(h.path, root) for h in ix.search(files[2], k=5)]
     new_root = tmp_path / "moved_photos"
     os.rename(root, new_root)
     with Index.open(new_root / ".fastimg") as ix:
+        assert ix.root == new_root
         hits = ix.search(new_root / os.path.relpath(files[2], root), k=5)
         assert [os.path.relpath(h.path, new_root) for h in hits] == before
+        assert all(os.path.exists(h.path) for h in hits)
+
+
+def test_a_copied_index_keeps_pointing_at_the_files_by_default(tmp_path, photos):
+    """Issue 21 item 8: the default root is recorded as an absolute path, so `cp -a`
+    of the index elsewhere keeps every path valid."""
+    root, files = photos
+    with Index.create(root / ".fastimg") as ix:
+        ix.add(root)
+        before = [(h.id, h.path) for h in ix.search(files[2], k=5)]
+    moved = tmp_path / "moved" / "photos.fastimg"
+    moved.parent.mkdir()
+    shutil.copytree(root / ".fastimg", moved)
+    with Index.open(moved) as ix:
+        assert ix.root == root
+        hits = ix.search(files[2], k=5)
+        assert [(h.id, h.path) for h in hits] == before
         assert all(os.path.exists(h.path) for h in hits)
 
 
@@ -662,16 +697,19 @@ def test_corrupt_ann_graph_falls_back_to_exact_and_says_why(tmp_path):
     with Index.create(tmp_path / "ix", descriptor="custom", dim=8, metric="l2") as ix:
         ix.add_vectors(X, [f"x{i}" for i in range(300)])
         ix.build_ann(M=8, ef_construction=32)
-    graph = tmp_path / "ix" / "ann" / "hnsw.bin"
+    from fastimg.ann import graph_file
+
+    (build,) = (tmp_path / "ix" / "ann").iterdir()
+    graph = graph_file(build)
     raw = bytearray(graph.read_bytes())
     raw[100:110] = b"\xff" * 10
     graph.write_bytes(bytes(raw))
     q = X[3] + 0.01
     with Index.open(tmp_path / "ix") as ro:
         _check(ro.search(q, k=5), "l2", q, X, np.arange(300), 5)  # auto: exact, still right
-        with pytest.raises(ValueError, match=r"mode='ann' unavailable: .*hnsw\.bin"):
+        with pytest.raises(ValueError, match=r"mode='ann' unavailable: .*hnsw\.[0-9a-f]+\.bin"):
             ro.search(q, k=5, mode="ann")
-        assert "hnsw.bin" in ro.info()["ann"]["error"]
+        assert graph.name in ro.info()["ann"]["error"]
 
 
 def test_auto_mode_uses_the_graph_above_the_crossover(tmp_path, monkeypatch):
@@ -746,7 +784,7 @@ def test_set_metadata_by_id_path_or_name(custom, photos):
         con = sqlite3.connect(root / ".fastimg" / "meta.sqlite")  # stored as JSON text
         try:
             text = con.execute("SELECT metadata FROM images WHERE path = ?",
-                               (os.path.relpath(files[1], root),)).fetchone()[0]
+                               (os.fsencode(os.path.relpath(files[1], root)),)).fetchone()[0]
         finally:
             con.close()
         assert text == '{"label": "beach"}'

@@ -50,10 +50,16 @@ def _assert_searches_exact(ix: Index, k: int = 7) -> None:
         assert got == _brute(V, live, q, k)
 
 
+def _build_dir(path: Path) -> Path:
+    """The directory of the graph's build (ann/<build>/: the only one once recorded)."""
+    (build,) = (path / "ann").iterdir()
+    return build
+
+
 def _saved(path: Path) -> dict:
     from fastimg.ann import saved_meta
 
-    meta = saved_meta(path / "ann")
+    meta = saved_meta(_build_dir(path))
     assert meta is not None
     return meta
 
@@ -67,7 +73,9 @@ def _new_index(path: Path, n: int) -> None:
 def test_writer_saves_on_flush_and_close_not_on_every_change(tmp_path):
     path = tmp_path / "ix"
     _new_index(path, 300)
-    graph_file = path / "ann" / "hnsw.bin"
+    from fastimg.ann import graph_file as named
+
+    graph_file = named(_build_dir(path))
     with Index.open(path, "a") as ix:
         before = graph_file.stat().st_mtime_ns, _saved(path)["crc32"]
         ix.add_vectors(_vecs(300, 320), [f"r{j}" for j in range(300, 320)])
@@ -163,7 +171,7 @@ def test_graph_saved_for_other_rows_than_it_holds_is_refused(tmp_path):
 
     path = tmp_path / "ix"
     _new_index(path, 120)
-    meta_file = path / "ann" / "hnsw.json"
+    meta_file = _build_dir(path) / "hnsw.json"
     meta = json.loads(meta_file.read_text())
     meta["extra"]["rows"] = 100
     meta_file.write_text(json.dumps(meta))

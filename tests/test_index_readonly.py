@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -118,7 +119,8 @@ def test_a_read_only_handle_writes_nothing(tmp_path):
     live = _build(tmp_path / "ix", X)
     queries = X[[3, 100, 450]] * 1.1 + 0.001
     before = _listing(tmp_path / "ix")
-    assert "cache/cosine-prepared.g0.n600.npy" in before  # the writer cached its default metric
+    # the writer cached its default metric (cache/<name>.g<G>.n<N>.c<CRC-32>.npy)
+    assert [f for f in before if re.fullmatch(r"cache/cosine-prepared\.g0\.n600\.c[0-9a-f]{8}\.npy", f)]
     res = subprocess.run([sys.executable, "-c", READER, str(tmp_path / "ix"), json.dumps(queries.tolist())],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

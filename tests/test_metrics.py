@@ -70,8 +70,11 @@ def test_bad_metric_record_is_refused():
 def test_get_metric():
     assert M.get_metric("Pearson") is M.METRICS["pearson"]
     assert M.get_metric(M.METRICS["l1"]) is M.METRICS["l1"]
-    with pytest.raises(ValueError, match=r"unknown metric 'euclid'; expected one of \['pearson'"):
+    with pytest.raises(ValueError, match=r"unknown metric 'euclid'; expected one of \['pearson'") as info:
         M.get_metric("euclid")
+    from fastimg.errors import ArgumentError
+
+    assert isinstance(info.value, ArgumentError)  # Index.search(metric="euclid") raises it as it is
     with pytest.raises(TypeError, match="metric must be a str"):
         M.get_metric(3)
 

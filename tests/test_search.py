@@ -159,7 +159,7 @@ def test_ties_broken_by_lower_id(metric):
     x = np.tile(np.array([[1, 2, 3, 0.5]], dtype=np.float32), (9, 1))
     x[4] = [3, 2, 1, 0.5]
     ids, _ = topk(x, x[0], k=5, metric=metric)
-    assert ids[0].tolist() == [0, 1, 2, 3, 5]  # eight identical rows, row 4 differs
+    assert ids.tolist() == [0, 1, 2, 3, 5]  # eight identical rows, row 4 differs
 
 
 def test_pearson_is_the_original_pearsonr_ranking(data):
@@ -171,8 +171,8 @@ def test_pearson_is_the_original_pearsonr_ranking(data):
     expected = np.array(rows)[np.lexsort((rows, -r))][:10]
     sub_exclude = np.setdiff1d(np.arange(len(data)), rows)
     ids, scores = topk(data, q, k=10, metric="pearson", exclude=sub_exclude)
-    assert ids[0].tolist() == expected.tolist()
-    np.testing.assert_allclose(scores[0], np.sort(r)[::-1][:10], rtol=1e-6)
+    assert ids.tolist() == expected.tolist()
+    np.testing.assert_allclose(scores, np.sort(r)[::-1][:10], rtol=1e-6)
 
 
 @pytest.mark.parametrize("metric", ALL)
@@ -180,27 +180,27 @@ def test_k1_kN_and_beyond(data, metric):
     q = data[50]
     ref_ids, ref = oracle_topk(metric, q, data, len(data))
     ids1, sc1 = topk(data, q, k=1, metric=metric)
-    assert ids1.shape == (1, 1)
-    assert_topk_equivalent(ids1[0], sc1[0], ref, M.METRICS[metric].higher_is_better, 1)
+    assert ids1.shape == (1,)
+    assert_topk_equivalent(ids1, sc1, ref, M.METRICS[metric].higher_is_better, 1)
     idsn, scn = topk(data, q, k=len(data) + 5, metric=metric)
-    assert idsn.shape == (1, len(data))
-    assert sorted(idsn[0].tolist()) == list(range(len(data)))
-    assert_topk_equivalent(idsn[0], scn[0], ref, M.METRICS[metric].higher_is_better, len(data))
+    assert idsn.shape == (len(data),)
+    assert sorted(idsn.tolist()) == list(range(len(data)))
+    assert_topk_equivalent(idsn, scn, ref, M.METRICS[metric].higher_is_better, len(data))
 
 
 @pytest.mark.parametrize("metric", ALL)
 def test_single_row_and_single_dimension(metric):
     one = np.array([[0.3, 0.0, 0.7]], dtype=np.float32)
     ids, scores = topk(one, [0.2, 0.1, 0.7], k=3, metric=metric)
-    assert ids.tolist() == [[0]]
-    np.testing.assert_allclose(scores[0, 0], oracle_scores(metric, np.float32([0.2, 0.1, 0.7]), one)[0], rtol=1e-6)
+    assert ids.tolist() == [0]
+    np.testing.assert_allclose(scores[0], oracle_scores(metric, np.float32([0.2, 0.1, 0.7]), one)[0], rtol=1e-6)
 
     col = np.array([[0.5], [2.0], [0.0], [1.0], [2.0]], dtype=np.float32)
     q = np.array([1.5], dtype=np.float32)
     ids, scores = topk(col, q, k=5, metric=metric)
     ref_ids, ref = oracle_topk(metric, q, col, 5)
-    assert ids[0].tolist() == ref_ids.tolist()
-    np.testing.assert_allclose(scores[0], ref[ref_ids], rtol=1e-6, atol=1e-7)
+    assert ids.tolist() == ref_ids.tolist()
+    np.testing.assert_allclose(scores, ref[ref_ids], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("metric", ALL)
@@ -209,14 +209,14 @@ def test_exclude(data, metric):
     ex = [100, 10, 11, 3, 299]
     ids, scores = topk(data, q, k=8, metric=metric, exclude=ex)
     ref_ids, ref = oracle_topk(metric, q, data, 8, exclude=ex)
-    assert_topk_equivalent(ids[0], scores[0], ref, M.METRICS[metric].higher_is_better, 8, excluded=ex)
-    assert ids[0].tolist() == ref_ids.tolist()
+    assert_topk_equivalent(ids, scores, ref, M.METRICS[metric].higher_is_better, 8, excluded=ex)
+    assert ids.tolist() == ref_ids.tolist()
     # more excluded than left: returns what remains
     small = data[:6]
     ids, _ = topk(small, q, k=10, metric=metric, exclude=[0, 2, 4])
-    assert sorted(ids[0].tolist()) == [1, 3, 5]
+    assert sorted(ids.tolist()) == [1, 3, 5]
     ids, scores = topk(small, q, k=3, metric=metric, exclude=np.arange(6))
-    assert ids.shape == (1, 0) and scores.shape == (1, 0)
+    assert ids.shape == (0,) and scores.shape == (0,)
 
 
 @pytest.mark.parametrize("metric", ["pearson", "bhattacharyya", "cosine"])
@@ -224,8 +224,8 @@ def test_degenerate_query_scores_every_row_alike(data, metric):
     """A constant (pearson) or zero query: cv2 gives every row the same value."""
     q = np.zeros(data.shape[1], dtype=np.float32) + (0.5 if metric == "pearson" else 0.0)
     ids, scores = topk(data, q, k=5, metric=metric, exclude=[1])
-    assert ids[0].tolist() == [0, 2, 3, 4, 5]
-    np.testing.assert_allclose(scores[0], oracle_scores(metric, q, data[[0, 2, 3, 4, 5]]), rtol=1e-6)
+    assert ids.tolist() == [0, 2, 3, 4, 5]
+    np.testing.assert_allclose(scores, oracle_scores(metric, q, data[[0, 2, 3, 4, 5]]), rtol=1e-6)
 
 
 @pytest.mark.parametrize("metric", ALL)
@@ -285,6 +285,18 @@ def test_prepared_cache_roundtrip(tmp_path, data):
     s2 = ExactSearcher(data, "pearson", prepared=p, bias=b)
     assert s2.prepared is p
     np.testing.assert_array_equal(s2.search(data[:3], 7)[0], s.search(data[:3], 7)[0])
+
+
+def test_topk_one_query_in_one_row_out(data):
+    """numpy's convention: a (D,) query gives (k,) answers; a (1, D) batch gives (1, k)."""
+    ref_ids, _ = oracle_topk("pearson", data[7], data, 4)
+    ids, scores = topk(data, data[7], k=4)
+    assert ids.shape == scores.shape == (4,)
+    assert ids.tolist() == ref_ids[:4].tolist()
+    ids2, scores2 = topk(data, data[7:8], k=4)
+    assert ids2.shape == scores2.shape == (1, 4)
+    np.testing.assert_array_equal(ids2[0], ids)
+    np.testing.assert_array_equal(scores2[0], scores)
 
 
 def test_queries_coerced(data):

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -66,14 +67,17 @@ def test_files_are_what_the_docstring_says(tmp_path):
     assert manifest["dim"] == DIM and manifest["dtype"] == "<f4"
     assert manifest["descriptor"] == {"name": "custom", "dim": DIM}
     assert manifest["metric"] == "cosine"
-    assert manifest["root"] == ".."
+    assert "root" not in manifest  # format 2: in the database
     # raw little-endian float32, no header
     raw = np.fromfile(path / "vectors.0.f32", dtype="<f4").reshape(-1, DIM)
     np.testing.assert_array_equal(raw, vecs)
     meta = dict(_sql(path, "SELECT key, value FROM meta"))
     assert meta["committed"] == "5" and meta["generation"] == "0" and meta["dim"] == str(DIM)
-    rows = _sql(path, "SELECT id, path, is_file, deleted FROM images ORDER BY id")
-    assert rows == [(i, f"v{i}", 0, 0) for i in range(5)]
+    # the root: by default the index's parent, recorded as an absolute path
+    assert json.loads(meta["root"]) == str(tmp_path) and json.loads(meta["descriptor"]) == manifest["descriptor"]
+    rows = _sql(path, "SELECT id, path, is_file, deleted, stale FROM images ORDER BY id")
+    assert rows == [(i, f"v{i}".encode(), 0, 0, 0) for i in range(5)]  # paths are bytes (BLOB)
+    assert {r[1]: r[2] for r in _sql(path, "PRAGMA table_info(images)")}["path"] == "BLOB"
 
 
 def test_map_vectors_is_a_read_only_memmap_of_committed_rows(tmp_path):
@@ -325,18 +329,20 @@ def test_older_format_is_migrated_by_a_writer_only(tmp_path, monkeypatch):
         conn.execute("ALTER TABLE images ADD COLUMN labels TEXT")
         return dict(manifest, migrated=True)
 
-    monkeypatch.setattr(store_mod, "FORMAT_VERSION", 2)
-    with pytest.raises(IndexFormatError, match=r"older than this fastimg's \(2\); open it with mode='a'"):
+    cur = store_mod.FORMAT_VERSION
+    monkeypatch.setattr(store_mod, "FORMAT_VERSION", cur + 1)
+    monkeypatch.setattr(store_mod, "READ_VERSIONS", frozenset({cur + 1}))  # readers cannot read it as it is
+    with pytest.raises(IndexFormatError, match=rf"older than this fastimg's \({cur + 1}\); open it with mode='a'"):
         Store(path)
-    with pytest.raises(IndexFormatError, match="no migration from format version 1 to 2"):
+    with pytest.raises(IndexFormatError, match=f"no migration from format version {cur} to {cur + 1}"):
         Store(path, writable=True)
-    assert json.loads((path / MANIFEST).read_text())["format_version"] == 1  # untouched after the failure
-    monkeypatch.setitem(store_mod.MIGRATIONS, 1, v1_to_v2)
+    assert json.loads((path / MANIFEST).read_text())["format_version"] == cur  # untouched after the failure
+    monkeypatch.setitem(store_mod.MIGRATIONS, cur, v1_to_v2)
     s = Store(path, writable=True)
     s.close()
     assert calls == [path]
     m = json.loads((path / MANIFEST).read_text())
-    assert m["format_version"] == 2 and m["migrated"] is True
+    assert m["format_version"] == cur + 1 and m["migrated"] is True
     assert "labels" in [r[1] for r in _sql(path, "PRAGMA table_info(images)")]
     r = Store(path)  # now readable, data intact
     try:
@@ -363,7 +369,7 @@ def test_compact_rewrites_vectors_and_renumbers(tmp_path):
     raw = np.fromfile(path / "vectors.1.f32", dtype="<f4").reshape(-1, DIM)
     np.testing.assert_array_equal(raw, vecs[[0, 2, 3, 5]])
     assert _sql(path, "SELECT id, path, deleted FROM images ORDER BY id") == [
-        (0, "v0", 0), (1, "v2", 0), (2, "v3", 0), (3, "v5", 0)
+        (0, b"v0", 0), (1, b"v2", 0), (2, b"v3", 0), (3, b"v5", 0)
     ]
 
 
@@ -386,8 +392,11 @@ def test_cache_round_trip_and_invalidation(tmp_path):
         made = c.new("cosine-prepared", st, (5, DIM))
         made[1][:] = vecs * 2
         c.publish("cosine-prepared", st, made)
-        assert [p.name for p in c.files()] == ["cosine-prepared.g0.n5.npy"]
-        np.testing.assert_array_equal(np.load(path / "cache" / "cosine-prepared.g0.n5.npy"), vecs * 2)
+        # the name carries the CRC-32 of the data (zlib over the array's bytes: the oracle)
+        crc = zlib.crc32((vecs * 2).astype("<f4").tobytes())
+        assert [p.name for p in c.files()] == [f"cosine-prepared.g0.n5.c{crc:08x}.npy"]
+        np.testing.assert_array_equal(np.load(c.files()[0]), vecs * 2)
+        assert c.verify(c.files()[0]) is None
         got = c.load("cosine-prepared", st, (5, DIM))
         np.testing.assert_array_equal(np.asarray(got), vecs * 2)
         assert c.load("cosine-prepared", st, (6, DIM)) is None  # wrong shape: ignored
@@ -399,9 +408,15 @@ def test_cache_round_trip_and_invalidation(tmp_path):
         n, prefix = c.best_prefix("cosine-prepared", st2, (DIM,))
         assert n == 5
         np.testing.assert_array_equal(np.asarray(prefix), vecs * 2)
-        # a corrupt cache file is ignored, not an error
+        # a flipped bit in the data: the name's checksum catches it (verify; load only checks the shape)
         p = c.files()[0]
+        raw = bytearray(p.read_bytes())
+        raw[-3] ^= 0x10
+        p.write_bytes(bytes(raw))
+        assert "checksum mismatch" in c.verify(p)
+        # a corrupt cache file is ignored, not an error
         p.write_bytes(b"garbage")
+        assert "unreadable" in c.verify(p)
         assert c.load("cosine-prepared", st, (5, DIM)) is None
         assert c.best_prefix("cosine-prepared", st2, (DIM,)) is None
     finally:

@@ -11,6 +11,7 @@ whitened coordinates.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ import pytest
 
 from _photos import photo_tree
 from fastimg.errors import DescriptorError, IndexCorruptError, IndexReadOnlyError
-from fastimg.index import WHITENING_FILE, Index
+from fastimg.index import Index
 
 D = 32
 N = 300
@@ -112,7 +113,10 @@ def test_search_after_fit_equals_numpy_oracle(tmp_path, metric, dim):
         oracle = Oracle(x[live], dim)
         assert fit["dim"] == oracle.axes.shape[0] == (8 if dim == 8 else D)
         assert (fit["n_fit"], fit["rows"], fit["generation"], fit["power"]) == (live.size, N, 0, 0.0)
-        assert (tmp_path / "ix" / WHITENING_FILE).is_file()
+        # its own file, named after its checksum (BLAKE2b-128 of the bytes), recorded in the index
+        assert index.whitening_path == tmp_path / "ix" / fit["file"] == tmp_path / "ix" / f"whitening.{fit['fit_id'][:16]}.npz"
+        assert hashlib.blake2b(index.whitening_path.read_bytes(), digest_size=16).hexdigest() == fit["fit_id"]
+        assert [p.name for p in (tmp_path / "ix").glob("*.npz")] == [index.whitening_path.name]
         np.testing.assert_array_equal(index.vectors, x)  # the raw vectors are untouched
 
         wx = oracle(x)
@@ -207,7 +211,8 @@ def test_clear_whitening_restores_raw_search(tmp_path):
         index.search_batch(queries, k=5)
         index.clear_whitening()
         assert index.info()["whitening"] is None
-        assert not (tmp_path / "ix" / WHITENING_FILE).exists()
+        assert index.whitening_path is None
+        assert not [p for p in (tmp_path / "ix").iterdir() if p.suffix == ".npz"]
         assert whitened_caches(index) == []
         ids, scores = index.search_batch(queries, k=10)
         xn = x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
@@ -231,7 +236,7 @@ def test_missing_or_corrupt_whitening_file_is_a_clear_error(tmp_path, damage):
     x = clustered(50, seed=16)
     with make_index(tmp_path / "ix", x) as index:
         index.fit_whitening(dim=4)
-    path = tmp_path / "ix" / WHITENING_FILE
+        path = index.whitening_path
     if damage == "missing":
         path.unlink()
     elif damage == "garbage":

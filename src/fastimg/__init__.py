@@ -15,13 +15,21 @@ from fastimg.errors import (
     DescriptorError,
     FastimgError,
     ImageError,
+    ImageNotFoundError,
     IndexChangedError,
+    IndexClosedError,
     IndexCorruptError,
+    IndexError_,
+    IndexExistsError,
     IndexFormatError,
     IndexLockedError,
     IndexNotFoundError,
     IndexReadOnlyError,
+    IndexWriteError,
     NotInIndexError,
+    ArgumentTypeError,
+    DatasetError,
+    DatasetNotFoundError,
 )
 
 # public name -> module that defines it (imported on first access)
@@ -62,31 +70,68 @@ _LAZY = {
     "split_labels": "fastimg.learn",
 }
 
+# Static, so type checkers (mypy --strict: no implicit re-export) see every public name;
+# tests/test_typing.py checks it equals the errors plus the lazy table.
 __all__ = [
     "__version__",
     "FastimgError",
     "ImageError",
+    "ImageNotFoundError",
     "DescriptorError",
     "IndexNotFoundError",
     "IndexFormatError",
     "IndexCorruptError",
     "IndexLockedError",
     "IndexReadOnlyError",
+    "IndexWriteError",
     "NotInIndexError",
     "AnnSearchError",
     "ArgumentError",
+    "ArgumentTypeError",
+    "IndexError_",
+    "IndexExistsError",
+    "IndexClosedError",
     "IndexChangedError",
-    *_LAZY,
+    "DatasetError",
+    "DatasetNotFoundError",
+    "topk",
+    "ExactSearcher",
+    "METRICS",
+    "metric_names",
+    "load_image",
+    "describe",
+    "describe_many",
+    "descriptors",
+    "get_descriptor",
+    "descriptor_from_spec",
+    "register",
+    "Descriptor",
+    "Index",
+    "Hit",
+    "Entry",
+    "BatchResult",
+    "AddReport",
+    "find_duplicates",
+    "DuplicateGroup",
+    "evaluate",
+    "load_dataset",
+    "HnswGraph",
+    "PCAWhitening",
+    "LinearProjection",
+    "learn_projection",
+    "split_labels",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fastimg' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:  # hidden from type checkers, so a misspelt name is an error there, not Any
+
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'fastimg' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:

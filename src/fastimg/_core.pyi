@@ -1,5 +1,5 @@
 """Type stubs for the compiled core (``fastimg._core``)."""
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +14,10 @@ PANEL_WIDTHS: Tuple[int, int]
 PANEL_MIN_QUERIES: int
 PANEL_NARROW_MAX: int
 PANELS_FAST: bool
+LOWP_TARGETS: Tuple[str, ...]
+LOWP_BEST: str
+I8_PANEL_MIN_QUERIES: int
+F16_PANEL_MIN_QUERIES: int
 
 def openmp_max_threads() -> int: ...
 def openmp_num_procs() -> int: ...
@@ -35,3 +39,34 @@ def fused_topk(
 ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 def read_sum(data: npt.NDArray[np.float32], n_threads: int = ..., chunk_rows: int = ...) -> float: ...
 def _aligned_rows(nrows: int, ncols: int, fill: float) -> npt.NDArray[np.float32]: ...
+def lowp_target_info() -> Dict[str, Tuple[bool, bool]]: ...
+def i8_topk(
+    codes: npt.NDArray[np.uint8],
+    queries: npt.NDArray[np.int8],
+    kk: int,
+    qscale: npt.NDArray[np.float32],
+    qoff: npt.NDArray[np.int32],
+    alpha: npt.NDArray[np.float32],
+    rscale: npt.NDArray[np.float32],
+    err: Optional[npt.NDArray[np.float32]] = ...,
+    bias: Optional[npt.NDArray[np.float32]] = ...,
+    mask: Optional[npt.NDArray[np.uint8]] = ...,
+    n_threads: int = ...,
+    chunk_rows: int = ...,
+    panels: int = ...,
+    target: int = ...,
+) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+def f16_topk(
+    codes: npt.NDArray[np.uint16],
+    queries: npt.NDArray[np.float32],
+    kk: int,
+    alpha: npt.NDArray[np.float32],
+    rscale: npt.NDArray[np.float32],
+    err: Optional[npt.NDArray[np.float32]] = ...,
+    bias: Optional[npt.NDArray[np.float32]] = ...,
+    mask: Optional[npt.NDArray[np.uint8]] = ...,
+    n_threads: int = ...,
+    chunk_rows: int = ...,
+    panels: int = ...,
+    target: int = ...,
+) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...

@@ -27,3 +27,7 @@ cdef extern from "fi_heap.h" nogil:
     void fi_push_row(float* v, int64_t* id, ptrdiff_t n, const uint8_t* mask, ptrdiff_t r, float val)
     # in place, best first; empty slots get id -1
     void fi_heap_sort(float* v, int64_t* id, ptrdiff_t n)
+    # the values s[i * pw + l] of rows r + i (i < nr) reaching th[l] (query q0 + l's
+    # heap root) pushed into query q0 + l's heap; th[l] follows the root
+    void fi_panel_push(const float* s, ptrdiff_t pw, ptrdiff_t nr, ptrdiff_t lanes, ptrdiff_t q0, ptrdiff_t r,
+                       const uint8_t* mask, float* hv, int64_t* hi, ptrdiff_t kk, float* th)

@@ -9,6 +9,8 @@ import numbers
 import os
 from typing import Optional
 
+from fastimg.errors import ArgumentError
+
 __all__ = ["resolve_threads"]
 
 
@@ -31,14 +33,14 @@ def resolve_threads(threads: Optional[int] = None) -> int:
             try:
                 value = int(env)
             except ValueError:
-                raise ValueError(f"FASTIMG_NUM_THREADS must be a positive integer; got {env!r}") from None
+                raise ArgumentError(f"FASTIMG_NUM_THREADS must be a positive integer; got {env!r}") from None
             if value < 1:
-                raise ValueError(f"FASTIMG_NUM_THREADS must be a positive integer; got {env!r}")
+                raise ArgumentError(f"FASTIMG_NUM_THREADS must be a positive integer; got {env!r}")
             return value
         try:
             return max(1, len(os.sched_getaffinity(0)))
         except (AttributeError, OSError):  # pragma: no cover - non-Linux
             return max(1, os.cpu_count() or 1)
     if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-        raise ValueError(f"threads must be a positive integer or None; got {threads!r}")
+        raise ArgumentError(f"threads must be a positive integer or None; got {threads!r}")
     return int(threads)

@@ -53,8 +53,10 @@ and searches wait for them (hnswlib's ``add_items`` is not safe with
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import threading
 import zlib
 from contextlib import contextmanager
@@ -74,6 +76,7 @@ __all__ = [
     "CANDIDATE_FACTOR",
     "FORMAT_VERSION",
     "GRAPH_FILE",
+    "graph_file",
     "META_FILE",
     "AnnSearchError",
     "HnswGraph",
@@ -105,9 +108,12 @@ CANDIDATE_FACTOR: Dict[str, int] = {"exact": 1, "surrogate": 8}
 #: asymmetric; bench/ann.md).  ``mode="ann"`` still uses the graph when asked.
 AUTO_EXACT_METRICS = frozenset({"chisqr"})
 
-#: Version of the files written by :meth:`HnswGraph.save`.
-FORMAT_VERSION = 1
-#: hnswlib's graph file inside the save directory.
+#: Version of the files written by :meth:`HnswGraph.save` (2: the graph file has
+#: its own name per save, ``hnsw.<token>.bin``, named by the metadata).
+FORMAT_VERSION = 2
+#: Versions :meth:`HnswGraph.load` reads (1: fastimg 0.1, graph file :data:`GRAPH_FILE`).
+READ_FORMAT_VERSIONS = (1, 2)
+#: hnswlib's graph file of a version-1 save (later saves: see :func:`graph_file`).
 GRAPH_FILE = "hnsw.bin"
 #: fastimg's metadata file (parameters hnswlib does not save, checksum).
 META_FILE = "hnsw.json"
@@ -260,6 +266,56 @@ def _crc32(path: Path) -> int:
             if not block:
                 return crc
             crc = zlib.crc32(block, crc)
+
+
+_GRAPH_NAME = re.compile(r"^hnsw(\.[0-9a-f]+)?\.bin$")
+
+
+def graph_file(directory: Union[str, os.PathLike]) -> Optional[Path]:
+    """The graph file the metadata saved in ``directory`` names (None: no readable
+    metadata)."""
+    meta = saved_meta(directory)
+    if meta is None:
+        return None
+    name = meta.get("graph_file", GRAPH_FILE)
+    return Path(directory) / name if isinstance(name, str) and _GRAPH_NAME.match(name) else None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_complete(path: Path, size: int, count: int, M: int, dim: int) -> None:
+    """hnswlib writes with a C++ stream and does not report a failed write: a file
+    shorter than its header and level-0 rows need (96 bytes + count x (8 M + 16 +
+    4 dim), plus 4 bytes per row of link-list sizes) is a write that failed.
+    A full file system with a file that could be cut short is reported too."""
+    need = 96 + count * ((2 * M) * 4 + 4 + dim * 4 + 8 + 4)
+    full = False
+    with contextlib.suppress(OSError, AttributeError):
+        st = os.statvfs(path)
+        full = min(st.f_bavail, st.f_bfree) == 0
+    if size < need or full:
+        import errno
+
+        raise OSError(errno.ENOSPC, f"the graph file was cut short ({size} bytes written, at least {need} "
+                      "needed): no space left on device", str(path))
 
 
 def saved_meta(directory: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
@@ -484,12 +540,17 @@ class HnswGraph:
     def save(self, directory: Union[str, os.PathLike], *, extra: Optional[Dict[str, Any]] = None) -> None:
         """Write the graph to ``directory`` (created if needed).
 
-        Writes hnswlib's file (:data:`GRAPH_FILE`) and fastimg's metadata
-        (:data:`META_FILE`: format version, metric, space, dim, M,
-        ef_construction, ef, counts, deleted ids, file size and CRC-32, and the
-        caller's ``extra``).  Both are written to temporary names and renamed,
-        metadata last (a crash between the two renames leaves a checksum
-        mismatch, which :meth:`load` reports).
+        Writes hnswlib's file under a new name, ``hnsw.<token>.bin``, and fastimg's
+        metadata (:data:`META_FILE`: format version, metric, space, dim, M,
+        ef_construction, ef, counts, deleted ids, the graph file's name, size and
+        CRC-32, and the caller's ``extra``), which names it.  **One rename commits
+        the save**: both are written to temporary files and fsynced, the graph
+        file is renamed to its new name (which nothing names yet), then the
+        metadata over :data:`META_FILE`; a process killed at any moment leaves the
+        previous save whole (or this one).  Graph files the new metadata does not
+        name are removed afterwards (a reader that read the previous metadata just
+        before finds its graph file gone and gets an ``IndexCorruptError``: the
+        index then searches exactly and loads the new save next time).
 
         Parameters
         ----------
@@ -498,23 +559,50 @@ class HnswGraph:
             JSON-able facts the caller keeps with the graph (the index records
             which rows and which generation the saved graph covers); read back
             as :attr:`extra` after :meth:`load`.
+
+        Raises
+        ------
+        OSError
+            A write failed (e.g. ``ENOSPC``): the previous save is left in force.
+            hnswlib does not report a failed write itself; a graph file shorter
+            than its rows need while the disk has no free block is reported as
+            ``ENOSPC``.
         """
+        import uuid
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        graph_path = directory / GRAPH_FILE
-        tmp_graph = directory / (GRAPH_FILE + ".tmp")
-        tmp_meta = directory / (META_FILE + ".tmp")
-        with self._lock.write():
-            self._index.save_index(str(tmp_graph))
-            meta = dict(self.params, extra=dict(extra or {}), deleted=sorted(self._deleted),
-                        constant_ids=self._constant.tolist(), max_id=self._max_label,
-                        count=int(self._index.element_count),
-                        file_size=tmp_graph.stat().st_size, crc32=_crc32(tmp_graph))
-            tmp_meta.write_text(json.dumps(meta, indent=1))
-            os.replace(tmp_graph, graph_path)
-            os.replace(tmp_meta, directory / META_FILE)
-            self.extra = dict(meta["extra"])
-            self.changed = False
+        name = f"hnsw.{uuid.uuid4().hex[:12]}.bin"
+        tmp_graph = directory / f".{name}.tmp"
+        tmp_meta = directory / f".{META_FILE}.{name}.tmp"
+        try:
+            with self._lock.write():
+                self._index.save_index(str(tmp_graph))
+                _fsync(tmp_graph)
+                size = tmp_graph.stat().st_size
+                _check_complete(tmp_graph, size, int(self._index.element_count), self.M, self.dim)
+                meta = dict(self.params, extra=dict(extra or {}), deleted=sorted(self._deleted),
+                            constant_ids=self._constant.tolist(), max_id=self._max_label,
+                            count=int(self._index.element_count), graph_file=name,
+                            file_size=size, crc32=_crc32(tmp_graph))
+                with open(tmp_meta, "w") as fh:
+                    fh.write(json.dumps(meta, indent=1))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp_graph, directory / name)
+                os.replace(tmp_meta, directory / META_FILE)  # the commit point
+                _fsync_dir(directory)
+                self.extra = dict(meta["extra"])
+                self.changed = False
+        except BaseException:
+            for p in (tmp_graph, tmp_meta):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            raise
+        for p in directory.iterdir():
+            if _GRAPH_NAME.match(p.name) and p.name != name:
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
     @classmethod
     def load(cls, directory: Union[str, os.PathLike], *, threads: Optional[int] = None) -> "HnswGraph":
@@ -531,22 +619,28 @@ class HnswGraph:
             parameters): rebuild it (``Index.build_ann``).
         """
         directory = Path(directory)
-        meta_path, graph_path = directory / META_FILE, directory / GRAPH_FILE
-        if not meta_path.is_file() or not graph_path.is_file():
-            raise IndexNotFoundError(f"{directory}: no HNSW graph here (expected {META_FILE} and {GRAPH_FILE})")
+        meta_path = directory / META_FILE
+        if not meta_path.is_file():
+            raise IndexNotFoundError(f"{directory}: no HNSW graph here (expected {META_FILE})")
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as exc:
             raise IndexFormatError(f"{meta_path}: unreadable graph metadata ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        if not isinstance(meta, dict) or meta.get("format_version") not in READ_FORMAT_VERSIONS:
             found = meta.get("format_version") if isinstance(meta, dict) else None
             raise IndexFormatError(f"{meta_path}: graph format version {found!r}; this fastimg reads "
-                                   f"version {FORMAT_VERSION} (rebuild the graph)")
+                                   f"versions {', '.join(map(str, READ_FORMAT_VERSIONS))} (rebuild the graph)")
         required = ("metric", "space", "dim", "M", "ef_construction", "ef", "count", "file_size", "crc32",
                     "deleted", "constant_ids")
         missing = [key for key in required if key not in meta]
         if missing:
             raise IndexFormatError(f"{meta_path}: graph metadata lacks {missing}")
+        name = meta.get("graph_file", GRAPH_FILE)  # saves of fastimg 0.1: hnsw.bin
+        if not isinstance(name, str) or not _GRAPH_NAME.match(name):
+            raise IndexFormatError(f"{meta_path}: graph_file {name!r} is not a graph file name")
+        graph_path = directory / name
+        if not graph_path.is_file():
+            raise IndexCorruptError(f"{graph_path}: the graph file {META_FILE} names is missing; rebuild the graph")
         try:
             space = _metric(meta["metric"]).graph_space
         except AnnSearchError as exc:

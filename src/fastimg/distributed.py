@@ -80,7 +80,15 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from fastimg.errors import FastimgError, IndexFormatError, IndexNotFoundError
+from fastimg.errors import (
+    ArgumentError,
+    DescriptorError,
+    FastimgError,
+    IndexClosedError,
+    IndexFormatError,
+    IndexNotFoundError,
+    NotInIndexError,
+)
 
 __all__ = [
     "MANIFEST", "FORMAT_VERSION", "ShardedIndex", "ShardedHits", "BatchResult", "ShardReport",
@@ -213,21 +221,21 @@ def _open_or_create(root: Path, shards: Optional[int], descriptor: Optional[str]
 
     if shards is not None and (isinstance(shards, bool) or not isinstance(shards, (int, np.integer))
                                or int(shards) < 1):
-        raise ValueError(f"shards must be a positive integer; got {shards!r}")
+        raise ArgumentError(f"shards must be a positive integer; got {shards!r}")
     if (root / MANIFEST).is_file():
         man = _read_manifest(root)
         have = len(man["shards"])
         if shards is not None and int(shards) != have:
-            raise ValueError(f"{root}: the sharded index has {have} shards, not {shards} (re-sharding is not "
+            raise ArgumentError(f"{root}: the sharded index has {have} shards, not {shards} (re-sharding is not "
                              "supported: build a new root)")
         name = man["descriptor"].get("name")
         if descriptor is not None and descriptor != name:
-            raise ValueError(f"{root}: the shards use descriptor {name!r}, not {descriptor!r}")
+            raise ArgumentError(f"{root}: the shards use descriptor {name!r}, not {descriptor!r}")
         if metric is not None:
             from fastimg.metrics import get_metric
 
             if get_metric(metric).name != man["metric"]:
-                raise ValueError(f"{root}: the shards' default metric is {man['metric']!r}, not {metric!r}")
+                raise ArgumentError(f"{root}: the shards' default metric is {man['metric']!r}, not {metric!r}")
         for s in man["shards"]:  # a crash between writing the manifest and creating every shard
             if not (root / s["name"] / "manifest.json").is_file():
                 Index.create(root / s["name"], man["descriptor"]["name"], man["metric"],
@@ -235,7 +243,7 @@ def _open_or_create(root: Path, shards: Optional[int], descriptor: Optional[str]
                              root=_image_root(root), **man["descriptor"].get("params", {})).close()
         return man
     if shards is None:
-        raise ValueError(f"{root}: a new sharded index needs the number of shards (shards=N)")
+        raise ArgumentError(f"{root}: a new sharded index needs the number of shards (shards=N)")
     if root.exists() and any(root.iterdir()):
         if (root / "manifest.json").is_file():
             raise FileExistsError(f"{root}: holds a single (unsharded) fastimg index; choose another root")
@@ -445,15 +453,15 @@ def build_shards(
     """
     root = Path(os.path.abspath(os.fspath(root)))
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or int(batch_size) < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        raise ArgumentError(f"batch_size must be a positive integer; got {batch_size!r}")
     if descriptor == "custom":
-        raise ValueError("build_shards describes images; for vectors computed elsewhere use "
+        raise ArgumentError("build_shards describes images; for vectors computed elsewhere use "
                          "fastimg.distributed.add_vectors")
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     patterns = [exclude] if isinstance(exclude, str) else list(exclude or ())
     man = _open_or_create(root, shards, descriptor, metric, descriptor_params=descriptor_params)
     if man["descriptor"].get("name") == "custom":
-        raise ValueError(f"{root}: the shards store custom vectors; add them with fastimg.distributed.add_vectors")
+        raise ArgumentError(f"{root}: the shards store custom vectors; add them with fastimg.distributed.add_vectors")
     n = len(man["shards"])
     names = [s["name"] for s in man["shards"]]
     image_root = _image_root(root)
@@ -571,14 +579,14 @@ def add_vectors(root: PathLike, vectors: Any, names: Sequence[str], *, shards: O
     root = Path(os.path.abspath(os.fspath(root)))
     arr = np.asarray(vectors)
     if arr.ndim != 2:
-        raise ValueError(f"vectors must have shape (n, dim); got {arr.shape}")
+        raise ArgumentError(f"vectors must have shape (n, dim); got {arr.shape}")
     names = list(names)
     if len(names) != arr.shape[0]:
-        raise ValueError(f"got {arr.shape[0]} vectors but {len(names)} names")
+        raise ArgumentError(f"got {arr.shape[0]} vectors but {len(names)} names")
     new = not (root / MANIFEST).is_file()
     man = _open_or_create(root, shards, "custom" if new else None, metric, dim=int(arr.shape[1]))
     if man["descriptor"].get("name") != "custom":
-        raise ValueError(f"{root}: the shards describe images ({man['descriptor'].get('name')!r}); "
+        raise ArgumentError(f"{root}: the shards describe images ({man['descriptor'].get('name')!r}); "
                          "add image files with build_shards")
     n = len(man["shards"])
     owner = np.array([shard_of(str(nm), n) for nm in names], dtype=np.int64)
@@ -678,7 +686,7 @@ class _ShardHost:
             i = idx.info()
             return {"count": i["count"], "rows": i["rows"], "deleted": i["deleted"], "size_bytes": i["size_bytes"],
                     "descriptor": i["descriptor"], "metric": i["metric"], "dim": i["dim"],
-                    "whitening": i["whitening"] is not None,
+                    "whitening": i["whitening"] is not None or i.get("projection") is not None,
                     "ann": {k: i["ann"].get(k) for k in ("built", "metric", "rows", "M", "ef", "auto_mode")}}
         return self._each(shards, one)
 
@@ -958,7 +966,7 @@ class ShardedIndex:
         """``(shard name, local id)`` of a global id."""
         g = int(gid)
         if g < 0:
-            raise KeyError(f"not an id: {gid}")
+            raise NotInIndexError(f"not an id: {gid}")
         return self.names[g % self.n], g // self.n
 
     def __len__(self) -> int:
@@ -1000,7 +1008,7 @@ class ShardedIndex:
         by: dict[int, list[int]] = {}
         for g in ids:
             if g < 0:
-                raise KeyError(f"not an id: {g}")
+                raise NotInIndexError(f"not an id: {g}")
             by.setdefault(g % self.n, []).append(g // self.n)
         found: dict[int, str] = {}
         for s, local in by.items():
@@ -1027,8 +1035,9 @@ class ShardedIndex:
                                        f"differ from the manifest's ({self._man['descriptor']}, {self.dim})")
             if i["whitening"]:
                 raise IndexFormatError(
-                    f"{self.root / self.names[s]}: a PCA-whitening is fitted on this shard; each shard would "
-                    "search in its own space and the scores of the shards could not be merged")
+                    f"{self.root / self.names[s]}: a PCA-whitening or a learned projection is fitted on this "
+                    "shard; each shard would search in its own space and the scores of the shards could not be "
+                    "merged")
 
     def _assign(self, shards: list[int], hosts: list[int]) -> None:
         """Open ``shards`` on ``hosts`` (paired in order)."""
@@ -1089,7 +1098,7 @@ class ShardedIndex:
         ``shards`` (default: all); returns ``(shard -> answer, missing shard names)``.
         A host whose worker died is replaced and the call retried."""
         if self._closed:
-            raise ValueError(f"{self.root}: the sharded index is closed")
+            raise IndexClosedError(f"{self.root}: the sharded index is closed")
         want = list(range(self.n)) if shards is None else list(shards)
         out: dict = {}
         with self._mutex:
@@ -1210,11 +1219,11 @@ class ShardedIndex:
         arr = np.asarray(query)
         if arr.ndim == 1 and arr.dtype.kind in "fiu" and arr.dtype != np.uint8:
             if arr.shape[0] != self.dim:
-                raise ValueError(f"a query vector must be 1-D of length {self.dim} (the index dimension); "
+                raise ArgumentError(f"a query vector must be 1-D of length {self.dim} (the index dimension); "
                                  f"got shape {arr.shape}")
             vec = arr.astype(np.float32)
             if not np.isfinite(vec).all():
-                raise ValueError("query vector must be finite")
+                raise ArgumentError("query vector must be finite")
             return vec, set(), True
         return self._describe(arr), set(), True
 
@@ -1257,16 +1266,16 @@ class ShardedIndex:
         k, m = check_search_args(k, metric or self.metric, mode)
         if isinstance(queries, np.ndarray) and queries.ndim == 2 and queries.dtype.kind == "f":
             if queries.shape[1] != self.dim:
-                raise ValueError(f"query vectors must have shape (Q, {self.dim}); got {queries.shape}")
+                raise ArgumentError(f"query vectors must have shape (Q, {self.dim}); got {queries.shape}")
             q = np.ascontiguousarray(queries, dtype=np.float32)
             if not np.isfinite(q).all():
-                raise ValueError("query vectors must be finite")
+                raise ArgumentError("query vectors must be finite")
             selfs: list[set] = [set() for _ in range(len(q))]
             ident = [exclude_self] * len(q)
         else:
             if isinstance(queries, (str, bytes, os.PathLike)) or (isinstance(queries, np.ndarray)
                                                                  and queries.ndim != 2):
-                raise ValueError("search_batch takes a (Q, dim) array or a sequence of queries; "
+                raise ArgumentError("search_batch takes a (Q, dim) array or a sequence of queries; "
                                  "use search() for one query")
             vs, selfs, ident = [], [], []
             for qu in queries:

@@ -34,6 +34,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import numpy.typing as npt
 
+from fastimg.errors import ArgumentError, ArgumentTypeError, DatasetError, DatasetNotFoundError
+
 __all__ = [
     "average_precision",
     "mean_average_precision",
@@ -64,10 +66,10 @@ def _as_relevance(ranked_relevance: ArrayLike, name: str = "ranked_relevance") -
     """Coerce to a bool array of ndim 1 or 2; 0/1 numbers are accepted."""
     rel = np.asarray(ranked_relevance)
     if rel.ndim not in (1, 2):
-        raise ValueError(f"{name} must be 1-D (one ranking) or 2-D (one ranking per row); got shape {rel.shape}")
+        raise ArgumentError(f"{name} must be 1-D (one ranking) or 2-D (one ranking per row); got shape {rel.shape}")
     if rel.dtype != np.bool_:
         if rel.size and not np.isin(rel, (0, 1)).all():
-            raise ValueError(f"{name} must hold booleans (or 0/1); got values other than 0 and 1")
+            raise ArgumentError(f"{name} must hold booleans (or 0/1); got values other than 0 and 1")
         rel = rel.astype(bool)
     return rel
 
@@ -80,19 +82,19 @@ def _as_n_relevant(n_relevant: Optional[ArrayLike], rel: np.ndarray) -> np.ndarr
     n = np.asarray(n_relevant)
     if not np.issubdtype(n.dtype, np.integer):
         if not (np.isfinite(n).all() and np.all(n == np.round(n))):
-            raise ValueError(f"n_relevant must be a non-negative integer; got {n_relevant!r}")
+            raise ArgumentError(f"n_relevant must be a non-negative integer; got {n_relevant!r}")
         n = n.astype(np.int64)
     if n.shape != found.shape:
         if n.ndim == 0:
             n = np.broadcast_to(n, found.shape)
         else:
-            raise ValueError(f"n_relevant must be a scalar or have shape {found.shape} (one per ranking); "
+            raise ArgumentError(f"n_relevant must be a scalar or have shape {found.shape} (one per ranking); "
                              f"got shape {n.shape}")
     if np.any(n < 0):
-        raise ValueError(f"n_relevant must be >= 0; got {n_relevant!r}")
+        raise ArgumentError(f"n_relevant must be >= 0; got {n_relevant!r}")
     if np.any(found > n):
         bad = int(np.argmax(found > n)) if found.ndim else 0
-        raise ValueError(
+        raise ArgumentError(
             "n_relevant is smaller than the number of relevant items in the ranking "
             f"(ranking {bad}: n_relevant={int(np.ravel(n)[bad])}, found {int(np.ravel(found)[bad])})")
     return n.astype(np.int64)
@@ -100,9 +102,9 @@ def _as_n_relevant(n_relevant: Optional[ArrayLike], rel: np.ndarray) -> np.ndarr
 
 def _check_k(k: int, name: str = "k") -> int:
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= 1; got {k!r}")
+        raise ArgumentTypeError(f"{name} must be an int >= 1; got {k!r}")
     if k < 1:
-        raise ValueError(f"{name} must be >= 1; got {name}={k}")
+        raise ArgumentError(f"{name} must be >= 1; got {name}={k}")
     return int(k)
 
 
@@ -184,11 +186,11 @@ def mean_average_precision(ranked_relevance: ArrayLike, n_relevant: Optional[Arr
     """
     rel = _as_relevance(ranked_relevance)
     if rel.ndim != 2:
-        raise ValueError(f"ranked_relevance must be 2-D (Q, L); got shape {rel.shape}")
+        raise ArgumentError(f"ranked_relevance must be 2-D (Q, L); got shape {rel.shape}")
     n = _as_n_relevant(n_relevant, rel)
     keep = n > 0
     if not keep.any():
-        raise ValueError("mean_average_precision: no query has any relevant item (n_relevant is 0 for all)")
+        raise ArgumentError("mean_average_precision: no query has any relevant item (n_relevant is 0 for all)")
     ap = average_precision(rel[keep], n[keep])
     return float(np.mean(ap))
 
@@ -290,18 +292,18 @@ def rank_by_scores(scores: ArrayLike, *, higher_is_better: bool = True,
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2:
-        raise ValueError(f"scores must be 2-D (Q, N); got shape {s.shape}")
+        raise ArgumentError(f"scores must be 2-D (Q, N); got shape {s.shape}")
     if np.isnan(s).any():
-        raise ValueError("scores contain NaN; drop or fix the failed rows first")
+        raise ArgumentError("scores contain NaN; drop or fix the failed rows first")
     key = -s if higher_is_better else s
     order = np.argsort(key, axis=1, kind="stable")  # stable: equal scores keep id order
     if exclude is None:
         return order.astype(np.int64)
     ex = np.asarray(exclude)
     if ex.shape != (s.shape[0],) or not np.issubdtype(ex.dtype, np.integer):
-        raise ValueError(f"exclude must be integer ids of shape ({s.shape[0]},); got {ex.dtype} {ex.shape}")
+        raise ArgumentError(f"exclude must be integer ids of shape ({s.shape[0]},); got {ex.dtype} {ex.shape}")
     if np.any((ex < 0) | (ex >= s.shape[1])):
-        raise ValueError(f"exclude ids must be in [0, {s.shape[1]}); got min {ex.min()}, max {ex.max()}")
+        raise ArgumentError(f"exclude ids must be in [0, {s.shape[1]}); got min {ex.min()}, max {ex.max()}")
     keep = order != ex[:, None]
     return order[keep].reshape(s.shape[0], s.shape[1] - 1).astype(np.int64)
 
@@ -336,15 +338,15 @@ def relevance_matrix(ranked_ids: ArrayLike, labels: ArrayLike, query_labels: Arr
     lab = np.asarray(labels)
     ql = np.asarray(query_labels)
     if ids.ndim != 2:
-        raise ValueError(f"ranked_ids must be 2-D (Q, L); got shape {ids.shape}")
+        raise ArgumentError(f"ranked_ids must be 2-D (Q, L); got shape {ids.shape}")
     if not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"ranked_ids must be integers; got dtype {ids.dtype}")
+        raise ArgumentError(f"ranked_ids must be integers; got dtype {ids.dtype}")
     if lab.ndim != 1:
-        raise ValueError(f"labels must be 1-D (N,); got shape {lab.shape}")
+        raise ArgumentError(f"labels must be 1-D (N,); got shape {lab.shape}")
     if ql.shape != (ids.shape[0],):
-        raise ValueError(f"query_labels must have shape ({ids.shape[0]},); got {ql.shape}")
+        raise ArgumentError(f"query_labels must have shape ({ids.shape[0]},); got {ql.shape}")
     if ids.size and (ids.max() >= lab.shape[0] or ids.min() < -1):
-        raise ValueError(f"ranked_ids must be in [0, {lab.shape[0]}) or -1 (padding); "
+        raise ArgumentError(f"ranked_ids must be in [0, {lab.shape[0]}) or -1 (padding); "
                          f"got min {ids.min()}, max {ids.max()}")
     valid = ids >= 0
     rel = np.zeros(ids.shape, dtype=bool)
@@ -370,14 +372,14 @@ def parse_metric(name: str) -> tuple[str, Optional[int]]:
         For any other name (message lists the accepted forms).
     """
     if not isinstance(name, str):
-        raise TypeError(f"metric name must be a str; got {type(name).__name__}")
+        raise ArgumentTypeError(f"metric name must be a str; got {type(name).__name__}")
     m = _METRIC_RE.match(name.strip().lower())
     if not m or (m.group(1) in ("p", "r") and m.group(2) is None) or (m.group(1) == "ns" and m.group(2)):
-        raise ValueError(f"unknown evaluation metric {name!r}; expected 'map', 'map@K', 'p@K', 'r@K' "
+        raise ArgumentError(f"unknown evaluation metric {name!r}; expected 'map', 'map@K', 'p@K', 'r@K' "
                          "or 'ns' (K a positive integer)")
     k = int(m.group(2)) if m.group(2) else None
     if k is not None and k < 1:
-        raise ValueError(f"metric cut-off must be >= 1; got {name!r}")
+        raise ArgumentError(f"metric cut-off must be >= 1; got {name!r}")
     return m.group(1), k
 
 
@@ -418,24 +420,24 @@ def evaluate_ranking(ranked_ids: ArrayLike, labels: ArrayLike, query_ids: Option
     """
     ids = np.asarray(ranked_ids)
     if ids.ndim != 2:
-        raise ValueError(f"ranked_ids must be 2-D (Q, L); got shape {ids.shape}")
+        raise ArgumentError(f"ranked_ids must be 2-D (Q, L); got shape {ids.shape}")
     lab = np.asarray(labels)
     if lab.ndim != 1:
-        raise ValueError(f"labels must be 1-D (N,); got shape {lab.shape}")
+        raise ArgumentError(f"labels must be 1-D (N,); got shape {lab.shape}")
     parsed = [(m, *parse_metric(m)) for m in metrics]
     q = ids.shape[0]
     if query_labels is not None:
         if query_ids is not None:
-            raise ValueError("give query_ids (queries are database items) or query_labels (external "
+            raise ArgumentError("give query_ids (queries are database items) or query_labels (external "
                              "queries), not both")
         ql = np.asarray(query_labels)
         qid = None
     else:
         qid = np.arange(q) if query_ids is None else np.asarray(query_ids)
         if qid.shape != (q,) or not np.issubdtype(qid.dtype, np.integer):
-            raise ValueError(f"query_ids must be integer ids of shape ({q},); got {qid.dtype} {qid.shape}")
+            raise ArgumentError(f"query_ids must be integer ids of shape ({q},); got {qid.dtype} {qid.shape}")
         if q and (qid.min() < 0 or qid.max() >= lab.shape[0]):
-            raise ValueError(f"query_ids must be in [0, {lab.shape[0]}); got min {qid.min()}, max {qid.max()}")
+            raise ArgumentError(f"query_ids must be in [0, {lab.shape[0]}); got min {qid.min()}, max {qid.max()}")
         ql = lab[qid]
         if exclude_query:
             ids = _drop_ids(ids.astype(np.int64), qid.astype(np.int64))
@@ -491,7 +493,7 @@ def evaluate_scores(scores: ArrayLike, labels: ArrayLike, *, higher_is_better: b
     """
     s = np.asarray(scores)
     if s.ndim != 2 or s.shape[0] != s.shape[1]:
-        raise ValueError(f"scores must be a square (N, N) matrix; got shape {s.shape}")
+        raise ArgumentError(f"scores must be a square (N, N) matrix; got shape {s.shape}")
     n = s.shape[0]
     ex = np.arange(n) if exclude_self else None
     ranked = rank_by_scores(s, higher_is_better=higher_is_better, exclude=ex)
@@ -597,10 +599,10 @@ def load_dataset(root: "str | os.PathLike[str]", layout: str = "folders", *,
         Unknown layout, no images, or names that do not follow the layout.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {list(LAYOUTS)}; got {layout!r}")
+        raise ArgumentError(f"layout must be one of {list(LAYOUTS)}; got {layout!r}")
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise FileNotFoundError(f"dataset directory not found: {base}")
+        raise DatasetNotFoundError(f"dataset directory not found: {base}")
     if layout == "folders":
         classes = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
         paths, labels, names = [], [], []
@@ -612,7 +614,7 @@ def load_dataset(root: "str | os.PathLike[str]", layout: str = "folders", *,
             paths.extend(imgs)
             labels.extend([len(names) - 1] * len(imgs))
         if not paths:
-            raise ValueError(f"layout 'folders': no class sub-directory with images under {base} "
+            raise DatasetError(f"layout 'folders': no class sub-directory with images under {base} "
                              f"(expected {base}/<class>/<image>{IMAGE_EXTENSIONS[0]})")
         lab = np.asarray(labels, dtype=np.int64)
         return Dataset(base, layout, paths, lab, np.arange(len(paths), dtype=np.int64), True, names)
@@ -623,24 +625,24 @@ def load_dataset(root: "str | os.PathLike[str]", layout: str = "folders", *,
             with open(table, newline="") as fh:
                 reader = csv.DictReader(fh)
                 if not reader.fieldnames or not {"file", "group"} <= set(reader.fieldnames):
-                    raise ValueError(f"{table}: expected the columns 'file,group'; got {reader.fieldnames}")
+                    raise DatasetError(f"{table}: expected the columns 'file,group'; got {reader.fieldnames}")
                 rows = [(r["file"], r["group"]) for r in reader]
             paths, groups = [], []
             for f, g in rows:
                 p = base / f
                 if not p.is_file():
-                    raise ValueError(f"{table}: listed image not found: {p}")
+                    raise DatasetError(f"{table}: listed image not found: {p}")
                 try:
                     groups.append(int(g))
                 except ValueError:
-                    raise ValueError(f"{table}: group of {f!r} must be an integer; got {g!r}") from None
+                    raise DatasetError(f"{table}: group of {f!r} must be an integer; got {g!r}") from None
                 paths.append(p)
         else:
             paths, groups = [], []
             for p in _images_under(base):
                 mnum = re.search(r"(\d+)$", p.stem)
                 if not mnum:
-                    raise ValueError(f"layout 'ukbench': {p.name!r} does not end in an image number "
+                    raise DatasetError(f"layout 'ukbench': {p.name!r} does not end in an image number "
                                      "(expected e.g. ukbench00012.jpg) and there is no groups.csv")
                 paths.append(p)
                 groups.append(int(mnum.group(1)) // 4)
@@ -648,7 +650,7 @@ def load_dataset(root: "str | os.PathLike[str]", layout: str = "folders", *,
             paths = [paths[i] for i in order]
             groups = [groups[i] for i in order]
         if not paths:
-            raise ValueError(f"layout 'ukbench': no images under {base}")
+            raise DatasetError(f"layout 'ukbench': no images under {base}")
         uniq, lab = np.unique(np.asarray(groups, dtype=np.int64), return_inverse=True)
         return Dataset(base, layout, paths, lab.astype(np.int64), np.arange(len(paths), dtype=np.int64), False,
                        [str(g) for g in uniq])
@@ -656,19 +658,19 @@ def load_dataset(root: "str | os.PathLike[str]", layout: str = "folders", *,
     paths, nums = [], []
     for p in _images_under(base):
         if not p.stem.isdigit():
-            raise ValueError(f"layout 'holidays': {p.name!r} is not named by its image number "
+            raise DatasetError(f"layout 'holidays': {p.name!r} is not named by its image number "
                              "(expected e.g. 100000.jpg, 100001.jpg; group = number // 100)")
         paths.append(p)
         nums.append(int(p.stem))
     if not paths:
-        raise ValueError(f"layout 'holidays': no images under {base}")
+        raise DatasetError(f"layout 'holidays': no images under {base}")
     order = np.argsort(nums, kind="stable")
     paths = [paths[i] for i in order]
     num = np.asarray(nums, dtype=np.int64)[order]
     uniq, lab = np.unique(num // 100, return_inverse=True)
     queries = np.flatnonzero(num % 100 == 0).astype(np.int64)
     if queries.size == 0:
-        raise ValueError(f"layout 'holidays': no query image (number ending in 00) under {base}")
+        raise DatasetError(f"layout 'holidays': no query image (number ending in 00) under {base}")
     return Dataset(base, layout, paths, lab.astype(np.int64), queries, True, [str(g) for g in uniq])
 
 
@@ -693,22 +695,23 @@ def _parse_value(text: str) -> Any:
     return t
 
 
-def parse_descriptor(spec: str) -> tuple:
+def parse_descriptor(spec: str, what: str = "descriptor") -> tuple:
     """``"name"`` or ``"name:param=value,..."`` -> ``(name, params)``.
 
     Values are read as int, float, bool (``true``/``false``), ``none``, a tuple of
     ints written ``8x12x3``, else kept as text.  E.g. ``"hsv:bins=8x12x3"`` ->
-    ``("hsv", {"bins": (8, 12, 3)})``.
+    ``("hsv", {"bins": (8, 12, 3)})``.  ``what`` names the kind of spec in
+    errors (the same syntax serves the ``learn`` specs of :func:`evaluate`).
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"descriptor must be a non-empty name like 'hsv' or 'hsv:bins=8x12x3'; got {spec!r}")
+        raise ArgumentError(f"{what} must be a non-empty name like 'hsv' or 'hsv:bins=8x12x3'; got {spec!r}")
     name, _, rest = spec.strip().partition(":")
     params = {}
     if rest.strip():
         for item in rest.split(","):
             k, eq, v = item.partition("=")
             if not eq or not k.strip():
-                raise ValueError(f"malformed descriptor parameter {item.strip()!r} in {spec!r}; expected 'param=value'")
+                raise ArgumentError(f"malformed {what} parameter {item.strip()!r} in {spec!r}; expected 'param=value'")
             params[k.strip()] = _parse_value(v)
     return name.strip(), params
 
@@ -717,7 +720,9 @@ def evaluate(root: "str | os.PathLike[str] | Dataset", layout: str = "folders", 
              descriptors: Sequence[str] = ("hsv72",), metrics: Optional[Sequence[Optional[str]]] = None,
              reranks: Sequence[Optional[str]] = (None,), measures: Optional[Sequence[str]] = None,
              depth: Optional[int] = None, workers: Optional[int] = None, progress: bool = False,
-             features: Optional[dict] = None) -> list:
+             features: Optional[dict] = None, train_fraction: Optional[float] = None,
+             splits: Sequence[str] = ("image",), seed: int = 0,
+             learn: Optional[Sequence[Optional[str]]] = None) -> list:
     """Evaluate every descriptor x metric x re-ranking combination on a dataset.
 
     Features are extracted once per descriptor (:func:`fastimg.features.registry.describe_many`)
@@ -749,6 +754,28 @@ def evaluate(root: "str | os.PathLike[str] | Dataset", layout: str = "folders", 
     features : dict, optional
         Cache ``{descriptor spec: (matrix, errors)}``, read and filled in, so that
         repeated calls do not extract again.
+    train_fraction : float, optional
+        Held-out evaluation of metric learning: the described images are split
+        (:func:`fastimg.learn.split_labels` with ``seed``) into a train part and a
+        test part, each ``learn`` model is fitted on the train part's vectors and
+        labels, and only the test part is evaluated - its queries ranking the test
+        part alone (the layout's query rule kept: with ``"folders"`` every test
+        image queries the other test images).  ``"image"`` split: this share of
+        each class trains; ``"class"`` split: this share of the classes trains and
+        the test classes are never seen in training.
+    splits : sequence of {"image", "class"}, default ("image",)
+        The splits to report (each one a set of rows).
+    seed : int, default 0
+        Seed of the splits.
+    learn : sequence of str or None, optional
+        What is fitted on the train part, as ``name`` or ``name:param=value,...``:
+        ``"none"`` (the raw descriptor: the baseline on the same test part),
+        ``"whiten"`` (unsupervised :class:`fastimg.projection.PCAWhitening`,
+        parameters ``dim``, ``power``), ``"lda"`` / ``"nca"``
+        (:func:`fastimg.learn_projection`, parameters ``dim`` and the method's
+        options).  Default ``["none", "lda"]``.  Needs ``train_fraction``.  The
+        fitted maps give signed vectors: their rows use the metrics asked for, or
+        the cosine by default.
 
     Returns
     -------
@@ -757,7 +784,9 @@ def evaluate(root: "str | os.PathLike[str] | Dataset", layout: str = "folders", 
         every measure, ``n_queries``, ``n_skipped`` (queries without relevant item),
         ``n_failed`` (images that could not be described: left out of queries and
         database), ``ms_per_query`` (search + re-ranking, wall clock) and, when the
-        metric does not apply to the descriptor's values, ``error``.
+        metric does not apply to the descriptor's values, ``error``.  With
+        ``train_fraction``, also ``split``, ``learn`` (the spec, ``"none"`` for
+        the raw descriptor), ``n_train`` and ``n_test`` (images in each part).
     """
     from fastimg.metrics import get_metric
     from fastimg.features.registry import describe_many, get_descriptor
@@ -770,6 +799,7 @@ def evaluate(root: "str | os.PathLike[str] | Dataset", layout: str = "folders", 
     specs = [None if r in (None, "", "none") else parse_spec(r) for r in reranks]
     if depth is not None:
         depth = _check_k(depth, "depth")
+    held_out = _held_out_plan(train_fraction, splits, seed, learn)
     cache = features if features is not None else {}
     rows: list = []
     for dspec in descriptors:
@@ -787,10 +817,103 @@ def evaluate(root: "str | os.PathLike[str] | Dataset", layout: str = "folders", 
         qids = qids[qids >= 0]
         labels = ds.labels[db_ids]
         mlist = list(metrics) if metrics else [None]
+        n_failed = int(len(ds) - db_ids.size)
+        if held_out is not None:
+            rows.extend(_evaluate_held_out(ds, data, labels, qids, dspec, desc.default_metric, mlist, specs, meas,
+                                           depth, held_out, n_failed=n_failed, apply=apply))
+            continue
         for mspec in mlist:
             mname = desc.default_metric if mspec is None else get_metric(mspec).name
             rows.extend(_evaluate_one(ds, data, labels, qids, dspec, mname, specs, meas, depth,
-                                      n_failed=int(len(ds) - db_ids.size), apply=apply))
+                                      n_failed=n_failed, apply=apply))
+    return rows
+
+
+#: What :func:`evaluate` can fit on a train part besides :data:`fastimg.learn.METHODS` ("none": nothing).
+LEARN_BASELINES = ("none", "whiten")
+
+
+def _held_out_plan(train_fraction: Optional[float], splits: Sequence[str], seed: int,
+                   learn: Optional[Sequence[Optional[str]]]) -> Optional[dict]:
+    """The checked held-out arguments of :func:`evaluate` (None: no held-out evaluation)."""
+    from fastimg.learn import METHODS
+
+    if train_fraction is None:
+        if learn is not None and any(spec not in (None, "", "none") for spec in learn):
+            raise ArgumentError(f"learn={list(learn)} needs train_fraction (models are fitted on a train part and "
+                             "evaluated on the held-out part)")
+        return None
+    if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float)) \
+            or not 0.0 < float(train_fraction) < 1.0:
+        raise ArgumentError(f"train_fraction must be a number strictly between 0 and 1; got {train_fraction!r}")
+    if isinstance(splits, str) or not splits or any(s not in ("image", "class") for s in splits):
+        raise ArgumentError(f"splits must be a non-empty list of 'image' and 'class'; got {splits!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ArgumentError(f"seed must be an int; got {seed!r}")
+    models = []
+    for spec in (["none", "lda"] if learn is None else list(learn)):
+        name, params = parse_descriptor("none" if spec in (None, "") else spec, "learn spec")
+        name = name.lower()
+        if name not in (*LEARN_BASELINES, *METHODS):
+            raise ArgumentError(f"unknown learn spec {spec!r}; expected one of {[*LEARN_BASELINES, *sorted(METHODS)]}")
+        if name == "none" and params:
+            raise ArgumentError(f"learn spec 'none' takes no parameters; got {spec!r}")
+        models.append((str(spec or "none"), name, params))
+    if not models:
+        raise ArgumentError("learn must name at least one model (or 'none')")
+    return {"fraction": float(train_fraction), "splits": list(dict.fromkeys(splits)), "seed": int(seed),
+            "models": models}
+
+
+def _fit_on_train(name: str, params: dict, x: np.ndarray, y: np.ndarray) -> Any:
+    """A fitted map (``transform``) of ``name`` on the train part (``"none"``: None)."""
+    if name == "none":
+        return None
+    if name == "whiten":
+        from fastimg.projection import PCAWhitening
+
+        return PCAWhitening(**params).fit(x)
+    from fastimg.learn import learn_projection
+
+    return learn_projection(x, y, method=name, **params)
+
+
+def _evaluate_held_out(ds: Dataset, data: np.ndarray, labels: np.ndarray, qids: np.ndarray, dspec: str,
+                       default_metric: str, mlist: list, specs: list, meas: list, depth: Optional[int], plan: dict,
+                       *, n_failed: int, apply: Any) -> list:
+    """Rows of every split x model x metric x re-ranking: fit on the train part, evaluate the test part."""
+    from fastimg.errors import FastimgError
+    from fastimg.learn import split_labels
+    from fastimg.metrics import get_metric
+
+    rows: list = []
+    for by in plan["splits"]:
+        train, test = split_labels(labels, plan["fraction"], by=by, seed=plan["seed"])
+        pos = np.full(labels.shape[0], -1, dtype=np.int64)
+        pos[test] = np.arange(test.size)
+        q_test = pos[qids]
+        q_test = q_test[q_test >= 0]
+        x_train = np.asarray(data[train], dtype=np.float64)
+        for spec, name, params in plan["models"]:
+            base = {"split": by, "learn": spec, "n_train": int(train.size), "n_test": int(test.size)}
+            try:
+                model = _fit_on_train(name, params, x_train, labels[train])
+            except (FastimgError, ValueError) as exc:
+                rows.append({"descriptor": dspec, **base, "metric": "-", "rerank": "-", "n_failed": n_failed,
+                             "error": f"{spec}: {exc}"})
+                continue
+            if model is None:
+                part = np.ascontiguousarray(data[test], dtype=np.float32)
+            else:
+                part = np.ascontiguousarray(model.transform(data[test]), dtype=np.float32)
+            for mspec in mlist:
+                if mspec is None:
+                    mname = default_metric if model is None else "cosine"
+                else:
+                    mname = get_metric(mspec).name
+                for row in _evaluate_one(ds, part, labels[test], q_test, dspec, mname, specs, meas, depth,
+                                         n_failed=n_failed, apply=apply):
+                    rows.append({"descriptor": row.pop("descriptor"), **base, **row})
     return rows
 
 
@@ -803,7 +926,7 @@ def _evaluate_one(ds: Dataset, data: np.ndarray, labels: np.ndarray, qids: np.nd
     base = {"descriptor": dspec, "metric": mname, "n_failed": n_failed}
     n = data.shape[0]
     if n < 2 or qids.size == 0:
-        raise ValueError(f"{ds.root}: descriptor {dspec!r} described {n} image(s) ({n_failed} failed) and "
+        raise DatasetError(f"{ds.root}: descriptor {dspec!r} described {n} image(s) ({n_failed} failed) and "
                          f"{qids.size} query image(s); need at least 2 images and 1 query")
     try:
         t0 = time.perf_counter()
@@ -856,19 +979,21 @@ def format_table(rows: Sequence[dict], measures: Optional[Sequence[str]] = None)
     """Plain-text table of :func:`evaluate` rows (one line per combination)."""
     if not rows:
         return "(no results)"
+    keys = [k for k in ("descriptor", "split", "learn", "metric", "rerank") if k in rows[0]]
     if measures is None:
-        skip = {"descriptor", "metric", "rerank", "n_queries", "n_skipped", "n_failed", "ms_per_query", "error"}
+        skip = {*keys, "n_queries", "n_skipped", "n_failed", "ms_per_query", "error", "n_train", "n_test"}
         measures = [k for k in rows[0] if k not in skip]
-    head = ["descriptor", "metric", "rerank", *measures, "ms/query"]
+    head = [*keys, *measures, "ms/query"]
     body = []
     for r in rows:
         if "error" in r:
-            body.append([r["descriptor"], r["metric"], r["rerank"], f"error: {r['error']}"])
+            body.append([*(r.get(k, "-") for k in keys), f"error: {r['error']}"])
             continue
-        body.append([r["descriptor"], r["metric"], r["rerank"],
-                     *(f"{r[m]:.4f}" if m in r else "-" for m in measures), f"{r['ms_per_query']:.2f}"])
+        body.append([*(r[k] for k in keys), *(f"{r[m]:.4f}" if m in r else "-" for m in measures),
+                     f"{r['ms_per_query']:.2f}"])
     widths = [max(len(str(x[i])) for x in [head, *body] if i < len(x)) for i in range(len(head))]
-    lines = ["  ".join(str(v).ljust(widths[i]) if i < 3 else str(v).rjust(widths[i]) for i, v in enumerate(line))
+    nk = len(keys)
+    lines = ["  ".join(str(v).ljust(widths[i]) if i < nk else str(v).rjust(widths[i]) for i, v in enumerate(line))
              for line in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(x.rstrip() for x in lines)

@@ -10,6 +10,7 @@
  *   fi_heap_push(v, id, n, val, idx)    keep (val, idx) if it beats the root
  *   fi_push_row(v, id, n, mask, r, val) the same for row r, skipped if mask[r]
  *   fi_heap_sort(v, id, n)              best first; never-filled slots get id -1
+ *   fi_panel_push(...)                  a query-panel tile's values into their heaps
  *
  * NumPy equivalent of pushing values[i] with ids[i], then sorting:
  *     order = np.lexsort((ids, -values))[:n]
@@ -76,6 +77,23 @@ static inline void fi_push_row(float* hv, int64_t* hi, ptrdiff_t kk, const uint8
     if (mask != NULL && mask[r]) return;
     hv[0] = val; hi[0] = (int64_t)r;
     fi_sift_down(hv, hi, kk, 0);
+}
+
+/* the rare path of a query-panel tile (fi_scan.h, fi_lowp.h): values s[i * pw + l]
+   of rows r + i (i < nr) for queries q0 + l (l < lanes) that reach th[l], query
+   q0 + l's heap-root value, are pushed; th[l] follows the root */
+static inline void fi_panel_push(const float* s, ptrdiff_t pw, ptrdiff_t nr, ptrdiff_t lanes, ptrdiff_t q0,
+                                 ptrdiff_t r, const uint8_t* mask, float* hv, int64_t* hi, ptrdiff_t kk,
+                                 float* th) {
+    for (ptrdiff_t i = 0; i < nr; ++i) {
+        for (ptrdiff_t l = 0; l < lanes; ++l) {
+            float v = s[i * pw + l];
+            if (v < th[l]) continue;
+            ptrdiff_t q = q0 + l;
+            fi_push_row(hv + q * kk, hi + q * kk, kk, mask, r + i, v);
+            th[l] = hv[q * kk];
+        }
+    }
 }
 
 #endif /* FASTIMG_FI_HEAP_H */

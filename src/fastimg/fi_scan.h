@@ -244,21 +244,6 @@ FI_VEC_INLINE int fi_any(fi_v8i m) {
     return (u[0] | u[1] | u[2] | u[3]) != 0;
 }
 
-/* the rare path of a tile: push the values that reach their query's root */
-static void fi_panel_push(const float* s, ptrdiff_t pw, ptrdiff_t nr, ptrdiff_t lanes, ptrdiff_t q0,
-                          ptrdiff_t r, const uint8_t* mask, float* hv, int64_t* hi, ptrdiff_t kk,
-                          float* th) {
-    for (ptrdiff_t i = 0; i < nr; ++i) {
-        for (ptrdiff_t l = 0; l < lanes; ++l) {
-            float v = s[i * pw + l];
-            if (v < th[l]) continue;
-            ptrdiff_t q = q0 + l;
-            fi_push_row(hv + q * kk, hi + q * kk, kk, mask, r + i, v);
-            th[l] = hv[q * kk];
-        }
-    }
-}
-
 /* FI_PANEL_KERNEL(name, PR, NV): PR rows x (8 * NV) queries per tile */
 #define FI_PANEL_KERNEL(NAME, PR, NV)                                                                \
 FI_CLONES static void NAME(const float* X, ptrdiff_t d, ptrdiff_t r0, ptrdiff_t r1,                  \

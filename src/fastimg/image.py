@@ -61,7 +61,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from fastimg.errors import ImageError
+from fastimg.errors import ArgumentError, ImageError, ImageNotFoundError
 
 __all__ = ["load_image", "shrink_to", "image_size", "sniff_format", "DEFAULT_MAX_PIXELS", "ImageSource"]
 
@@ -388,19 +388,33 @@ _FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), 
                (stat.S_ISSOCK, "a socket"))
 
 
+def special_file_detail(mode: int) -> str:
+    """The detail of an ``"unreadable"`` entry that is neither a regular file nor a
+    directory (``st_mode``), e.g. ``"a FIFO, not a regular file"`` (also used by
+    the index's folder walk)."""
+    kind = next((k for test, k in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"{kind}, not a regular file"
+
+
+def broken_link_detail(path: str) -> Optional[str]:
+    """For a ``path`` that was not found: ``"broken symbolic link to '...'"`` when it
+    is a symbolic link, else None (also used by the index's folder walk)."""
+    if not os.path.islink(path):
+        return None
+    try:
+        target = os.fsdecode(os.readlink(path))
+    except OSError:
+        target = "?"
+    return f"broken symbolic link to {target!r}"
+
+
 def _read(path: str, max_bytes: Optional[int]) -> bytes:
     """The bytes of the regular file ``path`` (at most ``max_bytes``)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)  # O_NONBLOCK: opening a FIFO does not wait for a writer
     except FileNotFoundError:
-        if os.path.islink(path):
-            try:
-                target = os.fsdecode(os.readlink(path))
-            except OSError:
-                target = "?"
-            raise ImageError(path, "not found", f"broken symbolic link to {target!r}") from None
-        raise ImageError(path, "not found") from None
+        raise ImageNotFoundError(path, "not found", broken_link_detail(path)) from None
     except IsADirectoryError:
         raise ImageError(path, "unreadable", "is a directory") from None
     except PermissionError:
@@ -414,8 +428,7 @@ def _read(path: str, max_bytes: Optional[int]) -> bytes:
         if stat.S_ISDIR(st.st_mode):
             raise ImageError(path, "unreadable", "is a directory")
         if not stat.S_ISREG(st.st_mode):
-            kind = next((k for test, k in _FILE_KINDS if test(st.st_mode)), "not a regular file")
-            raise ImageError(path, "unreadable", f"{kind}, not a regular file")
+            raise ImageError(path, "unreadable", special_file_detail(st.st_mode))
         if max_bytes is not None and st.st_size > max_bytes:
             raise ImageError(path, "too large", f"file of {st.st_size:,} bytes; at most {max_bytes:,} "
                              f"({_BYTES_PER_PIXEL} per pixel of max_pixels) are read")
@@ -649,9 +662,9 @@ def load_image(
         corrupt, exceeds ``max_pixels``, or its format is unsupported.
     """
     if max_side is not None and (not isinstance(max_side, (int, np.integer)) or max_side < 1):
-        raise ValueError(f"max_side must be a positive int or None; got {max_side!r}")
+        raise ArgumentError(f"max_side must be a positive int or None; got {max_side!r}")
     if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
-        raise ValueError(f"max_pixels must be a positive int or None; got {max_pixels!r}")
+        raise ArgumentError(f"max_pixels must be a positive int or None; got {max_pixels!r}")
     if isinstance(src, np.ndarray):
         img = _to_bgr8(src, "<array>")
         _check_pixels("<array>", img.shape[1], img.shape[0], max_pixels)

@@ -84,7 +84,10 @@ argument, what was expected and what was found.
 from __future__ import annotations
 
 import math
+import os
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Hashable, Optional, Sequence
 
 import numpy as np
@@ -92,7 +95,7 @@ import numpy as np
 from fastimg.errors import DescriptorError
 from fastimg.projection import LinearProjection
 
-__all__ = ["METHODS", "learn_projection", "nca_objective", "split_labels", "encode_labels"]
+__all__ = ["METHODS", "learn_projection", "nca_objective", "split_labels", "encode_labels", "read_labels"]
 
 #: Learning methods and their options with defaults (besides ``dim`` and ``normalize``).
 METHODS: dict = {
@@ -153,6 +156,76 @@ def encode_labels(labels: Sequence[Hashable], n: Optional[int] = None) -> tuple[
             classes.append(lab)
         codes[i] = c
     return codes, classes
+
+
+_HEADER = ({"path", "file", "filename", "image", "name"}, {"label", "group", "class", "category"})
+
+
+def read_labels(source: Any) -> tuple[list[tuple[Any, Hashable]], Optional[Path]]:
+    """Labelled items from a mapping, a CSV file or a folder-per-class directory.
+
+    Parameters
+    ----------
+    source : mapping, str or os.PathLike
+        * a mapping ``{item: label}`` (items: paths, names or ids, as the
+          caller's lookup takes them);
+        * a CSV file of rows ``path,label`` (an optional header row such as
+          ``path,label`` or ``file,group``; blank rows and rows starting with
+          ``#`` are skipped; an empty label means unlabelled);
+        * a directory in the ``folders`` layout of :func:`fastimg.eval.load_dataset`
+          (one sub-directory per class; its name is the label).
+
+    Returns
+    -------
+    pairs : list of (item, label)
+        In file order; labels of a CSV are ``str``.
+    base : Path or None
+        The CSV file's directory, which relative paths of the file may be
+        relative to (None for a mapping or a directory).
+
+    Raises
+    ------
+    ArgumentError
+        An unreadable or malformed source, naming it (and the line of a CSV).
+    """
+    from fastimg.errors import ArgumentError
+
+    if isinstance(source, Mapping):
+        return list(source.items()), None
+    if not isinstance(source, (str, os.PathLike)):
+        raise ArgumentError(f"labels must be a mapping {{path: label}}, a CSV file 'path,label' or a directory "
+                            f"with one sub-directory per class; got {type(source).__name__}")
+    p = Path(source).expanduser()
+    if p.is_dir():
+        from fastimg.eval import load_dataset
+
+        try:
+            ds = load_dataset(p, "folders")
+        except ValueError as exc:
+            raise ArgumentError(f"labels: {exc}") from None
+        return [(str(q), ds.class_names[int(c)]) for q, c in zip(ds.paths, ds.labels)], None
+    import csv
+
+    pairs: list = []
+    try:
+        with open(p, newline="", encoding="utf-8") as fh:
+            for line, row in enumerate(csv.reader(fh), 1):
+                cells = [c.strip() for c in row]
+                if not any(cells) or cells[0].startswith("#"):
+                    continue
+                if not pairs and len(cells) >= 2 and cells[0].lower() in _HEADER[0] \
+                        and cells[1].lower() in _HEADER[1]:
+                    continue
+                if len(cells) < 2 or not cells[0]:
+                    raise ArgumentError(f"{p}:{line}: expected 'path,label'; got {','.join(row)!r}")
+                pairs.append((cells[0], cells[1] or None))
+    except FileNotFoundError:
+        raise ArgumentError(f"labels: no such file or directory: {p}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ArgumentError(f"{p}: cannot read the labels file ({exc})") from None
+    if not pairs:
+        raise ArgumentError(f"{p}: no 'path,label' row in the labels file")
+    return pairs, p.parent
 
 
 def _training_set(vectors: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, dict]:

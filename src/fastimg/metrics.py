@@ -56,6 +56,8 @@ from typing import Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
+from fastimg.errors import ArgumentError, ArgumentTypeError
+
 __all__ = [
     "Metric",
     "METRICS",
@@ -66,6 +68,7 @@ __all__ = [
     "prepare_rows",
     "prepare_query",
     "prepare_queries",
+    "surrogate_of_scores",
     "exact_scores",
     "exact_scores_many",
     "aligned_empty",
@@ -167,7 +170,7 @@ class Metric:
               and self.pairwise in _PAIRWISE and self.graph_space in _GRAPH_SPACES
               and self.graph_order in ("exact", "surrogate"))
         if not ok:
-            raise ValueError(f"inconsistent Metric record: {self!r}")
+            raise ArgumentError(f"inconsistent Metric record: {self!r}")
 
 
 _HIST = dict(nonneg=True, mean_space="l1", sim_space="sqrt_l1", graph_rows="bhattacharyya")
@@ -220,16 +223,17 @@ def get_metric(name: "str | Metric") -> Metric:
 
     Raises
     ------
-    ValueError
-        If ``name`` is not a known metric; the message lists the valid names.
+    ArgumentError
+        If ``name`` is not a known metric (a ``ValueError`` too); the message
+        lists the valid names.
     """
     if isinstance(name, Metric):
         return name
     if not isinstance(name, str):
-        raise TypeError(f"metric must be a str, one of {metric_names()}; got {type(name).__name__}")
+        raise ArgumentTypeError(f"metric must be a str, one of {metric_names()}; got {type(name).__name__}")
     m = METRICS.get(name.strip().lower())
     if m is None:
-        raise ValueError(f"unknown metric {name!r}; expected one of {metric_names()}")
+        raise ArgumentError(f"unknown metric {name!r}; expected one of {metric_names()}")
     return m
 
 
@@ -275,7 +279,7 @@ def embed(space: str, x: npt.ArrayLike) -> np.ndarray:
         values (centred_unit), rows with ``sum(x) <= 0`` (l1, sqrt_l1).
     """
     if space not in SPACES:
-        raise ValueError(f"unknown space {space!r}; expected one of {list(SPACES)}")
+        raise ArgumentError(f"unknown space {space!r}; expected one of {list(SPACES)}")
     a = np.array(x, dtype=np.float64)  # a copy: the mappings work in place
     one = a.ndim == 1
     out, _ = _embed_block(space, np.atleast_2d(a))
@@ -351,11 +355,11 @@ def prepare_rows(metric: "str | Metric", data: npt.ArrayLike) -> Tuple[np.ndarra
     """
     m = get_metric(metric)
     if not m.ip_form:
-        raise ValueError(f"metric {m.name!r} has no inner-product form; ip-form metrics are "
+        raise ArgumentError(f"metric {m.name!r} has no inner-product form; ip-form metrics are "
                          f"{[n for n, v in METRICS.items() if v.ip_form]}")
     data = np.asarray(data)
     if data.ndim != 2:
-        raise ValueError(f"data must be 2-D (N, D); got shape {data.shape}")
+        raise ArgumentError(f"data must be 2-D (N, D); got shape {data.shape}")
     n, d = data.shape
     prepared = aligned_empty((n, d), np.float32)
     bias = np.zeros(n, dtype=np.float32) if m.bias else None
@@ -392,13 +396,49 @@ def prepare_queries(metric: "str | Metric", queries: npt.ArrayLike) -> np.ndarra
     m = get_metric(metric)
     q = np.asarray(queries, dtype=np.float64)
     if q.ndim != 2:
-        raise ValueError(f"queries must be 2-D (Q, D); got shape {q.shape}")
+        raise ArgumentError(f"queries must be 2-D (Q, D); got shape {q.shape}")
     if not m.ip_form:
-        raise ValueError(f"metric {m.name!r} has no inner-product form")
+        raise ArgumentError(f"metric {m.name!r} has no inner-product form")
     p, _ = _prepare_block(m, q)
     if m.bias and m.ip_space == "raw":
         p *= 2.0  # l2: the surrogate is 2 q.x - |x|^2 (see _prepare_block)
     return np.ascontiguousarray(p, dtype=np.float32)
+
+
+def surrogate_of_scores(metric: "str | Metric", queries: npt.ArrayLike, scores: npt.ArrayLike) -> np.ndarray:
+    """The inner-product surrogate that rows with these metric values have.
+
+    The inverse direction of the preparation: for an ip-form metric the surrogate
+    ``prepare_query(q) @ prepare_rows(x) + bias`` is a strictly increasing function
+    of the metric's goodness; this maps the metric's value back onto it (pearson,
+    cosine: the value itself; bhattacharyya: ``1 - value**2``, the Bhattacharyya
+    coefficient; l2: ``|q|^2 - value**2``).  Exact in exact arithmetic (up to
+    float rounding otherwise; OpenCV's query-dependent epsilon cases excepted, see
+    :class:`fastimg.search.ExactSearcher`).
+
+    Parameters
+    ----------
+    metric : str or Metric
+        An ``ip_form`` metric.
+    queries : array_like, shape (Q, D)
+        Raw queries (used by l2 only).
+    scores : array_like, shape (Q, C)
+        Metric values (e.g. :func:`exact_scores_many`) of C rows per query.
+
+    Returns
+    -------
+    ndarray of float64, shape (Q, C)
+    """
+    m = get_metric(metric)
+    if not m.ip_form:
+        raise ArgumentError(f"metric {m.name!r} has no inner-product form")
+    v = np.asarray(scores, dtype=np.float64)
+    if m.name == "bhattacharyya":
+        return 1.0 - v * v
+    if m.name == "l2":
+        q = np.asarray(queries, dtype=np.float64)
+        return np.einsum("ij,ij->i", q, q)[:, None] - v * v
+    return v.copy()  # pearson, cosine: the surrogate is the value
 
 
 # ---------------------------------------------------------------------------
@@ -434,7 +474,7 @@ def exact_scores(metric: "str | Metric", query: npt.ArrayLike, rows: npt.ArrayLi
     if x.ndim == 1:
         x = x.reshape(1, -1)
     if x.ndim != 2 or x.shape[1] != q.shape[0]:
-        raise ValueError(f"rows must have shape (M, {q.shape[0]}); got {x.shape}")
+        raise ArgumentError(f"rows must have shape (M, {q.shape[0]}); got {x.shape}")
     return _exact_many(m, q[None, :], x[None])[0]
 
 
@@ -470,16 +510,18 @@ def exact_scores_many(metric: "str | Metric", queries: npt.ArrayLike, rows: npt.
     q = np.asarray(queries, dtype=np.float64)
     x = np.asarray(rows)
     if q.ndim != 2:
-        raise ValueError(f"queries must have shape (Q, D); got {q.shape}")
+        raise ArgumentError(f"queries must have shape (Q, D); got {q.shape}")
     if x.ndim != 3 or x.shape[0] != q.shape[0] or x.shape[2] != q.shape[1]:
-        raise ValueError(f"rows must have shape (Q, C, D) = ({q.shape[0]}, C, {q.shape[1]}) for queries of "
+        raise ArgumentError(f"rows must have shape (Q, C, D) = ({q.shape[0]}, C, {q.shape[1]}) for queries of "
                          f"shape {q.shape}; got {x.shape}")
     return _exact_many(m, q, x)
 
 
 def _exact_many(m: Metric, q: np.ndarray, x: np.ndarray) -> np.ndarray:
     """(Q, C) float64 scores of q (Q, D) float64 against x (Q, C, D), in blocks of
-    about ``_SCORE_ELEMS`` values (float64 temporaries stay in cache)."""
+    about ``_SCORE_ELEMS`` values (float64 temporaries stay in cache).  Blocks are
+    C-contiguous copies: NumPy sums a contiguous row pairwise, a strided one (e.g.
+    a broadcast) sequentially, and a row's value must not depend on the layout."""
     nq, nc, d = x.shape
     out = np.empty((nq, nc), dtype=np.float64)
     if not out.size:
@@ -489,23 +531,29 @@ def _exact_many(m: Metric, q: np.ndarray, x: np.ndarray) -> np.ndarray:
         for i in range(nq):
             for start in range(0, nc, rows):
                 stop = min(nc, start + rows)
-                out[i:i + 1, start:stop] = _exact_block(m, q[i:i + 1], np.asarray(x[i:i + 1, start:stop],
-                                                                                   dtype=np.float64))
+                block = np.ascontiguousarray(x[i:i + 1, start:stop], dtype=np.float64)
+                out[i:i + 1, start:stop] = _exact_block(m, q[i:i + 1], block)
         return out
     step = max(1, rows // nc)
     for start in range(0, nq, step):
         stop = min(nq, start + step)
-        out[start:stop] = _exact_block(m, q[start:stop], np.asarray(x[start:stop], dtype=np.float64))
+        out[start:stop] = _exact_block(m, q[start:stop], np.ascontiguousarray(x[start:stop], dtype=np.float64))
     return out
 
 
 def _dot(x: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """(Q, C): x[i, j] . q[i] for x (Q, C, D), q (Q, D)."""
-    return np.matmul(x, q[:, :, None])[:, :, 0]
+    """(Q, C): x[i, j] . q[i] for x (Q, C, D), q (Q, D).
+
+    A product then NumPy's pairwise sum along D: the value of a (query, row) pair
+    depends on those two vectors only (a BLAS matmul's summation order depends on
+    the shape and alignment of the whole block), so a row scores the same
+    whichever other rows are re-scored with it, to the last bit."""
+    return (x * q[:, None, :]).sum(axis=2)
 
 
 def _sumsq(x: np.ndarray) -> np.ndarray:
-    return np.einsum("...d,...d->...", x, x)
+    """Sum of squares along the last axis (deterministic per vector, as :func:`_dot`)."""
+    return (x * x).sum(axis=-1)
 
 
 def _exact_block(m: Metric, q: np.ndarray, x: np.ndarray) -> np.ndarray:

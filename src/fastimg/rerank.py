@@ -93,6 +93,8 @@ from typing import Any, Callable, Mapping, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
+from fastimg.errors import ArgumentError, ArgumentTypeError
+
 __all__ = [
     "RerankSpec",
     "PARAMS",
@@ -222,13 +224,13 @@ def parse_spec(spec: "str | RerankSpec") -> RerankSpec:
     if isinstance(spec, RerankSpec):
         return spec
     if not isinstance(spec, str):
-        raise TypeError(f"rerank spec must be a str like 'qe' or 'k-reciprocal:k1=20'; got {type(spec).__name__}")
+        raise ArgumentTypeError(f"rerank spec must be a str like 'qe' or 'k-reciprocal:k1=20'; got {type(spec).__name__}")
     text = spec.strip()
     name, _, rest = text.partition(":")
     key = name.strip().lower()
     canon = _ALIASES.get(key)
     if canon is None:
-        raise ValueError(f"unknown re-ranking {name.strip()!r} in spec {spec!r}; expected one of "
+        raise ArgumentError(f"unknown re-ranking {name.strip()!r} in spec {spec!r}; expected one of "
                          f"{rerank_names()} (aliases: aqe, krr), optionally followed by ':param=value,...'")
     table = PARAMS[canon]
     params = {p: d[1] for p, d in table.items()}
@@ -237,23 +239,23 @@ def parse_spec(spec: "str | RerankSpec") -> RerankSpec:
             pname, eq, value = item.partition("=")
             pname = pname.strip().lower()
             if not eq or not pname or not value.strip():
-                raise ValueError(f"malformed re-ranking parameter {item.strip()!r} in spec {spec!r}; "
+                raise ArgumentError(f"malformed re-ranking parameter {item.strip()!r} in spec {spec!r}; "
                                  "expected 'param=value'")
             if pname not in table:
-                raise ValueError(f"unknown parameter {pname!r} for re-ranking {canon!r}; expected one of "
+                raise ArgumentError(f"unknown parameter {pname!r} for re-ranking {canon!r}; expected one of "
                                  f"{list(table)}")
             typ, _default, lo, _inc, _doc = table[pname]
             try:
                 parsed = typ(value.strip()) if typ is float else int(value.strip(), 10)
             except ValueError:
-                raise ValueError(f"re-ranking {canon!r} parameter {pname!r} must be "
+                raise ArgumentError(f"re-ranking {canon!r} parameter {pname!r} must be "
                                  f"{'an integer' if typ is int else 'a number'}; got {value.strip()!r}") from None
             if typ is float and not np.isfinite(parsed):
-                raise ValueError(f"re-ranking {canon!r} parameter {pname!r} must be finite; got {value.strip()!r}")
+                raise ArgumentError(f"re-ranking {canon!r} parameter {pname!r} must be finite; got {value.strip()!r}")
             hi = _UPPER.get((canon, pname))
             if parsed < lo or (hi is not None and parsed > hi):
                 rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-                raise ValueError(f"re-ranking {canon!r} parameter {pname!r} must be {rng}; got {parsed}")
+                raise ArgumentError(f"re-ranking {canon!r} parameter {pname!r} must be {rng}; got {parsed}")
             params[pname] = parsed
     return RerankSpec(canon, params)
 
@@ -341,9 +343,9 @@ def expand(metric: Any, base: npt.ArrayLike, neighbours: npt.ArrayLike, weights:
     nb = np.atleast_2d(np.asarray(neighbours, dtype=np.float64))
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
     if nb.shape[0] != w.shape[0]:
-        raise ValueError(f"weights must have one value per neighbour ({nb.shape[0]}); got {w.shape[0]}")
+        raise ArgumentError(f"weights must have one value per neighbour ({nb.shape[0]}); got {w.shape[0]}")
     if np.any(w < 0) or not np.all(np.isfinite(w)):
-        raise ValueError("weights must be finite and >= 0")
+        raise ArgumentError("weights must be finite and >= 0")
     eb = expansion_space(m, b)
     en = expansion_space(m, nb) if nb.shape[0] else np.zeros((0, b.shape[0]))
     out = (eb + w @ en) / (1.0 + w.sum())
@@ -395,7 +397,7 @@ def k_reciprocal_distance(dist: npt.ArrayLike, k1: int = 20, k2: int = 6, lam: f
     d = np.asarray(dist, dtype=np.float64)
     m = d.shape[0]
     if d.ndim != 2 or d.shape[1] != m:
-        raise ValueError(f"dist must be a square matrix; got shape {d.shape}")
+        raise ArgumentError(f"dist must be a square matrix; got shape {d.shape}")
     rowmax = d.max(axis=1, keepdims=True)
     d = np.divide(d, rowmax, out=np.zeros_like(d), where=rowmax > 0)
     rank = np.argsort(d, axis=1, kind="stable")
@@ -628,17 +630,17 @@ def collection_tightness(vectors: npt.ArrayLike, metric: Any = "pearson", *, sea
 def _validate(query_vec: Any, ids: Any, scores: Any, k: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     q = np.asarray(query_vec, dtype=np.float32)
     if q.ndim != 1:
-        raise ValueError(f"query_vec must be 1-D (D,); got shape {q.shape}")
+        raise ArgumentError(f"query_vec must be 1-D (D,); got shape {q.shape}")
     if not np.all(np.isfinite(q)):
-        raise ValueError("query_vec contains NaN or inf")
+        raise ArgumentError("query_vec contains NaN or inf")
     i = np.asarray(ids)
     s = np.asarray(scores, dtype=np.float32)
     if i.ndim != 1 or not np.issubdtype(i.dtype, np.integer):
-        raise ValueError(f"ids must be a 1-D integer array; got {i.dtype} {i.shape}")
+        raise ArgumentError(f"ids must be a 1-D integer array; got {i.dtype} {i.shape}")
     if s.shape != i.shape:
-        raise ValueError(f"scores must have the shape of ids {i.shape}; got {s.shape}")
+        raise ArgumentError(f"scores must have the shape of ids {i.shape}; got {s.shape}")
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an int >= 1; got k={k!r}")
+        raise ArgumentError(f"k must be an int >= 1; got k={k!r}")
     keep = i >= 0
     return q, i[keep].astype(np.int64), s[keep], int(k)
 
@@ -874,13 +876,13 @@ def augment_database(vectors: npt.ArrayLike, metric: Any = "pearson", *, n: int 
     m = _metric(metric)
     x = np.asarray(vectors)
     if x.ndim != 2:
-        raise ValueError(f"vectors must be 2-D (N, D); got shape {x.shape}")
+        raise ArgumentError(f"vectors must be 2-D (N, D); got shape {x.shape}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be an int >= 1; got n={n!r}")
+        raise ArgumentError(f"n must be an int >= 1; got n={n!r}")
     if not (alpha >= 0 and np.isfinite(alpha)):
-        raise ValueError(f"alpha must be a finite number >= 0; got alpha={alpha!r}")
+        raise ArgumentError(f"alpha must be a finite number >= 0; got alpha={alpha!r}")
     if not np.all(np.isfinite(x)):
-        raise ValueError("vectors contain NaN or inf (drop failed rows first)")
+        raise ArgumentError("vectors contain NaN or inf (drop failed rows first)")
     nrows = x.shape[0]
     kk = min(n + 1, nrows)
     if search is None:

@@ -34,7 +34,7 @@ def main(paths_json: str, out_dir: str) -> int:
         try:
             img = load_image(path)
         except ImageError as exc:
-            rec = {"i": i, "ok": False, "type": type(exc).__name__, "reason": exc.reason,
+            rec = {"i": i, "ok": False, "type": "ImageError", "class": type(exc).__name__, "reason": exc.reason,
                    "message": str(exc), "source_ok": exc.source == path}
         except BaseException as exc:  # noqa: BLE001 - reported to the test
             rec = {"i": i, "ok": False, "type": type(exc).__name__, "reason": None, "message": repr(exc)}

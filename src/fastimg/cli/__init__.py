@@ -5,8 +5,11 @@ One module per group of commands, each adding its parsers and holding its
 
 * :mod:`fastimg.cli.indexing` - ``index``, ``info``, ``remove``, ``compact``;
 * :mod:`fastimg.cli.sharded` - ``index --shards`` (the work: :mod:`fastimg.distributed`);
+* :mod:`fastimg.cli.maintenance` - ``check``, ``relocate``;
 * :mod:`fastimg.cli.searching` - ``query``, ``dedup`` (the algorithm: :mod:`fastimg.dedup`);
 * :mod:`fastimg.cli.evaluating` - ``descriptors``, ``eval`` (the measures: :mod:`fastimg.eval`);
+* :mod:`fastimg.cli.serving` - ``serve`` (the HTTP service: :mod:`fastimg.serve`);
+* :mod:`fastimg.cli.learning` - ``learn`` (the method: :mod:`fastimg.learn`);
 * :mod:`fastimg.cli.common` - argument types, parser pieces, index location, output.
 
 Every command imports the library modules it needs inside its own function, so
@@ -38,7 +41,10 @@ from fastimg.cli.common import (
 )
 from fastimg.cli.evaluating import add_descriptors_parser, add_eval_parser, wants_eval
 from fastimg.cli.indexing import add_compact_parser, add_index_parser, add_info_parser, add_remove_parser
+from fastimg.cli.learning import add_learn_parser
+from fastimg.cli.maintenance import add_check_parser, add_relocate_parser
 from fastimg.cli.searching import add_dedup_parser, add_query_parser
+from fastimg.cli.serving import add_serve_parser
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "UsageError", "CommandError"]
 
@@ -49,7 +55,10 @@ examples:
   fastimg query a.jpg b.jpg --json | jq .   machine-readable results
   fastimg query photo.jpg --html out.html   a page of thumbnails
   fastimg info                              what is in the index
+  fastimg check                             verify the index's files
+  fastimg relocate /old/photos /new/photos  the photos moved
   fastimg dedup                             groups of near-duplicate images
+  fastimg serve                             a search page and an HTTP API on 127.0.0.1:8000
 
 {INDEX_RULE}
 {EXIT_CODES}
@@ -78,7 +87,11 @@ def build_parser(*, with_eval: bool = False) -> argparse.ArgumentParser:
     add_info_parser(sub, ix)
     add_remove_parser(sub, ix)
     add_compact_parser(sub, ix)
+    add_check_parser(sub, ix)
+    add_relocate_parser(sub, ix)
     add_dedup_parser(sub, ix)
+    add_serve_parser(sub, ix)
+    add_learn_parser(sub, ix)
     add_descriptors_parser(sub)
     add_eval_parser(sub, with_eval)
     return parser
@@ -124,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     if not args.debug:  # OpenCV's native warnings (e.g. on a skipped corrupt file) are noise here
         os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    else:  # the library's log (which file was skipped and why, codec messages) on stderr
+        import logging
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+        log = logging.getLogger("fastimg")
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
     try:
         rc = func(args)
         sys.stdout.flush()
@@ -146,5 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        sys.stderr.write(f"{PROG}: error: {error_line(exc)}\n")
+        from fastimg.errors import escape_text
+
+        sys.stderr.write(f"{PROG}: error: {escape_text(error_line(exc))}\n")  # one line, whatever the paths
         return EXIT_ERROR

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any, Sequence
 
@@ -70,7 +71,8 @@ def common_options(debug_default: Any = argparse.SUPPRESS) -> argparse.ArgumentP
     """Options accepted both before and after the command name."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--debug", action="store_true", default=debug_default,
-                   help="show the Python traceback on errors")
+                   help="show the Python traceback on errors, fastimg's debug log and "
+                        "OpenCV's own messages on stderr")
     return p
 
 
@@ -161,9 +163,25 @@ def check_descriptor(name: str | None) -> None:
 # --------------------------------------------------------------------------- #
 
 def emit_json(doc: Any) -> None:
-    """One JSON document on standard output."""
-    json.dump(doc, sys.stdout, indent=2, ensure_ascii=False, default=json_default)
+    """One JSON document on standard output.
+
+    Text is UTF-8; a file name that is not UTF-8 is a ``str`` with surrogate
+    escapes (``os.fsdecode``), written as JSON's ``\\udcXX`` escapes (what
+    ``json.loads`` gives back, ``os.fsencode`` turns into the name's bytes)."""
+    text = json.dumps(doc, indent=2, ensure_ascii=False, default=json_default)
+    sys.stdout.write(_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
     sys.stdout.write("\n")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def shown(text: Any) -> str:
+    """A path (or any text) for a line of output: control characters and bytes of
+    a name that are not UTF-8 escaped (``\\n``, ``\\xe9``; :func:`fastimg.errors.escape_text`)."""
+    from fastimg.errors import escape_text
+
+    return escape_text(os.fspath(text) if hasattr(text, "__fspath__") else str(text))
 
 
 def json_default(obj: Any) -> Any:
@@ -209,3 +227,20 @@ def progress_bar(desc: str, enabled: bool) -> tuple[Any, Any]:
 
     bar = _Bar()
     return bar, bar
+
+
+def missing_files(index: Any, ids: Any = None) -> dict:
+    """``Index.missing_files`` (without its log warning: the CLI prints its own line);
+    ``{}`` for a sharded root (its shards are indexes of their own: `fastimg info -i
+    ROOT/shard-NNN` checks one)."""
+    if not hasattr(index, "missing_files"):
+        return {}
+    return index.missing_files(ids, warn=False)
+
+
+def warn_missing(missing: dict, what: str) -> None:
+    """One ``fastimg: warning:`` line when some indexed files do not exist."""
+    if missing.get("missing"):
+        sys.stderr.write(shown(
+            f"{PROG}: warning: {missing['missing']} of {missing['checked']} {what} do not exist "
+            f"(e.g. {missing['examples'][0]}): if the files moved, run `fastimg relocate OLD NEW`") + "\n")

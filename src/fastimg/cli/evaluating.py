@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from fastimg.cli.common import EXIT_OK, CommandError, add_command, emit_json, positive_int
+from fastimg.cli.common import EXIT_OK, CommandError, UsageError, add_command, emit_json, positive_int
 
 __all__ = ["add_descriptors_parser", "add_eval_parser", "cmd_descriptors", "cmd_eval", "wants_eval"]
 
@@ -111,10 +111,17 @@ layouts:
 measures: map, map@K, p@K, r@K, ns
 re-rankings: qe, alpha-qe, dba, k-reciprocal, with parameters as name:param=value,...
 
+held-out evaluation of metric learning (--train-fraction):
+  each --learn model (none, whiten, lda, nca; name:param=value,...) is fitted on the train
+  part and only the held-out part is ranked and scored; --split image keeps every class in
+  both parts, --split class holds whole classes out (repeat --split to report both).
+
 examples:
   fastimg eval ../shared/data/corel1k --descriptor hsv --rerank none --rerank k-reciprocal
   fastimg eval ../shared/data/ukbench56 --layout ukbench --json
-  fastimg eval DIR --layout holidays --rerank none --rerank qe -o results.json""")
+  fastimg eval DIR --layout holidays --rerank none --rerank qe -o results.json
+  fastimg eval ../shared/data/corel1k --descriptor classic --train-fraction 0.5 \
+      --split image --split class --learn none --learn whiten --learn lda""")
     p.add_argument("dir", metavar="DIR", help="the labelled image collection")
     p.add_argument("--layout", choices=layouts, default="folders", help="dataset layout (default: folders)")
     p.add_argument("--descriptor", action="append", metavar="SPEC", default=None,
@@ -129,6 +136,15 @@ examples:
                    help="evaluate the top K of each ranking (default: the whole collection)")
     p.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="feature extraction threads (default: all cores)")
+    p.add_argument("--train-fraction", type=_open_fraction, default=None, metavar="F",
+                   help="fit the --learn models on this share of the images (or of the classes, "
+                        "--split class) and report on the rest only")
+    p.add_argument("--split", action="append", choices=("image", "class"), default=None,
+                   help="how the held-out part is drawn (repeatable; default: image)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the split (default: 0)")
+    p.add_argument("--learn", action="append", metavar="SPEC", default=None,
+                   help="none, whiten, lda or nca, with parameters as name:param=value,... "
+                        "(repeatable; default with --train-fraction: none and lda)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     p.add_argument("-o", "--output", metavar="FILE", default=None,
                    help="also write the JSON document to FILE")
@@ -136,22 +152,47 @@ examples:
     p.set_defaults(func=cmd_eval)
 
 
+def _open_fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1; got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1; got {text!r}")
+    return value
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate (:func:`fastimg.eval.evaluate`); print a table or one JSON document."""
     from fastimg.eval import DEFAULT_MEASURES, evaluate, format_table, load_dataset
 
+    if args.train_fraction is None and (args.split or args.learn):
+        raise UsageError("--split and --learn need --train-fraction (a held-out evaluation)")
     ds = load_dataset(args.dir, args.layout)
     rows = evaluate(ds, descriptors=args.descriptor or ["hsv72"], metrics=args.metric,
                     reranks=args.rerank or [None], measures=args.measure, depth=args.depth,
-                    workers=args.workers, progress=args.progress)
+                    workers=args.workers, progress=args.progress, train_fraction=args.train_fraction,
+                    splits=args.split or ["image"], seed=args.seed, learn=args.learn)
     clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]  # NaN -> null
     doc = {"dataset": str(ds.root), "layout": ds.layout, "n_images": len(ds), "n_queries": int(len(ds.queries)),
            "results": clean}
+    if args.train_fraction is not None:
+        doc["held_out"] = {"train_fraction": args.train_fraction, "splits": args.split or ["image"],
+                           "seed": args.seed}
     if args.output:
         Path(args.output).write_text(json.dumps(doc, indent=2) + "\n")
     if args.json:
         emit_json(doc)
         return EXIT_OK
-    sys.stdout.write(ds.describe() + "\n\n")
+    sys.stdout.write(ds.describe() + "\n")
+    if args.train_fraction is not None:
+        sys.stdout.write(f"held out: models fitted on a train part ({args.train_fraction:g} of each class's "
+                         f"images, or of the classes: --split), seed {args.seed}; scores on the rest only\n")
+    failed = {r["descriptor"]: (r.get("n_failed") or 0, r.get("n_queries")) for r in rows if r.get("n_failed")}
+    for spec, (n_failed, n_queries) in failed.items():
+        sys.stdout.write(f"{spec}: {n_failed} of {len(ds)} images could not be read and were left out "
+                         f"({n_queries} queries measured)\n")
+    sys.stdout.write("\n")
     sys.stdout.write(format_table(rows, args.measure or DEFAULT_MEASURES[ds.layout]) + "\n")
     return EXIT_OK

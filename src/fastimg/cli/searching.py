@@ -8,7 +8,9 @@ import time
 from typing import Any
 
 from fastimg.cli.common import (
+    EXIT_ERROR,
     EXIT_OK,
+    PROG,
     CommandError,
     UsageError,
     add_command,
@@ -17,10 +19,14 @@ from fastimg.cli.common import (
     emit_json,
     finite_float,
     index_path,
+    missing_files,
     open_index,
     positive_int,
     progress_bar,
+    shown,
+    warn_missing,
 )
+from fastimg.errors import ImageError, escape_text
 
 __all__ = ["add_query_parser", "add_dedup_parser", "cmd_query", "cmd_dedup"]
 
@@ -49,7 +55,10 @@ examples:
 --json prints one JSON document. For one query image it is the object
   {"query": PATH, "index": PATH, "metric": NAME, "took_ms": FLOAT,
    "results": [{"rank": 1, "id": INT, "path": PATH, "score": FLOAT}, ...]}
-and for several query images a JSON list of such objects, in argument order.
+and for several query images a JSON list of such objects, in argument order,
+followed by {"query": PATH, "error": MESSAGE} for each query image that could
+not be read (missing, not an image): the others are still answered, each failure
+is one 'fastimg: error:' line on stderr, and the exit status is 1.
 "query" and "index" are absolute paths; took_ms is the time of the search call
 (describing the query image included, opening the index excluded). Scores are the
 metric's own values: higher is better for similarities (pearson, cosine,
@@ -167,13 +176,18 @@ def cmd_query(args: argparse.Namespace) -> int:
     args.metric = check_metric(args.metric)
     if args.images.count("-") > 1:
         raise UsageError("standard input ('-') can be given once")
+    # like `ls a missing b`: every query that can be answered is answered; the others are
+    # reported one line each on stderr and the exit status is 1
+    failed: dict[str, str] = {}
     for img in args.images:
         if img == "-":
             continue
         if not os.path.exists(img):
-            raise CommandError(f"{img}: no such file")
-        if os.path.isdir(img):
-            raise CommandError(f"{img}: is a directory, not an image")
+            failed[img] = f"{img}: no such file"
+        elif os.path.isdir(img):
+            failed[img] = f"{img}: is a directory, not an image"
+    if failed and len(failed) == len(args.images) and not args.ids:
+        raise CommandError(next(iter(failed.values())))
     path = index_path(args)
     docs = []
     with open_index(args, "r", sharded=True) as index:
@@ -191,14 +205,23 @@ def cmd_query(args: argparse.Namespace) -> int:
             kwargs["threshold"] = args.threshold
         if args.under:
             kwargs["where"] = [os.path.abspath(os.path.expanduser(d)) for d in args.under]
+        several = len(args.images) + len(args.ids) > 1
         for img in args.images:
+            if img in failed:
+                continue
             query: Any = img
             if img == "-":
                 query = sys.stdin.buffer.read()
                 if not query:
                     raise CommandError("-: standard input is empty (expected an encoded image)")
             t0 = time.perf_counter()
-            hits = index.search(query, args.k, exclude_self=not args.include_self, **kwargs)
+            try:
+                hits = index.search(query, args.k, exclude_self=not args.include_self, **kwargs)
+            except ImageError as exc:  # this query's file; the others are still answered
+                if not several:
+                    raise
+                failed[img] = str(exc)
+                continue
             took = (time.perf_counter() - t0) * 1000.0
             docs.append({"query": "-" if img == "-" else os.path.abspath(img), "index": path, "metric": metric,
                          "took_ms": round(took, 3), "results": [_hit_dict(h) for h in hits]})
@@ -214,28 +237,45 @@ def cmd_query(args: argparse.Namespace) -> int:
             took = (time.perf_counter() - t0) * 1000.0
             docs.append({"query": index.entry(i).path, "id": i, "index": path, "metric": metric,
                          "took_ms": round(took, 3), "results": [_hit_dict(h) for h in hits]})
+        # the files of the hits: still there? (one stat each; a warning line if not)
+        missing = missing_files(index, [r["id"] for d in docs for r in d["results"]])
+    rc = EXIT_ERROR if failed else EXIT_OK
     if args.html:
         from fastimg._html import write_results_page
 
         write_results_page(docs, args.html)
+
     if args.json:
-        emit_json(docs[0] if len(docs) == 1 else docs)
-        return EXIT_OK
+        errors = [{"query": "-" if img == "-" else os.path.abspath(img), "error": msg}
+                  for img, msg in failed.items()]
+        emit_json(docs[0] if len(docs) == 1 and not failed else docs + errors)
+        warn_missing(missing, "result files")
+        _report_failed(failed)
+        return rc
     out = sys.stdout
     for i, doc in enumerate(docs):
-        if len(docs) > 1:
-            out.write(("\n" if i else "") + f"==> {doc['query']} <==\n")
+        if len(args.images) + len(args.ids) > 1:
+            out.write(("\n" if i else "") + f"==> {shown(doc['query'])} <==\n")
         scores = [r["score"] for r in doc["results"]]
         fixed = all(s == 0 or 1e-4 <= abs(s) < 1e6 for s in scores)
         cells = [f"{s:.6f}" if fixed else f"{s:.6g}" for s in scores]
         width = max([len(c) for c in cells] or [1])
         for r, cell in zip(doc["results"], cells):
-            out.write(f"{r['rank']:>3}  {cell:>{width}}  {r['path']}\n")
+            out.write(f"{r['rank']:>3}  {cell:>{width}}  {shown(r['path'])}\n")
         if not doc["results"]:
             out.write("(no results)\n")
     if args.html:
         sys.stderr.write(f"wrote {args.html}\n")
-    return EXIT_OK
+    warn_missing(missing, "result files")
+    _report_failed(failed)
+    return rc
+
+
+def _report_failed(failed: dict[str, str]) -> None:
+    """One ``fastimg: error:`` line per query that could not be answered (paths escaped)."""
+    sys.stdout.flush()
+    for message in failed.values():
+        sys.stderr.write(f"{PROG}: error: {escape_text(message)}\n")
 
 
 def _check_graph(index: Any, path: str, metric: str) -> None:
@@ -286,6 +326,6 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     for i, g in enumerate(doc["groups"], 1):
         print(("\n" if i > 1 else "") + f"group {i} ({len(g)} images, {metric} {op} {threshold:g}):")
         for item in g:
-            print(f"  {item['path']}")
+            print(f"  {shown(item['path'])}")
     return EXIT_OK
 

@@ -18,6 +18,8 @@ def cmd_index_sharded(args: argparse.Namespace, path: str) -> int:
     if args.whiten is not None:
         raise UsageError("--whiten does not apply to a sharded index (each shard would be whitened in its own "
                          "space and their scores could not be merged)")
+    if args.precision is not None:
+        raise UsageError("--precision applies to a single index (sharded indexes scan float32 rows)")
     existed = is_sharded(path)
     if not existed:
         if args.shards is None:

@@ -58,7 +58,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from fastimg.errors import DescriptorError, ImageError
+from fastimg.errors import ArgumentError, DescriptorError, ImageError
 from fastimg.features.base import WORK_SIDE, Descriptor, jsonable
 from fastimg.image import ImageSource, load_image
 
@@ -459,7 +459,7 @@ def describe_many(
     if workers is None:
         workers = _default_workers()
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ValueError(f"workers must be a positive int or None; got {workers!r}")
+        raise ArgumentError(f"workers must be a positive int or None; got {workers!r}")
     if n == 0:
         return out, errors
 
@@ -472,7 +472,7 @@ def describe_many(
     elif callable(progress):
         callback = progress
     elif progress not in (False, None):
-        raise ValueError(f"progress must be a bool or a callable(done, total); got {progress!r}")
+        raise ArgumentError(f"progress must be a bool or a callable(done, total); got {progress!r}")
 
     batched = d.compute_batch is not None
     if not batched and workers > 1 and n > 1:

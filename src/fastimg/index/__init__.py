@@ -10,10 +10,17 @@ directory) are described in :mod:`fastimg.index.store`; the behaviour:
   re-indexed folders is a *move*: its row is kept (same id and vector) and only
   the path changes; a new path whose content matches any other indexed row
   reuses that row's vector instead of decoding the image again; files that
-  vanished from the re-indexed folders are marked deleted.  Paths are stored
-  relative to the index root (default: the folder containing the index
-  directory) when the file lies under it, so the tree can be moved together
-  with its index.
+  vanished from the re-indexed folders are marked deleted.  Paths (any name the
+  OS can hold: ``str`` with surrogate escapes, stored as bytes) are stored
+  relative to the index root when the file lies under it; the root is recorded
+  as an absolute path by default (the folder containing the index directory:
+  the index can be copied anywhere) or relative to the index (``root=``: the
+  tree can be moved together with its index); :meth:`Index.relocate` rewrites
+  them when the files move.  When the index's descriptor changed version, the
+  first ``add`` describes the indexed files again.
+* **Checking** (:meth:`Index.check`, :mod:`fastimg.index.check`): every file
+  against the metadata and checksums; ``repair=True`` rebuilds caches, graph and
+  whitening without touching committed rows.
 * **Crash safety**: rows are committed in batches (vectors appended and fsynced,
   then one SQLite transaction); a process killed during ``add`` loses at most the
   batch in flight, and re-running ``add`` resumes.
@@ -45,11 +52,12 @@ directory) are described in :mod:`fastimg.index.store`; the behaviour:
   ``where=`` the entries under a folder or matching a glob (an exact search).
   A writer updates the graph in memory and saves it lazily (:meth:`Index.flush`,
   :mod:`fastimg.index.graph`).
-* **Whitening** (:meth:`Index.fit_whitening`, :mod:`fastimg.index.whitening`):
-  an optional PCA-whitening fitted on the collection and stored in the index;
-  while it is fitted, every search compares whitened vectors (the raw vectors
-  are kept unchanged; the whitened matrix is a rebuildable cache,
-  :mod:`fastimg.index.caches`).
+* **Linear map** (:mod:`fastimg.index.whitening`): an optional PCA-whitening
+  fitted on the collection (:meth:`Index.fit_whitening`), or a projection
+  learned from labelled images (:meth:`Index.fit_projection`, metric
+  learning), stored in the index - one at a time; while one is fitted, every
+  search compares mapped vectors (the raw vectors are kept unchanged; the
+  mapped matrix is a rebuildable cache, :mod:`fastimg.index.caches`).
 * **Ids**: an image's id is its row in the vector file.  Ids are stable across
   ``add`` and ``remove``; :meth:`Index.compact` renumbers them (it returns the
   old-to-new mapping).
@@ -58,13 +66,14 @@ Index location for the CLI: :func:`default_index_path`.
 
 Modules (each imports only those below it)::
 
-    _index       Index: create/open and the writer's calls (add, remove, compact, whitening, graph)
+    _index       Index: create/open and the writer's calls (add, remove, compact, linear map, graph)
     _reader      IndexReader (Index's base): properties, info, lookups, search, similar; Hit, Entry, BatchResult
     searching    Search: space, exact/graph candidates, filters, self, re-ranking, threshold
     query        Queries: path/bytes/array/vector/entry -> vector + self ids; where= patterns
-    ingest       Ingest: scan, hash, moves, batches; AddReport; remove's resolution
+    check        check / check_index: CheckReport (Index.check, fastimg check)
+    ingest       Ingest: scan, hash, moves, batches, re-description; AddReport; remove's resolution
     graph        Graph: HNSW build, load + catch-up, lazy save, choice of mode
-    whitening    Whitening: fit, clear, load-and-verify, whitened matrix
+    whitening    Whitening: the linear map (whitening or learned projection): fit, clear, load-and-verify, mapped matrix
     scan         Scans: exact scans over the cached prefix + rows prepared in memory; merging
     descriptor   the index's descriptor (registry or "custom")
     caches       Caches: derived .npy files (prepared matrices, whitened matrix), written by writers
@@ -72,7 +81,7 @@ Modules (each imports only those below it)::
     store        Store: the on-disk format (manifest, vectors, SQLite, lock, compaction)
     _files       the store's file steps (durable writes, manifest checks, lock file)
     _progress    the ``progress`` argument (tqdm bar or callback)
-    locations    data_dir, default_index_path
+    locations    data_dir, default_index_path, missing_files
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from fastimg.errors import IndexCorruptError, IndexFormatError, IndexLockedError, IndexReadOnlyError
+from fastimg.errors import IndexCorruptError, IndexExistsError, IndexFormatError, IndexLockedError, IndexReadOnlyError
 
 __all__ = ["fsync_dir", "write_json_atomic", "read_manifest", "prepare_directory", "init_database", "connect",
            "migrate", "write_rows", "acquire_lock", "release_lock"]
@@ -70,7 +70,10 @@ def read_manifest(manifest_path: Path, *, format_name: str, max_version: int, dt
             f"{manifest_path}: index format version {version} was written by a newer fastimg; "
             f"this fastimg ({fastimg_version}) reads format versions up to {max_version}: upgrade fastimg"
         )
-    for key, typ in (("dim", int), ("descriptor", dict), ("metric", str), ("root", str), ("dtype", str)):
+    fields = [("dim", int), ("descriptor", dict), ("metric", str), ("dtype", str)]
+    if version == 1:  # format 1 recorded the root here (format 2: in the database)
+        fields.append(("root", str))
+    for key, typ in fields:
         if not isinstance(manifest.get(key), typ):
             raise IndexFormatError(f"{manifest_path}: field {key!r} missing or not a {typ.__name__}")
     if manifest["dim"] < 1:
@@ -85,13 +88,13 @@ def prepare_directory(path: Path, *, manifest: str, ours: "re.Pattern[str]", loc
     files there (FileExistsError), remove the remains of an interrupted create
     (names matching ``ours``; the lock file is kept)."""
     if (path / manifest).exists():
-        raise FileExistsError(f"{path}: an index already exists here; open it with Index.open(path, mode='a')")
+        raise IndexExistsError(f"{path}: an index already exists here; open it with Index.open(path, mode='a')")
     if path.exists():
         if not path.is_dir():
-            raise FileExistsError(f"{path}: exists and is not a directory")
+            raise IndexExistsError(f"{path}: exists and is not a directory")
         foreign = [p.name for p in path.iterdir() if not ours.match(p.name)]
         if foreign:
-            raise FileExistsError(
+            raise IndexExistsError(
                 f"{path}: directory is not empty ({', '.join(sorted(foreign)[:3])} ...); "
                 "choose a new or empty directory for the index"
             )
@@ -191,6 +194,7 @@ def migrate(conn: sqlite3.Connection, path: Path, manifest: dict, version: int, 
             version += 1
             manifest["format_version"] = version
         conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('format_version', ?)", (str(version),))
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")  # readers refresh
         conn.execute(f"PRAGMA user_version={version}")
         conn.execute("COMMIT")
     except BaseException:
@@ -241,7 +245,7 @@ def acquire_lock(index_path: Path, lock_path: Path) -> int:
             os.close(fd)
         raise IndexLockedError(
             f"{index_path}: another writer holds the index lock {lock_path} (pid {holder}); "
-            "wait for it to finish or open the index with mode='r'"
+            "wait for it to finish (searching is not blocked: read-only opens and `fastimg query` work meanwhile)"
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)

@@ -6,7 +6,8 @@ info, paths, search) plus the writer's calls, each delegated to one part:
 =========================  =================================================
 ``add`` / ``add_vectors``  :class:`~fastimg.index.ingest.Ingest`
 ``remove``                 :meth:`Ingest.ids_of <fastimg.index.ingest.Ingest.ids_of>` + the store
-``fit/clear_whitening``    :class:`~fastimg.index.whitening.Whitening`
+``fit/clear_whitening``    :class:`~fastimg.index.whitening.Whitening` (the index's linear map)
+``fit/clear_projection``   the same, with a projection learned from labels
 ``build_ann`` / ``flush``  :class:`~fastimg.index.graph.Graph`
 ``compact``                the store, then the whitening record, the caches and the graph
 =========================  =================================================
@@ -33,11 +34,13 @@ import numpy as np
 from fastimg.errors import ArgumentError, DescriptorError, IndexReadOnlyError, NotInIndexError
 from fastimg.index._progress import Progress, progress_callback
 from fastimg.index._reader import IndexReader
-from fastimg.index.caches import CACHE_SAVE_ROWS, prepared_outputs
+from fastimg.index.caches import CACHE_SAVE_ROWS, scan_outputs
 from fastimg.index.descriptor import descriptor_for
 from fastimg.index.ingest import ADD_BATCH, AddReport, Ingest, check_json
+from fastimg.index.searching import PRECISION_KEY, scan_precision
 from fastimg.index.store import Store
 from fastimg.metrics import get_metric
+from fastimg.precision import check_precision
 
 __all__ = ["Index"]
 
@@ -76,6 +79,7 @@ class Index(IndexReader):
         *,
         root: Optional[PathLike] = None,
         threads: Optional[int] = None,
+        precision: str = "float32",
         **descriptor_params: Any,
     ) -> "Index":
         """Create an empty index and return it open for writing (``mode="a"``).
@@ -94,10 +98,16 @@ class Index(IndexReader):
             Vector dimension; required for ``descriptor="custom"``, otherwise it
             must equal the descriptor's dimension if given.
         root : path-like, optional
-            Directory that image paths are stored relative to (default: the
-            parent of ``path``).
+            Directory that image paths are stored relative to, recorded relative
+            to the index directory: a collection moved together with its index
+            keeps working.  Default: the directory that contains ``path``,
+            recorded as an absolute path: the index can be copied or moved
+            anywhere on the machine (see :meth:`relocate` when the files move).
         threads : int, optional
             Threads for exact search (default: the search module's default).
+        precision : {"float32", "float16", "int8", "auto"}, default "float32"
+            What exact searches of the inner-product metrics read (see
+            :meth:`set_precision`); stored in the index.
         **descriptor_params
             Parameters of the descriptor (e.g. bins).
 
@@ -107,12 +117,17 @@ class Index(IndexReader):
             Unknown descriptor or bad parameters, or ``dim`` inconsistent with it.
         ValueError
             Unknown metric.
+        ArgumentError
+            ``precision`` unknown, or reduced for a metric without an inner-product form.
         FileExistsError
             ``path`` already holds an index, or is a non-empty directory.
         """
         desc = descriptor_for(descriptor, dim, descriptor_params)
         metric_name = get_metric(metric if metric is not None else desc.default_metric).name
+        precision = check_precision(precision, metric_name, int(desc.dim))
         store = Store.create(path, descriptor=desc.spec(), dim=int(desc.dim), metric=metric_name, root=root)
+        if precision != "float32":
+            store.set_meta(PRECISION_KEY, precision)
         return cls(store, threads=threads, descriptor=desc)
 
     @classmethod
@@ -200,8 +215,38 @@ class Index(IndexReader):
             data, prefix = self._whitening.data(v, fit), f"whitened-{fit.fit_id}-"
         else:
             data, prefix = v.vectors, ""
-        if m.ip_form and not (fit is not None and m.nonneg) and due(prepared_outputs(m.name, data.shape[1], prefix)):
-            self._caches.prepared(m.name, v.state, data, prefix)
+        p = scan_precision(v, m, int(data.shape[1]))
+        if m.ip_form and not (fit is not None and m.nonneg) and due(scan_outputs(m.name, data.shape[1], p, prefix)):
+            self._caches.prepared(m.name, v.state, data, prefix, p)
+            self._caches.prune_scans(m.name, int(data.shape[1]), p)
+
+    def set_precision(self, precision: str) -> None:
+        """Change what exact searches of the inner-product metrics read (writer only).
+
+        ``"float32"``: the prepared float32 rows; ``"float16"`` / ``"int8"``: copies
+        of them in 2x / 4x fewer bytes (:mod:`fastimg.precision`), the answer
+        (ids and scores) unchanged: candidates are certified and re-scored from
+        the float32 vectors, which are never touched; ``"auto"``: int8 from about
+        4 M values (rows x dim) where the int8 kernels are vectorised
+        (:func:`fastimg.search.resolve_precision`).  Stored in the index
+        (``meta`` key ``precision``); the caches of the default metric are
+        rebuilt in the new precision and the others removed (derived data).
+        Metrics without an inner-product form always read the float32 vectors.
+
+        Raises
+        ------
+        ArgumentError
+            ``precision`` unknown, reduced while the index's metric has no
+            inner-product form, or ``"int8"`` beyond D = 32768.
+        IndexReadOnlyError
+            The handle was opened with ``mode="r"``.
+        """
+        self._require_writable()
+        precision = check_precision(precision, self.metric, self.dim)
+        with self._mutex:
+            self._store.set_meta(PRECISION_KEY, None if precision == "float32" else precision)
+            self._search.clear()
+            self._save_caches(force=True)
 
     def _require_writable(self) -> None:
         if not self._store.writable:
@@ -212,6 +257,8 @@ class Index(IndexReader):
         v = self._views.current()
         if v.get("ann") is None:
             return
+        if self._rebuild_stale_graph(v):
+            return
         wmeta = v.get("whitening")
 
         def data() -> Any:
@@ -219,6 +266,23 @@ class Index(IndexReader):
             return v.vectors if fit is None else self._whitening.data(v, fit)
 
         self._graph.sync(v, None if wmeta is None else wmeta.get("fit_id"), data)
+
+    def _rebuild_stale_graph(self, v: Any) -> bool:
+        """Writer: a graph recorded for an older vector generation (a process died
+        between a compaction or re-description and the rebuild) is rebuilt with its
+        parameters at the next change; returns whether it was."""
+        ann = v.get("ann")
+        if ann is None or ann.get("generation") == v.state.generation:
+            return False
+        log.info("%s: rebuilding the HNSW graph left for generation %s (the index is at %d)", self.path,
+                 ann.get("generation"), v.state.generation)
+        self._graph.discard()
+        if len(self):
+            self.build_ann(M=ann["M"], ef_construction=ann["ef_construction"], metric=ann["metric"],
+                           ef=ann.get("ef"))
+        else:
+            self._graph.drop()
+        return True
 
     def set_metadata(self, item: Union[int, PathLike], metadata: Optional[Mapping[str, Any]]) -> None:
         """Attach JSON-able metadata (labels ...) to one live image, by id, path or name.
@@ -238,7 +302,7 @@ class Index(IndexReader):
         else:
             row = self._ingest.live_row(item)
             if row is None:
-                raise NotInIndexError(f"{self.path}: not in the index: {os.fspath(item)}")
+                raise NotInIndexError(f"{self.path}: not in the index: {os.fsdecode(item)}")
             id_ = row.id
         self._store.set_row_metadata(id_, value)
 
@@ -266,10 +330,14 @@ class Index(IndexReader):
             Decoding/description workers (passed to ``describe_many``).
         progress : bool or callable, default False
             ``True`` shows a tqdm bar on stderr; a callable is called as
-            ``progress(done, total)`` after every committed batch.
+            ``progress(done, total)`` from the calling thread as images are
+            described (every few images, non-decreasing, first ``(0, total)``,
+            last ``(total, total)``); ``total`` counts the files to describe.
         exclude : str or sequence of str, optional
-            Glob patterns (matched against the file name and the full path) of
-            files and folders to leave out.
+            Glob patterns (``fnmatch``: ``*`` also matches ``/``) of files and
+            folders to leave out, matched against the name, the absolute path and
+            the path relative to the folder being added: ``"edits/*"``,
+            ``"*.gif"``, ``"*/thumbnails/*"``.
         batch_size : int, default :data:`ADD_BATCH`
             Rows per commit (a crash loses at most one batch).
 
@@ -293,10 +361,14 @@ class Index(IndexReader):
         items = [paths_or_dirs] if isinstance(paths_or_dirs, (str, os.PathLike)) else list(paths_or_dirs)
         patterns = [exclude] if isinstance(exclude, str) else list(exclude or ())
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+            raise ArgumentError(f"batch_size must be >= 1; got {batch_size}")
         with self._mutex:
+            report = AddReport()
+            if self._ingest.redescribe(workers=workers, progress=progress, batch_size=int(batch_size),
+                                       report=report):
+                self._after_new_generation(None)
             report = self._ingest.add(items, recursive=recursive, workers=workers, progress=progress,
-                                      exclude=patterns, batch_size=int(batch_size))
+                                      exclude=patterns, batch_size=int(batch_size), report=report)
             self._sync_graph()
             self._save_caches(force=False)
         return report
@@ -342,8 +414,8 @@ class Index(IndexReader):
         Parameters
         ----------
         paths_or_ids : path, name, id, or an iterable of them
-            Ids (ints), file paths (a folder removes every image under it) or
-            ``add_vectors`` names.
+            Ids (ints), file paths (``str``, path objects or ``bytes``; a folder
+            removes every image under it) or ``add_vectors`` names.
 
         Returns
         -------
@@ -352,16 +424,58 @@ class Index(IndexReader):
 
         Raises
         ------
-        ValueError
+        NotInIndexError
             An item that is not in the index (nothing is removed then).
         """
         self._require_writable()
-        if isinstance(paths_or_ids, (str, os.PathLike, int, np.integer)):
+        if isinstance(paths_or_ids, (str, bytes, os.PathLike, int, np.integer)):
             paths_or_ids = [paths_or_ids]
         with self._mutex:
             n = self._store.mark_deleted(self._ingest.ids_of(paths_or_ids, self._views.current()))
             self._sync_graph()
             return n
+
+    def relocate(self, old: PathLike, new: PathLike) -> int:
+        """The indexed files that were under folder ``old`` are now under ``new``:
+        rewrite their stored paths (and the root, when it lies under ``old``) in
+        one transaction.  Ids, vectors and metadata are unchanged; nothing on disk
+        is moved.  Returns the number of live images whose path changed.
+
+        Raises
+        ------
+        IndexReadOnlyError
+            The index is open with ``mode="r"``.
+        ArgumentError
+            Two live images would get the same path (nothing is changed).
+        """
+        self._require_writable()
+        with self._mutex:
+            n = self._store.relocate(old, new)
+            self._warned_missing = False
+            return n
+
+    def check(self, repair: bool = False, *, sample: int = 32) -> Any:
+        """Verify every file of the index against its metadata and checksums
+        (:mod:`fastimg.index.check`): manifest, SQLite integrity, vectors against the
+        committed rows, caches, graph, whitening, leftovers of interrupted writes.
+
+        Parameters
+        ----------
+        repair : bool, default False
+            Also repair what can be without touching committed rows (writer only):
+            remove bad or stale caches and leftovers, rebuild the graph and re-fit
+            the whitening with their recorded parameters.
+        sample : int, default 32
+            Indexed files checked for existence.
+
+        Returns
+        -------
+        fastimg.index.check.CheckReport
+            ``.ok`` (no problem left), ``.findings`` (problems and notes).
+        """
+        from fastimg.index.check import check
+
+        return check(self, repair, sample=sample)
 
     def compact(self, progress: Progress = False) -> np.ndarray:
         """Rewrite the vector file without the deleted rows.
@@ -387,15 +501,33 @@ class Index(IndexReader):
                     bar.close()
             after = self._store.state()
             if after.generation != before.generation:
-                self._caches.clear()
-                self._search.clear()
-                self._whitening.renumber(mapping, after.generation)
-                ann = self._graph.drop()  # old ids: never saved
-                if ann is not None and len(self):
-                    self.build_ann(M=ann["M"], ef_construction=ann["ef_construction"], metric=ann["metric"],
-                                   ef=ann.get("ef"))
+                self._after_new_generation(mapping)
                 self._save_caches(force=True)
             return mapping
+
+    def _after_new_generation(self, mapping: Optional[np.ndarray]) -> None:
+        """What derives from the vectors, after a new vector file: a compaction
+        (``mapping``: old id -> new id) or a re-description (None: same ids, new
+        vectors).  Caches are dropped; the whitening record is renumbered
+        (compaction) or the whitening re-fitted with its parameters (re-description);
+        the HNSW graph is rebuilt with its parameters (until then its record names
+        the old generation: searches scan exactly, ``fastimg check --repair``
+        rebuilds it if this process dies first)."""
+        self._caches.clear()
+        self._search.clear()
+        v = self._views.current()
+        if mapping is not None:
+            self._whitening.renumber(mapping, v.state.generation)
+        elif v.get("whitening") is not None:
+            self._whitening.refit(v, self.metric)
+            self._search.clear()
+        ann = self._graph.forget()  # old ids or old vectors: never saved again
+        if ann is not None:
+            if len(self):
+                self.build_ann(M=ann["M"], ef_construction=ann["ef_construction"], metric=ann["metric"],
+                               ef=ann.get("ef"))
+            else:
+                self._graph.drop()
 
     def fit_whitening(self, dim: Optional[int] = None, power: float = 0.0, *,
                       sample: Optional[int] = None) -> dict:
@@ -418,7 +550,8 @@ class Index(IndexReader):
         built in: after fitting (or re-fitting, or :meth:`clear_whitening`),
         ``mode="auto"`` searches exactly and ``mode="ann"`` raises until
         :meth:`build_ann` is called again, which then builds it on the whitened
-        vectors.
+        vectors.  An index has one linear map: this replaces a learned
+        projection (:meth:`fit_projection`).
 
         Parameters
         ----------
@@ -434,9 +567,9 @@ class Index(IndexReader):
         Returns
         -------
         dict
-            ``{"dim": output dimension, "power", "n_fit": rows fitted on, "rows":
-            committed rows at fit time, "generation", "fit_id": checksum of
-            whitening.npz}``.
+            ``{"method": "pca-whitening", "dim": output dimension, "power",
+            "n_fit": rows fitted on, "rows": committed rows at fit time,
+            "generation", "fit_id": checksum of the file, "file": its name}``.
 
         Raises
         ------
@@ -458,19 +591,120 @@ class Index(IndexReader):
     def clear_whitening(self) -> None:
         """Forget the whitening: searches compare the raw vectors again.
 
-        Removes ``whitening.npz``, its record and its caches (a no-op when no
-        whitening is fitted).  An HNSW graph built on the whitened vectors must be
-        rebuilt (:meth:`build_ann`) to serve ``mode="ann"`` again.
+        Removes the whitening's file, its record and its caches (a no-op when no
+        whitening is fitted, e.g. when a learned projection is).  An HNSW graph
+        built on the whitened vectors must be rebuilt (:meth:`build_ann`) to
+        serve ``mode="ann"`` again.
 
         Raises
         ------
         IndexReadOnlyError
             The index is open with ``mode="r"``.
         """
+        self._clear_map(learned=False)
+
+    def _clear_map(self, learned: bool) -> None:
         self._require_writable()
         with self._mutex:
-            self._whitening.clear()
+            self._whitening.clear(learned=learned)
             self._search.clear()
+
+    def fit_projection(self, labels: Any, method: str = "lda", dim: Optional[int] = None, **options: Any) -> dict:
+        """Learn a projection from labelled images; every later search runs in its space.
+
+        Metric learning (issue 20): :func:`fastimg.learn_projection` is fitted on
+        the live rows the labels name, and stored and applied exactly like a
+        PCA-whitening (:meth:`fit_whitening`, which it replaces: an index has one
+        linear map): the file (``projection.<id>.npz``) and its record (key
+        ``whitening`` of ``meta.sqlite``, ``method`` = ``"lda"``/``"nca"``) are
+        committed at once, searches transform the query with it and compare it
+        with the projected rows (a rebuildable cache) using a metric for signed
+        vectors (``cosine``, ``pearson``, ``l2``, ``l1``), rows added later are
+        projected with the same fit (``info()["projection"]["stale_rows"]``), and
+        an HNSW graph built before is unused until :meth:`build_ann` is called
+        again.  Calling this again re-fits.
+
+        Parameters
+        ----------
+        labels : mapping, str or os.PathLike
+            ``{item: label}`` (items: indexed file paths, ``add_vectors`` names or
+            ids), a CSV file of ``path,label`` rows (relative paths as given or
+            relative to the CSV's directory), or a directory with one
+            sub-directory per class (the ``folders`` layout of ``fastimg eval``).
+            See :func:`fastimg.learn.read_labels`.  Labelled items that are not
+            in the index are ignored and counted (``labels.not_in_index``; a
+            warning is logged) as long as 2 classes remain.
+        method : {"lda", "nca"}, default "lda"
+            See :mod:`fastimg.learn`.
+        dim : int, optional
+            Output dimension (default: the method's, e.g. ``n_classes - 1`` for LDA).
+        **options
+            The method's options (e.g. ``shrinkage``), see :data:`fastimg.learn.METHODS`.
+
+        Returns
+        -------
+        dict
+            The record: ``{"method", "dim", "n_fit", "params" (the method's
+            parameters and fit statistics), "labels": {"given", "matched",
+            "not_in_index", "classes"}, "rows", "generation", "fit_id", "file"}``,
+            plus ``not_in_index_examples`` (up to 5 items not found).
+
+        Raises
+        ------
+        IndexReadOnlyError
+            The index is open with ``mode="r"``.
+        ArgumentError
+            Unreadable labels; none of them in the index; one image with two
+            labels; fewer than 2 classes (or no class with 2 images) among the
+            indexed ones; a bad ``method``, ``dim`` (e.g. larger than the index
+            dimension) or option; an index metric for non-negative vectors.
+        """
+        from fastimg.index.whitening import match_labels
+        from fastimg.learn import read_labels
+
+        self._require_writable()
+        pairs, base = read_labels(labels)
+        with self._mutex:
+            v = self._views.current()
+
+            def find(item: Any) -> Optional[int]:
+                if isinstance(item, (bool, np.bool_)):
+                    return None
+                if isinstance(item, (int, np.integer)):
+                    return int(item) if 0 <= int(item) < v.state.committed and v.is_live(int(item)) else None
+                if not isinstance(item, (str, os.PathLike)):
+                    return None
+                row = self._store.find_entry(item)
+                return None if row is None or row.id >= v.state.committed else int(row.id)
+
+            ids, labs, report, missing = match_labels(find, pairs, base, self.path)
+            if missing:
+                log.warning("%s: %d labelled items are not in the index and were ignored (e.g. %s)",
+                            self.path, report["not_in_index"], ", ".join(map(str, missing)))
+            try:
+                meta = self._whitening.learn(v, ids, labs, self.metric, method, dim, options, report)
+            except DescriptorError as exc:
+                ignored = (f" ({report['not_in_index']} labelled items not in the index were ignored)"
+                           if report["not_in_index"] else "")
+                raise ArgumentError(f"{self.path}: fit_projection: {exc}{ignored}") from None
+            self._search.clear()
+            self._save_caches(force=True)
+            return dict(meta, not_in_index_examples=missing)
+
+    def clear_projection(self) -> None:
+        """Forget the learned projection: searches compare the raw vectors again.
+
+        Removes its file, its record and its caches (a no-op when no projection
+        is fitted, e.g. when a PCA-whitening is).  An HNSW graph built on the
+        projected vectors must be rebuilt (:meth:`build_ann`) to serve
+        ``mode="ann"`` again.
+
+        Raises
+        ------
+        IndexReadOnlyError
+            The index is open with ``mode="r"``.
+        """
+        self._clear_map(learned=True)
 
     # ------------------------------------------------------------------ ANN
     def build_ann(

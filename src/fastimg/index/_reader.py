@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
 
 import numpy as np
 
-from fastimg.errors import ArgumentError, IndexChangedError, NotInIndexError
+from fastimg.errors import ArgumentError, ArgumentTypeError, IndexChangedError, NotInIndexError
 from fastimg.index.caches import CACHE_DIR, Caches
 from fastimg.index.descriptor import IndexDescriptor
 from fastimg.index.graph import Graph
@@ -43,14 +43,15 @@ from fastimg.index.query import (
     lookup,
     where_patterns,
 )
-from fastimg.index.searching import Search
+from fastimg.index.searching import Search, index_precision, representation_bytes, scan_precision
 from fastimg.index.store import Row, Store
 from fastimg.index.view import Allowed, View, Views
 from fastimg.index.whitening import Fit, Whitening, WhiteningMismatch
+from fastimg.metrics import get_metric
 
 __all__ = ["IndexReader", "Hit", "Entry", "BatchResult"]
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, bytes, "os.PathLike[str]"]
 _R = TypeVar("_R", bound="IndexReader")
 _T = TypeVar("_T")
 
@@ -226,6 +227,11 @@ class IndexReader:
         return str(self._store.manifest["metric"])
 
     @property
+    def precision(self) -> str:
+        """What exact searches of the inner-product metrics read (:meth:`Index.set_precision`)."""
+        return index_precision(self._views.current())
+
+    @property
     def mode(self) -> str:
         """``"a"`` (read and write) or ``"r"`` (read-only)."""
         return "a" if self._store.writable else "r"
@@ -247,10 +253,11 @@ class IndexReader:
 
     @property
     def descriptor_spec(self) -> dict:
-        """The descriptor's spec as stored in the manifest (``{"name", "dim",
-        "version", "params", ...}``; ``name`` is ``"custom"`` for vectors computed by
-        the caller), without creating the descriptor."""
-        return copy.deepcopy(dict(self._store.manifest["descriptor"]))
+        """The spec of the descriptor that made the rows (``{"name", "dim",
+        "version", "params", ...}``, as recorded in the index: a re-description
+        changes it; ``name`` is ``"custom"`` for vectors computed by the caller),
+        without creating the descriptor."""
+        return copy.deepcopy(self._descriptor.spec(self._view()))
 
     @property
     def vectors(self) -> np.ndarray:
@@ -316,9 +323,15 @@ class IndexReader:
         (spec dict), ``dim``, ``metric``, ``count`` (live images), ``rows``
         (committed rows, deleted included), ``deleted``, ``generation``,
         ``created``, ``size_bytes`` (all files), ``vectors_bytes``, ``caches``
-        (file names), ``ann`` (:meth:`ann_info`), ``whitening`` (None, or the dict
+        (file names), ``precision`` (:attr:`precision`), ``scan_precision`` (what an
+        exact search of the default metric reads now: ``auto`` resolved),
+        ``representation_bytes`` (the bytes of the vectors and of what an exact scan
+        of the default metric reads in each precision:
+        :func:`fastimg.index.searching.representation_bytes`), ``ann``
+        (:meth:`ann_info`), ``whitening`` (None, or the dict
         returned by :meth:`fit_whitening` plus ``stale_rows``: rows added since the
-        fit, searched with that fit).  ``size_bytes`` walks the index directory:
+        fit, searched with that fit), ``projection`` (likewise for a projection
+        learned by :meth:`fit_projection`; at most one of the two is set).  ``size_bytes`` walks the index directory:
         :attr:`descriptor_spec`, :meth:`ann_info` and ``len()`` are the cheap parts.
         """
         v = self._views.current()
@@ -332,8 +345,8 @@ class IndexReader:
             "path": str(self.path),
             "root": str(self.root),
             "mode": self.mode,
-            "format_version": man["format_version"],
-            "descriptor": self.descriptor_spec,
+            "format_version": self._store.format_version,
+            "descriptor": copy.deepcopy(self._descriptor.spec(v)),  # in force (a re-description changes it)
             "dim": self.dim,
             "metric": self.metric,
             "count": v.live,
@@ -344,8 +357,12 @@ class IndexReader:
             "size_bytes": size,
             "vectors_bytes": v.state.committed * self.dim * 4,
             "caches": [p.name for p in self._caches.files()],
+            "precision": index_precision(v),
+            "scan_precision": scan_precision(v, get_metric(self.metric), self.dim),
+            "representation_bytes": representation_bytes(self.metric, v.state.committed, self.dim),
             "ann": self._ann_info(v),
-            "whitening": self._whitening.info(v),
+            "whitening": self._whitening.info(v, learned=False),
+            "projection": self._whitening.info(v, learned=True),
         }
 
     def ann_info(self) -> dict:
@@ -369,10 +386,13 @@ class IndexReader:
     def __contains__(self, item: object) -> bool:
         """``id in index`` (a live id), ``path in index`` (an indexed file, as given
         or relative to the current directory), ``name in index`` (an
-        ``add_vectors`` name)."""
+        ``add_vectors`` name).  A path is a ``str`` (surrogate escapes for bytes
+        that are not UTF-8, as ``os.fsdecode`` and :meth:`paths` give), a path
+        object or ``bytes``; so for every lookup (:meth:`id_of`, :meth:`entry`,
+        :meth:`metadata`, :meth:`vectors_of`, :meth:`similar`)."""
         if is_id(item):
             return self._view().is_live(int(item))
-        if isinstance(item, (str, os.PathLike)):
+        if isinstance(item, (str, bytes, os.PathLike)):
             return self._store.find_entry(item) is not None
         return False
 
@@ -385,11 +405,11 @@ class IndexReader:
         NotInIndexError
             ``item`` is not a live entry.
         """
-        if not isinstance(item, (str, os.PathLike)):
+        if not isinstance(item, (str, bytes, os.PathLike)):
             raise ArgumentError(f"id_of() takes a path or a name; got {type(item).__name__} {item!r}")
         row = self._store.find_entry(item)
         if row is None:
-            raise NotInIndexError(f"{self.path}: not in the index: {os.fspath(item)}")
+            raise NotInIndexError(f"{self.path}: not in the index: {os.fsdecode(item)}")
         return row.id
 
     def entry(self, item: Union[int, PathLike]) -> Entry:
@@ -405,14 +425,23 @@ class IndexReader:
         """
         if is_id(item):
             (r,) = self._store.rows([int(item)])
-        elif isinstance(item, (str, os.PathLike)):
+        elif isinstance(item, (str, bytes, os.PathLike)):
             found = self._store.find_entry(item)
             if found is None:
-                raise NotInIndexError(f"{self.path}: not in the index: {os.fspath(item)}")
+                raise NotInIndexError(f"{self.path}: not in the index: {os.fsdecode(item)}")
             r = found
         else:
             raise ArgumentError(f"entry() takes an id (int), a path or a name; got {type(item).__name__}")
         return _entry(self._store, r)
+
+    def __getitem__(self, item: Union[int, PathLike]) -> Entry:
+        """``index[id]`` / ``index[path]``: :meth:`entry` (a mapping of ids and paths
+        to entries, like ``in``; not a sequence: ids need not be contiguous, use
+        ``index.entries(index.live_ids()[a:b])`` for a page)."""
+        if isinstance(item, slice):
+            raise ArgumentTypeError("an Index is not a sequence: index[id] or index[path] takes one key; "
+                                    "for a page use index.entries(index.live_ids()[a:b])")
+        return self.entry(item)
 
     def entries(self, ids: Iterable[int]) -> list[Entry]:
         """:meth:`entry` of many ids, in order, read in one go (e.g. a page of
@@ -464,7 +493,7 @@ class IndexReader:
         NotInIndexError
             An item that is not a live entry.
         """
-        if isinstance(items, (str, os.PathLike)) or is_id(items):
+        if isinstance(items, (str, bytes, os.PathLike)) or is_id(items):
             items = [items]  # type: ignore[list-item]
         items = list(items)
 
@@ -475,10 +504,10 @@ class IndexReader:
                     if not v.is_live(int(item)):
                         raise NotInIndexError(f"{self.path}: no live entry with id {item}")
                     ids.append(int(item))
-                elif isinstance(item, (str, os.PathLike)):
+                elif isinstance(item, (str, bytes, os.PathLike)):
                     row = lookup(self._store, item, v)
                     if row is None:
-                        raise NotInIndexError(f"{self.path}: not in the index: {os.fspath(item)}")
+                        raise NotInIndexError(f"{self.path}: not in the index: {os.fsdecode(item)}")
                     ids.append(row.id)
                 else:
                     raise ArgumentError(f"vectors_of() takes ids, paths or names; got {type(item).__name__}")
@@ -501,9 +530,29 @@ class IndexReader:
                                   "rows: take the first counts[r] ids of row r, or BatchResult.row(r))")
         return self._store.paths(ids)  # type: ignore[return-value]
 
+    def missing_files(self, ids: Optional[Iterable[int]] = None, *, sample: int = 32, warn: bool = True) -> dict:
+        """Are the indexed files still where the index says?  Stats the files of
+        ``ids`` (e.g. a search's hits), else of up to ``sample`` live rows spread over
+        the index; returns ``{"checked", "missing", "examples"}``.  With ``warn``, a
+        warning on the ``fastimg.index`` logger when some are missing (once per
+        handle), naming the root paths are resolved against and ``relocate``."""
+        from fastimg.index.locations import missing_files
+
+        out = missing_files(self._store, self._view(), ids, sample)
+        if warn and out["missing"] and not getattr(self, "_warned_missing", False):
+            self._warned_missing = True  # (two threads at once may both warn: harmless)
+            import logging
+
+            logging.getLogger("fastimg.index").warning(
+                "%s: %d of %d indexed files checked do not exist (e.g. %s); relative paths are resolved against "
+                "%s: if the files moved, Index.relocate(old, new) / `fastimg relocate OLD NEW`", self.path,
+                out["missing"], out["checked"], out["examples"][0], self.root)
+        return out
+
     @property
-    def whitening_path(self) -> Path:
-        """Where the fitted PCA-whitening is stored (:data:`WHITENING_FILE` in the index)."""
+    def whitening_path(self) -> Optional[Path]:
+        """The file of the index's linear map - the PCA-whitening, or the learned
+        projection - in force (None when none is fitted)."""
         return self._whitening.path
 
     # ------------------------------------------------------------------ search
@@ -567,7 +616,10 @@ class IndexReader:
             ``"2019/*.jpg"``; anything else a folder (or file) relative to
             :attr:`root`, e.g. ``"trips/2019"`` (also ``trips/2019/x/y.jpg``, not
             ``trips/2019-old/z.jpg``); an absolute path is first made relative to
-            :attr:`root`.  A filtered search is exact (``mode="ann"`` is an error).
+            :attr:`root` (the root itself keeps every entry).  ``bytes`` are
+            taken as the OS's path bytes; names are compared byte for byte (a
+            ``?`` matches one UTF-8 character, or one byte that is not part of
+            one).  A filtered search is exact (``mode="ann"`` is an error).
 
         Returns
         -------
@@ -581,10 +633,11 @@ class IndexReader:
 
         Notes
         -----
-        With a whitening fitted (:meth:`fit_whitening`), the query and the rows
-        are compared after the stored PCA-whitening (and L2 normalisation), with
-        ``metric``; scores are the metric's values on the whitened vectors, and
-        re-ranking works on them too.
+        With a whitening fitted (:meth:`fit_whitening`), or a projection learned
+        from labels (:meth:`fit_projection`), the query and the rows are compared
+        after that linear map (and L2 normalisation), with ``metric``; scores are
+        the metric's values on the mapped vectors, and re-ranking works on them
+        too.
         """
         args = self._search_args(k, metric, mode, threshold, where)
         return self._consistent(lambda v, fit: self._hits(v, fit, query, False, exclude_self, ef, candidates,
@@ -610,9 +663,9 @@ class IndexReader:
 
         Parameters
         ----------
-        entry : int, path-like or str
+        entry : int, path-like, str or bytes
             A live id, an indexed file path (as given or relative to the current
-            directory) or an ``add_vectors`` name.
+            directory; ``bytes``: the OS's path bytes) or an ``add_vectors`` name.
         k, metric, mode, ef, candidates, rerank, threshold, where
             As in :meth:`search`.
 

@@ -1,11 +1,21 @@
 """The HNSW graph's lifecycle inside an index: build, load + catch-up, lazy save.
 
-The graph (:class:`fastimg.ann.HnswGraph`, files in ``ann/``) is a cache beside
-the vectors; its state is the store's ``meta`` value ``ann``: ``{"metric", "M",
-"ef_construction", "ef", "rows", "generation", "whitening", "saves", "build"}``
-(``rows`` covered by the saved file, the vector-file ``generation``, the fit id
-of the ``whitening`` it was built in or None, a ``build`` id and a ``saves``
-counter that together identify the saved file).
+The graph (:class:`fastimg.ann.HnswGraph`) is a cache beside the vectors; each
+build has its own directory, ``ann/<build>/``; its state is the store's ``meta``
+value ``ann``: ``{"metric", "M", "ef_construction", "ef", "rows", "generation",
+"whitening", "saves", "build", "dir"}`` (``rows`` covered by the saved file, the
+vector-file ``generation``, the fit id of the ``whitening`` it was built in or
+None, a ``build`` id and a ``saves`` counter that together identify the saved
+file, and ``dir``, the build's directory relative to the index; records of
+fastimg 0.1 have no ``dir``: their graph is in ``ann/`` itself).
+
+* **Crash safety**: a build is saved into its new directory, then recorded (one
+  SQLite transaction), then the other builds are removed; a save within a build
+  is one rename (:meth:`fastimg.ann.HnswGraph.save`).  A process killed at any
+  moment leaves a record whose graph is whole.  After a compaction or a
+  re-description the record keeps naming the old generation until the graph is
+  rebuilt (searches scan exactly meanwhile; ``fastimg check --repair`` rebuilds it
+  if the process died first).
 
 * **Never wrong**: a loaded graph holds rows ``[0, rows)`` and gets every deleted
   id below that marked (in memory) at each use; rows added after it are scanned
@@ -17,24 +27,26 @@ counter that together identify the saved file).
   :data:`ANN_SAVE_ROWS` rows (or 5 % of the graph) were inserted since the last
   save, on ``Index.flush()`` and on ``Index.close()``.  A graph left stale (a
   killed writer) is caught up by the next writer.
-* **One space**: the graph serves the metric and the whitening fit it was built
-  for; after the whitening is fitted, re-fitted or cleared it is unused until
-  rebuilt.
+* **One space**: the graph serves the metric and the linear map (whitening or
+  learned projection, :mod:`fastimg.index.whitening`) it was built for; after
+  the map is fitted, re-fitted or cleared it is unused until rebuilt.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
+import re
 import shutil
 import threading
 import uuid
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from fastimg.errors import AnnSearchError, ArgumentError, FastimgError, IndexCorruptError
 from fastimg.index._progress import Progress, progress_callback
-from fastimg.index.store import Store
+from fastimg.index.store import ANN_DIR, Store
 from fastimg.index.view import View
 from fastimg.metrics import Metric
 from fastimg.index.scan import merge_candidates
@@ -119,28 +131,70 @@ class Graph:
                 bar.close()
         if view.deleted.size:
             graph.mark_deleted(view.deleted)
-        tmp = self._store.ann_dir.with_name(".ann.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        graph.save(tmp, extra={"rows": n, "generation": view.state.generation, "whitening": fit_id})
-        self._store.set_meta("ann", None)
-        shutil.rmtree(self._store.ann_dir, ignore_errors=True)
-        os.replace(tmp, self._store.ann_dir)
+        build = uuid.uuid4().hex
+        rel = f"{ANN_DIR}/{build}"
+        target = self._store.path / rel
+        try:
+            graph.save(target, extra={"rows": n, "generation": view.state.generation, "whitening": fit_id})
+        except OSError as exc:
+            shutil.rmtree(target, ignore_errors=True)
+            from fastimg.index.store import _write_error
+
+            raise _write_error(target, exc, "save the HNSW graph", "its previous graph, if any") from None
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
         meta = {"metric": metric, "M": int(M), "ef_construction": int(ef_construction), "ef": int(graph.ef),
                 "rows": n, "generation": view.state.generation, "whitening": fit_id, "saves": 0,
-                "build": uuid.uuid4().hex}
-        self._store.set_meta("ann", meta)
+                "build": build, "dir": rel}
+        self._store.set_meta("ann", meta)  # the commit point: this build is in force
         self.graph, self._key, self.error = graph, _key(meta), None
+        self._remove_builds(keep=target)
         return {k: meta[k] for k in ("metric", "M", "ef_construction", "ef", "rows", "generation", "whitening")}
 
+    def forget(self) -> Optional[dict]:
+        """Forget the graph held in memory (a new vector generation made it wrong) and
+        return the record (to rebuild with the same parameters) or None; the saved
+        graph stays in force until a build replaces it (its generation is then the
+        old one: it is not used)."""
+        self.discard()
+        return self._store.get_meta("ann")
+
     def drop(self) -> Optional[dict]:
-        """Remove the saved graph and its record (a compaction renumbered the ids);
-        returns the old record (to rebuild with the same parameters) or None."""
+        """Remove the saved graph and its record; returns the old record or None."""
         meta = self._store.get_meta("ann")
         self.discard()
         if meta is not None:
             self._store.set_meta("ann", None)
-            shutil.rmtree(self._store.ann_dir, ignore_errors=True)
+        self._remove_builds(keep=None)
         return meta
+
+    def directory(self, meta: dict) -> Path:
+        """The directory of the build ``meta`` records."""
+        rel = meta.get("dir") or ANN_DIR
+        if not isinstance(rel, str) or not re.fullmatch(rf"{ANN_DIR}(/[0-9a-f]+)?", rel):
+            raise IndexCorruptError(f"{self._store.path / 'meta.sqlite'}: the graph record names {rel!r}, not a "
+                                    f"directory of {ANN_DIR}/")
+        return self._store.path / rel
+
+    def orphans(self, meta: Optional[dict]) -> list[Path]:
+        """Entries of ``ann/`` that are not the recorded build (interrupted builds,
+        replaced ones)."""
+        root = self._store.ann_dir
+        if not root.is_dir():
+            return []
+        keep = None if meta is None else self.directory(meta)
+        if keep == root:  # fastimg 0.1's layout: the files are in ann/ itself
+            return [p for p in root.iterdir() if p.is_dir()]
+        return [p for p in root.iterdir() if p != keep]
+
+    def _remove_builds(self, keep: Optional[Path]) -> None:
+        for p in self.orphans(None if keep is None else {"dir": str(keep.relative_to(self._store.path))}):
+            with contextlib.suppress(OSError):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
 
     # ------------------------------------------------------------------ load
     def load(self, view: View) -> tuple[Any, Optional[dict]]:
@@ -156,9 +210,14 @@ class Graph:
             that search scans exactly).
         """
         meta = view.get("ann")
-        if meta is None or meta.get("generation") != view.state.generation:
+        if meta is None:
             return None, None
         with self._lock:
+            if meta.get("generation") != view.state.generation:
+                self.error = (f"the graph was built for generation {meta.get('generation')} of the vectors, the "
+                              f"index is at generation {view.state.generation}: rebuild it (Index.build_ann; "
+                              "fastimg check --repair)")
+                return None, meta
             return self._load(view, meta)
 
     def _load(self, view: View, meta: dict) -> tuple[Any, Optional[dict]]:
@@ -166,7 +225,7 @@ class Graph:
         if self.graph is None or self._key != key:
             from fastimg.ann import HnswGraph
 
-            ann_dir = self._store.ann_dir
+            ann_dir = self.directory(meta)
             try:
                 graph = HnswGraph.load(ann_dir, threads=self.threads)
                 saved = graph.extra  # what the file covers (absent: saved by fastimg <= 0.x, trust meta)
@@ -215,8 +274,8 @@ class Graph:
         if self.graph is None or meta is None:
             return
         rows = self.graph.max_id + 1
-        self.graph.save(self._store.ann_dir, extra={"rows": rows, "generation": view.state.generation,
-                                                    "whitening": meta.get("whitening")})
+        self.graph.save(self.directory(meta), extra={"rows": rows, "generation": view.state.generation,
+                                                     "whitening": meta.get("whitening")})
         meta = dict(meta, rows=rows, saves=int(meta.get("saves", 0)) + 1)
         self._store.set_meta("ann", meta)
         self._key = _key(meta)
@@ -277,8 +336,8 @@ class Graph:
         usable = graph is not None and meta is not None and meta.get("metric") == m.name and same_space
         if mode == "ann" and not usable:
             why = (self.error if meta is not None and graph is None else
-                   ("the graph was built before the whitening was fitted, re-fitted or cleared: rebuild it "
-                    "(Index.build_ann / fastimg index --ann)") if meta is not None and not same_space
+                   ("the graph was built before the whitening or learned projection was fitted, re-fitted or "
+                    "cleared: rebuild it (Index.build_ann / fastimg index --ann)") if meta is not None and not same_space
                    else f"the graph serves metric {meta.get('metric')!r}, not {m.name!r}" if meta is not None
                    else "no HNSW graph is built (Index.build_ann)")
             raise ArgumentError(f"{self._store.path}: mode='ann' unavailable: {why}")
@@ -324,7 +383,10 @@ class Graph:
         out: dict[str, Any] = {"built": meta is not None, "crossover": cross}
         if meta is not None:
             out.update({k: meta.get(k) for k in ("metric", "M", "ef_construction", "ef")})
-            saved = saved_meta(self._store.ann_dir)
+            try:
+                saved = saved_meta(self.directory(meta))
+            except IndexCorruptError:
+                saved = None
             saved_rows = 0 if saved is None else int((saved.get("extra") or {}).get("rows", meta.get("rows", 0)))
             held = self.held(meta)
             rows = self.graph.max_id + 1 if held else saved_rows

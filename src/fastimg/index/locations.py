@@ -1,11 +1,18 @@
-"""Where fastimg keeps its files by default (the CLI's index location)."""
+"""Where fastimg keeps its files by default (the CLI's index location), and whether
+the files an index points to are still where it says (:func:`missing_files`)."""
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import Any, Iterable, Optional
 
-__all__ = ["data_dir", "default_index_path"]
+import numpy as np
+
+__all__ = ["data_dir", "default_index_path", "missing_files", "MISSING_SAMPLE"]
+
+#: Indexed files :func:`missing_files` stats when no ids are given.
+MISSING_SAMPLE = 32
 
 
 def data_dir() -> Path:
@@ -38,3 +45,31 @@ def default_index_path() -> Path:
     if env:
         return Path(env).expanduser()
     return data_dir() / "index"
+
+
+def missing_files(store: Any, view: Any, ids: Optional[Iterable[int]] = None,
+                  sample: int = MISSING_SAMPLE) -> dict:
+    """Which indexed files no longer exist: ``{"checked", "missing", "examples"}``
+    (at most 5 example paths).
+
+    ``ids``: the rows to look at (e.g. the hits of a search); default: up to
+    ``sample`` live rows evenly spaced over the index.  Names added with vectors
+    are not files and are skipped.  One ``stat`` per file: cheap enough for every
+    command that shows paths.
+    """
+    if ids is None:
+        live = view.live_ids()
+        if live.size > sample:
+            live = live[(np.linspace(0, live.size - 1, sample)).round().astype(np.int64)]
+        ids = live.tolist()
+    ids = [int(i) for i in ids if 0 <= int(i) < view.state.committed]
+    rows = store.rows(ids) if ids else []
+    checked, gone = 0, []
+    for r in rows:
+        if not r.is_file:
+            continue
+        checked += 1
+        p = store.absolute_path(r.path)
+        if not os.path.exists(p):
+            gone.append(p)
+    return {"checked": checked, "missing": len(gone), "examples": gone[:5]}

@@ -3,11 +3,12 @@
 A query becomes ``(vector, self ids, match identical)``:
 
 * a path or name that is **in the index** uses its stored vector (a file whose
-  size and mtime changed since it was indexed is described again) and its row
-  is the query's self;
+  size and mtime changed since it was indexed is described again, unless the
+  index's rows are of an older descriptor version: nothing can be described for
+  it until a writer re-describes them) and its row is the query's self;
 * a path that is not in the index, encoded bytes or a BGR ``uint8`` array is
-  described with the index's descriptor, exactly as ``Index.add`` does
-  (``fastimg.features.registry.describe``);
+  described with the descriptor that made the rows of the state searched,
+  exactly as ``Index.add`` does (``fastimg.features.registry.describe``);
 * a 1-D numeric array of the index dimension is the vector itself (checked as
   :func:`fastimg.search.check_queries` checks queries).
 
@@ -26,7 +27,12 @@ renumbered the ids, or the row was added after the view was read) raises
 ``where`` filters (:func:`where_patterns`): a string with a glob character
 (``*``, ``?``, ``[``) is a pattern matched against the stored path, anything
 else a folder (or file) prefix of it; absolute paths are first put in their
-stored form (relative to the index root when under it).
+stored form (relative to the index root when under it; the root itself, like
+``""`` and ``"."``, keeps every row).  Paths and patterns may be ``str``
+(surrogate escapes for bytes that are not UTF-8), path objects or ``bytes``;
+they are compared with the stored bytes (:meth:`Store.live_ids_matching`).
+Lookups (``Index.similar``, ``in``, ``id_of``, ``entry``, ``vectors_of``) take
+a path as ``bytes`` too; ``search()`` does not (bytes are an encoded image there).
 """
 from __future__ import annotations
 
@@ -50,7 +56,7 @@ __all__ = ["MODES", "Queries", "Stale", "Where", "check_search_args", "check_thr
 MODES = ("auto", "exact", "ann")
 _ANY_SIGN = get_metric("l2")  # query checks without the histogram metrics' sign check
 
-Where = Union[str, "os.PathLike[str]", Iterable[Union[str, "os.PathLike[str]"]], None]
+Where = Union[str, bytes, "os.PathLike[str]", Iterable[Union[str, bytes, "os.PathLike[str]"]], None]
 
 
 class Stale(IndexChangedError):
@@ -87,7 +93,7 @@ def where_patterns(where: Where, store: Store) -> Optional[tuple[tuple[str, ...]
     stored form of paths (see the module docstring)."""
     if where is None:
         return None
-    if isinstance(where, (str, os.PathLike)):
+    if isinstance(where, (str, bytes, os.PathLike)):
         items: list[Any] = [where]
     else:
         try:
@@ -100,15 +106,14 @@ def where_patterns(where: Where, store: Store) -> Optional[tuple[tuple[str, ...]
     prefixes: list[str] = []
     globs: list[str] = []
     for item in items:
-        s = os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
+        s = os.fsdecode(item) if isinstance(item, (str, bytes, os.PathLike)) else None
         if not isinstance(s, str):
             raise ArgumentError(f"where must be a path prefix or glob (str), or a list of them; got {item!r}")
         if any(c in s for c in "*?["):
             globs.append(store.stored_path(s) if os.path.isabs(s) else s)
-        elif s in ("", os.curdir):
-            prefixes.append("")
-        else:
-            prefixes.append(store.stored_path(s) if os.path.isabs(s) else os.path.normpath(s))
+            continue
+        p = store.stored_path(s) if os.path.isabs(s) else os.path.normpath(s) if s else s
+        prefixes.append("" if p == os.curdir else p)  # "", "." or the root itself: every row
     return tuple(prefixes), tuple(globs)
 
 
@@ -146,7 +151,7 @@ class Queries:
         if isinstance(query, (str, os.PathLike)):
             return self._path_query(os.fspath(query), view)
         if isinstance(query, (bytes, bytearray, memoryview)):
-            return self.describe(bytes(query)), None, True
+            return self.describe(bytes(query), view), None, True
         if is_id(query) or (isinstance(query, np.ndarray) and query.ndim == 0 and query.dtype.kind in "iu"):
             raise ArgumentError(
                 f"search() takes an image (path, bytes, BGR array) or a vector of length {self.dim}; got the "
@@ -160,7 +165,7 @@ class Queries:
                 f"a query vector must be a 1-D float array of length {self.dim} (the index dimension); got a "
                 f"uint8 array of shape {arr.shape} (uint8 arrays are images: 2-D or 3-D)"
             )
-        return self.describe(arr), None, True
+        return self.describe(arr, view), None, True
 
     def check(self, q: Any, metric: Optional[Metric] = None) -> np.ndarray:
         """Query vectors as a ``(Q, dim)`` float32 array, validated as the searchers
@@ -182,10 +187,10 @@ class Queries:
             i = int(item)
             if not view.is_live(i):
                 raise NotInIndexError(f"{self._store.path}: no live entry with id {i}")
-        elif isinstance(item, (str, os.PathLike)):
+        elif isinstance(item, (str, bytes, os.PathLike)):  # bytes: a path here (search() takes image bytes)
             row = lookup(self._store, item, view)
             if row is None:
-                raise NotInIndexError(f"{self._store.path}: not in the index: {os.fspath(item)}")
+                raise NotInIndexError(f"{self._store.path}: not in the index: {os.fsdecode(item)}")
             i = row.id
         else:
             raise ArgumentError(f"an entry is an id (int) or an indexed path or name; got {type(item).__name__}")
@@ -202,15 +207,17 @@ class Queries:
                     use_stored = st.st_size == row.size and st.st_mtime_ns == row.mtime_ns
                 except OSError:
                     use_stored = True  # the indexed file is gone: its stored vector is the query
+                # rows of an older descriptor version (a writer re-describes them): the stored vector
+                use_stored = use_stored or self._descriptor.outdated(view) is not None
             if use_stored:
                 return np.array(view.vectors[row.id], dtype=np.float32), {row.id}, False
-            return self.describe(s), {row.id}, False
+            return self.describe(s, view), {row.id}, False
         if self._custom:
             raise DescriptorError(
                 f"{s}: not in this index, and a descriptor='custom' index cannot describe images: "
                 "query it by vector or by an indexed name"
             )
-        return self.describe(s), None, False
+        return self.describe(s, view), None, False
 
     def batch(self, queries: Any, view: View, exclude_self: bool) -> tuple[np.ndarray, list, list]:
         """``(Q x dim float32 matrix, self ids per query, match-identical flags)`` of
@@ -231,15 +238,16 @@ class Queries:
         q = np.stack(vs) if vs else np.zeros((0, self.dim), np.float32)
         return q, selfs, ident
 
-    def describe(self, src: Any) -> np.ndarray:
-        """The descriptor of an image path, encoded bytes or BGR array (as ``add`` describes files)."""
+    def describe(self, src: Any, view: Optional[View] = None) -> np.ndarray:
+        """The descriptor of an image path, encoded bytes or BGR array (as ``add`` describes
+        files), with the descriptor that made the rows of ``view``."""
         if self._custom:
             raise DescriptorError(
                 "a descriptor='custom' index cannot describe images: query it by vector or by an indexed name"
             )
         from fastimg.features.registry import describe
 
-        vec = np.asarray(describe(src, self._descriptor()), dtype=np.float32).reshape(-1)
+        vec = np.asarray(describe(src, self._descriptor(view)), dtype=np.float32).reshape(-1)
         if vec.shape[0] != self.dim or not np.isfinite(vec).all():
             src_name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else "<query>"
             raise ImageError(src_name, "descriptor failed", f"got {vec.shape[0]} values, non-finite or wrong size")

@@ -1,7 +1,9 @@
 """The exact scan of an index: a cached prefix plus rows derived in memory, merged.
 
 An inner-product metric (:attr:`fastimg.metrics.Metric.ip_form`) scans prepared
-rows.  A handle never writes them (:mod:`fastimg.index.caches`): a search maps
+rows, in the index's precision: the float32 prepared rows, or their float16 /
+int8 copies (:mod:`fastimg.precision`; the answer is the same, certified and
+re-scored from the float32 vectors, which are never touched).  A handle never writes them (:mod:`fastimg.index.caches`): a search maps
 the largest prefix a writer cached (the *head*, rows ``[0, h)``) and prepares the
 rows after it in memory (the *tail*, rows ``[h, n)``, kept per handle and
 extended when rows are added).  Each part is scanned by its own
@@ -15,6 +17,10 @@ vectors, or one whitening fit), for one vector-file generation.  It is safe to
 use from many threads: a scan is an immutable snapshot (searchers over fixed
 arrays), built under a lock only when the state changed, and published by one
 assignment; a tail grows by appending rows after those any published scan uses.
+
+Memory: a part holds its searcher's arrays (:attr:`Scan.nbytes`): memory maps
+of the cached prefix (pages the OS shares and may evict) and the tail derived in
+memory.
 """
 from __future__ import annotations
 
@@ -25,9 +31,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from fastimg.errors import ArgumentError
-from fastimg.index.caches import Caches, Rows, derive_rows, prepare_fn, prepared_outputs
+from fastimg.index.caches import Caches, Rows, cache_dtype, derive_rows, scan_fn, scan_outputs
 from fastimg.index.store import State
 from fastimg.metrics import Metric
+from fastimg.precision import ReducedRows
 from fastimg.search import ExactSearcher, rescore
 
 __all__ = ["Scan", "Scans", "merge_candidates"]
@@ -76,6 +83,16 @@ class Scan:
     rows: int
     parts: tuple[tuple[int, ExactSearcher], ...]
 
+    @property
+    def precision(self) -> str:
+        """What the scan reads ("float32", "float16" or "int8")."""
+        return self.parts[0][1].precision if self.parts else "float32"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the derived arrays the parts read (:attr:`ExactSearcher.nbytes`)."""
+        return sum(s.nbytes for _, s in self.parts)
+
     def search(self, q: np.ndarray, k: int, mask: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids (Q, <= k), scores)`` of the best ``k`` rows not in ``mask``
         (boolean, ``rows`` long, True = left out), -1 / NaN padded."""
@@ -100,9 +117,9 @@ class _Derived:
 
     generation: int
     head: int = 0  # rows covered by the cached prefix
-    head_arrays: list = field(default_factory=list)  # its memmaps (prepared, bias)
+    head_arrays: list = field(default_factory=list)  # its memmaps (scan_outputs: prepared, bias, or reduced)
     head_searcher: Optional[ExactSearcher] = None
-    tail: list = field(default_factory=list)  # Rows: prepared rows [head, head + tail.n), and bias
+    tail: list = field(default_factory=list)  # Rows of the scan_outputs for rows [head, head + tail.n)
     checked: int = 0  # rows checked finite/non-negative (histogram metrics)
     last: Optional[Scan] = None
 
@@ -129,11 +146,14 @@ class Scans:
         with self._lock:
             self._derived = {}
 
-    def get(self, m: Metric, state: State, data: Any, space: Optional[str], check: bool) -> Scan:
+    def get(self, m: Metric, state: State, data: Any, space: Optional[str], check: bool,
+            precision: str = "float32") -> Scan:
         """The scan of rows ``[0, state.committed)`` of ``data`` (the raw vectors, or
-        the whitened matrix of fit ``space``) for ``m``.  ``check``: verify rows
-        are non-negative (a histogram metric on rows that may hold negatives)."""
-        key = (m.name, space)
+        the whitened matrix of fit ``space``) for ``m``, reading ``precision`` (a
+        resolved one, :func:`fastimg.search.resolve_precision`; float32 for the
+        metrics without an inner-product form).  ``check``: verify rows are
+        non-negative (a histogram metric on rows that may hold negatives)."""
+        key = (m.name, space, precision if m.ip_form else "float32")
         d = self._derived.get(key)
         if d is not None and d.generation == state.generation and d.last is not None \
                 and d.last.rows == state.committed:
@@ -143,7 +163,7 @@ class Scans:
             if d is None or d.generation != state.generation:
                 d = _Derived(state.generation)
                 self._derived = {**self._derived, key: d}
-            scan = self._build(d, m, state, data, space, check)
+            scan = self._build(d, m, state, data, space, check, key[2])
             if d.last is None or scan.rows >= d.last.rows:
                 d.last = scan
             return scan
@@ -161,39 +181,43 @@ class Scans:
                                     "signed vectors (cosine, pearson, l2, l1)")
         d.checked = max(d.checked, n)
 
-    def _build(self, d: _Derived, m: Metric, state: State, data: Any, space: Optional[str], check: bool) -> Scan:
+    def _searcher(self, m: Metric, rows: Any, precision: str, arrays: Sequence[np.ndarray]) -> ExactSearcher:
+        """A searcher over ``rows`` reading ``arrays`` (:func:`scan_outputs`' order)."""
+        if precision == "float32":
+            return ExactSearcher(rows, m, prepared=arrays[0], bias=arrays[1] if len(arrays) > 1 else None,
+                                 threads=self.threads, check=False)
+        reduced = ReducedRows(precision, arrays[0], arrays[1], arrays[2])
+        return ExactSearcher(rows, m, precision=precision, reduced=reduced,
+                             bias=arrays[3] if len(arrays) > 3 else None, threads=self.threads, check=False)
+
+    def _build(self, d: _Derived, m: Metric, state: State, data: Any, space: Optional[str], check: bool,
+               precision: str) -> Scan:
         n = state.committed
         if n == 0:
             return Scan(m, data, 0, ())
         self._check(d, m, data, n, check)
         if not m.ip_form:  # the raw rows themselves
             return Scan(m, data, n, ((0, ExactSearcher(data[:n], m, threads=self.threads, check=False)),))
-        outputs = prepared_outputs(m.name, int(data.shape[1]), "" if space is None else f"whitened-{space}-")
+        outputs = scan_outputs(m.name, int(data.shape[1]), precision, "" if space is None else f"whitened-{space}-")
         found = self._caches.prefix(outputs, state)
         if found is not None and found[0] > d.head:  # a writer cached more rows: map them
             h, arrays = found
             d.head, d.head_arrays = h, arrays
-            d.head_searcher = ExactSearcher(data[:h], m, prepared=arrays[0], bias=arrays[1] if len(arrays) > 1
-                                            else None, threads=self.threads, check=False)
+            d.head_searcher = self._searcher(m, data[:h], precision, arrays)
             d.tail = []
         parts: list[tuple[int, ExactSearcher]] = []
         h = min(d.head, n)
         if h > 0:
             s = d.head_searcher
-            assert s is not None and s.prepared is not None
+            assert s is not None
             if s.n != h:  # an older state than the head covers
-                s = ExactSearcher(data[:h], m, prepared=s.prepared[:h],
-                                  bias=None if s.bias is None else s.bias[:h], threads=self.threads, check=False)
+                s = self._searcher(m, data[:h], precision, [a[:h] for a in d.head_arrays])
             parts.append((0, s))
         if n > h:
             if not d.tail:
-                d.tail = [Rows(shape) for _, shape in outputs]
+                d.tail = [Rows(shape, cache_dtype(name)) for name, shape in outputs]
             have = h + d.tail[0].n
             if have < n:
-                derive_rows(data, have, n, prepare_fn(m.name, len(outputs)), d.tail)
-            t = n - h
-            prep = d.tail[0].view()[:t]
-            bias = d.tail[1].view()[:t] if len(d.tail) > 1 else None
-            parts.append((h, ExactSearcher(data[h:n], m, prepared=prep, bias=bias, threads=self.threads,
-                                           check=False)))
+                derive_rows(data, have, n, scan_fn(m.name, precision, len(outputs)), d.tail)
+            parts.append((h, self._searcher(m, data[h:n], precision, [r.view()[:n - h] for r in d.tail])))
         return Scan(m, data, n, tuple(parts))

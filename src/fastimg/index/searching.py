@@ -10,7 +10,8 @@ with -1 / NaN (padding only at the end of a row):
    graph when :meth:`fastimg.index.graph.Graph.choose` picks it (the rows it
    lacks scanned exactly and merged), else from an exact scan
    (:mod:`fastimg.index.scan`: the prepared rows a writer cached, the others
-   prepared in memory); deleted rows are excluded by the view's mask.  With a
+   prepared in memory, in the index's precision: :func:`scan_precision`);
+   deleted rows are excluded by the view's mask.  With a
    ``where`` filter (``allowed`` ids), the search is exact: a small set of rows
    is scored directly, a large one scanned with every other row masked;
 3. **self**: the query's own rows are dropped (its indexed row, or the
@@ -37,10 +38,12 @@ from fastimg.index.scan import Scans
 from fastimg.index.store import Store
 from fastimg.index.view import Allowed, View
 from fastimg.index.whitening import Fit, Whitening
-from fastimg.metrics import Metric
-from fastimg.search import rescore
+from fastimg.metrics import Metric, get_metric
+from fastimg.precision import PRECISIONS, REDUCED
+from fastimg.search import rescore, resolve_precision
 
-__all__ = ["Search", "DIRECT_ELEMS", "within"]
+__all__ = ["Search", "DIRECT_ELEMS", "within", "PRECISION_KEY", "index_precision", "scan_precision",
+           "representation_bytes"]
 
 log = logging.getLogger("fastimg.index")
 
@@ -48,6 +51,41 @@ log = logging.getLogger("fastimg.index")
 #: at most a quarter of the rows, is answered by scoring those rows directly
 #: instead of scanning the whole matrix with the others masked.
 DIRECT_ELEMS = 1 << 20
+
+
+#: The ``meta`` key of the index's precision (a JSON string; absent: "float32").
+PRECISION_KEY = "precision"
+
+
+def index_precision(view: View) -> str:
+    """The index's precision setting at ``view`` (``"float32"``, ``"float16"``,
+    ``"int8"`` or ``"auto"``)."""
+    return str(view.get(PRECISION_KEY) or "float32")
+
+
+def scan_precision(view: View, m: Metric, dim: int) -> str:
+    """What an exact scan of ``m`` reads at ``view``: the index's precision
+    (``"auto"`` resolved on the committed rows by
+    :func:`fastimg.search.resolve_precision`) for an inner-product metric, float32
+    for the others (they compare the raw rows)."""
+    if not m.ip_form:
+        return "float32"
+    return resolve_precision(m, index_precision(view), view.state.committed, dim)
+
+
+def representation_bytes(metric: str, rows: int, dim: int) -> dict[str, int]:
+    """Bytes each representation of ``rows`` vectors takes: ``vectors`` (the float32
+    vectors themselves), and for an inner-product metric what its exact scan reads
+    in each precision (prepared rows or reduced codes, with their per-row scale,
+    error bound and bias)."""
+    m = get_metric(metric)
+    out = {"vectors": rows * dim * 4}
+    if m.ip_form:
+        bias = rows * 4 if m.bias else 0
+        width = {"float32": dim * 4, "float16": dim * 2, "int8": (dim + 3) // 4 * 4}
+        for p in PRECISIONS:
+            out[p] = rows * width[p] + bias + (rows * 8 if p in REDUCED else 0)
+    return out
 
 
 def within(scores: np.ndarray, threshold: float, m: Metric) -> np.ndarray:
@@ -141,7 +179,8 @@ class Search:
                 ids, scores = rescore(m, qs, data, np.broadcast_to(allowed.ids, (nq, allowed.size)), want)
             else:
                 check = bool(m.nonneg) and (fit is not None or view.get("has_negative") is not False)
-                scan = self._scans.get(m, view.state, data, None if fit is None else fit.fit_id, check)
+                scan = self._scans.get(m, view.state, data, None if fit is None else fit.fit_id, check,
+                                       scan_precision(view, m, int(data.shape[1])))
                 mask = view.deleted_mask() if allowed is None else allowed.mask()
                 ids, scores = scan.search(qs, want, mask)
         assert ids is not None and scores is not None

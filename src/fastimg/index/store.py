@@ -3,50 +3,59 @@
 An index is **one directory**::
 
     myindex/
-      manifest.json        what the index is (static: written at creation)
+      manifest.json        what the index is (static: written at creation and migration)
       meta.sqlite          per-image metadata + the committed state (SQLite, WAL)
       vectors.<G>.f32      the vectors: raw little-endian float32, shape (rows, dim)
       lock                 writer lock file (``fcntl.flock``), holds the writer's pid
       cache/               derived data, always rebuildable from the vectors: named,
                            written and read by :mod:`fastimg.index.caches`
-        <metric>-prepared.g<G>.n<N>.npy   prepared matrix of an inner-product metric
-        <metric>-bias.g<G>.n<N>.npy       its per-row bias (when the metric has one)
-        whitened-<fit>.g<G>.n<N>.npy      the whitened matrix (see whitening.npz)
-      ann/                 the HNSW graph (fastimg.ann's files); its state in ``meta``
+        <metric>-prepared.g<G>.n<N>.c<CRC>.npy  prepared matrix of an inner-product metric
+        <metric>-bias.g<G>.n<N>.c<CRC>.npy      its per-row bias (when the metric has one)
+        whitened-<fit>.g<G>.n<N>.c<CRC>.npy     the matrix mapped by the fitted whitening/projection
+      ann/<build>/         the HNSW graph of one build (fastimg.ann's files: hnsw.json naming
+                           its hnsw.<n>.bin); which build is in force: ``meta`` key ``ann``
                            (kept by :mod:`fastimg.index.graph`)
-      whitening.npz        optional PCA-whitening fitted by ``Index.fit_whitening`` (its
-                           record, with the file's checksum, in ``meta`` key ``whitening``;
-                           kept by :mod:`fastimg.index.whitening`)
+      whitening.<id>.npz   optional linear map: a PCA-whitening (``Index.fit_whitening``) or
+      projection.<id>.npz  a learned projection (``Index.fit_projection``); its record, with
+                           the file's name and checksum, in ``meta`` key ``whitening``; kept by
+                           :mod:`fastimg.index.whitening` (older indexes: ``whitening.npz``)
 
 ``manifest.json``
-    ``{"format": "fastimg-index", "format_version": 1, "descriptor": <spec>,
-    "dim": D, "dtype": "<f4", "metric": <default metric>, "root": <dir>,
-    "created": <ISO time>, "fastimg_version": <str>}``.  ``descriptor`` is the
-    descriptor's ``spec()`` (name, parameters, version) or
-    ``{"name": "custom", "dim": D, ...}``.  ``root`` is the directory image paths are
-    stored relative to, itself relative to the index directory when possible
-    (default ``".."``: the folder that contains the index), so a photo tree moved
-    together with its index keeps working.  The manifest is static: it is written
-    atomically (temp file + rename) at creation, compaction and migration only.
+    ``{"format": "fastimg-index", "format_version": 2, "descriptor": <spec>, "dim": D,
+    "dtype": "<f4", "metric": <default metric>, "created": <ISO time>,
+    "fastimg_version": <str>}``.  ``descriptor`` is the descriptor's ``spec()`` (name,
+    parameters, version) or ``{"name": "custom", "dim": D, ...}`` the index was
+    created with; the spec in force is ``meta`` key ``descriptor`` (it changes when a
+    writer re-describes the images for a new descriptor version).  Written
+    atomically (temp file + rename) at creation and migration only.
 
 ``meta.sqlite``
     ``meta(key, value)`` holds the **mutable state**: ``format_version``, ``dim``,
     ``committed`` (the number of rows of the vector file that are valid),
-    ``generation`` (the vector file in use, bumped by compaction), ``version``
-    (bumped by every write transaction, so readers notice changes with one query),
-    ``has_negative`` (JSON bool: may a committed row hold a negative value? lets
-    histogram metrics skip a validation pass over the matrix), the ANN graph's
-    state (``ann``: JSON) and the whitening's (``whitening``: JSON).  The committed count lives here, not
-    in the manifest, so that it advances in **the same transaction** as the rows'
-    metadata: the two can never disagree.
-    ``images(id, path, is_file, size, mtime_ns, hash, added, deleted, metadata)``:
-    ``id`` is the row of the vector file (``0 <= id < committed``); ``path`` is
-    relative to ``root`` when the file lies under it, else absolute (``is_file=1``),
-    or the caller's name for vectors added with ``add_vectors`` (``is_file=0``);
-    ``size``/``mtime_ns`` detect modified files and ``hash`` (BLAKE2b-128 of the
-    file's bytes) detects renamed/moved ones; ``deleted=1`` rows stay in the vector
-    file (and are excluded from search) until :meth:`Store.compact`; ``metadata``
-    is the caller's JSON.  At most one live row per path (a partial unique index).
+    ``generation`` (the vector file in use, bumped by compaction and
+    re-description), ``version`` (bumped by every write transaction, so readers
+    notice changes with one query), and JSON values: ``has_negative`` (may a
+    committed row hold a negative value? lets histogram metrics skip a validation
+    pass over the matrix), ``root`` (the directory relative file paths are resolved
+    against: an absolute path, or a path relative to the index directory),
+    ``descriptor`` (the spec the committed rows were described with), the ANN
+    graph's state (``ann``) and the whitening's (``whitening``).  The committed
+    count lives here, not in the manifest, so that it advances in **the same
+    transaction** as the rows' metadata: the two can never disagree.
+    ``images(id, path, is_file, size, mtime_ns, hash, added, deleted, stale,
+    metadata)``: ``id`` is the row of the vector file (``0 <= id < committed``);
+    ``path`` is a BLOB: the bytes of the file path (the UTF-8 encoding of the
+    Python ``str`` with surrogate escapes, i.e. ``os.fsencode`` on a UTF-8 system,
+    so any name the OS can hold is stored), relative to ``root`` when the file
+    lies under it, else absolute (``is_file=1``), or the caller's name for
+    vectors added with ``add_vectors`` (``is_file=0``); ``size``/``mtime_ns``
+    detect modified files and ``hash`` (BLAKE2b-128 of the file's bytes) detects
+    renamed/moved ones; ``deleted=1`` rows stay in the vector file (and are
+    excluded from search) until :meth:`Store.compact`; ``stale=1`` marks a row
+    whose vector was made by an older descriptor version than ``meta.descriptor``
+    (its file could not be read when the index was re-described; it is described
+    again when its file is indexed again); ``metadata`` is the caller's JSON.  At
+    most one live row per path (a partial unique index).
 
 ``vectors.<G>.f32``
     ``committed * dim * 4`` bytes of valid data, possibly followed by the remains
@@ -60,33 +69,47 @@ Protocol
   the file, *then* commit the SQLite transaction that inserts their metadata and
   advances ``committed``.  A process killed at any point leaves either the old or
   the new committed state, never a mix; at most the uncommitted batch is lost.
+  A failed write (a full disk: :class:`~fastimg.errors.IndexWriteError`) leaves
+  the last committed state too.
 * **One writer**: a writer holds an exclusive ``flock`` on ``lock`` (whose content
   is its pid) for as long as it is open; a second writer gets
   :class:`~fastimg.errors.IndexLockedError` naming that pid.  Readers take no lock:
   SQLite's WAL mode gives them a consistent snapshot, and as the vector file only
   grows (beyond what any reader has mapped) while the generation is unchanged, what
   they mapped stays valid.
-* **Compaction** writes ``vectors.<G+1>.f32`` with the live rows only, ``fsync``s
-  it, then in one transaction renumbers ``images.id`` to ``0..live-1`` (in the old
-  order), sets ``generation = G+1`` and ``committed = live``, and finally unlinks the
-  old file (readers that mapped it keep their mapping).  **Ids are remapped** by
-  compaction; :meth:`Store.compact` returns the old-to-new mapping.
+* **New generation** (compaction, re-description): write ``vectors.<G+1>.f32``,
+  ``fsync`` it, then in one transaction set ``generation = G+1`` and ``committed``
+  and change the rows' metadata (compaction renumbers ``images.id`` to
+  ``0..live-1`` in the old order; re-description records the new descriptor spec),
+  and finally unlink the old file (readers that mapped it keep their mapping).
+  **Ids are remapped** by compaction; :meth:`Store.compact` returns the old-to-new
+  mapping.
+* **Relocation** (:meth:`Store.relocate`): the stored paths under a prefix (and
+  the root, when it lies under it) are rewritten in one transaction.
 * **Versions**: ``format_version`` newer than :data:`FORMAT_VERSION` is refused
-  (upgrade fastimg); an older one is refused in read mode and migrated in write
-  mode by the functions registered in :data:`MIGRATIONS` (``MIGRATIONS[v]``
-  upgrades an index from version ``v`` to ``v + 1``, inside one SQLite transaction).
+  (upgrade fastimg).  An older one is migrated by the first writer with the
+  functions registered in :data:`MIGRATIONS` (``MIGRATIONS[v]`` upgrades an index
+  from version ``v`` to ``v + 1``, inside one SQLite transaction; the manifest is
+  rewritten after it commits); readers open the versions in
+  :data:`READ_VERSIONS` as they are (and follow a migration made meanwhile by a
+  writer), older ones are refused in read mode.  Version 1 (fastimg 0.1) stored
+  paths as TEXT (UTF-8 only: names that are not UTF-8 could not be indexed) and
+  the root in the manifest; version 2 stores paths as bytes, the root and the
+  descriptor spec in ``meta``, and the ``stale`` column.
 
 Every inconsistency raises a :mod:`fastimg.errors` exception naming the file.
 """
 from __future__ import annotations
 
 import contextlib
+import errno as _errno
 import functools
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -109,15 +132,19 @@ from fastimg.index._files import (
     write_rows,
 )
 from fastimg.errors import (
+    ArgumentError,
+    IndexClosedError,
     IndexCorruptError,
     IndexFormatError,
     IndexNotFoundError,
     IndexReadOnlyError,
+    IndexWriteError,
     NotInIndexError,
 )
 
 __all__ = [
     "FORMAT_VERSION",
+    "READ_VERSIONS",
     "MIGRATIONS",
     "MANIFEST",
     "DATABASE",
@@ -128,13 +155,17 @@ __all__ = [
     "NewRow",
     "Store",
     "file_hash",
+    "encode_path",
+    "decode_path",
 ]
 
 log = logging.getLogger("fastimg.index.store")
 
 FORMAT_NAME = "fastimg-index"
 #: Version of the on-disk format written by this fastimg.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Format versions a reader opens as they are (older ones need a writer to migrate them).
+READ_VERSIONS = frozenset({1, 2})
 MANIFEST = "manifest.json"
 DATABASE = "meta.sqlite"
 LOCKFILE = "lock"
@@ -145,28 +176,74 @@ _ROW_CHUNK = 65536  # rows copied per step by compact()
 
 #: ``MIGRATIONS[v](store_dir, connection, manifest)`` upgrades a version-``v`` index
 #: to version ``v + 1``: it may alter the SQLite schema (inside the caller's
-#: transaction) and must return the updated manifest dict.
+#: transaction) and must return the updated manifest dict.  A step must be
+#: idempotent: a writer killed after the transaction committed but before the
+#: manifest was rewritten runs it again.
 MIGRATIONS: dict[int, Callable[[Path, sqlite3.Connection, dict], dict]] = {}
 
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE images (
+_TABLE = """
+CREATE TABLE {name} (
     id INTEGER PRIMARY KEY,
-    path TEXT NOT NULL,
+    path BLOB NOT NULL,
     is_file INTEGER NOT NULL,
     size INTEGER,
     mtime_ns INTEGER,
     hash TEXT,
     added REAL NOT NULL,
     deleted INTEGER NOT NULL DEFAULT 0,
+    stale INTEGER NOT NULL DEFAULT 0,
     metadata TEXT
 );
+"""
+_INDEXES = """
 CREATE UNIQUE INDEX images_live_path ON images(path) WHERE deleted = 0;
 CREATE INDEX images_hash ON images(hash) WHERE hash IS NOT NULL;
 CREATE INDEX images_deleted ON images(id) WHERE deleted = 1;
 """
-_COLUMNS = "id, path, is_file, size, mtime_ns, hash, added, deleted, metadata"
+_SCHEMA = "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n" + _TABLE.format(name="images") + _INDEXES
+_COLUMNS = "id, path, is_file, size, mtime_ns, hash, added, deleted, metadata, stale"
+_COLUMNS_V1 = "id, path, is_file, size, mtime_ns, hash, added, deleted, metadata, 0"
 _RESERVED = frozenset({"format_version", "dim", "committed", "generation", "version"})
+
+
+def encode_path(path: str) -> bytes:
+    """The stored form of a path or name: the UTF-8 bytes of the ``str`` with its
+    surrogate escapes turned back into the bytes they stand for (``os.fsencode``
+    on a UTF-8 system)."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+def decode_path(value: Union[bytes, str]) -> str:
+    """The ``str`` of a stored path (``os.fsdecode`` convention); format 1 stored text."""
+    if isinstance(value, str):
+        return value
+    return bytes(value).decode("utf-8", "surrogateescape")
+
+
+def _migrate_v1_to_v2(path: Path, conn: sqlite3.Connection, manifest: dict) -> dict:
+    """Format 1 -> 2: paths become BLOBs (the UTF-8 bytes format 1 could hold), the
+    ``stale`` column is added, the root and the descriptor spec move into ``meta``."""
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(images)")]
+    if "stale" not in cols:
+        conn.execute(_TABLE.format(name="images_v2"))
+        conn.execute("INSERT INTO images_v2(id, path, is_file, size, mtime_ns, hash, added, deleted, stale, metadata) "
+                     "SELECT id, CAST(path AS BLOB), is_file, size, mtime_ns, hash, added, deleted, 0, metadata "
+                     "FROM images")
+        conn.execute("DROP TABLE images")
+        conn.execute("ALTER TABLE images_v2 RENAME TO images")
+        for stmt in _INDEXES.strip().split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+    if "root" in manifest:
+        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('root', ?)", (json.dumps(manifest["root"]),))
+    conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('descriptor', ?)",
+                 (json.dumps(manifest["descriptor"]),))
+    out = dict(manifest)
+    out.pop("root", None)
+    return out
+
+
+MIGRATIONS[1] = _migrate_v1_to_v2
 
 
 @dataclass(frozen=True)
@@ -178,7 +255,7 @@ class State:
     committed : int
         Number of valid rows in the vector file (ids ``0 .. committed-1``).
     generation : int
-        Which vector file is current (bumped by compaction).
+        Which vector file is current (bumped by compaction and re-description).
     version : int
         Bumped by every write transaction.
     """
@@ -198,7 +275,7 @@ class Snapshot:
     state : State
     meta : dict
         The JSON values of the non-reserved ``meta`` keys (``ann``, ``whitening``,
-        ``has_negative`` ...), decoded.
+        ``has_negative``, ``root``, ``descriptor`` ...), decoded.
     deleted : numpy.ndarray
         Sorted int64 ids of the rows marked deleted.
     """
@@ -210,7 +287,7 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Row:
-    """One row of the ``images`` table."""
+    """One row of the ``images`` table (``path`` decoded to a ``str``, stored form)."""
 
     id: int
     path: str
@@ -221,6 +298,7 @@ class Row:
     added: float
     deleted: bool
     metadata: Optional[dict]
+    stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,27 +314,62 @@ class NewRow:
 
 
 def file_hash(path: Union[str, os.PathLike], chunk: int = 1 << 20) -> str:
-    """BLAKE2b-128 hex digest of a file's bytes (the content hash stored per image)."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
+    """BLAKE2b-128 hex digest of a file's bytes (the content hash stored per image).
+
+    Only a regular file is read (opened without waiting for a FIFO's writer): a
+    directory, FIFO, device or socket raises :class:`IsADirectoryError` /
+    :class:`OSError` (``EINVAL``) instead of hanging or reading forever."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        import stat as _stat
+
+        mode = os.fstat(fd).st_mode
+        if _stat.S_ISDIR(mode):
+            raise IsADirectoryError(_errno.EISDIR, "is a directory", os.fspath(path))
+        if not _stat.S_ISREG(mode):
+            raise OSError(_errno.EINVAL, "not a regular file", os.fspath(path))
+        h = hashlib.blake2b(digest_size=16)
         while True:
-            block = f.read(chunk)
+            block = os.read(fd, chunk)
             if not block:
                 break
             h.update(block)
-    return h.hexdigest()
+        return h.hexdigest()
+    finally:
+        os.close(fd)
 
 
 @functools.lru_cache(maxsize=64)
 def _paths_sql(n: int) -> str:
-    """Paths of ``n`` ids, and the generation (as id -1), in one statement."""
+    """Paths of ``n`` ids, the generation (as id -1) and the root (as id -2), in one statement."""
     return (f"SELECT id, path, is_file FROM images WHERE id IN ({','.join('?' * n)})"
-            " UNION ALL SELECT -1, value, 0 FROM meta WHERE key = 'generation'")
+            " UNION ALL SELECT -1, value, 0 FROM meta WHERE key = 'generation'"
+            " UNION ALL SELECT -2, value, 0 FROM meta WHERE key = 'root'")
 
 
 def _row(t: Sequence[Any]) -> Row:
     meta = json.loads(t[8]) if t[8] is not None else None
-    return Row(int(t[0]), t[1], bool(t[2]), t[3], t[4], t[5], float(t[6]), bool(t[7]), meta)
+    return Row(int(t[0]), decode_path(t[1]), bool(t[2]), t[3], t[4], t[5], float(t[6]), bool(t[7]), meta,
+               bool(t[9]))
+
+
+def _write_error(what: Path, exc: BaseException, doing: str, keeps: str) -> IndexWriteError:
+    """An :class:`IndexWriteError` for a failed write (the OS error's number kept)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        full = code == 13 or "full" in str(exc)  # SQLITE_FULL
+        num = _errno.ENOSPC if full else _errno.EIO
+        why = "no space left on device" if full else str(exc)
+    else:
+        num = getattr(exc, "errno", None) or _errno.EIO
+        why = getattr(exc, "strerror", None) or str(exc)
+        if num == _errno.ENOSPC:
+            why = "no space left on device"
+    err = IndexWriteError(f"{what}: could not {doing} ({why}); nothing of it was committed: the index keeps "
+                          f"{keeps}")
+    err.errno, err.strerror, err.filename = num, why, os.fspath(what)
+    return err
 
 
 class Store:
@@ -271,7 +384,7 @@ class Store:
     path : path-like
         The index directory.
     writable : bool
-        Take the writer lock and allow changes.
+        Take the writer lock and allow changes (and migrate an older format).
     """
 
     # ------------------------------------------------------------------ open
@@ -283,7 +396,8 @@ class Store:
         self._mutex = threading.RLock()
         self._pending = 0  # rows appended to the vector file but not committed yet
         self._pending_negative = False  # does any pending row hold a negative value?
-        self._root_str: Optional[str] = None  # root, resolved once
+        self._format = FORMAT_VERSION  # format of the database (a reader may open an older one)
+        self._root_str: Optional[str] = None  # a writer's root, resolved once (it alone changes it)
         manifest_path = self.path / MANIFEST
         if not self.path.is_dir():
             what = "not a directory" if self.path.exists() else "directory not found"
@@ -298,17 +412,19 @@ class Store:
             self._conn = connect(self.path / DATABASE, writable)
             version = int(self.manifest["format_version"])
             if version < FORMAT_VERSION:
-                if not writable:
+                if writable:
+                    if not _migrate:
+                        raise IndexFormatError(f"{manifest_path}: format version {version} needs a migration")
+                    with self._mutex:
+                        self.manifest = migrate(self._conn, self.path, self.manifest, version, FORMAT_VERSION,
+                                                MIGRATIONS)
+                    write_json_atomic(manifest_path, self.manifest)
+                elif version not in READ_VERSIONS:
                     raise IndexFormatError(
                         f"{manifest_path}: index format version {version} is older than this fastimg's "
                         f"({FORMAT_VERSION}); open it with mode='a' once to migrate it"
                     )
-                if not _migrate:
-                    raise IndexFormatError(f"{manifest_path}: format version {version} needs a migration")
-                with self._mutex:
-                    self.manifest = migrate(self._conn, self.path, self.manifest, version, FORMAT_VERSION,
-                                            MIGRATIONS)
-                write_json_atomic(manifest_path, self.manifest)
+            self._format = self._db_format()
             self._check_consistency()
             if writable:
                 self._discard_uncommitted_tail()
@@ -334,29 +450,35 @@ class Store:
             Directory to create (it may exist if it is empty or only holds the
             remains of an interrupted ``create``).
         descriptor : dict
-            The descriptor spec stored in the manifest.
+            The descriptor spec (manifest and ``meta``).
         dim : int
             Vector dimension.
         metric : str
             Default metric name.
         root : path-like, optional
-            Directory image paths are stored relative to (default: the parent of
-            ``path``).
+            Directory image paths are stored relative to, recorded **relative to
+            the index directory** (a collection moved together with its index
+            keeps working).  Default: the directory that contains ``path``,
+            recorded as an **absolute** path (the index can be moved or copied
+            anywhere on the machine).
         """
         path = Path(path)
         prepare_directory(path, manifest=MANIFEST, lockfile=LOCKFILE, ours=re.compile(
             r"^(meta\.sqlite(-wal|-shm|-journal)?|vectors\.\d+\.f32|lock|cache|ann|\..*\.tmp)$"))
         dim = int(dim)
         if dim < 1:
-            raise ValueError(f"dim must be >= 1; got {dim}")
-        root_abs = Path(os.path.abspath(root)) if root is not None else Path(os.path.abspath(path)).parent
-        try:
-            root_str = os.path.relpath(root_abs, os.path.abspath(path))
-        except ValueError:  # pragma: no cover - different drives on Windows
-            root_str = str(root_abs)
+            raise ArgumentError(f"dim must be >= 1; got {dim}")
+        if root is None:
+            root_str = os.path.dirname(os.path.abspath(path))
+        else:
+            try:
+                root_str = os.path.relpath(os.path.abspath(root), os.path.abspath(path))
+            except ValueError:  # pragma: no cover - different drives on Windows
+                root_str = os.path.abspath(root)
         init_database(path / DATABASE, schema=_SCHEMA, user_version=FORMAT_VERSION, meta=[
             ("format_version", str(FORMAT_VERSION)), ("dim", str(dim)), ("committed", "0"), ("generation", "0"),
-            ("version", "0"), ("has_negative", "false")])
+            ("version", "0"), ("has_negative", "false"), ("root", json.dumps(root_str)),
+            ("descriptor", json.dumps(descriptor))])
         with open(path / "vectors.0.f32", "wb") as f:
             os.fsync(f.fileno())
         manifest = {
@@ -366,12 +488,25 @@ class Store:
             "dim": dim,
             "dtype": DTYPE,
             "metric": metric,
-            "root": root_str,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "fastimg_version": __version__,
         }
         write_json_atomic(path / MANIFEST, manifest)  # the index exists from here on
         return cls(path, writable=True)
+
+    def _db_format(self) -> int:
+        value = self._meta("format_version")
+        try:
+            return int(value) if value is not None else int(self.manifest["format_version"])
+        except ValueError:
+            raise IndexCorruptError(f"{self.path / DATABASE}: invalid format_version {value!r}") from None
+
+    def _layout(self) -> int:
+        """The database's format version (inside a read: a reader of a format-1 index
+        notices a migration made meanwhile by a writer)."""
+        if self._format < FORMAT_VERSION:
+            self._format = self._db_format()
+        return self._format
 
     def _check_consistency(self) -> None:
         db = self.path / DATABASE
@@ -406,19 +541,41 @@ class Store:
             )
         return vpath
 
+    def leftovers(self) -> list[Path]:
+        """Files an interrupted write left behind: the uncommitted tail's file (when
+        it has one), vector files of other generations, temporary files."""
+        state = self.state()
+        out = []
+        vpath = self.vectors_path(state.generation)
+        with contextlib.suppress(OSError):
+            if vpath.stat().st_size > state.committed * self.row_bytes:
+                out.append(vpath)
+        dirs = [self.path, self.path / CACHE_DIR, self.path / ANN_DIR]
+        if dirs[2].is_dir():
+            dirs += [p for p in dirs[2].iterdir() if p.is_dir() and not p.name.startswith(".")]  # graph builds
+        for d in dirs:
+            if not d.is_dir():
+                continue
+            for p in d.iterdir():
+                m = re.match(r"^vectors\.(\d+)\.f32$", p.name) if d == self.path else None
+                if (m and int(m.group(1)) != state.generation) or re.match(r"^\..*\.tmp(\.npz)?$", p.name):
+                    out.append(p)
+        return out
+
     def _discard_uncommitted_tail(self) -> None:
         state = self.state()
         vpath = self.vectors_path(state.generation)
         need = state.committed * self.row_bytes
-        if vpath.stat().st_size > need:
-            log.info("%s: discarding %d bytes of uncommitted rows", vpath, vpath.stat().st_size - need)
-            os.truncate(vpath, need)
-        # remains of an interrupted compaction / cache writes
-        for p in self.path.iterdir():
-            m = re.match(r"^vectors\.(\d+)\.f32$", p.name)
-            if (m and int(m.group(1)) != state.generation) or re.match(r"^\..*\.tmp$", p.name):
+        for p in self.leftovers():
+            if p == vpath:
+                log.info("%s: discarding %d bytes of uncommitted rows", vpath, vpath.stat().st_size - need)
+                os.truncate(vpath, need)
+            else:  # remains of an interrupted compaction / re-description / cache or graph write
                 with contextlib.suppress(OSError):
-                    p.unlink()
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p)
+                    else:
+                        p.unlink()
 
     def close(self) -> None:
         """Close the database and release the writer lock (idempotent)."""
@@ -445,23 +602,46 @@ class Store:
         return self.dim * 4
 
     @property
+    def format_version(self) -> int:
+        """The format version of the database (a reader may have opened an older one)."""
+        with self._read():
+            return self._layout()
+
+    @property
     def root(self) -> Path:
         """Absolute directory that relative image paths are resolved against."""
         return Path(self._root())
 
+    def root_record(self) -> str:
+        """The root as recorded: an absolute path, or a path relative to the index directory."""
+        with self._read():
+            if self._layout() < 2:
+                return str(self.manifest["root"])
+            value = self._meta("root")
+        if value is None:
+            raise IndexCorruptError(f"{self.path / DATABASE}: metadata database lacks the 'root' entry")
+        return str(json.loads(value))
+
+    def _resolve_root(self, recorded: str) -> str:
+        return os.path.normpath(os.path.join(os.path.abspath(self.path), recorded))
+
     def _root(self) -> str:
-        # the manifest is static once open (a migration rewrites it before any use)
+        # a writer alone changes the root (relocate): it resolves it once; a reader
+        # reads it at each call (one primary-key lookup)
         root = self._root_str
         if root is None:
-            root = os.path.normpath(os.path.join(os.path.abspath(self.path), self.manifest["root"]))
-            self._root_str = root
+            root = self._resolve_root(self.root_record())
+            if self.writable:
+                self._root_str = root
         return root
 
     def stored_path(self, path: Union[str, os.PathLike]) -> str:
         """How a file path is stored in ``images.path``: relative to :attr:`root` when
         the file lies under it, else absolute."""
-        ab = os.path.abspath(os.fspath(path))
-        root = self._root()
+        return self._stored(os.path.abspath(os.fspath(path)), self._root())
+
+    @staticmethod
+    def _stored(ab: str, root: str) -> str:
         try:
             if os.path.commonpath([ab, root]) == root:
                 return os.path.relpath(ab, root)
@@ -480,8 +660,21 @@ class Store:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise ValueError(f"{self.path}: the index is closed")
+            raise IndexClosedError(f"{self.path}: the index is closed")
         return self._conn
+
+    def _key(self, path: str) -> Union[bytes, str]:
+        """A path or name as bound in SQL (call inside a read)."""
+        if self._layout() >= 2:
+            return encode_path(path)
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:  # format 1 could not hold it: a BLOB matches no TEXT row
+            return encode_path(path)
+        return path
+
+    def _cols(self) -> str:
+        return _COLUMNS if self._layout() >= 2 else _COLUMNS_V1
 
     def _meta(self, key: str) -> Optional[str]:
         row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -510,8 +703,14 @@ class Store:
                 raise IndexCorruptError(f"{self.path / DATABASE}: {exc}") from None
             try:
                 yield conn
+            except sqlite3.DatabaseError as exc:  # a damaged database: the error names the file
+                raise IndexCorruptError(f"{self.path / DATABASE}: {exc}") from None
             finally:
-                conn.execute("COMMIT")
+                try:
+                    conn.execute("COMMIT")  # a read: nothing to lose
+                except sqlite3.Error:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -546,28 +745,37 @@ class Store:
             rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             deleted = self.deleted_ids()
         state = State(int(rows["committed"]), int(rows["generation"]), int(rows["version"]))
-        return Snapshot(state, {k: json.loads(v) for k, v in rows.items() if k not in _RESERVED}, deleted)
+        meta = {k: json.loads(v) for k, v in rows.items() if k not in _RESERVED}
+        if int(rows.get("format_version", 1)) < 2:  # format 1 kept these in the manifest
+            meta.setdefault("root", self.manifest.get("root"))
+            meta.setdefault("descriptor", self.manifest.get("descriptor"))
+        return Snapshot(state, meta, deleted)
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, doing: str = "commit a change") -> Iterator[sqlite3.Connection]:
         self._require_writable()
         with self._mutex:
             conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise _write_error(self.path / DATABASE, exc, doing, "its last committed state") from None
             try:
                 yield conn
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")
                 conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise _write_error(self.path / DATABASE, exc, doing, "its last committed state") from None
                 raise
 
     def _require_writable(self) -> None:
         if not self.writable:
             raise IndexReadOnlyError(f"{self.path}: the index is open read-only (open it with mode='a' to change it)")
         if self._conn is None:
-            raise ValueError(f"{self.path}: the index is closed")
+            raise IndexClosedError(f"{self.path}: the index is closed")
 
     # --------------------------------------------------------------- vectors
     def map_vectors(self, state: State) -> np.ndarray:
@@ -577,7 +785,10 @@ class Store:
             arr.flags.writeable = False
             return arr
         vpath = self._check_vector_file(state)
-        return np.memmap(vpath, dtype=DTYPE, mode="r", shape=(state.committed, self.dim))
+        try:
+            return np.memmap(vpath, dtype=DTYPE, mode="r", shape=(state.committed, self.dim))
+        except (FileNotFoundError, ValueError) as exc:  # a compaction unlinked it since the check: read again
+            raise IndexCorruptError(f"{vpath}: vector file vanished or shrank while being opened ({exc})") from None
 
     def append_vectors(self, vectors: np.ndarray) -> int:
         """Write rows after the committed ones (and any pending ones) and fsync.
@@ -588,19 +799,32 @@ class Store:
         -------
         int
             The id the first of these rows will get.
+
+        Raises
+        ------
+        IndexWriteError
+            The write failed (a full disk): the rows are not appended (the file is
+            cut back to what was there before), the committed state is unchanged.
         """
         self._require_writable()
         vectors = np.ascontiguousarray(vectors, dtype=DTYPE)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"vectors must have shape (n, {self.dim}); got {vectors.shape}")
+            raise ArgumentError(f"vectors must have shape (n, {self.dim}); got {vectors.shape}")
         with self._mutex:
             state = self.state()
             first = state.committed + self._pending
-            with open(self.vectors_path(state.generation), "r+b") as f:
-                f.seek(first * self.row_bytes)
-                f.write(vectors.tobytes())
-                f.flush()
-                os.fsync(f.fileno())
+            vpath = self.vectors_path(state.generation)
+            try:
+                with open(vpath, "r+b") as f:
+                    f.seek(first * self.row_bytes)
+                    f.write(vectors.tobytes())
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                with contextlib.suppress(OSError):  # give the space back
+                    os.truncate(vpath, first * self.row_bytes)
+                raise _write_error(vpath, exc, f"append {len(vectors)} rows",
+                                   f"its {state.committed} committed rows") from None
             self._pending += len(vectors)
             self._pending_negative |= bool((vectors < 0).any())
             return first
@@ -617,18 +841,19 @@ class Store:
         self._require_writable()
         with self._mutex:
             if len(rows) != self._pending:
-                raise ValueError(f"commit_rows: {len(rows)} rows given but {self._pending} vectors are pending")
+                raise ArgumentError(f"commit_rows: {len(rows)} rows given but {self._pending} vectors are pending")
             now = time.time()
-            with self._write() as conn:
+            with self._write(f"commit {len(rows)} rows") as conn:
                 state = self._state()
                 ids = range(state.committed, state.committed + len(rows))
                 delete = [int(i) for i in delete]
                 if delete:
                     conn.executemany("UPDATE images SET deleted = 1 WHERE id = ?", [(i,) for i in delete])
                 conn.executemany(
-                    f"INSERT INTO images({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                    "INSERT INTO images(id, path, is_file, size, mtime_ns, hash, added, deleted, metadata) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
                     [
-                        (i, r.path, int(r.is_file), r.size, r.mtime_ns, r.hash, now,
+                        (i, self._key(r.path), int(r.is_file), r.size, r.mtime_ns, r.hash, now,
                          None if r.metadata is None else json.dumps(r.metadata))
                         for i, r in zip(ids, rows)
                     ],
@@ -641,7 +866,12 @@ class Store:
             return ids
 
     def rollback_pending(self) -> None:
-        """Forget appended-but-uncommitted rows (they are overwritten by the next append)."""
+        """Forget appended-but-uncommitted rows (cut from the file: a failed commit
+        on a full disk gives the space back)."""
+        if self._pending and self._conn is not None:
+            with contextlib.suppress(OSError, sqlite3.Error, IndexCorruptError):
+                state = self.state()
+                os.truncate(self.vectors_path(state.generation), state.committed * self.row_bytes)
         self._pending = 0
         self._pending_negative = False
 
@@ -670,37 +900,48 @@ class Store:
         (NotInIndexError for an unknown id).
 
         One statement for up to 900 ids, which also reads the vector file's
-        generation: with ``generation`` given, None when it is no longer that one
-        (a compaction renumbered the ids since the caller read them).
+        generation and the root: with ``generation`` given, None when it is no
+        longer that one (a compaction renumbered the ids since the caller read them).
         """
         ids = [int(i) for i in ids]
         found: dict[int, str] = {}
         current = None
-        root = self._root()
-        prefix, isabs = (root if root.endswith(os.sep) else root + os.sep), os.path.isabs
+        recorded = None
+        isabs = os.path.isabs
         # one statement reads one snapshot: a transaction only for more
         with self._read() if len(ids) > 900 else self._mutex:
             conn = self._db()
             for start in range(0, max(len(ids), 1), 900):
                 chunk = ids[start:start + 900]
                 for i, path, is_file in conn.execute(_paths_sql(len(chunk)), chunk):
-                    if i < 0:
+                    if i == -1:
                         current = int(path)
-                    else:  # as absolute_path()
-                        found[i] = prefix + path if is_file and not isabs(path) else path
+                    elif i == -2:
+                        recorded = json.loads(path)
+                    else:
+                        found[i] = (decode_path(path), is_file)  # type: ignore[assignment]
         if generation is not None and current != generation:
             return None
+        if recorded is None:  # format 1: in the manifest
+            recorded = self.manifest["root"]
+        root = self._resolve_root(recorded)
+        prefix = root if root.endswith(os.sep) else root + os.sep
         try:
-            return [found[i] for i in ids]
+            out = []
+            for i in ids:
+                p, is_file = found[i]  # type: ignore[misc]
+                out.append(prefix + p if is_file and not isabs(p) else p)  # as absolute_path()
+            return out
         except KeyError as exc:
             raise NotInIndexError(f"{self.path}: no image with id {exc.args[0]}") from None
 
     def _fetch_ids(self, ids: Sequence[int]) -> dict[int, Row]:
         found: dict[int, Row] = {}
         conn = self._db()
+        cols = self._cols()
         for start in range(0, len(ids), 900):
             chunk = ids[start:start + 900]
-            q = f"SELECT {_COLUMNS} FROM images WHERE id IN ({','.join('?' * len(chunk))})"
+            q = f"SELECT {cols} FROM images WHERE id IN ({','.join('?' * len(chunk))})"
             for t in conn.execute(q, chunk):
                 found[int(t[0])] = _row(t)
         return found
@@ -709,14 +950,16 @@ class Store:
         """The live row stored under ``path`` (stored form), or None."""
         with self._read():
             t = self._db().execute(
-                f"SELECT {_COLUMNS} FROM images WHERE path = ? AND deleted = 0", (path,)
+                f"SELECT {self._cols()} FROM images WHERE path = ? AND deleted = 0", (self._key(path),)
             ).fetchone()
         return None if t is None else _row(t)
 
-    def find_entry(self, item: Union[str, os.PathLike]) -> Optional[Row]:
+    def find_entry(self, item: Union[str, bytes, os.PathLike]) -> Optional[Row]:
         """The live row of an ``add_vectors`` name or of a file path (as stored, or
-        given as a path to put in :meth:`stored_path` form), or None."""
-        s = os.fspath(item)
+        given as a path to put in :meth:`stored_path` form), or None.  A path is a
+        ``str`` (surrogate escapes for bytes that are not UTF-8), a path object or
+        ``bytes`` (``os.fsdecode``)."""
+        s = os.fsdecode(item)
         row = self.find_live(s)  # a name, or a path stored as given
         if row is None or row.is_file:
             row = self.find_live(self.stored_path(s)) or row
@@ -728,18 +971,20 @@ class Store:
         paths = list(paths)
         with self._read():
             conn = self._db()
+            cols = self._cols()
             for start in range(0, len(paths), 900):
-                chunk = paths[start:start + 900]
-                q = f"SELECT {_COLUMNS} FROM images WHERE deleted = 0 AND path IN ({','.join('?' * len(chunk))})"
+                chunk = [self._key(p) for p in paths[start:start + 900]]
+                q = f"SELECT {cols} FROM images WHERE deleted = 0 AND path IN ({','.join('?' * len(chunk))})"
                 for t in conn.execute(q, chunk):
-                    out[t[1]] = _row(t)
+                    r = _row(t)
+                    out[r.path] = r
         return out
 
     def find_hash(self, digest: str) -> list[Row]:
         """Rows (live first, then lower id first) whose content hash is ``digest``."""
         with self._read():
             ts = self._db().execute(
-                f"SELECT {_COLUMNS} FROM images WHERE hash = ? ORDER BY deleted, id", (digest,)
+                f"SELECT {self._cols()} FROM images WHERE hash = ? ORDER BY deleted, id", (digest,)
             ).fetchall()
         return [_row(t) for t in ts]
 
@@ -747,9 +992,12 @@ class Store:
         """``(generation, sorted int64 ids)`` of the live rows whose stored path (or
         name) is one of ``prefixes`` or lies under one (``prefix + os.sep ...``),
         or matches one of ``globs`` (SQLite ``GLOB``), read in one transaction.
-        An empty prefix matches every row."""
+        An empty prefix matches every row.  Prefixes and globs are compared in
+        the stored form (format 2: the path's bytes, so a name that is not UTF-8
+        is matched byte for byte; ``?`` in a glob stands for one UTF-8 character,
+        or one byte that is not part of one)."""
         terms: list[str] = []
-        args: list[str] = []
+        spans: list[tuple[str, ...]] = []
         for p in prefixes:
             if not p:
                 terms.append("1")
@@ -757,14 +1005,16 @@ class Store:
             p = p.rstrip(os.sep) or os.sep
             under = p if p.endswith(os.sep) else p + os.sep  # "a/b" -> "a/b/" <= path < "a/b0"
             terms.append("path = ? OR (path >= ? AND path < ?)")
-            args += [p, under, under[:-1] + chr(ord(under[-1]) + 1)]
+            spans.append((p, under, under[:-1] + chr(ord(under[-1]) + 1)))
         for g in globs:
-            terms.append("path GLOB ?")
-            args.append(g)
+            terms.append("CAST(path AS TEXT) GLOB CAST(? AS TEXT)")  # GLOB matches no BLOB as it is
+            spans.append((g,))
         if not terms:
             return self.state().generation, np.zeros(0, np.int64)
         where = " OR ".join(f"({t})" for t in terms)
         with self._read() as conn:
+            # bound as stored (format 2: bytes, which compare byte-wise; format 1: text)
+            args = [self._key(a) for span in spans for a in span]
             generation = int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
             ids = [t[0] for t in conn.execute(f"SELECT id FROM images WHERE deleted = 0 AND ({where}) ORDER BY id",
                                               args)]
@@ -773,7 +1023,14 @@ class Store:
     def live_files(self) -> list[Row]:
         """All live rows added from files."""
         with self._read():
-            ts = self._db().execute(f"SELECT {_COLUMNS} FROM images WHERE deleted = 0 AND is_file = 1").fetchall()
+            ts = self._db().execute(
+                f"SELECT {self._cols()} FROM images WHERE deleted = 0 AND is_file = 1").fetchall()
+        return [_row(t) for t in ts]
+
+    def all_rows(self) -> list[Row]:
+        """Every committed row (deleted ones included), by id."""
+        with self._read():
+            ts = self._db().execute(f"SELECT {self._cols()} FROM images ORDER BY id").fetchall()
         return [_row(t) for t in ts]
 
     def deleted_ids(self) -> np.ndarray:
@@ -785,7 +1042,7 @@ class Store:
     def mark_deleted(self, ids: Iterable[int]) -> int:
         """Mark ids deleted; returns how many live rows changed."""
         ids = [int(i) for i in ids]
-        with self._write() as conn:
+        with self._write(f"remove {len(ids)} rows") as conn:
             before = conn.total_changes
             conn.executemany("UPDATE images SET deleted = 1 WHERE id = ? AND deleted = 0", [(i,) for i in ids])
             return conn.total_changes - before
@@ -795,19 +1052,26 @@ class Store:
         (a moved/renamed or touched file), in one transaction."""
         if not updates:
             return
-        with self._write() as conn:
+        with self._write(f"update {len(updates)} rows") as conn:
             conn.executemany(
                 "UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
-                [(p, s, m, i) for i, p, s, m in updates],
+                [(self._key(p), s, m, i) for i, p, s, m in updates],
             )
 
     def set_row_metadata(self, id: int, metadata: Optional[dict]) -> None:
         """Replace the caller's JSON metadata of one live row."""
         text = None if metadata is None else json.dumps(metadata)
-        with self._write() as conn:
+        with self._write("set metadata") as conn:
             if conn.execute("UPDATE images SET metadata = ? WHERE id = ? AND deleted = 0",
                             (text, int(id))).rowcount != 1:
                 raise NotInIndexError(f"{self.path}: no live image with id {id}")
+
+    def stale_count(self) -> int:
+        """Live rows whose vector is of an older descriptor version (``stale``)."""
+        with self._read() as conn:
+            if self._layout() < 2:
+                return 0
+            return int(conn.execute("SELECT count(*) FROM images WHERE deleted = 0 AND stale = 1").fetchone()[0])
 
     def get_meta(self, key: str) -> Any:
         """A JSON value stored in ``meta`` under ``key`` (None if absent)."""
@@ -818,14 +1082,100 @@ class Store:
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON value in ``meta`` (``None`` removes the key)."""
         if key in _RESERVED:
-            raise ValueError(f"meta key {key!r} is reserved")
-        with self._write() as conn:
+            raise ArgumentError(f"meta key {key!r} is reserved")
+        with self._write(f"record {key}") as conn:
             if value is None:
                 conn.execute("DELETE FROM meta WHERE key = ?", (key,))
             else:
                 conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
-    # ------------------------------------------------------------ compaction
+    # ------------------------------------------------------------ relocation
+    def relocate(self, old: Union[str, os.PathLike], new: Union[str, os.PathLike]) -> int:
+        """Files that were under directory ``old`` are now under ``new``: rewrite the
+        stored paths (live and deleted rows) and the root when it lies under ``old``,
+        in one transaction.
+
+        Returns
+        -------
+        int
+            Number of live images whose path changed (deleted rows are relocated too).
+
+        Raises
+        ------
+        ArgumentError
+            Two live rows would get the same path (nothing is changed then).
+        """
+        self._require_writable()
+        old_s = os.path.normpath(os.path.abspath(os.fspath(old)))
+        new_s = os.path.normpath(os.path.abspath(os.fspath(new)))
+
+        def under(p: str) -> Optional[str]:  # the part of p below old, or None
+            if p == old_s:
+                return ""
+            base = old_s if old_s.endswith(os.sep) else old_s + os.sep
+            return p[len(base):] if p.startswith(base) else None
+
+        with self._mutex:
+            if old_s == new_s:
+                return 0
+            recorded = self.root_record()
+            root = self._resolve_root(recorded)
+            rest = under(root)
+            new_root = root if rest is None else os.path.normpath(os.path.join(new_s, rest))
+            if rest is not None and not os.path.isabs(recorded):
+                try:
+                    new_recorded = os.path.relpath(new_root, os.path.abspath(self.path))
+                except ValueError:  # pragma: no cover - different drives on Windows
+                    new_recorded = new_root
+            else:
+                new_recorded = new_root
+            updates: list[tuple[bytes, int]] = []
+            moved = 0
+            for r in self.all_rows():
+                if not r.is_file:
+                    continue
+                ab = r.path if os.path.isabs(r.path) else os.path.join(root, r.path)
+                below = under(ab)
+                if below is not None:
+                    moved += 0 if r.deleted else 1
+                    ab = os.path.join(new_s, below) if below else new_s
+                # every row in its stored form for the new root (relative under it, else absolute)
+                stored = self._stored(ab, new_root)
+                if stored != r.path:
+                    updates.append((encode_path(stored), r.id))
+            try:
+                with self._write("relocate") as conn:
+                    if self._layout() < 2:  # pragma: no cover - a writer migrated at open
+                        raise IndexFormatError(f"{self.path}: relocate needs format version 2")
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'root'", (json.dumps(new_recorded),))
+                    # through unique placeholders first: no row meets another's old path on the way
+                    conn.executemany("UPDATE images SET path = ? WHERE id = ?",
+                                     [(b"\0relocating\0" + str(i).encode(), i) for _, i in updates])
+                    conn.executemany("UPDATE images SET path = ? WHERE id = ?", updates)
+            except sqlite3.IntegrityError:
+                raise ArgumentError(f"{self.path}: relocating {old_s} to {new_s} would give two live images the same "
+                                 f"path (some are indexed under both already); nothing was changed") from None
+            self._root_str = None
+            return moved
+
+    # ------------------------------------------------------------ generations
+    def _new_generation(self, state: State, write: Callable[[Path], Any], doing: str) -> int:
+        """Write ``vectors.<G+1>.f32`` with ``write(path)`` (fsynced by it); on a
+        failure the partial file is removed and :class:`IndexWriteError` raised."""
+        new_gen = state.generation + 1
+        dest = self.vectors_path(new_gen)
+        try:
+            write(dest)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                dest.unlink()
+            raise _write_error(dest, exc, doing, f"its {state.committed} committed rows") from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                dest.unlink()
+            raise
+        return new_gen
+
     def compact(self, progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
         """Rewrite the vector file without deleted rows and renumber the ids.
 
@@ -846,24 +1196,104 @@ class Store:
             mapping[keep] = np.arange(live, dtype=np.int64)
             if live == state.committed:
                 return mapping
-            new_gen = state.generation + 1
-            write_rows(self.vectors_path(new_gen), self.map_vectors(state), keep, DTYPE, _ROW_CHUNK, progress)
-            with self._write() as conn:
-                conn.execute("DELETE FROM images WHERE deleted = 1")
-                conn.execute("CREATE TEMP TABLE _renum(old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
-                conn.execute("INSERT INTO _renum SELECT id, row_number() OVER (ORDER BY id) - 1 FROM images")
-                # two passes through negative ids so the primary key never collides
-                conn.execute("UPDATE images SET id = -1 - (SELECT new FROM _renum WHERE old = images.id)")
-                conn.execute("UPDATE images SET id = -1 - id")
-                conn.execute("DROP TABLE _renum")
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'committed'", (str(live),))
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(new_gen),))
+            src = self.map_vectors(state)
+            new_gen = self._new_generation(
+                state, lambda dest: write_rows(dest, src, keep, DTYPE, _ROW_CHUNK, progress),
+                f"write the compacted vectors ({live} rows)")
+            try:
+                with self._write("commit the compaction") as conn:
+                    conn.execute("DELETE FROM images WHERE deleted = 1")
+                    conn.execute("CREATE TEMP TABLE _renum(old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
+                    conn.execute("INSERT INTO _renum SELECT id, row_number() OVER (ORDER BY id) - 1 FROM images")
+                    # two passes through negative ids so the primary key never collides
+                    conn.execute("UPDATE images SET id = -1 - (SELECT new FROM _renum WHERE old = images.id)")
+                    conn.execute("UPDATE images SET id = -1 - id")
+                    conn.execute("DROP TABLE _renum")
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'committed'", (str(live),))
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(new_gen),))
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self.vectors_path(new_gen).unlink()
+                raise
+            del src
             with contextlib.suppress(OSError):
                 self.vectors_path(state.generation).unlink()
             return mapping
 
+    def replace_vectors(self, blocks: Iterable[np.ndarray], *, stale: Callable[[], Iterable[int]],
+                        meta: dict, progress: Optional[Callable[[int, int], None]] = None) -> int:
+        """Write a new generation holding the same rows (ids unchanged) from
+        ``blocks`` (float32 ``(n, dim)`` arrays, ``committed`` rows in all), then in one
+        transaction switch to it, set the rows ``stale()`` returns (called once the
+        blocks are consumed) stale and every other row not stale, and store the
+        ``meta`` values (re-description: the new descriptor spec).  Returns the new
+        generation."""
+        self._require_writable()
+        with self._mutex:
+            state = self.state()
+            negative = [False]
+
+            def write(dest: Path) -> None:
+                done = 0
+                with open(dest, "wb") as f:
+                    for block in blocks:
+                        block = np.ascontiguousarray(block, dtype=DTYPE)
+                        if block.ndim != 2 or block.shape[1] != self.dim:
+                            raise ArgumentError(f"replace_vectors: block of shape {block.shape}, expected (n, {self.dim})")
+                        negative[0] |= bool((block < 0).any())
+                        f.write(block.tobytes())
+                        done += block.shape[0]
+                        if progress is not None:
+                            progress(done, state.committed)
+                    f.flush()
+                    os.fsync(f.fileno())
+                if done != state.committed:
+                    raise ArgumentError(f"replace_vectors: {done} rows written, {state.committed} committed")
+                from fastimg.index._files import fsync_dir
+
+                fsync_dir(dest.parent)
+
+            new_gen = self._new_generation(state, write, f"write the re-described vectors ({state.committed} rows)")
+            try:
+                stale_ids = sorted({int(i) for i in stale()})
+                with self._write("commit the re-described vectors") as conn:
+                    cur = self._state()
+                    if (cur.committed, cur.generation) != (state.committed, state.generation):  # pragma: no cover
+                        raise IndexCorruptError(f"{self.path}: the index changed while its vectors were rewritten")
+                    conn.execute("UPDATE images SET stale = 0 WHERE stale = 1")
+                    conn.executemany("UPDATE images SET stale = 1 WHERE id = ?", [(i,) for i in stale_ids])
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(new_gen),))
+                    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('has_negative', ?)",
+                                 (json.dumps(negative[0]),))
+                    for key, value in meta.items():
+                        if key in _RESERVED:
+                            raise ArgumentError(f"meta key {key!r} is reserved")
+                        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self.vectors_path(new_gen).unlink()
+                raise
+            with contextlib.suppress(OSError):
+                self.vectors_path(state.generation).unlink()
+            return new_gen
+
+    # ------------------------------------------------------------ checking
+    def integrity(self) -> list[str]:
+        """SQLite's ``PRAGMA integrity_check`` messages (``[]``: the database is sound)."""
+        with self._read() as conn:
+            try:
+                out = [str(r[0]) for r in conn.execute("PRAGMA integrity_check")]
+            except sqlite3.DatabaseError as exc:
+                return [str(exc)]
+        return [] if out == ["ok"] else out
+
+    def row_count(self) -> int:
+        """Rows of the ``images`` table (the committed ones)."""
+        with self._read() as conn:
+            return int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
+
     # ------------------------------------------------------------ directories
     @property
     def ann_dir(self) -> Path:
-        """The HNSW graph's directory (its files belong to :mod:`fastimg.ann`)."""
+        """The HNSW graph's directory (its builds belong to :mod:`fastimg.index.graph`)."""
         return self.path / ANN_DIR

@@ -41,6 +41,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
 
+from fastimg.errors import DescriptorError
 from fastimg.features.nets._blocks import MBConv, StateDictShapes
 from fastimg.features.nets.onnx_build import GraphBuilder
 from fastimg.features.nets.pth import WeightFileError
@@ -97,7 +98,7 @@ def lite_blocks(variant: str) -> List[MBConv]:
         16 blocks for Lite0, 21 for Lite2.
     """
     if variant not in LITE_VARIANTS:
-        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {sorted(LITE_VARIANTS)}")
+        raise DescriptorError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {sorted(LITE_VARIANTS)}")
     width, depth, _ = LITE_VARIANTS[variant]
     blocks: List[MBConv] = []
     last = len(_STAGES) - 1

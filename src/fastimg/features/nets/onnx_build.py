@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from fastimg.errors import DescriptorError
+
 __all__ = ["GraphBuilder", "fold_batchnorm", "OPSET", "IR_VERSION"]
 
 #: ONNX operator set the graphs use (onnxruntime >= 1.13 runs it).
@@ -64,7 +66,7 @@ def fold_batchnorm(
     c_out = weight.shape[0]
     for name, a in (("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var)):
         if a.shape != (c_out,):
-            raise ValueError(f"batch norm {name} has shape {a.shape}, expected ({c_out},) to match weights {weight.shape}")
+            raise DescriptorError(f"batch norm {name} has shape {a.shape}, expected ({c_out},) to match weights {weight.shape}")
     scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
     w = weight.astype(np.float64) * scale.reshape((c_out,) + (1,) * (weight.ndim - 1))
     b0 = np.zeros(c_out) if bias is None else bias.astype(np.float64)
@@ -174,9 +176,9 @@ class GraphBuilder:
             Output name.
         """
         if pads is not None and auto_pad is not None:
-            raise ValueError("conv: give pads or auto_pad, not both")
+            raise DescriptorError("conv: give pads or auto_pad, not both")
         if weight.ndim != 4:
-            raise ValueError(f"conv: weights must be 4-D (C_out, C_in/group, kH, kW), got shape {weight.shape}")
+            raise DescriptorError(f"conv: weights must be 4-D (C_out, C_in/group, kH, kW), got shape {weight.shape}")
         kh, kw = int(weight.shape[2]), int(weight.shape[3])
         inputs = [x, self.initializer(weight, "conv_w")]
         if bias is not None:
