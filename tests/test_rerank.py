@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastimg import rerank
+from fastimg.errors import ArgumentError
 from fastimg.metrics import exact_scores, get_metric
 
 
@@ -556,7 +557,7 @@ def test_local_tightness_against_the_formula(m):
     d = rng.random((m, m)) + 0.01
     np.fill_diagonal(d, 0.0)
     assert rerank.local_tightness(d) == pytest.approx(oracle_tightness(d), rel=1e-12)
-    with pytest.raises(ValueError, match="at least 9 nodes"):
+    with pytest.raises(ArgumentError, match="at least 9 nodes"):
         rerank.local_tightness(d[:8, :8])
 
 
@@ -671,7 +672,7 @@ def test_collection_tightness_is_the_median_over_rows():
         vals.append(oracle_tightness(np.array([[oracle_dist("l2", a, b) for b in z] for a in z])))
     assert got == pytest.approx(float(np.median(vals)), rel=1e-9)
     assert rerank.collection_tightness(x[:10], "l2") is None  # too few rows to have a local graph
-    with pytest.raises(ValueError, match="depth must be an int >= 10"):
+    with pytest.raises(ArgumentError, match="depth must be an int >= 10"):
         rerank.collection_tightness(x, "l2", depth=3)
 
 

@@ -556,7 +556,7 @@ def local_tightness(dist: npt.ArrayLike) -> Optional[float]:
     """
     d = np.asarray(dist, dtype=np.float64)
     if d.ndim != 2 or d.shape[0] != d.shape[1] or d.shape[0] < 9:
-        raise ValueError(f"dist must be a square matrix of at least 9 nodes; got shape {d.shape}")
+        raise ArgumentError(f"dist must be a square matrix of at least 9 nodes; got shape {d.shape}")
     t = _node_tightness(d)
     t = t[~np.isnan(t)]
     return float(np.median(t)) if t.size else None
@@ -590,10 +590,10 @@ def collection_tightness(vectors: npt.ArrayLike, metric: Any = "pearson", *, sea
     m = _metric(metric)
     x = np.asarray(vectors)
     if x.ndim != 2:
-        raise ValueError(f"vectors must be 2-D (N, D); got shape {x.shape}")
+        raise ArgumentError(f"vectors must be 2-D (N, D); got shape {x.shape}")
     for name, v, lo in (("sample", sample, 1), ("depth", depth, AUTO_MIN_CANDIDATES)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"{name} must be an int >= {lo}; got {name}={v!r}")
+            raise ArgumentError(f"{name} must be an int >= {lo}; got {name}={v!r}")
     n = x.shape[0]
     if n < AUTO_MIN_CANDIDATES + 1:
         return None
@@ -607,7 +607,7 @@ def collection_tightness(vectors: npt.ArrayLike, metric: Any = "pearson", *, sea
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
     q = np.ascontiguousarray(x[rows], dtype=np.float32)
     if not np.all(np.isfinite(q)):
-        raise ValueError("vectors contain NaN or inf (drop failed rows first)")
+        raise ArgumentError("vectors contain NaN or inf (drop failed rows first)")
     ids, _ = search(q, min(depth + 1, n))
     ids = np.asarray(ids, dtype=np.int64).reshape(len(rows), -1)
     vals = []
