@@ -1,6 +1,7 @@
 """Retrieval-quality table: descriptor x metric x re-ranking on Corel-1k and UKBench-56.
 
-The one command (about 10 minutes on 2 cores; writes bench/quality.md)::
+The one command (about 10 minutes on 2 cores; writes bench/quality.md, keeping the sections
+that quality_learn.py and dedup_calibrate.py write between their markers)::
 
     FASTIMG_BENCH_SCALE=full flock /tmp/fastimg-bench.lock .venv/bin/python bench/quality.py
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -67,6 +69,18 @@ def _run(ds, combos, reranks, measures, cache, log):
             f"{r['rerank']}={r[measures[0]]:.4f}" for r in got if "error" not in r)
             + f"  ({time.perf_counter() - t0:.0f}s)")
     return rows
+
+
+#: A section of quality.md written by another script (quality_learn.py, dedup_calibrate.py)
+#: between its markers ``<!-- NAME: begin ... -->`` and ``<!-- NAME: end -->``.
+_SECTION = re.compile(r"<!-- (?P<name>[\w.-]+): begin.*?-->.*?<!-- (?P=name): end -->\n?", re.S)
+
+
+def keep_sections(out: Path, text: str) -> str:
+    """``text`` followed by the other scripts' sections of the current ``out`` (kept as they are)."""
+    old = out.read_text() if out.is_file() else ""
+    sections = [m.group(0).rstrip("\n") + "\n" for m in _SECTION.finditer(old)]
+    return text.rstrip("\n") + "\n" + "".join("\n" + s for s in sections)
 
 
 def _fmt(v, nd=4):
@@ -186,7 +200,7 @@ def main(argv=None) -> int:
                _table(tune_rows, ["map", "p@10"], delta_of="map"), ""]
     text = "\n".join(md)
     if out is not None:
-        out.write_text(text)
+        out.write_text(keep_sections(out, text))
         log(f"wrote {out}")
     else:
         print(text)

@@ -22,7 +22,7 @@ import pytest
 import fastimg
 from fastimg import cli
 from fastimg.cli.common import json_default
-from fastimg.dedup import DEFAULT_THRESHOLDS, HISTOGRAM_THRESHOLDS
+from fastimg.dedup import THRESHOLDS
 
 BIN = Path(sys.executable).with_name("fastimg")
 CLASSES = ("beaches", "dinosaurs", "horses")
@@ -856,7 +856,7 @@ def test_dedup_default_threshold_finds_the_copies(dup_index):
     idx, root, files = dup_index
     doc = ok_json("dedup", "--index", idx, "--json")
     metric = doc["metric"]
-    assert doc["threshold"] == DEFAULT_THRESHOLDS[metric]
+    assert doc["threshold"] == THRESHOLDS[("hsv72", metric)]  # the index's descriptor, calibrated
     _check_dedup(doc, idx, metric, doc["threshold"])
     groups = [{resolved(g["path"]) for g in group} for group in doc["groups"]]
     assert {str(files[0]), str((root / "copy_of_first.jpg").resolve())} in [
@@ -908,11 +908,16 @@ def test_dedup_text_output(dup_index):
 
 
 @pytest.mark.parametrize("metric", ["l1", "intersect"])
-def test_dedup_histogram_defaults_for_l1_and_intersect(dup_index, metric):
+def test_dedup_default_is_for_the_calibrated_metric_only(dup_index, metric):
+    """hsv72's default is calibrated for bhattacharyya; another metric's scale differs: the
+    error says so (and which metric has one); with --threshold it works."""
     idx, root, files = dup_index
-    doc = ok_json("dedup", "--index", idx, "--json", "--metric", metric)
-    assert doc["threshold"] == HISTOGRAM_THRESHOLDS[metric]
-    _check_dedup(doc, idx, metric, doc["threshold"])
+    line = assert_one_line_error(run("dedup", "--index", idx, "--metric", metric), code=2)
+    assert f"descriptor 'hsv72' has no calibrated default for metric '{metric}' (only for 'bhattacharyya')" in line
+    assert "--threshold" in line
+    threshold = {"l1": 0.05, "intersect": 0.975}[metric]
+    doc = ok_json("dedup", "--index", idx, "--json", "--metric", metric, "--threshold", str(threshold))
+    _check_dedup(doc, idx, metric, threshold)
     pair = {str(files[0]), str((root / "copy_of_first.jpg").resolve())}
     assert any(pair <= {resolved(g["path"]) for g in group} for group in doc["groups"])
 
@@ -995,7 +1000,7 @@ def test_wants_eval():
 
 def test_query_and_dedup_do_not_walk_the_index(dup_index, monkeypatch, capsys):
     """``Index.info()`` walks the whole index directory: a plain query and a dedup with the
-    index's own metric (bhattacharyya, a scale-free default) read index.metric instead."""
+    index's own metric (bhattacharyya, hsv72's calibrated default) read index.metric and descriptor_spec instead."""
     from fastimg.index import Index
 
     idx, root, files = dup_index
@@ -1008,4 +1013,4 @@ def test_query_and_dedup_do_not_walk_the_index(dup_index, monkeypatch, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["metric"] == "bhattacharyya" and len(doc["results"]) == 9
     assert cli.main(["dedup", "--index", str(idx), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["threshold"] == DEFAULT_THRESHOLDS["bhattacharyya"]
+    assert json.loads(capsys.readouterr().out)["threshold"] == THRESHOLDS[("hsv72", "bhattacharyya")]

@@ -18,9 +18,17 @@ size of a group (exact mode).  For an asymmetric metric (chisqr, kl_div) a pair
 counts when either direction is within the threshold; its score is the one with
 the lower id as the query when both directions are within it.
 
+Default thresholds (:data:`THRESHOLDS`, :func:`default_threshold`) are per
+built-in descriptor, for its default metric, calibrated on a generated
+near-duplicate set by ``bench/dedup_calibrate.py`` (held-out recall and
+precision of each in bench/quality.md).  A score's scale depends on the
+descriptor, so a custom index, another metric, other descriptor parameters or a
+PCA-whitened index have no default: pass ``threshold=``.
+
 Only the public ``Index`` API is used (``vectors``, ``live_ids``,
-``search_batch``, ``paths``, ``metric``, ``descriptor_spec``), so any object
-offering it works.  ``Index.duplicates(...)`` calls :func:`find_duplicates`.
+``search_batch``, ``paths``, ``metric``, ``descriptor_spec``,
+``whitening_path``), so any object offering it works.
+``Index.duplicates(...)`` calls :func:`find_duplicates`.
 """
 from __future__ import annotations
 
@@ -35,25 +43,58 @@ __all__ = [
     "DuplicateGroup",
     "DuplicatePair",
     "DedupError",
-    "DEFAULT_THRESHOLDS",
-    "HISTOGRAM_THRESHOLDS",
+    "THRESHOLDS",
     "default_threshold",
     "find_duplicates",
     "duplicate_pairs",
     "connected_groups",
 ]
 
-#: Default threshold per metric, for any index (scale-free metrics).
-DEFAULT_THRESHOLDS = {"pearson": 0.99, "cosine": 0.99, "bhattacharyya": 0.1}
-#: Defaults of metrics whose scale is fixed only for L1-normalised histograms: they apply
-#: to every built-in descriptor, not to a ``descriptor="custom"`` index's own vectors.
-HISTOGRAM_THRESHOLDS = {"l1": 0.05, "intersect": 0.975}
+#: Default duplicate threshold per built-in descriptor and metric: ``(descriptor, metric) ->
+#: threshold`` in the metric's own direction.  Calibrated by ``bench/dedup_calibrate.py`` on a
+#: generated near-duplicate set (Corel-1k images with a 50 % resize, JPEG q30, 90 % crop, ±20 %
+#: brightness and 3-5° rotation of each): precision first, the best F1 among the thresholds with
+#: precision >= 0.99 on half of the images.  No descriptor reaches recall 0.95 there: held out, the
+#: defaults find 0.14-0.82 of the copies at precision 0.97-1.00 (each descriptor misses one kind of
+#: edit; table in bench/quality.md).  One entry per descriptor, for its default metric.
+THRESHOLDS: dict[tuple[str, str], float] = {
+    ("hsv72", "bhattacharyya"): 0.08737,
+    ("rgb64", "bhattacharyya"): 0.05844,
+    ("rgb512", "bhattacharyya"): 0.1138,
+    ("hsv", "bhattacharyya"): 0.1209,
+    ("spatial-hsv72", "bhattacharyya"): 0.1446,
+    ("spatial-hsv", "bhattacharyya"): 0.1932,
+    ("correlogram", "l1"): 7.57,
+    ("lbp", "chisqr_alt"): 0.00196,
+    ("ehd", "l1"): 1.2291666,
+    ("cedd", "bhattacharyya"): 0.0873,
+    ("classic", "l1"): 0.1892,
+    ("classic-fast", "l1"): 0.1252,
+    ("cnn-crow", "cosine"): 0.96352,
+}
+#: The descriptor each entry was calibrated with: ``name -> (version, digest of its params)``
+#: (:func:`_params_digest`); an index whose descriptor differs gets no default.
+_CALIBRATED = {
+    "hsv72": (2, "b4b8bf78e9ad"),
+    "rgb64": (1, "b4b8bf78e9ad"),
+    "rgb512": (1, "b4b8bf78e9ad"),
+    "hsv": (1, "27debd80716a"),
+    "spatial-hsv72": (2, "94aac02398fa"),
+    "spatial-hsv": (1, "1696c0f8aad4"),
+    "correlogram": (2, "417c96e8dd7c"),
+    "lbp": (1, "10fda24ab150"),
+    "ehd": (1, "6e6071bc75ca"),
+    "cedd": (1, "296b3913daf1"),
+    "classic": (4, "b4b8bf78e9ad"),
+    "classic-fast": (2, "b4b8bf78e9ad"),
+    "cnn-crow": (1, "c794b822f09a"),
+}
 
 Progress = Union[bool, None, Callable[[int, int], Any]]
 
 
 class DedupError(FastimgError, ValueError):
-    """A bad argument to :func:`find_duplicates`, or no default threshold for the metric."""
+    """A bad argument to :func:`find_duplicates`, or no default threshold for the index and metric."""
 
 
 @dataclass(frozen=True)
@@ -94,22 +135,62 @@ def _metric(index: Any, metric: Optional[str]) -> Any:
     return get_metric(index.metric if metric is None else metric)
 
 
-def default_threshold(index: Any, metric: Optional[str] = None) -> Optional[float]:
-    """The default duplicate threshold of ``metric`` (default: the index's metric).
+def _params_digest(params: Any) -> str:
+    """A short digest of a descriptor's ``params`` (canonical JSON)."""
+    import hashlib
+    import json
 
-    :data:`DEFAULT_THRESHOLDS`, plus :data:`HISTOGRAM_THRESHOLDS` unless the index
-    is a ``descriptor="custom"`` one.  ``None`` when the metric has no default
-    (chisqr, chisqr_alt, kl_div, l2; l1 and intersect on a custom index).
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def _spec(index: Any) -> dict:
+    spec = getattr(index, "descriptor_spec", None)  # an Index; else info() (it walks the index directory)
+    return dict(spec if spec is not None else index.info()["descriptor"])
+
+
+def _no_default(index: Any, metric: str) -> Optional[str]:
+    """Why the index has no default threshold for ``metric`` (None: it has one)."""
+    spec = _spec(index)
+    name = spec.get("name", "custom")
+    if name == "custom":
+        return "the index holds the caller's own vectors (descriptor='custom')"
+    if (name, metric) not in THRESHOLDS:
+        known = [m for d, m in THRESHOLDS if d == name]
+        return (f"descriptor {name!r} has no calibrated default for metric {metric!r}"
+                + (f" (only for {', '.join(map(repr, known))})" if known else ""))
+    version, digest = _CALIBRATED[name]
+    if spec.get("version") != version or _params_digest(spec.get("params", {})) != digest:
+        return (f"descriptor {name!r} (version {spec.get('version')}, params {spec.get('params', {})}) is not the one "
+                f"calibrated (version {version}, its default params)")
+    wpath = getattr(index, "whitening_path", None)
+    if wpath is not None and wpath.exists():
+        return "the index searches its PCA-whitened vectors (fit_whitening): the scores are not the descriptor's"
+    return None
+
+
+def default_threshold(index: Any, metric: Optional[str] = None) -> Optional[float]:
+    """The default duplicate threshold for ``metric`` (default: the index's metric).
+
+    :data:`THRESHOLDS`'s entry for the index's descriptor and the metric, when the
+    descriptor is the calibrated one (its version and default parameters) and no
+    PCA-whitening is fitted; otherwise ``None`` (pass a threshold): a
+    ``descriptor="custom"`` index, a metric other than the calibrated one, a
+    descriptor with other parameters, a whitened index.
     """
     name = _metric(index, metric).name
-    if name in DEFAULT_THRESHOLDS:
-        return DEFAULT_THRESHOLDS[name]
-    if name in HISTOGRAM_THRESHOLDS:
-        spec = getattr(index, "descriptor_spec", None)  # an Index; else info() (it walks the index directory)
-        descriptor = dict(spec if spec is not None else index.info()["descriptor"]).get("name", "custom")
-        if descriptor != "custom":
-            return HISTOGRAM_THRESHOLDS[name]
-    return None
+    if _no_default(index, name) is not None:
+        return None
+    return THRESHOLDS[(_spec(index)["name"], name)]
+
+
+def defaults_text(indent: str = "  ", width: int = 79) -> str:
+    """:data:`THRESHOLDS` as ``descriptor/metric T`` items, wrapped (for help texts; no NumPy)."""
+    import textwrap
+
+    items = [f"{d}/{m} {t:.8g}" for (d, m), t in THRESHOLDS.items()]
+    return textwrap.fill(", ".join(items), width=width, initial_indent=indent, subsequent_indent=indent,
+                         break_on_hyphens=False, break_long_words=False)
 
 
 def _check_threshold(threshold: Any) -> float:
@@ -267,7 +348,8 @@ def find_duplicates(index: Any, *, threshold: Optional[float] = None, metric: Op
         threshold = default_threshold(index, m.name)
         if threshold is None:
             raise DedupError(f"metric {m.name!r} has no default duplicate threshold for the index at "
-                             f"{getattr(index, 'path', '?')}; pass threshold=")
+                             f"{getattr(index, 'path', '?')}: {_no_default(index, m.name)}; pass threshold= "
+                             "(calibrated defaults: fastimg.dedup.THRESHOLDS, bench/quality.md)")
     pairs = duplicate_pairs(index, threshold, metric=m.name, k=k, batch=batch, mode=mode, ef=ef,
                             progress=progress)
     groups = connected_groups(pairs)

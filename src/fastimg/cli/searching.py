@@ -105,13 +105,9 @@ DIR (repeatable; the search is then exact).""", [ix])
     p.set_defaults(func=cmd_query)
 
 
-def _defaults(table: dict) -> str:
-    return ", ".join(f"{name} {value:g}" for name, value in table.items())
-
-
 def add_dedup_parser(sub: Any, ix: argparse.ArgumentParser) -> None:
     """``fastimg dedup`` (the algorithm and the default thresholds: :mod:`fastimg.dedup`)."""
-    from fastimg.dedup import DEFAULT_THRESHOLDS, HISTOGRAM_THRESHOLDS  # light: no NumPy at import
+    from fastimg.dedup import defaults_text  # light: no NumPy at import
 
     p = add_command(sub, "dedup", "find groups of near-duplicate images",
                     "Compare every indexed image with every other one (exact search, in batches)\n"
@@ -128,9 +124,11 @@ The threshold's meaning follows the metric's direction:
       a pair is a duplicate when score >= T
   distance metrics (lower is better: bhattacharyya, chisqr, chisqr_alt, kl_div, l2, l1):
       a pair is a duplicate when score <= T
-Default T per metric: {_defaults(DEFAULT_THRESHOLDS)}; and, for the
-built-in histogram descriptors (not a descriptor='custom' index), {_defaults(HISTOGRAM_THRESHOLDS)}.
-Other metrics need --threshold.
+Default T: per built-in descriptor, for its default metric (calibrated on
+near-duplicate copies; recall and precision in bench/quality.md):
+{defaults_text()}
+Other metrics, other descriptor parameters, custom vectors and whitened
+indexes need --threshold.
 
 --json prints {{"index", "metric", "threshold", "higher_is_better",
   "groups": [[{{"id", "path"}}, ...], ...],   largest group first
@@ -290,7 +288,7 @@ def _check_graph(index: Any, path: str, metric: str) -> None:
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from fastimg.dedup import default_threshold
+    from fastimg.dedup import _no_default, default_threshold
     from fastimg.metrics import get_metric
 
     path = index_path(args)
@@ -301,8 +299,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         if threshold is None:
             threshold = default_threshold(index, metric)
             if threshold is None:
-                raise UsageError(f"metric {metric!r} has no default duplicate threshold for this index; "
-                                 "give --threshold")
+                raise UsageError(f"metric {metric!r} has no default duplicate threshold for this index: "
+                                 f"{_no_default(index, metric)}; give --threshold")
         higher = bool(get_metric(metric).higher_is_better)
         show = not args.json and sys.stderr.isatty()
         progress, bar = progress_bar("duplicates", show)
