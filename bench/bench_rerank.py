@@ -33,7 +33,7 @@ N = pick(2_000, 100_000, 1_000_000)
 D = 72
 K = 10
 METRIC = "bhattacharyya"
-RERANKS = ["qe", "alpha-qe", "dba", "k-reciprocal"]
+RERANKS = ["qe", "alpha-qe", "dba", "k-reciprocal", "auto"]
 
 
 def _data(n: int = N, d: int = D, seed: int = 0) -> np.ndarray:
@@ -65,11 +65,11 @@ class Pipeline:
         return self.searcher.search(self._next(), K)
 
     def rerank(self, spec: str):
-        from fastimg.rerank import apply, parse_spec
+        from fastimg.rerank import apply, candidates_needed, parse_spec
 
         sp = parse_spec(spec)
         q = self._next()
-        first = max(K, sp.params.get("depth", K), sp.params.get("n", 0))
+        first = max(K, candidates_needed(sp, K))
         ids, sc = self.searcher.search(q, first)
         return apply(sp, q, ids[0], sc[0], get_vectors=lambda i: self.data[i], search=self.search, k=K,
                      metric=METRIC)
@@ -120,3 +120,34 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def test_rerank_suite_machinery(tmp_path):
+    """bench/rerank_suite.py end to end on generated vectors (the real collections are
+    images under ../shared; this keeps the script's evaluation code from rotting):
+    held-out halves, a sweep with its pick, the report section, one image edit."""
+    import rerank_suite as rs
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(30, 6)) * 3
+    x = np.vstack([base, base + 0.05 * rng.normal(size=base.shape), rng.normal(size=(40, 6)) * 3])
+    labels = np.concatenate([np.arange(30), np.arange(30), 100 + np.arange(40)])
+    queries = np.arange(60)
+    col = rs.Collection("pairs", [f"v{i}" for i in range(len(x))], labels, queries, labels[queries] % 2)
+    runs = [rs.Run(col, "custom", "l2", x.astype(np.float32))]
+    specs = [None, "qe:n=2,gap=0", "k-reciprocal:k1=3,k2=2,lambda=0.5", "auto{3,2,0.5|30,3,0.5}:threshold=0.7",
+             "auto:tightness=collection"]
+    res = rs.evaluate_specs(runs, specs, 0, progress=lambda s: None)
+    assert res[("pairs", "custom", "none")] == pytest.approx(runs[0].rerank(None)[col.half == 0].mean())
+    pick, score = rs.choose(res, runs, specs[1:3])
+    assert pick in specs[1:3] and score[pick][0] == max(v[0] for v in score.values())
+    res_b = rs.evaluate_specs(runs, [s for _, s in rs.REPORT], 1, progress=lambda s: None)
+    out = tmp_path / "q.md"
+    out.write_text("# title\n")
+    rs.write_section(out, rs.report_markdown(runs, res_b, None, 1.0))
+    rs.write_section(out, rs.report_markdown(runs, res_b, None, 2.0))  # replaced, not appended
+    text = out.read_text()
+    assert text.startswith("# title") and text.count(rs.MARK_BEGIN) == 1 and "auto (collection tightness)" in text
+    img = (rng.random((64, 96, 3)) * 255).astype(np.uint8)
+    edited = rs._edit(img, np.random.default_rng(1))
+    assert edited.shape == img.shape and edited.dtype == np.uint8 and not np.array_equal(edited, img)

@@ -170,11 +170,11 @@ def main(argv=None) -> int:
         "scores are inflated, a smoke test).  `ms/query` = wall-clock search + re-ranking per query during "
         "the evaluation (full rankings; see `bench/bench_rerank.py` for the interactive cost).",
         "",
-        f"Re-ranking defaults ({defaults}) were chosen from parameter sweeps on Corel-1k itself "
-        f"({'below' if args.tune else 'add --tune to include them; figures also in the comment above fastimg.rerank.PARAMS'}): "
-        "there is no held-out split, so the lift on Corel is optimistic by the tuning.  Where Corel values "
-        "were near-equal (alpha-qe n, k-reciprocal k1) the smaller value was taken because it did better on "
-        "UKBench-56 (4 relevant images per query).  Query-time DBA is local (a candidate's neighbours are "
+        f"Re-ranking rows use the defaults of this run ({defaults}).  The defaults are chosen by "
+        "`bench/rerank_suite.py` (the worst case over collections with groups of different sizes, held "
+        "out; its section at the end of this file); the sweeps here "
+        f"({'below' if args.tune else 'add --tune to include them'}) are on Corel-1k alone, with no "
+        "held-out split.  Query-time DBA is local (a candidate's neighbours are "
         "sought among the query's top `depth` candidates); `fastimg.rerank.augment_database` is the "
         "database-wide form.",
         "",

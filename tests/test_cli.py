@@ -491,7 +491,7 @@ def test_query_exact_mode(built, photos):
 def test_query_rerank(built, photos):
     idx, _ = built
     q = photos[1][6]
-    for spec in ("qe", "k-reciprocal"):
+    for spec in ("qe", "k-reciprocal", "auto"):
         doc = ok_json("query", q, "--index", idx, "-k", "5", "--rerank", spec, "--json")
         assert doc["results"] == library_hits(idx, q, 5, rerank=spec)
 

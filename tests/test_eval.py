@@ -427,18 +427,18 @@ def test_evaluate_folders_with_rerank_matches_manual_pipeline(corel_dir):
     pick = np.concatenate([np.flatnonzero(full.labels == c)[:8] for c in range(10)])  # 80 images
     ds = ev.Dataset(full.root, "folders", [full.paths[i] for i in pick], full.labels[pick],
                     np.arange(pick.size), True, full.class_names)
-    krr = "k-reciprocal:k1=5,k2=2,depth=30"
-    rows = ev.evaluate(ds, descriptors=["hsv72"], metrics=["bhattacharyya"], reranks=[None, "qe:n=3", krr],
+    krr = "k-reciprocal:k1=5,k2=3,lambda=0.3,depth=30"
+    rows = ev.evaluate(ds, descriptors=["hsv72"], metrics=["bhattacharyya"], reranks=[None, "qe:n=3,gap=0", krr],
                        measures=["map", "p@5"])
     x, _ = describe_many([str(p) for p in ds.paths], "hsv72")
-    want = {"none": [], "qe:n=3": [], krr: []}
+    want = {"none": [], "qe:n=3,gap=0": [], krr: []}
     for q in range(80):
         base = _rank("bhattacharyya", x[q], x, drop={q})
-        for name, ranking in (("none", base), ("qe:n=3", _qe_oracle(x[q], x, base, 3, q)),
-                              (krr, _krr_oracle(x[q], x, base, 5, 2, 0.3, 30))):
+        for name, ranking in (("none", base), ("qe:n=3,gap=0", _qe_oracle(x[q], x, base, 3, q)),
+                              (krr, _krr_oracle(x[q], x, base, 5, 3, 0.3, 30))):
             rel = [ds.labels[i] == ds.labels[q] for i in ranking]
             want[name].append((_ap_loop(rel, 7), sum(rel[:5]) / 5))
-    assert [r["rerank"] for r in rows] == ["none", "qe:n=3", krr]
+    assert [r["rerank"] for r in rows] == ["none", "qe:n=3,gap=0", krr]
     for row in rows:
         aps, p5 = np.array(want[row["rerank"]]).T
         assert row["map"] == pytest.approx(aps.mean(), abs=1e-9), row["rerank"]
@@ -487,11 +487,11 @@ def test_cli_eval_table_and_json(tmp_path, capsys):
     _write_holidays(tmp_path / "h")
     out = tmp_path / "r.json"
     assert main(["eval", str(tmp_path / "h"), "--layout", "holidays", "--descriptor", "hsv72",
-                 "--rerank", "none", "--rerank", "qe:n=1", "--json", "-o", str(out)]) == 0
+                 "--rerank", "none", "--rerank", "qe:n=2,gap=0", "--json", "-o", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == doc
     assert doc["layout"] == "holidays" and doc["n_queries"] == 3
-    assert [r["rerank"] for r in doc["results"]] == ["none", "qe:n=1"]
+    assert [r["rerank"] for r in doc["results"]] == ["none", "qe:n=2,gap=0"]
     assert doc["results"][0]["map"] == pytest.approx(1.0)
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "h"), "--layout", "holidays", "--descriptor", "hsv72",

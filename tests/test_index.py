@@ -616,21 +616,21 @@ def _rerank_oracle(spec, q, data, allowed, k):
     definitions), over the rows ``allowed``: the initial ranking is a brute force."""
     cos = _unit(data[allowed]) @ _unit(q)
     first = allowed[np.lexsort((allowed, -cos))]
-    if spec == "qe":  # the query and its top 5, averaged as unit vectors, searched again
+    if spec == "qe:n=5,gap=0":  # the query and its top 5, averaged as unit vectors, searched again
         expanded = _unit(q) + _unit(data[first[:5]]).sum(axis=0)
         s = _unit(data[allowed]) @ _unit(expanded)
         order = np.lexsort((allowed, -s))[:k]
         return allowed[order], s[order]
-    if spec == "dba:depth=20":  # each of the top 20 averaged with its 5 nearest others among them
-        head = first[:20]
-        u = _unit(data[head])
+    if spec == "dba:n=5,gap=0,depth=20":  # each of the top 20 averaged with its 5 nearest among the
+        head = first[:20]                    # query and the other 19 (node 0 = the query, first on ties)
+        u = _unit(np.vstack([q, data[head]]))
         g = u @ u.T
         out = np.empty(20)
-        for i in range(20):
+        for i in range(1, 21):
             nb = [j for j in np.argsort(1 - g[i], kind="stable") if j != i][:5]
             w = np.clip(g[i, nb], 0, 1) ** 3  # sim^alpha, alpha = 3
             aug = (u[i] + w @ u[nb]) / (1 + w.sum())
-            out[i] = _unit(aug) @ _unit(q)
+            out[i - 1] = _unit(aug) @ _unit(q)
         order = np.lexsort((head, -out))[:k]
         return head[order], out[order]
     assert spec == "k-reciprocal:k1=5,k2=2,lambda=1,depth=20"
@@ -643,7 +643,7 @@ def _rerank_oracle(spec, q, data, allowed, k):
     return head[order], s[order]
 
 
-@pytest.mark.parametrize("spec", ["qe", "dba:depth=20", "k-reciprocal:k1=5,k2=2,lambda=1,depth=20"])
+@pytest.mark.parametrize("spec", ["qe:n=5,gap=0", "dba:n=5,gap=0,depth=20", "k-reciprocal:k1=5,k2=2,lambda=1,depth=20"])
 def test_rerank_is_wired_with_the_index_vectors_and_exclusions(custom, data, spec):
     custom.remove([7, 8])
     allowed = np.setdiff1d(np.arange(300), [7, 8, 11])
@@ -668,7 +668,7 @@ def test_k_reciprocal_reorders_only_the_candidates_and_excludes_self(custom, dat
 
 
 @pytest.mark.parametrize("spec, searches, depth", [
-    ("qe", 2, 5), ("dba:depth=20", 1, 20), ("k-reciprocal:k1=5,k2=2,depth=20", 1, 20),
+    ("qe:n=5,gap=0", 2, 5), ("dba:depth=20", 1, 20), ("k-reciprocal:k1=5,k2=2,depth=20", 1, 20),
     # depth beyond the 300 rows: the first search returns them all (297 live, self excluded)
     ("dba:depth=400", 1, 297), ("k-reciprocal:k1=5,k2=2,depth=400", 1, 297)])
 def test_rerank_fetches_its_candidates_in_the_first_search(custom, data, spec, searches, depth, monkeypatch):
@@ -718,8 +718,8 @@ def test_auto_mode_uses_the_graph_above_the_crossover(tmp_path, monkeypatch):
 
     X = _clustered(400, 8, seed=6)
     calls = []
-    real = ann.HnswGraph.search
-    monkeypatch.setattr(ann.HnswGraph, "search", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    real = ann.HnswGraph._search  # the graph search behind search() and search_checked()
+    monkeypatch.setattr(ann.HnswGraph, "_search", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
     with Index.create(tmp_path / "ix", descriptor="custom", dim=8) as ix:
         ix.add_vectors(X, [f"x{i}" for i in range(400)])
         ix.build_ann(M=8, ef_construction=64)
@@ -744,8 +744,8 @@ def test_auto_mode_scans_exactly_for_chisqr_even_with_a_graph(tmp_path, monkeypa
     rng = np.random.default_rng(7)
     H = rng.dirichlet(np.ones(12), size=300).astype(np.float32)
     calls = []
-    real = ann.HnswGraph.search
-    monkeypatch.setattr(ann.HnswGraph, "search", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    real = ann.HnswGraph._search  # the graph search behind search() and search_checked()
+    monkeypatch.setattr(ann.HnswGraph, "_search", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
     monkeypatch.setattr(ann, "ANN_CROSSOVER", 100)
     with Index.create(tmp_path / "ix", descriptor="custom", dim=12, metric="chisqr") as ix:
         ix.add_vectors(H, [f"h{i}" for i in range(300)])

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastimg import rerank
+from fastimg.errors import ArgumentError
 from fastimg.metrics import exact_scores, get_metric
 
 
@@ -146,18 +147,18 @@ def test_parse_spec_defaults_and_aliases():
     assert rerank.parse_spec("qe").name == "qe"
     assert rerank.parse_spec("AQE").name == "qe"
     assert rerank.parse_spec("krr").name == "k-reciprocal"
-    sp = rerank.parse_spec("k-reciprocal:k1=25, lambda=0.5")
-    assert sp.params == {"k1": 25, "k2": rerank.PARAMS["k-reciprocal"]["k2"][1], "lambda": 0.5,
+    sp = rerank.parse_spec("k-reciprocal:k1=25, lambda=0.4")
+    assert sp.params == {"k1": 25, "k2": rerank.PARAMS["k-reciprocal"]["k2"][1], "lambda": 0.4,
                          "depth": rerank.PARAMS["k-reciprocal"]["depth"][1]}
     assert isinstance(sp.params["k1"], int) and isinstance(sp.params["lambda"], float)
-    assert str(sp) == "k-reciprocal:k1=25,lambda=0.5"
+    assert str(sp) == "k-reciprocal:k1=25,lambda=0.4"
     assert rerank.parse_spec(sp) is sp
-    assert set(rerank.rerank_names()) == {"qe", "alpha-qe", "dba", "k-reciprocal"}
+    assert set(rerank.rerank_names()) == {"qe", "alpha-qe", "dba", "k-reciprocal", "auto"}
 
 
 @pytest.mark.parametrize("spec, match", [
-    ("foo", r"unknown re-ranking 'foo'.*\['qe', 'alpha-qe', 'dba', 'k-reciprocal'\]"),
-    ("qe:m=3", r"unknown parameter 'm' for re-ranking 'qe'; expected one of \['n'\]"),
+    ("foo", r"unknown re-ranking 'foo'.*\['qe', 'alpha-qe', 'dba', 'k-reciprocal', 'auto'\]"),
+    ("qe:m=3", r"unknown parameter 'm' for re-ranking 'qe'; expected one of \['n', 'gap', 'ref'\]"),
     ("qe:n", "malformed re-ranking parameter 'n'"),
     ("qe:n=", "malformed"),
     ("qe:n=2.5", "parameter 'n' must be an integer; got '2.5'"),
@@ -289,7 +290,7 @@ def test_aqe_on_a_hand_made_example():
     ids0, sc0 = search(q, 7)
     # initial ranking: 0 (1.0), 4 (1.1), 5 (1.2), 6 (1.25), 1 (1.3), 2, 3
     np.testing.assert_array_equal(ids0[0], [0, 4, 5, 6, 1, 2, 3])
-    ids, sc = rerank.apply("qe:n=1", q, ids0[0], sc0[0], get_vectors=lambda i: data[i], search=search,
+    ids, sc = rerank.apply("qe:n=1,gap=0", q, ids0[0], sc0[0], get_vectors=lambda i: data[i], search=search,
                            k=7, metric="l2")
     # expanded query = mean((0,0), (1,0)) = (0.5, 0): distances 0.5, .8, 1.1, 1.4, 1.6, 1.3, 1.346
     np.testing.assert_array_equal(ids, [0, 1, 2, 5, 6, 3, 4])
@@ -299,7 +300,7 @@ def test_aqe_on_a_hand_made_example():
 
 
 @pytest.mark.parametrize("metric", ["pearson", "cosine", "bhattacharyya", "chisqr", "intersect", "l2", "l1"])
-@pytest.mark.parametrize("spec, alpha", [("qe:n=3", 0.0), ("alpha-qe:n=4,alpha=3", 3.0)])
+@pytest.mark.parametrize("spec, alpha", [("qe:n=3,gap=0", 0.0), ("alpha-qe:n=4,alpha=3,gap=0", 3.0)])
 def test_query_expansion_equals_formula(metric, spec, alpha):
     x, _ = clusters(seed=1, nonneg=get_metric(metric).nonneg)
     q = x[5]
@@ -322,7 +323,7 @@ def test_qe_fetches_more_candidates_when_given_too_few():
     x, _ = clusters(seed=2)
     search = brute_search(x, "l2")
     ids0, sc0 = search(x[0], 1)
-    a = rerank.apply("qe:n=5", x[0], ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=5,
+    a = rerank.apply("qe:n=5,gap=0", x[0], ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=5,
                      metric="l2")
     top5 = search(x[0], 5)[0][0]  # what apply must fetch: the top 5, averaged with the query
     exp_ids, exp_sc = search(x[[0, *top5]].astype(np.float64).mean(axis=0).astype(np.float32), 5)
@@ -367,23 +368,27 @@ def test_augment_database_errors():
 
 
 @pytest.mark.parametrize("metric", ["bhattacharyya", "pearson", "l1", "chisqr"])
-def test_query_time_dba_augments_candidates_from_their_neighbours_among_candidates(metric):
+def test_query_time_dba_augments_candidates_from_the_query_and_the_other_candidates(metric):
     m = get_metric(metric)
     x, _ = clusters(seed=5, n_per=8, nonneg=m.nonneg)
     q = x[3]
     search = brute_search(x, metric, exclude={3})
     ids0, sc0 = search(q, 31)
-    ids, sc = rerank.apply("dba:n=3,alpha=1,depth=12", q, ids0[0], sc0[0], get_vectors=lambda i: x[i],
+    ids, sc = rerank.apply("dba:n=3,alpha=1,depth=12,gap=0", q, ids0[0], sc0[0], get_vectors=lambda i: x[i],
                            search=search, k=20, metric=metric)
-    # oracle: each of the 12 candidates, averaged with its 3 nearest other candidates
+    # oracle: each of the 12 candidates, averaged with its 3 nearest among the query
+    # (node -1 here, first on ties) and the other candidates
     head = list(ids0[0][:12])
-    aug_head = []
+    vec = {-1: q, **{i: x[i] for i in head}}
+    aug_head, with_query = [], 0
     for r in head:
-        s = exact_scores(m, x[r], x)
-        others = sorted((i for i in head if i != r),
-                        key=lambda i: ((-s[i] if m.higher_is_better else s[i]), head.index(i)))[:3]
-        w = [oracle_sim(metric, x[r], x[i]) for i in others]
-        aug_head.append(oracle_expand(metric, x[r], x[others], w))
+        s = {i: exact_scores(m, x[r], v[None, :])[0] for i, v in vec.items()}
+        others = sorted((i for i in vec if i != r),
+                        key=lambda i: ((-s[i] if m.higher_is_better else s[i]), list(vec).index(i)))[:3]
+        with_query += -1 in others
+        w = [oracle_sim(metric, x[r], vec[i]) for i in others]
+        aug_head.append(oracle_expand(metric, x[r], [vec[i] for i in others], w))
+    assert with_query > 0
     new = exact_scores(m, q, np.array(aug_head))
     order = sorted(range(12), key=lambda j: ((-new[j] if m.higher_is_better else new[j]), head[j]))
     np.testing.assert_array_equal(ids[:12], np.array(head)[order])
@@ -463,3 +468,296 @@ def test_apply_input_errors():
     with pytest.raises(ValueError, match="unknown metric"):
         rerank.apply("qe", x[0], [0], [0.0], k=1, get_vectors=kw["get_vectors"], search=kw["search"],
                      metric="hamming")
+
+
+# ---------------------------------------------------------------------------
+# the gap test (defaults of qe, alpha-qe, dba), tightness and auto
+# ---------------------------------------------------------------------------
+
+def oracle_dist(metric, a, b):
+    """The pairwise scale of re-ranking's local graphs, written out: 1 - correlation /
+    cosine / Bhattacharyya coefficient, squared Euclidean, L1, sum(a) - intersection,
+    else the metric's own distance."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if metric == "pearson":
+        return 1.0 - np.corrcoef(a, b)[0, 1]
+    if metric == "cosine":
+        return 1.0 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    if metric == "bhattacharyya":
+        return 1.0 - oracle_sim(metric, a, b)
+    if metric == "l2":
+        return ((a - b) ** 2).sum()
+    if metric == "l1":
+        return np.abs(a - b).sum()
+    if metric == "intersect":
+        return a.sum() - np.minimum(a, b).sum()
+    return float(exact_scores(get_metric(metric), a, b[None, :])[0])
+
+
+def oracle_tightness(dist):
+    """Median over nodes of log(d(4)/d(1)) / log(d(hi)/d(lo)), others sorted; lo, hi =
+    20, 80 capped at L // 4, L (L = number of others)."""
+    vals = []
+    for i in range(len(dist)):
+        o = sorted(dist[i][j] for j in range(len(dist)) if j != i)
+        lo, hi = min(20, len(o) // 4), min(80, len(o))
+        num, den = np.log(o[3] / o[0]), np.log(o[hi - 1] / o[lo - 1])
+        if den != 0:
+            vals.append(num / den)
+    return float(np.median(vals))
+
+
+def pairs_and_blobs(seed=0, n_pairs=60, n_blobs=0, per_blob=0, d=6):
+    """Tight pairs (a point and a near copy) spread over the space, and/or large blobs."""
+    rng = np.random.default_rng(seed)
+    parts, labels = [], []
+    if n_pairs:
+        base = rng.normal(size=(n_pairs, d)) * 3
+        parts += [base, base + 0.05 * rng.normal(size=base.shape)]
+        labels += [np.arange(n_pairs)] * 2
+    for b in range(n_blobs):
+        parts.append(rng.normal(size=(per_blob, d)) + rng.normal(size=d) * 6)
+        labels.append(np.full(per_blob, 1000 + b))
+    return np.vstack(parts).astype(np.float32), np.concatenate(labels)
+
+
+def test_parse_auto():
+    sp = rerank.parse_spec("auto")
+    assert sp.name == "auto" and sp.params == {"threshold": 0.75, "tightness": None, "depth": 200}
+    assert str(sp) == "auto"
+    sp = rerank.parse_spec("AUTO:tightness=1.25,depth=50")
+    assert sp.params["tightness"] == 1.25 and sp.params["depth"] == 50
+    assert str(sp) == "auto:tightness=1.25,depth=50"
+    assert rerank.parse_spec(str(sp)) == sp
+    with pytest.raises(ValueError, match=r"unknown parameter 'k1' for re-ranking 'auto'; expected one of "
+                                         r"\['threshold', 'tightness', 'depth'\]"):
+        rerank.parse_spec("auto:k1=3")
+    with pytest.raises(ValueError, match="'depth' must be >= 10; got 5"):
+        rerank.parse_spec("auto:depth=5")
+    with pytest.raises(ValueError, match="'tightness' must be >= 0.0; got -1"):
+        rerank.parse_spec("auto:tightness=-1")
+    with pytest.raises(ValueError, match=r"'gap' must be in \[0.0, 1.0\]; got 1.5"):
+        rerank.parse_spec("qe:gap=1.5")
+    assert rerank.candidates_needed("auto:depth=50", 10) == 50
+    assert rerank.candidates_needed("auto:depth=50", 80) == 80
+    assert rerank.candidates_needed("qe:n=2,gap=0.5,ref=15", 10) == 15
+    assert rerank.candidates_needed("qe:n=2,gap=0", 10) == 2
+
+
+@pytest.mark.parametrize("metric", ["pearson", "cosine", "bhattacharyya", "l2", "l1", "intersect", "chisqr"])
+def test_distances_from_is_the_pairwise_scale(metric):
+    x, _ = clusters(seed=9, nonneg=get_metric(metric).nonneg)
+    got = rerank._distances_from(get_metric(metric), x[0], x[1:])
+    np.testing.assert_allclose(got, [max(oracle_dist(metric, x[0], v), 0.0) for v in x[1:]], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("m", [30, 150])
+def test_local_tightness_against_the_formula(m):
+    rng = np.random.default_rng(m)
+    d = rng.random((m, m)) + 0.01
+    np.fill_diagonal(d, 0.0)
+    assert rerank.local_tightness(d) == pytest.approx(oracle_tightness(d), rel=1e-12)
+    with pytest.raises(ArgumentError, match="at least 9 nodes"):
+        rerank.local_tightness(d[:8, :8])
+
+
+def test_tightness_tells_tight_pairs_from_large_blobs():
+    sq = lambda x: ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)  # noqa: E731 - l2's pairwise scale
+    pairs, _ = pairs_and_blobs(n_pairs=60)
+    blobs, _ = pairs_and_blobs(n_pairs=0, n_blobs=3, per_blob=70)
+    t_pairs, t_blobs = rerank.local_tightness(sq(pairs)), rerank.local_tightness(sq(blobs))
+    assert t_pairs == pytest.approx(oracle_tightness(sq(pairs)))
+    threshold = rerank.PARAMS["auto"]["threshold"][1]
+    assert t_pairs > 2 * threshold and t_blobs < threshold
+
+
+def _local_krr_oracle(x, q, head, k1, k2, lam):
+    """l2: local squared distances, then the authors' code (it squares: pass the root)."""
+    z = np.vstack([q, x[head]]).astype(np.float64)
+    d = np.array([[oracle_dist("l2", a, b) for b in z] for a in z])
+    final = zhong_re_ranking(np.sqrt(d[:1, 1:]), np.sqrt(d[:1, :1]), np.sqrt(d[1:, 1:]), k1, k2, lam)[0]
+    order = sorted(range(len(head)), key=lambda j: (final[j], head[j]))
+    return head[order], final[order], d
+
+
+@pytest.mark.parametrize("kind", ["pairs", "blobs", "blobs-forced-small"])
+def test_auto_picks_k_reciprocal_parameters_from_the_tightness(kind):
+    x, _ = pairs_and_blobs(n_pairs=60) if kind == "pairs" else pairs_and_blobs(n_pairs=0, n_blobs=3, per_blob=70)
+    qid = 3
+    search = brute_search(x, "l2", exclude={qid})
+    ids0, sc0 = search(x[qid], 100)
+    spec = "auto:depth=60" + (",tightness=9" if kind == "blobs-forced-small" else "")
+    ids, sc = rerank.apply(spec, x[qid], ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=80,
+                           metric="l2")
+    small = kind != "blobs"
+    kr = rerank.AUTO_SMALL if small else rerank.AUTO_LARGE
+    head = ids0[0][:60]
+    exp_ids, exp_d, d = _local_krr_oracle(x, x[qid], head, kr["k1"], kr["k2"], kr["lambda"])
+    assert (oracle_tightness(d) > rerank.PARAMS["auto"]["threshold"][1]) == (kind == "pairs")
+    np.testing.assert_array_equal(ids[:60], exp_ids)
+    np.testing.assert_allclose(sc[:60], exp_d, atol=1e-4)
+    np.testing.assert_array_equal(ids[60:], ids0[0][60:80])  # past depth: the initial order
+
+
+def test_auto_gains_on_pairs_and_on_blobs():
+    """Behaviour, not a formula: over every query, auto's mAP is above the plain one
+    on both kinds of collection."""
+    from fastimg.eval import average_precision
+    for x, labels in (pairs_and_blobs(seed=1, n_pairs=40, n_blobs=2, per_blob=25, d=4),
+                      pairs_and_blobs(seed=2, n_pairs=0, n_blobs=4, per_blob=30, d=3)):
+        gains = []
+        for qid in range(0, len(x), 3):
+            search = brute_search(x, "l2", exclude={qid})
+            ids0, sc0 = search(x[qid], len(x) - 1)
+            ids, _ = rerank.apply("auto:depth=60", x[qid], ids0[0], sc0[0], get_vectors=lambda i: x[i],
+                                  search=search, k=len(x) - 1, metric="l2")
+            n_rel = (labels == labels[qid]).sum() - 1
+            gains.append(average_precision(labels[ids] == labels[qid], n_rel)
+                         - average_precision(labels[ids0[0]] == labels[qid], n_rel))
+        assert np.mean(gains) > 0
+
+
+def test_auto_leaves_the_ranking_alone_when_it_cannot_help():
+    """A query nobody has among its close neighbours (an outlier beside a dense blob:
+    every blob member's nearest are other members) has no reciprocal structure to
+    use; and with fewer than AUTO_MIN_CANDIDATES candidates there is none to see.
+    Both return the initial ranking and scores unchanged."""
+    rng = np.random.default_rng(5)
+    blob = rng.normal(size=(80, 3)).astype(np.float32)
+    x = np.vstack([blob, [[9.0, 9.0, 9.0]]]).astype(np.float32)
+    q = x[80]
+    search = brute_search(x, "l2", exclude={80})
+    ids0, sc0 = search(q, 80)
+    for spec in ("auto", "auto:tightness=0", "auto:tightness=9"):  # either regime
+        ids, sc = rerank.apply(spec, q, ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=30,
+                               metric="l2")
+        np.testing.assert_array_equal(ids, ids0[0][:30])
+        np.testing.assert_array_equal(sc, sc0[0][:30])
+    # the same blob, queried from inside: it does re-rank
+    search = brute_search(x, "l2", exclude={0})
+    ids0, sc0 = search(x[0], 80)
+    ids, _ = rerank.apply("auto", x[0], ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=30,
+                          metric="l2")
+    assert not np.array_equal(ids, ids0[0][:30])
+    # too few candidates
+    small = x[:rerank.AUTO_MIN_CANDIDATES]
+    search = brute_search(small, "l2", exclude={0})
+    ids0, sc0 = search(small[0], 9)
+    ids, sc = rerank.apply("auto", small[0], ids0[0], sc0[0], get_vectors=lambda i: small[i], search=search,
+                           k=5, metric="l2", complete=True)
+    np.testing.assert_array_equal(ids, ids0[0][:5])
+    np.testing.assert_array_equal(sc, sc0[0][:5])
+
+
+def test_auto_and_tightness_are_deterministic():
+    x, _ = pairs_and_blobs(seed=3, n_pairs=30, n_blobs=2, per_blob=40)
+    search = brute_search(x, "l2", exclude={7})
+    ids0, sc0 = search(x[7], 100)
+    runs = [rerank.apply("auto", x[7], ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=50,
+                         metric="l2") for _ in range(2)]
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    a = rerank.collection_tightness(x, "l2", sample=20, depth=40, seed=1)
+    assert a == rerank.collection_tightness(x.copy(), "l2", sample=20, depth=40, seed=1)
+
+
+def test_collection_tightness_is_the_median_over_rows():
+    x, _ = pairs_and_blobs(seed=4, n_pairs=25, n_blobs=1, per_blob=30, d=3)
+    n = len(x)
+    got = rerank.collection_tightness(x, "l2", sample=n, depth=30)  # every row
+    vals = []
+    for r in range(n):
+        nb = [int(i) for i in brute_search(x, "l2", exclude={r})(x[r], 30)[0][0]]
+        z = x[[r] + nb].astype(np.float64)
+        vals.append(oracle_tightness(np.array([[oracle_dist("l2", a, b) for b in z] for a in z])))
+    assert got == pytest.approx(float(np.median(vals)), rel=1e-9)
+    assert rerank.collection_tightness(x[:10], "l2") is None  # too few rows to have a local graph
+    with pytest.raises(ArgumentError, match="depth must be an int >= 10"):
+        rerank.collection_tightness(x, "l2", depth=3)
+
+
+def _group_of_two(seed=0, n=60, d=1024):
+    """Row 0 is the query, row 1 its near copy; the other rows are strangers, all at about
+    the same distance (high dimension: squared distances 2d +- a few %)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    x[1] = x[0] + 0.01 * rng.normal(size=d)
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["qe", "alpha-qe"])
+def test_gap_test_on_a_group_of_two_pulls_in_only_that_neighbour(name):
+    """n=5 would average four strangers into the query; the default gap test keeps the near copy only."""
+    x = _group_of_two()
+    search = brute_search(x, "l2", exclude={0})
+    ids0, sc0 = search(x[0], 30)
+    assert ids0[0][0] == 1
+    ids, sc = rerank.apply(f"{name}:n=5", x[0], ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search,
+                           k=10, metric="l2")
+    p = rerank.parse_spec(name).params
+    assert p["gap"] > 0  # the default has the test on
+    d = [oracle_dist("l2", x[0], x[i]) for i in ids0[0]]
+    assert d[0] < p["gap"] * d[p["ref"] - 1] <= d[1]  # the copy passes the test, the strangers do not
+    w = oracle_sim("l2", x[0], x[1]) ** p.get("alpha", 0.0)
+    expanded = (x[0].astype(np.float64) + w * x[1]) / (1 + w)
+    exp_ids, exp_sc = search(expanded.astype(np.float32), 10)
+    np.testing.assert_array_equal(ids, exp_ids[0])
+    np.testing.assert_allclose(sc, exp_sc[0], rtol=1e-5)
+
+
+def test_default_qe_without_a_close_neighbour_keeps_the_plain_ranking():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 1024)).astype(np.float32)  # high dimension: every distance about the same
+    search = brute_search(x, "l2", exclude={0})
+    ids0, sc0 = search(x[0], 30)
+    d = [oracle_dist("l2", x[0], x[i]) for i in ids0[0]]
+    p = rerank.parse_spec("qe").params
+    assert d[0] >= p["gap"] * d[p["ref"] - 1]  # the nearest fails the gap test
+    ids, sc = rerank.apply("qe", x[0], ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=10,
+                           metric="l2")
+    np.testing.assert_array_equal(ids, ids0[0][:10])
+    np.testing.assert_array_equal(sc, sc0[0][:10])
+
+
+@pytest.mark.parametrize("metric", ["l1", "bhattacharyya"])
+def test_dba_gap_test_against_numpy(metric):
+    m = get_metric(metric)
+    x, _ = clusters(seed=11, n_per=10, noise=0.9)
+    q = x[2]
+    search = brute_search(x, metric, exclude={2})
+    ids0, sc0 = search(q, 39)
+    spec = "dba:n=4,alpha=1,depth=20,gap=0.8,ref=6"
+    ids, sc = rerank.apply(spec, q, ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=20, metric=metric)
+    head = list(ids0[0][:20])
+    vec = {-1: q, **{i: x[i] for i in head}}  # the query is a node of the local graph too
+    aug, used = [], 0
+    for r in head:
+        others = sorted((i for i in vec if i != r), key=lambda i: (oracle_dist(metric, x[r], vec[i]), list(vec).index(i)))
+        ref_d = oracle_dist(metric, x[r], vec[others[5]])
+        keep = [i for i in others[:4] if oracle_dist(metric, x[r], vec[i]) < 0.8 * ref_d]
+        used += len(keep)
+        w = [oracle_sim(metric, x[r], vec[i]) for i in keep]
+        aug.append(oracle_expand(metric, x[r], [vec[i] for i in keep], w) if keep else x[r].astype(np.float64))
+    assert 0 < used < 4 * 20  # the test keeps some neighbours and drops others
+    new = exact_scores(m, q, np.array(aug))
+    order = sorted(range(20), key=lambda j: ((-new[j] if m.higher_is_better else new[j]), head[j]))
+    np.testing.assert_array_equal(ids, np.array(head)[order])
+    np.testing.assert_allclose(sc, new[order], rtol=1e-5, atol=1e-6)
+
+
+def test_index_search_takes_auto(tmp_path):
+    """Index.search(rerank="auto") goes through the same wiring as the named methods:
+    the same results as apply() over a brute-force search that leaves the query out."""
+    from fastimg import Index
+
+    x, _ = pairs_and_blobs(seed=6, n_pairs=50, n_blobs=1, per_blob=40)
+    with Index.create(tmp_path / "ix", descriptor="custom", dim=x.shape[1], metric="l2") as ix:
+        ix.add_vectors(x, [f"v{i}" for i in range(len(x))])
+        for qid in (0, 120):
+            search = brute_search(x, "l2", exclude={qid})
+            ids0, sc0 = search(x[qid], 200)
+            exp_ids, exp_sc = rerank.apply("auto", x[qid], ids0[0], sc0[0], get_vectors=lambda i: x[i],
+                                           search=search, k=10, metric="l2")
+            hits = ix.search(x[qid], k=10, rerank="auto")
+            assert [h.id for h in hits] == exp_ids.tolist()
+            np.testing.assert_allclose([h.score for h in hits], exp_sc, rtol=1e-4, atol=1e-5)

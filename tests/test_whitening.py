@@ -290,7 +290,7 @@ def test_exclude_self_and_rerank_in_the_whitened_space(tmp_path):
         assert ids_in[0, 0] == 11
 
         # average query expansion (top 5) on whitened vectors, searched again without the query
-        hits = index.search("v11", k=10, rerank="qe")
+        hits = index.search("v11", k=10, rerank="qe:n=5,gap=0")
         top = np.argsort(-np.where(allowed[0], wx @ wx[11], -np.inf), kind="stable")[:5]
         expanded = wx[11] + wx[top].sum(axis=0)
         expanded /= np.linalg.norm(expanded)

@@ -771,13 +771,7 @@ class HnswGraph:
             raise AnnSearchError(str(exc)) from None
         if not q.shape[0]:
             return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
-        live = len(self)
-        if live == 0:
-            raise AnnSearchError("the graph is empty (every row was deleted or none was added)")
-        k = _check_int("k", k, 1, live)
-        ef = self.ef if ef is None else _check_int("ef", ef, 1)
-        candidates = default_candidates(self.metric, k) if candidates is None else _check_int(
-            "candidates", candidates, k)
+        live, k, ef, candidates = self._call_args(k, ef, candidates)
         if not (hasattr(data, "shape") and hasattr(data, "__getitem__")):
             data = np.asarray(data)
         if len(data.shape) != 2 or data.shape[1] != self.dim:
@@ -793,6 +787,33 @@ class HnswGraph:
             excl = excl.astype(np.int64)
         with self._lock.read():
             return self._search(q, k, data, ef, candidates, excl, live)
+
+    def search_checked(self, q: np.ndarray, k: int, data: Any, *, ef: Optional[int] = None,
+                       candidates: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` for a caller that validated its queries once (``fastimg.Index``):
+        ``q`` a float32 C-contiguous (Q, dim) finite array, non-negative for a
+        histogram metric, and ``data`` a 2-D array of the graph's dimension; no
+        ``exclude``.  ``k``, ``ef``, ``candidates`` and the rows of ``data`` are
+        checked as :meth:`search` checks them."""
+        if not q.shape[0]:
+            return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
+        live, k, ef, candidates = self._call_args(k, ef, candidates)
+        if self._max_label >= data.shape[0]:
+            raise AnnSearchError(f"data has {data.shape[0]} rows but the graph holds id {self._max_label}; "
+                                 "pass the full matrix the graph was built from")
+        with self._lock.read():
+            return self._search(q, k, data, ef, candidates, None, live)
+
+    def _call_args(self, k: Any, ef: Optional[int], candidates: Optional[int]) -> Tuple[int, int, int, int]:
+        """``(live rows, k, ef, candidates)`` checked for one search call."""
+        live = len(self)
+        if live == 0:
+            raise AnnSearchError("the graph is empty (every row was deleted or none was added)")
+        k = _check_int("k", k, 1, live)
+        ef = self.ef if ef is None else _check_int("ef", ef, 1)
+        candidates = default_candidates(self._metric, k) if candidates is None else _check_int(
+            "candidates", candidates, k)
+        return live, k, ef, candidates
 
     def _search(self, q: np.ndarray, k: int, data: Any, ef: int, candidates: int,
                 excl: Optional[np.ndarray], live: int) -> Tuple[np.ndarray, np.ndarray]:

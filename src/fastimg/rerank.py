@@ -1,4 +1,4 @@
-"""Re-ranking of a query's top candidates: query expansion, DBA, k-reciprocal.
+"""Re-ranking of a query's top candidates: query expansion, DBA, k-reciprocal, auto.
 
 Every method works on the query's *top candidates* (from the exact or the
 approximate search), never on the full N x N similarity matrix, so a millisecond
@@ -8,26 +8,72 @@ query stays a millisecond-scale query (costs in ``bench/bench_rerank.py``).
 spec name          method                                                      extra work per query
 =================  ==========================================================  =========================
 ``qe``, ``aqe``    average query expansion (Chum et al., ICCV 2007): mean of   1 search
-                   the query and its top ``n``, searched again
+                   the query and its top ``n`` (those passing the gap test),
+                   searched again
 ``alpha-qe``       alpha-weighted QE (Radenovic et al., TPAMI 2018): weights   1 search
                    ``sim^alpha``
 ``dba``            database-side augmentation of the top ``depth``             ``O(depth^2 D)`` local
                    candidates (each replaced by the ``sim^alpha``-weighted     distances
-                   mean of itself and its ``n`` nearest *other candidates*),
-                   then re-scored against the query
+                   mean of itself and its ``n`` nearest among the query and
+                   the other candidates), then re-scored against the query
 ``k-reciprocal``   k-reciprocal encoding (Zhong et al., CVPR 2017): Jaccard    ``O(depth^2 D)`` local
                    distance of k-reciprocal sets with local query expansion,   distances
                    ``(1 - lambda) Jaccard + lambda original``
+``auto``           k-reciprocal with neighbourhood sizes read from the data    as k-reciprocal
+                   (below), or no re-ranking where it cannot help
 =================  ==========================================================  =========================
 
-Query-time DBA is local: a candidate's neighbours are looked for among the
-query's top ``depth`` candidates only (searching the database for every
-candidate would cost ``depth`` queries - 2 s per query at N = 10^6).  The exact,
-database-wide DBA is :func:`augment_database`, an offline transform of the matrix.
-
 A spec is a name or ``"name:param=value,..."`` (e.g. ``"k-reciprocal:k1=20,lambda=0.3"``),
-parsed by :func:`parse_spec`.  :func:`augment_database` is the offline form of DBA
-over a whole matrix (it changes the database: re-index the returned vectors).
+parsed by :func:`parse_spec`; :data:`PARAMS` lists every parameter and default.
+
+The local graph.  DBA, k-reciprocal and auto work on the distances among the
+query and its top ``depth`` candidates (``Metric.pairwise``, a squared-Euclidean-like
+scale: ``1 - s`` for pearson and cosine, ``1 - BC`` for the histogram metrics, ``d^2``
+for l2, the distance itself for l1, chisqr, ...).  A candidate's neighbours are
+sought in that graph only (searching the database for every candidate would cost
+``depth`` queries - 2 s per query at N = 10^6); :func:`augment_database` is the
+exact, database-wide DBA, an offline transform of the matrix.
+
+The gap test (``gap``, ``ref``: qe, alpha-qe, dba).  A neighbour is averaged in only
+when its distance is below ``gap`` times the distance of the ``ref``-th candidate
+(for DBA, of the candidate's own ``ref``-th neighbour in the local graph); ``gap=0``
+turns the test off.  In a collection of small groups (a few photos of each scene)
+only the group's members are that much closer than the 20th neighbour: QE pulls in
+the one near-duplicate of a group of two instead of four strangers, and a query with
+no such neighbour is not expanded at all (its plain ranking is returned).
+
+``auto``.  Which neighbourhood sizes help depends on the size of the groups: k1 = 30,
+k2 = 6 lifts a collection of 100-image classes by 0.05-0.07 mAP and costs 0.03-0.10 on
+groups of 2-4 near-duplicates, where k1 = 3, k2 = 2 gains 0.03 (and nothing on the
+classes).  ``auto`` reads the
+group size from the data, without labels:
+
+1. The *tightness* of the query's local graph (:func:`local_tightness`): for each node
+   ``log(d4 / d1) / log(d80 / d20)`` with ``d_r`` its distance to its ``r``-th nearest
+   other node - how much faster distances grow over the first few neighbours than
+   further out - and the median over the nodes.  Small tight groups: a jump after the
+   group, then a flat profile, values well above 1.  Large classes: smooth growth,
+   below 1.  ``"auto:tightness=T"`` gives the value instead, e.g. the collection's own
+   (:func:`collection_tightness`, the same statistic over sampled rows, computed once;
+   steadier than one query's).
+2. Tightness above ``threshold`` (0.75): :data:`AUTO_SMALL` (k-reciprocal k1=3, k2=2,
+   lambda=0.5); otherwise :data:`AUTO_LARGE` (k1=30, k2=3, lambda=0.5); ``depth`` 200.
+3. No re-ranking - the initial ids and scores are returned - when it cannot help:
+   fewer than :data:`AUTO_MIN_CANDIDATES` candidates, all distances equal (no
+   tightness), or a query with no k1-reciprocal neighbour among its candidates (nobody
+   has it among their close neighbours: there is no structure to use).
+
+Defaults were chosen by the worst case over ``bench/rerank_suite.py`` - Corel-1k (99
+relevant images per query), UKBench-56 (3) and generated near-duplicate groups of 2-4
+among distractors (1-3), three descriptors each - tuned on one half of each
+collection's queries and reported on the other (``bench/quality.md``): each method's
+default maximises the worst mAP change over the nine collection x descriptor runs.
+On the held-out halves ``auto`` never lowers mAP and gains 0.035-0.053 on Corel-1k and
+0.018-0.032 on the near-duplicate groups; ``dba`` and ``k-reciprocal`` stay above -0.005
+everywhere; ``qe`` and ``alpha-qe`` lose up to 0.012 on the near-duplicate groups with
+some descriptors (the gap test limits, but does not remove, their harm).
+Candidates past ``depth`` keep their initial order, so a larger ``depth`` lifts mAP
+over long rankings further at a higher cost.
 
 Averaging happens in the metric's natural space (:func:`expansion_space`,
 ``Metric.mean_space``): pearson averages centred unit vectors, cosine unit
@@ -38,14 +84,6 @@ the query's mass - and l2/l1 the raw vectors.  Similarities used as weights
 (``Metric.sim_space``: pearson, the correlation; histogram metrics, the
 Bhattacharyya coefficient of the L1-normalised histograms; l2/l1, the cosine),
 negative values clipped to 0.  Both spaces are :func:`fastimg.metrics.embed`'s.
-
-Defaults (:data:`PARAMS`) were chosen from sweeps on Corel-1k (every image
-queries the other 999, mAP over the full ranking; ``bench/quality.py --tune``):
-``qe`` n=5; ``alpha-qe`` n=5, alpha=3; ``dba`` n=5, alpha=3, depth=200;
-``k-reciprocal`` k1=30, k2=6, lambda=0.3, depth=200.  ``bench/quality.md`` has
-the sweeps and the mAP they reach, ``bench/bench_rerank.py`` the cost per query.
-Candidates past ``depth`` keep their initial order, so a larger ``depth`` lifts
-mAP over long rankings further at a higher cost.
 """
 from __future__ import annotations
 
@@ -69,46 +107,74 @@ __all__ = [
     "expand",
     "augment_database",
     "k_reciprocal_distance",
+    "local_tightness",
+    "collection_tightness",
+    "AUTO_SMALL",
+    "AUTO_LARGE",
+    "AUTO_MIN_CANDIDATES",
 ]
 
 GetVectors = Callable[[np.ndarray], np.ndarray]
 SearchFn = Callable[[np.ndarray, int], Tuple[np.ndarray, np.ndarray]]
 
-# name -> {param: (type, default, lower bound, inclusive, doc)}
-# Defaults measured on Corel-1k (leave-one-out mAP over the full ranking) and
-# checked on UKBench-56: the sweeps are in bench/quality.md.
+# name -> {param: (type, default, lower bound, inclusive, doc)}; a default of None
+# means "not set" (the parameter is optional).  Defaults: chosen by the worst case
+# over bench/rerank_suite.py (see the module docstring and bench/quality.md).
+_GAP_DOC = ("use a neighbour only when its distance is below gap x the distance of the ref-th candidate "
+            "(0 = no test: always the top n)")
+_REF_DOC = "rank of the reference candidate of the gap test"
 PARAMS: dict[str, dict[str, tuple]] = {
     "qe": {
-        "n": (int, 5, 1, True, "top results averaged with the query"),
+        "n": (int, 1, 1, True, "top results averaged with the query (at most)"),
+        "gap": (float, 0.8, 0.0, True, _GAP_DOC),
+        "ref": (int, 20, 2, True, _REF_DOC),
     },
     "alpha-qe": {
-        "n": (int, 5, 1, True, "top results averaged with the query"),
+        "n": (int, 2, 1, True, "top results averaged with the query (at most)"),
         "alpha": (float, 3.0, 0.0, True, "weight exponent: weight = sim^alpha (0 = plain average)"),
+        "gap": (float, 0.8, 0.0, True, _GAP_DOC),
+        "ref": (int, 20, 2, True, _REF_DOC),
     },
     "dba": {
-        "n": (int, 5, 1, True, "neighbours averaged into each candidate"),
+        "n": (int, 1, 1, True, "neighbours averaged into each candidate (at most)"),
         "alpha": (float, 3.0, 0.0, True, "weight exponent: weight = sim^alpha (0 = plain average)"),
         "depth": (int, 200, 1, True, "candidates augmented (from each other) and re-scored"),
+        "gap": (float, 0.0, 0.0, True, _GAP_DOC + "; a candidate's reference is its own ref-th neighbour"),
+        "ref": (int, 20, 2, True, _REF_DOC),
     },
     "k-reciprocal": {
-        "k1": (int, 30, 1, True, "size of the k-reciprocal neighbourhoods"),
-        "k2": (int, 6, 1, True, "neighbours of the local query expansion (1 = none)"),
-        "lambda": (float, 0.3, 0.0, True, "weight of the original distance, in [0, 1]"),
+        "k1": (int, 3, 1, True, "size of the k-reciprocal neighbourhoods"),
+        "k2": (int, 2, 1, True, "neighbours of the local query expansion (1 = none)"),
+        "lambda": (float, 0.5, 0.0, True, "weight of the original distance, in [0, 1]"),
         "depth": (int, 200, 2, True, "candidates re-ranked (the local graph has depth + 1 nodes)"),
     },
+    "auto": {
+        "threshold": (float, 0.75, 0.0, True, "tightness above which the small-group parameters are used"),
+        "tightness": (float, None, 0.0, True, "the collection's tightness (collection_tightness); "
+                                              "default: estimated per query from its candidates"),
+        "depth": (int, 200, 10, True, "candidates re-ranked (and used to estimate the tightness)"),
+    },
 }
-_UPPER = {("k-reciprocal", "lambda"): 1.0}
+_UPPER = {("k-reciprocal", "lambda"): 1.0, ("qe", "gap"): 1.0, ("alpha-qe", "gap"): 1.0, ("dba", "gap"): 1.0}
 _ALIASES = {
     "qe": "qe", "aqe": "qe", "average-qe": "qe",
     "alpha-qe": "alpha-qe", "alphaqe": "alpha-qe", "aqe-alpha": "alpha-qe", "alpha_qe": "alpha-qe",
     "dba": "dba",
     "k-reciprocal": "k-reciprocal", "kreciprocal": "k-reciprocal", "k_reciprocal": "k-reciprocal",
     "krr": "k-reciprocal",
+    "auto": "auto",
 }
+#: k-reciprocal parameters of ``auto`` for collections of small groups (tightness
+#: above the threshold) and of large ones (at or below it).
+AUTO_SMALL: dict[str, Any] = {"k1": 3, "k2": 2, "lambda": 0.5}
+AUTO_LARGE: dict[str, Any] = {"k1": 30, "k2": 3, "lambda": 0.5}
+#: ``auto`` leaves a query's ranking alone with fewer candidates than this.
+AUTO_MIN_CANDIDATES = 10
 
 
 def rerank_names() -> list[str]:
-    """Canonical re-ranking names (aliases: ``aqe`` = ``qe``, ``krr`` = ``k-reciprocal``)."""
+    """Canonical re-ranking names (aliases: ``aqe`` = ``qe``, ``krr`` = ``k-reciprocal``);
+    ``auto`` picks k-reciprocal's parameters (or none) from the data."""
     return list(PARAMS)
 
 
@@ -130,7 +196,7 @@ class RerankSpec:
     def __str__(self) -> str:
         defaults = {p: d[1] for p, d in PARAMS[self.name].items()}
         changed = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                   for k, v in self.params.items() if v != defaults[k]]
+                   for k, v in self.params.items() if v != defaults[k] and v is not None]
         return self.name + (":" + ",".join(changed) if changed else "")
 
 
@@ -140,8 +206,9 @@ def parse_spec(spec: "str | RerankSpec") -> RerankSpec:
     Parameters
     ----------
     spec : str or RerankSpec
-        E.g. ``"qe"``, ``"alpha-qe:n=10,alpha=3"``, ``"dba:n=5"``,
-        ``"k-reciprocal:k1=20,k2=6,lambda=0.3"``.  Names are case-insensitive.
+        E.g. ``"qe"``, ``"alpha-qe:n=10,alpha=3"``, ``"dba:n=5,gap=0"``,
+        ``"k-reciprocal:k1=20,k2=6,lambda=0.3"``, ``"auto"``, ``"auto:tightness=1.2"``.
+        Names are case-insensitive.
 
     Returns
     -------
@@ -335,14 +402,8 @@ def k_reciprocal_distance(dist: npt.ArrayLike, k1: int = 20, k2: int = 6, lam: f
     d = np.divide(d, rowmax, out=np.zeros_like(d), where=rowmax > 0)
     rank = np.argsort(d, axis=1, kind="stable")
     rows = np.arange(m)[:, None]
-
-    def reciprocal(k: int) -> np.ndarray:
-        top = np.zeros((m, m), dtype=bool)
-        top[rows, rank[:, :min(k + 1, m)]] = True
-        return top & top.T
-
-    r1 = reciprocal(k1)
-    r2 = reciprocal(int(np.around(k1 / 2.0)))
+    r1 = _reciprocal(rank, k1)
+    r2 = _reciprocal(rank, int(np.around(k1 / 2.0)))
     r1f, r2f = r1.astype(np.float64), r2.astype(np.float64)
     shared = r1f @ r2f.T  # shared[p, j] = |R(p, k1) & R(j, k1/2)|
     take = r1 & (shared > (2.0 / 3.0) * r2.sum(axis=1)[None, :])
@@ -357,6 +418,15 @@ def k_reciprocal_distance(dist: npt.ArrayLike, k1: int = 20, k2: int = 6, lam: f
     inter = np.minimum(vp[:, None, :], v[None, n_probe:, :]).sum(axis=2)
     jaccard = 1.0 - inter / (2.0 - inter)
     return (1.0 - lam) * jaccard + lam * d[:n_probe, n_probe:]
+
+
+def _reciprocal(rank: np.ndarray, k: int) -> np.ndarray:
+    """(M, M) bool: ``j`` in the top ``k + 1`` of ``i`` (itself included) and ``i`` in
+    the top ``k + 1`` of ``j``, from each row's ranking ``rank`` (M, M)."""
+    m = rank.shape[0]
+    top = np.zeros((m, m), dtype=bool)
+    top[np.arange(m)[:, None], rank[:, :min(k + 1, m)]] = True
+    return top & top.T
 
 
 _PAIRWISE: Any = None
@@ -419,6 +489,140 @@ def _pairwise_distance(m: Any, z: np.ndarray) -> np.ndarray:
     return out
 
 
+def _distances_from(m: Any, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Row 0 of :func:`_pairwise_distance` of ``[q; rows]`` without the others: the
+    dissimilarity of each row to ``q`` (``q`` the first argument), shape (n,)."""
+    q = np.asarray(q, dtype=np.float64)
+    r = np.atleast_2d(np.asarray(rows, dtype=np.float64))
+    if m.pairwise == "gram":
+        e = _unit_embedding(m, np.vstack([q[None, :], r]))
+        return np.maximum(1.0 - e[1:] @ e[0], 0.0)
+    if m.pairwise == "sqeuclidean":
+        return np.einsum("ij,ij->i", r - q, r - q)
+    if m.pairwise == "l1":
+        return np.abs(r - q).sum(axis=1)
+    if m.pairwise == "intersect":
+        return np.maximum(q.sum() - np.minimum(r, q).sum(axis=1), 0.0)
+    from fastimg.metrics import exact_scores
+    return np.maximum(exact_scores(m, q, r), 0.0)
+
+
+# ---------------------------------------------------------------------------
+# tightness: small tight groups or large ones (auto)
+# ---------------------------------------------------------------------------
+
+def _node_tightness(dist: np.ndarray) -> np.ndarray:
+    """Tightness of every node of a local graph, from its distances to the others
+    (row ``i`` of ``dist``, the diagonal ignored); NaN where undefined."""
+    d = np.array(dist, dtype=np.float64)
+    np.fill_diagonal(d, np.inf)
+    d.sort(axis=1)
+    d = d[:, :-1]
+    others = d.shape[1]
+    lo, hi = min(_TIGHT_RANKS[2], others // 4), min(_TIGHT_RANKS[3], others)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        near = np.log(d[:, _TIGHT_RANKS[1] - 1] / d[:, _TIGHT_RANKS[0] - 1])
+        far = np.log(d[:, hi - 1] / d[:, lo - 1])
+        return near / far
+
+
+_TIGHT_RANKS = (1, 4, 20, 80)
+
+
+def local_tightness(dist: npt.ArrayLike) -> Optional[float]:
+    r"""Tightness of a local graph: are its groups small and tight, or large?
+
+    For each node, with :math:`d_{(r)}` its distance to its ``r``-th nearest other
+    node (``dist``'s row, the metric's pairwise scale)
+
+    .. math:: t = \frac{\log(d_{(4)} / d_{(1)})}{\log(d_{(80)} / d_{(20)})},
+
+    how fast distances grow over the first few neighbours compared with further out
+    (ranks 20 and 80 become ``L // 4`` and ``L`` when a node has fewer than 80 others).
+    A member of a small group of near-duplicates or views (2-4 images) sees a jump
+    after its group, then a flat profile: ``t`` well above 1.  A member of a large
+    class sees distances grow smoothly: ``t`` below 1.  The result is the median over
+    the nodes (NaN ones - equal distances - left out).
+
+    Parameters
+    ----------
+    dist : array_like, shape (M, M)
+        Dissimilarities among the nodes (the query and its candidates), M >= 9.
+
+    Returns
+    -------
+    float or None
+        None when no node has a defined value.
+    """
+    d = np.asarray(dist, dtype=np.float64)
+    if d.ndim != 2 or d.shape[0] != d.shape[1] or d.shape[0] < 9:
+        raise ArgumentError(f"dist must be a square matrix of at least 9 nodes; got shape {d.shape}")
+    t = _node_tightness(d)
+    t = t[~np.isnan(t)]
+    return float(np.median(t)) if t.size else None
+
+
+def collection_tightness(vectors: npt.ArrayLike, metric: Any = "pearson", *, search: Optional[SearchFn] = None,
+                         sample: int = 64, depth: int = 200, seed: int = 0) -> Optional[float]:
+    """The tightness of a collection: :func:`local_tightness` of sampled rows' local graphs, median.
+
+    Computed once per collection (an index can cache it) and given to ``auto`` as
+    ``"auto:tightness=<value>"``, it replaces the per-query estimate (the same
+    statistic over one query's candidates, noisier).
+
+    Parameters
+    ----------
+    vectors : array_like, shape (N, D)
+        The database (a memmap is fine: only the sampled rows and their neighbours are read).
+    metric : str or Metric
+    search : callable ``(vectors (m, D), k) -> (ids, scores)``, optional
+        Search over ``vectors``; default an exact :class:`fastimg.search.ExactSearcher`.
+    sample : int
+        Rows sampled (deterministically from ``seed``).
+    depth : int
+        Neighbours of each sampled row in its local graph (as ``auto``'s ``depth``).
+
+    Returns
+    -------
+    float or None
+        None when the collection has fewer than ``AUTO_MIN_CANDIDATES + 1`` rows.
+    """
+    m = _metric(metric)
+    x = np.asarray(vectors)
+    if x.ndim != 2:
+        raise ArgumentError(f"vectors must be 2-D (N, D); got shape {x.shape}")
+    for name, v, lo in (("sample", sample, 1), ("depth", depth, AUTO_MIN_CANDIDATES)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ArgumentError(f"{name} must be an int >= {lo}; got {name}={v!r}")
+    n = x.shape[0]
+    if n < AUTO_MIN_CANDIDATES + 1:
+        return None
+    if search is None:
+        from fastimg.search import ExactSearcher
+
+        searcher = ExactSearcher(np.ascontiguousarray(x, dtype=np.float32), m.name)
+
+        def search(v: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+            return searcher.search(v, k)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
+    q = np.ascontiguousarray(x[rows], dtype=np.float32)
+    if not np.all(np.isfinite(q)):
+        raise ArgumentError("vectors contain NaN or inf (drop failed rows first)")
+    ids, _ = search(q, min(depth + 1, n))
+    ids = np.asarray(ids, dtype=np.int64).reshape(len(rows), -1)
+    vals = []
+    with _one_blas_thread():
+        for r, row in enumerate(rows):
+            cand = ids[r][(ids[r] >= 0) & (ids[r] != row)][:depth]
+            if cand.shape[0] < AUTO_MIN_CANDIDATES:
+                continue
+            z = np.vstack([q[r].astype(np.float64)[None, :], np.asarray(x[cand], dtype=np.float64)])
+            t = local_tightness(_pairwise_distance(m, z))
+            if t is not None:
+                vals.append(t)
+    return float(np.median(vals)) if vals else None
+
+
 # ---------------------------------------------------------------------------
 # the query-time entry point
 # ---------------------------------------------------------------------------
@@ -457,7 +661,8 @@ def candidates_needed(spec: "str | RerankSpec", k: int) -> int:
     sp = parse_spec(spec)
     p = sp.params
     if sp.name in ("qe", "alpha-qe"):
-        return max(int(p["n"]), 1)  # QE searches again for its k results anyway
+        # QE searches again for its k results anyway; the gap test needs the ref-th
+        return max(int(p["n"]), int(p["ref"]) if p["gap"] > 0 else 1, 1)
     return max(int(p["depth"]), 1, int(k))
 
 
@@ -528,15 +733,29 @@ def apply(spec: "str | RerankSpec", query_vec: npt.ArrayLike, ids: npt.ArrayLike
         return _apply(sp, m, q, ids_, sc_, get_vectors, search, k, bool(complete))
 
 
+def _gap_keep(d: np.ndarray, n: int, gap: float, ref: int) -> np.ndarray:
+    """Which of the first ``n`` of the ascending distances ``d`` pass the gap test:
+    below ``gap`` times the ``ref``-th (or the last, when fewer)."""
+    return d[:n] < gap * d[min(ref, d.shape[0]) - 1]
+
+
 def _apply(sp: RerankSpec, m: Any, q: np.ndarray, ids_: np.ndarray, sc_: np.ndarray, get_vectors: GetVectors,
            search: SearchFn, k: int, complete: bool) -> Tuple[np.ndarray, np.ndarray]:
     p = sp.params
     ids_, sc_ = _candidates(search, q, ids_, sc_, candidates_needed(sp, k), complete)
     if sp.name in ("qe", "alpha-qe"):
         top = ids_[:p["n"]]
-        if top.shape[0] == 0:
+        if p["gap"] > 0 and top.shape[0]:
+            ref = ids_[:max(p["ref"], p["n"])]
+            xr = np.asarray(get_vectors(ref), dtype=np.float64)
+            keep = _gap_keep(_distances_from(m, q, xr), p["n"], p["gap"], p["ref"])
+            top, x = top[keep], xr[:top.shape[0]][keep]
+            if top.shape[0] == 0:  # no neighbour close enough: nothing to expand with
+                return (ids_[:k], sc_[:k]) if ids_.shape[0] >= k or complete else _search1(search, q, k)
+        elif top.shape[0] == 0:
             return ids_[:k], sc_[:k]
-        x = np.asarray(get_vectors(top), dtype=np.float64)
+        else:
+            x = np.asarray(get_vectors(top), dtype=np.float64)
         alpha = p.get("alpha", 0.0)
         w = similarity(m, q, x) ** alpha if alpha > 0 else np.ones(top.shape[0])
         return _search1(search, expand(m, q, x, w), k)
@@ -545,24 +764,52 @@ def _apply(sp: RerankSpec, m: Any, q: np.ndarray, ids_: np.ndarray, sc_: np.ndar
         head = ids_[:depth]
         if head.shape[0] == 0:
             return ids_[:k], sc_[:k]
-        x = np.asarray(get_vectors(head), dtype=np.float64)
-        # neighbours among the candidates (local graph): no extra search of the database
-        local = np.argsort(_pairwise_distance(m, x), axis=1, kind="stable")[:, :p["n"] + 1]
-        aug = _augment_rows(m, x, np.arange(head.shape[0]), local, p["n"], p["alpha"], lambda i: x[i])
+        # the local graph: the query and its candidates (no extra search of the database);
+        # a candidate's neighbours are sought among the other nodes, the query included
+        z = np.vstack([q.astype(np.float64)[None, :], np.asarray(get_vectors(head), dtype=np.float64)])
+        dist = _pairwise_distance(m, z)[1:]
+        local = np.argsort(dist, axis=1, kind="stable")[:, :p["n"] + 1]
+        if p["gap"] > 0:
+            own = np.arange(1, z.shape[0])
+            srt = np.sort(np.where(np.arange(z.shape[0])[None, :] == own[:, None], np.inf, dist), axis=1)[:, :-1]
+            ref_d = srt[:, min(p["ref"], srt.shape[1]) - 1]
+            near = np.take_along_axis(dist, local, axis=1)
+            local = np.where(near < p["gap"] * ref_d[:, None], local, -1)
+        aug = _augment_rows(m, z[1:], np.arange(1, z.shape[0]), local, p["n"], p["alpha"], lambda i: z[i])
         from fastimg.metrics import exact_scores
         new = exact_scores(m, q, aug)
         order = np.lexsort((head, -new if m.higher_is_better else new))
         out_ids = np.concatenate([head[order], ids_[depth:]])[:k]
         out_sc = np.concatenate([new[order].astype(np.float32), sc_[depth:]])[:k]
         return out_ids, out_sc
-    # k-reciprocal
     depth = p["depth"]
     head = ids_[:depth]
+    if sp.name == "auto":
+        if head.shape[0] < AUTO_MIN_CANDIDATES:  # too few candidates to see any structure
+            return ids_[:k], sc_[:k]
+        z = np.vstack([q.astype(np.float64)[None, :], np.asarray(get_vectors(head), dtype=np.float64)])
+        dist = _pairwise_distance(m, z)
+        t = p["tightness"] if p["tightness"] is not None else local_tightness(dist)
+        if t is None:  # all distances equal: no structure
+            return ids_[:k], sc_[:k]
+        kr = AUTO_SMALL if t > p["threshold"] else AUTO_LARGE
+        rank = np.argsort(dist, axis=1, kind="stable")
+        if not _reciprocal(rank, kr["k1"])[0, 1:].any():
+            return ids_[:k], sc_[:k]  # the query is nobody's close neighbour: nothing to re-rank with
+        return _k_reciprocal_rerank(m, head, dist, kr["k1"], kr["k2"], kr["lambda"], ids_, sc_, depth, k)
+    # k-reciprocal
     if head.shape[0] < 2:
         return ids_[:k], sc_[:k]
     z = np.vstack([q.astype(np.float64)[None, :], np.asarray(get_vectors(head), dtype=np.float64)])
     dist = _pairwise_distance(m, z)
-    final = k_reciprocal_distance(dist, p["k1"], p["k2"], p["lambda"])[0]
+    return _k_reciprocal_rerank(m, head, dist, p["k1"], p["k2"], p["lambda"], ids_, sc_, depth, k)
+
+
+def _k_reciprocal_rerank(m: Any, head: np.ndarray, dist: np.ndarray, k1: int, k2: int, lam: float,
+                         ids_: np.ndarray, sc_: np.ndarray, depth: int, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Order ``head`` by the k-reciprocal distance (``dist``: the query then ``head``);
+    candidates past ``depth`` keep their order and scores."""
+    final = k_reciprocal_distance(dist, k1, k2, lam)[0]
     order = np.lexsort((head, final))
     out = final[order]
     new_sc = (1.0 - out) if m.higher_is_better else out

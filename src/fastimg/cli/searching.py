@@ -90,7 +90,8 @@ DIR (repeatable; the search is then exact).""", [ix])
     p.add_argument("--ef", type=positive_int, metavar="N", default=None,
                    help="HNSW search breadth (higher: better recall, slower)")
     p.add_argument("--rerank", metavar="SPEC", default=None,
-                   help="re-ranking: qe, aqe, alpha-qe, dba, k-reciprocal[:param=value,...]")
+                   help="re-ranking: qe, aqe, alpha-qe, dba, k-reciprocal[:param=value,...], or auto "
+                        "(k-reciprocal sized from the data, or none)")
     p.add_argument("--threshold", type=finite_float, metavar="T", default=None,
                    help="keep results within T (>= T for similarities, <= T for distances)")
     p.add_argument("--under", action="append", default=[], metavar="DIR",

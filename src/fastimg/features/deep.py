@@ -612,7 +612,21 @@ _POOLING_PARAMS: Dict[str, Dict[str, Any]] = {
 }
 
 
-class CnnDescriptor(Descriptor):
+class _BatchPickling:
+    """Pickling of a descriptor whose ``compute_batch`` is its bound ``_compute_batch``
+    (a bound method in ``__dict__`` would pickle the instance inside itself)."""
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state["compute_batch"] = None
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.compute_batch = self._compute_batch  # type: ignore[attr-defined]
+
+
+class CnnDescriptor(_BatchPickling, Descriptor):
     """A ``cnn-<pooling>`` descriptor: CNN tensor -> pooling -> L2 [-> whitening -> L2].
 
     Built by the registry (``fastimg.get_descriptor("cnn-crow", ...)``); see the
@@ -716,15 +730,6 @@ class CnnDescriptor(Descriptor):
             max_side=side,
             batch_size=int(batch_size),
         )
-
-    def __getstate__(self) -> Dict[str, Any]:
-        state = self.__dict__.copy()
-        state["compute_batch"] = None
-        return state
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.compute_batch = self._compute_batch
 
     def _post(self, pooled: np.ndarray) -> np.ndarray:
         v = l2_normalize(pooled)
@@ -1046,7 +1051,7 @@ class BackboneExtractor:
         return [m for m in out if m is not None]
 
 
-class BackboneDescriptor(Descriptor):
+class BackboneDescriptor(_BatchPickling, Descriptor):
     """A ``<backbone>-<pooling>`` descriptor: backbone feature map -> pooling -> power -> L2 [-> whitening -> L2].
 
     Built by the registry (``fastimg.get_descriptor("efficientnet-lite0-spoc")``).
@@ -1141,15 +1146,6 @@ class BackboneDescriptor(Descriptor):
             max_side=size if isinstance(size, int) else 2 * max(size),
             batch_size=int(batch_size),
         )
-
-    def __getstate__(self) -> Dict[str, Any]:
-        state = self.__dict__.copy()
-        state["compute_batch"] = None
-        return state
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.compute_batch = self._compute_batch
 
     def _pool(self, fmap: np.ndarray) -> np.ndarray:
         v = pool(fmap, self.pooling, **self.pooling_params)

@@ -344,10 +344,12 @@ class Graph:
         return (graph, meta) if usable else (None, None)
 
     def candidates(self, graph: Any, view: View, data: Any, q: np.ndarray, want: int, m: Metric,
-                   ef: Optional[int], candidates: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+                   ef: Optional[int], candidates: Optional[int], *,
+                   checked: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Top ``want`` of the graph's rows merged with an exact scan of the rows
         added after it (:func:`fastimg.index.scan.merge_candidates`); ``(ids,
-        scores)`` of shape (Q, <= want), -1/NaN padded."""
+        scores)`` of shape (Q, <= want), -1/NaN padded.  ``checked``: ``q`` was
+        validated by the caller (:meth:`fastimg.ann.HnswGraph.search_checked`)."""
         rows = min(graph.max_id + 1, view.state.committed)  # the graph holds rows [0, rows), deletions marked
         deleted = view.deleted
         g_live = rows - int(np.searchsorted(deleted, rows))
@@ -355,8 +357,11 @@ class Graph:
         parts_s: list[np.ndarray] = []
         if g_live > 0:
             kk = min(want, g_live)
-            gi, gs = graph.search(q, kk, data=data, ef=ef, candidates=None if candidates is None
-                                  else max(candidates, kk))
+            cands = None if candidates is None else max(candidates, kk)
+            if checked:
+                gi, gs = graph.search_checked(q, kk, data, ef=ef, candidates=cands)
+            else:
+                gi, gs = graph.search(q, kk, data=data, ef=ef, candidates=cands)
             parts_i.append(np.asarray(gi, np.int64))
             parts_s.append(np.asarray(gs, np.float32))
         if rows < view.state.committed:  # rows added after the graph was saved: scan them exactly

@@ -22,7 +22,10 @@ names are queries there.  An int is not a query (``Index.similar`` takes ids).
 Lookups read the row and the vector file's generation in one transaction and
 compare them with the caller's view: a view older than the row (a compaction
 renumbered the ids, or the row was added after the view was read) raises
-:class:`Stale`, and the caller reads the state again.
+:class:`Stale`, and the caller reads the state again.  What a lookup found is
+remembered for that view (a state never changes; a relative path is keyed with
+the current directory), and a batch's paths and names are read in one statement
+(:func:`lookup_many`).
 
 ``where`` filters (:func:`where_patterns`): a string with a glob character
 (``*``, ``?``, ``[``) is a pattern matched against the stored path, anything
@@ -50,7 +53,7 @@ from fastimg.metrics import Metric, get_metric
 from fastimg.search import check_queries
 
 __all__ = ["MODES", "Queries", "Stale", "Where", "check_search_args", "check_threshold", "where_patterns",
-           "lookup", "is_id"]
+           "lookup", "lookup_many", "is_id"]
 
 #: The search modes of ``Index.search``.
 MODES = ("auto", "exact", "ann")
@@ -117,15 +120,70 @@ def where_patterns(where: Where, store: Store) -> Optional[tuple[tuple[str, ...]
     return tuple(prefixes), tuple(globs)
 
 
+#: Entry lookups (path or name -> row) remembered per state (forgotten all at once beyond this).
+LOOKUPS_REMEMBERED = 65_536
+
+
+def _lookup_key(s: str) -> tuple[str, str]:
+    # a relative path names a file relative to the current directory at call time
+    return (s, "") if os.path.isabs(s) else (s, os.getcwd())
+
+
+def _remember(view: View, key: tuple[str, str], row: Optional[Row]) -> None:
+    memo = view.memo.setdefault("lookup", {})
+    if len(memo) >= LOOKUPS_REMEMBERED:
+        memo.clear()
+    memo[key] = row
+
+
+def _check_fresh(store: Store, generation: int, rows: Iterable[Optional[Row]], view: View) -> None:
+    if generation != view.state.generation or any(r is not None and r.id >= view.state.committed for r in rows):
+        raise Stale(f"{store.path}: the index changed since state {view.state}; read it again")
+
+
 def lookup(store: Store, item: Any, view: View) -> Optional[Row]:
     """:meth:`Store.find_entry` read in one transaction with the generation;
-    :class:`Stale` when ``view`` is older than what was read."""
+    :class:`Stale` when ``view`` is older than what was read.  Remembered for
+    ``view`` (a state never changes: the next call at the same state reads nothing)."""
+    s = os.fsdecode(item)
+    key = _lookup_key(s)
+    memo = view.memo.get("lookup")
+    if memo is not None and key in memo:
+        return memo[key]
     with store.snapshot():
         generation = store.state().generation
-        row = store.find_entry(item)
-    if generation != view.state.generation or (row is not None and row.id >= view.state.committed):
-        raise Stale(f"{store.path}: the index changed since state {view.state}; read it again")
+        row = store.find_entry(s)
+    _check_fresh(store, generation, [row], view)
+    _remember(view, key, row)
     return row
+
+
+def lookup_many(store: Store, items: Iterable[Any], view: View) -> None:
+    """:func:`lookup` of every path or name among ``items`` in one statement (the
+    others are ignored); the rows are remembered for ``view``, where :func:`lookup`
+    finds them."""
+    memo = view.memo.get("lookup") or {}
+    todo: dict[tuple[str, str], tuple[str, str]] = {}  # key -> (as given, stored form)
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):  # bytes are an encoded image in a search
+            s = os.fsdecode(item)
+            key = _lookup_key(s)
+            if key not in memo and key not in todo:
+                todo[key] = (s, store.stored_path(s))
+    if len(todo) < 2:
+        return  # nothing to gain over lookup()
+    with store.snapshot():
+        generation = store.state().generation
+        found = store.find_live_many(sorted({p for pair in todo.values() for p in pair}))
+    rows = {}
+    for key, (s, stored) in todo.items():
+        row = found.get(s)  # a name, or a path stored as given (Store.find_entry's order)
+        if row is None or row.is_file:
+            row = found.get(stored) or row
+        rows[key] = row
+    _check_fresh(store, generation, rows.values(), view)
+    for key, row in rows.items():
+        _remember(view, key, row)
 
 
 class Queries:
@@ -229,6 +287,8 @@ class Queries:
         if isinstance(queries, (str, bytes, os.PathLike)) or (isinstance(queries, np.ndarray) and queries.ndim != 2):
             raise ArgumentError("search_batch takes a (Q, dim) array or a sequence of queries; "
                                 "use search() for one query")
+        queries = list(queries)
+        lookup_many(self._store, queries, view)  # the paths and names of the batch: one statement
         vs, selfs, ident = [], [], []
         for qu in queries:
             v, s, m = self.vector(qu, view)

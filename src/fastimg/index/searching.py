@@ -51,6 +51,8 @@ log = logging.getLogger("fastimg.index")
 #: at most a quarter of the rows, is answered by scoring those rows directly
 #: instead of scanning the whole matrix with the others masked.
 DIRECT_ELEMS = 1 << 20
+_IDENT_COLS = 8  # columns compared first (whole rows only where they match)
+_IDENT_ELEMS = 1 << 20  # candidate values (queries x candidates x dim) compared per step with the queries
 
 
 #: The ``meta`` key of the index's precision (a JSON string; absent: "float32").
@@ -94,14 +96,25 @@ def within(scores: np.ndarray, threshold: float, m: Metric) -> np.ndarray:
         return scores >= threshold if m.higher_is_better else scores <= threshold
 
 
-def _compact(ids: np.ndarray, scores: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``(ids, scores)`` with only the ``keep`` entries, in order, padded at the end."""
-    out_i = np.full_like(ids, -1)
-    out_s = np.full_like(scores, np.nan)
-    for r in range(ids.shape[0]):
-        ki = ids[r][keep[r]]
-        out_i[r, :ki.size] = ki
-        out_s[r, :ki.size] = scores[r][keep[r]]
+def _compact(ids: np.ndarray, scores: np.ndarray, keep: np.ndarray,
+             width: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``(ids, scores)`` with only the ``keep`` entries, in order, padded at
+    the end with -1 / NaN, ``width`` columns (default: as many as ``ids``)."""
+    nq, nc = ids.shape
+    width = nc if width is None else width
+    out_i = np.full((nq, width), -1, dtype=ids.dtype)
+    out_s = np.full((nq, width), np.nan, dtype=scores.dtype)
+    w = min(width, nc)
+    if nq == 0 or w == 0:
+        return out_i, out_s
+    if keep.all():
+        out_i[:, :w], out_s[:, :w] = ids[:, :w], scores[:, :w]
+        return out_i, out_s
+    # the kept entries first, in their order (a stable sort of the "dropped" flags)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :w]
+    got = np.arange(w) < keep.sum(axis=1)[:, None]
+    out_i[:, :w] = np.where(got, np.take_along_axis(ids, order, axis=1), -1)
+    out_s[:, :w] = np.where(got, np.take_along_axis(scores, order, axis=1), np.nan)
     return out_i, out_s
 
 
@@ -167,7 +180,8 @@ class Search:
             graph, _ = self._graph.choose(view, m, mode, None if fit is None else fit.fit_id)
         if graph is not None:
             try:
-                ids, scores = self._graph.candidates(graph, view, data, qs, want, m, ef, candidates)
+                ids, scores = self._graph.candidates(graph, view, data, qs, want, m, ef, candidates,
+                                                     checked=not in_space)
             except AnnSearchError as exc:
                 # e.g. a graph file saved by a writer after this reader's snapshot, or
                 # too many deletions for ef: the exact scan still answers correctly
@@ -195,26 +209,58 @@ class Search:
     @staticmethod
     def _drop_self(view: View, q: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int,
                    selfs: Sequence[Optional[set]], ident: Sequence[bool]) -> tuple[np.ndarray, np.ndarray, list]:
-        """The best ``k`` candidates without the queries' own rows, and those rows per query."""
-        nq = ids.shape[0]
-        out_ids = np.full((nq, k), -1, dtype=np.int64)
-        out_scores = np.full((nq, k), np.nan, dtype=np.float32)
+        """The best ``k`` candidates without the queries' own rows, and those rows per query.
+
+        Vectorised over the queries: ``selfs[r]`` ids are dropped from row ``r``;
+        with ``ident[r]``, also the lowest id among the remaining candidates whose
+        stored vector is bit-identical to ``q[r]``."""
+        nq, nc = ids.shape
         dropped: list[set] = [set(s) if s else set() for s in selfs]
-        for r in range(nq):
-            row_ids = ids[r]
-            keep = row_ids >= 0
-            if selfs[r]:
-                keep &= ~np.isin(row_ids, np.fromiter(selfs[r], np.int64))
-            if ident[r]:
-                cand = row_ids[keep]
-                same = cand[(view.array[cand] == q[r]).all(axis=1)]
+        if nq == 1:  # one query (Index.search): the fewest NumPy calls
+            row_ids, row_scores = ids[0], scores[0]
+            keep1 = row_ids >= 0
+            for i in selfs[0] or ():
+                keep1 &= row_ids != i
+            if ident[0]:
+                cand = row_ids[keep1]
+                same = cand[(view.array[cand] == q[0]).all(axis=1)]
                 if same.size:
                     j = int(same.min())
-                    keep &= row_ids != j
-                    dropped[r].add(j)
-            row_ids, row_scores = row_ids[keep][:k], scores[r][keep][:k]
-            out_ids[r, :row_ids.size] = row_ids
-            out_scores[r, :row_ids.size] = row_scores
+                    keep1 &= row_ids != j
+                    dropped[0].add(j)
+            row_ids, row_scores = row_ids[keep1][:k], row_scores[keep1][:k]
+            out_i = np.full((1, k), -1, dtype=np.int64)
+            out_s = np.full((1, k), np.nan, dtype=np.float32)
+            out_i[0, :row_ids.size] = row_ids
+            out_s[0, :row_ids.size] = row_scores
+            return out_i, out_s, dropped
+        keep = ids >= 0
+        own = [r for r in range(nq) if selfs[r]]
+        if own:
+            width = max(len(selfs[r]) for r in own)
+            mine = np.full((nq, width), -2, dtype=np.int64)  # -2: matches no id, not even padding
+            for r in own:
+                mine[r, :len(selfs[r])] = sorted(selfs[r])
+            keep &= ~(ids[:, :, None] == mine[:, None, :]).any(axis=2)
+        rows = np.flatnonzero(np.asarray(ident, dtype=bool)) if nq else np.zeros(0, np.intp)
+        if rows.size and nc:
+            step = max(1, _IDENT_ELEMS // max(1, nc * min(_IDENT_COLS, q.shape[1])))  # bounds the gathered rows
+            for a in range(0, rows.size, step):
+                r = rows[a:a + step]
+                cand, ok = ids[r], keep[r]
+                # the first columns of every candidate, then whole rows only where those match
+                pre = min(_IDENT_COLS, q.shape[1])
+                same = (view.array[np.where(ok, cand, 0), :pre] == q[r][:, None, :pre]).all(axis=2) & ok
+                if pre < q.shape[1] and same.any():
+                    ri, ci = np.nonzero(same)
+                    same[ri, ci] = (view.array[cand[ri, ci]] == q[r][ri]).all(axis=1)
+                hit = same.any(axis=1)
+                if hit.any():
+                    j = np.where(same, cand, np.iinfo(np.int64).max).min(axis=1)
+                    keep[r] &= ~(hit[:, None] & (cand == j[:, None]))
+                    for rr, jj in zip(r[hit].tolist(), j[hit].tolist()):
+                        dropped[rr].add(jj)
+        out_ids, out_scores = _compact(ids, scores, keep, k)
         return out_ids, out_scores, dropped
 
     def _rerank(self, spec: str, view: View, fit: Optional[Fit], q: np.ndarray, ids: np.ndarray,
