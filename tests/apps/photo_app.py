@@ -51,7 +51,8 @@ def main(argv: list[str]) -> int:
         batch: fastimg.BatchResult = index.search_batch(vectors, k=4)
         out["batch_ids"] = [batch.row(r)[0].tolist() for r in range(len(vectors))]
 
-        groups: list[fastimg.DuplicateGroup] = list(index.duplicates())
+        # pearson has no calibrated default for hsv72 (fastimg.dedup.THRESHOLDS): a threshold is given
+        groups: list[fastimg.DuplicateGroup] = list(index.duplicates(threshold=0.99))
         out["duplicate_groups"] = [sorted(g.paths) for g in groups]
 
         # the documented errors, each caught by its own type
