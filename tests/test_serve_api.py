@@ -223,14 +223,15 @@ def test_unknown_ids_routes_and_methods(client, library):
 
 
 def test_too_large_uploads_are_413_before_decoding(collection):
-    app = create_app(collection[0], max_upload_bytes=4096, decode_workers=1)
+    big = collection[2][0].read_bytes()
+    small = cv2.imencode(".jpg", np.full((16, 24, 3), 90, np.uint8))[1].tobytes()
+    limit = min(4096, len(big) - 1)  # (generated fixture photos can be under 4 KB)
+    assert len(small) < limit < len(big)
+    app = create_app(collection[0], max_upload_bytes=limit, decode_workers=1)
     with TestClient(app, raise_server_exceptions=False) as c:
-        big = collection[2][0].read_bytes()
-        assert len(big) > 4096
         resp = c.post("/api/search", files={"image": ("big.jpg", big, "image/jpeg")})
-        assert "larger than the limit of 4,096 bytes" in assert_error(resp, 413, "too_large")
+        assert f"larger than the limit of {limit:,} bytes" in assert_error(resp, 413, "too_large")
         assert c.app.state.fastimg.pool.failures == {}  # never reached a decoder
-        small = cv2.imencode(".jpg", np.full((16, 24, 3), 90, np.uint8))[1].tobytes()
         assert c.post("/api/search", files={"image": ("small.jpg", small)}).status_code == 200
 
 
