@@ -209,17 +209,7 @@ class PCAWhitening:
         """
         if not self.fitted:
             raise DescriptorError("whitening is not fitted; call fit(matrix) or PCAWhitening.load(path) first")
-        x = np.asarray(vectors, dtype=np.float64)
-        one = x.ndim == 1
-        if one:
-            x = x[None, :]
-        if x.ndim != 2 or x.shape[1] != self.input_dim:
-            raise DescriptorError(
-                f"whitening expects vectors of dimension {self.input_dim}; got an array of shape {np.shape(vectors)}"
-            )
-        y = (x - self.mean_) @ self._projection().T
-        out = l2_normalize(y) if normalize else y.astype(np.float32)
-        return out[0] if one else out
+        return _apply_linear(vectors, self.mean_, self._projection(), "whitening", normalize)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the fitted whitening to a plain ``.npz`` file (no pickle).
@@ -413,19 +403,8 @@ class LinearProjection:
         DescriptorError
             If the dimension differs from ``input_dim``.
         """
-        x = np.asarray(vectors, dtype=np.float64)
-        one = x.ndim == 1
-        if one:
-            x = x[None, :]
-        if x.ndim != 2 or x.shape[1] != self.input_dim:
-            raise DescriptorError(
-                f"projection expects vectors of dimension {self.input_dim}; got an array of shape "
-                f"{np.shape(vectors)}"
-            )
-        y = (x - self.mean_) @ self.matrix_.T
         norm = self.normalize if normalize is None else bool(normalize)
-        out = l2_normalize(y) if norm else y.astype(np.float32)
-        return out[0] if one else out
+        return _apply_linear(vectors, self.mean_, self.matrix_, "projection", norm)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the projection to a plain ``.npz`` file (no pickle).
@@ -503,3 +482,20 @@ def load_projection(path: Union[str, os.PathLike]) -> Union[PCAWhitening, Linear
         return PCAWhitening.load(p)
     raise DescriptorError(f"{p}: neither a fastimg PCAWhitening nor a LinearProjection file "
                           f"(fields {sorted(fields)})")
+
+
+def _apply_linear(vectors: Any, mean: np.ndarray, matrix: np.ndarray, what: str, normalize: bool) -> np.ndarray:
+    """``(vectors - mean) @ matrix.T`` in float64, then float32 (L2-normalised rows when
+    ``normalize``); a (D,) vector in, a (d,) vector out.  The one implementation of
+    :meth:`PCAWhitening.transform` and :meth:`LinearProjection.transform`."""
+    x = np.asarray(vectors, dtype=np.float64)
+    one = x.ndim == 1
+    if one:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != mean.shape[0]:
+        raise DescriptorError(
+            f"{what} expects vectors of dimension {mean.shape[0]}; got an array of shape {np.shape(vectors)}"
+        )
+    y = (x - mean) @ matrix.T
+    out = l2_normalize(y) if normalize else y.astype(np.float32)
+    return out[0] if one else out
