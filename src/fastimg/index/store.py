@@ -102,9 +102,6 @@ Every inconsistency raises a :mod:`fastimg.errors` exception naming the file.
 from __future__ import annotations
 
 import contextlib
-import errno as _errno
-import functools
-import hashlib
 import json
 import logging
 import os
@@ -113,13 +110,22 @@ import shutil
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from fastimg._version import __version__
+from fastimg.errors import (
+    ArgumentError,
+    IndexClosedError,
+    IndexCorruptError,
+    IndexFormatError,
+    IndexNotFoundError,
+    IndexReadOnlyError,
+    IndexWriteError,
+    NotInIndexError,
+)
 from fastimg.index._files import (
     acquire_lock,
     connect,
@@ -131,16 +137,14 @@ from fastimg.index._files import (
     write_json_atomic,
     write_rows,
 )
-from fastimg.errors import (
-    ArgumentError,
-    IndexClosedError,
-    IndexCorruptError,
-    IndexFormatError,
-    IndexNotFoundError,
-    IndexReadOnlyError,
-    IndexWriteError,
-    NotInIndexError,
+from fastimg.index._format import (  # noqa: F401 - the format's names, re-exported
+    ANN_DIR, CACHE_DIR, DATABASE, DTYPE, FORMAT_NAME, FORMAT_VERSION, LOCKFILE, MANIFEST, READ_VERSIONS,
+    NewRow, Row, Snapshot, State, _COLUMNS, _COLUMNS_V1, _INDEXES, _RESERVED, _ROW_CHUNK,
+    _SCHEMA, _TABLE, _paths_sql, _row, _write_error, decode_path, encode_path, file_hash,
 )
+from fastimg.index._store_generations import StoreGenerations
+from fastimg.index._store_lookups import StoreLookups
+from fastimg.index._store_paths import StorePaths
 
 __all__ = [
     "FORMAT_VERSION",
@@ -161,18 +165,7 @@ __all__ = [
 
 log = logging.getLogger("fastimg.index.store")
 
-FORMAT_NAME = "fastimg-index"
-#: Version of the on-disk format written by this fastimg.
-FORMAT_VERSION = 2
-#: Format versions a reader opens as they are (older ones need a writer to migrate them).
-READ_VERSIONS = frozenset({1, 2})
-MANIFEST = "manifest.json"
-DATABASE = "meta.sqlite"
-LOCKFILE = "lock"
-CACHE_DIR = "cache"
-ANN_DIR = "ann"
-DTYPE = "<f4"
-_ROW_CHUNK = 65536  # rows copied per step by compact()
+
 
 #: ``MIGRATIONS[v](store_dir, connection, manifest)`` upgrades a version-``v`` index
 #: to version ``v + 1``: it may alter the SQLite schema (inside the caller's
@@ -181,43 +174,8 @@ _ROW_CHUNK = 65536  # rows copied per step by compact()
 #: manifest was rewritten runs it again.
 MIGRATIONS: dict[int, Callable[[Path, sqlite3.Connection, dict], dict]] = {}
 
-_TABLE = """
-CREATE TABLE {name} (
-    id INTEGER PRIMARY KEY,
-    path BLOB NOT NULL,
-    is_file INTEGER NOT NULL,
-    size INTEGER,
-    mtime_ns INTEGER,
-    hash TEXT,
-    added REAL NOT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0,
-    stale INTEGER NOT NULL DEFAULT 0,
-    metadata TEXT
-);
-"""
-_INDEXES = """
-CREATE UNIQUE INDEX images_live_path ON images(path) WHERE deleted = 0;
-CREATE INDEX images_hash ON images(hash) WHERE hash IS NOT NULL;
-CREATE INDEX images_deleted ON images(id) WHERE deleted = 1;
-"""
-_SCHEMA = "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n" + _TABLE.format(name="images") + _INDEXES
-_COLUMNS = "id, path, is_file, size, mtime_ns, hash, added, deleted, metadata, stale"
-_COLUMNS_V1 = "id, path, is_file, size, mtime_ns, hash, added, deleted, metadata, 0"
-_RESERVED = frozenset({"format_version", "dim", "committed", "generation", "version"})
 
 
-def encode_path(path: str) -> bytes:
-    """The stored form of a path or name: the UTF-8 bytes of the ``str`` with its
-    surrogate escapes turned back into the bytes they stand for (``os.fsencode``
-    on a UTF-8 system)."""
-    return path.encode("utf-8", "surrogateescape")
-
-
-def decode_path(value: Union[bytes, str]) -> str:
-    """The ``str`` of a stored path (``os.fsdecode`` convention); format 1 stored text."""
-    if isinstance(value, str):
-        return value
-    return bytes(value).decode("utf-8", "surrogateescape")
 
 
 def _migrate_v1_to_v2(path: Path, conn: sqlite3.Connection, manifest: dict) -> dict:
@@ -246,133 +204,11 @@ def _migrate_v1_to_v2(path: Path, conn: sqlite3.Connection, manifest: dict) -> d
 MIGRATIONS[1] = _migrate_v1_to_v2
 
 
-@dataclass(frozen=True)
-class State:
-    """The committed state of an index, as read from ``meta.sqlite``.
-
-    Attributes
-    ----------
-    committed : int
-        Number of valid rows in the vector file (ids ``0 .. committed-1``).
-    generation : int
-        Which vector file is current (bumped by compaction and re-description).
-    version : int
-        Bumped by every write transaction.
-    """
-
-    committed: int
-    generation: int
-    version: int
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """What a handle needs to know about one committed state, read in one transaction
-    (:meth:`Store.read_snapshot`).
-
-    Attributes
-    ----------
-    state : State
-    meta : dict
-        The JSON values of the non-reserved ``meta`` keys (``ann``, ``whitening``,
-        ``has_negative``, ``root``, ``descriptor`` ...), decoded.
-    deleted : numpy.ndarray
-        Sorted int64 ids of the rows marked deleted.
-    """
-
-    state: State
-    meta: dict
-    deleted: np.ndarray
 
 
-@dataclass(frozen=True)
-class Row:
-    """One row of the ``images`` table (``path`` decoded to a ``str``, stored form)."""
-
-    id: int
-    path: str
-    is_file: bool
-    size: Optional[int]
-    mtime_ns: Optional[int]
-    hash: Optional[str]
-    added: float
-    deleted: bool
-    metadata: Optional[dict]
-    stale: bool = False
-
-
-@dataclass(frozen=True)
-class NewRow:
-    """Metadata of a row being appended (its id is assigned by :meth:`Store.commit_rows`)."""
-
-    path: str
-    is_file: bool = True
-    size: Optional[int] = None
-    mtime_ns: Optional[int] = None
-    hash: Optional[str] = None
-    metadata: Optional[dict] = None
-
-
-def file_hash(path: Union[str, os.PathLike], chunk: int = 1 << 20) -> str:
-    """BLAKE2b-128 hex digest of a file's bytes (the content hash stored per image).
-
-    Only a regular file is read (opened without waiting for a FIFO's writer): a
-    directory, FIFO, device or socket raises :class:`IsADirectoryError` /
-    :class:`OSError` (``EINVAL``) instead of hanging or reading forever."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags)
-    try:
-        import stat as _stat
-
-        mode = os.fstat(fd).st_mode
-        if _stat.S_ISDIR(mode):
-            raise IsADirectoryError(_errno.EISDIR, "is a directory", os.fspath(path))
-        if not _stat.S_ISREG(mode):
-            raise OSError(_errno.EINVAL, "not a regular file", os.fspath(path))
-        h = hashlib.blake2b(digest_size=16)
-        while True:
-            block = os.read(fd, chunk)
-            if not block:
-                break
-            h.update(block)
-        return h.hexdigest()
-    finally:
-        os.close(fd)
-
-
-@functools.lru_cache(maxsize=64)
-def _paths_sql(n: int) -> str:
-    """Paths of ``n`` ids, the generation (as id -1) and the root (as id -2), in one statement."""
-    return (f"SELECT id, path, is_file FROM images WHERE id IN ({','.join('?' * n)})"
-            " UNION ALL SELECT -1, value, 0 FROM meta WHERE key = 'generation'"
-            " UNION ALL SELECT -2, value, 0 FROM meta WHERE key = 'root'")
-
-
-def _row(t: Sequence[Any]) -> Row:
-    meta = json.loads(t[8]) if t[8] is not None else None
-    return Row(int(t[0]), decode_path(t[1]), bool(t[2]), t[3], t[4], t[5], float(t[6]), bool(t[7]), meta,
-               bool(t[9]))
-
-
-def _write_error(what: Path, exc: BaseException, doing: str, keeps: str) -> IndexWriteError:
-    """An :class:`IndexWriteError` for a failed write (the OS error's number kept)."""
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        full = code == 13 or "full" in str(exc)  # SQLITE_FULL
-        num = _errno.ENOSPC if full else _errno.EIO
-        why = "no space left on device" if full else str(exc)
-    else:
-        num = getattr(exc, "errno", None) or _errno.EIO
-        why = getattr(exc, "strerror", None) or str(exc)
-        if num == _errno.ENOSPC:
-            why = "no space left on device"
-    err = IndexWriteError(f"{what}: could not {doing} ({why}); nothing of it was committed: the index keeps "
-                          f"{keeps}")
-    err.errno, err.strerror, err.filename = num, why, os.fspath(what)
-    return err
-
-
-class Store:
+class Store(StorePaths, StoreLookups, StoreGenerations):
     """Low-level access to one index directory (see the module docstring).
 
     Not meant to be used directly: :class:`fastimg.Index` wraps it.  A ``Store``
@@ -607,53 +443,6 @@ class Store:
         with self._read():
             return self._layout()
 
-    @property
-    def root(self) -> Path:
-        """Absolute directory that relative image paths are resolved against."""
-        return Path(self._root())
-
-    def root_record(self) -> str:
-        """The root as recorded: an absolute path, or a path relative to the index directory."""
-        with self._read():
-            if self._layout() < 2:
-                return str(self.manifest["root"])
-            value = self._meta("root")
-        if value is None:
-            raise IndexCorruptError(f"{self.path / DATABASE}: metadata database lacks the 'root' entry")
-        return str(json.loads(value))
-
-    def _resolve_root(self, recorded: str) -> str:
-        return os.path.normpath(os.path.join(os.path.abspath(self.path), recorded))
-
-    def _root(self) -> str:
-        # a writer alone changes the root (relocate): it resolves it once; a reader
-        # reads it at each call (one primary-key lookup)
-        root = self._root_str
-        if root is None:
-            root = self._resolve_root(self.root_record())
-            if self.writable:
-                self._root_str = root
-        return root
-
-    def stored_path(self, path: Union[str, os.PathLike]) -> str:
-        """How a file path is stored in ``images.path``: relative to :attr:`root` when
-        the file lies under it, else absolute."""
-        return self._stored(os.path.abspath(os.fspath(path)), self._root())
-
-    @staticmethod
-    def _stored(ab: str, root: str) -> str:
-        try:
-            if os.path.commonpath([ab, root]) == root:
-                return os.path.relpath(ab, root)
-        except ValueError:  # pragma: no cover - different drives
-            pass
-        return ab
-
-    def absolute_path(self, stored: str, is_file: bool = True) -> str:
-        """The absolute path of a stored file path (a name added with vectors is returned as is)."""
-        if is_file and not os.path.isabs(stored):
-            return os.path.join(self._root(), stored)
-        return stored
 
     def vectors_path(self, generation: int) -> Path:
         return self.path / f"vectors.{generation}.f32"
@@ -883,161 +672,6 @@ class Store:
         return self.get_meta("has_negative")
 
     # -------------------------------------------------------------- metadata
-    def rows(self, ids: Iterable[int]) -> list[Row]:
-        """Rows for ``ids`` in the given order (KeyError for an unknown id)."""
-        ids = [int(i) for i in ids]
-        with self._read():
-            found = self._fetch_ids(ids)
-        out = []
-        for i in ids:
-            if i not in found:
-                raise NotInIndexError(f"{self.path}: no image with id {i}")
-            out.append(found[i])
-        return out
-
-    def paths(self, ids: Iterable[int], *, generation: Optional[int] = None) -> Optional[list[str]]:
-        """Absolute file paths (or the names of vectors) of ``ids``, in order
-        (NotInIndexError for an unknown id).
-
-        One statement for up to 900 ids, which also reads the vector file's
-        generation and the root: with ``generation`` given, None when it is no
-        longer that one (a compaction renumbered the ids since the caller read them).
-        """
-        ids = [int(i) for i in ids]
-        found: dict[int, str] = {}
-        current = None
-        recorded = None
-        isabs = os.path.isabs
-        # one statement reads one snapshot: a transaction only for more
-        with self._read() if len(ids) > 900 else self._mutex:
-            conn = self._db()
-            for start in range(0, max(len(ids), 1), 900):
-                chunk = ids[start:start + 900]
-                for i, path, is_file in conn.execute(_paths_sql(len(chunk)), chunk):
-                    if i == -1:
-                        current = int(path)
-                    elif i == -2:
-                        recorded = json.loads(path)
-                    else:
-                        found[i] = (decode_path(path), is_file)  # type: ignore[assignment]
-        if generation is not None and current != generation:
-            return None
-        if recorded is None:  # format 1: in the manifest
-            recorded = self.manifest["root"]
-        root = self._resolve_root(recorded)
-        prefix = root if root.endswith(os.sep) else root + os.sep
-        try:
-            out = []
-            for i in ids:
-                p, is_file = found[i]  # type: ignore[misc]
-                out.append(prefix + p if is_file and not isabs(p) else p)  # as absolute_path()
-            return out
-        except KeyError as exc:
-            raise NotInIndexError(f"{self.path}: no image with id {exc.args[0]}") from None
-
-    def _fetch_ids(self, ids: Sequence[int]) -> dict[int, Row]:
-        found: dict[int, Row] = {}
-        conn = self._db()
-        cols = self._cols()
-        for start in range(0, len(ids), 900):
-            chunk = ids[start:start + 900]
-            q = f"SELECT {cols} FROM images WHERE id IN ({','.join('?' * len(chunk))})"
-            for t in conn.execute(q, chunk):
-                found[int(t[0])] = _row(t)
-        return found
-
-    def find_live(self, path: str) -> Optional[Row]:
-        """The live row stored under ``path`` (stored form), or None."""
-        with self._read():
-            t = self._db().execute(
-                f"SELECT {self._cols()} FROM images WHERE path = ? AND deleted = 0", (self._key(path),)
-            ).fetchone()
-        return None if t is None else _row(t)
-
-    def find_entry(self, item: Union[str, bytes, os.PathLike]) -> Optional[Row]:
-        """The live row of an ``add_vectors`` name or of a file path (as stored, or
-        given as a path to put in :meth:`stored_path` form), or None.  A path is a
-        ``str`` (surrogate escapes for bytes that are not UTF-8), a path object or
-        ``bytes`` (``os.fsdecode``)."""
-        s = os.fsdecode(item)
-        row = self.find_live(s)  # a name, or a path stored as given
-        if row is None or row.is_file:
-            row = self.find_live(self.stored_path(s)) or row
-        return row
-
-    def find_live_many(self, paths: Sequence[str]) -> dict[str, Row]:
-        """Live rows stored under any of ``paths`` (stored form), keyed by path."""
-        out: dict[str, Row] = {}
-        paths = list(paths)
-        with self._read():
-            conn = self._db()
-            cols = self._cols()
-            for start in range(0, len(paths), 900):
-                chunk = [self._key(p) for p in paths[start:start + 900]]
-                q = f"SELECT {cols} FROM images WHERE deleted = 0 AND path IN ({','.join('?' * len(chunk))})"
-                for t in conn.execute(q, chunk):
-                    r = _row(t)
-                    out[r.path] = r
-        return out
-
-    def find_hash(self, digest: str) -> list[Row]:
-        """Rows (live first, then lower id first) whose content hash is ``digest``."""
-        with self._read():
-            ts = self._db().execute(
-                f"SELECT {self._cols()} FROM images WHERE hash = ? ORDER BY deleted, id", (digest,)
-            ).fetchall()
-        return [_row(t) for t in ts]
-
-    def live_ids_matching(self, prefixes: Sequence[str], globs: Sequence[str]) -> tuple[int, np.ndarray]:
-        """``(generation, sorted int64 ids)`` of the live rows whose stored path (or
-        name) is one of ``prefixes`` or lies under one (``prefix + os.sep ...``),
-        or matches one of ``globs`` (SQLite ``GLOB``), read in one transaction.
-        An empty prefix matches every row.  Prefixes and globs are compared in
-        the stored form (format 2: the path's bytes, so a name that is not UTF-8
-        is matched byte for byte; ``?`` in a glob stands for one UTF-8 character,
-        or one byte that is not part of one)."""
-        terms: list[str] = []
-        spans: list[tuple[str, ...]] = []
-        for p in prefixes:
-            if not p:
-                terms.append("1")
-                continue
-            p = p.rstrip(os.sep) or os.sep
-            under = p if p.endswith(os.sep) else p + os.sep  # "a/b" -> "a/b/" <= path < "a/b0"
-            terms.append("path = ? OR (path >= ? AND path < ?)")
-            spans.append((p, under, under[:-1] + chr(ord(under[-1]) + 1)))
-        for g in globs:
-            terms.append("CAST(path AS TEXT) GLOB CAST(? AS TEXT)")  # GLOB matches no BLOB as it is
-            spans.append((g,))
-        if not terms:
-            return self.state().generation, np.zeros(0, np.int64)
-        where = " OR ".join(f"({t})" for t in terms)
-        with self._read() as conn:
-            # bound as stored (format 2: bytes, which compare byte-wise; format 1: text)
-            args = [self._key(a) for span in spans for a in span]
-            generation = int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
-            ids = [t[0] for t in conn.execute(f"SELECT id FROM images WHERE deleted = 0 AND ({where}) ORDER BY id",
-                                              args)]
-        return generation, np.asarray(ids, dtype=np.int64)
-
-    def live_files(self) -> list[Row]:
-        """All live rows added from files."""
-        with self._read():
-            ts = self._db().execute(
-                f"SELECT {self._cols()} FROM images WHERE deleted = 0 AND is_file = 1").fetchall()
-        return [_row(t) for t in ts]
-
-    def all_rows(self) -> list[Row]:
-        """Every committed row (deleted ones included), by id."""
-        with self._read():
-            ts = self._db().execute(f"SELECT {self._cols()} FROM images ORDER BY id").fetchall()
-        return [_row(t) for t in ts]
-
-    def deleted_ids(self) -> np.ndarray:
-        """Sorted int64 ids of the rows marked deleted."""
-        with self._read():
-            ids = [t[0] for t in self._db().execute("SELECT id FROM images WHERE deleted = 1 ORDER BY id")]
-        return np.asarray(ids, dtype=np.int64)
 
     def mark_deleted(self, ids: Iterable[int]) -> int:
         """Mark ids deleted; returns how many live rows changed."""
@@ -1090,192 +724,8 @@ class Store:
                 conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     # ------------------------------------------------------------ relocation
-    def relocate(self, old: Union[str, os.PathLike], new: Union[str, os.PathLike]) -> int:
-        """Files that were under directory ``old`` are now under ``new``: rewrite the
-        stored paths (live and deleted rows) and the root when it lies under ``old``,
-        in one transaction.
-
-        Returns
-        -------
-        int
-            Number of live images whose path changed (deleted rows are relocated too).
-
-        Raises
-        ------
-        ArgumentError
-            Two live rows would get the same path (nothing is changed then).
-        """
-        self._require_writable()
-        old_s = os.path.normpath(os.path.abspath(os.fspath(old)))
-        new_s = os.path.normpath(os.path.abspath(os.fspath(new)))
-
-        def under(p: str) -> Optional[str]:  # the part of p below old, or None
-            if p == old_s:
-                return ""
-            base = old_s if old_s.endswith(os.sep) else old_s + os.sep
-            return p[len(base):] if p.startswith(base) else None
-
-        with self._mutex:
-            if old_s == new_s:
-                return 0
-            recorded = self.root_record()
-            root = self._resolve_root(recorded)
-            rest = under(root)
-            new_root = root if rest is None else os.path.normpath(os.path.join(new_s, rest))
-            if rest is not None and not os.path.isabs(recorded):
-                try:
-                    new_recorded = os.path.relpath(new_root, os.path.abspath(self.path))
-                except ValueError:  # pragma: no cover - different drives on Windows
-                    new_recorded = new_root
-            else:
-                new_recorded = new_root
-            updates: list[tuple[bytes, int]] = []
-            moved = 0
-            for r in self.all_rows():
-                if not r.is_file:
-                    continue
-                ab = r.path if os.path.isabs(r.path) else os.path.join(root, r.path)
-                below = under(ab)
-                if below is not None:
-                    moved += 0 if r.deleted else 1
-                    ab = os.path.join(new_s, below) if below else new_s
-                # every row in its stored form for the new root (relative under it, else absolute)
-                stored = self._stored(ab, new_root)
-                if stored != r.path:
-                    updates.append((encode_path(stored), r.id))
-            try:
-                with self._write("relocate") as conn:
-                    if self._layout() < 2:  # pragma: no cover - a writer migrated at open
-                        raise IndexFormatError(f"{self.path}: relocate needs format version 2")
-                    conn.execute("UPDATE meta SET value = ? WHERE key = 'root'", (json.dumps(new_recorded),))
-                    # through unique placeholders first: no row meets another's old path on the way
-                    conn.executemany("UPDATE images SET path = ? WHERE id = ?",
-                                     [(b"\0relocating\0" + str(i).encode(), i) for _, i in updates])
-                    conn.executemany("UPDATE images SET path = ? WHERE id = ?", updates)
-            except sqlite3.IntegrityError:
-                raise ArgumentError(f"{self.path}: relocating {old_s} to {new_s} would give two live images the same "
-                                 f"path (some are indexed under both already); nothing was changed") from None
-            self._root_str = None
-            return moved
 
     # ------------------------------------------------------------ generations
-    def _new_generation(self, state: State, write: Callable[[Path], Any], doing: str) -> int:
-        """Write ``vectors.<G+1>.f32`` with ``write(path)`` (fsynced by it); on a
-        failure the partial file is removed and :class:`IndexWriteError` raised."""
-        new_gen = state.generation + 1
-        dest = self.vectors_path(new_gen)
-        try:
-            write(dest)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                dest.unlink()
-            raise _write_error(dest, exc, doing, f"its {state.committed} committed rows") from None
-        except BaseException:
-            with contextlib.suppress(OSError):
-                dest.unlink()
-            raise
-        return new_gen
-
-    def compact(self, progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
-        """Rewrite the vector file without deleted rows and renumber the ids.
-
-        Returns
-        -------
-        numpy.ndarray
-            int64 array ``mapping`` of length = the old committed count, with
-            ``mapping[old_id] = new_id``, or -1 for a removed row.
-        """
-        self._require_writable()
-        with self._mutex:
-            state = self.state()
-            deleted = self.deleted_ids()
-            keep = np.ones(state.committed, dtype=bool)
-            keep[deleted] = False
-            mapping = np.full(state.committed, -1, dtype=np.int64)
-            live = int(keep.sum())
-            mapping[keep] = np.arange(live, dtype=np.int64)
-            if live == state.committed:
-                return mapping
-            src = self.map_vectors(state)
-            new_gen = self._new_generation(
-                state, lambda dest: write_rows(dest, src, keep, DTYPE, _ROW_CHUNK, progress),
-                f"write the compacted vectors ({live} rows)")
-            try:
-                with self._write("commit the compaction") as conn:
-                    conn.execute("DELETE FROM images WHERE deleted = 1")
-                    conn.execute("CREATE TEMP TABLE _renum(old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
-                    conn.execute("INSERT INTO _renum SELECT id, row_number() OVER (ORDER BY id) - 1 FROM images")
-                    # two passes through negative ids so the primary key never collides
-                    conn.execute("UPDATE images SET id = -1 - (SELECT new FROM _renum WHERE old = images.id)")
-                    conn.execute("UPDATE images SET id = -1 - id")
-                    conn.execute("DROP TABLE _renum")
-                    conn.execute("UPDATE meta SET value = ? WHERE key = 'committed'", (str(live),))
-                    conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(new_gen),))
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    self.vectors_path(new_gen).unlink()
-                raise
-            del src
-            with contextlib.suppress(OSError):
-                self.vectors_path(state.generation).unlink()
-            return mapping
-
-    def replace_vectors(self, blocks: Iterable[np.ndarray], *, stale: Callable[[], Iterable[int]],
-                        meta: dict, progress: Optional[Callable[[int, int], None]] = None) -> int:
-        """Write a new generation holding the same rows (ids unchanged) from
-        ``blocks`` (float32 ``(n, dim)`` arrays, ``committed`` rows in all), then in one
-        transaction switch to it, set the rows ``stale()`` returns (called once the
-        blocks are consumed) stale and every other row not stale, and store the
-        ``meta`` values (re-description: the new descriptor spec).  Returns the new
-        generation."""
-        self._require_writable()
-        with self._mutex:
-            state = self.state()
-            negative = [False]
-
-            def write(dest: Path) -> None:
-                done = 0
-                with open(dest, "wb") as f:
-                    for block in blocks:
-                        block = np.ascontiguousarray(block, dtype=DTYPE)
-                        if block.ndim != 2 or block.shape[1] != self.dim:
-                            raise ArgumentError(f"replace_vectors: block of shape {block.shape}, expected (n, {self.dim})")
-                        negative[0] |= bool((block < 0).any())
-                        f.write(block.tobytes())
-                        done += block.shape[0]
-                        if progress is not None:
-                            progress(done, state.committed)
-                    f.flush()
-                    os.fsync(f.fileno())
-                if done != state.committed:
-                    raise ArgumentError(f"replace_vectors: {done} rows written, {state.committed} committed")
-                from fastimg.index._files import fsync_dir
-
-                fsync_dir(dest.parent)
-
-            new_gen = self._new_generation(state, write, f"write the re-described vectors ({state.committed} rows)")
-            try:
-                stale_ids = sorted({int(i) for i in stale()})
-                with self._write("commit the re-described vectors") as conn:
-                    cur = self._state()
-                    if (cur.committed, cur.generation) != (state.committed, state.generation):  # pragma: no cover
-                        raise IndexCorruptError(f"{self.path}: the index changed while its vectors were rewritten")
-                    conn.execute("UPDATE images SET stale = 0 WHERE stale = 1")
-                    conn.executemany("UPDATE images SET stale = 1 WHERE id = ?", [(i,) for i in stale_ids])
-                    conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(new_gen),))
-                    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('has_negative', ?)",
-                                 (json.dumps(negative[0]),))
-                    for key, value in meta.items():
-                        if key in _RESERVED:
-                            raise ArgumentError(f"meta key {key!r} is reserved")
-                        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    self.vectors_path(new_gen).unlink()
-                raise
-            with contextlib.suppress(OSError):
-                self.vectors_path(state.generation).unlink()
-            return new_gen
 
     # ------------------------------------------------------------ checking
     def integrity(self) -> list[str]:
