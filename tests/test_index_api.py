@@ -216,9 +216,9 @@ def test_file_entries_record_the_files(tmp_path):
 
 
 def test_iteration_notices_a_compaction(ix, monkeypatch):
-    import fastimg.index._reader as reader_mod
+    import fastimg.index._entries as entries_mod
 
-    monkeypatch.setattr(reader_mod, "_ITER_CHUNK", 10)
+    monkeypatch.setattr(entries_mod, "_ITER_CHUNK", 10)
     with Index.open(ix.path) as ro:
         it = iter(ro)
         first = [next(it) for _ in range(10)]
