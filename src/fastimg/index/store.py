@@ -1,4 +1,5 @@
-"""The on-disk format of a fastimg index (this module is its only owner).
+"""The on-disk format of a fastimg index (this module and its parts own it: the names and
+records in :mod:`fastimg.index._format`, the Store mixins in ``_store_*.py``).
 
 An index is **one directory**::
 
