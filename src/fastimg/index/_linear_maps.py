@@ -167,8 +167,10 @@ class LinearMapMethods:
 
             ids, labs, report, missing = match_labels(find, pairs, base, self.path)
             if missing:
-                log.warning("%s: %d labelled items are not in the index and were ignored (e.g. %s)",
-                            self.path, report["not_in_index"], ", ".join(map(str, missing)))
+                n = report["not_in_index"]
+                log.warning("%s: %d labelled %s not in the index and %s ignored (e.g. %s)", self.path, n,
+                            "item is" if n == 1 else "items are", "was" if n == 1 else "were",
+                            ", ".join(map(str, missing)))
             try:
                 meta = self._whitening.learn(v, ids, labs, self.metric, method, dim, options, report)
             except DescriptorError as exc:
