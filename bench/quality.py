@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import subprocess
@@ -90,6 +91,13 @@ def keep_sections(out: Path, text: str) -> str:
     return text.rstrip("\n") + "\n" + "".join("\n" + s for s in sections)
 
 
+def _load_avg() -> str:
+    try:
+        return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def _fmt(v, nd=4):
     return "-" if v is None else f"{v:.{nd}f}"
 
@@ -131,6 +139,7 @@ def main(argv=None) -> int:
     log = lambda s: print(s, flush=True)  # noqa: E731 - a script, not library code
 
     t_all = time.perf_counter()
+    load0 = _load_avg()
     ds_c = load_dataset(corel, "folders")
     if scale() == "tiny":
         ds_c = _subset(ds_c, 20)
@@ -164,8 +173,10 @@ def main(argv=None) -> int:
     md = [
         "# Retrieval quality: descriptor × metric × re-ranking",
         "",
-        "Produced by one command (scale `%s`, %.0f s, fastimg %s, Python %s, %s):" % (
-            scale(), time.perf_counter() - t_all, commit, platform.python_version(), platform.machine()),
+        "Produced by one command (scale `%s`, %.0f s, fastimg %s, Python %s, %s; load average %s at the "
+        "start, %s at the end - `ms/query` on a machine shared with other jobs when these exceed 1.5):" % (
+            scale(), time.perf_counter() - t_all, commit, platform.python_version(), platform.machine(),
+            load0, _load_avg()),
         "",
         "    FASTIMG_BENCH_SCALE=%s flock /tmp/fastimg-bench.lock .venv/bin/python bench/quality.py%s" % (
             scale(), " --tune" if args.tune else ""),
