@@ -17,8 +17,9 @@ AP over the whole ranking):
 Held out: the queries of each collection are split in two halves - by group
 (``ukbench``, ``neardup``: even / odd group number) or, for Corel's 10 classes, by
 image (even / odd position inside its class).  The database is always the whole
-collection.  Parameters are chosen on half ``A`` (``--tune``) and reported on half
-``B``.  Features are extracted once per (image, descriptor) and cached as
+collection.  Parameters are chosen on half ``A`` (``--tune``: each method's grid point with
+the best worst-case change over the runs; for qe and alpha-qe the worst one-sided 95 %
+lower confidence bound, :func:`lower_bound`) and reported on half ``B`` (``--report``).  Features are extracted once per (image, descriptor) and cached as
 ``.npy`` under ``--cache`` (default ``/tmp/fastimg-rerank-suite``), keyed by the image's bytes.
 
 Descriptors are arguments (``--descriptor NAME[@METRIC]``, default ``classic``,
@@ -26,8 +27,9 @@ Descriptors are arguments (``--descriptor NAME[@METRIC]``, default ``classic``,
 
 Commands (heavy: run niced on a shared machine)::
 
-    flock /tmp/fastimg-bench.lock nice .venv/bin/python bench/rerank_suite.py --tune all --json A.json  # sweeps on A
-    flock /tmp/fastimg-bench.lock nice .venv/bin/python bench/rerank_suite.py --report --tuned A.json  # B -> quality.md
+    flock -s /tmp/fastimg-bench.lock nice .venv/bin/python bench/rerank_suite.py --tune all --json A.json
+    flock -s /tmp/fastimg-bench.lock nice .venv/bin/python bench/rerank_suite.py --tune qe --tune alpha-qe --json A-qe.json
+    flock -s /tmp/fastimg-bench.lock nice .venv/bin/python bench/rerank_suite.py --report --tuned A.json --tuned A-qe.json
     nice .venv/bin/python bench/rerank_suite.py --spec auto --spec k-reciprocal
 """
 from __future__ import annotations
@@ -490,11 +492,11 @@ def report_markdown(runs: Sequence["Run"], res_b: dict, res_a: Optional[dict], s
     defaults = "; ".join(f"`{n}`: " + ", ".join(f"{p}={v[1]}" for p, v in t.items())
                          for n, t in rerank.PARAMS.items())
     out = [MARK_BEGIN, "", "## Re-ranking on collections of different group sizes (held out)", "",
-           "Produced by `nice .venv/bin/python bench/rerank_suite.py --report` (%.0f s; machine shared, load "
+           "Produced by `nice .venv/bin/python bench/rerank_suite.py --report --tuned A.json --tuned A-qe.json` (%.0f s; machine shared, load "
            "average %s).  Collections, protocol and split: the docstring of `bench/rerank_suite.py` - Corel-1k "
            "(99 relevant per query), UKBench-56 left out of its own ranking (3), and generated near-duplicate "
            "groups of 2-4 among 700 Corel distractors (`neardup`, 1-3).  Each collection's queries are split "
-           "in two halves; the defaults and `auto`'s rule were chosen on half A (`--tune all`), the table "
+           "in two halves; the defaults and `auto`'s rule were chosen on half A (`--tune all --json A.json`; `qe` and `alpha-qe` again with `--tune qe --tune alpha-qe --json A-qe.json`), the table "
            "below is half B: the change of mAP from the plain ranking." % (seconds, _load_avg()),
            "", *lines, "",
            *_targets(runs, res_b), "",

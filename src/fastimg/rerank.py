@@ -80,11 +80,14 @@ Defaults were chosen by the worst case over ``bench/rerank_suite.py`` - Corel-1k
 relevant images per query), UKBench-56 (3) and generated near-duplicate groups of 2-4
 among distractors (1-3), three descriptors each - tuned on one half of each
 collection's queries and reported on the other (``bench/quality.md``): each method's
-default maximises the worst mAP change over the nine collection x descriptor runs.
+default maximises the worst mAP change over the nine collection x descriptor runs (for
+``qe`` and ``alpha-qe``, the worst lower 95 % confidence bound of the change).
 On the held-out halves ``auto`` never lowers mAP and gains 0.035-0.053 on Corel-1k and
-0.018-0.032 on the near-duplicate groups; ``dba`` and ``k-reciprocal`` stay above -0.005
-everywhere; ``qe`` and ``alpha-qe`` lose up to 0.012 on the near-duplicate groups with
-some descriptors (the gap test limits, but does not remove, their harm).
+0.018-0.032 on the near-duplicate groups; every default stays above -0.005 everywhere
+(worst: ``k-reciprocal`` -0.004, ``alpha-qe`` -0.003, ``qe`` -0.003, on UKBench-56
+correlogram, whose half has 28 queries); ``qe`` and ``alpha-qe`` gain little
+(Corel-1k +0.001-0.004 and +0.002-0.008): the price of never expanding with a doubtful
+neighbour.
 Candidates past ``depth`` keep their initial order, so a larger ``depth`` lifts mAP
 over long rankings further at a higher cost.
 
