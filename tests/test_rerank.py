@@ -787,3 +787,31 @@ def test_index_search_takes_auto(tmp_path):
             assert [h.id for h in hits] == exp_ids.tolist()
             np.testing.assert_allclose([h.score for h in hits], exp_sc, rtol=1e-4, atol=1e-5)
     assert seen == {"small", "large"}  # both regimes re-rank (the test would not see the wiring otherwise)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("name, n, gap, alpha", [("qe", 2, 0.6, 0.0), ("alpha-qe", 2, 0.7, 10.0)])
+def test_default_qe_rules_as_documented(metric, name, n, gap, alpha):
+    """The defaults' rules, written out: the query's top ``n`` whose distance is below
+    ``gap`` x the 20th's, weighted 1 (qe) or sim^alpha (alpha-qe).  A group of three: a
+    near copy, a looser copy (cosine about 0.89: weight 0.33 at alpha 10) and strangers."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 256))
+    x[1] = x[0] + 0.01 * rng.normal(size=256)
+    x[2] = x[0] + 0.5 * rng.normal(size=256)
+    x = x.astype(np.float32)
+    p = rerank.PARAMS[name]
+    assert (p["n"][1], p["gap"][1], p["ref"][1], p.get("alpha", (0, 0.0))[1]) == (n, gap, 20, alpha)
+    search = brute_search(x, metric, exclude={0})
+    ids0, sc0 = search(x[0], 30)
+    d = [oracle_dist(metric, x[0], x[i]) for i in ids0[0]]
+    keep = [i for j, i in enumerate(ids0[0][:n]) if d[j] < gap * d[19]]
+    assert sorted(keep) == [1, 2]  # both copies pass the test; the strangers (d ~ d[19]) would not
+    w = [oracle_sim(metric, x[0], x[i]) ** alpha for i in keep]
+    if alpha:
+        assert w[list(keep).index(2)] < 0.5 < w[list(keep).index(1)]  # the looser copy counts less
+    exp_ids, exp_sc = search(oracle_expand(metric, x[0], x[keep], w).astype(np.float32), 10)
+    ids, sc = rerank.apply(name, x[0], ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=10,
+                           metric=metric)
+    np.testing.assert_array_equal(ids, exp_ids[0])
+    np.testing.assert_allclose(sc, exp_sc[0], rtol=1e-5, atol=1e-6)
