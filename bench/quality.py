@@ -43,9 +43,10 @@ _FULL = _SMALL + [("spatial-hsv72", "bhattacharyya"), ("correlogram", "l1"), ("l
                   ("ehd", "l1"), ("classic", "bhattacharyya"), ("classic", "l1")]
 COMBOS = pick([("hsv72", "bhattacharyya")], _SMALL, _FULL)
 
-# parameter sweeps on the best plain configuration (--tune), every parameter spelled out so
-# that a row means the same whatever the defaults: the old Corel-tuned defaults and their
-# neighbours (no gap test, large neighbourhoods), and auto held in either regime
+# parameter sweeps on the best plain configuration (--tune): the old Corel-tuned defaults and
+# their neighbours (no gap test, large neighbourhoods), and auto held in either regime.  Every
+# parameter is spelled out here so that a sweep means the same whatever the defaults; the
+# table prints each spec as parse_spec does (the parameters that differ from the run's defaults)
 TUNE = {
     "qe": ["qe:n=1,gap=0", "qe:n=2,gap=0", "qe:n=5,gap=0", "qe:n=8,gap=0", "qe:n=5,gap=0.8,ref=20"],
     "alpha-qe": ["alpha-qe:n=5,alpha=3,gap=0", "alpha-qe:n=10,alpha=3,gap=0", "alpha-qe:n=5,alpha=1,gap=0",
