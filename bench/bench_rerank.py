@@ -141,6 +141,21 @@ def test_rerank_suite_machinery(tmp_path):
     assert res[("pairs", "custom", "none")] == pytest.approx(runs[0].rerank(None)[col.half == 0].mean())
     pick, score = rs.choose(res, runs, specs[1:3])
     assert pick in specs[1:3] and score[pick][0] == max(v[0] for v in score.values())
+    pq: dict = {}
+    rs.evaluate_specs(runs, specs[:3], 0, progress=lambda s: None, per_query=pq)
+    assert np.mean(pq[("pairs", "custom", specs[1])]) == pytest.approx(res[("pairs", "custom", specs[1])])
+    # lower_bound: Corel's clusters are its queries (the textbook standard error); 15 groups
+    # here are too few for one (the mean change); 40 groups of 3: the cluster sums' spread
+    d = rng.normal(size=120) * 0.05
+    syn = {("corel", "x", "s"): d, ("corel", "x", "none"): np.zeros(120)}
+    assert rs.lower_bound(syn, "corel", "x", "s") == pytest.approx(
+        d.mean() - rs.Z_LOWER * d.std(ddof=1) / np.sqrt(d.size))
+    assert rs.lower_bound(pq, "pairs", "custom", specs[1]) == pytest.approx(
+        res[("pairs", "custom", specs[1])] - res[("pairs", "custom", "none")])
+    syn = {("g", "x", "s"): d, ("g", "x", "none"): np.zeros(120), ("g", "x", "group"): np.repeat(np.arange(40), 3)}
+    sums = d.reshape(40, 3).sum(axis=1) - 3 * d.mean()
+    assert rs.lower_bound(syn, "g", "x", "s") == pytest.approx(
+        d.mean() - rs.Z_LOWER * np.sqrt(40 / 39 * (sums ** 2).sum()) / 120)
     res_b = rs.evaluate_specs(runs, [s for _, s in rs.REPORT], 1, progress=lambda s: None)
     out = tmp_path / "q.md"
     out.write_text("# title\n")

@@ -306,7 +306,7 @@ def test_query_expansion_equals_formula(metric, spec, alpha):
     q = x[5]
     search = brute_search(x, metric, exclude={5})
     ids0, sc0 = search(q, 20)
-    n = rerank.parse_spec(spec).params["n"]
+    n = int(spec.split("n=")[1].split(",")[0])
     # oracle: the formula written out here
     top = ids0[0][:n]
     w = [oracle_sim(metric, q, x[i]) ** alpha for i in top]
@@ -745,19 +745,73 @@ def test_dba_gap_test_against_numpy(metric):
     np.testing.assert_allclose(sc, new[order], rtol=1e-5, atol=1e-6)
 
 
+def oracle_auto_l2(x, qid, k, depth=200, threshold=0.75, tightness=None):
+    """``auto`` written out for l2, from its documented rule: the plain ranking (brute
+    force, the query left out); the tightness of the local graph of the query and its
+    top ``depth``; k-reciprocal with the small- or large-group sizes (the authors' code)
+    unless the query has no k1-reciprocal neighbour, then the plain ranking.  Returns
+    (ids, scores, which): which in {"small", "large", "plain"}."""
+    ids0, sc0 = brute_search(x, "l2", exclude={qid})(x[qid], len(x) - 1)
+    ids0, sc0 = ids0[0], sc0[0]
+    head = ids0[:depth]
+    z = np.vstack([x[qid], x[head]]).astype(np.float64)
+    d = np.array([[oracle_dist("l2", a, b) for b in z] for a in z])
+    t = oracle_tightness(d) if tightness is None else tightness
+    which = "small" if t > threshold else "large"
+    kr = rerank.AUTO_SMALL if which == "small" else rerank.AUTO_LARGE
+    k1 = kr["k1"]
+    near = [set(sorted(range(len(z)), key=lambda j: (d[i][j], j))[:k1 + 1]) for i in range(len(z))]
+    if not any(j in near[0] and 0 in near[j] for j in range(1, len(z))):
+        return ids0[:k], sc0[:k], "plain"
+    final = zhong_re_ranking(np.sqrt(d[:1, 1:]), np.sqrt(d[:1, :1]), np.sqrt(d[1:, 1:]), k1, kr["k2"],
+                             kr["lambda"])[0]
+    order = sorted(range(len(head)), key=lambda j: (final[j], head[j]))
+    ids = np.concatenate([head[order], ids0[depth:]])[:k]
+    sc = np.concatenate([final[order], sc0[depth:]])[:k]
+    return ids, sc, which
+
+
 def test_index_search_takes_auto(tmp_path):
-    """Index.search(rerank="auto") goes through the same wiring as the named methods:
-    the same results as apply() over a brute-force search that leaves the query out."""
+    """Index.search(rerank="auto") re-ranks as auto's rule says: against the rule written
+    out here (brute-force ranking, tightness, k-reciprocal by the authors' code)."""
     from fastimg import Index
 
     x, _ = pairs_and_blobs(seed=6, n_pairs=50, n_blobs=1, per_blob=40)
+    seen = set()
     with Index.create(tmp_path / "ix", descriptor="custom", dim=x.shape[1], metric="l2") as ix:
         ix.add_vectors(x, [f"v{i}" for i in range(len(x))])
-        for qid in (0, 120):
-            search = brute_search(x, "l2", exclude={qid})
-            ids0, sc0 = search(x[qid], 200)
-            exp_ids, exp_sc = rerank.apply("auto", x[qid], ids0[0], sc0[0], get_vectors=lambda i: x[i],
-                                           search=search, k=10, metric="l2")
-            hits = ix.search(x[qid], k=10, rerank="auto")
+        for qid, given in ((0, None), (120, None), (120, 0.0)):  # 0.0: the large-group regime
+            exp_ids, exp_sc, which = oracle_auto_l2(x, qid, 10, tightness=given)
+            seen.add(which)
+            hits = ix.search(x[qid], k=10, rerank="auto" if given is None else f"auto:tightness={given}")
             assert [h.id for h in hits] == exp_ids.tolist()
             np.testing.assert_allclose([h.score for h in hits], exp_sc, rtol=1e-4, atol=1e-5)
+    assert seen == {"small", "large"}  # both regimes re-rank (the test would not see the wiring otherwise)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("name, n, gap, alpha", [("qe", 2, 0.6, 0.0), ("alpha-qe", 2, 0.7, 10.0)])
+def test_default_qe_rules_as_documented(metric, name, n, gap, alpha):
+    """The defaults' rules, written out: the query's top ``n`` whose distance is below
+    ``gap`` x the 20th's, weighted 1 (qe) or sim^alpha (alpha-qe).  A group of three: a
+    near copy, a looser copy (cosine about 0.89: weight 0.33 at alpha 10) and strangers."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 256))
+    x[1] = x[0] + 0.01 * rng.normal(size=256)
+    x[2] = x[0] + 0.5 * rng.normal(size=256)
+    x = x.astype(np.float32)
+    p = rerank.PARAMS[name]
+    assert (p["n"][1], p["gap"][1], p["ref"][1], p.get("alpha", (0, 0.0))[1]) == (n, gap, 20, alpha)
+    search = brute_search(x, metric, exclude={0})
+    ids0, sc0 = search(x[0], 30)
+    d = [oracle_dist(metric, x[0], x[i]) for i in ids0[0]]
+    keep = [i for j, i in enumerate(ids0[0][:n]) if d[j] < gap * d[19]]
+    assert sorted(keep) == [1, 2]  # both copies pass the test; the strangers (d ~ d[19]) would not
+    w = [oracle_sim(metric, x[0], x[i]) ** alpha for i in keep]
+    if alpha:
+        assert w[list(keep).index(2)] < 0.5 < w[list(keep).index(1)]  # the looser copy counts less
+    exp_ids, exp_sc = search(oracle_expand(metric, x[0], x[keep], w).astype(np.float32), 10)
+    ids, sc = rerank.apply(name, x[0], ids0[0], sc0[0], get_vectors=lambda i: x[i], search=search, k=10,
+                           metric=metric)
+    np.testing.assert_array_equal(ids, exp_ids[0])
+    np.testing.assert_allclose(sc, exp_sc[0], rtol=1e-5, atol=1e-6)
