@@ -129,7 +129,8 @@ examples:
     p.add_argument("--metric", action="append", metavar="NAME", default=None,
                    help="metric (repeatable; default: each descriptor's own)")
     p.add_argument("--rerank", action="append", metavar="SPEC", default=None,
-                   help="re-ranking spec or 'none' (repeatable; default: none)")
+                   help="re-ranking: none, auto, qe, alpha-qe, dba or k-reciprocal, "
+                        "optionally with :param=value,... (repeatable; default: none)")
     p.add_argument("--measure", action="append", metavar="NAME", default=None,
                    help="measure: map, map@K, p@K, r@K, ns (repeatable; default depends on the layout)")
     p.add_argument("-k", "--depth", type=positive_int, default=None, metavar="K",
