@@ -839,11 +839,16 @@ def main_verify(args, items: list[dict], work: Path, out: Optional[Path]) -> int
             seen[key] = max(seen.get(key, 0), k)
     for key, k in sorted(seen.items(), key=lambda kv: -kv[1]):
         log(f"  false pair (not listed as same shot): {key[0]} {key[1]}  max inliers {k}")
+    check = None
+    if args.check and dd.VERIFY_MIN_INLIERS == t:
+        check = _check_verified(names[0], feats[names[0]], metrics[names[0]].name, items, halves["test"],
+                                cand[(names[0], "test")], inl, t)
+        log(f"  {check}")
     timing = _timing(items, sigs, sorted(union["test"]))
     meta = {"seconds": time.perf_counter() - t_all, "load0": load0, "load1": os.getloadavg()[0],
             "min_inliers": t, "candidates": c, "hash_bits": bits, "listed": listed, "targets": targets,
             "n": {h: int(m.size) for h, m in halves.items()}, "timing": timing, "params": _verify_params(),
-            "library": {"min_inliers": dd.VERIFY_MIN_INLIERS}}
+            "library": {"min_inliers": dd.VERIFY_MIN_INLIERS}, "check": check}
     md = _verify_markdown(rows, meta)
     if out is not None:
         _write_block(out, VERIFY_BEGIN, VERIFY_END, md)
@@ -853,6 +858,24 @@ def main_verify(args, items: list[dict], work: Path, out: Optional[Path]) -> int
     if t != dd.VERIFY_MIN_INLIERS:
         log(f"NOTE: chosen min_inliers {t} != fastimg.dedup.VERIFY_MIN_INLIERS {dd.VERIFY_MIN_INLIERS}: update it")
     return 0
+
+
+def _check_verified(name: str, x: np.ndarray, metric: str, items: list[dict], members: np.ndarray,
+                    cand: set, inl: dict, t: int) -> str:
+    """fastimg.find_duplicates (its default, verify="orb") on an index of the held-out half
+    (the cached vectors, the real file paths): the same pairs as counted here."""
+    from fastimg.dedup import find_duplicates
+    from fastimg.index import Index
+
+    want = {p for p in cand if inl[p] >= t}
+    with tempfile.TemporaryDirectory() as tmp:
+        with Index.create(Path(tmp) / "ix", descriptor=name, metric=metric) as ix:
+            ix.add_vectors(x[members], [items[i]["path"] for i in members])
+            got = {(int(members[p.a]), int(members[p.b])) for g in find_duplicates(ix) for p in g.pairs}
+    if got != want:
+        return (f"{name}: find_duplicates found {len(got)} pairs, counted here {len(want)} "
+                f"({len(got - want)} only in the library, {len(want - got)} only here: ties among neighbours)")
+    return f"{name}: find_duplicates (default, verify='orb') returns the {len(got)} pairs counted here"
 
 
 def _verify_markdown(rows: list[dict], meta: dict) -> str:
@@ -910,6 +933,8 @@ def _verify_markdown(rows: list[dict], meta: dict) -> str:
         "n signatures + one match per candidate pair (per image: the candidates column), on top of the exact "
         "neighbour search; memory about 20 KB of keypoints per image while it runs.",
     ]
+    if meta.get("check"):
+        lines += ["", f"Library check (`--check`): {meta['check']}."]
     notes = meta.get("notes") or VERIFY_NOTES
     if notes and scale() == "full":
         lines += ["", notes]
