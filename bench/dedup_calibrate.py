@@ -654,7 +654,12 @@ def _verify_params() -> dict:
     import fastimg.dedup as dd
 
     return {"side": dd.VERIFY_SIDE, "features": dd.VERIFY_FEATURES, "ratio": dd._RATIO, "reproj": dd._REPROJ,
-            "iters": dd._RANSAC_ITERS, "cv2": cv2.__version__}
+            "iters": dd._RANSAC_ITERS, "scales": list(dd._SCALES), "one_to_one": True, "cv2": cv2.__version__}
+
+
+def _signature_params() -> dict:
+    p = _verify_params()
+    return {k: p[k] for k in ("side", "features", "cv2")}
 
 
 def signatures(items: list[dict], work: Path) -> list:
@@ -665,7 +670,7 @@ def signatures(items: list[dict], work: Path) -> list:
     from fastimg.dedup import image_signature
 
     paths = [it["path"] for it in items]
-    key = hashlib.blake2b(json.dumps([_verify_params(), paths]).encode(), digest_size=8).hexdigest()
+    key = hashlib.blake2b(json.dumps([_signature_params(), paths]).encode(), digest_size=8).hexdigest()
     cache = work / "features" / f"orbsig-{key}.pkl"
     if cache.is_file():
         return pickle.loads(cache.read_bytes())

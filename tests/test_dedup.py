@@ -452,6 +452,28 @@ def test_match_transform_recovers_a_known_similarity(edit):
     assert match_transform(sa, image_signature(_scene(2)))[0] < VERIFY_MIN_INLIERS
 
 
+def test_few_keypoints_do_not_make_a_transform():
+    """Many keypoints of one image all nearest to the same keypoint of an image with few
+    (a flat picture) fit a "transform" of scale 0 (every point onto one): no copy.  Built
+    by hand: 60 descriptors a few bits from b's first one, b's other two far from all."""
+    from fastimg.dedup import ImageSignature
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, 32, dtype=np.uint8)
+    near = np.repeat(base[None], 60, axis=0)
+    for row in near:
+        row[rng.integers(0, 32, 2)] ^= np.uint8(1)  # 0-2 bits from base
+    far = base[None] ^ rng.integers(0, 256, (2, 32), dtype=np.uint8)
+    a = ImageSignature(rng.uniform(0, 320, (60, 2)).astype(np.float32), near, 0, (320, 213))
+    b = ImageSignature(np.array([[100, 100], [20, 30], [250, 150]], np.float32), np.vstack([base[None], far]), 0,
+                       (320, 213))
+    assert match_transform(a, b) == (0, None)
+    # the same matches spread over distinct keypoints of b: a true transform is still found
+    b2 = ImageSignature(a.points * 0.9 + 7, near.copy(), 0, (320, 213))
+    n, m = match_transform(a, b2)
+    assert n >= 50 and np.allclose(m, [[0.9, 0, 7], [0, 0.9, 7]], atol=1e-3)
+
+
 def test_dct_hash_against_a_hand_computed_one():
     """The hash: 8x8 lowest DCT frequencies of the 32x32 grey image vs their median
     (computed here with scipy's DCT-II, orthonormal like OpenCV's)."""

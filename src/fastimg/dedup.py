@@ -114,6 +114,7 @@ VERIFY_HASH_BITS = 14
 _RATIO = 0.8        # Lowe's ratio test
 _REPROJ = 4.0       # RANSAC inlier distance, pixels at VERIFY_SIDE
 _RANSAC_ITERS = 500
+_SCALES = (1 / 3, 3.0)  # plausible scales between two copies, both resized to VERIFY_SIDE
 
 Progress = Union[bool, None, Callable[[int, int], Any]]
 
@@ -488,9 +489,11 @@ def match_transform(a: ImageSignature, b: ImageSignature) -> tuple[int, Any]:
     """``(inliers, M)``: the similarity transform mapping ``a``'s keypoints onto ``b``'s.
 
     ORB descriptors are matched by Hamming distance (brute force, Lowe's ratio test
-    0.8); RANSAC (``cv2.estimateAffinePartial2D``: rotation, uniform scale, shift,
-    4 px tolerance) keeps the matches one transform explains.  ``M`` is its 2x3
-    matrix in the resized images' pixels (``None`` with fewer than 4 matches).
+    0.8, at most one match per keypoint of ``b``); RANSAC
+    (``cv2.estimateAffinePartial2D``: rotation, uniform scale, shift, 4 px tolerance)
+    keeps the matches one transform explains.  ``M`` is its 2x3 matrix in the resized
+    images' pixels; ``(0, None)`` with fewer than 4 matches or a scale outside 1/3-3
+    (both images are resized to the same longer side: a copy's scale is near 1).
     """
     import cv2
     import numpy as np
@@ -498,7 +501,10 @@ def match_transform(a: ImageSignature, b: ImageSignature) -> tuple[int, Any]:
     if len(a.descriptors) < 2 or len(b.descriptors) < 2:
         return 0, None
     matches = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2)
-    good = [m[0] for m in matches if len(m) == 2 and m[0].distance < _RATIO * m[1].distance]
+    good = sorted((m[0] for m in matches if len(m) == 2 and m[0].distance < _RATIO * m[1].distance),
+                  key=lambda m: m.distance)
+    taken: set[int] = set()
+    good = [m for m in good if not (m.trainIdx in taken or taken.add(m.trainIdx))]  # one match per b keypoint
     if len(good) < 4:
         return 0, None
     src = a.points[np.fromiter((m.queryIdx for m in good), dtype=np.intp, count=len(good))]
@@ -506,6 +512,9 @@ def match_transform(a: ImageSignature, b: ImageSignature) -> tuple[int, Any]:
     m, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=_REPROJ,
                                           maxIters=_RANSAC_ITERS, confidence=0.99)
     if m is None or mask is None:
+        return 0, None
+    scale = math.sqrt(abs(float(m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0])))
+    if not _SCALES[0] <= scale <= _SCALES[1]:  # a collapsed or exploded "transform" (few keypoints in b)
         return 0, None
     return int(mask.sum()), m
 
