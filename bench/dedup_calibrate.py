@@ -515,9 +515,14 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the rows as JSON")
     ap.add_argument("--verify", action="store_true",
                     help="evaluate fastimg.dedup's verify='orb' default (its own section of quality.md)")
+    ap.add_argument("--render-verify", action="store_true",
+                    help="only write the --verify section again from the last --verify run (under --work)")
     ap.add_argument("--render", default=None, metavar="JSON",
                     help="only write the section again from a --json file of an earlier run")
     args = ap.parse_args(argv)
+    if args.render_verify:
+        render_verify(Path(args.work), Path(args.out) if args.out else REPO / "bench" / "quality.md")
+        return 0
     if args.render:
         render(Path(args.render), Path(args.out) if args.out else REPO / "bench" / "quality.md")
         return 0
@@ -854,6 +859,8 @@ def main_verify(args, items: list[dict], work: Path, out: Optional[Path]) -> int
             "min_inliers": t, "candidates": c, "hash_bits": bits, "listed": listed, "targets": targets,
             "n": {h: int(m.size) for h, m in halves.items()}, "timing": timing, "params": _verify_params(),
             "library": {"min_inliers": dd.VERIFY_MIN_INLIERS}, "check": check}
+    meta["scale"], meta["commit"] = scale(), _commit()
+    (work / "verify-last.json").write_text(json.dumps({"rows": rows, "meta": meta}, default=_jsonable))
     md = _verify_markdown(rows, meta)
     if out is not None:
         _write_block(out, VERIFY_BEGIN, VERIFY_END, md)
@@ -883,17 +890,28 @@ def _check_verified(name: str, x: np.ndarray, metric: str, items: list[dict], me
     return f"{name}: find_duplicates (default, verify='orb') returns the {len(got)} pairs counted here"
 
 
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def render_verify(work: Path, out: Path) -> None:
+    """Write the --verify section again from the last run's JSON (with the current VERIFY_NOTES)."""
+    doc = json.loads((work / "verify-last.json").read_text())
+    _write_block(out, VERIFY_BEGIN, VERIFY_END, _verify_markdown(doc["rows"], doc["meta"]))
+    log(f"wrote {out}")
+
+
 def _verify_markdown(rows: list[dict], meta: dict) -> str:
     tm = meta["timing"]
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = meta["commit"]
     lines = [
         "## Near-duplicates with verification: `fastimg.dedup`'s default (`verify=\"orb\"`)",
         "",
-        f"Produced by `FASTIMG_BENCH_SCALE={scale()} /work/tools/bench .venv/bin/python bench/dedup_calibrate.py "
+        f"Produced by `FASTIMG_BENCH_SCALE={meta['scale']} /work/tools/bench .venv/bin/python bench/dedup_calibrate.py "
         f"--verify` (fastimg {commit}, {meta['seconds']:.0f} s with cached signatures and matches, Python "
         f"{platform.python_version()}, OpenCV {meta['params']['cv2']}; load average {meta['load0']:.2f} at the start, "
         f"{meta['load1']:.2f} at the end).  Same set and halves as above (held-out half: {meta['n']['test']} files, "
@@ -941,7 +959,7 @@ def _verify_markdown(rows: list[dict], meta: dict) -> str:
     if meta.get("check"):
         lines += ["", f"Library check (`--check`): {meta['check']}."]
     notes = meta.get("notes") or VERIFY_NOTES
-    if notes and scale() == "full":
+    if notes and meta["scale"] == "full":
         lines += ["", notes]
     return "\n".join(lines) + "\n"
 

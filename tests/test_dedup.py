@@ -445,7 +445,7 @@ def test_match_transform_recovers_a_known_similarity(edit):
         b = cv2.warpAffine(a, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     sa, sb = image_signature(a), image_signature(b)
     inliers, got = match_transform(sa, sb)
-    assert inliers >= 3 * VERIFY_MIN_INLIERS
+    assert inliers >= 2 * VERIFY_MIN_INLIERS
     want = _resized_frame(a.shape, b.shape, m)
     assert np.allclose(got[:, :2], want[:, :2], atol=0.02)  # rotation and scale
     assert np.allclose(got[:, 2], want[:, 2], atol=2.0)     # shift, in pixels
