@@ -106,7 +106,7 @@ VERIFY_SIDE = 320
 VERIFY_FEATURES = 500
 #: a candidate pair is a duplicate when a similarity transform (rotation, scale, shift: RANSAC,
 #: ``cv2.estimateAffinePartial2D``) maps at least this many of its ratio-test ORB matches
-VERIFY_MIN_INLIERS = 20
+VERIFY_MIN_INLIERS = 35
 #: candidates: each image's nearest neighbours in the index (this many) ...
 VERIFY_CANDIDATES = 8
 #: ... and every pair whose 64-bit DCT hashes differ in at most this many bits.
