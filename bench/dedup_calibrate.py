@@ -825,6 +825,8 @@ def main_verify(args, items: list[dict], work: Path, out: Optional[Path]) -> int
     for name in names:
         v = {h: _verdicts(cand[(name, h)], inl, t, groups, edits, same_shot, targets[h]) for h in halves}
         rows.append({"descriptor": name, "metric": metrics[name].name, "kind": "verify", "n": t, **v})
+        log(f"  {name:10s} verify >= {t} inliers: held-out R/P {v['test']['recall']:.3f}/{v['test']['precision']:.3f}"
+            f" (candidates {v['test']['candidates']}, their recall {v['test']['candidate_recall']:.3f})")
     for name in names:  # the other ground truth: same-shot pairs count as false (N chosen so)
         v = {h: _verdicts(cand[(name, h)], inl, t_strict, groups, edits, same_shot, targets[h]) for h in halves}
         for h in halves:
@@ -833,8 +835,6 @@ def main_verify(args, items: list[dict], work: Path, out: Optional[Path]) -> int
             p_, r_ = v[h]["precision"], v[h]["recall"]
             v[h]["f1"] = 2 * p_ * r_ / (p_ + r_) if p_ + r_ else 0.0
         rows.append({"descriptor": name, "metric": metrics[name].name, "kind": "verify-strict", "n": t_strict, **v})
-        log(f"  {name:10s} verify >= {t} inliers: held-out R/P {v['test']['recall']:.3f}/{v['test']['precision']:.3f}"
-            f" (candidates {v['test']['candidates']}, their recall {v['test']['candidate_recall']:.3f})")
     for name in names:  # the score rule at the library's calibrated default, same halves, same rule
         m = metrics[name]
         thr = dd.THRESHOLDS.get((name, m.name))
@@ -929,7 +929,7 @@ def _verify_markdown(rows: list[dict], meta: dict) -> str:
         "## Near-duplicates with verification: `fastimg.dedup`'s default (`verify=\"orb\"`)",
         "",
         f"Produced by `FASTIMG_BENCH_SCALE={meta['scale']} /work/tools/bench .venv/bin/python bench/dedup_calibrate.py "
-        f"--verify` (fastimg {commit}, {meta['seconds']:.0f} s with cached signatures and matches, Python "
+        f"--verify{' --check' if meta.get('check') else ''}` (fastimg {commit}, {meta['seconds']:.0f} s with cached signatures and matches, Python "
         f"{platform.python_version()}, OpenCV {meta['params']['cv2']}; load average {meta['load0']:.2f} at the start, "
         f"{meta['load1']:.2f} at the end).  Same set and halves as above (held-out half: {meta['n']['test']} files, "
         f"{meta['targets']['test']} true pairs).  Rule: a pair is a candidate when one image is among the other's "
@@ -964,7 +964,7 @@ def _verify_markdown(rows: list[dict], meta: dict) -> str:
             per = r["per_edit"]
             cands = "-"
         lines.append(f"| {r['descriptor']} | {rule} | {te['recall']:.3f} | {te['precision']:.3f} | {te['f1']:.3f} | "
-                     f"{te['fp']} ({te['fp_originals']}) | {strict:.3f} | {tu['recall']:.3f} / {tu['precision']:.3f} | "
+                     f"{te['fp']} ({'-' if r['kind'] == 'verify-strict' else te['fp_originals']}) | {strict:.3f} | {tu['recall']:.3f} / {tu['precision']:.3f} | "
                      + " | ".join(f"{per[e]:.3f}" for e in EDITS) + f" | {cands} | {ok} |")
     lines += [
         "",
@@ -993,7 +993,26 @@ def _write_block(out: Path, begin: str, end: str, section: str) -> None:
     out.write_text(text)
 
 
-VERIFY_NOTES = ""
+VERIFY_NOTES = """\
+**With verification the target of issue 21 (recall ≥ 0.95 at precision ≥ 0.99) is met held out, whatever
+the index's descriptor**: recall 0.996 at precision 1.000 (no false pair among 3000 files) for `hsv72`,
+`classic` and `cnn-crow`, against 0.62-0.82 for the score rule at its calibrated default and 0.634 for
+imagehash's pHash in the same run.  The candidates hold every true pair (candidate recall 1.000): the
+descriptor's neighbours catch the crops and rotations, the DCT hash the brightness and JPEG changes a colour
+histogram misses.  The ORB check then accepts each edit kind at 0.994-0.998; the misses are the copies of a
+few nearly featureless photos (e.g. `beaches/db_089`, flat sea and sand: 21 keypoints), where no 35 matches
+exist.  The tuning half's precision is 1.000 for any *N* from 25 to 45 (the default is the middle); the
+closest false pair of two different photos has 24 inliers (`people_and_villages_in_Africa/db_839` and
+`db_841`, one man photographed twice).
+
+**The ground truth decides the precision.**  Corel-1k holds burst series (horses, elephants, Rome, a mountain:
+the 22 pairs of `bench/dedup_same_shot.txt`; `db_835` is even a crop of `db_868`): two photos of one scene
+from one spot share their whole background, and the verification links them (up to 175 inliers).  Counted as
+false, they bring its precision at *N* = 35 to 0.962-0.966 (the column before the tuning figures), and no
+*N* separates them well from the edited copies: chosen so on the tuning half (*N* = 97, `min_inliers=97`),
+held out it gives recall 0.982 at precision 0.987 - the target missed by 0.003 in precision.  The default
+keeps *N* = 35 (a burst shot is a near-duplicate for a photo collection); pass `min_inliers=97` to keep
+only copies of one photo.  The score rule's defaults are unchanged (`verify="none"`, or any `threshold=`)."""
 
 NOTES = """\
 **The target of issue 21 (recall ≥ 0.95 at precision ≥ 0.99) is missed by every descriptor, and by the
