@@ -69,6 +69,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -202,8 +203,13 @@ def _orient(metric, s):
     return -s if metric.higher_is_better else s
 
 
+def _group_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    return np.minimum(a, b) * 1_000_000 + np.maximum(a, b)
+
+
 def pair_scores(x: np.ndarray, metric_name: str, members: np.ndarray, groups: np.ndarray, edits: np.ndarray,
-                k: int) -> dict:
+                k: int, same_shot: np.ndarray = np.zeros(0, np.int64)) -> dict:
     """Oriented scores of the true pairs and of the negative pairs closer than the cap, within
     the collection ``x[members]``.  ``edits`` names each row's edit ("original", ...)."""
     from fastimg.metrics import exact_scores, get_metric
@@ -228,7 +234,7 @@ def pair_scores(x: np.ndarray, metric_name: str, members: np.ndarray, groups: np
     first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
     lo, hi, dd = lo[first], hi[first], dd[first]
     sub_edits = edits[members]
-    false = g[lo] != g[hi]
+    false = (g[lo] != g[hi]) & ~np.isin(_group_keys(g[lo], g[hi]), same_shot)  # same-shot pairs: neither way
     neg = dd[false]
     neg_oo = dd[false & (sub_edits[lo] == "original") & (sub_edits[hi] == "original")]
     # true pairs, scored directly in both directions
@@ -249,7 +255,8 @@ def pair_scores(x: np.ndarray, metric_name: str, members: np.ndarray, groups: np
     return _scored(np.array(pos), np.array(pos_kind), np.sort(neg), np.sort(neg_oo), cap, n)
 
 
-def hamming_scores(hashes: np.ndarray, members: np.ndarray, groups: np.ndarray, edits: np.ndarray) -> dict:
+def hamming_scores(hashes: np.ndarray, members: np.ndarray, groups: np.ndarray, edits: np.ndarray,
+                   same_shot: np.ndarray = np.zeros(0, np.int64)) -> dict:
     """The same for 64-bit hashes and the Hamming distance (every pair: no cap)."""
     h = hashes[members]
     g = groups[members]
@@ -259,9 +266,10 @@ def hamming_scores(hashes: np.ndarray, members: np.ndarray, groups: np.ndarray, 
     for i in range(n - 1):
         dist = np.bitwise_count(h[i] ^ h[i + 1:]).astype(np.float64)
         same = g[i + 1:] == g[i]
-        neg.append(dist[~same])
+        false = ~same & ~np.isin(_group_keys(g[i + 1:], np.full(n - i - 1, g[i])), same_shot)
+        neg.append(dist[false])
         if e[i] == "original":
-            neg_oo.append(dist[~same & (e[i + 1:] == "original")])
+            neg_oo.append(dist[false & (e[i + 1:] == "original")])
         for j in np.flatnonzero(same):
             pos.append(dist[j])
             ea, eb = e[i], e[i + 1 + j]
@@ -505,9 +513,16 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="check find_duplicates' defaults on the held-out half")
     ap.add_argument("--out", default=None, help="markdown file (default bench/quality.md; tiny: stdout only)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON")
+    ap.add_argument("--verify", action="store_true",
+                    help="evaluate fastimg.dedup's verify='orb' default (its own section of quality.md)")
+    ap.add_argument("--render-verify", action="store_true",
+                    help="only write the --verify section again from the last --verify run (under --work)")
     ap.add_argument("--render", default=None, metavar="JSON",
                     help="only write the section again from a --json file of an earlier run")
     args = ap.parse_args(argv)
+    if args.render_verify:
+        render_verify(Path(args.work), Path(args.out) if args.out else REPO / "bench" / "quality.md")
+        return 0
     if args.render:
         render(Path(args.render), Path(args.out) if args.out else REPO / "bench" / "quality.md")
         return 0
@@ -523,6 +538,8 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     load0 = os.getloadavg()[0]
     items = build_set(corel, work, args.originals, args.seed)
+    if args.verify:
+        return main_verify(args, items, work, out)
     groups = np.array([it["group"] for it in items])
     edits = np.array([it["edit"] for it in items])
     half = np.array([it["half"] for it in items])
@@ -609,6 +626,393 @@ def render(path: Path, out: Path) -> None:
     write_section(out, _markdown(doc["rows"], meta))
     log(f"wrote {out}")
 
+
+
+# --------------------------------------------------------------------------- #
+# --verify: candidates + ORB verification (fastimg.dedup's default)
+# --------------------------------------------------------------------------- #
+
+VERIFY_BEGIN = "<!-- dedup_calibrate.py --verify: begin (generated) -->"
+VERIFY_END = "<!-- dedup_calibrate.py --verify: end -->"
+SAME_SHOT = REPO / "bench" / "dedup_same_shot.txt"
+VERIFY_DESCRIPTORS = pick(["hsv72"], ["hsv72", "classic"], ["hsv72", "classic", "cnn-crow"])
+
+
+def load_same_shot(items: list[dict]) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Group-pair keys of the Corel originals listed in bench/dedup_same_shot.txt (two photos of
+    one shot: counted neither as true nor as false pairs), and the listed pairs."""
+    group_of = {it["path"].split("corel1k/", 1)[-1]: it["group"] for it in items if it["edit"] == "original"}
+    pairs, keys = [], []
+    for line in SAME_SHOT.read_text().splitlines():
+        line = line.split("#", 1)[0].split()
+        if len(line) != 2:
+            continue
+        if line[0] in group_of and line[1] in group_of:
+            pairs.append((line[0], line[1]))
+            keys.append(int(_group_keys(group_of[line[0]], group_of[line[1]])))
+    return np.array(sorted(set(keys)), dtype=np.int64), pairs
+
+
+def _verify_params() -> dict:
+    import cv2
+
+    import fastimg.dedup as dd
+
+    return {"side": dd.VERIFY_SIDE, "features": dd.VERIFY_FEATURES, "ratio": dd._RATIO, "reproj": dd._REPROJ,
+            "iters": dd._RANSAC_ITERS, "scales": list(dd._SCALES), "one_to_one": True, "cv2": cv2.__version__}
+
+
+def _signature_params() -> dict:
+    p = _verify_params()
+    return {k: p[k] for k in ("side", "features", "cv2")}
+
+
+def signatures(items: list[dict], work: Path) -> list:
+    """fastimg.dedup.image_signature of every item (cached under ``work``)."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastimg.dedup import image_signature
+
+    paths = [it["path"] for it in items]
+    key = hashlib.blake2b(json.dumps([_signature_params(), paths]).encode(), digest_size=8).hexdigest()
+    cache = work / "features" / f"orbsig-{key}.pkl"
+    if cache.is_file():
+        return pickle.loads(cache.read_bytes())
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        out = list(pool.map(image_signature, paths))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_bytes(pickle.dumps(out))
+    log(f"  signatures of {len(paths)} images in {time.perf_counter() - t0:.0f}s")
+    return out
+
+
+def inlier_counts(pairs: list[tuple[int, int]], sigs: list, items: list[dict], work: Path) -> dict:
+    """``{(i, j): fastimg.dedup.match_inliers}`` for the pairs (cached under ``work``)."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastimg.dedup import match_inliers
+
+    key = hashlib.blake2b(json.dumps([_verify_params(), [it["path"] for it in items]]).encode(),
+                          digest_size=8).hexdigest()
+    cache = work / "features" / f"inliers-{key}.pkl"
+    done: dict = pickle.loads(cache.read_bytes()) if cache.is_file() else {}
+    todo = [p for p in pairs if p not in done]
+    if todo:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            counts = list(pool.map(lambda p: match_inliers(sigs[p[0]], sigs[p[1]]), todo))
+        done.update(zip(todo, counts))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(pickle.dumps(done))
+        log(f"  matched {len(todo)} pairs in {time.perf_counter() - t0:.0f}s")
+    return {p: done[p] for p in pairs}
+
+
+def _knn_pairs(x: np.ndarray, metric_name: str, members: np.ndarray, c: int) -> set:
+    from fastimg.metrics import get_metric
+    from fastimg.search import ExactSearcher
+
+    sub = np.ascontiguousarray(x[members])
+    ids, _ = ExactSearcher(sub, get_metric(metric_name)).search(sub, min(len(members), c + 1))
+    out = set()
+    for r, row in enumerate(ids):
+        for j in row:
+            if j >= 0 and j != r:
+                a, b = int(members[r]), int(members[j])
+                out.add((a, b) if a < b else (b, a))
+    return out
+
+
+def _hash_candidate_pairs(sigs: list, members: np.ndarray, bits: int) -> set:
+    from fastimg.dedup import hash_pairs
+
+    hp = hash_pairs([sigs[i].dct_hash for i in members], bits)
+    return {(int(members[i]), int(members[j])) for i, j in hp}
+
+
+def _verdicts(pairs: set, inl: dict, t: int, groups, edits, same_shot, n_targets: int) -> dict:
+    """Recall / precision of 'candidate and inliers >= t' on one half."""
+    arr = np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+    a, b = arr[:, 0], arr[:, 1]
+    cnt = np.array([inl[(int(i), int(j))] for i, j in arr], dtype=np.int64)
+    same = groups[a] == groups[b]
+    target = same & ((edits[a] == "original") | (edits[b] == "original"))
+    false = ~same & ~np.isin(_group_keys(groups[a], groups[b]), same_shot)
+    acc = cnt >= t
+    tp, fp = int(np.count_nonzero(target & acc)), int(np.count_nonzero(false & acc))
+    p = tp / (tp + fp) if tp + fp else 1.0
+    r = tp / n_targets
+    kind = np.where(edits[a] == "original", edits[b], edits[a])
+    per_edit = {e: float(np.count_nonzero(target & acc & (kind == e)) / (n_targets / len(EDITS))) for e in EDITS}
+    ee = same & ~target
+    oo = false & (edits[a] == "original") & (edits[b] == "original")
+    return {"recall": r, "precision": p, "f1": 2 * p * r / (p + r) if p + r else 0.0, "tp": tp, "fp": fp,
+            "fp_originals": int(np.count_nonzero(oo & acc)), "per_edit": per_edit,
+            "edit_edit": int(np.count_nonzero(ee & acc)), "candidate_recall": int(np.count_nonzero(target)) / n_targets,
+            "candidates": len(pairs), "same_shot_found": int(np.count_nonzero(~same & ~false & acc)),
+            "precision_strict": tp / (tp + fp + int(np.count_nonzero(~same & ~false & acc))) if tp + fp else 1.0}
+
+
+def _choose_inliers(pairs: set, inl: dict, groups, edits, same_shot, n_targets: int, strict: bool = False) -> int:
+    """The best F1 among the counts with precision >= PRECISION (``strict``: same-shot pairs
+    counted as false); a plateau of equal F1 gives its middle (a margin on both sides)."""
+    key = "precision_strict" if strict else "precision"
+    f1 = {}
+    for t in range(1, 201):
+        v = _verdicts(pairs, inl, t, groups, edits, same_shot, n_targets)
+        if v[key] >= PRECISION:
+            p, r = v[key], v["recall"]
+            f1[t] = round(2 * p * r / (p + r), 6) if p + r else 0.0
+    if not f1:
+        return 200
+    top = max(f1.values())
+    ties = [t for t, v in f1.items() if v == top]
+    return ties[len(ties) // 2]
+
+
+def _timing(items: list[dict], sigs: list, pairs: list, n_img: int = 200, n_pairs: int = 2000) -> dict:
+    """Single-thread cost: image_signature per image (read + decode + ORB + hash), match_inliers per pair."""
+    from fastimg.dedup import image_signature, match_inliers
+
+    step = max(1, len(items) // n_img)
+    sample = [items[i]["path"] for i in range(0, len(items), step)][:n_img]
+    t0 = time.perf_counter()
+    for p_ in sample:
+        image_signature(p_)
+    t_img = (time.perf_counter() - t0) / len(sample)
+    rng = np.random.default_rng(0)
+    some = [pairs[i] for i in rng.choice(len(pairs), min(n_pairs, len(pairs)), replace=False)]
+    t0 = time.perf_counter()
+    for a, b in some:
+        match_inliers(sigs[a], sigs[b])
+    t_pair = (time.perf_counter() - t0) / len(some)
+    return {"ms_per_image": 1000 * t_img, "ms_per_pair": 1000 * t_pair, "n_img": len(sample), "n_pairs": len(some)}
+
+
+def main_verify(args, items: list[dict], work: Path, out: Optional[Path]) -> int:
+    import fastimg.dedup as dd
+    from fastimg.features.registry import get_descriptor
+    from fastimg.metrics import get_metric
+
+    t_all = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    groups = np.array([it["group"] for it in items])
+    edits = np.array([it["edit"] for it in items])
+    half = np.array([it["half"] for it in items])
+    halves = {"tune": np.flatnonzero(half == 0), "test": np.flatnonzero(half == 1)}
+    targets = {h: int(np.count_nonzero(edits[m] != "original")) for h, m in halves.items()}
+    same_shot, listed = load_same_shot(items)
+    sigs = signatures(items, work)
+    c, bits = dd.VERIFY_CANDIDATES, dd.VERIFY_HASH_BITS
+    names = args.descriptors or VERIFY_DESCRIPTORS
+    feats, metrics, cand = {}, {}, {}
+    for h, mem in halves.items():
+        cand[("hash", h)] = _hash_candidate_pairs(sigs, mem, bits)
+    for name in names:
+        d = get_descriptor(name)
+        metrics[name] = get_metric(d.default_metric)
+        feats[name] = features(items, name, work)[0]
+        for h, mem in halves.items():
+            cand[(name, h)] = _knn_pairs(feats[name], metrics[name].name, mem, c) | cand[("hash", h)]
+    union = {h: set().union(*(cand[(n, h)] for n in names)) for h in halves}
+    inl = inlier_counts(sorted(union["tune"] | union["test"]), sigs, items, work)
+    t = _choose_inliers(union["tune"], inl, groups, edits, same_shot, targets["tune"])
+    t_strict = _choose_inliers(union["tune"], inl, groups, edits, same_shot, targets["tune"], strict=True)
+    rows = []
+    for name in names:
+        v = {h: _verdicts(cand[(name, h)], inl, t, groups, edits, same_shot, targets[h]) for h in halves}
+        rows.append({"descriptor": name, "metric": metrics[name].name, "kind": "verify", "n": t, **v})
+        log(f"  {name:10s} verify >= {t} inliers: held-out R/P {v['test']['recall']:.3f}/{v['test']['precision']:.3f}"
+            f" (candidates {v['test']['candidates']}, their recall {v['test']['candidate_recall']:.3f})")
+    for name in names:  # the other ground truth: same-shot pairs count as false (N chosen so)
+        v = {h: _verdicts(cand[(name, h)], inl, t_strict, groups, edits, same_shot, targets[h]) for h in halves}
+        for h in halves:
+            v[h] = {**v[h], "precision": v[h]["precision_strict"],
+                    "fp": v[h]["fp"] + v[h]["same_shot_found"]}
+            p_, r_ = v[h]["precision"], v[h]["recall"]
+            v[h]["f1"] = 2 * p_ * r_ / (p_ + r_) if p_ + r_ else 0.0
+        rows.append({"descriptor": name, "metric": metrics[name].name, "kind": "verify-strict", "n": t_strict, **v})
+    for name in names:  # the score rule at the library's calibrated default, same halves, same rule
+        m = metrics[name]
+        thr = dd.THRESHOLDS.get((name, m.name))
+        if thr is None:
+            continue
+        o = -thr if m.higher_is_better else thr
+        sc = {h: pair_scores(feats[name], m.name, mem, groups, edits, args.k, same_shot) for h, mem in halves.items()}
+        strict = at(pair_scores(feats[name], m.name, halves["test"], groups, edits, args.k), o)["precision"]
+        rows.append({"descriptor": name, "metric": m.name, "kind": "score", "threshold": thr,
+                     "higher": m.higher_is_better, **{h: at(sc[h], o) for h in halves}, "strict": strict,
+                     "per_edit": {e: float(np.mean(sc["test"]["pos_all"][sc["test"]["pos_kind"] == e] <= o))
+                                  for e in EDITS}})
+    if not args.no_peer:
+        hashes = _phash(items, work)
+        sc = {h: hamming_scores(hashes, mem, groups, edits, same_shot) for h, mem in halves.items()}
+        ch = choose(sc["tune"])
+        strict = at(hamming_scores(hashes, halves["test"], groups, edits), ch["t"])["precision"]
+        rows.append({"descriptor": "imagehash phash (peer)", "metric": "hamming", "kind": "score",
+                     "threshold": ch["t"], "higher": False, **{h: at(sc[h], ch["t"]) for h in halves},
+                     "strict": strict,
+                     "per_edit": {e: float(np.mean(sc["test"]["pos_all"][sc["test"]["pos_kind"] == e] <= ch["t"]))
+                                  for e in EDITS}})
+    # false pairs of two originals the verification accepts (to look at: bench/dedup_same_shot.txt)
+    orig_of = {it["group"]: it["path"].split("corel1k/", 1)[-1] for it in items if it["edit"] == "original"}
+    seen: dict = {}
+    for (a, b), k in inl.items():
+        if groups[a] != groups[b] and k >= max(10, t // 2) and not np.isin(_group_keys(groups[a], groups[b]), same_shot):
+            key = tuple(sorted((orig_of[groups[a]], orig_of[groups[b]])))
+            seen[key] = max(seen.get(key, 0), k)
+    for key, k in sorted(seen.items(), key=lambda kv: -kv[1]):
+        log(f"  false pair (not listed as same shot): {key[0]} {key[1]}  max inliers {k}")
+    check = None
+    if args.check and dd.VERIFY_MIN_INLIERS == t:
+        check = _check_verified(names[0], feats[names[0]], metrics[names[0]].name, items, halves["test"],
+                                cand[(names[0], "test")], inl, t)
+        log(f"  {check}")
+    timing = _timing(items, sigs, sorted(union["test"]))
+    meta = {"seconds": time.perf_counter() - t_all, "load0": load0, "load1": os.getloadavg()[0],
+            "min_inliers": t, "min_inliers_strict": t_strict, "candidates": c, "hash_bits": bits, "listed": listed, "targets": targets,
+            "n": {h: int(m.size) for h, m in halves.items()}, "timing": timing, "params": _verify_params(),
+            "library": {"min_inliers": dd.VERIFY_MIN_INLIERS}, "check": check}
+    meta["scale"], meta["commit"] = scale(), _commit()
+    (work / "verify-last.json").write_text(json.dumps({"rows": rows, "meta": meta}, default=_jsonable))
+    md = _verify_markdown(rows, meta)
+    if out is not None:
+        _write_block(out, VERIFY_BEGIN, VERIFY_END, md)
+        log(f"wrote {out}")
+    else:
+        print(md)
+    if t != dd.VERIFY_MIN_INLIERS:
+        log(f"NOTE: chosen min_inliers {t} != fastimg.dedup.VERIFY_MIN_INLIERS {dd.VERIFY_MIN_INLIERS}: update it")
+    return 0
+
+
+def _check_verified(name: str, x: np.ndarray, metric: str, items: list[dict], members: np.ndarray,
+                    cand: set, inl: dict, t: int) -> str:
+    """fastimg.find_duplicates (its default, verify="orb") on an index of the held-out half
+    (the cached vectors, the real file paths): the same pairs as counted here."""
+    from fastimg.dedup import find_duplicates
+    from fastimg.index import Index
+
+    want = {p for p in cand if inl[p] >= t}
+    with tempfile.TemporaryDirectory() as tmp:
+        with Index.create(Path(tmp) / "ix", descriptor=name, metric=metric) as ix:
+            ix.add_vectors(x[members], [items[i]["path"] for i in members])
+            got = {(int(members[p.a]), int(members[p.b])) for g in find_duplicates(ix) for p in g.pairs}
+    if got != want:
+        return (f"{name}: find_duplicates found {len(got)} pairs, counted here {len(want)} "
+                f"({len(got - want)} only in the library, {len(want - got)} only here: ties among neighbours)")
+    return f"{name}: find_duplicates (default, verify='orb') returns the {len(got)} pairs counted here"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def render_verify(work: Path, out: Path) -> None:
+    """Write the --verify section again from the last run's JSON (with the current VERIFY_NOTES)."""
+    doc = json.loads((work / "verify-last.json").read_text())
+    _write_block(out, VERIFY_BEGIN, VERIFY_END, _verify_markdown(doc["rows"], doc["meta"]))
+    log(f"wrote {out}")
+
+
+def _verify_markdown(rows: list[dict], meta: dict) -> str:
+    tm = meta["timing"]
+    commit = meta["commit"]
+    lines = [
+        "## Near-duplicates with verification: `fastimg.dedup`'s default (`verify=\"orb\"`)",
+        "",
+        f"Produced by `FASTIMG_BENCH_SCALE={meta['scale']} /work/tools/bench .venv/bin/python bench/dedup_calibrate.py "
+        f"--verify{' --check' if meta.get('check') else ''}` (fastimg {commit}, {meta['seconds']:.0f} s with cached signatures and matches, Python "
+        f"{platform.python_version()}, OpenCV {meta['params']['cv2']}; load average {meta['load0']:.2f} at the start, "
+        f"{meta['load1']:.2f} at the end).  Same set and halves as above (held-out half: {meta['n']['test']} files, "
+        f"{meta['targets']['test']} true pairs).  Rule: a pair is a candidate when one image is among the other's "
+        f"{meta['candidates']} nearest neighbours (the descriptor's metric) or their 64-bit DCT hashes differ in "
+        f"≤ {meta['hash_bits']} bits; a candidate is a duplicate when ≥ *N* ORB matches (ratio test 0.8) fit one "
+        "similarity transform (RANSAC, 4 px at 320 px).  *N* is chosen on the tuning half (every descriptor's "
+        f"candidates together, precision ≥ {PRECISION} first, then the best F1): **N = {meta['min_inliers']}** "
+        f"(library: `VERIFY_MIN_INLIERS = {meta['library']['min_inliers']}`).",
+        "",
+        f"Ground truth: {len(meta['listed'])} pairs of Corel-1k originals are two photos of one shot "
+        "(`bench/dedup_same_shot.txt`: burst shots of one scene from one spot, looked at on a contact sheet); "
+        "their pairs (originals and edits) count neither as true nor as false, in every row below.  The score-rule "
+        "rows use the library's calibrated `THRESHOLDS` (chosen in the run above, where those pairs counted as false).",
+        "",
+        f"| descriptor | rule | held-out recall | held-out precision | F1 | false pairs (two originals) | "
+        f"precision if same-shot pairs were false | tuning R / P | {' | '.join(EDITS)} | candidates (their recall) | "
+        f"recall ≥ {RECALL} at precision ≥ {PRECISION} |",
+        "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(EDITS) + "---:|---|",
+    ]
+    for r in rows:
+        te, tu = r["test"], r["tune"]
+        ok = "**yes**" if te["recall"] >= RECALL and te["precision"] >= PRECISION else "no"
+        if r["kind"].startswith("verify"):
+            rule = f"neighbours + hash, ≥ {r['n']} inliers" + (
+                " (same-shot pairs counted as false, *N* chosen so)" if r["kind"] == "verify-strict" else "")
+            per = r["test"]["per_edit"]
+            cands = f"{te['candidates'] / meta['n']['test']:.2f} per image ({te['candidate_recall']:.3f})"
+            strict = te["precision_strict"] if r["kind"] == "verify" else te["precision"]
+        else:
+            strict = r["strict"]
+            rule = f"score {'≥' if r['higher'] else '≤'} {r['threshold']:.8g}"
+            per = r["per_edit"]
+            cands = "-"
+        lines.append(f"| {r['descriptor']} | {rule} | {te['recall']:.3f} | {te['precision']:.3f} | {te['f1']:.3f} | "
+                     f"{te['fp']} ({'-' if r['kind'] == 'verify-strict' else te['fp_originals']}) | {strict:.3f} | {tu['recall']:.3f} / {tu['precision']:.3f} | "
+                     + " | ".join(f"{per[e]:.3f}" for e in EDITS) + f" | {cands} | {ok} |")
+    lines += [
+        "",
+        f"Cost (one thread, measured in this run): `image_signature` (read, decode, grey 320 px, 500 ORB "
+        f"keypoints, DCT hash) {tm['ms_per_image']:.1f} ms per image ({tm['n_img']} images), `match_inliers` "
+        f"{tm['ms_per_pair']:.2f} ms per candidate pair ({tm['n_pairs']} pairs); a collection of n images costs "
+        "n signatures + one match per candidate pair (per image: the candidates column), on top of the exact "
+        "neighbour search; memory about 20 KB of keypoints per image while it runs.",
+    ]
+    if meta.get("check"):
+        lines += ["", f"Library check (`--check`): {meta['check']}."]
+    notes = meta.get("notes") or VERIFY_NOTES
+    if notes and meta["scale"] == "full":
+        lines += ["", notes]
+    return "\n".join(lines) + "\n"
+
+
+def _write_block(out: Path, begin: str, end: str, section: str) -> None:
+    text = out.read_text() if out.is_file() else ""
+    block = f"{begin}\n{section.rstrip()}\n{end}\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    out.write_text(text)
+
+
+VERIFY_NOTES = """\
+**With verification the target of issue 21 (recall ≥ 0.95 at precision ≥ 0.99) is met held out, whatever
+the index's descriptor**: recall 0.996 at precision 1.000 (no false pair among 3000 files) for `hsv72`,
+`classic` and `cnn-crow`, against 0.62-0.82 for the score rule at its calibrated default and 0.634 for
+imagehash's pHash in the same run.  The candidates hold every true pair (candidate recall 1.000): the
+descriptor's neighbours catch the crops and rotations, the DCT hash the brightness and JPEG changes a colour
+histogram misses.  The ORB check then accepts each edit kind at 0.994-0.998; the misses are the copies of a
+few nearly featureless photos (e.g. `beaches/db_089`, flat sea and sand: 21 keypoints), where no 35 matches
+exist.  The tuning half's precision is 1.000 for any *N* from 25 to 45 (the default is the middle); the
+closest false pair of two different photos has 24 inliers (`people_and_villages_in_Africa/db_839` and
+`db_841`, one man photographed twice).
+
+**The ground truth decides the precision.**  Corel-1k holds burst series (horses, elephants, Rome, a mountain:
+the 22 pairs of `bench/dedup_same_shot.txt`; `db_835` is even a crop of `db_868`): two photos of one scene
+from one spot share their whole background, and the verification links them (up to 175 inliers).  Counted as
+false, they bring its precision at *N* = 35 to 0.962-0.966 (the column before the tuning figures), and no
+*N* separates them well from the edited copies: chosen so on the tuning half (*N* = 97, `min_inliers=97`),
+held out it gives recall 0.982 at precision 0.987 - the target missed by 0.003 in precision.  The default
+keeps *N* = 35 (a burst shot is a near-duplicate for a photo collection); pass `min_inliers=97` to keep
+only copies of one photo.  The score rule's defaults are unchanged (`verify="none"`, or any `threshold=`)."""
 
 NOTES = """\
 **The target of issue 21 (recall ≥ 0.95 at precision ≥ 0.99) is missed by every descriptor, and by the

@@ -854,7 +854,7 @@ def _check_dedup(doc, idx, metric, threshold):
 
 def test_dedup_default_threshold_finds_the_copies(dup_index):
     idx, root, files = dup_index
-    doc = ok_json("dedup", "--index", idx, "--json")
+    doc = ok_json("dedup", "--index", idx, "--json", "--verify", "none")
     metric = doc["metric"]
     assert doc["threshold"] == THRESHOLDS[("hsv72", metric)]  # the index's descriptor, calibrated
     _check_dedup(doc, idx, metric, doc["threshold"])
@@ -887,7 +887,7 @@ def test_dedup_ignores_removed_images(dup_index, tmp_path):
     idx = tmp_path / "copy"
     shutil.copytree(src, idx)
     assert run("remove", root / "copy_of_first.jpg", "--index", idx).returncode == 0
-    doc = ok_json("dedup", "--index", idx, "--json")
+    doc = ok_json("dedup", "--index", idx, "--json", "--verify", "none")
     assert index_deleted(idx)  # the row is still in the vector file, marked deleted
     _check_dedup(doc, idx, doc["metric"], doc["threshold"])
     listed = {resolved(g["path"]) for group in doc["groups"] for g in group}
@@ -912,7 +912,7 @@ def test_dedup_default_is_for_the_calibrated_metric_only(dup_index, metric):
     """hsv72's default is calibrated for bhattacharyya; another metric's scale differs: the
     error says so (and which metric has one); with --threshold it works."""
     idx, root, files = dup_index
-    line = assert_one_line_error(run("dedup", "--index", idx, "--metric", metric), code=2)
+    line = assert_one_line_error(run("dedup", "--index", idx, "--metric", metric, "--verify", "none"), code=2)
     assert f"descriptor 'hsv72' has no calibrated default for metric '{metric}' (only for 'bhattacharyya')" in line
     assert "--threshold" in line
     threshold = {"l1": 0.05, "intersect": 0.975}[metric]
@@ -922,9 +922,38 @@ def test_dedup_default_is_for_the_calibrated_metric_only(dup_index, metric):
     assert any(pair <= {resolved(g["path"]) for g in group} for group in doc["groups"])
 
 
+def test_dedup_default_verifies_the_copies(dup_index):
+    """The default (--verify orb) groups the exact copy and the half-size re-encode with
+    their originals, and nothing across the two classes; every pair's inlier count is at
+    least --min-inliers and its score is the metric's (NumPy/OpenCV reference)."""
+    from fastimg.dedup import VERIFY_MIN_INLIERS
+    from fastimg.metrics import exact_scores
+
+    idx, root, files = dup_index
+    doc = ok_json("dedup", "--index", idx, "--json", "--workers", "1")
+    assert doc["verify"] == "orb" and doc["threshold"] is None
+    groups = [{resolved(g["path"]) for g in group} for group in doc["groups"]]
+    assert any({str(files[0]), str((root / "copy_of_first.jpg").resolve())} <= g for g in groups)
+    assert any({str(files[5]), str((root / "small_sixth.jpg").resolve())} <= g for g in groups)
+    cls = {str(f): ("beaches" if i < 4 else "bus") for i, f in enumerate(files)}
+    cls[str((root / "copy_of_first.jpg").resolve())] = cls[str(files[0])]
+    cls[str((root / "small_sixth.jpg").resolve())] = cls[str(files[5])]
+    assert all(len({cls.get(p, p) for p in g}) == 1 for g in groups)
+    from fastimg.index import Index
+
+    with Index.open(idx, mode="r") as index:
+        vecs = np.asarray(index.vectors, dtype=np.float32)
+    for p in doc["pairs"]:
+        assert p["inliers"] >= VERIFY_MIN_INLIERS
+        assert p["score"] == pytest.approx(exact_scores(doc["metric"], vecs[p["a"]], vecs[p["b"]:p["b"] + 1])[0],
+                                           rel=1e-5, abs=1e-6)
+    stricter = ok_json("dedup", "--index", idx, "--json", "--min-inliers", "100000")
+    assert stricter["groups"] == [] and stricter["pairs"] == []
+
+
 def test_dedup_needs_a_threshold_for_metrics_without_default(dup_index):
     idx, _, _ = dup_index
-    line = assert_one_line_error(run("dedup", "--index", idx, "--metric", "chisqr"), code=2)
+    line = assert_one_line_error(run("dedup", "--index", idx, "--metric", "chisqr", "--verify", "none"), code=2)
     assert "--threshold" in line
 
 
@@ -1012,5 +1041,7 @@ def test_query_and_dedup_do_not_walk_the_index(dup_index, monkeypatch, capsys):
     assert cli.main(["query", str(files[0]), "--index", str(idx), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["metric"] == "bhattacharyya" and len(doc["results"]) == 9
-    assert cli.main(["dedup", "--index", str(idx), "--json"]) == 0
+    assert cli.main(["dedup", "--index", str(idx), "--json", "--verify", "none"]) == 0
     assert json.loads(capsys.readouterr().out)["threshold"] == THRESHOLDS[("hsv72", "bhattacharyya")]
+    assert cli.main(["dedup", "--index", str(idx), "--json"]) == 0  # verify="orb"
+    assert json.loads(capsys.readouterr().out)["verify"] == "orb"

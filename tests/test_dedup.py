@@ -28,6 +28,7 @@ from conftest import corel_like_image
 from fastimg import FastimgError
 from fastimg.dedup import (
     THRESHOLDS,
+    VERIFY_MIN_INLIERS,
     DedupError,
     DuplicatePair,
     connected_groups,
@@ -35,6 +36,9 @@ from fastimg.dedup import (
     defaults_text,
     duplicate_pairs,
     find_duplicates,
+    hash_pairs,
+    image_signature,
+    match_transform,
 )
 from fastimg.index import Index
 
@@ -193,19 +197,21 @@ def test_default_threshold_needs_the_calibrated_descriptor_and_metric(histogram_
         assert default_threshold(index, metric) is None
     with pytest.raises(DedupError, match="'l1' has no default duplicate threshold .*descriptor 'hsv72' has no "
                                          "calibrated default for metric 'l1' \\(only for 'bhattacharyya'\\)"):
-        find_duplicates(index)
-    groups = find_duplicates(index, metric="bhattacharyya")  # the default of hsv72's metric
+        find_duplicates(index, verify="none")
+    groups = find_duplicates(index, metric="bhattacharyya", verify="none")  # the default of hsv72's metric
     _check(groups, index, x, live, "bhattacharyya", t)
     custom, _, _ = _build(tmp_path, "c", "cosine")
     with custom:
         assert default_threshold(custom) is None
         with pytest.raises(DedupError, match="descriptor='custom'"):
-            find_duplicates(custom)
+            find_duplicates(custom, verify="none")
+        with pytest.raises(DedupError, match="none of the 92 indexed images could be read .*img/000.jpg"):
+            find_duplicates(custom)  # verify="orb" reads the files: add_vectors names are none
     with Index.create(tmp_path / "hsv", descriptor="hsv", bins=(4, 4, 4)) as other:
         assert other.metric == "bhattacharyya" and ("hsv", "bhattacharyya") in THRESHOLDS
         assert default_threshold(other) is None
         with pytest.raises(DedupError, match="is not the one calibrated"):
-            find_duplicates(other)
+            find_duplicates(other, verify="none")
     with Index.create(tmp_path / "hsv-default", descriptor="hsv") as same:
         assert default_threshold(same) == THRESHOLDS[("hsv", "bhattacharyya")]
 
@@ -234,7 +240,7 @@ def test_no_default_on_a_whitened_index(tmp_path, monkeypatch):
         index.fit_whitening(dim=16)
         assert default_threshold(index) is None
         with pytest.raises(DedupError, match="PCA-whitened"):
-            find_duplicates(index)
+            find_duplicates(index, verify="none")
 
 
 def _model_missing(descriptor: str) -> bool:
@@ -309,7 +315,7 @@ def test_default_groups_as_the_brute_force_does(copies_dir, tmp_path, descriptor
         metric = index.metric
         threshold = default_threshold(index)
         assert threshold == THRESHOLDS[(descriptor, metric)]
-        groups = find_duplicates(index)  # the default
+        groups = find_duplicates(index, verify="none")  # the score rule at its calibrated default
         live = index.live_ids().tolist()
         x = np.asarray(index.vectors)
         name = dict(zip(live, (Path(p).name for p in index.paths(live))))
@@ -379,3 +385,186 @@ def test_connected_groups_against_scipy():
             want.setdefault(labels[i], []).append(i)
         assert sorted(got) == sorted(want.values())
         assert [(-len(g), g[0]) for g in got] == sorted((-len(g), g[0]) for g in got)
+
+
+# ---------------------------------------------------------------------------
+# geometric verification (verify="orb", the default without a threshold)
+# ---------------------------------------------------------------------------
+
+def _scene(seed: int, h: int = 256, w: int = 384) -> np.ndarray:
+    """A hand-built picture with corners to match: random rectangles, circles and lines
+    over a noisy gradient, all positions and colours drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = (60 + 80 * xx / w + 40 * yy / h)[..., None] + rng.normal(0, 6, (h, w, 3))
+    img = np.clip(base, 0, 255).astype(np.uint8)
+    for _ in range(40):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            cv2.rectangle(img, (x0, y0), (x0 + int(rng.integers(8, 60)), y0 + int(rng.integers(8, 60))), colour, -1)
+        elif kind == 1:
+            cv2.circle(img, (x0, y0), int(rng.integers(5, 30)), colour, -1)
+        else:
+            cv2.line(img, (x0, y0), (int(rng.integers(0, w)), int(rng.integers(0, h))), colour, 3)
+    return img
+
+
+def _similarity(angle_deg: float, scale: float, tx: float, ty: float) -> np.ndarray:
+    t = math.radians(angle_deg)
+    return np.array([[scale * math.cos(t), -scale * math.sin(t), tx],
+                     [scale * math.sin(t), scale * math.cos(t), ty]])
+
+
+def _resized_frame(a_shape, b_shape, m_pixels: np.ndarray) -> np.ndarray:
+    """The transform ``m_pixels`` (a's pixels -> b's) in the signatures' resized frames."""
+    from fastimg.dedup import VERIFY_SIDE
+
+    sa, sb = VERIFY_SIDE / max(a_shape[:2]), VERIFY_SIDE / max(b_shape[:2])
+    m3 = np.vstack([m_pixels, [0, 0, 1]])
+    return (np.diag([sb, sb, 1]) @ m3 @ np.diag([1 / sa, 1 / sa, 1]))[:2]
+
+
+@pytest.mark.parametrize("edit", ["rotate4", "crop90", "resize50", "shift_zoom"])
+def test_match_transform_recovers_a_known_similarity(edit):
+    """ORB + RANSAC finds the transform that made the copy (the oracle: the matrix the
+    test applied with cv2.warpAffine / the crop offsets), with many inliers; an
+    unrelated picture gets fewer than VERIFY_MIN_INLIERS."""
+    a = _scene(1)
+    h, w = a.shape[:2]
+    if edit == "crop90":
+        y0, x0 = 13, 27
+        b = np.ascontiguousarray(a[y0:y0 + round(0.9 * h), x0:x0 + round(0.9 * w)])
+        m = _similarity(0, 1, -x0, -y0)
+    elif edit == "resize50":
+        b = cv2.resize(a, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        m = np.array([[0.5, 0, -0.25], [0, 0.5, -0.25]])  # pixel centres: x' = (x + 0.5) / 2 - 0.5
+    else:
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), 4.0, 1.1) if edit == "rotate4" else _similarity(0, 1.2, -20, -10)
+        b = cv2.warpAffine(a, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    sa, sb = image_signature(a), image_signature(b)
+    inliers, got = match_transform(sa, sb)
+    assert inliers >= 2 * VERIFY_MIN_INLIERS
+    want = _resized_frame(a.shape, b.shape, m)
+    assert np.allclose(got[:, :2], want[:, :2], atol=0.02)  # rotation and scale
+    assert np.allclose(got[:, 2], want[:, 2], atol=2.0)     # shift, in pixels
+    assert match_transform(sa, image_signature(_scene(2)))[0] < VERIFY_MIN_INLIERS
+
+
+def test_few_keypoints_do_not_make_a_transform():
+    """Many keypoints of one image all nearest to the same keypoint of an image with few
+    (a flat picture) fit a "transform" of scale 0 (every point onto one): no copy.  Built
+    by hand: 60 descriptors a few bits from b's first one, b's other two far from all."""
+    from fastimg.dedup import ImageSignature
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, 32, dtype=np.uint8)
+    near = np.repeat(base[None], 60, axis=0)
+    for row in near:
+        row[rng.integers(0, 32, 2)] ^= np.uint8(1)  # 0-2 bits from base
+    far = base[None] ^ rng.integers(0, 256, (2, 32), dtype=np.uint8)
+    a = ImageSignature(rng.uniform(0, 320, (60, 2)).astype(np.float32), near, 0, (320, 213))
+    b = ImageSignature(np.array([[100, 100], [20, 30], [250, 150]], np.float32), np.vstack([base[None], far]), 0,
+                       (320, 213))
+    assert match_transform(a, b) == (0, None)
+    # the same matches spread over distinct keypoints of b: a true transform is still found
+    b2 = ImageSignature(a.points * 0.9 + 7, near.copy(), 0, (320, 213))
+    n, m = match_transform(a, b2)
+    assert n >= 50 and np.allclose(m, [[0.9, 0, 7], [0, 0.9, 7]], atol=1e-3)
+
+
+def test_dct_hash_against_a_hand_computed_one():
+    """The hash: 8x8 lowest DCT frequencies of the 32x32 grey image vs their median
+    (computed here with scipy's DCT-II, orthonormal like OpenCV's)."""
+    from scipy.fft import dctn
+
+    from fastimg.dedup import VERIFY_SIDE
+
+    img = _scene(3)
+    grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    small = cv2.resize(cv2.resize(grey, (VERIFY_SIDE, round(VERIFY_SIDE * 256 / 384)), interpolation=cv2.INTER_AREA),
+                       (32, 32), interpolation=cv2.INTER_AREA).astype(np.float64)
+    low = dctn(small, norm="ortho")[:8, :8].ravel()
+    want = int("".join("1" if v > np.median(low) else "0" for v in low), 2)
+    assert image_signature(img).dct_hash == want
+    bright = np.clip(img.astype(np.float32) * 1.2, 0, 255).astype(np.uint8)
+    assert bin(image_signature(bright).dct_hash ^ want).count("1") <= 8
+
+
+def test_hash_pairs_against_brute_force():
+    rng = np.random.default_rng(5)
+    h = rng.integers(0, 2 ** 63, 300, dtype=np.uint64)
+    h[50:60] = h[7] ^ (np.uint64(1) << rng.integers(0, 64, 10).astype(np.uint64))  # one bit from h[7]
+    want = {(i, j) for i in range(300) for j in range(i + 1, 300) if bin(int(h[i]) ^ int(h[j])).count("1") <= 20}
+    got = hash_pairs(h, 20, chunk=64)
+    assert {(int(i), int(j)) for i, j in got} == want and len(got) == len(want)
+    assert {(7, j) for j in range(50, 60)} <= want
+
+
+def _edits_of(img: np.ndarray, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    h, w = img.shape[:2]
+    y, x = int(rng.integers(0, h // 10)), int(rng.integers(0, w // 10))
+    rot = cv2.getRotationMatrix2D((w / 2, h / 2), 4.0, 1.12)
+    return {"resize.png": cv2.resize(img, (w // 2, h // 2), interpolation=cv2.INTER_AREA),
+            "q30.jpg": img, "crop.png": img[y:y + round(0.9 * h), x:x + round(0.9 * w)],
+            "dark.png": np.clip(img.astype(np.float32) * 0.8, 0, 255).astype(np.uint8),
+            "rot.png": cv2.warpAffine(img, rot, (w, h), borderMode=cv2.BORDER_REFLECT_101)}
+
+
+@pytest.fixture(scope="module")
+def edited_dir(tmp_path_factory) -> Path:
+    """Three hand-built scenes with five edits each (the calibration's kinds), and six
+    unrelated scenes: the oracle's groups are the scenes with their edits."""
+    root = tmp_path_factory.mktemp("edited")
+    for s in range(9):
+        img = _scene(100 + s)
+        assert cv2.imwrite(str(root / f"s{s}.png"), img)
+        if s < 3:
+            for name, im in _edits_of(img, s).items():
+                q = [cv2.IMWRITE_JPEG_QUALITY, 30] if name.endswith(".jpg") else []
+                assert cv2.imwrite(str(root / f"s{s}_{name}"), im, q)
+    return root
+
+
+@pytest.mark.parametrize("descriptor", ["hsv72", "classic"])
+def test_default_verification_finds_the_edited_copies(edited_dir, tmp_path, descriptor):
+    """find_duplicates' default (verify="orb") groups each scene with its five edits
+    (brightness included, which a colour histogram's score rule misses) and nothing else;
+    each pair's inlier count is match_transform's on the two files."""
+    with Index.create(tmp_path / "ix", descriptor=descriptor) as index:
+        assert index.add(edited_dir, workers=1).added == 9 + 15
+        groups = find_duplicates(index, workers=1)
+        live = index.live_ids().tolist()
+        path = dict(zip(live, index.paths(live)))
+    got = sorted(sorted(Path(path[i]).name for i in g.ids) for g in groups)
+    want = sorted(sorted([f"s{s}.png"] + [f"s{s}_{n}" for n in _edits_of(_scene(0), 0)]) for s in range(3))
+    assert got == want
+    some = groups[0].pairs[0]
+    assert some.inliers == match_transform(image_signature(path[some.a]), image_signature(path[some.b]))[0]
+    assert all(p.inliers >= VERIFY_MIN_INLIERS for g in groups for p in g.pairs)
+
+
+def test_verification_leaves_out_unreadable_files_and_says_so(edited_dir, tmp_path, caplog):
+    import shutil
+
+    src = tmp_path / "imgs"
+    shutil.copytree(edited_dir, src)
+    with Index.create(tmp_path / "ix", descriptor="hsv72") as index:
+        index.add(src, workers=1)
+        (src / "s0_dark.png").write_bytes(b"not an image any more")
+        with caplog.at_level("WARNING", logger="fastimg.dedup"):
+            groups = find_duplicates(index, workers=1)
+        names = [{Path(p).name for p in g.paths} for g in groups]
+    assert "s0_dark.png" in caplog.text and "1 of 24 images could not be read" in caplog.text
+    assert all("s0_dark.png" not in g for g in names) and any("s0.png" in g for g in names)
+
+
+def test_verify_arguments(histogram_index):
+    index, _, _ = histogram_index
+    for kwargs, match in [({"verify": "sift"}, "verify must be"), ({"verify": "orb", "min_inliers": 0}, "min_inliers"),
+                          ({"verify": "orb", "candidates": -1}, "candidates"),
+                          ({"verify": "orb", "hash_bits": 65}, "hash_bits")]:
+        with pytest.raises(DedupError, match=match):
+            find_duplicates(index, **kwargs)

@@ -566,9 +566,14 @@ class IndexReader(EntryLookups):
         return BatchResult(ids, scores)
 
     def duplicates(self, threshold: Optional[float] = None, *, metric: Optional[str] = None, k: int = 16,
-                   batch: int = 256, mode: str = "exact", ef: Optional[int] = None, progress: Any = None) -> list:
+                   batch: int = 256, mode: str = "exact", ef: Optional[int] = None, progress: Any = None,
+                   verify: Optional[str] = None, candidates: Optional[int] = None,
+                   min_inliers: Optional[int] = None, hash_bits: Optional[int] = None,
+                   workers: Optional[int] = None) -> list:
         """Groups of near-duplicate entries: :func:`fastimg.dedup.find_duplicates` on
-        this index (see there for the parameters and the default ``threshold``).
+        this index (see there for the parameters and the defaults; ``None`` here
+        means find_duplicates' default).  Without ``threshold``, candidate pairs are
+        verified geometrically on the image files (``verify="orb"``).
 
         Returns
         -------
@@ -578,4 +583,6 @@ class IndexReader(EntryLookups):
         from fastimg.dedup import find_duplicates
 
         return find_duplicates(self, threshold=threshold, metric=metric, k=k, batch=batch, mode=mode, ef=ef,
-                               progress=progress)
+                               progress=progress, verify=verify, workers=workers,
+                               **{name: v for name, v in (("candidates", candidates), ("min_inliers", min_inliers),
+                                                       ("hash_bits", hash_bits)) if v is not None})
