@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
-from fastimg.index._format import DTYPE, State, _RESERVED, _ROW_CHUNK, _write_error
 from fastimg.errors import ArgumentError, IndexCorruptError
+from fastimg.index._format import DTYPE, State, _RESERVED, _ROW_CHUNK, _write_error
 from fastimg.index._files import write_rows
 
 

@@ -7,8 +7,8 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from fastimg.index._format import Row, _paths_sql, _row, decode_path
 from fastimg.errors import NotInIndexError
+from fastimg.index._format import Row, _paths_sql, _row, decode_path
 
 
 class StoreLookups:
