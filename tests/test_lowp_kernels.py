@@ -110,6 +110,28 @@ def test_i8_kernel_equals_the_oracle_and_every_target_equals_scalar(d, bias_err)
                 np.testing.assert_array_equal(vals, ref[1])
 
 
+@pytest.mark.parametrize("d", [72, 64, 61, 100, 128, 129, 4])
+@pytest.mark.parametrize("nq,panels", [(3, 0), (37, 16)])
+def test_i8_every_rows_value_equals_scalar_for_short_and_odd_rows(d, nq, panels):
+    """kk = N: every row's value, not only the top ones, is bit-identical to the
+    scalar target's and right against the oracle: short rows (AVX-512 holds the
+    query in registers for L <= 128 with masked tails), odd D, N not a multiple
+    of the 16-row blocks or the 12-row panel tiles, chunks that split blocks,
+    a last panel of 5 queries; small kk too (selective heap pushes)."""
+    n = 16 * 7 + 5
+    codes, q, a = i8_case(n=n, d=d, nq=nq, seed=d + nq)
+    oracle = i8_oracle(codes, q, a)
+    for kk in (n, 4):
+        ref = _core.i8_topk(codes, q, kk, target=SCALAR, panels=panels, **a)
+        check_topk(*ref, oracle, kk)
+        for t in RUNNABLE:
+            for threads, chunk in ((1, 4096), (2, 37)):
+                ids, vals = _core.i8_topk(codes, q, kk, target=t, panels=panels, n_threads=threads,
+                                          chunk_rows=chunk, **a)
+                np.testing.assert_array_equal(ids, ref[0], err_msg=f"target {_core.LOWP_TARGETS[t]} kk {kk}")
+                np.testing.assert_array_equal(vals, ref[1])
+
+
 def test_i8_integer_sums_are_exact_at_the_largest_dimension():
     """The extreme codes (255 x 127 over D = INT8_MAX_DIM) neither overflow nor
     saturate (the AVX2 path widens to 16 bits; no vpmaddubsw saturation)."""
@@ -162,6 +184,26 @@ def test_f16_kernel_equals_the_oracle_and_every_target_equals_scalar(d):
                 ids, vals = _core.f16_topk(codes.view(np.uint16), q, 20, target=t, panels=panels,
                                            n_threads=threads, chunk_rows=chunk, **a)
                 np.testing.assert_array_equal(ids, ref[0], err_msg=f"target {_core.LOWP_TARGETS[t]} panels {panels}")
+                np.testing.assert_array_equal(vals, ref[1])
+
+
+@pytest.mark.parametrize("d", [72, 80, 77, 3, 8, 33])
+def test_f16_one_query_every_rows_value_equals_scalar(d):
+    """kk = N, one query at a time: every row's value is bit-identical to the
+    scalar target's (the SIMD targets reduce 8 rows at once, in the same order)
+    and right against the oracle; N not a multiple of 8, odd D (scalar tails),
+    chunks splitting blocks."""
+    n = 8 * 13 + 3
+    codes, q, a = f16_case(n=n, d=d, nq=3, seed=d + 5)
+    oracle = f16_oracle(codes, q, a)
+    for kk in (n, 3):
+        ref = _core.f16_topk(codes.view(np.uint16), q, kk, target=SCALAR, panels=0, **a)
+        check_topk(*ref, oracle, kk, rtol=1e-5)
+        for t in RUNNABLE:
+            for threads, chunk in ((1, 4096), (2, 29)):
+                ids, vals = _core.f16_topk(codes.view(np.uint16), q, kk, target=t, panels=0, n_threads=threads,
+                                           chunk_rows=chunk, **a)
+                np.testing.assert_array_equal(ids, ref[0], err_msg=f"target {_core.LOWP_TARGETS[t]} kk {kk}")
                 np.testing.assert_array_equal(vals, ref[1])
 
 

@@ -292,9 +292,78 @@ FI_LP_T512 static inline __m512i fi_red16_512(const __m512i* a) {
     return _mm512_add_epi32(_mm512_shuffle_i32x4(x01, x23, 0x88), _mm512_shuffle_i32x4(x01, x23, 0xdd));
 }
 
+/* the values of 16 rows [r, r + 16) from their exact sums s, pushed where they
+   may reach the root (the same correctly rounded steps as FI_LP_I8_VALUE, lane-wise) */
+FI_LP_T512 static inline void fi_i8_push16_512(__m512i s, ptrdiff_t r, int32_t qoff, float qscale, float alpha,
+                                               const float* rscale, const float* err, const float* bias,
+                                               const uint8_t* mask, float* hv, int64_t* hi, ptrdiff_t kk) {
+    __m512 t = _mm512_cvtepi32_ps(_mm512_sub_epi32(s, _mm512_set1_epi32(qoff)));
+    __m512 w = _mm512_mul_ps(_mm512_set1_ps(qscale), _mm512_loadu_ps(rscale + r));
+    __m512 b = bias ? _mm512_loadu_ps(bias + r) : _mm512_setzero_ps();
+    __m512 e = err ? _mm512_loadu_ps(err + r) : _mm512_setzero_ps();
+    __m512 v = _mm512_fmadd_ps(_mm512_set1_ps(alpha), e, _mm512_fmadd_ps(t, w, b));
+    __mmask16 m = _mm512_cmp_ps_mask(v, _mm512_set1_ps(hv[0]), _CMP_GE_OQ);
+    if (m) {
+        float vs[16];
+        _mm512_storeu_ps(vs, v);
+        unsigned mm = m;
+        while (mm) {
+            int i = __builtin_ctz(mm);
+            mm &= mm - 1;
+            fi_push_row(hv, hi, kk, mask, r + i, vs[i]);
+        }
+    }
+}
+
+/* short rows (ld <= 128, e.g. hsv72's 72 bytes): the query held in two registers,
+   each row one (masked) 64-byte load and, past 64 bytes, one masked tail load
+   chained into the same accumulator; 16 rows per block, fully unrolled so that
+   the 16 accumulators stay in registers (the general loop below spilled them) */
+FI_LP_T512 static void fi_i8_q1_512_short(FI_I8_Q1_ARGS) {
+    (void)q16;
+    const ptrdiff_t n0 = ld < 64 ? ld : 64, n1 = ld - n0;
+    const __mmask64 m0 = n0 == 64 ? ~(__mmask64)0 : (((__mmask64)1 << n0) - 1);
+    const __mmask64 m1 = n1 == 64 ? ~(__mmask64)0 : (((__mmask64)1 << n1) - 1);
+    const __m512i qa = _mm512_maskz_loadu_epi8(m0, q), qb = _mm512_maskz_loadu_epi8(m1, q + n0);
+    const __m512i z = _mm512_setzero_si512();
+    ptrdiff_t r = r0;
+    if (n1) {
+        for (; r + 16 <= r1; r += 16) {
+            const uint8_t* x = X + r * ld;
+            __m512i a[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; ++i)
+                a[i] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, _mm512_maskz_loadu_epi8(m0, x + i * ld), qa),
+                                           _mm512_maskz_loadu_epi8(m1, x + i * ld + n0), qb);
+            fi_i8_push16_512(fi_red16_512(a), r, qoff, qscale, alpha, rscale, err, bias, mask, hv, hi, kk);
+        }
+    } else {
+        for (; r + 16 <= r1; r += 16) {
+            const uint8_t* x = X + r * ld;
+            __m512i a[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; ++i) a[i] = _mm512_dpbusd_epi32(z, _mm512_maskz_loadu_epi8(m0, x + i * ld), qa);
+            fi_i8_push16_512(fi_red16_512(a), r, qoff, qscale, alpha, rscale, err, bias, mask, hv, hi, kk);
+        }
+    }
+    for (; r < r1; ++r) {
+        const uint8_t* x = X + r * ld;
+        __m512i a = _mm512_dpbusd_epi32(z, _mm512_maskz_loadu_epi8(m0, x), qa);
+        if (n1) a = _mm512_dpbusd_epi32(a, _mm512_maskz_loadu_epi8(m1, x + n0), qb);
+        int32_t acc = _mm512_reduce_add_epi32(a);
+        float v = FI_LP_I8_VALUE(acc, qoff, qscale, rscale[r], bias ? bias[r] : 0.0f, alpha, err ? err[r] : 0.0f);
+        fi_push_row(hv, hi, kk, mask, r, v);
+    }
+}
+
 /* rows in blocks of 16 (unreduced dot products, one transposing reduction, 16
-   values at once); the last r1 - r0 mod 16 rows one by one */
+   values at once); the last r1 - r0 mod 16 rows one by one; rows of at most 128
+   bytes: fi_i8_q1_512_short */
 FI_LP_T512 static void fi_i8_q1_512(FI_I8_Q1_ARGS) {
+    if (ld <= 128) {
+        fi_i8_q1_512_short(X, ld, r0, r1, q, q16, qoff, qscale, alpha, rscale, err, bias, mask, hv, hi, kk);
+        return;
+    }
     (void)q16;
     ptrdiff_t tail = ld % 64;
     __mmask64 tm = tail ? (((__mmask64)1 << tail) - 1) : 0;
@@ -302,23 +371,7 @@ FI_LP_T512 static void fi_i8_q1_512(FI_I8_Q1_ARGS) {
     for (; r + 16 <= r1; r += 16) {
         __m512i a[16];
         for (int i = 0; i < 16; ++i) a[i] = fi_i8_dotv_512(X + (r + i) * ld, q, ld, tm);
-        __m512i s = fi_red16_512(a);
-        __m512 t = _mm512_cvtepi32_ps(_mm512_sub_epi32(s, _mm512_set1_epi32(qoff)));
-        __m512 w = _mm512_mul_ps(_mm512_set1_ps(qscale), _mm512_loadu_ps(rscale + r));
-        __m512 b = bias ? _mm512_loadu_ps(bias + r) : _mm512_setzero_ps();
-        __m512 e = err ? _mm512_loadu_ps(err + r) : _mm512_setzero_ps();
-        __m512 v = _mm512_fmadd_ps(_mm512_set1_ps(alpha), e, _mm512_fmadd_ps(t, w, b));
-        __mmask16 m = _mm512_cmp_ps_mask(v, _mm512_set1_ps(hv[0]), _CMP_GE_OQ);
-        if (m) {
-            float vs[16];
-            _mm512_storeu_ps(vs, v);
-            unsigned mm = m;
-            while (mm) {
-                int i = __builtin_ctz(mm);
-                mm &= mm - 1;
-                fi_push_row(hv, hi, kk, mask, r + i, vs[i]);
-            }
-        }
+        fi_i8_push16_512(fi_red16_512(a), r, qoff, qscale, alpha, rscale, err, bias, mask, hv, hi, kk);
     }
     r0 = r;
 #define FI_DOT_Z(x) fi_i8_dot_512(x, q, ld)
@@ -431,7 +484,7 @@ FI_LP_T512 static void fi_i8_panels_512(FI_I8_PANEL_ARGS) {
     const int8_t* QT8 = (const int8_t*)QT;
     const ptrdiff_t G = ld / 4;
     enum { R = FI_I8_TILE_512 };
-    float s[R * FI_LP_PW];
+    float s[FI_LP_PW];
     (void)scratch;
     for (ptrdiff_t r = r0; r < r1; r += R) {
         FI_LP_TILE_ROWS_SETUP(R, uint8_t, ld)
@@ -451,41 +504,70 @@ FI_LP_T512 static void fi_i8_panels_512(FI_I8_PANEL_ARGS) {
             __m512 qsv = _mm512_loadu_ps(qs + q0), alv = _mm512_loadu_ps(alpha + q0);
             __m512i qov = _mm512_loadu_si512(qoff + q0);
             __m512 tv = _mm512_loadu_ps(thr + q0);
-            __mmask16 hit = 0;
+            __mmask16 hit = 0, mk[R];
             __m512 v[R];
             for (int i = 0; i < R; ++i) {
                 __m512 t = _mm512_cvtepi32_ps(_mm512_sub_epi32(a[i], qov));
                 v[i] = _mm512_fmadd_ps(t, _mm512_mul_ps(qsv, _mm512_set1_ps(rsv[i])), _mm512_set1_ps(bv[i]));
                 v[i] = _mm512_fmadd_ps(alv, _mm512_set1_ps(ev[i]), v[i]);
-                hit |= _mm512_cmp_ps_mask(v[i], tv, _CMP_GE_OQ);
+                mk[i] = _mm512_cmp_ps_mask(v[i], tv, _CMP_GE_OQ);
+                hit |= mk[i];
             }
             if (!hit) continue;
-            for (int i = 0; i < R; ++i) _mm512_storeu_ps(s + i * FI_LP_PW, v[i]);
+            /* only the (row, query) pairs that reached the roots (fi_panel_push's
+               order and checks, without scanning the tile's other values) */
             ptrdiff_t lanes = nq - q0 < FI_LP_PW ? nq - q0 : FI_LP_PW;
-            fi_panel_push(s, FI_LP_PW, nr, lanes, q0, r, mask, hv, hi, kk, thr + q0);
+            unsigned lm = lanes >= 16 ? 0xffffu : ((1u << lanes) - 1u);
+            for (ptrdiff_t i = 0; i < nr; ++i) {
+                unsigned mm = mk[i] & lm;
+                if (!mm) continue;
+                _mm512_storeu_ps(s, v[i]);
+                while (mm) {
+                    int l = __builtin_ctz(mm);
+                    mm &= mm - 1;
+                    if (s[l] < thr[q0 + l]) continue;
+                    ptrdiff_t qi = q0 + l;
+                    fi_push_row(hv + qi * kk, hi + qi * kk, kk, mask, r + i, s[l]);
+                    thr[qi] = hv[qi * kk];
+                }
+            }
         }
     }
 }
 
-/* the epilogue of a ymm tile of R rows x 16 queries (two 8-lane halves) */
+/* the epilogue of a ymm tile of R rows x 16 queries (two 8-lane halves): the
+   values, their compare masks against the roots, and for a tile that reaches a
+   root only the (row, query) pairs whose mask bit is set pushed (fi_panel_push's
+   order and checks, without scanning the tile's other values) */
 #define FI_LP_EPILOGUE_256(R, VAL_LO, VAL_HI)                                                     \
     const ptrdiff_t q0 = p * FI_LP_PW;                                                            \
     __m256 t0 = _mm256_loadu_ps(thr + q0), t1 = _mm256_loadu_ps(thr + q0 + 8);                    \
     __m256 v0[R], v1[R];                                                                          \
-    __m256 hit = _mm256_setzero_ps();                                                             \
+    unsigned mk[R], hit = 0;                                                                      \
     for (int i = 0; i < R; ++i) {                                                                 \
         v0[i] = VAL_LO(i);                                                                        \
         v1[i] = VAL_HI(i);                                                                        \
-        hit = _mm256_or_ps(hit, _mm256_or_ps(_mm256_cmp_ps(v0[i], t0, _CMP_GE_OQ),                \
-                                             _mm256_cmp_ps(v1[i], t1, _CMP_GE_OQ)));              \
+        mk[i] = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v0[i], t0, _CMP_GE_OQ))                \
+              | (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v1[i], t1, _CMP_GE_OQ)) << 8;          \
+        hit |= mk[i];                                                                             \
     }                                                                                             \
-    if (!_mm256_movemask_ps(hit)) continue;                                                       \
-    for (int i = 0; i < R; ++i) {                                                                 \
-        _mm256_storeu_ps(s + i * FI_LP_PW, v0[i]);                                                \
-        _mm256_storeu_ps(s + i * FI_LP_PW + 8, v1[i]);                                            \
-    }                                                                                             \
+    if (!hit) continue;                                                                           \
     ptrdiff_t lanes = nq - q0 < FI_LP_PW ? nq - q0 : FI_LP_PW;                                    \
-    fi_panel_push(s, FI_LP_PW, nr, lanes, q0, r, mask, hv, hi, kk, thr + q0);
+    unsigned lm = lanes >= 16 ? 0xffffu : ((1u << lanes) - 1u);                                   \
+    for (ptrdiff_t i = 0; i < nr; ++i) {                                                          \
+        unsigned mm = mk[i] & lm;                                                                 \
+        if (!mm) continue;                                                                        \
+        _mm256_storeu_ps(s, v0[i]);                                                               \
+        _mm256_storeu_ps(s + 8, v1[i]);                                                           \
+        while (mm) {                                                                              \
+            int l = __builtin_ctz(mm);                                                            \
+            mm &= mm - 1;                                                                         \
+            if (s[l] < thr[q0 + l]) continue;                                                     \
+            ptrdiff_t qi = q0 + l;                                                                \
+            fi_push_row(hv + qi * kk, hi + qi * kk, kk, mask, r + i, s[l]);                       \
+            thr[qi] = hv[qi * kk];                                                                \
+        }                                                                                         \
+    }
 
 /* int8 value of 8 lanes (h = 0 or 8) of row i from int32 accumulator A */
 #define FI_LP_I8_V256(A, i, h)                                                                    \
@@ -502,7 +584,7 @@ FI_LP_T2 static void fi_i8_panels_avx2(FI_I8_PANEL_ARGS) {
     const ptrdiff_t H = ld / 2;
     enum { R = FI_LP_TILE_ROWS };
     uint16_t* xw = (uint16_t*)scratch;  /* R rows x ld */
-    float s[R * FI_LP_PW];
+    float s[FI_LP_PW];
     for (ptrdiff_t r = r0; r < r1; r += R) {
         FI_LP_TILE_ROWS_SETUP(R, uint8_t, ld)
         for (int i = 0; i < R; ++i) {
@@ -542,7 +624,7 @@ FI_LP_TVNNI static void fi_i8_panels_vnni(FI_I8_PANEL_ARGS) {
     const int8_t* QT8 = (const int8_t*)QT;
     const ptrdiff_t G = ld / 4;
     enum { R = FI_LP_TILE_ROWS };
-    float s[R * FI_LP_PW];
+    float s[FI_LP_PW];
     (void)scratch;
     for (ptrdiff_t r = r0; r < r1; r += R) {
         FI_LP_TILE_ROWS_SETUP(R, uint8_t, ld)
@@ -642,7 +724,71 @@ FI_LP_T2 static inline float fi_f16_dot_avx2(const uint16_t* x, const float* q, 
     return s;
 }
 
+/* the 8 lane sums t of fi_f16_dot_avx2 before its horizontal step (j < d - d % 8) */
+FI_LP_T2 static inline __m256 fi_f16_dotv_avx2(const uint16_t* x, const float* q, ptrdiff_t d) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    ptrdiff_t j = 0;
+    for (; j + 32 <= d; j += 32) {
+        a0 = _mm256_fmadd_ps(fi_ld_h8(x + j), _mm256_loadu_ps(q + j), a0);
+        a1 = _mm256_fmadd_ps(fi_ld_h8(x + j + 8), _mm256_loadu_ps(q + j + 8), a1);
+        a2 = _mm256_fmadd_ps(fi_ld_h8(x + j + 16), _mm256_loadu_ps(q + j + 16), a2);
+        a3 = _mm256_fmadd_ps(fi_ld_h8(x + j + 24), _mm256_loadu_ps(q + j + 24), a3);
+    }
+    for (; j + 8 <= d; j += 8) a0 = _mm256_fmadd_ps(fi_ld_h8(x + j), _mm256_loadu_ps(q + j), a0);
+    return _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+}
+
+/* rows in blocks of 8: the lane sums t_i of 8 rows, then their horizontal steps
+   ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7)) for the 8 rows at once (the
+   same additions, lane-wise: a transposing reduction), the scalar tail, and the
+   8 values compared with the heap root at once.  The rows are read in order (an
+   order matching the reduction's lanes instead made the prefetchers miss: 1.4x
+   slower at D = 256), the reduction's lanes [0 2 4 6 1 3 5 7] put back in order
+   by one permutation. */
 FI_LP_T2 static void fi_f16_q1_avx2(FI_F16_Q1_ARGS) {
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const ptrdiff_t d8 = d - d % 8;
+    ptrdiff_t r = r0;
+    for (; r + 8 <= r1; r += 8) {
+        const uint16_t* x = X + r * d;
+        __m256 t[8];
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; ++k) t[k] = fi_f16_dotv_avx2(x + k * d, q, d);
+        /* w_k = [t_2k(l) + t_2k(l+4), t_2k+1(l) + t_2k+1(l+4)], l < 4 */
+        __m256 w[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k)
+            w[k] = _mm256_add_ps(_mm256_permute2f128_ps(t[2 * k], t[2 * k + 1], 0x20),
+                                 _mm256_permute2f128_ps(t[2 * k], t[2 * k + 1], 0x31));
+        /* c: per slot, (v0 + v4) + (v2 + v6) and (v1 + v5) + (v3 + v7) */
+        __m256 c0 = _mm256_add_ps(_mm256_shuffle_ps(w[0], w[1], 0x44), _mm256_shuffle_ps(w[0], w[1], 0xee));
+        __m256 c1 = _mm256_add_ps(_mm256_shuffle_ps(w[2], w[3], 0x44), _mm256_shuffle_ps(w[2], w[3], 0xee));
+        __m256 sv = _mm256_permutevar8x32_ps(
+            _mm256_add_ps(_mm256_shuffle_ps(c0, c1, 0x88), _mm256_shuffle_ps(c0, c1, 0xdd)), order);
+        if (d8 < d) {
+            float ss[8];
+            _mm256_storeu_ps(ss, sv);
+            for (int i = 0; i < 8; ++i) {
+                const uint16_t* xi = x + i * d;
+                for (ptrdiff_t j = d8; j < d; ++j) ss[i] = fmaf(fi_h2f(xi[j]), q[j], ss[i]);
+            }
+            sv = _mm256_loadu_ps(ss);
+        }
+        __m256 b = bias ? _mm256_loadu_ps(bias + r) : _mm256_setzero_ps();
+        __m256 e = err ? _mm256_loadu_ps(err + r) : _mm256_setzero_ps();
+        __m256 v = _mm256_fmadd_ps(_mm256_set1_ps(alpha), e, _mm256_fmadd_ps(sv, _mm256_loadu_ps(rscale + r), b));
+        int m = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(hv[0]), _CMP_GE_OQ));
+        if (m) {
+            float vs[8];
+            _mm256_storeu_ps(vs, v);
+            while (m) {
+                int i = __builtin_ctz((unsigned)m);
+                m &= m - 1;
+                fi_push_row(hv, hi, kk, mask, r + i, vs[i]);
+            }
+        }
+    }
+    r0 = r;
 #define FI_DOT_A(x) fi_f16_dot_avx2(x, q, d)
     FI_F16_Q1_LOOP(FI_DOT_A)
 #undef FI_DOT_A
@@ -689,7 +835,7 @@ static void fi_f16_panels_scalar(FI_F16_PANEL_ARGS) {
 FI_LP_T2 static void fi_f16_panels_avx2(FI_F16_PANEL_ARGS) {
     enum { R = FI_LP_TILE_ROWS };
     float* xf = (float*)scratch;  /* R rows x d */
-    float s[R * FI_LP_PW];
+    float s[FI_LP_PW];
     for (ptrdiff_t r = r0; r < r1; r += R) {
         FI_LP_TILE_ROWS_SETUP(R, uint16_t, d)
         for (int i = 0; i < R; ++i) {
