@@ -219,19 +219,17 @@ class _RWLock:
         self._readers = 0
         self._writer = False
 
-    @contextmanager
-    def read(self) -> Iterator[None]:
+    def acquire_read(self) -> None:
         with self._cond:
             while self._writer:
                 self._cond.wait()
             self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
 
     @contextmanager
     def write(self) -> Iterator[None]:
@@ -703,8 +701,11 @@ class HnswGraph:
             if excl.size and excl.dtype.kind not in "iu":
                 raise AnnSearchError(f"exclude must hold integer ids; got dtype {excl.dtype}")
             excl = excl.astype(np.int64)
-        with self._lock.read():
+        self._lock.acquire_read()  # (not a context manager: a search per call pays for every step)
+        try:
             return self._search(q, k, data, ef, candidates, excl, live)
+        finally:
+            self._lock.release_read()
 
     def search_checked(self, q: np.ndarray, k: int, data: Any, *, ef: Optional[int] = None,
                        candidates: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -719,8 +720,11 @@ class HnswGraph:
         if self._max_label >= data.shape[0]:
             raise AnnSearchError(f"data has {data.shape[0]} rows but the graph holds id {self._max_label}; "
                                  "pass the full matrix the graph was built from")
-        with self._lock.read():
+        self._lock.acquire_read()
+        try:
             return self._search(q, k, data, ef, candidates, None, live)
+        finally:
+            self._lock.release_read()
 
     def _call_args(self, k: Any, ef: Optional[int], candidates: Optional[int]) -> Tuple[int, int, int, int]:
         """``(live rows, k, ef, candidates)`` checked for one search call."""
@@ -750,6 +754,11 @@ class HnswGraph:
 
             gq = prepare_queries(self.rows, q)  # the rows' preparation (bit-identical), without the bias
         labels = self._knn(gq, k_graph)[:, :want]
+        if (not n_excl and labels.shape[1] >= candidates and not self._constant.size
+                and (self._rows_space == "raw" or gq.any(axis=1).all())):
+            # the common case in few NumPy calls: every query keeps its first `candidates`
+            # graph results, none is degenerate (the checks below find nothing to do)
+            return rescore(m, q, data, labels[:, :candidates], k, self.threads)
 
         # queries the graph cannot rank (zero graph vector): answered as the exact scan does
         ties, scans = degenerate_queries(m, q, gq, self._rows_space)
