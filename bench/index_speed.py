@@ -125,7 +125,9 @@ def build(root: Path, n: int, dim: int, small: int, threads: int, log: Callable[
 
         t0 = time.perf_counter()
         shutil.rmtree(paths["hsv"], ignore_errors=True)
-        images = _images(paths["images"], 16)
+        # the same files for every size: rewriting them would change their mtimes, and an
+        # index built before would then describe them again on each search by path
+        images = sorted(paths["images"].glob("*.png")) or _images(paths["images"], 16)
         with Index.create(paths["hsv"], descriptor="hsv72", root=paths["images"]) as ix:
             ix.add(images, progress=False)
             for a in range(0, n, step):

@@ -284,6 +284,26 @@ def test_prepare_queries_against_the_formulas(metric):
         M.prepare_queries(metric, q[0])
 
 
+@pytest.mark.parametrize("metric", ["pearson", "bhattacharyya", "cosine", "l2"])
+def test_one_query_prepared_alone_is_bit_identical_to_its_row_in_a_batch(metric):
+    """A search per call prepares one row (a shorter path for the unit space): the bits
+    must be those of the batch preparation and of the rows' (the graph compares them)."""
+    rng = np.random.default_rng(6)
+    q = (rng.standard_normal((12, 200)) * np.exp(rng.uniform(-20, 20, (12, 1)))).astype(np.float32)
+    if metric == "bhattacharyya":
+        q = np.abs(q)
+    q[3] = 0.0
+    q[4] = 0.25
+    q[5, :199] = 0.0  # one non-zero value
+    batch = M.prepare_queries(metric, q)
+    rows, _ = M.prepare_rows(metric, q)
+    for i in range(len(q)):
+        one = M.prepare_queries(metric, q[i:i + 1])[0]
+        np.testing.assert_array_equal(one.view(np.int32), batch[i].view(np.int32))
+        if metric != "l2":  # l2 queries are doubled, its rows are raw
+            np.testing.assert_array_equal(one.view(np.int32), np.asarray(rows[i], np.float32).view(np.int32))
+
+
 # ---------------------------------------------------------------------------
 # the shared vector spaces
 # ---------------------------------------------------------------------------

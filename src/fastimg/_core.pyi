@@ -70,3 +70,23 @@ def f16_topk(
     panels: int = ...,
     target: int = ...,
 ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+RESCORE_COSINE: int
+RESCORE_PEARSON: int
+RESCORE_L2: int
+RESCORE_BHATTACHARYYA: int
+def rescore_rows(
+    data: npt.NDArray[np.float32],
+    queries: npt.NDArray[np.float32],
+    cand: npt.NDArray[np.int64],
+    metric: int,
+    n_threads: int = ...,
+) -> npt.NDArray[np.float64]: ...
+def rescore_topk(
+    data: npt.NDArray[np.float32],
+    queries: npt.NDArray[np.float32],
+    cand: npt.NDArray[np.int64],
+    k: int,
+    metric: int,
+    higher: bool,
+    n_threads: int = ...,
+) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...

@@ -33,6 +33,8 @@ from fastimg._heap cimport fi_heap_init, fi_heap_push, fi_heap_sort
 from fastimg._lowp cimport (FI_LP_AVX2, FI_LP_N_TARGETS, FI_LP_PW, FI_LP_SCALAR, FI_LP_TILE_LCM, FI_LP_TILE_ROWS,
                             fi_f16_rows_panels, fi_f16_rows_q1, fi_i8_rows_panels, fi_i8_rows_q1, fi_lp_best,
                             fi_lp_compiled, fi_lp_cpu_has)
+from fastimg._rescore cimport (FI_RS_BHATTACHARYYA, FI_RS_COSINE, FI_RS_L2, FI_RS_N, FI_RS_PEARSON, fi_rs_pair,
+                               fi_rs_query, fi_rs_score, fi_rs_topk)
 from fastimg._scan cimport (FI_HAVE_VEC, FI_KIND_CHISQR, FI_KIND_CHISQR_ALT, FI_KIND_INTERSECT, FI_KIND_IP,
                             FI_KIND_KL_DIV, FI_KIND_L1, FI_N_KINDS, FI_TILE_LCM, fi_direct_rows, fi_ip_rows_panels8,
                             fi_ip_rows_panels16, fi_ip_rows_q1, fi_ip_rows_q4, fi_kind, fi_panels_fast, fi_sum_rows)
@@ -301,6 +303,114 @@ def read_sum(const float[:, ::1] data, int n_threads=1, Py_ssize_t chunk_rows=40
             r0 = c * chunk_rows
             total += fi_sum_rows(X, d, r0, min(n, r0 + chunk_rows))
     return total
+
+
+# ---------------------------------------------------------------------------
+# re-scoring (fi_rescore.h): the exact float64 values of candidate rows
+# ---------------------------------------------------------------------------
+
+#: metrics :func:`rescore_rows` computes (``fastimg.search.rescore``'s compiled path);
+#: the other metrics keep NumPy's ``fastimg.metrics.exact_scores_many``
+RESCORE_COSINE = FI_RS_COSINE
+RESCORE_PEARSON = FI_RS_PEARSON
+RESCORE_L2 = FI_RS_L2
+RESCORE_BHATTACHARYYA = FI_RS_BHATTACHARYYA
+
+
+def rescore_rows(const float[:, ::1] data, const float[:, ::1] queries, const int64_t[:, ::1] cand, int metric,
+                 int n_threads=1):
+    """float64 ``(Q, C)``: the metric's value of ``queries[i]`` against ``data[cand[i, j]]``,
+    bit-identical to ``fastimg.metrics.exact_scores_many`` of the gathered rows (the
+    same formulas, NumPy's pairwise summation order: fi_rescore.h), without
+    gathering them.  ``metric``: a ``RESCORE_*`` constant.
+
+    Raises IndexError for an id outside ``data`` (nothing else is validated)."""
+    cdef Py_ssize_t nq = cand.shape[0], nc = cand.shape[1], d = data.shape[1], n = data.shape[0], i, j
+    cdef int64_t r
+    cdef int bad = 0
+    if queries.shape[0] != nq or queries.shape[1] != d:
+        raise ValueError(f"queries must have shape ({nq}, {d}); got ({queries.shape[0]}, {queries.shape[1]})")
+    if metric < 0 or metric >= FI_RS_N:
+        raise ValueError(f"unknown metric code {metric}")
+    out = np.empty((nq, nc), dtype=np.float64)
+    if nq == 0 or nc == 0:
+        return out
+    cdef double[:, ::1] o = out
+    cdef double[:, ::1] qs = np.empty((nq, 2), dtype=np.float64)  # one row per query: no sharing between threads
+    cdef int nt = <int>max(1, min(<Py_ssize_t>n_threads, nq // 32))
+    if nt == 1:  # no thread team for a few queries
+        with nogil:
+            for i in range(nq):
+                fi_rs_query(metric, &queries[i, 0], d, &qs[i, 0])
+                for j in range(nc):
+                    r = cand[i, j]
+                    if r < 0 or r >= n:
+                        bad += 1
+                        o[i, j] = 0.0
+                    else:
+                        o[i, j] = fi_rs_score(metric, &data[r, 0], &queries[i, 0], d, &qs[i, 0])
+        if bad:
+            raise IndexError(f"candidate ids must be in [0, {n - 1}]")
+        return out
+    with nogil:
+        for i in prange(nq, num_threads=nt, schedule="static"):
+            fi_rs_query(metric, &queries[i, 0], d, &qs[i, 0])
+            for j in range(nc):
+                r = cand[i, j]
+                if r < 0 or r >= n:
+                    bad += 1
+                    o[i, j] = 0.0
+                else:
+                    o[i, j] = fi_rs_score(metric, &data[r, 0], &queries[i, 0], d, &qs[i, 0])
+    if bad:
+        raise IndexError(f"candidate ids must be in [0, {n - 1}]")
+    return out
+
+
+def rescore_topk(const float[:, ::1] data, const float[:, ::1] queries, const int64_t[:, ::1] cand, Py_ssize_t k,
+                 int metric, bint higher, int n_threads=1):
+    """``(ids int64 (Q, k), scores float32 (Q, k))``: the ``k`` best of each query's
+    candidates by the metric's float64 value (:func:`rescore_rows`' values), best
+    first (``higher``: a similarity), ties by the lower id, NaN last: the order of
+    ``fastimg.search.rescore``'s stable argsort over ascending ids, in one call.
+
+    Raises IndexError for an id outside ``data``, ValueError for bad shapes / k."""
+    cdef Py_ssize_t nq = cand.shape[0], nc = cand.shape[1], d = data.shape[1], n = data.shape[0], i, j
+    cdef Py_ssize_t bad = 0
+    if queries.shape[0] != nq or queries.shape[1] != d:
+        raise ValueError(f"queries must have shape ({nq}, {d}); got ({queries.shape[0]}, {queries.shape[1]})")
+    if metric < 0 or metric >= FI_RS_N:
+        raise ValueError(f"unknown metric code {metric}")
+    if nq and not 1 <= k <= nc:
+        raise ValueError(f"k must be in [1, {nc}]; got {k}")
+    out_i = np.empty((nq, k), dtype=np.int64)
+    out_s = np.empty((nq, k), dtype=np.float32)
+    if nq == 0:
+        return out_i, out_s
+    cdef int64_t[:, ::1] oi = out_i
+    cdef float[:, ::1] os = out_s
+    with nogil:
+        for i in range(nq):
+            for j in range(nc):
+                if cand[i, j] < 0 or cand[i, j] >= n:
+                    bad += 1
+    if bad:
+        raise IndexError(f"candidate ids must be in [0, {n - 1}]")
+    cdef int nt = <int>max(1, min(<Py_ssize_t>n_threads, nq // 32))
+    scratch_arr = np.empty((nt, nc * sizeof(fi_rs_pair)), dtype=np.uint8)
+    cdef uint8_t[:, ::1] scratch = scratch_arr
+    cdef const float* X = &data[0, 0]
+    if nt == 1:  # no thread team for one query (Index.search)
+        with nogil:
+            for i in range(nq):
+                fi_rs_topk(metric, higher, X, d, &queries[i, 0], &cand[i, 0], nc, k, &oi[i, 0], &os[i, 0],
+                           <fi_rs_pair*>&scratch[0, 0])
+        return out_i, out_s
+    with nogil, parallel(num_threads=nt):
+        for i in prange(nq, schedule="static"):
+            fi_rs_topk(metric, higher, X, d, &queries[i, 0], &cand[i, 0], nc, k, &oi[i, 0], &os[i, 0],
+                       <fi_rs_pair*>&scratch[threadid(), 0])
+    return out_i, out_s
 
 
 # ---------------------------------------------------------------------------

@@ -56,9 +56,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import threading
-import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
@@ -66,6 +64,8 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
+from fastimg.ann_files import (_GRAPH_NAME, FORMAT_VERSION, GRAPH_FILE, META_FILE, READ_FORMAT_VERSIONS, _check_complete,
+                               _crc32, _fsync, _fsync_dir, graph_file, saved_meta)
 from fastimg.errors import AnnSearchError, IndexCorruptError, IndexFormatError, IndexNotFoundError
 from fastimg.metrics import Metric, get_metric
 from fastimg.search import check_queries, check_values, degenerate_queries, rank_degenerate, rescore, resolve_threads
@@ -108,18 +108,7 @@ CANDIDATE_FACTOR: Dict[str, int] = {"exact": 1, "surrogate": 8}
 #: asymmetric; bench/ann.md).  ``mode="ann"`` still uses the graph when asked.
 AUTO_EXACT_METRICS = frozenset({"chisqr"})
 
-#: Version of the files written by :meth:`HnswGraph.save` (2: the graph file has
-#: its own name per save, ``hnsw.<token>.bin``, named by the metadata).
-FORMAT_VERSION = 2
-#: Versions :meth:`HnswGraph.load` reads (1: fastimg 0.1, graph file :data:`GRAPH_FILE`).
-READ_FORMAT_VERSIONS = (1, 2)
-#: hnswlib's graph file of a version-1 save (later saves: see :func:`graph_file`).
-GRAPH_FILE = "hnsw.bin"
-#: fastimg's metadata file (parameters hnswlib does not save, checksum).
-META_FILE = "hnsw.json"
-
 _ADD_CHUNK = 65_536  # rows prepared and inserted per step (bounds the prepared copy)
-_CRC_CHUNK = 16 << 20
 
 
 # ---------------------------------------------------------------------------
@@ -230,19 +219,17 @@ class _RWLock:
         self._readers = 0
         self._writer = False
 
-    @contextmanager
-    def read(self) -> Iterator[None]:
+    def acquire_read(self) -> None:
         with self._cond:
             while self._writer:
                 self._cond.wait()
             self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
 
     @contextmanager
     def write(self) -> Iterator[None]:
@@ -256,77 +243,6 @@ class _RWLock:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
-
-
-def _crc32(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(_CRC_CHUNK)
-            if not block:
-                return crc
-            crc = zlib.crc32(block, crc)
-
-
-_GRAPH_NAME = re.compile(r"^hnsw(\.[0-9a-f]+)?\.bin$")
-
-
-def graph_file(directory: Union[str, os.PathLike]) -> Optional[Path]:
-    """The graph file the metadata saved in ``directory`` names (None: no readable
-    metadata)."""
-    meta = saved_meta(directory)
-    if meta is None:
-        return None
-    name = meta.get("graph_file", GRAPH_FILE)
-    return Path(directory) / name if isinstance(name, str) and _GRAPH_NAME.match(name) else None
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _check_complete(path: Path, size: int, count: int, M: int, dim: int) -> None:
-    """hnswlib writes with a C++ stream and does not report a failed write: a file
-    shorter than its header and level-0 rows need (96 bytes + count x (8 M + 16 +
-    4 dim), plus 4 bytes per row of link-list sizes) is a write that failed.
-    A full file system with a file that could be cut short is reported too."""
-    need = 96 + count * ((2 * M) * 4 + 4 + dim * 4 + 8 + 4)
-    full = False
-    with contextlib.suppress(OSError, AttributeError):
-        st = os.statvfs(path)
-        full = min(st.f_bavail, st.f_bfree) == 0
-    if size < need or full:
-        import errno
-
-        raise OSError(errno.ENOSPC, f"the graph file was cut short ({size} bytes written, at least {need} "
-                      "needed): no space left on device", str(path))
-
-
-def saved_meta(directory: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
-    """fastimg's metadata of the graph saved in ``directory`` (the :data:`META_FILE`
-    dict, ``extra`` included), or None if there is none or it is unreadable.
-    Cheap: the graph itself is not read (use :meth:`HnswGraph.load` for that)."""
-    try:
-        meta = json.loads((Path(directory) / META_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
 
 
 # ---------------------------------------------------------------------------
@@ -785,8 +701,11 @@ class HnswGraph:
             if excl.size and excl.dtype.kind not in "iu":
                 raise AnnSearchError(f"exclude must hold integer ids; got dtype {excl.dtype}")
             excl = excl.astype(np.int64)
-        with self._lock.read():
+        self._lock.acquire_read()  # (not a context manager: a search per call pays for every step)
+        try:
             return self._search(q, k, data, ef, candidates, excl, live)
+        finally:
+            self._lock.release_read()
 
     def search_checked(self, q: np.ndarray, k: int, data: Any, *, ef: Optional[int] = None,
                        candidates: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -801,8 +720,11 @@ class HnswGraph:
         if self._max_label >= data.shape[0]:
             raise AnnSearchError(f"data has {data.shape[0]} rows but the graph holds id {self._max_label}; "
                                  "pass the full matrix the graph was built from")
-        with self._lock.read():
+        self._lock.acquire_read()
+        try:
             return self._search(q, k, data, ef, candidates, None, live)
+        finally:
+            self._lock.release_read()
 
     def _call_args(self, k: Any, ef: Optional[int], candidates: Optional[int]) -> Tuple[int, int, int, int]:
         """``(live rows, k, ef, candidates)`` checked for one search call."""
@@ -832,6 +754,11 @@ class HnswGraph:
 
             gq = prepare_queries(self.rows, q)  # the rows' preparation (bit-identical), without the bias
         labels = self._knn(gq, k_graph)[:, :want]
+        if (not n_excl and labels.shape[1] >= candidates and not self._constant.size
+                and (self._rows_space == "raw" or gq.any(axis=1).all())):
+            # the common case in few NumPy calls: every query keeps its first `candidates`
+            # graph results, none is degenerate (the checks below find nothing to do)
+            return rescore(m, q, data, labels[:, :candidates], k, self.threads)
 
         # queries the graph cannot rank (zero graph vector): answered as the exact scan does
         ties, scans = degenerate_queries(m, q, gq, self._rows_space)
@@ -855,7 +782,7 @@ class HnswGraph:
         regular = full & ~degenerate & (extra.size == 0)
         if regular.all():  # the common case: no padding, no per-query work
             cand = labels[:, :candidates] if keep is None else labels[keep].reshape(nq, candidates)
-            return rescore(m, q, data, cand, k)
+            return rescore(m, q, data, cand, k, self.threads)
         out_ids = np.full((nq, k), -1, dtype=np.int64)
         out_scores = np.full((nq, k), np.nan, dtype=np.float32)
         rows_idx = np.flatnonzero(regular)
@@ -864,7 +791,7 @@ class HnswGraph:
                 cand = labels[rows_idx, :candidates]
             else:
                 cand = labels[rows_idx][keep[rows_idx]].reshape(rows_idx.size, candidates)
-            out_ids[rows_idx], out_scores[rows_idx] = rescore(m, q[rows_idx], data, cand, k)
+            out_ids[rows_idx], out_scores[rows_idx] = rescore(m, q[rows_idx], data, cand, k, self.threads)
 
         # the rest, one query at a time: too many exclusions, pearson constant rows,
         # degenerate queries

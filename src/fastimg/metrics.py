@@ -303,6 +303,11 @@ def _embed_block(space: str, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         out = np.divide(centred, np.where(flat, 1.0, norm)[:, None], out=centred)
     elif space == "unit":
         norm = np.sqrt(np.einsum("ij,ij->i", x, x))
+        if n == 1:  # one query (a search per call): the same divisions, fewer NumPy calls
+            if norm[0] > 0:
+                return np.divide(x, norm[0], out=x), np.zeros(1, dtype=bool)
+            x[:] = 0.0
+            return x, np.ones(1, dtype=bool)
         flat = ~(norm > 0)
         out = x / np.where(flat, 1.0, norm)[:, None]
     else:  # l1, sqrt_l1

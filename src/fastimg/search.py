@@ -75,6 +75,11 @@ _WORK_PER_THREAD = 1 << 21
 _CHECK_ROWS = 1 << 16
 #: candidate values (queries x candidates x D) gathered and re-scored per step
 _RESCORE_ELEMS = 1 << 20
+#: metrics re-scored by the compiled ``_core.rescore_rows`` (bit-identical to
+#: :func:`fastimg.metrics.exact_scores_many`: fi_rescore.h sums in NumPy's pairwise
+#: order); the others gather the rows and call ``exact_scores_many``
+_RESCORE_CODES = {"cosine": "RESCORE_COSINE", "pearson": "RESCORE_PEARSON", "l2": "RESCORE_L2",
+                  "bhattacharyya": "RESCORE_BHATTACHARYYA"}
 _NO_QUERIES = np.empty(0, dtype=np.intp)
 #: a scan's first candidate count per query is this many times ``kk`` (``k +
 #: max(8, k // 8)``), plus ``_FIRST_EXTRA``; an uncertified query is scanned again
@@ -703,7 +708,7 @@ def exact_scan(metric: "str | Metric", query: np.ndarray, data: Any, k: int, *,
 
 
 def rescore(metric: "str | Metric", queries: np.ndarray, data: Any, cand: np.ndarray,
-            k: int) -> Tuple[np.ndarray, np.ndarray]:
+            k: int, threads: Optional[int] = 1) -> Tuple[np.ndarray, np.ndarray]:
     """The ``k`` best of each query's candidates by the metric's exact value.
 
     The one re-scoring step of fastimg's searches (:class:`ExactSearcher` and
@@ -723,6 +728,10 @@ def rescore(metric: "str | Metric", queries: np.ndarray, data: Any, cand: np.nda
         Distinct ids >= 0 per query.
     k : int
         Results per query, in [1, C].
+    threads : int, optional
+        Threads of the compiled path (cosine, pearson, l2, bhattacharyya on
+        float32 C-contiguous arrays: ``_core.rescore_rows``, the same values
+        without gathering the rows); None: :func:`resolve_threads`'s default.
 
     Returns
     -------
@@ -733,6 +742,14 @@ def rescore(metric: "str | Metric", queries: np.ndarray, data: Any, cand: np.nda
     m = get_metric(metric)
     nq, nc = cand.shape
     # ascending ids per query: a stable sort by score then breaks ties by the lower id
+    code = _RESCORE_CODES.get(m.name)
+    if code is not None and isinstance(data, np.ndarray) and data.dtype == np.float32 and data.ndim == 2 \
+            and data.flags.c_contiguous and queries.dtype == np.float32 and queries.flags.c_contiguous:
+        # the compiled path: the same values and order in one call, without gathering the rows
+        from fastimg import _core
+
+        return _core.rescore_topk(data, queries, np.ascontiguousarray(cand, dtype=np.int64), k,
+                                  getattr(_core, code), m.higher_is_better, resolve_threads(threads) if nq > 32 else 1)
     cand = np.sort(cand.astype(np.int64, copy=False), axis=1)
     out_ids = np.empty((nq, k), dtype=np.int64)
     out_scores = np.empty((nq, k), dtype=np.float32)

@@ -96,6 +96,8 @@ class Graph:
         # loading a graph and marking deletions in it: one thread at a time (searches
         # of a loaded graph run in parallel: HnswGraph has its own read/write lock)
         self._lock = threading.RLock()
+        # (graph, deleted ids array, rows) whose deletions were last marked (each search checks it)
+        self._marked: Optional[tuple] = None
 
     def discard(self) -> None:
         """Forget the graph held in memory (never saved)."""
@@ -259,9 +261,13 @@ class Graph:
     def _mark_deleted(self, view: View, graph: Any) -> None:
         """Mark (in memory) the deleted ids below the graph's rows that it does not know yet."""
         rows = graph.max_id + 1  # the graph holds the ids [0, rows)
+        done = self._marked
+        if done is not None and done[0] is graph and done[1] is view.deleted and done[2] == rows:
+            return  # this graph, at these rows, has this (immutable) array's deletions marked
         dead = view.deleted[:int(np.searchsorted(view.deleted, rows))]
         if dead.size != rows - len(graph):  # len = live rows: some deletion is not marked yet
             graph.mark_deleted(dead)  # ids already marked are ignored
+        self._marked = (graph, view.deleted, rows)
 
     def held(self, meta: Optional[dict]) -> bool:
         """Is the graph in memory the one ``meta`` records (possibly with unsaved changes)?"""

@@ -206,6 +206,8 @@ class Queries:
 
     def vector(self, query: Any, view: View) -> tuple[np.ndarray, Optional[set], bool]:
         """``(float32 vector, ids that are the query itself or None, match-identical flag)``."""
+        if type(query) is np.ndarray and query.ndim == 1 and query.dtype.kind == "f":
+            return self.check(query)[0], None, True  # a vector (the common case first)
         if isinstance(query, (str, os.PathLike)):
             return self._path_query(os.fspath(query), view)
         if isinstance(query, (bytes, bytearray, memoryview)):

@@ -223,7 +223,8 @@ class Search:
                 keep1 &= row_ids != i
             if ident[0]:
                 cand = row_ids[keep1]
-                same = cand[(view.array[cand] == q[0]).all(axis=1)]
+                cand = cand[view.array[cand, 0] == q[0, 0]]  # the first column, then whole rows
+                same = cand[(view.array[cand] == q[0]).all(axis=1)] if cand.size else cand
                 if same.size:
                     j = int(same.min())
                     keep1 &= row_ids != j
