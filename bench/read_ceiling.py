@@ -149,6 +149,7 @@ def vectorisation(threads: int = 1) -> dict:
     asm = "\n".join(f32_sum.inspect_asm().values())
     counts = {"vaddps zmm": len(re.findall(r"vaddps\s+[^\n]*%zmm", asm)),
               "vaddps ymm": len(re.findall(r"vaddps\s+[^\n]*%ymm", asm)),
+              "addps xmm": len(re.findall(r"\bv?addps\s+[^\n]*%xmm", asm)),
               "gathers": len(re.findall(r"gather", asm))}
     best_t = min(_timed(lambda: serial(block)) for _ in range(200))
     gbps = block.nbytes / best_t / 1e9
