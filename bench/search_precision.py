@@ -10,12 +10,17 @@ rounds (each competitor once per round, best of the rounds), 2 threads, k = 10:
 
 * Q = 1 (a different query each call, 8 calls per round, per-query time): the
   three precisions, numpy (``P @ q`` + argpartition), and the memory-read ceiling
-  of each precision's bytes (``_core.read_sum`` over the same buffers);
+  of each precision's rows: every streaming reduction of bench/read_ceiling.py
+  over the same buffer (8 passes per round), the fastest one is the ceiling;
 * Q = 100 (ms per query): the three precisions and the candidate kernels alone.
 
-Then the physical limits: bytes per query / measured read bandwidth for Q = 1,
+Then the physical limits: bytes per query / the read bandwidth of the fastest
+streaming read of the same precision's rows (same rounds) for Q = 1,
 multiply-adds / the peak multiply-add rate of the kernel's instruction at the
-reported clock (``PEAK_MACS_PER_CYCLE``) for Q = 100.  Prints Markdown tables and writes bench/results/search_precision.json.
+reported clock (``PEAK_MACS_PER_CYCLE``) for Q = 100.  Also records that the read
+kernels are vectorised (read_ceiling.vectorisation) and the copy / STREAM-triad
+bandwidth (read_ceiling.copy_bandwidth).  Prints Markdown tables and writes
+bench/results/search_precision.json.
 
 Options: ``--n`` (rows), ``--dims``, ``--metrics``, ``--rounds``, ``--threads``.
 """
@@ -51,14 +56,6 @@ def _kernel_fn(s, qp, threads, k=K):
     return lambda: scan.topk(sq, width, None, threads, chunk)
 
 
-def _read_fn(arr, threads):
-    from fastimg import _core
-
-    flat = arr.reshape(arr.shape[0], -1)
-    view = flat.view(np.float32) if flat.dtype != np.float32 else flat
-    return lambda: _core.read_sum(view, threads)
-
-
 def _bytes_read(s) -> int:
     """Bytes a Q = 1 scan reads: the scanned rows and the per-row arrays."""
     return s.nbytes
@@ -73,12 +70,9 @@ PEAK_MACS_PER_CYCLE = {"float32": 16, "float16": 16,
 
 
 def _clock_ghz() -> float:
-    """The clock /proc/cpuinfo reports (the nominal one in a VM; turbo may be higher)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return float(next(line for line in fh if line.startswith("cpu MHz")).split(":")[1]) / 1e3
-    except (OSError, StopIteration, ValueError):
-        return float("nan")
+    from read_ceiling import clock_ghz
+
+    return clock_ghz()
 
 
 def _time(fn) -> float:
@@ -88,7 +82,8 @@ def _time(fn) -> float:
 
 
 def run(n: int, dims, metrics, rounds: int, threads: int) -> dict:
-    from bench_search import histograms, interleave, numpy_topk
+    import read_ceiling
+    from bench_search import histograms, interleave, interleave_times, numpy_topk, paired_fraction
     from fastimg.metrics import prepare_queries
     from fastimg.search import ExactSearcher
 
@@ -119,16 +114,25 @@ def run(n: int, dims, metrics, rounds: int, threads: int) -> dict:
             # Q = 1: one query per call, 8 different queries per round
             fns = {f"fastimg {p}": (lambda sp=s[p]: [sp.search(q, K) for q in q1s]) for p in PRECISIONS}
             fns["numpy"] = lambda: [numpy_topk(s["float32"].prepared, s["float32"].bias, q[None], K) for q in qp1]
-            fns["read float32 rows"] = lambda f=_read_fn(s["float32"].prepared, threads): [f() for _ in range(8)]
-            fns["read float16 rows"] = lambda f=_read_fn(s["float16"].reduced.codes, threads): [f() for _ in range(8)]
-            fns["read int8 rows"] = lambda f=_read_fn(s["int8"].reduced.codes, threads): [f() for _ in range(8)]
-            t1 = {k: v[0] / 8 for k, v in interleave(fns, rounds).items()}
+            rows = {"float32": s["float32"].prepared, "float16": s["float16"].reduced.codes,
+                    "int8": s["int8"].reduced.codes}
+            for p, arr in rows.items():
+                for name, fn in read_ceiling.kernels(arr, threads, repeat=8).items():
+                    fns[f"read {p} {name}"] = fn
+            raw1 = interleave_times(fns, rounds)
+            t1 = {k: min(v) / 8 for k, v in raw1.items()}
+            ceiling = {p: read_ceiling.best(t1, f"read {p} ") for p in PRECISIONS}
+            for p in PRECISIONS:  # the ceiling of each precision's rows: its fastest streaming read
+                t1[f"read {p} rows"] = ceiling[p][1]
+            # per round: time to stream the precision's rows / fastimg's time (median over rounds)
+            paired = {p: paired_fraction(raw1, f"fastimg {p}", f"read {p} ")[0] for p in PRECISIONS}
             # Q = 100
             fns = {f"fastimg {p}": (lambda sp=s[p]: sp.search(q100, K)) for p in PRECISIONS}
             for p in PRECISIONS:
                 fns[f"kernel {p}"] = _kernel_fn(s[p], qp100, threads)
             t100 = {k: v[0] / 100 for k, v in interleave(fns, rounds).items()}
-            bw = s["float32"].prepared.nbytes / t1["read float32 rows"]  # bytes / s, same run
+            # bytes / s of the fastest streaming read of each precision's rows, same rounds
+            bw = {p: rows[p].nbytes / t1[f"read {p} rows"] for p in PRECISIONS}
             from fastimg import _core
 
             peak = {p: PEAK_MACS_PER_CYCLE[p] for p in PRECISIONS}
@@ -136,8 +140,11 @@ def run(n: int, dims, metrics, rounds: int, threads: int) -> dict:
             rate = {p: peak[p] * _clock_ghz() * 1e9 * threads for p in PRECISIONS}  # MAC / s
             nbytes = {p: s[p].nbytes for p in PRECISIONS}
             limits = {
-                "read_bandwidth_GBps": bw / 1e9,
-                "Q1_limit_ms": {p: _bytes_read(s[p]) / bw * 1e3 for p in PRECISIONS},
+                "read_bandwidth_GBps": {p: bw[p] / 1e9 for p in PRECISIONS},
+                "read_ceiling_kernel": {p: ceiling[p][0] for p in PRECISIONS},
+                "Q1_limit_ms": {p: _bytes_read(s[p]) / bw[p] * 1e3 for p in PRECISIONS},
+                # the same limit, round by round: fraction of the limit fastimg reached (median of rounds)
+                "Q1_achieved_paired": {p: paired[p] * _bytes_read(s[p]) / rows[p].nbytes for p in PRECISIONS},
                 "clock_GHz": _clock_ghz(),
                 "Q100_peak_GMACps": {p: rate[p] / 1e9 for p in PRECISIONS},
                 "Q100_achieved_GMACps": {p: n * d / t100[f"kernel {p}"] / 1e9 for p in PRECISIONS},
@@ -149,7 +156,8 @@ def run(n: int, dims, metrics, rounds: int, threads: int) -> dict:
                 "Q100_ms_per_query": {k: v * 1e3 for k, v in t100.items()},
                 "limits": limits, "stats": stats,
             }
-            print(f"[D={d} {metric}] Q1 ms {({k: round(v * 1e3, 3) for k, v in t1.items()})}", flush=True)
+            print(f"[D={d} {metric}] Q1 ms {({k: round(v * 1e3, 3) for k, v in t1.items()})}; read ceiling "
+                  f"kernels {limits['read_ceiling_kernel']}", flush=True)
             print(f"[D={d} {metric}] Q100 ms/query {({k: round(v * 1e3, 3) for k, v in t100.items()})}", flush=True)
             del s
         del x
@@ -177,13 +185,16 @@ def tables(res: dict) -> str:
                      f"{t['kernel float32']:.3f} / {t['kernel float16']:.3f} / {t['kernel int8']:.3f} | "
                      f"{got['float32']:.0f} / {got['float16']:.0f} / {got['int8']:.0f} | "
                      + " / ".join(f"{got[p] / peak[p]:.0%}" for p in PRECISIONS) + " |")
-    lines += ["", "| D | metric | read bandwidth GB/s | Q = 1 limit f32 / f16 / i8 (ms) | achieved |", "|" + "---|" * 5]
+    lines += ["", "| D | metric | read bandwidth GB/s f32 / f16 / i8 | Q = 1 limit f32 / f16 / i8 (ms) | "
+              "fastimg at % of the limit f32 / f16 / i8 (per round, median) | (best of rounds) |", "|" + "---|" * 6]
     for r in res.values():
         lim = r["limits"]["Q1_limit_ms"]
+        bw = r["limits"]["read_bandwidth_GBps"]
         t = r["Q1_ms"]
         ach = " / ".join(f"{lim[p] / t['fastimg ' + p]:.0%}" for p in PRECISIONS)
-        lines.append(f"| {r['D']} | {r['metric']} | {r['limits']['read_bandwidth_GBps']:.1f} | "
-                     f"{lim['float32']:.2f} / {lim['float16']:.2f} / {lim['int8']:.2f} | {ach} |")
+        paired = " / ".join(f"{r['limits']['Q1_achieved_paired'][p]:.0%}" for p in PRECISIONS)
+        lines.append(f"| {r['D']} | {r['metric']} | " + " / ".join(f"{bw[p]:.1f}" for p in PRECISIONS) + " | "
+                     f"{lim['float32']:.2f} / {lim['float16']:.2f} / {lim['int8']:.2f} | {paired} | {ach} |")
     return "\n".join(lines)
 
 
@@ -198,12 +209,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from fastimg import _core
 
+    import read_ceiling
+
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     res = run(args.n, args.dims, args.metrics, args.rounds, args.threads)
+    checks = {"vectorisation": read_ceiling.vectorisation(),
+              "copy_bandwidth": read_ceiling.copy_bandwidth(min(256 << 20, max(args.n * 64, 1 << 20)), args.threads)}
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_average_start": load0,
             "load_average_end": os.getloadavg(), "seconds": round(time.perf_counter() - t0, 1),
-            "lowp_target": _core.LOWP_BEST, "panels_fast": _core.PANELS_FAST}
+            "lowp_target": _core.LOWP_BEST, "panels_fast": _core.PANELS_FAST, "read_checks": checks}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "results": res}, indent=2, default=float))
     print(f"\n{meta['date']}: N = {args.n}, {args.threads} threads, best of {args.rounds} interleaved rounds, "
@@ -211,6 +226,11 @@ def main(argv=None) -> int:
           f"int8/float16 kernels {meta['lowp_target']}, load average {load0[0]:.2f} -> {meta['load_average_end'][0]:.2f}"
           f", {meta['seconds']} s\n")
     print(tables(res))
+    vec, cb = checks["vectorisation"], checks["copy_bandwidth"]
+    print(f"\nread kernels: numba f32 sum assembly {vec['asm']}, one thread on an L2-resident block "
+          f"{vec['in_cache_GBps']} GB/s ({vec['bytes_per_cycle']} bytes per cycle at the reported clock; a scalar "
+          f"add chain: <= 4); copy bandwidth: np.copyto {cb['copyto_GBps']} GB/s (1 thread, read + write), "
+          f"STREAM triad {cb['triad_GBps']} GB/s ({cb['threads_triad']} threads, 3 arrays)")
     print(f"\nraw: {args.out}")
     return 0
 
