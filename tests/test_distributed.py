@@ -287,6 +287,25 @@ def test_existing_root_keeps_its_shards_descriptor_and_metric(tmp_path):
         ShardedIndex.open(tmp_path / "nothing")
 
 
+def test_a_bad_or_newer_manifest_is_refused_by_name(tmp_path):
+    rng = np.random.default_rng(2)
+    root = tmp_path / "sh"
+    add_vectors(root, rng.normal(size=(10, 4)), [f"v{i}" for i in range(10)], shards=2)
+    good = json.loads((root / MANIFEST).read_text())
+    for bad, message in [(dict(good, format_version=good["format_version"] + 1),
+                          r"fastimg-shards\.json: sharded index format version 2 was written by a newer fastimg.*"
+                          r"up to 1: upgrade fastimg"),
+                         (dict(good, format="something-else"), r"fastimg-shards\.json: not a sharded fastimg index"),
+                         ({k: v for k, v in good.items() if k != "metric"}, r"fastimg-shards\.json: missing 'metric'"),
+                         (dict(good, shards=[]), r"'shards' must be a non-empty list")]:
+        (root / MANIFEST).write_text(json.dumps(bad))
+        with pytest.raises(IndexFormatError, match=message):
+            ShardedIndex.open(root)
+    (root / MANIFEST).write_text("{not json")
+    with pytest.raises(IndexFormatError, match=r"fastimg-shards\.json: unreadable manifest"):
+        ShardedIndex.open(root)
+
+
 def test_a_shard_with_a_whitening_is_refused(tmp_path):
     rng = np.random.default_rng(1)
     add_vectors(tmp_path / "sh", rng.normal(size=(40, 8)), [f"v{i}" for i in range(40)], shards=2)
