@@ -188,6 +188,21 @@ def test_search_batch_matches_search_and_the_single_index(client, cluster_root, 
         assert [set(sh.paths(r)) for r in ids] == [set(single.paths(r)) for r in want_ids]
 
 
+def test_searches_too_big_to_run_inline_run_on_the_actor_thread_with_the_same_answers(client, cluster_root,
+                                                                                        single, photos):
+    # small searches run on the workers' event loops (INLINE_BYTES); force the other path
+    queries = _queries(photos)
+    with ShardedIndex.open(cluster_root, client=client) as sh:
+        sh.INLINE_BYTES = 0
+        ids, scores = sh.search_batch(queries, 6, metric="bhattacharyya")
+        want_ids, want_scores = single.search_batch(queries, 6, metric="bhattacharyya")
+        np.testing.assert_array_equal(scores, want_scores)
+        assert [set(sh.paths(r)) for r in ids] == [set(single.paths(r)) for r in want_ids]
+        for q in queries[:3]:
+            assert_same_hits(sh.search(q, 5, metric="cosine"), lambda k, q=q: single.search(q, k, metric="cosine"),
+                             5, True)
+
+
 def test_in_process_shards_equal_the_cluster_shards(client, cluster_root, photos, single):
     root = photos.parent / "inproc"
     report = build_shards(photos, root, shards=SHARDS)  # no client: in this process

@@ -61,6 +61,14 @@ class ShardedIndex:
     See the module docstring for how queries are answered and for global ids.
     """
 
+    #: A search whose scan reads at most this many bytes on a host (its shards' rows x
+    #: the queries' bytes: an upper bound, the exact scan) runs on the worker's event
+    #: loop thread rather than Dask's actor thread: two thread hand-overs less per call.
+    #: 256 MiB is ~20-50 ms of scanning on one core (bench/README.md), short enough not
+    #: to hold up the worker's heartbeats and messages; larger calls (big batches) keep
+    #: Dask's actor thread.
+    INLINE_BYTES = 1 << 28
+
     def __init__(self, root: Path, man: dict, client: Any, threads: Optional[int], retries: int,
                  own_client: bool):
         # private: use ShardedIndex.open
@@ -79,6 +87,7 @@ class ShardedIndex:
         self._desc: Any = None
         self._hosts: list[Any] = []
         self._where: dict[int, int] = {}  # shard -> host index
+        self._rows: dict[int, int] = {}  # shard -> stored rows (live and deleted), read at open
         self._unavailable: dict[int, str] = {}  # shard -> cause
         self._dead: set[str] = set()  # addresses of workers whose host was lost
         self._closed = False
@@ -257,6 +266,7 @@ class ShardedIndex:
     # ------------------------------------------------------------------ hosts
     def _check_shards(self) -> None:
         per, _ = self._fanout("info", ())
+        self._rows = {s: int(per[s]["rows"]) for s in range(self.n)}
         for s in range(self.n):
             i = per[s]
             if i["dim"] != self.dim or i["descriptor"] != self._man["descriptor"]:
@@ -322,10 +332,12 @@ class ShardedIndex:
                     [self.names[s] for s in orphans], "; ".join(causes.values()))
 
     def _fanout(self, method: str, args: tuple, shards: Optional[Sequence[int]] = None,
-                allow_partial: bool = False) -> tuple[dict, tuple]:
+                allow_partial: bool = False, bytes_per_row: int = 0) -> tuple[dict, tuple]:
         """Call ``method(shards of the host, *args)`` on every host holding one of
         ``shards`` (default: all); returns ``(shard -> answer, missing shard names)``.
-        A host whose worker died is replaced and the call retried."""
+        A host whose worker died is replaced and the call retried.  ``bytes_per_row``
+        (a search's bytes read per stored row): a host whose rows times this is at most
+        :attr:`INLINE_BYTES` runs the call inline (``RemoteHost.call``)."""
         if self._closed:
             raise IndexClosedError(f"{self.root}: the sharded index is closed")
         want = list(range(self.n)) if shards is None else list(shards)
@@ -339,8 +351,10 @@ class ShardedIndex:
                 pending: dict[int, Any] = {}
                 lost: dict[int, str] = {}
                 for h, ss in by.items():
+                    work = sum(self._rows.get(s, 0) for s in ss) * bytes_per_row
+                    inline = 0 < bytes_per_row and work <= self.INLINE_BYTES
                     try:
-                        pending[h] = self._hosts[h].call(method, ss, *args)
+                        pending[h] = self._hosts[h].call(method, ss, *args, inline=inline)
                     except Exception as exc:  # noqa: BLE001 - sorted as below
                         if self._client is None or not is_lost(exc):
                             raise
@@ -562,7 +576,7 @@ class ShardedIndex:
         extra = max([len(s) for s in selfs] + [0]) + (1 if any(ident) else 0)
         kk = k + extra
         parts, missing = self._fanout("search", (q, kk, m.name, mode, ef, candidates, any(ident), want_paths),
-                                      allow_partial=allow_partial)
+                                      allow_partial=allow_partial, bytes_per_row=q.nbytes)
         self.last_shard_seconds = {self.names[s]: float(parts[s][4]) for s in parts}
         self.last_host_seconds = max([float(parts[s][5]) for s in parts] + [0.0])
         nq = q.shape[0]
