@@ -4,9 +4,11 @@ sharded search against one index.  Results: bench/distributed.md.
 Run (one command per table; the machine's load average is printed with each)::
 
     .venv/bin/python bench/bench_distributed.py extract            # Corel-1k, 1 and 2 worker processes
-    .venv/bin/python bench/bench_distributed.py search --n 1000000  # 1 index vs 4 and 8 shards, exact
-    .venv/bin/python bench/bench_distributed.py search --n 100000 --ann   # the same with HNSW graphs
+    .venv/bin/python bench/bench_distributed.py build --n 1000000 --dir /tmp/fi1m   # the roots, once
+    .venv/bin/python bench/bench_distributed.py search --n 1000000 --dir /tmp/fi1m  # 1 index vs 4 and 8 shards
+    .venv/bin/python bench/bench_distributed.py search --n 100000 --ann --dir /tmp/fi100k  # with HNSW graphs
 
+(``search`` without ``--dir`` builds the roots in a temporary folder first.)
 ``make test`` runs both on toy sizes (``test_tiny``) so the script cannot rot.
 
 **extract** describes the same files (``hsv72``) five ways, in interleaved
@@ -22,12 +24,14 @@ rounds (every variant once per round; the best round is reported):
 **search** builds one ``descriptor="custom"`` index and 4- and 8-shard roots
 holding the same N random vectors (D = 128, cosine), then times single-vector
 queries (k = 10) in interleaved rounds: the one index; the shards in this
-process (threads); the shards on a ``LocalCluster`` of 2 worker processes.  For
-the sharded runs it also records the slowest shard's own time
-(``ShardedIndex.last_shard_seconds``) and the slowest host's (a host searches its
-shards with its threads: with one thread, one after the other;
-``last_host_seconds``): latency minus the slowest host is the fan-out and merge
-overhead.
+process (threads); the shards on a ``LocalCluster`` of 2 worker processes of 1
+thread, and of 2 threads; ``search_batch`` of all the round's queries in one call
+on the first cluster (time per query); and the floor: Dask actor calls that do
+nothing, to one host and to both hosts at once.  For the sharded runs it also
+records the slowest shard's own time (``ShardedIndex.last_shard_seconds``) and
+the slowest host's (a host searches its shards with its threads: with one
+thread, one after the other; ``last_host_seconds``): latency minus the slowest
+host is the fan-out and merge overhead.
 """
 from __future__ import annotations
 
@@ -53,10 +57,10 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _cluster(n_workers: int):
+def _cluster(n_workers: int, threads: int = 1):
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=True, dashboard_address=":0",
                            silence_logs=logging.ERROR)
     return Client(cluster), cluster
 
@@ -152,10 +156,33 @@ def run_extract(n_images: int, rounds: int, batch: int, shards: int, out=print) 
 # search
 # --------------------------------------------------------------------------- #
 
+def _roots_ok(tmp: Path, n: int, d: int, shard_counts: list[int], ann: bool) -> bool:
+    """True when ``tmp`` holds the roots of these sizes (built by an earlier ``build``)."""
+    import json
+
+    try:
+        one = json.loads((tmp / "one" / "manifest.json").read_text())
+        if one["dim"] != d:
+            return False
+        for s in shard_counts:
+            man = json.loads((tmp / f"s{s}" / "fastimg-shards.json").read_text())
+            if man["count"] != n or len(man["shards"]) != s or man["dim"] != d:
+                return False
+        return (tmp / "built").is_file() and (tmp / "built").read_text().split() == [str(n), str(int(ann))]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def _build_vectors(tmp: Path, n: int, d: int, shard_counts: list[int], ann: bool) -> None:
     from fastimg import Index
     from fastimg.distributed import add_vectors
 
+    for p in [tmp / "one", tmp / "built"] + [tmp / f"s{s}" for s in shard_counts]:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    tmp.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     chunk = 100_000
     with Index.create(tmp / "one", descriptor="custom", dim=d, metric="cosine") as one:
@@ -171,55 +198,82 @@ def _build_vectors(tmp: Path, n: int, d: int, shard_counts: list[int], ann: bool
     if ann:
         for root in roots.values():
             add_vectors(root, np.zeros((0, d), np.float32), [], ann=True)
+    (tmp / "built").write_text(f"{n} {int(ann)}\n")
 
 
 class _Ping:
-    """An actor call that does nothing, timed like a search."""
+    """Dask actor calls that do nothing (``ShardHost.pid``) on the hosts of a sharded
+    index, all at once like a search's fan-out: the floor Dask puts under a call."""
 
-    def __init__(self, host):
-        self.host = host
+    def __init__(self, sharded, hosts: int):
+        self.sharded = sharded
+        self.hosts = sharded._hosts[:hosts]
 
     def search(self, *_, **__):
-        return self.host.wait(self.host.call("pid"))
+        if len(self.hosts) == 1:
+            return self.hosts[0].wait(self.hosts[0].call("pid"))
+        return self.sharded._wait_all({i: h.call("pid") for i, h in enumerate(self.hosts)})
 
 
-def run_search(n: int, d: int, rounds: int, queries: int, shard_counts: list[int], ann: bool, out=print) -> dict:
+class _Batch:
+    """``search_batch`` of all the round's queries in one call; timed per query."""
+
+    def __init__(self, sharded):
+        self.sharded = sharded
+
+
+def run_search(n: int, d: int, rounds: int, queries: int, shard_counts: list[int], ann: bool, out=print,
+               root: Path | None = None, threads_per_worker: bool = True) -> dict:
     from fastimg import Index
     from fastimg.distributed import ShardedIndex
 
-    tmp = Path(tempfile.mkdtemp(prefix="fastimg-bench-dist-"))
+    tmp = root if root is not None else Path(tempfile.mkdtemp(prefix="fastimg-bench-dist-"))
     mode = "ann" if ann else "exact"
+    clusters = []
     try:
         t0 = time.perf_counter()
-        _build_vectors(tmp, n, d, shard_counts, ann)
-        build_s = time.perf_counter() - t0
+        built = "reused"
+        if not _roots_ok(tmp, n, d, shard_counts, ann):
+            _build_vectors(tmp, n, d, shard_counts, ann)
+            built = f"built in {time.perf_counter() - t0:.0f} s"
         rng = np.random.default_rng(1)
         qs = rng.standard_normal((queries, d), dtype=np.float32)
-        client, cluster = _cluster(2)
-        handles = {"one index, in-process": Index.open(tmp / "one", threads=2)}
+        clusters.append(_cluster(2))
+        if threads_per_worker:
+            clusters.append(_cluster(2, threads=2))
+        handles: dict = {"one index, in-process": Index.open(tmp / "one", threads=2)}
         for s in shard_counts:
             handles[f"{s} shards, in-process (threads)"] = ShardedIndex.open(tmp / f"s{s}", threads=2)
-            handles[f"{s} shards, 2 worker processes"] = ShardedIndex.open(tmp / f"s{s}", client=client)
+            handles[f"{s} shards, 2 worker processes"] = ShardedIndex.open(tmp / f"s{s}", client=clusters[0][0])
+            if threads_per_worker:
+                handles[f"{s} shards, 2 worker processes x 2 threads"] = ShardedIndex.open(
+                    tmp / f"s{s}", client=clusters[1][0])
+            handles[f"{s} shards, 2 worker processes, search_batch of {queries} (per query)"] = _Batch(
+                handles[f"{s} shards, 2 worker processes"])
         try:
             ref = handles["one index, in-process"]
             for name, h in handles.items():  # warm-up (page cache, prepared matrices) and a check
-                if isinstance(h, _Ping):
+                if isinstance(h, _Batch):
                     continue
                 for q in qs[:3]:
                     got = [x.path for x in h.search(q, 10, mode=mode)]
                     want = [x.path for x in ref.search(q, 10, mode=mode)]
                     if mode == "exact":
                         assert got == want, name
-            # the floor Dask puts under a sharded call: an actor call that does nothing
-            host = handles[f"{shard_counts[0]} shards, 2 worker processes"]._hosts[0]
-            handles["Dask actor call doing nothing (round-trip floor)"] = _Ping(host)
+            first = handles[f"{shard_counts[0]} shards, 2 worker processes"]
+            handles["Dask actor call doing nothing, 1 host (round-trip floor)"] = _Ping(first, 1)
+            handles["Dask actor calls doing nothing, 2 hosts at once (fan-out floor)"] = _Ping(first, 2)
             lat: dict[str, list[float]] = {k: [] for k in handles}
-            over: dict[str, list[float]] = {k: [] for k in handles}
             slow: dict[str, list[float]] = {k: [] for k in handles}
             host: dict[str, list[float]] = {k: [] for k in handles}
             loads = [_load()]
             for _ in range(rounds):
                 for name, h in handles.items():
+                    if isinstance(h, _Batch):
+                        t = time.perf_counter()
+                        h.sharded.search_batch(qs, 10, mode=mode)
+                        lat[name].append((time.perf_counter() - t) / len(qs))
+                        continue
                     for q in qs:
                         t = time.perf_counter()
                         h.search(q, 10, mode=mode)
@@ -228,30 +282,37 @@ def run_search(n: int, d: int, rounds: int, queries: int, shard_counts: list[int
                         if isinstance(h, ShardedIndex):
                             slow[name].append(max(h.last_shard_seconds.values()))
                             host[name].append(h.last_host_seconds)
-                            over[name].append(dt - h.last_host_seconds)
                 loads.append(_load())
         finally:
             for h in handles.values():
-                if not isinstance(h, _Ping):
+                if isinstance(h, (Index, ShardedIndex)):
                     h.close()
-            client.close(), cluster.close()
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for c, k in clusters:
+            c.close(), k.close()
+        if root is None:
+            shutil.rmtree(tmp, ignore_errors=True)
     base = statistics.median(lat["one index, in-process"])
     out(f"\nN = {n:,}, D = {d}, cosine, k = 10, mode = {mode}, {queries} queries x {rounds} interleaved rounds "
-        f"(medians; building the roots took {build_s:.0f} s); load average before and after each round: "
+        f"(medians of the per-query times; roots {built}); load average before and after each round: "
         f"{' | '.join(loads)}\n")
-    out("| setup | latency ms (median) | p90 | slowest shard ms | slowest host ms | fan-out + merge ms "
-        "(latency - slowest host) | vs one index |")
-    out("|---|---:|---:|---:|---:|---:|---:|")
+    out("| setup | latency ms (median) | p90 | slowest shard ms | slowest host ms | over the slowest shard ms | "
+        "over the slowest host ms | vs one index |")
+    out("|---|---:|---:|---:|---:|---:|---:|---:|")
     res = {}
     for name in handles:
         v = sorted(lat[name])
         med, p90 = statistics.median(v) * 1e3, v[int(0.9 * (len(v) - 1))] * 1e3
-        sl = f"{statistics.median(slow[name]) * 1e3:.2f}" if slow[name] else "-"
-        hs = f"{statistics.median(host[name]) * 1e3:.2f}" if host[name] else "-"
-        ov = f"{statistics.median(over[name]) * 1e3:.2f}" if over[name] else "-"
-        out(f"| {name} | {med:.2f} | {p90:.2f} | {sl} | {hs} | {ov} | {base * 1e3 / med:.2f}x |")
+
+        def col(xs: list[float], minus: bool = False, v=v) -> str:
+            if not xs:
+                return "-"
+            if minus:  # per query: latency - that query's slowest shard / host
+                return f"{statistics.median([a - b for a, b in zip(lat[name], xs)]) * 1e3:.2f}"
+            return f"{statistics.median(xs) * 1e3:.2f}"
+
+        out(f"| {name} | {med:.2f} | {p90:.2f} | {col(slow[name])} | {col(host[name])} | "
+            f"{col(slow[name], True)} | {col(host[name], True)} | {base * 1e3 / med:.2f}x |")
         res[name] = med
     return res
 
@@ -262,7 +323,8 @@ def run_search(n: int, d: int, rounds: int, queries: int, shard_counts: list[int
 
 def test_tiny() -> None:
     run_extract(24, rounds=1, batch=6, shards=2, out=lambda *a: None)
-    run_search(3000, 16, rounds=1, queries=3, shard_counts=[2], ann=False, out=lambda *a: None)
+    run_search(3000, 16, rounds=1, queries=3, shard_counts=[2], ann=False, out=lambda *a: None,
+               threads_per_worker=False)
 
 
 def main() -> None:
@@ -280,13 +342,26 @@ def main() -> None:
     s.add_argument("--queries", type=int, default=30)
     s.add_argument("--shards", type=int, nargs="+", default=[4, 8])
     s.add_argument("--ann", action="store_true", help="HNSW graphs on every index and shard; mode='ann'")
+    s.add_argument("--dir", type=Path, help="keep the roots here (reused when they match --n/--d/--shards/--ann)")
+    s.add_argument("--no-threads-per-worker", dest="tpw", action="store_false",
+                   help="leave out the cluster of 2 worker processes x 2 threads")
+    b = sub.add_parser("build", help="only build the roots of `search --dir` (a heavy job: run it apart)")
+    b.add_argument("--n", type=int, default=1_000_000)
+    b.add_argument("--d", type=int, default=128)
+    b.add_argument("--shards", type=int, nargs="+", default=[4, 8])
+    b.add_argument("--ann", action="store_true")
+    b.add_argument("--dir", type=Path, required=True)
     a = ap.parse_args()
     print(f"fastimg.distributed benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{os.cpu_count()} cores, load average {_load()}")
     if a.part == "extract":
         run_extract(a.images, a.rounds, a.batch, a.shards)
+    elif a.part == "build":
+        t0 = time.perf_counter()
+        _build_vectors(a.dir, a.n, a.d, a.shards, a.ann)
+        print(f"built {a.dir} in {time.perf_counter() - t0:.0f} s")
     else:
-        run_search(a.n, a.d, a.rounds, a.queries, a.shards, a.ann)
+        run_search(a.n, a.d, a.rounds, a.queries, a.shards, a.ann, root=a.dir, threads_per_worker=a.tpw)
 
 
 if __name__ == "__main__":

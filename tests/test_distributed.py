@@ -188,6 +188,21 @@ def test_search_batch_matches_search_and_the_single_index(client, cluster_root, 
         assert [set(sh.paths(r)) for r in ids] == [set(single.paths(r)) for r in want_ids]
 
 
+def test_searches_too_big_to_run_inline_run_on_the_actor_thread_with_the_same_answers(client, cluster_root,
+                                                                                        single, photos):
+    # small searches run on the workers' event loops (INLINE_BYTES); force the other path
+    queries = _queries(photos)
+    with ShardedIndex.open(cluster_root, client=client) as sh:
+        sh.INLINE_BYTES = 0
+        ids, scores = sh.search_batch(queries, 6, metric="bhattacharyya")
+        want_ids, want_scores = single.search_batch(queries, 6, metric="bhattacharyya")
+        np.testing.assert_array_equal(scores, want_scores)
+        assert [set(sh.paths(r)) for r in ids] == [set(single.paths(r)) for r in want_ids]
+        for q in queries[:3]:
+            assert_same_hits(sh.search(q, 5, metric="cosine"), lambda k, q=q: single.search(q, k, metric="cosine"),
+                             5, True)
+
+
 def test_in_process_shards_equal_the_cluster_shards(client, cluster_root, photos, single):
     root = photos.parent / "inproc"
     report = build_shards(photos, root, shards=SHARDS)  # no client: in this process
@@ -285,6 +300,25 @@ def test_existing_root_keeps_its_shards_descriptor_and_metric(tmp_path):
         ShardedIndex.open(tmp_path / "plain")
     with pytest.raises(IndexNotFoundError, match="no sharded fastimg index"):
         ShardedIndex.open(tmp_path / "nothing")
+
+
+def test_a_bad_or_newer_manifest_is_refused_by_name(tmp_path):
+    rng = np.random.default_rng(2)
+    root = tmp_path / "sh"
+    add_vectors(root, rng.normal(size=(10, 4)), [f"v{i}" for i in range(10)], shards=2)
+    good = json.loads((root / MANIFEST).read_text())
+    for bad, message in [(dict(good, format_version=good["format_version"] + 1),
+                          r"fastimg-shards\.json: sharded index format version 2 was written by a newer fastimg.*"
+                          r"up to 1: upgrade fastimg"),
+                         (dict(good, format="something-else"), r"fastimg-shards\.json: not a sharded fastimg index"),
+                         ({k: v for k, v in good.items() if k != "metric"}, r"fastimg-shards\.json: missing 'metric'"),
+                         (dict(good, shards=[]), r"'shards' must be a non-empty list")]:
+        (root / MANIFEST).write_text(json.dumps(bad))
+        with pytest.raises(IndexFormatError, match=message):
+            ShardedIndex.open(root)
+    (root / MANIFEST).write_text("{not json")
+    with pytest.raises(IndexFormatError, match=r"fastimg-shards\.json: unreadable manifest"):
+        ShardedIndex.open(root)
 
 
 def test_a_shard_with_a_whitening_is_refused(tmp_path):

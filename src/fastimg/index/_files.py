@@ -21,7 +21,7 @@ import numpy as np
 
 from fastimg.errors import IndexCorruptError, IndexExistsError, IndexFormatError, IndexLockedError, IndexReadOnlyError
 
-__all__ = ["fsync_dir", "write_json_atomic", "read_manifest", "prepare_directory", "init_database", "connect",
+__all__ = ["fsync_dir", "write_json_atomic", "load_manifest", "read_manifest", "prepare_directory", "init_database", "connect",
            "migrate", "write_rows", "acquire_lock", "release_lock"]
 
 log = logging.getLogger("fastimg.index.store")
@@ -53,23 +53,34 @@ def write_json_atomic(path: Path, data: dict) -> None:
     fsync_dir(path.parent)
 
 
-def read_manifest(manifest_path: Path, *, format_name: str, max_version: int, dtype: str,
-                  fastimg_version: str) -> dict:
-    """The manifest, validated (IndexFormatError naming the file and the field)."""
+def load_manifest(manifest_path: Path, *, format_name: str, max_version: int, fastimg_version: str,
+                  what: str = "fastimg index", version_name: str = "index format") -> dict:
+    """A JSON manifest whose ``format`` is ``format_name`` and whose ``format_version``
+    this fastimg reads (IndexFormatError naming the file otherwise); the fields
+    beyond these two are the caller's to check."""
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IndexFormatError(f"{manifest_path}: unreadable manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != format_name:
-        raise IndexFormatError(f"{manifest_path}: not a fastimg index manifest (no \"format\": \"{format_name}\")")
+        raise IndexFormatError(f"{manifest_path}: not a {what} manifest (no \"format\": \"{format_name}\")")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version < 1:
         raise IndexFormatError(f"{manifest_path}: invalid format_version {version!r}")
     if version > max_version:
         raise IndexFormatError(
-            f"{manifest_path}: index format version {version} was written by a newer fastimg; "
+            f"{manifest_path}: {version_name} version {version} was written by a newer fastimg; "
             f"this fastimg ({fastimg_version}) reads format versions up to {max_version}: upgrade fastimg"
         )
+    return manifest
+
+
+def read_manifest(manifest_path: Path, *, format_name: str, max_version: int, dtype: str,
+                  fastimg_version: str) -> dict:
+    """The manifest of an index, validated (IndexFormatError naming the file and the field)."""
+    manifest = load_manifest(manifest_path, format_name=format_name, max_version=max_version,
+                             fastimg_version=fastimg_version)
+    version = manifest["format_version"]
     fields = [("dim", int), ("descriptor", dict), ("metric", str), ("dtype", str)]
     if version == 1:  # format 1 recorded the root here (format 2: in the database)
         fields.append(("root", str))
