@@ -22,9 +22,9 @@ requested; default metric cosine; poolings ``mac``, ``spoc``, ``gem``, ``rmac``,
     :mod:`fastimg.features.nets.quantize`; ``precision="float32"`` runs the
     float graph).  **efficientnet-lite0-spoc** (:data:`RECOMMENDED`) is the
     recommended deep descriptor: Corel-1k mAP 0.92 at several times the speed
-    of ``cnn-crow`` (``bench/deep.md``).  Defaults (longer side 384 px, aspect
-    ratio kept, SPoC, no power normalisation, int8) were chosen on half of
-    Corel-1k and reported on the other half and UKBench-56.  Code:
+    of ``cnn-crow`` (5.7x in ``bench/deep.md``).  Defaults (longer side 320 px,
+    aspect ratio kept, SPoC, no power normalisation, int8) were chosen on half
+    of Corel-1k and reported on the other half and UKBench-56.  Code:
     :mod:`fastimg.features.backbone`.
 
 ``cnn-<pooling>`` (:class:`CnnDescriptor`)
@@ -48,7 +48,7 @@ intermediate layer name: OpenCV 5.1's DNN engine fuses the ReLUs into the
 convolutions and no longer knows ``Relu_48:0``.
 
 Images are resized keeping their aspect ratio so that the longer side is
-``input_size`` pixels (default 384) - larger inputs give larger maps, which
+``input_size`` pixels (default 384 for ``cnn-*``, 320 for the backbones) - larger inputs give larger maps, which
 the poolings exploit - or to a fixed ``(width, height)``.  The OpenNSFW model
 gets at least 224 pixels on the shorter side (the size it was trained at);
 thinner images are enlarged.
