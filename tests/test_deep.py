@@ -795,27 +795,3 @@ def test_backbone_int8_default_is_close_to_float32(lite0_corel):
         assert [labels[j] for j in sim.argmax(axis=1)] == labels
     with pytest.raises(DescriptorError, match="precision must be one of 'float32', 'int8'; got 'float16'"):
         get_descriptor(f"{LITE0}-spoc", precision="float16")
-
-
-@pytest.mark.parametrize("size,interpolation", [((1000, 667), "area"), ((420, 280), "linear")])
-def test_backbone_resizes_once_straight_to_the_input_size(size, interpolation, lite0_corel):
-    """An image larger than the working size is resized once, to the network's input size: pixel
-    averaging below half size, bilinear above; compute and compute_batch agree."""
-    import cv2
-
-    images, _ = lite0_corel
-    img = cv2.resize(images[0], size, interpolation=cv2.INTER_CUBIC)  # 3:2, larger than 384 px
-    d = get_descriptor(f"{LITE0}-spoc", input_size=384, precision="float32")
-    ex = d.extractor
-    flag = cv2.INTER_AREA if interpolation == "area" else cv2.INTER_LINEAR
-    net_in = cv2.resize(img, (384, 256), interpolation=flag)
-    x = ex.forward(ex.blob([net_in]))[0].astype(np.float64).mean(axis=(1, 2))
-    want = x / np.linalg.norm(x)
-    got = d.compute(img)
-    assert got.dtype == np.float32 and got.shape == (1280,)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(d.compute_batch([images[1], img])[1], got, rtol=1e-4, atol=1e-6)
-    # the comparison can fail: the other interpolation gives another vector
-    other = cv2.INTER_LINEAR if flag == cv2.INTER_AREA else cv2.INTER_AREA
-    y = ex.forward(ex.blob([cv2.resize(img, (384, 256), interpolation=other)]))[0].mean(axis=(1, 2))
-    assert not np.allclose(got, y / np.linalg.norm(y), rtol=1e-4, atol=1e-6)

@@ -32,12 +32,13 @@ from fastimg.features.deep_common import (
     pool,
 )
 from fastimg.features.registry import register
+from fastimg.image import shrink_to
 from fastimg.projection import PCAWhitening, l2_normalize
 
 # Defaults chosen on half A of Corel-1k, reported on the other half and UKBench-56 (bench/deep.md):
 # pooling and power by bench/quality_deep.py (the cheapest within 0.005 mAP of the best on A); the
 # input size by bench/deep_runtime.py: the largest whose int8 A mAP is >= 0.90 and whose throughput
-# is >= 5x cnn-crow's in the same run, clear of the run-to-run noise (384 px: 4.75-4.90x).
+# is >= 5x cnn-crow's in the same run, in both runs (384 px: 4.75-4.90x; 352 px: 4.46x).
 #: Longer input side (pixels, aspect ratio kept) of the backbone descriptors by default.
 BACKBONE_INPUT_SIZE = 320
 #: Default pooling of the backbone descriptors.
@@ -182,21 +183,15 @@ class BackboneExtractor:
                          else _STRIDE)
 
     def preprocess(self, bgr: np.ndarray) -> np.ndarray:
-        """Resize one ``uint8`` BGR image to :meth:`target_size`, in one step.
-
-        ``INTER_AREA`` (pixel averaging) when a side shrinks below half its
-        length, else ``INTER_LINEAR``: for milder factors bilinear sampling
-        aliases no more than averaging and costs a third of it (the image is
-        resized once per description, see :meth:`BackboneDescriptor.compute`).
-        """
+        """Resize one ``uint8`` BGR image to :meth:`target_size` (``INTER_AREA`` when shrinking)."""
         import cv2
 
         check_bgr(bgr)
         w, h = self.target_size(bgr.shape[0], bgr.shape[1])
         if (w, h) == (bgr.shape[1], bgr.shape[0]):
             return bgr
-        strong = 2 * w < bgr.shape[1] or 2 * h < bgr.shape[0]
-        return cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA if strong else cv2.INTER_LINEAR)
+        shrink = w * h < bgr.shape[0] * bgr.shape[1]
+        return cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
     def blob(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Input blob for same-size resized BGR images: RGB, normalised, float32 ``(n, 3, h, w)``."""
@@ -400,28 +395,15 @@ class BackboneDescriptor(_BatchPickling, Descriptor):
     def _raw(self, bgr: np.ndarray) -> np.ndarray:
         return self._compute_batch([bgr])[0]
 
-    def compute(self, bgr: np.ndarray, *, single: bool = False) -> np.ndarray:
-        """Describe one image: ``float32`` ``(dim,)``, equal to ``compute_batch([bgr])[0]``.
-
-        Unlike :meth:`Descriptor.compute`, an image larger than :attr:`max_side`
-        is not shrunk to it first: it is resized once, straight to the
-        network's input size (:meth:`BackboneExtractor.preprocess`).
-        ``max_side`` still sets how far :func:`fastimg.load_image` reduces a
-        JPEG while decoding it.  ``single`` is accepted for the common
-        signature (there is one path).
-        """
-        check_bgr(bgr)
-        return np.asarray(self._compute_batch([bgr])[0], dtype=np.float32)
-
     def _compute_batch(self, images: List[np.ndarray], progress: Union[bool, Callable[[int, int], Any]] = False
                        ) -> np.ndarray:
         """Describe a list of images with batched inference; float32 ``(n, dim)``.
 
-        ``compute_batch([im])[0]`` equals ``compute(im)``: each image is resized once, straight
-        to its input size.
+        ``compute_batch([im])[0]`` equals ``compute(im)`` (same working size).
         """
         for im in images:
             check_bgr(im)
+        images = [shrink_to(im, self.max_side) for im in images]
         pooled = self.extractor.maps(images, batch_size=self.batch_size, progress=progress, reduce=self._pool)
         if not pooled:
             return np.zeros((0, self.dim), dtype=np.float32)

@@ -22,7 +22,7 @@ requested; default metric cosine; poolings ``mac``, ``spoc``, ``gem``, ``rmac``,
     :mod:`fastimg.features.nets.quantize`; ``precision="float32"`` runs the
     float graph).  **efficientnet-lite0-spoc** (:data:`RECOMMENDED`) is the
     recommended deep descriptor: Corel-1k mAP 0.92 at several times the speed
-    of ``cnn-crow`` (5.7x in ``bench/deep.md``).  Defaults (longer side 320 px,
+    of ``cnn-crow`` (5.1-5.7x in ``bench/deep.md``).  Defaults (longer side 320 px,
     aspect ratio kept, SPoC, no power normalisation, int8) were chosen on half
     of Corel-1k and reported on the other half and UKBench-56.  Code:
     :mod:`fastimg.features.backbone`.
