@@ -40,9 +40,11 @@ from conftest import REPO, SHARED_DATA  # noqa: E402
 BASELINE = "cnn-crow"
 #: The pipelines timed by default (those whose weights are installed).
 DEFAULT_DESCRIPTORS = [
-    "efficientnet-lite0-spoc",                   # the recommended deep descriptor, default settings
-    "efficientnet-lite0-spoc:input_size=288",    # the same at a smaller input (speed / quality trade-off)
+    "efficientnet-lite0-spoc:input_size=384",       # sizes spelled out: the table stays true when a default moves
+    "efficientnet-lite0-spoc:input_size=352",
+    "efficientnet-lite0-spoc:input_size=320",
     "efficientnet-lite0-spoc:input_size=224x224",
+    "efficientnet-lite0-spoc:input_size=384,precision=float32",  # the float32 graph (the default before int8)
     "efficientnet-lite2-spoc",
     "mobilenet-v2-spoc",
 ]
@@ -156,6 +158,41 @@ def mean_ap(vectors: np.ndarray, labels: np.ndarray) -> float:
     return float(evaluate_scores(scores, labels, higher_is_better=True, exclude_self=True)["map"])
 
 
+def halves(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the selection half A (even positions within each class) and the held-out half B
+    (as bench/quality_deep.py splits Corel-1k)."""
+    pos = np.zeros(len(labels), int)
+    for k in np.unique(labels):
+        ids = np.flatnonzero(labels == k)
+        pos[ids] = np.arange(ids.size)
+    return pos % 2 == 0, pos % 2 == 1
+
+
+def quality(specs: list[str]) -> str:
+    """Corel-1k mAP (all, half A, held-out half B) and UKBench-56 N-S of each descriptor, as
+    ``describe_many`` computes it (the same vectors the timed runs produce); a Markdown table."""
+    from fastimg.eval import load_dataset, rank_by_scores, relevance_matrix, ukbench_ns_score
+
+    paths, labels = corel(None)
+    A, B = halves(labels)
+    ukb = load_dataset(SHARED_DATA / "ukbench56", "ukbench")
+    lines = ["| descriptor | Corel A mAP (selection) | Corel B mAP (held out) | Corel-1k mAP | UKBench-56 N-S |",
+             "|---|---:|---:|---:|---:|"]
+    for spec in specs:
+        fn = fastimg_pipeline(spec)
+        if fn is None:
+            continue
+        x = fn(paths)
+        u = fn(list(ukb.paths)).astype(np.float64)
+        rel = relevance_matrix(rank_by_scores(u @ u.T), ukb.labels, ukb.labels)
+        ns = float(np.mean(ukbench_ns_score(rel)))
+        row = (f"| `{spec}` | {mean_ap(x[A], labels[A]):.4f} | {mean_ap(x[B], labels[B]):.4f} | "
+               f"{mean_ap(x, labels):.4f} | {ns:.2f} |")
+        print(row, flush=True)
+        lines.append(row)
+    return "\n".join(lines)
+
+
 def load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
@@ -169,7 +206,13 @@ def main() -> int:
     ap.add_argument("--cv2-baseline", action="store_true", help="also time cnn-crow on cv2.dnn's classic engine")
     ap.add_argument("--threads", type=int, default=2, help="FASTIMG_NUM_THREADS and describe_many workers (default 2)")
     ap.add_argument("--write", action="store_true", help="put the table in bench/deep.md (between its markers)")
+    ap.add_argument("--quality", action="store_true",
+                    help="no timing: Corel-1k mAP (halves A and B, all) and UKBench-56 N-S of each --descriptor")
     args = ap.parse_args()
+    if args.quality:
+        os.environ["FASTIMG_NUM_THREADS"] = str(args.threads)
+        print(quality(args.descriptor or DEFAULT_DESCRIPTORS))
+        return 0
     if args.write and (args.threads != 2 or args.limit or args.descriptor):
         sys.exit("deep_runtime.py: --write records the standard run only (no --threads, --limit, --descriptor)")
     global THREADS

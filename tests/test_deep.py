@@ -430,7 +430,7 @@ def test_max_side_override_applies_to_batches(corel_images):
 # ----------------------------------------------------------------------------
 import logging  # noqa: E402
 
-from fastimg.features import backbone_cache, registry  # noqa: E402
+from fastimg.features import backbone, backbone_cache, registry  # noqa: E402
 from fastimg.features.nets import backbones as nets_backbones  # noqa: E402
 from fastimg.features.nets.backbones import BACKBONES, BackboneSpec, find_weights  # noqa: E402
 from test_nets import DATA, _REF_KEY, _SYNTHETIC, _synthetic  # noqa: E402  (the reference inputs' generator)
@@ -465,7 +465,7 @@ def test_backbone_descriptor_equals_the_pytorch_reference(name, inp, power, refe
     spec = BACKBONES[name]
     h, w, seed = (spec.input_size, spec.input_size, 1) if inp == "native" else _SYNTHETIC[inp]
     rgb = _synthetic(h, w, seed)
-    d = get_descriptor(f"{name}-spoc", input_size=[w, h], power=power)
+    d = get_descriptor(f"{name}-spoc", input_size=[w, h], power=power, precision="float32")
     assert d.dim == 1280 and d.default_metric == "cosine" and d.name == f"{name}-spoc"
     want = _unit(reference[f"{_REF_KEY[name]}/{inp}/pooled"].astype(np.float64), power)
     got = d.compute(np.ascontiguousarray(rgb[..., ::-1]))  # descriptors take BGR
@@ -506,7 +506,7 @@ def test_backbone_forward_equals_the_pytorch_map(reference):
     needs_backbone(LITE0)
     h, w, seed = _SYNTHETIC["odd"]
     rgb = _synthetic(h, w, seed)
-    ex = get_descriptor(f"{LITE0}-spoc", input_size=[w, h]).extractor
+    ex = get_descriptor(f"{LITE0}-spoc", input_size=[w, h], precision="float32").extractor
     assert ex.target_size(h, w) == (w, h)  # a fixed size is not rounded to multiples of 32
     x = ex.forward(ex.blob([np.ascontiguousarray(rgb[..., ::-1])]))[0]
     want = reference["lite0/odd/map8"]
@@ -540,8 +540,8 @@ def test_backbone_batched_equals_one_by_one(threads, lite0_corel, monkeypatch):
     images = _corel_mix(images)
     monkeypatch.setenv("FASTIMG_NUM_THREADS", threads)
     intra = []
-    real = deep._backbone_session
-    monkeypatch.setattr(deep, "_backbone_session", lambda b, t: intra.append(t) or real(b, t))
+    real = backbone._backbone_session
+    monkeypatch.setattr(backbone, "_backbone_session", lambda b, t, p: intra.append(t) or real(b, t, p))
     d = get_descriptor(f"{LITE0}-gem", batch_size=3)
     calls = []
     batched = d.extractor.maps([d.extractor.preprocess(im) for im in images], batch_size=3,
@@ -600,8 +600,9 @@ def test_backbone_descriptor_spec_round_trip_and_pickle():
     needs_backbone(LITE0)
     d = get_descriptor(f"{LITE0}-gem", p=2.0, input_size=288, power=0.5)
     spec = d.spec()
-    assert spec["name"] == f"{LITE0}-gem" and spec["version"] == 1
-    assert spec["params"] == {"input_size": 288, "min_side": 64, "power": 0.5, "whitening": None, "p": 2.0}
+    assert spec["name"] == f"{LITE0}-gem" and spec["version"] == 2
+    assert spec["params"] == {"input_size": 288, "min_side": 64, "precision": "int8", "power": 0.5, "whitening": None,
+                              "p": 2.0}
     assert descriptor_from_spec(spec) == d
     img = np.random.default_rng(2).integers(0, 256, (100, 150, 3), dtype=np.uint8)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(d)).compute(img), d.compute(img))
@@ -693,10 +694,11 @@ def test_cache_rebuilds_a_corrupt_file_and_stays_correct(damage, counted_builds,
     else:
         raw = bytearray()
     f.write_bytes(bytes(raw))
-    monkeypatch.setattr(deep, "_BACKBONE_SESSIONS", {})  # a new process, as far as sessions go
+    monkeypatch.setattr(backbone, "_BACKBONE_SESSIONS", {})  # a new process, as far as sessions go
     monkeypatch.setattr(registry, "_CACHE", {})
     rgb = _synthetic(224, 224, 1)
-    v = get_descriptor(f"{LITE0}-spoc", input_size=[224, 224], power=1.0).compute(np.ascontiguousarray(rgb[..., ::-1]))
+    d = get_descriptor(f"{LITE0}-spoc", input_size=[224, 224], power=1.0, precision="float32")
+    v = d.compute(np.ascontiguousarray(rgb[..., ::-1]))
     assert counted_builds == [LITE0, LITE0]  # rebuilt once
     (g,) = (tmp_path / "cache" / "models").iterdir()
     assert g.read_bytes() == good
@@ -740,3 +742,56 @@ def test_cache_missing_wheel_is_a_clear_error(monkeypatch):
         backbone_cache.backbone_model(LITE0)
     with pytest.raises(DescriptorError, match="unknown backbone 'resnet50'"):
         backbone_cache.backbone_model("resnet50")
+
+
+# -- int8 graphs (fastimg.features.nets.quantize) ---------------------------------
+def test_cache_keeps_the_int8_graph_beside_the_float32_one(counted_builds, tmp_path, monkeypatch):
+    """The int8 graph is cached under its own key (quantiser and onnxruntime versions); reading
+    the float32 graph, whose key is a prefix of the int8 one, neither deletes nor returns it."""
+    import onnxruntime
+
+    from fastimg.features.nets import quantize
+
+    quantised = []
+    real = quantize.quantize_int8
+    monkeypatch.setattr(quantize, "quantize_int8", lambda *a, **k: quantised.append(1) or real(*a, **k))
+    q = backbone_cache.backbone_model(LITE0, "int8")
+    f = backbone_cache.backbone_model(LITE0, "float32")
+    assert counted_builds == [LITE0] and len(quantised) == 1  # the int8 graph is made from the float32 one
+    names = sorted(p.name for p in (tmp_path / "cache" / "models").iterdir())
+    sha_w = nets_backbones.weights_sha256(find_weights(LITE0))[:16]
+    stem = f"{LITE0}-w{sha_w}-b{backbone_cache.BUILDER_VERSION}"
+    int8_stem = f"{stem}-int8-q{quantize.QUANTIZER_VERSION}-ort{onnxruntime.__version__}"
+    assert len(names) == 2 and names[0].startswith(stem + "-") and names[1].startswith(int8_stem + "-")
+    for _ in range(2):  # read back from the files, nothing rebuilt, nothing deleted
+        assert backbone_cache.backbone_model(LITE0, "float32") == f
+        assert backbone_cache.backbone_model(LITE0, "int8") == q
+    assert counted_builds == [LITE0] and len(quantised) == 1
+    assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == names
+    # a corrupt int8 file is quantised again, the float32 file is kept
+    int8_file = tmp_path / "cache" / "models" / names[1]
+    int8_file.write_bytes(int8_file.read_bytes()[:1000])
+    assert backbone_cache.backbone_model(LITE0, "int8") == q
+    assert len(quantised) == 2 and counted_builds == [LITE0]
+    with pytest.raises(DescriptorError, match="precision must be one of float32, int8; got 'int4'"):
+        backbone_cache.backbone_model(LITE0, "int4")
+
+
+def test_backbone_int8_default_is_close_to_float32(lite0_corel):
+    """The default descriptor runs the int8 graph; its vectors stay within a small angle of the
+    float32 graph's (itself checked against PyTorch above) and rank the same classes first."""
+    images, labels = lite0_corel
+    d8 = get_descriptor(f"{LITE0}-spoc")
+    d32 = get_descriptor(f"{LITE0}-spoc", precision="float32")
+    assert d8.spec()["params"]["precision"] == "int8" and d8.extractor.precision == "int8"
+    assert d8 != d32 and d32.spec()["params"]["precision"] == "float32"
+    x8, x32 = d8.compute_batch(images), d32.compute_batch(images)
+    cos = np.sum(x8 * x32, axis=1)
+    assert cos.min() > 0.97 and cos.mean() > 0.99, cos
+    assert not np.allclose(x8, x32, atol=1e-4)  # really another graph
+    for x in (x8, x32):
+        sim = x @ x.T
+        np.fill_diagonal(sim, -np.inf)
+        assert [labels[j] for j in sim.argmax(axis=1)] == labels
+    with pytest.raises(DescriptorError, match="precision must be one of 'float32', 'int8'; got 'float16'"):
+        get_descriptor(f"{LITE0}-spoc", precision="float16")

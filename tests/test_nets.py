@@ -418,3 +418,90 @@ def test_builders_refuse_the_weights_of_another_network() -> None:
     bad["_bn0.running_var"] = np.full(32, np.nan, np.float32)
     with pytest.raises(WeightFileError, match=r"_bn0\.running_var holds NaN"):
         build_efficientnet_lite(bad, source="x.pth")
+
+
+# ----------------------------------------------------------------------------
+# int8 graphs (fastimg.features.nets.quantize)
+# ----------------------------------------------------------------------------
+def test_calibration_images_are_generated_deterministically() -> None:
+    from fastimg.features.nets.quantize import calibration_images
+
+    a = calibration_images(6, seed=3)
+    assert [im.shape for im in a] == [(256, 384, 3), (384, 256, 3)] * 3
+    assert all(im.dtype == np.uint8 for im in a)
+    b = calibration_images(6, seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    c = calibration_images(2, seed=4)
+    assert not np.array_equal(a[0], c[0])
+    for im in a:  # photo-like: contrast, most of the value range, no flat image
+        assert im.std() > 15 and int(im.max()) - int(im.min()) > 150
+    assert not np.array_equal(a[0], a[2])
+
+
+_INT8: dict = {}
+
+
+def _int8_with_logits(name: str):  # type: ignore[no-untyped-def]
+    """(float32 model, int8 model) of a backbone with its classifier, int8 quantised once per run."""
+    _session(name)  # skips without the wheel
+    if name not in _INT8:
+        import onnx
+
+        from fastimg.features.nets.quantize import quantize_int8
+
+        fp = build_backbone(name, with_logits=True)
+        _INT8[name] = (fp, onnx.load_from_string(quantize_int8(fp.SerializeToString(), BACKBONES[name])))
+    return _INT8[name]
+
+
+def test_int8_weights_are_the_float_weights_rounded_per_output_channel() -> None:
+    """Oracle: NumPy on the float32 graph's own weights - every convolution's int8 weights times
+    their per-output-channel scale are the float weights to within half a step."""
+    from onnx import numpy_helper
+
+    fp, q = _int8_with_logits("efficientnet-lite0")
+    floats = {i.name: numpy_helper.to_array(i) for i in fp.graph.initializer}
+    quant = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    convs = [n for n in fp.graph.node if n.op_type == "Conv"]
+    assert len(convs) > 40
+    for node in convs:
+        w = floats[node.input[1]].astype(np.float64)
+        wq, scale, zero = (quant[f"{node.input[1]}_{s}"] for s in ("quantized", "scale", "zero_point"))
+        assert wq.dtype == np.int8 and wq.shape == w.shape and scale.shape == (w.shape[0],)
+        assert not zero.any()  # symmetric int8 weights
+        step = scale.astype(np.float64)[:, None, None, None]
+        assert np.all(np.abs(wq * step - w) <= step / 2 * (1 + 1e-5) + 1e-12), node.input[1]
+        peak = np.abs(w).max(axis=(1, 2, 3))
+        live = peak > 1e-3  # the scale of a (near) dead channel has a floor
+        assert np.allclose(peak[live], 127 * scale[live], rtol=1e-4)  # the range of each channel
+    ops = {n.op_type for n in q.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+
+
+@pytest.mark.parametrize("photo", sorted(_PHOTO_CLASSES))
+def test_int8_graph_classifies_real_photos_like_pytorch(photo: str, reference) -> None:  # type: ignore[no-untyped-def]
+    """The int8 network still names what real photos show: its top-1 class is among PyTorch's
+    top 5 (tests/data/effnet_reference.npz), the expected classes rank where they do for the
+    float32 network, and its feature map, averaged, stays within a small angle of the float32 one."""
+    import cv2
+    import onnxruntime as ort
+
+    name = "efficientnet-lite0"
+    fp, q = _int8_with_logits(name)
+    spec = BACKBONES[name]
+    bgr = cv2.imread(str(DATA / "photos" / f"{photo}.jpg"))
+    rgb = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (spec.input_size,) * 2, interpolation=cv2.INTER_AREA)
+    x = spec.preprocess(rgb)
+    fmap, logits = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["features", "logits"], {"image": x})
+    (fmap32,) = _session(name).run(["features"], {"image": x})
+    want_top5 = reference[f"{_REF_KEY[name]}/photo/{photo}/top5"]
+    top5 = np.argsort(-logits[0])[:5]
+    assert int(top5[0]) in want_top5.tolist()  # e.g. a tabby for PyTorch's Egyptian cat: near ties may swap
+    assert len(set(top5.tolist()) & set(want_top5.tolist())) >= 3
+    classes, within = _PHOTO_CLASSES[photo]
+    if classes is not None:
+        assert classes & set(top5[:within].tolist()), f"{photo}: top-{within} {top5[:within].tolist()} not in {classes}"
+    a, b = fmap[0].mean(axis=(1, 2)), fmap32[0].mean(axis=(1, 2))
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.97
+    assert fmap.min() >= 0 and fmap.max() <= 6.0 + 1e-6

