@@ -190,8 +190,9 @@ def bb_extract(ds, name: str, backbone: str, size, cache: Path) -> tuple[dict, f
     from fastimg.image import load_image
 
     key = size if isinstance(size, int) else "x".join(map(str, size))
-    f = cache / f"bb_{backbone}_{name}_{len(ds)}_{key}.npz"
     ex = BackboneExtractor(backbone, size)
+    # the graph's precision is part of the key: the default became int8 (issue 16)
+    f = cache / f"bb_{backbone}_{name}_{len(ds)}_{key}_{ex.precision}.npz"
     max_side = size if isinstance(size, int) else 2 * max(size)
     if f.exists():
         with np.load(f) as z:
