@@ -487,11 +487,11 @@ def test_cli_eval_table_and_json(tmp_path, capsys):
     _write_holidays(tmp_path / "h")
     out = tmp_path / "r.json"
     assert main(["eval", str(tmp_path / "h"), "--layout", "holidays", "--descriptor", "hsv72",
-                 "--rerank", "none", "--rerank", "qe:n=2,gap=0", "--json", "-o", str(out)]) == 0
+                 "--rerank", "none", "--rerank", "qe:n=3,gap=0", "--json", "-o", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == doc
     assert doc["layout"] == "holidays" and doc["n_queries"] == 3
-    assert [r["rerank"] for r in doc["results"]] == ["none", "qe:n=2,gap=0"]
+    assert [r["rerank"] for r in doc["results"]] == ["none", "qe:n=3,gap=0"]
     assert doc["results"][0]["map"] == pytest.approx(1.0)
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "h"), "--layout", "holidays", "--descriptor", "hsv72",
