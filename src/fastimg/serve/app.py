@@ -138,7 +138,9 @@ class Settings:
         The loader's pixel limit for uploads and thumbnails (None: the
         loader's default, 100 MP).
     decode_workers : int or None
-        Decoder processes (None: the cores this process may use).
+        Decoder processes of this server process: they decode and describe
+        uploads and make thumbnails (None: 2, or 1 when this process may use
+        one core only).
     decode_timeout : float
         Seconds one decode may take before its process is killed (default 10).
     decode_memory : int or None
@@ -175,6 +177,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.token is not None and not self.token.strip():
             raise ArgumentError("the write token is empty")
+        if self.decode_workers is not None and int(self.decode_workers) < 1:
+            raise ArgumentError(f"decode_workers must be >= 1 (or None: the default); got {self.decode_workers!r}")
         for name in ("max_upload_bytes", "thumbnail_side", "max_k", "max_page"):
             if int(getattr(self, name)) < 1:
                 raise ArgumentError(f"{name} must be >= 1; got {getattr(self, name)!r}")
@@ -253,6 +257,12 @@ class Service:
                 # the scan's set-up happens here, not in the first request (the decoder
                 # processes load the descriptor's kernels meanwhile)
                 self.reader.similar(int(live[0]), k=1)
+            if self.writer is not None and not self.custom:
+                # the writer describes added files with the compiled kernels: load them now (a second
+                # or a few, mostly holding the GIL) rather than in the middle of the first write
+                import numpy as np
+
+                self.writer.descriptor.compute(np.full((64, 64, 3), 128, np.uint8))
             # the server answers once its decoder processes have started (a second or a few:
             # they load the descriptor's kernels), so that no request waits for that
             self.pool.wait_ready()
