@@ -75,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from fastimg.serve.app import ENV_SETTINGS, Settings, create_app, settings_to_env
+        from fastimg.serve.app import ENV_SETTINGS, Settings, create_app, freeze_heap, settings_to_env
     except ModuleNotFoundError as exc:
         raise CommandError(f"`{PROG} serve` needs the serve extra ({exc.name} is missing): "
                            "pip install 'fastimg[serve]'") from None
@@ -87,6 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.stderr.write(f"{PROG} serve: listening on {args.host}, reachable from other machines\n")
     if args.workers == 1:
+        freeze_heap()
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")
         return 0
     app.state.fastimg.close()  # each worker process opens its own handle
