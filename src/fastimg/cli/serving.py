@@ -75,7 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from fastimg.serve.app import ENV_SETTINGS, Settings, create_app, freeze_heap, settings_to_env
+        from fastimg.serve.app import Settings, create_app
+        from fastimg.serve.running import ENV_SETTINGS, freeze_heap, settings_to_env
     except ModuleNotFoundError as exc:
         raise CommandError(f"`{PROG} serve` needs the serve extra ({exc.name} is missing): "
                            "pip install 'fastimg[serve]'") from None
@@ -92,6 +93,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     app.state.fastimg.close()  # each worker process opens its own handle
     os.environ[ENV_SETTINGS] = settings_to_env(path, settings)
-    uvicorn.run("fastimg.serve.app:app_from_env", factory=True, host=args.host, port=args.port,
+    uvicorn.run("fastimg.serve.running:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="info")
     return 0

@@ -10,6 +10,7 @@ untrusted image in worker processes with memory and time limits
 (:mod:`fastimg.serve.sandbox`).
 
 Modules: :mod:`fastimg.serve.app` (the application: routes, errors, settings),
+:mod:`fastimg.serve.running` (how `fastimg serve` runs it: `gc.freeze`, `--workers`),
 :mod:`fastimg.serve.sandbox` (the decoder processes), :mod:`fastimg.serve.metrics`
 (the Prometheus text of ``/metrics``), ``static/`` (the page).
 
