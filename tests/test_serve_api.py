@@ -252,10 +252,10 @@ def test_a_decoder_crash_or_hang_is_a_json_error_and_the_server_goes_on(client, 
     pool = DecoderPool(workers=1, timeout=1.0, _test_hooks=True)
     try:
         monkeypatch.setattr(svc, "pool", pool)
-        monkeypatch.setattr(pool, "decode", lambda path, max_side, source: pool.call("crash", source=source))
+        monkeypatch.setattr(pool, "describe", lambda path, spec, source: pool.call("crash", source=source))
         msg = assert_error(upload(client, collection[2][0]), 422, "decoder_crashed")
         assert "decoder crashed" in msg and "signal" in msg
-        monkeypatch.setattr(pool, "decode", lambda path, max_side, source: pool.call("sleep", 30, source=source))
+        monkeypatch.setattr(pool, "describe", lambda path, spec, source: pool.call("sleep", 30, source=source))
         assert "timeout" in assert_error(upload(client, collection[2][0]), 503, "decode_timeout")
         assert pool.restarts == 2
         monkeypatch.undo()
@@ -280,6 +280,28 @@ def test_decoder_pool_limits(collection):
         pool.close()
     with pytest.raises(fastimg.FastimgError, match="closed"):
         pool.decode(str(collection[2][1]), source="q")
+
+
+def test_decoder_pool_describes_as_the_library_does(collection):
+    """The worker's vector (decoded there, described by the compiled kernels) is the
+    library's single-image vector (NumPy path, this process) bit for bit."""
+    spec = fastimg.get_descriptor("classic").spec()
+    pool = DecoderPool(workers=1, descriptor=spec)
+    try:
+        for q in collection[2][:3]:
+            got = pool.describe(str(q), spec, source=q.name)
+            assert got.dtype == np.float32 and got.shape == (spec["dim"],)
+            assert np.array_equal(got, fastimg.describe(str(q), "classic"))
+        # another descriptor than the warmed one: built on demand
+        hsv = fastimg.get_descriptor("hsv72").spec()
+        assert np.array_equal(pool.describe(str(collection[2][0]), hsv, source="q"),
+                              fastimg.describe(str(collection[2][0]), "hsv72"))
+        with pytest.raises(fastimg.DescriptorError, match="version"):
+            pool.describe(str(collection[2][0]), {**spec, "version": spec["version"] + 1}, source="q")
+        with pytest.raises(fastimg.ImageError, match="not an image|unsupported"):
+            pool.describe(__file__, spec, source="test.py")
+    finally:
+        pool.close()
 
 
 # --------------------------------------------------------------------------- #
@@ -396,3 +418,27 @@ def test_create_app_errors(tmp_path):
         create_app(tmp_path / "missing.fastimg")
     with pytest.raises(fastimg.FastimgError, match="max_k"):
         create_app(tmp_path / "missing.fastimg", max_k=0)
+
+
+def test_links_under_a_mount_carry_its_prefix(collection, library):
+    """``parent.mount("/photos", create_app(...))``: the thumbnail and similar links of
+    every answer start with the mount's prefix, and they answer there."""
+    from fastapi import FastAPI
+
+    sub = create_app(collection[0], decode_workers=1)
+    parent = FastAPI()
+    parent.mount("/photos", sub)
+    try:
+        with TestClient(parent) as c:
+            hits = c.get("/photos/api/similar/1", params={"k": 3}).json()["results"]
+            assert [h["thumbnail"] for h in hits] == [f"/photos/api/images/{h['id']}/thumbnail" for h in hits]
+            assert [h["name"] for h in hits] == [os.path.relpath(library.entry(h["id"]).path, library.root)
+                                                  for h in hits]
+            page = c.get("/photos/api/images", params={"limit": 2}).json()["images"]
+            assert [e["thumbnail"] for e in page] == [f"/photos/api/images/{e['id']}/thumbnail" for e in page]
+            meta = c.get(f"/photos/api/images/{hits[0]['id']}").json()
+            assert meta["similar"] == f"/photos/api/similar/{hits[0]['id']}"
+            thumb = c.get(hits[0]["thumbnail"])
+            assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    finally:
+        sub.state.fastimg.close()

@@ -55,10 +55,27 @@ def test_fastimg_serve_answers_on_loopback_and_stops_cleanly(collection):
 
 
 def test_fastimg_serve_with_two_workers(collection):
-    ixpath, indexed, _ = collection
-    with running_server(ixpath, "--workers", "2") as (base, proc):
+    ixpath, indexed, queries = collection
+    with running_server(ixpath, "--workers", "2", "--decode-workers", "1") as (base, proc):
+        # two server processes (uvicorn's workers), each with its own handle and one decoder process
+        workers = _children(proc.pid)
+        workers = [w for w in workers if _children(w)]  # (uvicorn may also keep a helper process)
+        assert len(workers) == 2 and all(len(_children(w)) == 1 for w in workers)
         ids = {httpx.get(base + "/api/similar/1", params={"k": 3}).json()["results"][0]["id"] for _ in range(6)}
         assert len(ids) == 1
+        with fastimg.Index.open(ixpath) as ix:
+            want = [h.id for h in ix.search(str(queries[1]), k=4, exclude_self=False)]
+        with open(queries[1], "rb") as fh:
+            body = fh.read()
+        for _ in range(4):  # whichever process answers
+            resp = httpx.post(base + "/api/search", files={"image": (queries[1].name, body)}, data={"k": "4"})
+            assert [r["id"] for r in resp.json()["results"]] == want
+
+
+def test_fastimg_serve_decode_workers(collection):
+    with running_server(collection[0], "--decode-workers", "3") as (base, proc):
+        assert len(_children(proc.pid)) == 3
+        assert httpx.get(base + "/api/images/0/thumbnail").headers["content-type"] == "image/jpeg"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -78,5 +95,7 @@ def test_fastimg_serve_errors(collection, tmp_path):
     empty.write_text("\n")
     res = run("serve", "-i", str(collection[0]), "--token-file", str(empty))
     assert res.returncode == 1 and "expected one token" in res.stderr
+    res = run("serve", "-i", str(collection[0]), "--decode-workers", "0")
+    assert res.returncode == 2 and "--decode-workers" in res.stderr
     res = run("serve", "--help")
     assert res.returncode == 0 and "127.0.0.1" in res.stdout and "--token-file" in res.stdout

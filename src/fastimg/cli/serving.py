@@ -45,6 +45,9 @@ files are served by id only (thumbnails); CORS is off unless --allow-origin.""",
                    help="allow cross-origin requests from ORIGIN (repeatable; '*' for any); default: CORS off")
     p.add_argument("--max-upload-mb", type=positive_int, default=32, metavar="MB",
                    help="largest accepted upload (default 32; larger: 413)")
+    p.add_argument("--decode-workers", type=positive_int, default=None, metavar="N",
+                   help="decoder processes per server process: they decode and describe uploads and make "
+                        "thumbnails (default: 2, or 1 on one core)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -72,22 +75,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from fastimg.serve.app import ENV_SETTINGS, Settings, create_app, settings_to_env
+        from fastimg.serve.app import Settings, create_app
+        from fastimg.serve.running import ENV_SETTINGS, freeze_heap, settings_to_env
     except ModuleNotFoundError as exc:
         raise CommandError(f"`{PROG} serve` needs the serve extra ({exc.name} is missing): "
                            "pip install 'fastimg[serve]'") from None
     path = index_path(args)
     settings = Settings(token=token, allow_origins=tuple(args.allow_origin or ()),
-                        max_upload_bytes=args.max_upload_mb << 20)
+                        max_upload_bytes=args.max_upload_mb << 20, decode_workers=args.decode_workers)
     # the index is opened (and its errors reported) before anything binds
     app = create_app(path, settings)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.stderr.write(f"{PROG} serve: listening on {args.host}, reachable from other machines\n")
     if args.workers == 1:
+        freeze_heap()
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")
         return 0
     app.state.fastimg.close()  # each worker process opens its own handle
     os.environ[ENV_SETTINGS] = settings_to_env(path, settings)
-    uvicorn.run("fastimg.serve.app:app_from_env", factory=True, host=args.host, port=args.port,
+    uvicorn.run("fastimg.serve.running:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="info")
     return 0

@@ -4,11 +4,13 @@
 uvicorn, or mount it inside another application); ``fastimg serve`` runs it with
 uvicorn.  The server is one more caller of the library: it opens the index with
 :meth:`fastimg.Index.open` (read-only unless writes are enabled), searches with
-:meth:`~fastimg.Index.search` (an upload's decoded pixels) and
-:meth:`~fastimg.Index.similar` (an id), and decodes every untrusted image in
-worker processes with memory and time limits (:mod:`fastimg.serve.sandbox`).
+:meth:`~fastimg.Index.search` (an upload's descriptor vector) and
+:meth:`~fastimg.Index.similar` (an id), and decodes and describes every
+untrusted image in worker processes with memory and time limits
+(:mod:`fastimg.serve.sandbox`).
 
 Modules: :mod:`fastimg.serve.app` (the application: routes, errors, settings),
+:mod:`fastimg.serve.running` (how `fastimg serve` runs it: `gc.freeze`, `--workers`),
 :mod:`fastimg.serve.sandbox` (the decoder processes), :mod:`fastimg.serve.metrics`
 (the Prometheus text of ``/metrics``), ``static/`` (the page).
 

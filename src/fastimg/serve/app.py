@@ -23,10 +23,10 @@ logged on the server, the client gets a 500 ``internal`` error).
 
 **Safety.**  Images come in only as uploads: size-limited (a ``Content-Length``
 over the limit is refused before reading, a chunked body is cut off at the
-limit), streamed to a temporary file, decoded in a worker process with memory
-and time limits (:mod:`fastimg.serve.sandbox`; a crash or a timeout is a JSON
-error and a fresh worker), then searched with ``Index.search(pixels)`` (the
-library describes them with the index's descriptor).  Files go out only as thumbnails of
+limit), streamed to a temporary file, decoded and described (the index's
+descriptor, the library's code) in a worker process with memory and time limits
+(:mod:`fastimg.serve.sandbox`; a crash or a timeout is a JSON error and a fresh
+worker), then searched with ``Index.search(vector)``.  Files go out only as thumbnails of
 indexed entries named by id (a path from the request is never opened), made in
 the same worker processes.  Writes (``POST``/``DELETE /api/images``) need the
 bearer token; without one they are off and the index is opened read-only only.
@@ -54,7 +54,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -138,7 +138,9 @@ class Settings:
         The loader's pixel limit for uploads and thumbnails (None: the
         loader's default, 100 MP).
     decode_workers : int or None
-        Decoder processes (None: the cores this process may use).
+        Decoder processes of this server process: they decode and describe
+        uploads and make thumbnails (None: 2, or 1 when this process may use
+        one core only).
     decode_timeout : float
         Seconds one decode may take before its process is killed (default 10).
     decode_memory : int or None
@@ -175,6 +177,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.token is not None and not self.token.strip():
             raise ArgumentError("the write token is empty")
+        if self.decode_workers is not None and int(self.decode_workers) < 1:
+            raise ArgumentError(f"decode_workers must be >= 1 (or None: the default); got {self.decode_workers!r}")
         for name in ("max_upload_bytes", "thumbnail_side", "max_k", "max_page"):
             if int(getattr(self, name)) < 1:
                 raise ArgumentError(f"{name} must be >= 1; got {getattr(self, name)!r}")
@@ -246,13 +250,22 @@ class Service:
             self.max_side = None if self.custom else self.reader.descriptor.max_side
             self.pool = DecoderPool(workers=settings.decode_workers or min(2, _cores()),
                                     timeout=settings.decode_timeout, memory=settings.decode_memory,
-                                    max_pixels=settings.max_pixels)
-            if not self.custom and len(self.reader):
-                # the descriptor's first call (kernel loading) and the scan's set-up happen here,
-                # not in the first request
+                                    max_pixels=settings.max_pixels,
+                                    descriptor=None if self.custom else self.reader.descriptor_spec)
+            live = self.reader.live_ids()
+            if live.size:
+                # the scan's set-up happens here, not in the first request (the decoder
+                # processes load the descriptor's kernels meanwhile)
+                self.reader.similar(int(live[0]), k=1)
+            if self.writer is not None and not self.custom:
+                # the writer describes added files with the compiled kernels: load them now (a second
+                # or a few, mostly holding the GIL) rather than in the middle of the first write
                 import numpy as np
 
-                self.reader.search(np.full((64, 64, 3), 128, np.uint8), k=1, exclude_self=False)
+                self.writer.descriptor.compute(np.full((64, 64, 3), 128, np.uint8))
+            # the server answers once its decoder processes have started (a second or a few:
+            # they load the descriptor's kernels), so that no request waits for that
+            self.pool.wait_ready()
         except BaseException:
             self.close()
             raise
@@ -277,13 +290,7 @@ class Service:
     # ------------------------------------------------------------------ helpers
     def name(self, path: str) -> str:
         """What the API shows for an entry's path: relative to the index root when under it."""
-        root = str(self.reader.root)
-        try:
-            if os.path.commonpath([root, path]) == root:
-                return os.path.relpath(path, root)
-        except ValueError:  # different drives, a relative name
-            pass
-        return os.path.basename(path) if os.path.isabs(path) else path
+        return _display_name(path, str(self.reader.root))
 
     def metrics_available(self) -> list[dict]:
         """The metrics this index can be searched with (histogram metrics need non-negative vectors)."""
@@ -469,14 +476,44 @@ def _install_error_handlers(app: FastAPI) -> None:
 # the application
 # --------------------------------------------------------------------------- #
 
-def _hit_json(svc: Service, request: Request, h: Any) -> dict:
-    return {"rank": h.rank, "id": h.id, "name": svc.name(h.path), "score": h.score,
-            "thumbnail": request.url_for("thumbnail", id=str(h.id)).path}
+def _display_name(path: str, root: str) -> str:
+    """An entry's path as the API shows it: relative to ``root`` when under it."""
+    if path.startswith(root) and path[len(root):len(root) + 1] == os.sep:  # the usual case, without a syscall
+        return path[len(root) + 1:]
+    try:
+        if os.path.commonpath([root, path]) == root:
+            return os.path.relpath(path, root)
+    except ValueError:  # different drives, a relative name
+        pass
+    return os.path.basename(path) if os.path.isabs(path) else path
 
 
-def _entry_json(svc: Service, request: Request, e: Any, full: bool = False) -> dict:
-    doc = {"id": e.id, "name": svc.name(e.path), "thumbnail": request.url_for("thumbnail", id=str(e.id)).path
-           if e.is_file else None}
+class _Links:
+    """What one response needs to show entries: the index root and the routes' URL
+    prefix (behind a mount or a proxy's root path too), each read once per request
+    rather than once per entry."""
+
+    __slots__ = ("root", "images")
+
+    def __init__(self, svc: Service, request: Request):
+        self.root = str(svc.index().root)
+        url = request.url_for("thumbnail", id="0").path  # .../api/images/0/thumbnail
+        self.images = url[:-len("0/thumbnail")]
+
+    def name(self, path: str) -> str:
+        return _display_name(path, self.root)
+
+    def thumbnail(self, id: int) -> str:
+        return f"{self.images}{id}/thumbnail"
+
+
+def _hit_json(links: _Links, h: Any) -> dict:
+    return {"rank": h.rank, "id": h.id, "name": links.name(h.path), "score": h.score,
+            "thumbnail": links.thumbnail(h.id)}
+
+
+def _entry_json(links: _Links, request: Request, e: Any, full: bool = False) -> dict:
+    doc = {"id": e.id, "name": links.name(e.path), "thumbnail": links.thumbnail(e.id) if e.is_file else None}
     if full:
         doc.update({"is_file": e.is_file, "size": e.size,
                     "mtime": None if e.mtime_ns is None else e.mtime_ns / 1e9, "added": e.added,
@@ -513,15 +550,16 @@ def _save_upload(upload: UploadFile, directory: Optional[Path], limit: int) -> t
     return path, h.hexdigest()
 
 
-def _decode_upload(svc: Service, upload: UploadFile, name: str, keep_in: Optional[Path]) -> tuple[Any, str, str]:
-    """``(BGR pixels, temporary file, blake2b hex)`` of an upload, decoded in a decoder
-    process at the descriptor's working size.  The temporary file is deleted unless
-    ``keep_in`` (its folder) is given; then the caller owns it."""
-    assert svc.pool is not None
+def _with_upload(svc: Service, upload: UploadFile, name: str, keep_in: Optional[Path],
+                 work: Callable[[str], Any]) -> tuple[Any, str, str]:
+    """``(work(temporary file), temporary file, blake2b hex)`` of an upload saved to a
+    temporary file; ``work`` runs it through the decoder pool (an ImageError becomes
+    the matching ApiError).  The temporary file is deleted unless ``keep_in`` (its
+    folder) is given; then the caller owns it."""
     tmp, digest = _save_upload(upload, keep_in, svc.settings.max_upload_bytes)
     try:
         try:
-            pixels = svc.pool.decode(tmp, svc.max_side, source=name)
+            out = work(tmp)
         except ImageError as exc:
             raise _image_error(exc, name) from None
     except BaseException:
@@ -531,7 +569,7 @@ def _decode_upload(svc: Service, upload: UploadFile, name: str, keep_in: Optiona
     if keep_in is None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    return pixels, tmp, digest
+    return out, tmp, digest
 
 
 def _upload_name(upload: UploadFile) -> str:
@@ -618,9 +656,10 @@ def create_app(index_path: Any, settings: Optional[Settings] = None, **kwargs: A
                 raise ApiError("bad_request", str(exc)) from None
         return {"k": k, "metric": metric or None, "mode": mode, "rerank": rerank or None}
 
-    def results(request: Request, ix: Any, hits: list, args: dict, took: float, **extra: Any) -> dict:
-        return {"results": [_hit_json(svc, request, h) for h in hits], "took_ms": round(took * 1000, 3),
-                "metric": args["metric"] or ix.metric, "mode": args["mode"], **extra}
+    def results(request: Request, ix: Any, hits: list, args: dict, took: float, **extra: Any) -> JSONResponse:
+        links = _Links(svc, request)
+        return JSONResponse({"results": [_hit_json(links, h) for h in hits], "took_ms": round(took * 1000, 3),
+                             "metric": args["metric"] or ix.metric, "mode": args["mode"], **extra})
 
     # ------------------------------------------------------------------ page
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -639,7 +678,8 @@ def create_app(index_path: Any, settings: Optional[Settings] = None, **kwargs: A
                k: int = Form(10, ge=1, description="number of results"),
                metric: Optional[str] = Form(None, description="ranking metric (default: the index's)"),
                mode: str = Form("auto", description="auto, exact or ann"),
-               rerank: Optional[str] = Form(None, description="re-ranking spec, e.g. qe, k-reciprocal")) -> dict:
+               rerank: Optional[str] = Form(None, description="re-ranking spec, e.g. qe, k-reciprocal")
+               ) -> JSONResponse:
         """The `k` indexed images most similar to the uploaded image, best first (an indexed copy of it
         included). `score` is the metric's value: higher is better for similarities (pearson, cosine,
         intersect), lower for distances."""
@@ -649,15 +689,19 @@ def create_app(index_path: Any, settings: Optional[Settings] = None, **kwargs: A
                                           "it cannot describe an uploaded image; search by id (/api/similar/{id})")
         name = _upload_name(image)
         t0 = time.perf_counter()
-        pixels = _decode_upload(svc, image, name, None)[0]
         ix = svc.index()
-        hits = ix.search(pixels, exclude_self=False, **args)
+        spec = ix.descriptor_spec
+        assert svc.pool is not None
+        # decoded and described in a decoder process (the CPU-heavy part, outside this process'
+        # GIL); the vector is searched here exactly as Index.search(pixels) would search it
+        vector = _with_upload(svc, image, name, None, lambda tmp: svc.pool.describe(tmp, spec, source=name))[0]
+        hits = ix.search(vector, exclude_self=False, **args)
         return results(request, ix, hits, args, time.perf_counter() - t0)
 
     @app.get("/api/similar/{id}", name="similar", tags=["search"], summary="Search by an indexed image")
     def similar(request: Request, id: int = PathParam(..., ge=0),
                 k: int = Query(10, ge=1), metric: Optional[str] = None, mode: str = "auto",
-                rerank: Optional[str] = None) -> dict:
+                rerank: Optional[str] = None) -> JSONResponse:
         """The `k` images most similar to indexed image `id` (its stored vector), leaving out exactly
         that entry (an identical copy ranks first)."""
         args = search_args(k, metric, mode, rerank)
@@ -668,7 +712,7 @@ def create_app(index_path: Any, settings: Optional[Settings] = None, **kwargs: A
 
     # ------------------------------------------------------------------ browse
     @app.get("/api/images", tags=["images"], summary="Browse the collection")
-    def images(request: Request, offset: int = Query(0, ge=0), limit: int = Query(48, ge=1)) -> dict:
+    def images(request: Request, offset: int = Query(0, ge=0), limit: int = Query(48, ge=1)) -> JSONResponse:
         """A page of the live entries, in id order."""
         if limit > settings.max_page:
             raise ApiError("bad_request", f"limit must be at most {settings.max_page}; got {limit}")
@@ -681,8 +725,9 @@ def create_app(index_path: Any, settings: Optional[Settings] = None, **kwargs: A
             except NotInIndexError:  # compacted between the two reads
                 if attempt == 2:
                     raise ApiError("conflict", "the index keeps changing; retry") from None
-        return {"total": int(ids.size), "offset": offset, "limit": limit,
-                "images": [_entry_json(svc, request, e) for e in page]}
+        links = _Links(svc, request)
+        return JSONResponse({"total": int(ids.size), "offset": offset, "limit": limit,
+                             "images": [_entry_json(links, request, e) for e in page]})
 
     def live_entry(ix: Any, id: int) -> Any:
         try:
@@ -695,7 +740,7 @@ def create_app(index_path: Any, settings: Optional[Settings] = None, **kwargs: A
 
     @app.get("/api/images/{id}", tags=["images"], summary="One image's metadata")
     def image(request: Request, id: int = PathParam(..., ge=0)) -> dict:
-        return _entry_json(svc, request, live_entry(svc.index(), id), full=True)
+        return _entry_json(_Links(svc, request), request, live_entry(svc.index(), id), full=True)
 
     @app.get("/api/images/{id}/thumbnail", name="thumbnail", tags=["images"], summary="A JPEG thumbnail",
              response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
@@ -784,7 +829,9 @@ def create_app(index_path: Any, settings: Optional[Settings] = None, **kwargs: A
 
         name = _upload_name(upload)
         svc.upload_dir.mkdir(parents=True, exist_ok=True)
-        _, tmp, digest = _decode_upload(svc, upload, name, svc.upload_dir)  # decoded safely first
+        assert svc.pool is not None
+        _, tmp, digest = _with_upload(svc, upload, name, svc.upload_dir,  # decoded safely first
+                                      lambda tmp: svc.pool.decode(tmp, svc.max_side, source=name))
         try:
             with open(tmp, "rb") as fh:
                 fmt = sniff_format(fh.read(16))
@@ -807,7 +854,7 @@ def create_app(index_path: Any, settings: Optional[Settings] = None, **kwargs: A
         if report.added:
             writer.set_metadata(id_, {"uploaded_as": name, "uploaded": time.time()})
         entry = writer.entry(id_)
-        return (201 if report.added else 200), {**_entry_json(svc, request, entry, full=True),
+        return (201 if report.added else 200), {**_entry_json(_Links(svc, request), request, entry, full=True),
                                                 "added": bool(report.added)}
 
     @app.delete("/api/images/{id}", tags=["write"], summary="Remove an image from the index")
@@ -825,28 +872,3 @@ def create_app(index_path: Any, settings: Optional[Settings] = None, **kwargs: A
         return {"removed": id, "name": svc.name(e.path)}
 
     return app
-
-
-# --------------------------------------------------------------------------- #
-# uvicorn --workers: the app made in each worker process from the environment
-# --------------------------------------------------------------------------- #
-
-ENV_SETTINGS = "FASTIMG_SERVE_SETTINGS"
-
-
-def settings_to_env(index_path: str, settings: Settings) -> str:
-    """The JSON that :func:`app_from_env` reads (``fastimg serve --workers N``, which
-    has no token: writes need one server process)."""
-    import json
-
-    return json.dumps({"index": os.path.abspath(index_path), "settings": asdict(settings)})
-
-
-def app_from_env() -> FastAPI:
-    """``create_app`` from ``$FASTIMG_SERVE_SETTINGS`` (uvicorn's factory in each worker process)."""
-    import json
-
-    doc = json.loads(os.environ[ENV_SETTINGS])
-    fields = doc["settings"]
-    fields["allow_origins"] = tuple(fields.get("allow_origins") or ())
-    return create_app(doc["index"], Settings(**fields))

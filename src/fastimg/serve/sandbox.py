@@ -16,12 +16,20 @@ process.  :class:`DecoderPool` keeps a few worker processes that each:
   taking the machine's memory),
 * decode with :func:`fastimg.image.load_image` and its limits (the pixel limit,
   checked from the header before decoding; reduced JPEG decoding to the
-  working size) and send the pixels back.
+  working size) and send back the pixels (``decode``), a JPEG thumbnail
+  (``thumbnail``), or the image's descriptor vector (``describe``).
 
-Only decoding (native code) runs there: the caller passes the BGR array to
-``Index.search``, which describes it with the index's descriptor exactly as it
-describes a file (``describe`` shrinks to the descriptor's working size, which
-the decoder already did), so the server computes no vector itself.
+``describe`` is what a search by an uploaded image uses: the worker decodes the
+file and describes it with the index's descriptor (rebuilt from the spec the
+caller passes, :func:`fastimg.features.registry.descriptor_from_spec`, and its
+:meth:`~fastimg.features.base.Descriptor.compute`: the compiled kernels, loaded
+once at start-up when the pool is given the spec -- the same values bit for bit
+as the library's single-image path), and sends back ``dim`` float32 values
+instead of the pixels.  The caller then searches by that vector
+(``Index.search(vector)``, which ranks it exactly as it ranks the pixels it
+would have described itself).  The serving process thus runs neither the
+decoder nor the descriptor: the CPU-heavy part of an upload search runs in the
+workers, in parallel, outside the server's GIL.
 
 The calling thread sends one task to an idle worker and waits at most
 ``timeout`` seconds.  A worker that dies (a native crash, the memory cap) or
@@ -135,23 +143,46 @@ def _worker_main(fd: int) -> None:
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     conn = Connection(fd)
     try:
-        max_pixels, memory, test_hooks = conn.recv()
+        max_pixels, memory, test_hooks, warm_spec = conn.recv()
     except (EOFError, OSError):
         return
+    import json
+
     import numpy as np
     import cv2
 
+    from fastimg.errors import DescriptorError
     from fastimg.image import load_image
 
     cv2.setNumThreads(1)
-    # load the decoders and the encoder once before the memory cap
+    descriptors: dict[str, Any] = {}
+
+    def descriptor(spec: dict) -> Any:
+        from fastimg.features.registry import descriptor_from_spec
+
+        key = json.dumps(spec, sort_keys=True)
+        d = descriptors.get(key)
+        if d is None:
+            d = descriptors[key] = descriptor_from_spec(spec)
+        return d
+
+    # load the decoders, the encoder and the descriptor's kernels once, before the memory cap
     ok, buf = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
     load_image(buf.tobytes())
+    if warm_spec is not None:
+        try:
+            descriptor(warm_spec).compute(np.full((64, 64, 3), 128, np.uint8))
+        except DescriptorError:  # reported by the first describe task
+            pass
     _cap_memory(memory)
     conn.send(("ready", os.getpid()))
 
     def decode(path: str, max_side: Optional[int]) -> Any:
         return load_image(path, max_pixels=max_pixels, max_side=max_side)
+
+    def describe(path: str, spec: dict) -> Any:
+        d = descriptor(spec)
+        return d.compute(load_image(path, max_pixels=max_pixels, max_side=d.max_side))
 
     def thumbnail(path: str, side: int, quality: int) -> bytes:
         img = load_image(path, max_pixels=max_pixels, max_side=side)
@@ -160,7 +191,7 @@ def _worker_main(fd: int) -> None:
             raise ImageError(path, "corrupt", "could not encode the thumbnail")
         return buf.tobytes()
 
-    ops: dict[str, Callable[..., Any]] = {"decode": decode, "thumbnail": thumbnail}
+    ops: dict[str, Callable[..., Any]] = {"decode": decode, "thumbnail": thumbnail, "describe": describe}
     if test_hooks:  # planted failures for the tests (a native crash, a hang, an allocation)
         import ctypes
 
@@ -179,6 +210,8 @@ def _worker_main(fd: int) -> None:
             conn.send(("ok", ops[op](*args)))
         except ImageError as exc:
             conn.send(("image_error", exc.reason, exc.detail))
+        except DescriptorError as exc:  # the spec names no descriptor this fastimg builds alike
+            conn.send(("descriptor_error", str(exc)))
         except MemoryError:
             conn.send(("image_error", "too large", "out of memory while decoding (the server's memory limit)"))
         except Exception as exc:  # cv2.error and the like: the image is at fault
@@ -216,16 +249,21 @@ class DecoderPool:
         The loader's pixel limit (:func:`fastimg.image.load_image`).
     start_timeout : float
         Seconds a new worker may take to start (import, warm-up).
+    descriptor : dict or None
+        A descriptor spec (``Index.descriptor_spec``) whose kernels each worker
+        loads at start-up, before its memory cap, so that :meth:`describe` with
+        that spec pays no start-up (about a second of Numba loading); None: none.
     """
 
     def __init__(self, *, workers: int = 2, timeout: float = 10.0,
                  memory: Optional[int] = 1 << 30, max_pixels: Optional[int] = None,
-                 start_timeout: float = 120.0, _test_hooks: bool = False):
+                 start_timeout: float = 120.0, descriptor: Optional[dict] = None, _test_hooks: bool = False):
         from fastimg.image import DEFAULT_MAX_PIXELS
 
         if workers < 1:
             raise ArgumentError(f"workers must be >= 1; got {workers}")
-        self._args = (DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels, memory, _test_hooks)
+        self._args = (DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels, memory, _test_hooks,
+                      None if descriptor is None else dict(descriptor))
         self.timeout = float(timeout)
         self.start_timeout = float(start_timeout)
         self.size = int(workers)
@@ -349,6 +387,10 @@ class DecoderPool:
                 self._kill(w)
         if msg[0] == "ok":
             return msg[1]
+        if msg[0] == "descriptor_error":
+            from fastimg.errors import DescriptorError
+
+            raise DescriptorError(msg[1])
         self._count(msg[1])
         raise ImageError(source, msg[1], msg[2])
 
@@ -360,6 +402,19 @@ class DecoderPool:
         """The image file ``path`` decoded (:func:`fastimg.image.load_image` with the
         pool's pixel limit): a BGR ``uint8`` array, its longer side at most ``max_side``."""
         return self.call("decode", path, max_side, source=source)
+
+    def describe(self, path: str, spec: dict, *, source: str) -> Any:
+        """The descriptor vector (float32, ``(dim,)``) of the image file ``path``:
+        decoded with the pool's pixel limit at the descriptor's working size and
+        described by the descriptor of ``spec`` (``Index.descriptor_spec``).
+
+        Raises
+        ------
+        DescriptorError
+            ``spec`` names no descriptor this fastimg builds with the same
+            dimension and version (vectors would not be comparable).
+        """
+        return self.call("describe", path, dict(spec), source=source)
 
     def thumbnail(self, path: str, side: int, quality: int = 85, *, source: str) -> bytes:
         """A JPEG of the image file ``path``, its longer side at most ``side``."""
