@@ -581,7 +581,9 @@ def _signatures(paths: list[str], workers: Optional[int]) -> tuple[list[Optional
             failed[p] = str(exc)
             return None
 
-    return _map(one, paths, workers), failed
+    sigs = _map(one, paths, workers)
+    # threads finish in any order: report failures in the order of the paths (the ids)
+    return sigs, {p: failed[p] for p in paths if p in failed}
 
 
 def verified_pairs(index: Any, *, threshold: Optional[float] = None, metric: Optional[str] = None,
