@@ -317,6 +317,24 @@ RESCORE_L2 = FI_RS_L2
 RESCORE_BHATTACHARYYA = FI_RS_BHATTACHARYYA
 
 
+cdef inline int _rescore_query(const float[:, ::1] data, const float[:, ::1] queries,
+                                const int64_t[:, ::1] cand, double[:, ::1] o, double[:, ::1] qs, int metric,
+                                Py_ssize_t i) noexcept nogil:
+    """Row ``i`` of :func:`rescore_rows`; returns how many of its ids were out of range (scored 0)."""
+    cdef Py_ssize_t j, d = data.shape[1], n = data.shape[0]
+    cdef int64_t r
+    cdef int bad = 0
+    fi_rs_query(metric, &queries[i, 0], d, &qs[i, 0])
+    for j in range(cand.shape[1]):
+        r = cand[i, j]
+        if r < 0 or r >= n:
+            bad += 1
+            o[i, j] = 0.0
+        else:
+            o[i, j] = fi_rs_score(metric, &data[r, 0], &queries[i, 0], d, &qs[i, 0])
+    return bad
+
+
 def rescore_rows(const float[:, ::1] data, const float[:, ::1] queries, const int64_t[:, ::1] cand, int metric,
                  int n_threads=1):
     """float64 ``(Q, C)``: the metric's value of ``queries[i]`` against ``data[cand[i, j]]``,
@@ -325,8 +343,7 @@ def rescore_rows(const float[:, ::1] data, const float[:, ::1] queries, const in
     gathering them.  ``metric``: a ``RESCORE_*`` constant.
 
     Raises IndexError for an id outside ``data`` (nothing else is validated)."""
-    cdef Py_ssize_t nq = cand.shape[0], nc = cand.shape[1], d = data.shape[1], n = data.shape[0], i, j
-    cdef int64_t r
+    cdef Py_ssize_t nq = cand.shape[0], nc = cand.shape[1], d = data.shape[1], n = data.shape[0], i
     cdef int bad = 0
     if queries.shape[0] != nq or queries.shape[1] != d:
         raise ValueError(f"queries must have shape ({nq}, {d}); got ({queries.shape[0]}, {queries.shape[1]})")
@@ -341,27 +358,13 @@ def rescore_rows(const float[:, ::1] data, const float[:, ::1] queries, const in
     if nt == 1:  # no thread team for a few queries
         with nogil:
             for i in range(nq):
-                fi_rs_query(metric, &queries[i, 0], d, &qs[i, 0])
-                for j in range(nc):
-                    r = cand[i, j]
-                    if r < 0 or r >= n:
-                        bad += 1
-                        o[i, j] = 0.0
-                    else:
-                        o[i, j] = fi_rs_score(metric, &data[r, 0], &queries[i, 0], d, &qs[i, 0])
+                bad += _rescore_query(data, queries, cand, o, qs, metric, i)
         if bad:
             raise IndexError(f"candidate ids must be in [0, {n - 1}]")
         return out
     with nogil:
         for i in prange(nq, num_threads=nt, schedule="static"):
-            fi_rs_query(metric, &queries[i, 0], d, &qs[i, 0])
-            for j in range(nc):
-                r = cand[i, j]
-                if r < 0 or r >= n:
-                    bad += 1
-                    o[i, j] = 0.0
-                else:
-                    o[i, j] = fi_rs_score(metric, &data[r, 0], &queries[i, 0], d, &qs[i, 0])
+            bad += _rescore_query(data, queries, cand, o, qs, metric, i)
     if bad:
         raise IndexError(f"candidate ids must be in [0, {n - 1}]")
     return out
