@@ -706,24 +706,6 @@ FI_LP_T2 static inline __m256 fi_ld_h8(const uint16_t* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
 }
 
-FI_LP_T2 static inline float fi_f16_dot_avx2(const uint16_t* x, const float* q, ptrdiff_t d) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    ptrdiff_t j = 0;
-    for (; j + 32 <= d; j += 32) {
-        a0 = _mm256_fmadd_ps(fi_ld_h8(x + j), _mm256_loadu_ps(q + j), a0);
-        a1 = _mm256_fmadd_ps(fi_ld_h8(x + j + 8), _mm256_loadu_ps(q + j + 8), a1);
-        a2 = _mm256_fmadd_ps(fi_ld_h8(x + j + 16), _mm256_loadu_ps(q + j + 16), a2);
-        a3 = _mm256_fmadd_ps(fi_ld_h8(x + j + 24), _mm256_loadu_ps(q + j + 24), a3);
-    }
-    for (; j + 8 <= d; j += 8) a0 = _mm256_fmadd_ps(fi_ld_h8(x + j), _mm256_loadu_ps(q + j), a0);
-    __m256 t = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    float v[8];
-    _mm256_storeu_ps(v, t);
-    float s = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
-    for (; j < d; ++j) s = fmaf(fi_h2f(x[j]), q[j], s);
-    return s;
-}
-
 /* the 8 lane sums t of fi_f16_dot_avx2 before its horizontal step (j < d - d % 8) */
 FI_LP_T2 static inline __m256 fi_f16_dotv_avx2(const uint16_t* x, const float* q, ptrdiff_t d) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -736,6 +718,16 @@ FI_LP_T2 static inline __m256 fi_f16_dotv_avx2(const uint16_t* x, const float* q
     }
     for (; j + 8 <= d; j += 8) a0 = _mm256_fmadd_ps(fi_ld_h8(x + j), _mm256_loadu_ps(q + j), a0);
     return _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+}
+
+/* the dot product: those lane sums, a fixed-order horizontal sum, then the scalar tail */
+FI_LP_T2 static inline float fi_f16_dot_avx2(const uint16_t* x, const float* q, ptrdiff_t d) {
+    __m256 t = fi_f16_dotv_avx2(x, q, d);
+    float v[8];
+    _mm256_storeu_ps(v, t);
+    float s = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+    for (ptrdiff_t j = d - d % 8; j < d; ++j) s = fmaf(fi_h2f(x[j]), q[j], s);
+    return s;
 }
 
 /* rows in blocks of 8: the lane sums t_i of 8 rows, then their horizontal steps
