@@ -33,17 +33,21 @@ def _ref_drop_self(array, q, ids, scores, k, selfs, ident):
         kept = kept[:k]
         out_i[r, :len(kept)] = [i for i, _ in kept]
         out_s[r, :len(kept)] = [s for _, s in kept]
-        dropped.append(d)
+        dropped.append(d or None)  # None: nothing dropped
     return out_i, out_s, dropped
 
 
+@pytest.mark.parametrize("step_elems", [None, 40])
 @pytest.mark.parametrize("d", [5, 12])
 @pytest.mark.parametrize("seed", range(4))
-def test_drop_self_matches_per_row_definition(seed, d):
+def test_drop_self_matches_per_row_definition(seed, d, step_elems, monkeypatch):
+    if step_elems is not None:  # the identical-row search in steps of a few queries
+        monkeypatch.setattr("fastimg.index.searching._IDENT_ELEMS", step_elems)
     rng = np.random.default_rng(seed)
     n, nq, c = 40, 25, 9
     array = rng.integers(0, 3, (n, d)).astype(np.float32)  # small integers: many bit-identical rows
-    array[::2, :8] = 0  # rows alike in their first columns (compared first), not after
+    array[::2, :8] = 0  # rows alike in their first columns, not after
+    array[1::4, 3] = 7  # ... and rows alike in the largest column (compared first), not in the others
     q = array[rng.integers(0, n, nq)].copy()
     q[::4] += 0.5  # some queries identical to no row
     ids = np.stack([rng.permutation(n)[:c] for _ in range(nq)]).astype(np.int64)

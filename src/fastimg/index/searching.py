@@ -51,7 +51,6 @@ log = logging.getLogger("fastimg.index")
 #: at most a quarter of the rows, is answered by scoring those rows directly
 #: instead of scanning the whole matrix with the others masked.
 DIRECT_ELEMS = 1 << 20
-_IDENT_COLS = 8  # columns compared first (whole rows only where they match)
 _IDENT_ELEMS = 1 << 20  # candidate values (queries x candidates x dim) compared per step with the queries
 
 
@@ -116,6 +115,20 @@ def _compact(ids: np.ndarray, scores: np.ndarray, keep: np.ndarray,
     out_i[:, :w] = np.where(got, np.take_along_axis(ids, order, axis=1), -1)
     out_s[:, :w] = np.where(got, np.take_along_axis(scores, order, axis=1), np.nan)
     return out_i, out_s
+
+
+def _identical(array: Any, q: np.ndarray, cand: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """``(Q, C)`` bool: candidate ``cand[r, c]`` (where ``ok``) is bit-identical to ``q[r]``.
+
+    One value per candidate first - each query's largest-magnitude column, the one
+    least likely to be shared by chance (a histogram's empty bins are) - then whole
+    rows only for the candidates that match it."""
+    col = np.abs(q).argmax(axis=1)
+    same = (array[np.where(ok, cand, 0), col[:, None]] == q[np.arange(len(q)), col][:, None]) & ok
+    if same.any():
+        ri, ci = np.nonzero(same)
+        same[ri, ci] = (array[cand[ri, ci]] == q[ri]).all(axis=1)
+    return same
 
 
 class Search:
@@ -213,9 +226,10 @@ class Search:
 
         Vectorised over the queries: ``selfs[r]`` ids are dropped from row ``r``;
         with ``ident[r]``, also the lowest id among the remaining candidates whose
-        stored vector is bit-identical to ``q[r]``."""
+        stored vector is bit-identical to ``q[r]``.  The dropped rows per query are
+        returned as a list of sets (None where nothing was dropped)."""
         nq, nc = ids.shape
-        dropped: list[set] = [set(s) if s else set() for s in selfs]
+        dropped: list[Optional[set]] = [set(s) if s else None for s in selfs]
         if nq == 1:  # one query (Index.search): the fewest NumPy calls
             row_ids, row_scores = ids[0], scores[0]
             keep1 = row_ids >= 0
@@ -228,7 +242,7 @@ class Search:
                 if same.size:
                     j = int(same.min())
                     keep1 &= row_ids != j
-                    dropped[0].add(j)
+                    dropped[0] = (dropped[0] or set()) | {j}
             row_ids, row_scores = row_ids[keep1][:k], row_scores[keep1][:k]
             out_i = np.full((1, k), -1, dtype=np.int64)
             out_s = np.full((1, k), np.nan, dtype=np.float32)
@@ -243,30 +257,26 @@ class Search:
             for r in own:
                 mine[r, :len(selfs[r])] = sorted(selfs[r])
             keep &= ~(ids[:, :, None] == mine[:, None, :]).any(axis=2)
-        rows = np.flatnonzero(np.asarray(ident, dtype=bool)) if nq else np.zeros(0, np.intp)
-        if rows.size and nc:
-            step = max(1, _IDENT_ELEMS // max(1, nc * min(_IDENT_COLS, q.shape[1])))  # bounds the gathered rows
-            for a in range(0, rows.size, step):
-                r = rows[a:a + step]
-                cand, ok = ids[r], keep[r]
-                # the first columns of every candidate, then whole rows only where those match
-                pre = min(_IDENT_COLS, q.shape[1])
-                same = (view.array[np.where(ok, cand, 0), :pre] == q[r][:, None, :pre]).all(axis=2) & ok
-                if pre < q.shape[1] and same.any():
-                    ri, ci = np.nonzero(same)
-                    same[ri, ci] = (view.array[cand[ri, ci]] == q[r][ri]).all(axis=1)
-                hit = same.any(axis=1)
-                if hit.any():
-                    j = np.where(same, cand, np.iinfo(np.int64).max).min(axis=1)
-                    keep[r] &= ~(hit[:, None] & (cand == j[:, None]))
-                    for rr, jj in zip(r[hit].tolist(), j[hit].tolist()):
-                        dropped[rr].add(jj)
+        rows = np.flatnonzero(np.asarray(ident, dtype=bool)) if nq and nc else np.zeros(0, np.intp)
+        step = max(1, _IDENT_ELEMS // max(1, nc * q.shape[1]))  # bounds the rows gathered at once
+        for a in range(0, rows.size, step):
+            r = rows[a:a + step]
+            cand = ids[r]
+            same = _identical(view.array, q[r], cand, keep[r])
+            hit = same.any(axis=1)
+            if hit.any():
+                j = np.where(same, cand, np.iinfo(np.int64).max).min(axis=1)
+                keep[r] &= ~(hit[:, None] & (cand == j[:, None]))
+                for rr, jj in zip(r[hit].tolist(), j[hit].tolist()):
+                    if dropped[rr] is None:
+                        dropped[rr] = set()
+                    dropped[rr].add(jj)
         out_ids, out_scores = _compact(ids, scores, keep, k)
         return out_ids, out_scores, dropped
 
     def _rerank(self, spec: str, view: View, fit: Optional[Fit], q: np.ndarray, ids: np.ndarray,
                 scores: np.ndarray, k: int, m: Metric, mode: str, ef: Optional[int], candidates: Optional[int],
-                selfs: Sequence[set], data: Any, allowed: Optional[Allowed]) -> tuple[np.ndarray, np.ndarray]:
+                selfs: Sequence[Optional[set]], data: Any, allowed: Optional[Allowed]) -> tuple[np.ndarray, np.ndarray]:
         # q and data are in the search space (whitened when a whitening is fitted)
         from fastimg import rerank as _rr
 
@@ -278,7 +288,7 @@ class Search:
         for r in range(len(q)):
             own = selfs[r]
 
-            def search(vectors: Any, kk: int, own: set = own) -> tuple[np.ndarray, np.ndarray]:
+            def search(vectors: Any, kk: int, own: Optional[set] = own) -> tuple[np.ndarray, np.ndarray]:
                 # the same search, with the same exclusion of the query itself
                 vv = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
                 n = len(vv)
