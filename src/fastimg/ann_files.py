@@ -18,6 +18,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+from fastimg._fsio import fsync_dir, fsync_file
+
 __all__ = ["FORMAT_VERSION", "READ_FORMAT_VERSIONS", "GRAPH_FILE", "META_FILE", "graph_file", "saved_meta"]
 
 #: Version of the files written by :meth:`HnswGraph.save` (2: the graph file has
@@ -56,24 +58,8 @@ def graph_file(directory: Union[str, os.PathLike]) -> Optional[Path]:
     return Path(directory) / name if isinstance(name, str) and _GRAPH_NAME.match(name) else None
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync = fsync_file  # the names ann.py imports
+_fsync_dir = fsync_dir
 
 
 def _check_complete(path: Path, size: int, count: int, M: int, dim: int) -> None:

@@ -19,26 +19,13 @@ from urllib.parse import quote
 
 import numpy as np
 
+from fastimg._fsio import fsync_dir
 from fastimg.errors import IndexCorruptError, IndexExistsError, IndexFormatError, IndexLockedError, IndexReadOnlyError
 
 __all__ = ["fsync_dir", "write_json_atomic", "load_manifest", "read_manifest", "prepare_directory", "init_database", "connect",
            "migrate", "write_rows", "acquire_lock", "release_lock"]
 
 log = logging.getLogger("fastimg.index.store")
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable (where directories can be fsynced)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

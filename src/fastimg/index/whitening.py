@@ -41,6 +41,7 @@ from typing import Any, Hashable, Optional, Sequence, Union
 
 import numpy as np
 
+from fastimg._fsio import fsync_dir
 from fastimg.errors import ArgumentError, DescriptorError, IndexCorruptError
 from fastimg.index.caches import Caches, Rows, derive_rows
 from fastimg.index.store import Store, file_hash
@@ -323,7 +324,7 @@ class Whitening:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        _fsync_dir(base)
+        fsync_dir(base)
         meta = {**meta, "file": final.name, "rows": int(view.state.committed),
                 "generation": int(view.state.generation), "fit_id": fit_id}
         self._store.set_meta("whitening", meta)  # the commit point
@@ -396,15 +397,6 @@ class Whitening:
             fit_rows = min(int(meta.get("rows", 0)), mapping.size)
             self._store.set_meta("whitening", dict(meta, rows=int((mapping[:fit_rows] >= 0).sum()),
                                                    generation=generation))
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def match_labels(find: Any, pairs: list, base: Optional[Path], where: Path) -> tuple[np.ndarray, list, dict, list]:
