@@ -817,11 +817,11 @@ def create_app(index_path: Any, settings: Optional[Settings] = None, **kwargs: A
         from starlette.concurrency import run_in_threadpool
 
         _check_token(svc, request)  # before reading the body
-        form = await request.form(max_files=1, max_fields=4)
-        upload = form.get("image")
-        if not isinstance(upload, UploadFile) and not hasattr(upload, "file"):
-            raise ApiError("bad_request", "the form needs a file field 'image'")
-        status, doc = await run_in_threadpool(_add_upload, request, upload)
+        async with request.form(max_files=1, max_fields=4) as form:  # closes the spooled upload
+            upload = form.get("image")
+            if not isinstance(upload, UploadFile) and not hasattr(upload, "file"):
+                raise ApiError("bad_request", "the form needs a file field 'image'")
+            status, doc = await run_in_threadpool(_add_upload, request, upload)
         return JSONResponse(doc, status_code=status)
 
     def _add_upload(request: Request, upload: UploadFile) -> tuple[int, dict]:
