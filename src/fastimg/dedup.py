@@ -12,10 +12,15 @@ components of the duplicate pairs (A~B and B~C put A, B and C in one group).
   :func:`verified_pairs`): candidates are each image's ``candidates`` nearest
   neighbours in the index plus the pairs whose 64-bit DCT hashes differ in at
   most ``hash_bits`` bits; a candidate is a duplicate when at least
-  ``min_inliers`` ORB matches fit one similarity transform (RANSAC).  It reads
-  the image files again.  Held out on Corel-1k copies (resize, JPEG q30, crop,
-  brightness, rotation) it finds 0.996 of them at precision 1.000, whatever the
-  index's descriptor (bench/quality.md, ``bench/dedup_calibrate.py --verify``).
+  ``min_inliers`` ORB matches fit one similarity transform (RANSAC) and, with
+  ``same_photo=True`` (the default), the two images agree pixel by pixel under
+  it (:func:`photometric_agreement` >= ``min_agreement``): copies of one photo,
+  not two shots of one scene.  It reads the image files again.  Held out on
+  Corel-1k copies (resize, JPEG q30, crop, brightness, rotation) it finds 0.997
+  of them at precision 1.000, bursts of one scene in Corel-1k counted as false,
+  whatever the index's descriptor (bench/quality.md,
+  ``bench/dedup_calibrate.py --verify``).  ``same_photo=False`` groups those
+  bursts too (inliers alone).
 * ``verify="none"`` (the default with a ``threshold``): every live row is
   searched against the whole index (``Index.search_batch``, ``batch`` rows at a
   time), and a pair is a duplicate when its score is within the threshold in the
