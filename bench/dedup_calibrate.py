@@ -1076,8 +1076,8 @@ def _verify_markdown(rows: list[dict], meta: dict) -> str:
         f"Cost (one thread, measured in this run): `image_signature` (read, decode, grey 320 px, 500 ORB "
         f"keypoints, DCT hash, {meta['params']['thumb']} px thumbnail) {tm['ms_per_image']:.1f} ms per image "
         f"({tm['n_img']} images); `match_transform` {tm['ms_per_pair']:.2f} ms per candidate pair ({tm['n_pairs']} "
-        f"pairs) and `photometric_agreement` {tm['ms_agreement']:.3f} ms more per pair it is run on (those with "
-        f"≥ N inliers; {tm['n_agr']} pairs timed); a collection of n images costs n signatures + one match per "
+        f"pairs) and `photometric_agreement` {tm['ms_agreement']:.3f} ms more per pair it is run on (the library "
+        f"runs it on the pairs with ≥ N inliers; timed on the {tm['n_agr']} of those pairs with a transform); a collection of n images costs n signatures + one match per "
         "candidate pair (per image: the candidates column), on top of the exact neighbour search.  Memory while it "
         f"runs: {tm['kp_bytes'] / 1024:.1f} KB of keypoints and descriptors and {tm['thumb_bytes'] / 1024:.1f} KB "
         "of thumbnail per image (the image is decoded once).",
