@@ -12,10 +12,15 @@ components of the duplicate pairs (A~B and B~C put A, B and C in one group).
   :func:`verified_pairs`): candidates are each image's ``candidates`` nearest
   neighbours in the index plus the pairs whose 64-bit DCT hashes differ in at
   most ``hash_bits`` bits; a candidate is a duplicate when at least
-  ``min_inliers`` ORB matches fit one similarity transform (RANSAC).  It reads
-  the image files again.  Held out on Corel-1k copies (resize, JPEG q30, crop,
-  brightness, rotation) it finds 0.996 of them at precision 1.000, whatever the
-  index's descriptor (bench/quality.md, ``bench/dedup_calibrate.py --verify``).
+  ``min_inliers`` ORB matches fit one similarity transform (RANSAC) and, with
+  ``same_photo=True`` (the default), the two images agree pixel by pixel under
+  it (:func:`photometric_agreement` >= ``min_agreement``): copies of one photo,
+  not two shots of one scene.  It reads the image files again.  Held out on
+  Corel-1k copies (resize, JPEG q30, crop, brightness, rotation) it finds 0.997
+  of them at precision 1.000, bursts of one scene in Corel-1k counted as false,
+  whatever the index's descriptor (bench/quality.md,
+  ``bench/dedup_calibrate.py --verify``).  ``same_photo=False`` groups those
+  bursts too (inliers alone).
 * ``verify="none"`` (the default with a ``threshold``): every live row is
   searched against the whole index (``Index.search_batch``, ``batch`` rows at a
   time), and a pair is a duplicate when its score is within the threshold in the
@@ -66,8 +71,12 @@ __all__ = [
     "image_signature",
     "match_transform",
     "match_inliers",
+    "photometric_agreement",
+    "verify_pair",
     "hash_pairs",
     "VERIFY_MIN_INLIERS",
+    "VERIFY_MIN_AGREEMENT",
+    "VERIFY_MIN_INLIERS_SCENE",
     "VERIFY_CANDIDATES",
     "VERIFY_HASH_BITS",
 ]
@@ -120,11 +129,24 @@ VERIFY_SIDE = 320
 VERIFY_FEATURES = 500
 #: a candidate pair is a duplicate when a similarity transform (rotation, scale, shift: RANSAC,
 #: ``cv2.estimateAffinePartial2D``) maps at least this many of its ratio-test ORB matches
-VERIFY_MIN_INLIERS = 35
+#: (``same_photo=True``, with the agreement below) ...
+VERIFY_MIN_INLIERS = 29
+#: ... or this many (``same_photo=False``: inliers alone; bursts of one scene are grouped too).
+VERIFY_MIN_INLIERS_SCENE = 35
 #: candidates: each image's nearest neighbours in the index (this many) ...
 VERIFY_CANDIDATES = 8
 #: ... and every pair whose 64-bit DCT hashes differ in at most this many bits.
 VERIFY_HASH_BITS = 14
+#: ``same_photo=True`` (the default): a verified pair is also a duplicate only when the
+#: photometric agreement (:func:`photometric_agreement`: zero-mean normalised cross-correlation of
+#: the two grey thumbnails over their overlap, one warped onto the other by the fitted transform)
+#: is at least this.  An edited copy agrees almost everywhere; a second exposure of the same
+#: scene (a burst) differs where things moved and by parallax.
+VERIFY_MIN_AGREEMENT = 0.977
+#: the agreement's thumbnails: the grey image at this longer side (kept in the signature, ~9 KB)
+VERIFY_THUMB_SIDE = 96
+_BLUR = 1.0         # Gaussian sigma (thumbnail pixels) before the agreement: JPEG noise, resampling
+_MIN_OVERLAP = 0.1  # an overlap under this share of the thumbnail agrees 0.0 (too little to judge)
 _RATIO = 0.8        # Lowe's ratio test
 _REPROJ = 4.0       # RANSAC inlier distance, pixels at VERIFY_SIDE
 _RANSAC_ITERS = 500
@@ -142,13 +164,15 @@ class DuplicatePair:
     """Two duplicate images, ``a < b`` (ids), and the score that links them.
 
     ``score`` is the metric's score of the pair (the lower id as the query);
-    ``inliers`` is the geometric verification's count (``verify="orb"``), else ``None``.
+    ``inliers`` is the geometric verification's count (``verify="orb"``), else ``None``;
+    ``agreement`` its photometric agreement (``verify="orb"`` with ``same_photo=True``), else ``None``.
     """
 
     a: int
     b: int
     score: float
     inliers: Optional[int] = None
+    agreement: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +272,23 @@ def _check_count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise DedupError(f"{name} must be a positive integer; got {value!r}")
     return int(value)
+
+
+def _check_agreement(same_photo: Any, min_agreement: Any) -> Optional[float]:
+    """The agreement threshold ``verify="orb"`` applies (``None``: none, ``same_photo=False``)."""
+    if not isinstance(same_photo, bool):
+        raise DedupError(f"same_photo must be True or False; got {same_photo!r}")
+    if not same_photo:
+        if min_agreement is not None:
+            raise DedupError(f"min_agreement={min_agreement!r} applies to same_photo=True only; "
+                             "same_photo=False accepts a pair on its inliers alone")
+        return None
+    if min_agreement is None:
+        return VERIFY_MIN_AGREEMENT
+    if (isinstance(min_agreement, bool) or not isinstance(min_agreement, numbers.Real)
+            or not -1.0 <= min_agreement <= 1.0):
+        raise DedupError(f"min_agreement must be a number from -1 to 1 (a correlation); got {min_agreement!r}")
+    return float(min_agreement)
 
 
 def _progress(progress: Progress, total: int) -> tuple[Optional[Callable[[int, int], Any]], Any]:
@@ -353,8 +394,9 @@ def connected_groups(pairs: Iterable[Union[DuplicatePair, tuple]]) -> list[list[
 def find_duplicates(index: Any, *, threshold: Optional[float] = None, metric: Optional[str] = None,
                     k: int = 16, batch: int = 256, mode: str = "exact", ef: Optional[int] = None,
                     progress: Progress = None, verify: Optional[str] = None,
-                    candidates: int = VERIFY_CANDIDATES, min_inliers: int = VERIFY_MIN_INLIERS,
-                    hash_bits: int = VERIFY_HASH_BITS, workers: Optional[int] = None) -> list[DuplicateGroup]:
+                    candidates: int = VERIFY_CANDIDATES, min_inliers: Optional[int] = None,
+                    hash_bits: int = VERIFY_HASH_BITS, workers: Optional[int] = None,
+                    same_photo: bool = True, min_agreement: Optional[float] = None) -> list[DuplicateGroup]:
     """Groups of near-duplicate images in an index.
 
     Parameters
@@ -388,10 +430,20 @@ def find_duplicates(index: Any, *, threshold: Optional[float] = None, metric: Op
         given, ``"none"`` when one is.
     candidates, min_inliers, hash_bits : int
         ``verify="orb"``'s parameters (defaults :data:`VERIFY_CANDIDATES`,
-        :data:`VERIFY_MIN_INLIERS`, :data:`VERIFY_HASH_BITS`; ``hash_bits=-1``: no
-        hash candidates).  With ``threshold`` as well, a pair must also be within it.
+        :data:`VERIFY_MIN_INLIERS` (:data:`VERIFY_MIN_INLIERS_SCENE` with
+        ``same_photo=False``), :data:`VERIFY_HASH_BITS`; ``hash_bits=-1``: no hash
+        candidates).  With ``threshold`` as well, a pair must also be within it.
     workers : int, optional
         Threads reading images and matching them (``verify="orb"``; default: one per CPU).
+    same_photo : bool, default True
+        ``verify="orb"``: ``True`` keeps copies of one photo only (its edits: resized,
+        re-encoded, cropped, brightened, straightened): a verified pair must also agree
+        pixel by pixel (:func:`photometric_agreement` >= ``min_agreement``), so two
+        photos of one scene taken moments apart (a burst) are not grouped.  ``False``:
+        inliers alone, bursts of one scene from one spot are grouped too.
+    min_agreement : float, optional
+        ``same_photo=True``'s threshold, a correlation in [-1, 1] (default
+        :data:`VERIFY_MIN_AGREEMENT`); an error with ``same_photo=False``.
 
     Returns
     -------
@@ -408,10 +460,14 @@ def find_duplicates(index: Any, *, threshold: Optional[float] = None, metric: Op
         verify = "orb" if threshold is None else "none"
     if verify not in ("orb", "none"):
         raise DedupError(f"verify must be 'orb' or 'none'; got {verify!r}")
+    _check_agreement(same_photo, min_agreement)
+    if verify == "none" and min_agreement is not None:
+        raise DedupError(f"min_agreement={min_agreement!r} applies to verify='orb' only (the score rule reads no image)")
     if verify == "orb":
         pairs = verified_pairs(index, threshold=threshold, metric=m.name, candidates=candidates,
                                min_inliers=min_inliers, hash_bits=hash_bits, batch=batch, mode=mode, ef=ef,
-                               workers=workers, progress=progress)
+                               workers=workers, progress=progress, same_photo=same_photo,
+                               min_agreement=min_agreement)
         return _grouped(index, pairs)
     if threshold is None:
         threshold = default_threshold(index, m.name)
@@ -460,12 +516,16 @@ class ImageSignature:
         32x32 grey image against their median.
     size : tuple of int
         ``(width, height)`` of the resized image.
+    thumb : numpy.ndarray or None
+        The resized grey image shrunk to ``VERIFY_THUMB_SIDE`` on its longer side
+        (uint8, ``(h, w)``): what :func:`photometric_agreement` compares.
     """
 
     points: Any
     descriptors: Any
     dct_hash: int
     size: tuple[int, int]
+    thumb: Any = None
 
 
 def image_signature(src: Any, *, side: int = VERIFY_SIDE, features: int = VERIFY_FEATURES) -> ImageSignature:
@@ -496,7 +556,10 @@ def image_signature(src: Any, *, side: int = VERIFY_SIDE, features: int = VERIFY
     small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
     low = cv2.dct(small)[:8, :8].ravel()
     bits = low > np.median(low)
-    return ImageSignature(points, np.ascontiguousarray(desc), int(np.packbits(bits).view(">u8")[0]), size)
+    t = VERIFY_THUMB_SIDE / max(size)
+    thumb = cv2.resize(grey, (max(1, round(size[0] * t)), max(1, round(size[1] * t))),
+                       interpolation=cv2.INTER_AREA if t < 1 else cv2.INTER_LINEAR)
+    return ImageSignature(points, np.ascontiguousarray(desc), int(np.packbits(bits).view(">u8")[0]), size, thumb)
 
 
 def match_transform(a: ImageSignature, b: ImageSignature) -> tuple[int, Any]:
@@ -536,6 +599,59 @@ def match_transform(a: ImageSignature, b: ImageSignature) -> tuple[int, Any]:
 def match_inliers(a: ImageSignature, b: ImageSignature) -> int:
     """The number of ORB matches one similarity transform explains (:func:`match_transform`)."""
     return match_transform(a, b)[0]
+
+
+def photometric_agreement(a: ImageSignature, b: ImageSignature, m: Any) -> float:
+    """How well ``a``'s pixels agree with ``b``'s once ``a`` is mapped onto ``b`` by ``m``.
+
+    ``m`` is a 2x3 transform from ``a``'s resized frame to ``b``'s (as
+    :func:`match_transform` returns it).  Both thumbnails (``ImageSignature.thumb``)
+    are blurred (Gaussian, sigma 1 px), ``a``'s is warped into ``b``'s frame
+    (``cv2.warpAffine``, bilinear), and the result is the zero-mean normalised
+    cross-correlation (Pearson's r) of the two over the overlap: the pixels of
+    ``b``'s thumbnail whose source lies inside ``a``'s thumbnail with a 1-pixel
+    margin.  1.0 is perfect agreement; brightness and contrast changes (a linear
+    map of the grey levels) do not change it.  An overlap under 10 % of ``b``'s
+    thumbnail, or a flat one (no variance), gives 0.0.
+
+    Raises
+    ------
+    DedupError
+        A signature without a thumbnail.
+    """
+    import cv2
+    import numpy as np
+
+    if a.thumb is None or b.thumb is None:
+        raise DedupError("photometric_agreement needs signatures with a thumbnail (image_signature's); got thumb=None")
+    ha, wa = a.thumb.shape
+    hb, wb = b.thumb.shape
+    to_a = np.diag([wa / a.size[0], ha / a.size[1], 1.0])
+    to_b = np.diag([wb / b.size[0], hb / b.size[1], 1.0])
+    mt = (to_b @ np.vstack([np.asarray(m, dtype=np.float64), [0.0, 0.0, 1.0]]) @ np.linalg.inv(to_a))
+    blur_a = cv2.GaussianBlur(a.thumb.astype(np.float32), (0, 0), _BLUR)
+    blur_b = cv2.GaussianBlur(b.thumb.astype(np.float32), (0, 0), _BLUR)
+    warped = cv2.warpAffine(blur_a, mt[:2], (wb, hb), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    yy, xx = np.mgrid[0:hb, 0:wb]
+    inv = np.linalg.inv(mt)
+    sx = inv[0, 0] * xx + inv[0, 1] * yy + inv[0, 2]  # where each pixel of b comes from in a
+    sy = inv[1, 0] * xx + inv[1, 1] * yy + inv[1, 2]
+    inside = (sx >= 1) & (sx <= wa - 2) & (sy >= 1) & (sy <= ha - 2)
+    if np.count_nonzero(inside) < _MIN_OVERLAP * inside.size:
+        return 0.0
+    x = warped[inside].astype(np.float64)
+    y = blur_b[inside].astype(np.float64)
+    x -= x.mean()
+    y -= y.mean()
+    den = math.sqrt(float(x @ x) * float(y @ y))
+    return float(x @ y) / den if den > 0 else 0.0
+
+
+def verify_pair(a: ImageSignature, b: ImageSignature) -> tuple[int, float]:
+    """``(inliers, agreement)`` of two signatures: :func:`match_transform`'s count and
+    :func:`photometric_agreement` under its transform (0.0 when there is none)."""
+    n, m = match_transform(a, b)
+    return n, (photometric_agreement(a, b, m) if m is not None else 0.0)
 
 
 def hash_pairs(hashes: Any, max_bits: int = VERIFY_HASH_BITS, *, chunk: int = 2048) -> Any:
@@ -587,10 +703,11 @@ def _signatures(paths: list[str], workers: Optional[int]) -> tuple[list[Optional
 
 
 def verified_pairs(index: Any, *, threshold: Optional[float] = None, metric: Optional[str] = None,
-                   candidates: int = VERIFY_CANDIDATES, min_inliers: int = VERIFY_MIN_INLIERS,
+                   candidates: int = VERIFY_CANDIDATES, min_inliers: Optional[int] = None,
                    hash_bits: int = VERIFY_HASH_BITS, batch: int = 256, mode: str = "exact",
                    ef: Optional[int] = None, workers: Optional[int] = None,
-                   progress: Progress = None) -> list[DuplicatePair]:
+                   progress: Progress = None, same_photo: bool = True,
+                   min_agreement: Optional[float] = None) -> list[DuplicatePair]:
     """Duplicate pairs by geometric verification (``find_duplicates(verify="orb")``).
 
     Candidates: each live row's ``candidates`` nearest neighbours in the index
@@ -598,8 +715,10 @@ def verified_pairs(index: Any, *, threshold: Optional[float] = None, metric: Opt
     pair whose DCT hashes differ in at most ``hash_bits`` bits (they catch what the
     descriptor misses, e.g. a brightness change for a colour histogram).  A
     candidate is a duplicate when :func:`match_inliers` of the two image files is
-    at least ``min_inliers``.  Images that cannot be read are logged on the
-    ``fastimg.dedup`` logger and take part in no pair.
+    at least ``min_inliers`` and, with ``same_photo=True``, their
+    :func:`photometric_agreement` under that transform is at least ``min_agreement``
+    (default :data:`VERIFY_MIN_AGREEMENT`).  Images that cannot be read are logged on
+    the ``fastimg.dedup`` logger and take part in no pair.
     """
     import logging
 
@@ -607,7 +726,10 @@ def verified_pairs(index: Any, *, threshold: Optional[float] = None, metric: Opt
 
     from fastimg.metrics import exact_scores
 
+    min_agreement = _check_agreement(same_photo, min_agreement)
     candidates = _check_count("candidates", candidates)
+    if min_inliers is None:
+        min_inliers = VERIFY_MIN_INLIERS if same_photo else VERIFY_MIN_INLIERS_SCENE
     min_inliers = _check_count("min_inliers", min_inliers)
     if isinstance(hash_bits, bool) or not isinstance(hash_bits, numbers.Integral) or not -1 <= hash_bits <= 64:
         raise DedupError(f"hash_bits must be an integer from -1 (no hash candidates) to 64; got {hash_bits!r}")
@@ -661,14 +783,21 @@ def verified_pairs(index: Any, *, threshold: Optional[float] = None, metric: Opt
             hp = hash_pairs([sigs[i].dct_hash for i in where], hash_bits)  # type: ignore[union-attr]
             cand.update((int(where[i]), int(where[j])) for i, j in hp)
         todo = sorted(p for p in cand if sigs[p[0]] is not None and sigs[p[1]] is not None)
-        counts = _map(lambda p: match_inliers(sigs[p[0]], sigs[p[1]]), todo, workers)  # type: ignore[arg-type]
+        def check(p: tuple[int, int]) -> tuple[int, Optional[float]]:
+            sa, sb = sigs[p[0]], sigs[p[1]]
+            n_in, t = match_transform(sa, sb)  # type: ignore[arg-type]
+            if n_in < min_inliers or min_agreement is None:
+                return n_in, None
+            return n_in, photometric_agreement(sa, sb, t)  # type: ignore[arg-type]
+
+        checked = _map(check, todo, workers)
         out = []
-        for (a, b), c in zip(todo, counts):
-            if c >= min_inliers:
+        for (a, b), (c, agr) in zip(todo, checked):
+            if c >= min_inliers and (min_agreement is None or agr >= min_agreement):  # type: ignore[operator]
                 ia, ib = int(live[a]), int(live[b])
                 score = float(exact_scores(m, vectors[ia], vectors[ib:ib + 1])[0])
                 if threshold is None or (score >= threshold if m.higher_is_better else score <= threshold):
-                    out.append(DuplicatePair(ia, ib, score, int(c)))
+                    out.append(DuplicatePair(ia, ib, score, int(c), agr))
     finally:
         if bar is not None:
             bar.close()

@@ -107,7 +107,8 @@ DIR (repeatable; the search is then exact).""", [ix])
 
 def add_dedup_parser(sub: Any, ix: argparse.ArgumentParser) -> None:
     """``fastimg dedup`` (the algorithm and the default thresholds: :mod:`fastimg.dedup`)."""
-    from fastimg.dedup import VERIFY_CANDIDATES, VERIFY_HASH_BITS, VERIFY_MIN_INLIERS, defaults_text  # light
+    from fastimg.dedup import (VERIFY_CANDIDATES, VERIFY_HASH_BITS, VERIFY_MIN_AGREEMENT,  # light
+                               VERIFY_MIN_INLIERS, VERIFY_MIN_INLIERS_SCENE, defaults_text)
 
     p = add_command(sub, "dedup", "find groups of near-duplicate images",
                     "Find pairs of near-duplicate images and print the groups they link\n"
@@ -115,20 +116,25 @@ def add_dedup_parser(sub: Any, ix: argparse.ArgumentParser) -> None:
                     "Default (--verify orb): each image's nearest neighbours in the index and\n"
                     "the pairs with close perceptual (DCT) hashes are candidates; a candidate\n"
                     "is a duplicate when enough ORB keypoint matches fit one rotation + scale +\n"
-                    "shift (RANSAC).  It reads every indexed image again.  With --threshold\n"
-                    "(or --verify none): every pair within the threshold (exact search).",
+                    "shift (RANSAC) and the two images, one warped onto the other, agree pixel\n"
+                    "by pixel (copies of one photo; --same-scene also groups two photos of one\n"
+                    "scene taken moments apart).  It reads every indexed image again.  With\n"
+                    "--threshold (or --verify none): every pair within the threshold (exact search).",
                     f"""\
 examples:
   fastimg dedup
   fastimg dedup --min-inliers 40          # stricter verification
+  fastimg dedup --same-scene              # also group bursts (shots of one scene)
   fastimg dedup --metric pearson --threshold 0.995
   fastimg dedup --json | jq '.groups[] | map(.path)'
 
 Verification (default): held out on Corel-1k copies (resize 50 %, JPEG q30,
 90 % crop, +-20 % brightness, 3-5 deg rotation) it finds >= 0.95 of the copies at
-precision >= 0.99 (bench/quality.md); cost: one image read + ORB per image and
-about one match per candidate pair (a few ms each).  Defaults: {VERIFY_CANDIDATES}
-neighbours per image, hash distance <= {VERIFY_HASH_BITS} bits, >= {VERIFY_MIN_INLIERS} inliers.
+precision >= 0.99, bursts of one scene counted as false pairs (bench/quality.md);
+cost: one image read + ORB per image and about one match per candidate pair (a
+few ms each).  Defaults: {VERIFY_CANDIDATES} neighbours per image, hash distance <= {VERIFY_HASH_BITS}
+bits, >= {VERIFY_MIN_INLIERS} inliers and agreement >= {VERIFY_MIN_AGREEMENT} (the correlation of the two
+96 px grey thumbnails over their overlap); --same-scene: >= {VERIFY_MIN_INLIERS_SCENE} inliers alone.
 
 The threshold's meaning follows the metric's direction:
   similarity metrics (higher is better: pearson, cosine, intersect):
@@ -144,15 +150,23 @@ also be within T.
 
 --json prints {{"index", "metric", "threshold", "higher_is_better", "verify",
   "groups": [[{{"id", "path"}}, ...], ...],   largest group first
-  "pairs": [{{"a": ID, "b": ID, "score": FLOAT, "inliers": INT|null}}, ...]}}   a < b""",
+  "pairs": [{{"a": ID, "b": ID, "score": FLOAT, "inliers": INT|null,
+             "agreement": FLOAT|null}}, ...]}}   a < b""",
                     [ix])
     p.add_argument("--threshold", type=finite_float, metavar="T", default=None,
                    help="duplicate threshold (see below; without --verify, it turns verification off)")
     p.add_argument("--verify", choices=("orb", "none"), default=None,
                    help="orb: verify candidates on the images (default without --threshold); "
                         "none: the threshold alone (default with --threshold)")
-    p.add_argument("--min-inliers", type=positive_int, metavar="N", default=VERIFY_MIN_INLIERS,
-                   help=f"--verify orb: matches a transform must explain (default {VERIFY_MIN_INLIERS})")
+    p.add_argument("--min-inliers", type=positive_int, metavar="N", default=None,
+                   help=f"--verify orb: matches a transform must explain (default {VERIFY_MIN_INLIERS}; "
+                        f"{VERIFY_MIN_INLIERS_SCENE} with --same-scene)")
+    p.add_argument("--same-scene", action="store_true",
+                   help="--verify orb: inliers alone, so two photos of one scene from one spot (a burst) "
+                        "are grouped too (library: same_photo=False)")
+    p.add_argument("--min-agreement", type=finite_float, metavar="T", default=None,
+                   help=f"--verify orb: pixel agreement a verified pair needs, a correlation in [-1, 1] "
+                        f"(default {VERIFY_MIN_AGREEMENT}; not with --same-scene)")
     p.add_argument("--candidates", type=positive_int, metavar="N", default=VERIFY_CANDIDATES,
                    help=f"--verify orb: nearest neighbours per image checked (default {VERIFY_CANDIDATES})")
     p.add_argument("--workers", type=positive_int, metavar="N", default=None,
@@ -315,6 +329,12 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     path = index_path(args)
     args.metric = check_metric(args.metric)
     verify = args.verify or ("orb" if args.threshold is None else "none")
+    if args.same_scene and args.min_agreement is not None:
+        raise UsageError("--min-agreement applies without --same-scene only (--same-scene accepts a pair on its "
+                         "inliers alone)")
+    if verify == "none" and (args.same_scene or args.min_agreement is not None or args.min_inliers is not None):
+        raise UsageError("--same-scene, --min-agreement and --min-inliers apply to --verify orb only "
+                         "(the default without --threshold)")
     with open_index(args, "r") as index:
         metric = args.metric or index.metric
         threshold = args.threshold
@@ -329,7 +349,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         try:
             groups = index.duplicates(threshold, metric=metric, batch=args.batch, progress=progress or None,
                                       verify=verify, candidates=args.candidates, min_inliers=args.min_inliers,
-                                      workers=args.workers)
+                                      workers=args.workers, same_photo=not args.same_scene,
+                                      min_agreement=args.min_agreement)
         finally:
             if bar is not None:
                 bar.close()
@@ -337,14 +358,21 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     doc = {
         "index": path, "metric": metric, "threshold": threshold, "higher_is_better": higher, "verify": verify,
         "groups": [[{"id": i, "path": p} for i, p in zip(g.ids, g.paths)] for g in groups],
-        "pairs": [{"a": p.a, "b": p.b, "score": p.score, "inliers": p.inliers} for p in pairs],
+        "pairs": [{"a": p.a, "b": p.b, "score": p.score, "inliers": p.inliers, "agreement": p.agreement}
+                  for p in pairs],
     }
     if args.json:
         emit_json(doc)
         return EXIT_OK
     rules = []
     if verify == "orb":
-        rules.append(f">= {args.min_inliers} ORB inliers")
+        from fastimg.dedup import VERIFY_MIN_AGREEMENT, VERIFY_MIN_INLIERS, VERIFY_MIN_INLIERS_SCENE
+
+        n_in = args.min_inliers or (VERIFY_MIN_INLIERS_SCENE if args.same_scene else VERIFY_MIN_INLIERS)
+        rules.append(f">= {n_in} ORB inliers")
+        if not args.same_scene:
+            agree = VERIFY_MIN_AGREEMENT if args.min_agreement is None else args.min_agreement
+            rules.append(f"agreement >= {agree:g}")
     if threshold is not None:
         rules.append(f"{metric} {'>=' if higher else '<='} {threshold:g}")
     rule = ", ".join(rules)

@@ -583,11 +583,13 @@ class IndexReader(EntryLookups):
                    batch: int = 256, mode: str = "exact", ef: Optional[int] = None, progress: Any = None,
                    verify: Optional[str] = None, candidates: Optional[int] = None,
                    min_inliers: Optional[int] = None, hash_bits: Optional[int] = None,
-                   workers: Optional[int] = None) -> list:
+                   workers: Optional[int] = None, same_photo: bool = True,
+                   min_agreement: Optional[float] = None) -> list:
         """Groups of near-duplicate entries: :func:`fastimg.dedup.find_duplicates` on
         this index (see there for the parameters and the defaults; ``None`` here
         means find_duplicates' default).  Without ``threshold``, candidate pairs are
-        verified geometrically on the image files (``verify="orb"``).
+        verified geometrically on the image files (``verify="orb"``); ``same_photo=False``
+        also groups two photos of one scene (a burst).
 
         Returns
         -------
@@ -597,6 +599,7 @@ class IndexReader(EntryLookups):
         from fastimg.dedup import find_duplicates
 
         return find_duplicates(self, threshold=threshold, metric=metric, k=k, batch=batch, mode=mode, ef=ef,
-                               progress=progress, verify=verify, workers=workers,
+                               progress=progress, verify=verify, workers=workers, same_photo=same_photo,
+                               min_agreement=min_agreement,
                                **{name: v for name, v in (("candidates", candidates), ("min_inliers", min_inliers),
                                                        ("hash_bits", hash_bits)) if v is not None})
