@@ -330,6 +330,16 @@ def test_a_shard_with_a_whitening_is_refused(tmp_path):
         ShardedIndex.open(tmp_path / "sh")
 
 
+def test_a_shard_with_a_learned_projection_is_refused(tmp_path):
+    rng = np.random.default_rng(2)
+    add_vectors(tmp_path / "sh", rng.normal(size=(40, 8)), [f"v{i}" for i in range(40)], shards=2, metric="cosine")
+    with Index.open(tmp_path / "sh" / shard_name(0), mode="a") as s:
+        names = [e.path for e in s]
+        s.fit_projection({n: i % 2 for i, n in enumerate(names)}, method="lda")
+    with pytest.raises(IndexFormatError, match="shard-000: a PCA-whitening or a learned projection"):
+        ShardedIndex.open(tmp_path / "sh")
+
+
 # --------------------------------------------------------------------------- #
 # workers dying
 # --------------------------------------------------------------------------- #
@@ -487,6 +497,15 @@ def test_image_shards_built_with_graphs_on_the_workers(client, photos, single):
     with ShardedIndex.open(root, client=client) as sh:
         info = sh.info()
         assert info["ann"]["built"] and all(s["ann_built"] for s in info["shards"].values())
+        # precision and linear maps: what each shard, opened as a plain Index, says
+        shard_infos = []
+        for name in info["shards"]:
+            with Index.open(root / name) as one:
+                shard_infos.append(one.info())
+        for name, one in zip(info["shards"], shard_infos):
+            assert info["shards"][name]["precision"] == one["precision"]
+        assert info["precision"] == shard_infos[0]["precision"] == shard_infos[1]["precision"]
+        assert info["scan_precision"] == shard_infos[0]["scan_precision"]
         got = sh.search(q, 5, mode="ann")
         assert_same_hits(got, lambda k: single.search(q, k, mode="exact"), 5, False)  # tiny graphs are exact
 

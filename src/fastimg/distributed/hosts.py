@@ -106,7 +106,8 @@ class ShardHost:
             i = idx.info()
             return {"count": i["count"], "rows": i["rows"], "deleted": i["deleted"], "size_bytes": i["size_bytes"],
                     "descriptor": i["descriptor"], "metric": i["metric"], "dim": i["dim"],
-                    "whitening": i["whitening"] is not None or i.get("projection") is not None,
+                    "whitening": i["whitening"] is not None, "projection": i.get("projection") is not None,
+                    "precision": i["precision"], "scan_precision": i["scan_precision"],
                     "ann": {k: i["ann"].get(k) for k in ("built", "metric", "rows", "M", "ef", "auto_mode")}}
         return self._each(shards, one)
 

@@ -216,8 +216,11 @@ class ShardedIndex:
         """A JSON-able summary: ``path``, ``format_version``, ``descriptor``, ``dim``,
         ``metric``, ``count``, ``rows``, ``deleted``, ``size_bytes``, ``ann``
         (``built``: every shard has a graph, ``metric``), ``partition``,
-        ``scheduler`` (address or ``"in-process"``), ``updated`` and ``shards``
-        (name -> ``count``, ``rows``, ``deleted``, ``size_bytes``, ``ann_built``,
+        ``scheduler`` (address or ``"in-process"``), ``updated``, ``precision`` and
+        ``scan_precision`` (as :meth:`fastimg.Index.info`: the shards' common value, or
+        ``"mixed"``; a sharded index has no whitening or projection: opening one refuses
+        them) and ``shards`` (name ->
+        ``count``, ``rows``, ``deleted``, ``size_bytes``, ``ann_built``, ``precision``,
         ``host``)."""
         per, _ = self._fanout("info", ())
         shards = {}
@@ -225,8 +228,13 @@ class ShardedIndex:
             i = per[s]
             shards[self.names[s]] = {"count": i["count"], "rows": i["rows"], "deleted": i["deleted"],
                                      "size_bytes": i["size_bytes"], "ann_built": bool(i["ann"]["built"]),
-                                     "host": self._hosts[self._where[s]].worker}
+                                     "precision": i.get("precision"), "host": self._hosts[self._where[s]].worker}
         metrics = {per[s]["ann"]["metric"] for s in range(self.n)}
+
+        def common(key: str) -> Any:
+            values = {per[s].get(key) for s in range(self.n)}
+            return values.pop() if len(values) == 1 else "mixed"
+
         return {
             "path": str(self.root), "format_version": self._man["format_version"],
             "descriptor": dict(self._man["descriptor"]), "dim": self.dim, "metric": self.metric,
@@ -237,6 +245,7 @@ class ShardedIndex:
                     "metric": metrics.pop() if len(metrics) == 1 else None},
             "partition": self._man.get("partition"), "updated": self._man.get("updated"),
             "scheduler": "in-process" if self._client is None else self._client.scheduler.address,
+            "precision": common("precision"), "scan_precision": common("scan_precision"),
             "shards": shards,
         }
 
@@ -272,7 +281,7 @@ class ShardedIndex:
             if i["dim"] != self.dim or i["descriptor"] != self._man["descriptor"]:
                 raise IndexFormatError(f"{self.root / self.names[s]}: descriptor {i['descriptor']} / dim {i['dim']} "
                                        f"differ from the manifest's ({self._man['descriptor']}, {self.dim})")
-            if i["whitening"]:
+            if i["whitening"] or i["projection"]:
                 raise IndexFormatError(
                     f"{self.root / self.names[s]}: a PCA-whitening or a learned projection is fitted on this "
                     "shard; each shard would search in its own space and the scores of the shards could not be "
