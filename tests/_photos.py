@@ -49,3 +49,28 @@ def photo_tree(dest: Path, classes: Sequence[str] = ("beaches", "horses", "flowe
         else:
             out.extend(generated_photo(dest / c / f"{c}{j}.jpg", ci, j) for j in range(per_class))
     return out
+
+
+def textured_scene(seed: int, h: int = 256, w: int = 384, *, shapes: int = 40, max_side: int = 60,
+                   max_radius: int = 30) -> np.ndarray:
+    """A hand-built BGR picture with corners to match (for ORB): ``shapes`` random
+    rectangles (sides 8 to ``max_side``), circles (radii 5 to ``max_radius``) and lines
+    over a noisy gradient, all positions and colours drawn from ``seed``."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = (60 + 80 * xx / w + 40 * yy / h)[..., None] + rng.normal(0, 6, (h, w, 3))
+    img = np.clip(base, 0, 255).astype(np.uint8)
+    for _ in range(shapes):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            cv2.rectangle(img, (x0, y0), (x0 + int(rng.integers(8, max_side)), y0 + int(rng.integers(8, max_side))),
+                          colour, -1)
+        elif kind == 1:
+            cv2.circle(img, (x0, y0), int(rng.integers(5, max_radius)), colour, -1)
+        else:
+            cv2.line(img, (x0, y0), (int(rng.integers(0, w)), int(rng.integers(0, h))), colour, 3)
+    return img

@@ -42,6 +42,8 @@ from fastimg.dedup import (
 )
 from fastimg.index import Index
 
+from _photos import textured_scene
+
 D = 72
 HIGHER = {"pearson": True, "cosine": True, "intersect": True}
 CV2 = {"pearson": cv2.HISTCMP_CORREL, "bhattacharyya": cv2.HISTCMP_BHATTACHARYYA, "intersect": cv2.HISTCMP_INTERSECT,
@@ -392,23 +394,8 @@ def test_connected_groups_against_scipy():
 # ---------------------------------------------------------------------------
 
 def _scene(seed: int, h: int = 256, w: int = 384) -> np.ndarray:
-    """A hand-built picture with corners to match: random rectangles, circles and lines
-    over a noisy gradient, all positions and colours drawn from ``seed``."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = (60 + 80 * xx / w + 40 * yy / h)[..., None] + rng.normal(0, 6, (h, w, 3))
-    img = np.clip(base, 0, 255).astype(np.uint8)
-    for _ in range(40):
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-        kind = rng.integers(0, 3)
-        if kind == 0:
-            cv2.rectangle(img, (x0, y0), (x0 + int(rng.integers(8, 60)), y0 + int(rng.integers(8, 60))), colour, -1)
-        elif kind == 1:
-            cv2.circle(img, (x0, y0), int(rng.integers(5, 30)), colour, -1)
-        else:
-            cv2.line(img, (x0, y0), (int(rng.integers(0, w)), int(rng.integers(0, h))), colour, 3)
-    return img
+    """A hand-built picture with corners to match (:func:`_photos.textured_scene`)."""
+    return textured_scene(seed, h, w)
 
 
 def _similarity(angle_deg: float, scale: float, tx: float, ty: float) -> np.ndarray:

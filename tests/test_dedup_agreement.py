@@ -34,26 +34,14 @@ from fastimg.dedup import (
 )
 from fastimg.index import Index
 
+from _photos import textured_scene
+
 BIN = Path(sys.executable).with_name("fastimg")
 
 
 def _background(seed: int, h: int = 256, w: int = 384) -> np.ndarray:
-    """A textured backdrop with corners to match: rectangles, circles and lines over a noisy gradient."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = (60 + 80 * xx / w + 40 * yy / h)[..., None] + rng.normal(0, 6, (h, w, 3))
-    img = np.clip(base, 0, 255).astype(np.uint8)
-    for _ in range(45):
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-        kind = rng.integers(0, 3)
-        if kind == 0:
-            cv2.rectangle(img, (x0, y0), (x0 + int(rng.integers(8, 50)), y0 + int(rng.integers(8, 50))), colour, -1)
-        elif kind == 1:
-            cv2.circle(img, (x0, y0), int(rng.integers(5, 25)), colour, -1)
-        else:
-            cv2.line(img, (x0, y0), (int(rng.integers(0, w)), int(rng.integers(0, h))), colour, 3)
-    return img
+    """A textured backdrop with corners to match (:func:`_photos.textured_scene`, 45 smaller shapes)."""
+    return textured_scene(seed, h, w, shapes=45, max_side=50, max_radius=25)
 
 
 def _render(seed: int, positions: list[tuple[int, int]]) -> np.ndarray:
