@@ -91,6 +91,25 @@ def test_upload_of_an_indexed_image_finds_it_and_its_copy_first(client, library,
     assert doc["results"][0]["score"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_search_options_as_query_parameters_are_the_form_fields(client, library, collection):
+    q = collection[2][1]
+    with open(q, "rb") as fh:
+        data = fh.read()
+    files = {"image": (q.name, data, "image/jpeg")}
+    want = library.search(str(q), k=3, metric="l1", exclude_self=False)
+    by_query = client.post("/api/search?k=3&metric=l1", files=files)
+    assert by_query.status_code == 200, by_query.text
+    assert [r["id"] for r in by_query.json()["results"]] == [h.id for h in want]
+    assert by_query.json()["metric"] == "l1"
+    # the same value both ways is fine; different values are an error naming the option
+    same = client.post("/api/search?k=3", files=files, data={"k": "3", "metric": "l1"})
+    assert [r["id"] for r in same.json()["results"]] == [h.id for h in want]
+    message = assert_error(client.post("/api/search?k=3", files=files, data={"k": "4"}), 400, "bad_request")
+    assert "k is given twice" in message
+    # without either: the default k of 10
+    assert len(client.post("/api/search", files=files).json()["results"]) == min(10, len(library))
+
+
 def test_similar_is_a_numpy_brute_force_without_the_entry_itself(client, library, collection):
     live = library.live_ids()
     vectors = library.vectors_of(live).astype(np.float64)

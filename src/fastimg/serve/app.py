@@ -572,6 +572,14 @@ def _with_upload(svc: Service, upload: UploadFile, name: str, keep_in: Optional[
     return out, tmp, digest
 
 
+def _form_or_query(name: str, form: Any, query: Any) -> Any:
+    """An option of ``POST /api/search`` given as a form field or a query parameter (None: neither)."""
+    if form is not None and query is not None and form != query:
+        raise ApiError("bad_request", f"{name} is given twice with different values: {form!r} in the form and "
+                                      f"{query!r} in the query string")
+    return form if form is not None else query
+
+
 def _upload_name(upload: UploadFile) -> str:
     return os.path.basename(upload.filename or "") or "upload"
 
@@ -675,15 +683,23 @@ def create_app(index_path: Any, settings: Optional[Settings] = None, **kwargs: A
     @app.post("/api/search", tags=["search"], summary="Search by an uploaded image")
     def search(request: Request,
                image: UploadFile = File(..., description="the query image (JPEG, PNG, WebP, ...)"),
-               k: int = Form(10, ge=1, description="number of results"),
+               k: Optional[int] = Form(None, ge=1, description="number of results (default 10)"),
                metric: Optional[str] = Form(None, description="ranking metric (default: the index's)"),
-               mode: str = Form("auto", description="auto, exact or ann"),
-               rerank: Optional[str] = Form(None, description="re-ranking spec, e.g. qe, k-reciprocal")
+               mode: Optional[str] = Form(None, description="auto (default), exact or ann"),
+               rerank: Optional[str] = Form(None, description="re-ranking spec, e.g. qe, k-reciprocal"),
+               k_q: Optional[int] = Query(None, alias="k", ge=1, description="k as a query parameter"),
+               metric_q: Optional[str] = Query(None, alias="metric", description="metric as a query parameter"),
+               mode_q: Optional[str] = Query(None, alias="mode", description="mode as a query parameter"),
+               rerank_q: Optional[str] = Query(None, alias="rerank", description="rerank as a query parameter"),
                ) -> JSONResponse:
         """The `k` indexed images most similar to the uploaded image, best first (an indexed copy of it
         included). `score` is the metric's value: higher is better for similarities (pearson, cosine,
-        intersect), lower for distances."""
-        args = search_args(k, metric, mode, rerank)
+        intersect), lower for distances. The options are form fields or query parameters
+        (`/api/search?k=5`), as `/api/similar/{id}` takes them; giving one both ways with different
+        values is an error."""
+        k, metric, mode, rerank = (_form_or_query(name, f, q) for name, f, q in (
+            ("k", k, k_q), ("metric", metric, metric_q), ("mode", mode, mode_q), ("rerank", rerank, rerank_q)))
+        args = search_args(10 if k is None else k, metric, mode or "auto", rerank)
         if svc.custom:
             raise ApiError("unsupported", "this index stores vectors computed elsewhere (descriptor 'custom'): "
                                           "it cannot describe an uploaded image; search by id (/api/similar/{id})")
