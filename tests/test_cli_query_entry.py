@@ -87,6 +87,12 @@ def test_query_threshold_and_under(indexed):
     res = subprocess.run([str(BIN), "query", q, "-k", "3", "--under", "flowers", "--index", idx, "--json"],
                          capture_output=True, text=True, cwd=root, timeout=300)
     assert [r["id"] for r in json.loads(res.stdout)["results"]] == bhattacharyya_top(X, X[qi], under, 3)
+    assert "warning" not in res.stderr
+    # a folder that does not exist (here: named from the index's root, not the current directory)
+    res = subprocess.run([str(BIN), "query", q, "-k", "3", "--under", "flowers", "--index", idx],
+                         capture_output=True, text=True, cwd=root.parent, timeout=300)
+    assert res.returncode == 0 and res.stdout == "(no results)\n"
+    assert f"--under flowers: {root.parent / 'flowers'} is not a directory" in res.stderr
 
 
 @pytest.mark.parametrize("args,code,msg", [

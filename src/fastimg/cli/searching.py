@@ -238,6 +238,10 @@ def cmd_query(args: argparse.Namespace) -> int:
             kwargs["threshold"] = args.threshold
         if args.under:
             kwargs["where"] = [os.path.abspath(os.path.expanduser(d)) for d in args.under]
+            for given, full in zip(args.under, kwargs["where"]):
+                if not os.path.isdir(full):  # a typo, or a folder named from the index root: say so
+                    sys.stderr.write(shown(f"{PROG}: warning: --under {given}: {full} is not a directory "
+                                           "(DIR is a folder, relative to the current directory)") + "\n")
         several = len(args.images) + len(args.ids) > 1
         for img in args.images:
             if img in failed:
