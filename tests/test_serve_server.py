@@ -99,3 +99,17 @@ def test_fastimg_serve_errors(collection, tmp_path):
     assert res.returncode == 2 and "--decode-workers" in res.stderr
     res = run("serve", "--help")
     assert res.returncode == 0 and "127.0.0.1" in res.stdout and "--token-file" in res.stdout
+
+
+def test_fastimg_serve_on_a_port_in_use_says_so(collection):
+    import socket
+
+    with socket.socket() as taken:  # another server on the port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        res = run("serve", "-i", str(collection[0]), "--port", str(port))
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "INFO" not in res.stderr
+    assert res.stderr.strip() == (f"fastimg: error: 127.0.0.1:{port} is already in use (another server?): "
+                                  "choose another --port, or --port 0 for any free one")
+

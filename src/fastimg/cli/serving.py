@@ -81,6 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(f"`{PROG} serve` needs the serve extra ({exc.name} is missing): "
                            "pip install 'fastimg[serve]'") from None
     path = index_path(args)
+    _check_bindable(args.host, args.port)  # a clear message rather than uvicorn's log and exit code 3
     settings = Settings(token=token, allow_origins=tuple(args.allow_origin or ()),
                         max_upload_bytes=args.max_upload_mb << 20, decode_workers=args.decode_workers)
     # the index is opened (and its errors reported) before anything binds
@@ -96,3 +97,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run("fastimg.serve.running:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="info")
     return 0
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """A :class:`CommandError` when ``host:port`` cannot be listened on (in use, no such
+    address, or a privileged port); uvicorn binds the same way just after."""
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CommandError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CommandError(f"{host}:{port} is already in use (another server?): choose another --port, "
+                                   "or --port 0 for any free one") from None
+            if exc.errno == errno.EACCES:
+                raise CommandError(f"{host}:{port}: permission denied (ports below 1024 need privileges): "
+                                   "choose --port 1024 or above") from None
+            raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
