@@ -468,6 +468,20 @@ def test_bad_names_and_params(name, params, match):
         get_descriptor(name, **params)
 
 
+def test_unknown_name_lists_the_deep_families_before_they_are_loaded():
+    import subprocess
+    import sys
+
+    code = ("from fastimg.features.registry import get_descriptor\n"
+            "try:\n    get_descriptor('bogus')\nexcept Exception as e:\n    print(e)\n"
+            "import sys; print('fastimg.features.deep' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    message, loaded = out.strip().splitlines()
+    assert loaded == "False"  # the families are named without importing the deep extra
+    named = message.split("known: ", 1)[1].split(", ")
+    assert {"hsv72", "cnn-*", "efficientnet-*", "mobilenet-*"} <= set(named)
+
+
 def test_names_are_case_insensitive_and_cached():
     assert get_descriptor("HSV72") is get_descriptor("hsv72")
     assert get_descriptor("hsv", bins=(8, 12, 3)) is get_descriptor("hsv", bins=[8, 12, 3])

@@ -161,7 +161,9 @@ def register(name_or_prefix: str, factory: Factory, *, prefix: Optional[bool] = 
 
 
 def _known_names() -> List[str]:
-    return sorted(_EXACT) + sorted(p + "*" for p in _PREFIX)
+    # families registered on first use (the deep extra) are named by their prefix until then
+    lazy = [f"{pre}-*" for pre in _LAZY_PREFIXES if not any(p.startswith(pre) for p in _PREFIX)]
+    return sorted(_EXACT) + sorted([p + "*" for p in _PREFIX] + lazy)
 
 
 def _resolve(name: str) -> Tuple[Factory, bool]:
