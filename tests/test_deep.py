@@ -600,7 +600,8 @@ def test_backbone_descriptor_spec_round_trip_and_pickle():
     needs_backbone(LITE0)
     d = get_descriptor(f"{LITE0}-gem", p=2.0, input_size=288, power=0.5)
     spec = d.spec()
-    assert spec["name"] == f"{LITE0}-gem" and spec["version"] == 2
+    assert spec["name"] == f"{LITE0}-gem" and spec["version"] == 3  # int8
+    assert get_descriptor(f"{LITE0}-gem", precision="float32").spec()["version"] == 2
     assert spec["params"] == {"input_size": 288, "min_side": 64, "precision": "int8", "power": 0.5, "whitening": None,
                               "p": 2.0}
     assert descriptor_from_spec(spec) == d

@@ -492,8 +492,11 @@ def test_int8_graph_classifies_real_photos_like_pytorch(photo: str, reference) -
     bgr = cv2.imread(str(DATA / "photos" / f"{photo}.jpg"))
     rgb = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (spec.input_size,) * 2, interpolation=cv2.INTER_AREA)
     x = spec.preprocess(rgb)
-    fmap, logits = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        ["features", "logits"], {"image": x})
+    from fastimg.features.deep_common import ort_session_options
+
+    # run as fastimg runs it (exact 8-bit sums on CPUs without VNNI: see the next test)
+    fmap, logits = ort.InferenceSession(q.SerializeToString(), ort_session_options(ort, 2),
+                                        providers=["CPUExecutionProvider"]).run(["features", "logits"], {"image": x})
     (fmap32,) = _session(name).run(["features"], {"image": x})
     want_top5 = reference[f"{_REF_KEY[name]}/photo/{photo}/top5"]
     top5 = np.argsort(-logits[0])[:5]
@@ -505,3 +508,35 @@ def test_int8_graph_classifies_real_photos_like_pytorch(photo: str, reference) -
     a, b = fmap[0].mean(axis=(1, 2)), fmap32[0].mean(axis=(1, 2))
     assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.97
     assert fmap.min() >= 0 and fmap.max() <= 6.0 + 1e-6
+
+
+def test_sessions_sum_8_bit_products_exactly() -> None:
+    """Oracle: NumPy's int64 matrix product.  fastimg's onnxruntime sessions compute an 8-bit
+    product (uint8 activations near 255 times int8 weights near +-127, the worst case) exactly on
+    this CPU, whatever it is: onnxruntime's AVX2 / AVX-512 kernels without VNNI add pairs of such
+    products in a saturating 16-bit integer (off by up to ~2e5 here, and the int8 backbones' vectors
+    drift to cosine 0.80 from float32) unless the session asks for exact sums."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fastimg.features.deep_common import exact_int8_needed, ort_session_options
+
+    rng = np.random.default_rng(0)
+    k, n = 64, 32
+    w = rng.choice(np.array([-128, -127, 127, 100], np.int8), size=(k, n)).astype(np.int8)
+    x = rng.integers(200, 256, size=(8, k)).astype(np.uint8)
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["x", "w"], ["y"])], "mmi",
+                              [helper.make_tensor_value_info("x", TensorProto.UINT8, [None, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [None, n])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    options = ort_session_options(ort, 1)
+    (y,) = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})
+    np.testing.assert_array_equal(y, x.astype(np.int64) @ w.astype(np.int64))
+    try:
+        widened = options.get_session_config_entry("session.x64quantprecision") == "1"
+    except RuntimeError:  # the key is not set
+        widened = False
+    assert widened == exact_int8_needed()  # set only where the CPU would saturate

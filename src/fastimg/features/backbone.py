@@ -29,6 +29,7 @@ from fastimg.features.deep_common import (
     _check_pooling_params,
     _fit_size,
     _progress,
+    ort_session_options,
     pool,
 )
 from fastimg.features.registry import register
@@ -76,10 +77,7 @@ def _backbone_session(backbone: str, intra_threads: int, precision: str = "float
     from fastimg.features.backbone_cache import backbone_model
 
     blob = backbone_model(backbone, precision)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options = ort_session_options(ort, intra_threads)
     try:
         session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -374,7 +372,10 @@ class BackboneDescriptor(_BatchPickling, Descriptor):
             f"{prefix}{pooling}",
             dim,
             default_metric="cosine",
-            version=2,  # 2: int8 graph by default (1: float32)
+            # 1: float32; 2: the int8 graph by default; 3 (int8 only): exact 8-bit sums on CPUs
+            # without VNNI (onnxruntime's saturating kernels made other vectors there; the int8
+            # indexes of every machine are described again once, float32 ones are unchanged)
+            version=3 if self.extractor.precision == "int8" else 2,
             params=params,
             doc=("recommended deep descriptor: " if f"{prefix}{pooling}" == RECOMMENDED else "")
                 + f"{self.extractor.spec.name} (ImageNet{', int8' if self.extractor.precision == 'int8' else ''}) "

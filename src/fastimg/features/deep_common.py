@@ -1,11 +1,12 @@
 """Helpers shared by the deep descriptors (:mod:`fastimg.features.deep`,
 :mod:`fastimg.features.onnx_cnn`, :mod:`fastimg.features.backbone`): the pooling
-front-end, input sizing, pooling-parameter checks, progress reporting and the
-pickling of descriptors that batch.
+front-end, input sizing, pooling-parameter checks, progress reporting, the
+pickling of descriptors that batch and the onnxruntime session options.
 """
 from __future__ import annotations
 
 import math
+import platform
 from typing import Any, Callable, Dict, Tuple, Union
 
 import numpy as np
@@ -18,6 +19,50 @@ _MIN_SIDE = 32
 #: The longer side is never stretched beyond this multiple of ``input_size`` to honour
 #: ``min_side`` (extreme panoramas are squashed instead).
 _MAX_STRETCH = 3.0
+
+
+# ----------------------------------------------------------------------------
+# onnxruntime sessions
+# ----------------------------------------------------------------------------
+def cpu_has_vnni() -> bool:
+    """Whether this x86-64 CPU has an 8-bit dot product that cannot saturate
+    (AVX-512 VNNI or AVX-VNNI), as detected by fastimg's own kernels."""
+    from fastimg import _core
+
+    info = _core.lowp_target_info()
+    return any(info[t][1] for t in ("avx512", "avxvnni"))
+
+
+def exact_int8_needed() -> bool:
+    """Whether onnxruntime's 8-bit convolutions must be told to stay exact on this CPU.
+
+    On x86-64 without VNNI, onnxruntime multiplies uint8 activations by int8
+    weights with ``vpmaddubsw``, which adds pairs of products into a saturating
+    16-bit integer: large activations times large weights are clipped, and the
+    int8 backbones' vectors drift far from the float32 ones (cosine 0.80-0.97
+    per image measured on an AVX2-only machine, against >= 0.97 with VNNI).
+    With the session option ``session.x64quantprecision`` onnxruntime widens
+    to 16 bits first: exact integer sums, the same as VNNI computes (the same
+    vectors on every machine), at some speed (bench/deep.md).  Other CPUs
+    (ARM, VNNI) accumulate exactly already.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    return not cpu_has_vnni()
+
+
+def ort_session_options(ort: Any, intra_threads: int) -> Any:
+    """onnxruntime ``SessionOptions`` of every fastimg session: ``intra_threads``
+    intra-op threads, one inter-op thread, errors only in the log, and exact
+    8-bit sums on CPUs whose 8-bit kernels would saturate (:func:`exact_int8_needed`;
+    the option only affects quantised operators)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: fastimg reports failures itself
+    if exact_int8_needed():
+        options.add_session_config_entry("session.x64quantprecision", "1")
+    return options
 
 
 # ----------------------------------------------------------------------------

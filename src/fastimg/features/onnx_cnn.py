@@ -19,7 +19,7 @@ import numpy as np
 from fastimg._threads import resolve_threads
 from fastimg.errors import DescriptorError
 from fastimg.features.base import check_bgr
-from fastimg.features.deep_common import _MIN_SIDE, _check_input_size, _fit_size, _progress
+from fastimg.features.deep_common import _MIN_SIDE, _check_input_size, _fit_size, _progress, ort_session_options
 
 
 #: Tensor of the default model pooled by default: output of the last residual block.
@@ -170,10 +170,7 @@ def _session(path: Path, tensor: str) -> _Session:
     except ImportError:
         raise DescriptorError("cnn descriptors need onnxruntime and onnx: pip install 'fastimg[deep]'") from None
     blob, input_name, output_name, layout = feature_model(path, tensor)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: fastimg reports failures itself
+    options = ort_session_options(ort, threads)
     try:
         session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
