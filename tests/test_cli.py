@@ -752,6 +752,22 @@ def test_info_json_and_text(built, photos):
     assert set(kv) >= set(flat(lib))
     assert kv["descriptor.name"] == lib["descriptor"]["name"] and kv["metric"] == lib["metric"]
 
+    def items(d, prefix=""):
+        for key, value in d.items():
+            if isinstance(value, dict) and value:
+                yield from items(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    for key, value in items(lib):  # byte counts get a unit, other integers print as they are
+        if isinstance(value, int) and not isinstance(value, bool):
+            assert kv[key] == str(value) or ("bytes" in key and kv[key].startswith(f"{value} ")), (key, kv[key])
+    from fastimg.cli.indexing import _human
+
+    # a descriptor's input_size is pixels (it was shown as "320 B"); byte counts keep their unit
+    assert _human("descriptor.params.input_size", 320) == "320"
+    assert _human("size_bytes", 2_146_899) == "2146899 (2.0 MiB)"
+
 
 def test_info_missing_index(tmp_path):
     assert_one_line_error(run("info", "--index", tmp_path / "nope"))

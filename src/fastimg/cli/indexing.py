@@ -354,7 +354,7 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
 def _human(key: str, value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return str(value).lower() if isinstance(value, bool) else "-"
-    if isinstance(value, int) and ("bytes" in key or key.endswith("size")):
+    if isinstance(value, int) and "bytes" in key:  # not "...size": a descriptor's input_size is pixels
         size = float(value)
         for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
             if size < 1024 or unit == "TiB":
