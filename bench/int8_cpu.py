@@ -32,25 +32,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import SHARED_DATA  # noqa: E402
+from deep_runtime import corel  # noqa: E402  (Corel-1k paths and class labels)
 
 NAME = "efficientnet-lite0"
 SIDE = 320
-
-
-def corel(limit: int | None) -> tuple[list[Path], np.ndarray]:
-    root = SHARED_DATA / "corel1k"
-    if not root.is_dir():
-        sys.exit(f"int8_cpu.py: Corel-1k not found at {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    paths, labels = [], []
-    for c, name in enumerate(classes):
-        files = sorted((root / name).glob("*.jpg"))
-        if limit:
-            files = files[: max(1, limit // len(classes))]
-        paths += files
-        labels += [c] * len(files)
-    return paths, np.asarray(labels)
 
 
 def main(argv: list[str] | None = None) -> int:
