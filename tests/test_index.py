@@ -549,6 +549,34 @@ def test_the_tree_moves_with_its_index_when_the_root_is_relative(tmp_path, photo
         assert all(os.path.exists(h.path) for h in hits)
 
 
+@pytest.mark.parametrize("relative", [True, False])
+def test_search_by_path_resolves_against_the_snapshot_root(tmp_path, photos, relative):
+    """A reader's search by path stats the file under the root of the snapshot it searches
+    (no query of its own): the same absolute paths as the database's root, also after a
+    writer relocated the files while the reader was open."""
+    root, files = photos
+    idx = tmp_path / "ix.fastimg"
+    with Index.create(idx, **({"root": root} if relative else {})) as ix:
+        ix.add(root)
+    with Index.open(idx) as ro:
+        store = ro._store
+        view = ro._views.current()
+        for p in ro.paths(ro.live_ids()):
+            rel = store.stored_path(p)
+            assert store.absolute_path_in(rel, view.get("root")) == store.absolute_path(rel) == p
+        assert store.absolute_path_in("/abs/elsewhere.jpg", view.get("root")) == "/abs/elsewhere.jpg"
+        moved = tmp_path / "moved"
+        os.rename(root, moved)
+        with Index.open(idx, mode="a") as w:
+            assert w.relocate(root, moved) == len(files)
+        q = moved / os.path.relpath(files[2], root)
+        hits = ro.search(q, k=3)  # the reader's view follows the writer's commit
+        view = ro._views.current()
+        assert store.absolute_path_in(os.path.relpath(files[2], root) if relative else store.stored_path(q),
+                                      view.get("root")) == str(q)
+        assert ro.id_of(q) not in [h.id for h in hits] and all(os.path.exists(h.path) for h in hits)
+
+
 def test_a_copied_index_keeps_pointing_at_the_files_by_default(tmp_path, photos):
     """Issue 21 item 8: the default root is recorded as an absolute path, so `cp -a`
     of the index elsewhere keeps every path valid."""

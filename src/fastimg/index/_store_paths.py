@@ -64,6 +64,17 @@ class StorePaths:
             return os.path.join(self._root(), stored)
         return stored
 
+    def absolute_path_in(self, stored: str, recorded_root: Optional[str]) -> str:
+        """:meth:`absolute_path` of a stored file path against a root as recorded in a
+        snapshot (``View.get("root")``; None: read the database, as :meth:`absolute_path`),
+        without a query of its own: a reader's search by path uses the root of the
+        snapshot it searches."""
+        if recorded_root is None:
+            return self.absolute_path(stored)
+        if os.path.isabs(stored):
+            return stored
+        return os.path.join(self._resolve_root(recorded_root), stored)
+
     def relocate(self, old: Union[str, os.PathLike], new: Union[str, os.PathLike]) -> int:
         """Files that were under directory ``old`` are now under ``new``: rewrite the
         stored paths (live and deleted rows) and the root when it lies under ``old``,

@@ -263,7 +263,7 @@ class Queries:
             use_stored = not row.is_file
             if row.is_file:
                 try:
-                    st = os.stat(store.absolute_path(row.path))
+                    st = os.stat(store.absolute_path_in(row.path, view.get("root")))
                     use_stored = st.st_size == row.size and st.st_mtime_ns == row.mtime_ns
                 except OSError:
                     use_stored = True  # the indexed file is gone: its stored vector is the query
