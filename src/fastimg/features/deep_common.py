@@ -39,7 +39,7 @@ def exact_int8_needed() -> bool:
     On x86-64 without VNNI, onnxruntime multiplies uint8 activations by int8
     weights with ``vpmaddubsw``, which adds pairs of products into a saturating
     16-bit integer: large activations times large weights are clipped, and the
-    int8 backbones' vectors drift far from the float32 ones (cosine 0.80-0.97
+    int8 backbones' vectors drift far from the float32 ones (cosine down to 0.74
     per image measured on an AVX2-only machine, against >= 0.97 with VNNI).
     With the session option ``session.x64quantprecision`` onnxruntime widens
     to 16 bits first: exact integer sums, the same as VNNI computes (the same
