@@ -544,3 +544,47 @@ def test_cli_index_query_info_on_a_sharded_root(client, photos, single, tmp_path
     assert res.returncode == 1 and "is a sharded index" in res.stderr
     res = _cli("index", photos, "--index", root, "--shards", 4)
     assert res.returncode == 1 and "has 3 shards, not 4" in res.stderr
+
+
+def test_shards_of_an_older_descriptor_version_are_described_again_by_the_next_build(tmp_path):
+    """A new fastimg computes a descriptor differently (its version goes up, as int8
+    efficientnet did for CPUs without VNNI): the collection still opens and answers by
+    vector and by indexed image, refuses new images by name (not comparable), and the next
+    build re-describes every shard and records the new version in the manifest; then image
+    queries work again.  Oracle: cv2.compareHist over today's descriptions of the files."""
+    import sqlite3
+
+    import cv2
+
+    from fastimg.features.registry import describe
+
+    tree = _photos(tmp_path / "p", 2, 4)
+    root = tmp_path / "sh"
+    build_shards(tree, root, shards=2)
+    # pretend the shards and the manifest were written with hsv72 version 1
+    man = json.loads((root / MANIFEST).read_text())
+    now_version = man["descriptor"]["version"]
+    (root / MANIFEST).write_text(json.dumps(dict(man, descriptor=dict(man["descriptor"], version=now_version - 1))))
+    for s in range(2):
+        con = sqlite3.connect(root / shard_name(s) / "meta.sqlite")
+        with con:
+            spec = json.loads(dict(con.execute("SELECT key, value FROM meta"))["descriptor"])
+            con.execute("UPDATE meta SET value = ? WHERE key = 'descriptor'",
+                        (json.dumps(dict(spec, version=now_version - 1)),))
+        con.close()
+    files = sorted(tree.rglob("*.jpg"))
+    with ShardedIndex.open(root) as sh:
+        assert len(sh.search(files[0], k=3)) == 3  # an indexed image: its stored vector
+        with pytest.raises(IndexFormatError, match=rf"descriptor version {now_version - 1} and this fastimg "
+                                                   rf"describes images with version {now_version}.*run the build"):
+            sh.search(files[0].read_bytes(), k=3)
+    build_shards(tree, root)  # re-describes the shards
+    assert json.loads((root / MANIFEST).read_text())["descriptor"]["version"] == now_version
+    vecs = {str(f): describe(str(f), "hsv72") for f in files}
+    with ShardedIndex.open(root) as sh:
+        q = files[5].read_bytes()
+        hits = sh.search(q, k=3)
+        d = sorted((cv2.compareHist(vecs[str(files[5])], v, cv2.HISTCMP_BHATTACHARYYA), p) for p, v in vecs.items()
+                   if p != str(files[5]))  # the image itself (bit-identical row) is left out
+        assert [h.path for h in hits] == [p for _, p in d[:3]]
+        np.testing.assert_allclose([h.score for h in hits], [x for x, _ in d[:3]], atol=1e-5)

@@ -19,6 +19,7 @@ from fastimg.distributed.layout import (
     BUILD_BATCH,
     MANIFEST,
     ShardBuildError,
+    current_spec,
     file_key,
     image_folder,
     open_or_create,
@@ -299,6 +300,9 @@ def build_shards(
     report.count = sum(counts.values())
     man = dict(man, shards=[{"name": name, "count": counts[name]} for name in names], count=report.count,
                updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    # every shard's writer re-described rows of an older descriptor version (Index.add): the
+    # manifest names the version the shards now hold
+    man["descriptor"] = current_spec(man["descriptor"])
     write_manifest(root, man)
     log.info("%s: added %d, updated %d, moved %d, removed %d, unchanged %d, skipped %d (%d shards, %d tasks)",
              root, report.added, report.updated, report.moved, report.removed, report.unchanged,

@@ -15,7 +15,7 @@ from fastimg.errors import ArgumentError, FastimgError, IndexFormatError, IndexN
 
 __all__ = ["MANIFEST", "FORMAT_NAME", "FORMAT_VERSION", "PARTITION", "BUILD_BATCH", "ShardUnavailableError",
            "DaskMissingError", "ShardBuildError", "shard_name", "shard_of", "is_sharded", "image_folder", "file_key",
-           "read_manifest", "write_manifest", "new_manifest", "open_or_create"]
+           "read_manifest", "write_manifest", "new_manifest", "open_or_create", "same_descriptor", "current_spec"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -112,6 +112,28 @@ def write_manifest(root: Path, man: dict) -> None:
     from fastimg.index._files import write_json_atomic  # the index's durable JSON write
 
     write_json_atomic(root / MANIFEST, man)
+
+
+def same_descriptor(a: dict, b: dict) -> bool:
+    """Whether two descriptor specs name the same descriptor and parameters, whatever their
+    versions: a shard whose writer re-described its rows (a new descriptor version, see
+    :class:`fastimg.index.descriptor.IndexDescriptor`) still belongs to its collection."""
+    return {k: v for k, v in a.items() if k != "version"} == {k: v for k, v in b.items() if k != "version"}
+
+
+def current_spec(spec: dict) -> dict:
+    """The spec this fastimg describes with for the descriptor and parameters of ``spec``
+    (its version may be newer); ``spec`` itself for custom vectors or a descriptor this
+    fastimg cannot make."""
+    if spec.get("name") == "custom":
+        return spec
+    from fastimg.errors import DescriptorError
+    from fastimg.features.registry import descriptor_from_spec
+
+    try:
+        return dict(descriptor_from_spec({k: v for k, v in spec.items() if k != "version"}).spec())
+    except DescriptorError:
+        return spec
 
 
 def new_manifest(n: int, spec: dict, metric: str, dim: int) -> dict:

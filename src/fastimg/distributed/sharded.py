@@ -17,7 +17,9 @@ from fastimg.distributed.layout import (
     ShardUnavailableError,
     file_key,
     image_folder,
+    current_spec,
     read_manifest,
+    same_descriptor,
     shard_of,
 )
 from fastimg.errors import ArgumentError, IndexClosedError, IndexFormatError, NotInIndexError
@@ -278,7 +280,7 @@ class ShardedIndex:
         self._rows = {s: int(per[s]["rows"]) for s in range(self.n)}
         for s in range(self.n):
             i = per[s]
-            if i["dim"] != self.dim or i["descriptor"] != self._man["descriptor"]:
+            if i["dim"] != self.dim or not same_descriptor(i["descriptor"], self._man["descriptor"]):
                 raise IndexFormatError(f"{self.root / self.names[s]}: descriptor {i['descriptor']} / dim {i['dim']} "
                                        f"differ from the manifest's ({self._man['descriptor']}, {self.dim})")
             if i["whitening"] or i["projection"]:
@@ -436,6 +438,14 @@ class ShardedIndex:
                                       "query by vector or by an indexed name")
             from fastimg.features.registry import descriptor_from_spec
 
+            now = current_spec(spec)
+            if now.get("version") != spec.get("version"):
+                raise IndexFormatError(
+                    f"{self.root}: the shards hold {spec.get('name')!r} vectors of descriptor version "
+                    f"{spec.get('version')} and this fastimg describes images with version {now.get('version')} "
+                    "(not comparable): run the build again (`fastimg index DIR --shards N`, build_shards), which "
+                    "re-describes the indexed files first; until then only indexed images, names and vectors "
+                    "can be queries")
             self._desc = descriptor_from_spec(spec)
         return self._desc
 
