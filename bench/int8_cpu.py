@@ -8,9 +8,11 @@ costs and what it buys, side by side in one run, on the graph of the default dee
 descriptor (``efficientnet-lite0``, int8, 320 px):
 
 * ``float32``: the float32 graph;
-* ``int8, exact``: the int8 graph with exact sums (what fastimg runs on every CPU);
-* ``int8, default kernels``: the int8 graph with onnxruntime's default kernels (what
-  fastimg ran before; on a CPU with VNNI the same sums as ``exact``).
+* ``int8, exact`` (``int8, VNNI`` on a CPU with VNNI): the int8 graph as fastimg runs it
+  (:func:`fastimg.features.deep_common.ort_session_options`: exact sums where the CPU
+  lacks VNNI, onnxruntime's VNNI kernels, exact too, where it has it);
+* ``int8, default kernels``: the int8 graph with onnxruntime's default options (what
+  fastimg ran before; on a CPU with VNNI the same as the row above).
 
 Network only (the images are decoded, resized to 320 x 224 / 224 x 320 and normalised
 beforehand): one single-threaded session per variant, one image per pass, interleaved
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastimg import _core
     from fastimg.eval import evaluate_scores
     from fastimg.features.backbone_cache import backbone_model
-    from fastimg.features.deep_common import exact_int8_needed
+    from fastimg.features.deep_common import exact_int8_needed, ort_session_options
     from fastimg.features.nets.backbones import BACKBONES
 
     spec = BACKBONES[NAME]
@@ -64,16 +66,19 @@ def main(argv: list[str] | None = None) -> int:
         rgb = cv2.cvtColor(cv2.resize(bgr, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
         inputs.append(spec.preprocess(rgb))
 
-    def session(precision: str, exact: bool) -> object:
-        o = ort.SessionOptions()
-        o.intra_op_num_threads = 1
-        o.inter_op_num_threads = 1
-        o.log_severity_level = 3
-        if exact:
-            o.add_session_config_entry("session.x64quantprecision", "1")
+    def session(precision: str, fastimg: bool) -> object:
+        if fastimg:  # fastimg's own options: exact sums where the CPU has no VNNI
+            o = ort_session_options(ort, 1)
+        else:  # onnxruntime's defaults, one thread
+            o = ort.SessionOptions()
+            o.intra_op_num_threads = 1
+            o.inter_op_num_threads = 1
+            o.log_severity_level = 3
         return ort.InferenceSession(backbone_model(NAME, precision), o, providers=["CPUExecutionProvider"])
 
-    variants = {"float32": session("float32", False), "int8, exact": session("int8", True),
+    exact = exact_int8_needed()
+    variants = {"float32": session("float32", True),
+                "int8, exact" if exact else "int8, VNNI": session("int8", True),
                 "int8, default kernels": session("int8", False)}
     out = variants["float32"].get_outputs()[0].name
     timed = inputs[: args.timed]
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{NAME}, int8 graph of fastimg's cache, {SIDE} px, network only, 1 thread, 1 image per pass; "
           f"best of {args.rounds} interleaved rounds of {len(timed)} images; quality on {len(inputs)} Corel-1k "
           f"images; CPU {platform.processor() or platform.machine()} with {cpu} (exact sums needed: "
-          f"{exact_int8_needed()}); onnxruntime {ort.__version__}; load average "
+          f"{exact}); onnxruntime {ort.__version__}; load average "
           f"{min(loads):.1f}-{max(loads):.1f}\n")
     print("| graph | ms per image | vs float32 | cosine to float32: min / 1st pct / median | Corel-1k mAP |")
     print("|---|---:|---:|---:|---:|")

@@ -535,6 +535,12 @@ def test_sessions_sum_8_bit_products_exactly() -> None:
     (y,) = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
         None, {"x": x})
     np.testing.assert_array_equal(y, x.astype(np.int64) @ w.astype(np.int64))
+    # the option itself gives exact sums on any CPU (on one with VNNI fastimg leaves it off)
+    forced = ort_session_options(ort, 1)
+    forced.add_session_config_entry("session.x64quantprecision", "1")
+    (y,) = ort.InferenceSession(model.SerializeToString(), forced, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})
+    np.testing.assert_array_equal(y, x.astype(np.int64) @ w.astype(np.int64))
     try:
         widened = options.get_session_config_entry("session.x64quantprecision") == "1"
     except RuntimeError:  # the key is not set

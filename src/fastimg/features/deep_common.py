@@ -40,7 +40,7 @@ def exact_int8_needed() -> bool:
     weights with ``vpmaddubsw``, which adds pairs of products into a saturating
     16-bit integer: large activations times large weights are clipped, and the
     int8 backbones' vectors drift far from the float32 ones (cosine down to 0.74
-    per image measured on an AVX2-only machine, against >= 0.97 with VNNI).
+    per image on Corel-1k measured on an AVX2-only machine, against 0.95 with exact sums).
     With the session option ``session.x64quantprecision`` onnxruntime widens
     to 16 bits first: exact integer sums, the same as VNNI computes (the same
     vectors on every machine), at some speed (bench/deep.md).  Other CPUs
