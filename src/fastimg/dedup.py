@@ -143,7 +143,7 @@ VERIFY_HASH_BITS = 14
 #: is at least this.  An edited copy agrees almost everywhere; a second exposure of the same
 #: scene (a burst) differs where things moved and by parallax.
 VERIFY_MIN_AGREEMENT = 0.977
-#: the agreement's thumbnails: the grey image at this longer side (kept in the signature, ~9 KB)
+#: the agreement's thumbnails: the grey image at this longer side (kept in the signature: 96 x 64 = 6 KB for a 3:2 photo)
 VERIFY_THUMB_SIDE = 96
 _BLUR = 1.0         # Gaussian sigma (thumbnail pixels) before the agreement: JPEG noise, resampling
 _MIN_OVERLAP = 0.1  # an overlap under this share of the thumbnail agrees 0.0 (too little to judge)
